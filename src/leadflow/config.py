@@ -1,0 +1,98 @@
+"""Configuration from ``LEADFLOW_*`` environment variables (read in ``main()``, never at import).
+
+``LEADFLOW_DATABASE_URL`` picks the persistence: ``sqlite:///path`` (default
+``sqlite:///leadflow.db``), ``memory:`` (eventsourcing's in-memory POPO store, for tests),
+``postgresql://user:pass@host:port/db``. eventsourcing's own keys (``PERSISTENCE_MODULE``,
+``POSTGRES_*``, ``SQLITE_*``, ``AGGREGATE_CACHE_*``) set in the environment win over what the
+URL implies, so operators can tune the library directly.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from urllib.parse import unquote, urlparse
+
+DEFAULT_DATABASE_URL = "sqlite:///leadflow.db"
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    rules_path: str | None = None
+    max_future_skew: timedelta = timedelta(minutes=5)
+    aggregate_cache_size: int = 50_000
+    batch_size: int = 1000
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        try:
+            skew = float(env.get("LEADFLOW_MAX_FUTURE_SKEW_SECONDS", "300"))
+            cache = int(env.get("LEADFLOW_AGGREGATE_CACHE_SIZE", "50000"))
+            batch = int(env.get("LEADFLOW_BATCH_SIZE", "1000"))
+        except ValueError as exc:
+            raise ConfigError(f"LEADFLOW_* numeric setting is not a number: {exc}") from exc
+        if batch < 1:
+            raise ConfigError("LEADFLOW_BATCH_SIZE must be at least 1")
+        return cls(
+            database_url=env.get("LEADFLOW_DATABASE_URL", DEFAULT_DATABASE_URL),
+            rules_path=env.get("LEADFLOW_RULES") or None,
+            max_future_skew=timedelta(seconds=skew),
+            aggregate_cache_size=cache,
+            batch_size=batch,
+        )
+
+    def eventsourcing_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
+        """Environment for ``eventsourcing.Application`` derived from the database URL."""
+        env = os.environ if environ is None else environ
+        out = database_env(self.database_url)
+        if self.aggregate_cache_size > 0:
+            out["AGGREGATE_CACHE_MAXSIZE"] = str(self.aggregate_cache_size)
+            # One writer per lead (one process, or one consumer per partition): a cache hit
+            # needs no query, and nothing else can have moved the aggregate on.
+            out["AGGREGATE_CACHE_FASTFORWARD"] = "n"
+            # The engine never lets a half-applied record reach the cache: domain errors are
+            # raised before mutation and any other failure clears the cache.
+            out["DEEPCOPY_FROM_AGGREGATE_CACHE"] = "n"
+        passthrough = ("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "AGGREGATE_CACHE_",
+                       "DEEPCOPY_FROM_AGGREGATE_CACHE", "CREATE_TABLE", "LEADFLOW_POSTGRES_",
+                       "LEADFLOW_SQLITE_")
+        for key, value in env.items():
+            if key.startswith(passthrough):
+                out[key] = value
+        return out
+
+
+def database_env(url: str) -> dict[str, str]:
+    if url in ("memory:", "memory://", "popo:"):
+        return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        # sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy spells them.
+        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
+        if not path:
+            raise ConfigError(f"LEADFLOW_DATABASE_URL {url!r} names no SQLite file")
+        return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
+                "SQLITE_LOCK_TIMEOUT": "30"}
+    if parsed.scheme in ("postgresql", "postgres"):
+        if not parsed.path.strip("/"):
+            raise ConfigError(f"LEADFLOW_DATABASE_URL {url!r} names no database")
+        return {
+            "PERSISTENCE_MODULE": "eventsourcing.postgres",
+            "POSTGRES_DBNAME": unquote(parsed.path.lstrip("/")),
+            "POSTGRES_HOST": parsed.hostname or "localhost",
+            "POSTGRES_PORT": str(parsed.port or 5432),
+            "POSTGRES_USER": unquote(parsed.username or "postgres"),
+            "POSTGRES_PASSWORD": unquote(parsed.password or ""),
+        }
+    raise ConfigError(
+        f"LEADFLOW_DATABASE_URL {url!r}: unsupported scheme; use sqlite:///PATH, memory: "
+        "or postgresql://USER:PASS@HOST:PORT/DB"
+    )

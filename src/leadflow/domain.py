@@ -1,0 +1,681 @@
+"""Aggregates: Lead, Interest, IdentityIndex, Account, Router, Clock, TimerBucket.
+
+Pure domain: no clock, no I/O, no environment. Public methods decide (compute times,
+points, ids) and then call an ``@event`` method that only assigns, because those bodies
+re-run on every replay. Every event carries the event time (``occurred_at`` or ``at``) of
+the fact it records; the library's own ``timestamp`` is the record time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from leadflow import scoring
+from leadflow.identity import (
+    account_id_for,
+    identity_index_id,
+    interest_id_for,
+    lead_id_for,
+    singleton_id,
+)
+from leadflow.rules import Rules
+from leadflow.scoring import Award
+
+STAGES = ("new", "mql", "sql", "opportunity", "customer", "disqualified", "recycled", "lost")
+# Funnel order; side exits rank below the funnel so "more advanced" is well defined.
+STAGE_RANK = {"disqualified": -2, "lost": -1, "new": 0, "recycled": 0, "mql": 1, "sql": 2,
+              "opportunity": 3, "customer": 4}
+# Stages in which a rep is working the lead (counts towards the rep's load).
+WORKING_STAGES = frozenset({"new", "mql", "sql", "opportunity"})
+# Stages a score crossing the MQL threshold can qualify from (a recycled lead re-qualifies).
+QUALIFIABLE_STAGES = frozenset({"new", "recycled"})
+# Stages where silence makes a lead dormant (a "zombie", seed 000).
+DORMANCY_STAGES = frozenset({"new", "mql", "sql", "recycled"})
+# Stages where the first-contact SLA applies.
+SLA_STAGES = frozenset({"new", "mql", "sql"})
+
+
+class LeadflowError(Exception):
+    """Base of the domain's errors: a record or command the domain refuses."""
+
+    reason = "domain_error"
+
+
+class UnknownLeadError(LeadflowError):
+    reason = "unknown_lead"
+
+
+class UnknownRepError(LeadflowError):
+    reason = "unknown_rep"
+
+
+class LeadMergedError(LeadflowError):
+    reason = "lead_merged"
+
+
+def _iso(at: datetime) -> str:
+    return at.isoformat()
+
+
+class Lead(Aggregate):
+    """A person who showed interest, with at least one way to reach them."""
+
+    @staticmethod
+    def create_id(primary_key: str) -> UUID:
+        return lead_id_for(primary_key)
+
+    @event("Created")
+    def __init__(
+        self,
+        primary_key: str,
+        created_at: datetime,
+        source: str | None,
+        campaign: str | None,
+        landing_page: str | None,
+        account_id: UUID | None,
+    ) -> None:
+        self.primary_key = primary_key
+        self.identity_keys: list[str] = [primary_key]
+        self.created_at = created_at
+        self.source = source
+        self.campaign = campaign
+        self.landing_page = landing_page
+        self.account_id = account_id
+        self.stage = "new"
+        self.stage_at = created_at
+        self.stage_reason: str | None = None
+        self.transitions: list[dict[str, Any]] = [
+            {"at": created_at, "from": None, "to": "new", "actor": "system", "reason": None}
+        ]
+        self.first_reached: dict[str, datetime] = {"new": created_at}
+        self.profile: dict[str, Any] = {}
+        self.fit = 0.0
+        self.fit_awards: list[tuple[str, float]] = []
+        self.eng_value = 0.0
+        self.eng_as_of: datetime | None = None
+        self.awards: list[Award] = []
+        self.rule_counts: dict[str, int] = {}
+        self.rule_totals: dict[str, float] = {}
+        self.seen: set[str] = set()
+        self.touchpoints = 0
+        self.last_touch_at: datetime | None = None
+        self.owner: str | None = None
+        self.team: str | None = None
+        self.assigned_at: datetime | None = None
+        self.in_pool = False
+        self.load_rep: str | None = None
+        self.contacted_at: datetime | None = None
+        self.sla_breached_by: list[str] = []
+        self.owner_history: list[dict[str, Any]] = []
+        self.deal_owner: str | None = None
+        self.links: dict[str, Any] = {}
+        self.dormant = False
+        self.wake_at: datetime | None = None
+        self.merged_into: UUID | None = None
+        self.merged_from: list[UUID] = []
+
+    # ----- queries on state (pure) -----
+
+    def score_at(self, when: datetime, half_life_s: float) -> float:
+        return self.fit + self.engagement_at(when, half_life_s)
+
+    def engagement_at(self, when: datetime, half_life_s: float) -> float:
+        if self.eng_as_of is not None and when >= self.eng_as_of:
+            # The incremental state is exact from its as-of moment on.
+            return scoring.decayed(self.eng_value, self.eng_as_of, when, half_life_s) + (
+                scoring.expiring_total(self._expiring(), when)
+            )
+        return sum(a.value_at(when, half_life_s) for a in self.awards)
+
+    def _expiring(self) -> list[Award]:
+        return [a for a in self.awards if a.expires_at is not None]
+
+    @property
+    def horizon(self) -> datetime:
+        """The latest event time this lead's scoring state knows about."""
+        return self.eng_as_of or self.created_at
+
+    def stage_on(self, when: datetime) -> str | None:
+        stage = None
+        for t in self.transitions:
+            if t["at"] <= when:
+                stage = t["to"]
+        return stage
+
+    def owner_on(self, when: datetime) -> str | None:
+        owner = None
+        for h in self.owner_history:
+            if h["at"] <= when:
+                owner = h["owner"]
+        return owner
+
+    def next_due(self, rules: Rules) -> tuple[datetime, str] | None:
+        """The earliest time-driven transition this lead is heading for, if any."""
+        candidates: list[tuple[datetime, str]] = []
+        if self.merged_into is not None:
+            return None
+        if self.stage == "mql":
+            start = max(self.stage_at, self.horizon)
+            below = scoring.first_time_below(
+                rules.scoring.recycle_threshold, self.fit, self.eng_value, self.eng_as_of,
+                self._expiring(), start, rules.half_life_seconds,
+            )
+            if below is not None:
+                candidates.append((below, "decay"))
+        if self.owner and self.contacted_at is None and self.stage in SLA_STAGES and \
+                self.assigned_at is not None:
+            candidates.append((
+                self.assigned_at + timedelta(hours=rules.routing.first_contact_sla_hours), "sla"
+            ))
+        if not self.dormant and self.stage in DORMANCY_STAGES:
+            last = self.last_touch_at or self.created_at
+            candidates.append((last + timedelta(days=rules.lifecycle.dormant_after_days),
+                               "dormant"))
+        return min(candidates) if candidates else None
+
+    # ----- commands (decide, then record) -----
+
+    def add_identity(self, key: str, occurred_at: datetime) -> None:
+        if key not in self.identity_keys:
+            self._identity_added(key=key, occurred_at=occurred_at)
+
+    @event("IdentityAdded")
+    def _identity_added(self, key: str, occurred_at: datetime) -> None:
+        self.identity_keys.append(key)
+
+    def update_profile(self, changes: Mapping[str, Any], occurred_at: datetime, event_id: str,
+                       rules: Rules) -> None:
+        new = {k: v for k, v in changes.items() if self.profile.get(k) != v}
+        if not new:
+            return
+        profile = {**self.profile, **new}
+        fit = scoring.fit_awards(rules, profile)
+        self._profile_updated(
+            changes=new, fit=sum(p for _, p in fit), fit_awards=[list(a) for a in fit],
+            occurred_at=occurred_at, event_id=event_id, rules_version=rules.version,
+        )
+
+    @event("ProfileUpdated")
+    def _profile_updated(self, changes: dict[str, Any], fit: float, fit_awards: list[list[Any]],
+                         occurred_at: datetime, event_id: str, rules_version: str) -> None:
+        self.profile.update(changes)
+        self.fit = fit
+        self.fit_awards = [(str(r), float(p)) for r, p in fit_awards]
+
+    def set_account(self, account_id: UUID, occurred_at: datetime) -> None:
+        if self.account_id is None:
+            self._account_set(account_id=account_id, occurred_at=occurred_at)
+
+    @event("AccountSet")
+    def _account_set(self, account_id: UUID, occurred_at: datetime) -> None:
+        self.account_id = account_id
+
+    def record_touchpoint(self, event_id: str, record_type: str, occurred_at: datetime,
+                          context: dict[str, Any], rules: Rules) -> list[Award]:
+        awards = scoring.score_touchpoint(rules, record_type, context, occurred_at, event_id,
+                                          self.rule_counts, self.rule_totals)
+        value, as_of = self._with_awards(awards, occurred_at, rules)
+        score = self.fit + value + scoring.expiring_total(
+            [*self._expiring(), *(a for a in awards if a.expires_at)], as_of)
+        self._touchpoint_scored(
+            event_id=event_id, record_type=record_type, occurred_at=occurred_at,
+            context=context, awards=[a.to_dict() for a in awards], engagement_value=value,
+            engagement_as_of=as_of, score=score, rules_version=rules.version,
+        )
+        return awards
+
+    def _with_awards(self, awards: Sequence[Award], at: datetime,
+                     rules: Rules) -> tuple[float, datetime]:
+        value, as_of = self.eng_value, self.eng_as_of
+        for award in awards:
+            if award.expires_at is None:
+                value, as_of = scoring.add_decaying(value, as_of, award.points, award.at,
+                                                    rules.half_life_seconds)
+        if as_of is None or at > as_of:
+            value = scoring.decayed(value, as_of, at, rules.half_life_seconds)
+            as_of = at
+        return value, as_of
+
+    @event("TouchpointScored")
+    def _touchpoint_scored(self, event_id: str, record_type: str, occurred_at: datetime,
+                           context: dict[str, Any], awards: list[dict[str, Any]],
+                           engagement_value: float, engagement_as_of: datetime, score: float,
+                           rules_version: str) -> None:
+        self.seen.add(event_id)
+        self._apply_awards(awards, engagement_value, engagement_as_of)
+        self.touchpoints += 1
+        if self.last_touch_at is None or occurred_at > self.last_touch_at:
+            self.last_touch_at = occurred_at
+            self.dormant = False
+
+    def _apply_awards(self, awards: list[dict[str, Any]], value: float, as_of: datetime) -> None:
+        for data in awards:
+            award = Award.from_dict(data)
+            self.awards.append(award)
+            self.rule_counts[award.rule] = self.rule_counts.get(award.rule, 0) + 1
+            self.rule_totals[award.rule] = self.rule_totals.get(award.rule, 0.0) + award.points
+        self.eng_value = value
+        self.eng_as_of = as_of
+
+    def boost(self, rule_id: str, points: float, occurred_at: datetime, cause: str,
+              rules: Rules) -> None:
+        """Points that come from outside the lead's own touchpoints (an account surge)."""
+        award = Award(rule_id, points, occurred_at, cause)
+        value, as_of = self._with_awards([award], occurred_at, rules)
+        self._boosted(awards=[award.to_dict()], engagement_value=value, engagement_as_of=as_of,
+                      occurred_at=occurred_at, cause=cause, rules_version=rules.version)
+
+    @event("Boosted")
+    def _boosted(self, awards: list[dict[str, Any]], engagement_value: float,
+                 engagement_as_of: datetime, occurred_at: datetime, cause: str,
+                 rules_version: str) -> None:
+        self._apply_awards(awards, engagement_value, engagement_as_of)
+
+    def record_disposition(self, event_id: str, record_type: str, occurred_at: datetime,
+                           actor: str | None, reason: str | None,
+                           deal: dict[str, Any] | None, owner: str | None) -> None:
+        self._disposition_recorded(event_id=event_id, record_type=record_type,
+                                   occurred_at=occurred_at, actor=actor, reason=reason,
+                                   deal=deal, owner=owner)
+
+    @event("DispositionRecorded")
+    def _disposition_recorded(self, event_id: str, record_type: str, occurred_at: datetime,
+                              actor: str | None, reason: str | None,
+                              deal: dict[str, Any] | None, owner: str | None) -> None:
+        self.seen.add(event_id)
+
+    def change_stage(self, to_stage: str, occurred_at: datetime, actor: str,
+                     reason: str | None, event_id: str | None = None,
+                     links: dict[str, Any] | None = None) -> bool:
+        if to_stage not in STAGES:
+            raise ValueError(f"unknown stage {to_stage!r}")
+        if to_stage == self.stage and not links:
+            return False
+        self._stage_changed(from_stage=self.stage, to_stage=to_stage, occurred_at=occurred_at,
+                            actor=actor, reason=reason, event_id=event_id, links=links or {})
+        return True
+
+    @event("StageChanged")
+    def _stage_changed(self, from_stage: str, to_stage: str, occurred_at: datetime, actor: str,
+                       reason: str | None, event_id: str | None, links: dict[str, Any]) -> None:
+        self.stage = to_stage
+        self.stage_at = occurred_at
+        self.stage_reason = reason
+        self.transitions.append({"at": occurred_at, "from": from_stage, "to": to_stage,
+                                 "actor": actor, "reason": reason})
+        self.first_reached.setdefault(to_stage, occurred_at)
+        self.links.update(links)
+        if to_stage in ("recycled", "disqualified"):
+            # Back to marketing (or junk): the rep no longer owns it.
+            self.owner = None
+            self.team = None
+            self.in_pool = False
+            self.assigned_at = None
+            self.contacted_at = None
+            self.owner_history.append({"at": occurred_at, "owner": None})
+
+    def assign_owner(self, owner: str | None, team: str | None, rule: str, strategy: str,
+                     occurred_at: datetime, actor: str, reason: str | None) -> None:
+        self._owner_assigned(owner=owner, team=team, rule=rule, strategy=strategy,
+                             previous_owner=self.owner, occurred_at=occurred_at, actor=actor,
+                             reason=reason)
+
+    @event("OwnerAssigned")
+    def _owner_assigned(self, owner: str | None, team: str | None, rule: str, strategy: str,
+                        previous_owner: str | None, occurred_at: datetime, actor: str,
+                        reason: str | None) -> None:
+        self.owner = owner
+        self.team = team
+        self.in_pool = owner is None
+        self.assigned_at = occurred_at
+        self.contacted_at = None
+        self.owner_history.append({"at": occurred_at, "owner": owner})
+
+    def note_sla_breach(self, rep: str, occurred_at: datetime) -> None:
+        self._sla_breached(rep=rep, occurred_at=occurred_at)
+
+    @event("FirstContactSlaBreached")
+    def _sla_breached(self, rep: str, occurred_at: datetime) -> None:
+        self.sla_breached_by.append(rep)
+
+    def make_first_contact(self, by: str | None, occurred_at: datetime) -> bool:
+        if self.contacted_at is not None or self.owner is None:
+            return False
+        self._first_contact_made(by=by or self.owner, occurred_at=occurred_at)
+        return True
+
+    @event("FirstContactMade")
+    def _first_contact_made(self, by: str, occurred_at: datetime) -> None:
+        self.contacted_at = occurred_at
+
+    def recount_load(self, rep: str | None, occurred_at: datetime) -> None:
+        self._load_recounted(rep=rep, occurred_at=occurred_at)
+
+    @event("LoadRecounted")
+    def _load_recounted(self, rep: str | None, occurred_at: datetime) -> None:
+        self.load_rep = rep
+
+    def set_deal_owner(self, owner: str, occurred_at: datetime) -> None:
+        self._deal_owner_set(owner=owner, occurred_at=occurred_at)
+
+    @event("DealOwnerSet")
+    def _deal_owner_set(self, owner: str, occurred_at: datetime) -> None:
+        self.deal_owner = owner
+
+    def go_dormant(self, occurred_at: datetime, silent_days: float) -> None:
+        self._went_dormant(occurred_at=occurred_at, silent_days=silent_days)
+
+    @event("WentDormant")
+    def _went_dormant(self, occurred_at: datetime, silent_days: float) -> None:
+        self.dormant = True
+
+    def schedule_wake(self, at: datetime | None) -> None:
+        if at != self.wake_at:
+            self._wake_scheduled(at=at)
+
+    @event("WakeScheduled")
+    def _wake_scheduled(self, at: datetime | None) -> None:
+        self.wake_at = at
+
+    def merge_into(self, survivor_id: UUID, occurred_at: datetime, event_id: str) -> None:
+        if self.merged_into is not None:
+            raise LeadMergedError(f"lead {self.id} is already merged into {self.merged_into}")
+        self._merged_into(survivor_id=survivor_id, occurred_at=occurred_at, event_id=event_id)
+
+    @event("MergedInto")
+    def _merged_into(self, survivor_id: UUID, occurred_at: datetime, event_id: str) -> None:
+        self.merged_into = survivor_id
+        self.wake_at = None
+
+    def absorb(self, other: Lead, occurred_at: datetime, event_id: str, rules: Rules) -> None:
+        """Take over another lead's identities, points, history ids and profile gaps."""
+        value, as_of = scoring.merge_decaying(
+            (self.eng_value, self.eng_as_of), (other.eng_value, other.eng_as_of),
+            rules.half_life_seconds,
+        )
+        profile = {**other.profile, **self.profile}
+        fit = scoring.fit_awards(rules, profile)
+        last_touch = max((t for t in (self.last_touch_at, other.last_touch_at) if t),
+                         default=None)
+        self._absorbed(
+            lead_id=other.id, identity_keys=list(other.identity_keys),
+            awards=[a.to_dict() for a in other.awards], engagement_value=value,
+            engagement_as_of=as_of, profile=profile, fit=sum(p for _, p in fit),
+            fit_awards=[list(a) for a in fit], seen=sorted(other.seen),
+            touchpoints=other.touchpoints, last_touch_at=last_touch,
+            occurred_at=occurred_at, event_id=event_id, rules_version=rules.version,
+        )
+
+    @event("Absorbed")
+    def _absorbed(self, lead_id: UUID, identity_keys: list[str], awards: list[dict[str, Any]],
+                  engagement_value: float, engagement_as_of: datetime | None,
+                  profile: dict[str, Any], fit: float, fit_awards: list[list[Any]],
+                  seen: list[str], touchpoints: int, last_touch_at: datetime | None,
+                  occurred_at: datetime, event_id: str, rules_version: str) -> None:
+        self.merged_from.append(lead_id)
+        for key in identity_keys:
+            if key not in self.identity_keys:
+                self.identity_keys.append(key)
+        for data in awards:
+            award = Award.from_dict(data)
+            self.awards.append(award)
+            self.rule_counts[award.rule] = self.rule_counts.get(award.rule, 0) + 1
+            self.rule_totals[award.rule] = self.rule_totals.get(award.rule, 0.0) + award.points
+        self.eng_value = engagement_value
+        self.eng_as_of = engagement_as_of
+        self.profile = profile
+        self.fit = fit
+        self.fit_awards = [(str(r), float(p)) for r, p in fit_awards]
+        self.seen.update(seen)
+        self.touchpoints += touchpoints
+        self.last_touch_at = last_touch_at
+        if last_touch_at is not None:
+            self.dormant = False
+
+    def absorb_interest(self, anonymous_id: str, touchpoints: list[dict[str, Any]],
+                        occurred_at: datetime, rules: Rules) -> None:
+        """Score an anonymous visitor's earlier touchpoints now that we know who it was."""
+        awards: list[Award] = []
+        counts, totals = dict(self.rule_counts), dict(self.rule_totals)
+        for tp in touchpoints:
+            if tp["event_id"] in self.seen:
+                continue
+            for award in scoring.score_touchpoint(rules, tp["type"], tp["context"],
+                                                  tp["occurred_at"], tp["event_id"],
+                                                  counts, totals):
+                counts[award.rule] = counts.get(award.rule, 0) + 1
+                totals[award.rule] = totals.get(award.rule, 0.0) + award.points
+                awards.append(award)
+        value, as_of = self._with_awards(awards, occurred_at, rules)
+        last = max((tp["occurred_at"] for tp in touchpoints), default=None)
+        self._interest_absorbed(
+            anonymous_id=anonymous_id, event_ids=[tp["event_id"] for tp in touchpoints],
+            awards=[a.to_dict() for a in awards], engagement_value=value,
+            engagement_as_of=as_of, last_touch_at=last, occurred_at=occurred_at,
+            rules_version=rules.version,
+        )
+
+    @event("InterestAbsorbed")
+    def _interest_absorbed(self, anonymous_id: str, event_ids: list[str],
+                           awards: list[dict[str, Any]], engagement_value: float,
+                           engagement_as_of: datetime, last_touch_at: datetime | None,
+                           occurred_at: datetime, rules_version: str) -> None:
+        self.seen.update(event_ids)
+        self._apply_awards(awards, engagement_value, engagement_as_of)
+        self.touchpoints += len(event_ids)
+        if last_touch_at and (self.last_touch_at is None or last_touch_at > self.last_touch_at):
+            self.last_touch_at = last_touch_at
+
+
+class Interest(Aggregate):
+    """Anonymous attention (a cookie): kept until a record links it to a person."""
+
+    @staticmethod
+    def create_id(anonymous_id: str) -> UUID:
+        return interest_id_for(anonymous_id)
+
+    @event("Created")
+    def __init__(self, anonymous_id: str, occurred_at: datetime) -> None:
+        self.anonymous_id = anonymous_id
+        self.touchpoints: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+        self.linked_lead: UUID | None = None
+
+    def note(self, event_id: str, record_type: str, occurred_at: datetime,
+             context: dict[str, Any]) -> None:
+        self._noted(event_id=event_id, record_type=record_type, occurred_at=occurred_at,
+                    context=context)
+
+    @event("TouchpointNoted")
+    def _noted(self, event_id: str, record_type: str, occurred_at: datetime,
+               context: dict[str, Any]) -> None:
+        self.seen.add(event_id)
+        self.touchpoints.append({"event_id": event_id, "type": record_type,
+                                 "occurred_at": occurred_at, "context": context})
+
+    def link(self, lead_id: UUID, occurred_at: datetime) -> None:
+        self._linked(lead_id=lead_id, occurred_at=occurred_at)
+
+    @event("LinkedToLead")
+    def _linked(self, lead_id: UUID, occurred_at: datetime) -> None:
+        self.linked_lead = lead_id
+
+
+class IdentityIndex(Aggregate):
+    """Maps one identity key to the lead (or anonymous interest) it belongs to."""
+
+    @staticmethod
+    def create_id(key: str) -> UUID:
+        return identity_index_id(key)
+
+    @event("Registered")
+    def __init__(self, key: str, target_id: UUID, is_interest: bool,
+                 occurred_at: datetime) -> None:
+        self.key = key
+        self.target_id = target_id
+        self.is_interest = is_interest
+
+    def repoint(self, target_id: UUID, is_interest: bool, occurred_at: datetime,
+                reason: str) -> None:
+        if target_id != self.target_id or is_interest != self.is_interest:
+            self._repointed(target_id=target_id, is_interest=is_interest,
+                            occurred_at=occurred_at, reason=reason)
+
+    @event("Repointed")
+    def _repointed(self, target_id: UUID, is_interest: bool, occurred_at: datetime,
+                   reason: str) -> None:
+        self.target_id = target_id
+        self.is_interest = is_interest
+
+
+class Account(Aggregate):
+    """A company; several of its people engaging in a short window is a buying signal."""
+
+    @staticmethod
+    def create_id(account_key: str) -> UUID:
+        return account_id_for(account_key)
+
+    @event("Created")
+    def __init__(self, account_key: str, name: str | None, occurred_at: datetime) -> None:
+        self.account_key = account_key
+        self.name = name
+        self.recent: dict[str, datetime] = {}
+        self.last_surge_at: datetime | None = None
+        self.surges = 0
+
+    def engage(self, lead_id: UUID, occurred_at: datetime) -> None:
+        last = self.recent.get(str(lead_id))
+        if last is None or occurred_at > last:
+            self._engaged(lead_id=lead_id, occurred_at=occurred_at)
+
+    @event("Engaged")
+    def _engaged(self, lead_id: UUID, occurred_at: datetime) -> None:
+        self.recent[str(lead_id)] = occurred_at
+
+    def engaged_within(self, at: datetime, window: timedelta) -> list[UUID]:
+        return sorted(UUID(k) for k, t in self.recent.items() if at - window <= t <= at)
+
+    def detect_surge(self, at: datetime, min_people: int, window: timedelta) -> list[UUID]:
+        """Leads to boost if ``at`` starts a surge (one surge per window), else []."""
+        if self.last_surge_at is not None and at - self.last_surge_at < window:
+            return []
+        people = self.engaged_within(at, window)
+        if len(people) < min_people:
+            return []
+        self._surged(occurred_at=at, lead_ids=people, window_days=window.total_seconds() / 86400)
+        return people
+
+    @event("Surged")
+    def _surged(self, occurred_at: datetime, lead_ids: list[UUID], window_days: float) -> None:
+        self.last_surge_at = occurred_at
+        self.surges += 1
+
+
+class Router(Aggregate):
+    """Routing state shared by all leads: round-robin cursors, rep load, availability."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return singleton_id("router")
+
+    @event("Created")
+    def __init__(self) -> None:
+        self.cursors: dict[str, int] = {}
+        self.load: dict[str, int] = {}
+        self.availability: dict[str, bool] = {}
+
+    def take(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self._taken(rep=rep, lead_id=lead_id, occurred_at=occurred_at)
+
+    @event("LeadTaken")
+    def _taken(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self.load[rep] = self.load.get(rep, 0) + 1
+
+    def advance_cursor(self, team: str, cursor: int, occurred_at: datetime) -> None:
+        if self.cursors.get(team) != cursor:
+            self._cursor_advanced(team=team, cursor=cursor, occurred_at=occurred_at)
+
+    @event("CursorAdvanced")
+    def _cursor_advanced(self, team: str, cursor: int, occurred_at: datetime) -> None:
+        self.cursors[team] = cursor
+
+    def release(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self._released(rep=rep, lead_id=lead_id, occurred_at=occurred_at)
+
+    @event("LeadReleased")
+    def _released(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self.load[rep] = max(0, self.load.get(rep, 0) - 1)
+
+    def set_availability(self, rep: str, available: bool, occurred_at: datetime) -> None:
+        if self.availability.get(rep) != available:
+            self._availability_set(rep=rep, available=available, occurred_at=occurred_at)
+
+    @event("AvailabilitySet")
+    def _availability_set(self, rep: str, available: bool, occurred_at: datetime) -> None:
+        self.availability[rep] = available
+
+
+class Clock(Aggregate):
+    """How far event time has been advanced, and which timer days exist."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return singleton_id("clock")
+
+    @event("Created")
+    def __init__(self) -> None:
+        self.position: datetime | None = None
+        self.days: list[str] = []
+
+    def open_day(self, day: str) -> None:
+        if day not in self.days:
+            self._day_opened(day=day)
+
+    @event("DayOpened")
+    def _day_opened(self, day: str) -> None:
+        self.days.append(day)
+        self.days.sort()
+
+    def advance(self, to: datetime) -> None:
+        if self.position is None or to > self.position:
+            self._advanced(to=to)
+
+    @event("Advanced")
+    def _advanced(self, to: datetime) -> None:
+        self.position = to
+
+
+def day_of(at: datetime) -> str:
+    return at.date().isoformat()
+
+
+class TimerBucket(Aggregate):
+    """Wake-up hints for one day: leads to re-evaluate when event time passes ``at``.
+
+    Hints are never cancelled; a lead re-checks its state when woken, so a stale hint is
+    harmless. This is what lets the clock find due leads without scanning every lead.
+    """
+
+    @staticmethod
+    def create_id(day: str) -> UUID:
+        return singleton_id(f"timers:{day}")
+
+    @event("Created")
+    def __init__(self, day: str) -> None:
+        self.day = day
+        self.entries: list[tuple[datetime, UUID]] = []
+
+    def set(self, lead_id: UUID, at: datetime) -> None:
+        self._wake_set(lead_id=lead_id, at=at)
+
+    @event("WakeSet")
+    def _wake_set(self, lead_id: UUID, at: datetime) -> None:
+        self.entries.append((at, lead_id))
+
+    def due(self, after: datetime | None, until: datetime) -> list[tuple[datetime, UUID]]:
+        return sorted(e for e in self.entries if (after is None or e[0] > after) and e[0] <= until)

@@ -1,0 +1,109 @@
+"""Identity keys: how records find the lead they belong to.
+
+Emails are normalised (trimmed, lower-cased, syntax-checked by ``email-validator``) and phones
+to E.164 by ``phonenumbers``. A key is ``kind:value``; index aggregates are keyed by
+``uuid5`` of it, so the same person always maps to the same index, on every replay.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from uuid import UUID, uuid5
+
+import phonenumbers
+from email_validator import EmailNotValidError, validate_email
+
+# Namespaces are fixed forever: changing one would re-key every stored aggregate.
+NS_LEAD = UUID("6f1c3a52-4a0b-4f43-9d47-2f0cbb1f7a10")
+NS_IDENTITY = UUID("0b7e1d0e-5b1e-4c53-8f5f-8a6f7f0f6c21")
+NS_INTEREST = UUID("a2d5a7a1-7c43-4c7e-9a55-4f1f7f3b2d32")
+NS_ACCOUNT = UUID("c9e0d6f4-1d7b-4a8e-b8a1-5c3e2f9d4e43")
+NS_SINGLETON = UUID("e4b7c1a9-2f6d-4e8b-9c3a-7d5e1f0a8b54")
+
+IDENTITY_KINDS = ("email", "phone", "external_id", "anonymous_id")
+
+# Numbers that reach a company rather than a person (seed 002: a switchboard is interest,
+# not a lead). Toll-free and shared-cost lines are company lines by construction.
+_NON_PERSONAL_TYPES = frozenset(
+    {
+        phonenumbers.PhoneNumberType.TOLL_FREE,
+        phonenumbers.PhoneNumberType.PREMIUM_RATE,
+        phonenumbers.PhoneNumberType.SHARED_COST,
+        phonenumbers.PhoneNumberType.UAN,
+    }
+)
+
+
+class InvalidIdentityError(ValueError):
+    """An email or phone that cannot identify a person."""
+
+
+@lru_cache(maxsize=65536)
+def normalise_email(value: str) -> str:
+    text = value.strip()
+    try:
+        result = validate_email(text, check_deliverability=False)
+    except EmailNotValidError as exc:
+        raise InvalidIdentityError(f"invalid email {value!r}: {exc}") from exc
+    return result.normalized.lower()
+
+
+@lru_cache(maxsize=65536)
+def normalise_phone(value: str, default_region: str | None = None) -> str:
+    """E.164 form of a person's phone number; international format unless a region is given."""
+    try:
+        number = phonenumbers.parse(value.strip(), default_region)
+    except phonenumbers.NumberParseException as exc:
+        raise InvalidIdentityError(f"invalid phone {value!r}: {exc}") from exc
+    if not phonenumbers.is_valid_number(number):
+        raise InvalidIdentityError(f"invalid phone {value!r}: not a valid number")
+    if phonenumbers.number_type(number) in _NON_PERSONAL_TYPES:
+        raise InvalidIdentityError(
+            f"invalid phone {value!r}: toll-free/shared-cost numbers reach a company, not a person"
+        )
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+def identity_key(kind: str, value: str) -> str:
+    if kind not in IDENTITY_KINDS:
+        raise ValueError(f"unknown identity kind {kind!r}")
+    return f"{kind}:{value}"
+
+
+def identity_index_id(key: str) -> UUID:
+    return uuid5(NS_IDENTITY, key)
+
+
+def lead_id_for(key: str) -> UUID:
+    """A lead's id is derived from the first identity it was created with: replay-stable."""
+    return uuid5(NS_LEAD, key)
+
+
+def interest_id_for(anonymous_id: str) -> UUID:
+    return uuid5(NS_INTEREST, anonymous_id)
+
+
+def account_id_for(account_key: str) -> UUID:
+    return uuid5(NS_ACCOUNT, account_key)
+
+
+def singleton_id(name: str) -> UUID:
+    return uuid5(NS_SINGLETON, name)
+
+
+def parse_identity_argument(text: str) -> str:
+    """Turn a CLI argument into an identity key: an email, a phone, or ``kind:value``."""
+    text = text.strip()
+    for kind in IDENTITY_KINDS:
+        if text.startswith(kind + ":"):
+            value = text[len(kind) + 1 :]
+            if kind == "email":
+                value = normalise_email(value)
+            elif kind == "phone":
+                value = normalise_phone(value)
+            return identity_key(kind, value)
+    if "@" in text:
+        return identity_key("email", normalise_email(text))
+    if text.startswith("+"):
+        return identity_key("phone", normalise_phone(text))
+    return identity_key("external_id", text)

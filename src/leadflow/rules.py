@@ -1,0 +1,350 @@
+"""The rules file: scoring, lifecycle, account and routing rules as validated data.
+
+Rules are TOML (standard library ``tomllib``) validated by pydantic. The *version* of a rule
+set is a content hash of its validated, canonical JSON form, so two files that mean the
+same thing have the same version and every recorded score names exactly what produced it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tomllib
+from functools import cached_property
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from leadflow.contract import TouchpointType
+
+RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+ContextField = Literal["url", "form_id", "content_id", "landing_page", "source", "campaign"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class Condition(_Strict):
+    """A test on one context field of a touchpoint."""
+
+    field: ContextField
+    equals: str | None = None
+    contains: str | None = None
+    prefix: str | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> Condition:
+        tests = [self.equals, self.contains, self.prefix, self.in_]
+        if sum(t is not None for t in tests) != 1:
+            raise ValueError("a condition needs exactly one of equals, contains, prefix, in")
+        return self
+
+    def matches(self, context: dict[str, Any]) -> bool:
+        value = context.get(self.field)
+        if value is None:
+            return False
+        text = str(value).lower()
+        if self.equals is not None:
+            return text == self.equals.lower()
+        if self.contains is not None:
+            return self.contains.lower() in text
+        if self.prefix is not None:
+            return text.startswith(self.prefix.lower())
+        assert self.in_ is not None  # guaranteed by _one_test
+        return text in {v.lower() for v in self.in_}
+
+
+class Band(_Strict):
+    """Frequency band: the rule is worth ``points`` in total once the count is in range."""
+
+    min: Annotated[int, Field(ge=1)]
+    max: Annotated[int, Field(ge=1)] | None = None
+    points: float
+
+
+class EngagementRule(_Strict):
+    id: RuleId
+    type: TouchpointType
+    when: list[Condition] = Field(default_factory=list)
+    points: float | None = None
+    bands: list[Band] | None = None
+    cap: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="most raw points this rule may give one lead in total"
+    )
+    expires_after_days: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="points count fully for this window, then expire (no decay)"
+    )
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _points_or_bands(self) -> EngagementRule:
+        if (self.points is None) == (self.bands is None):
+            raise ValueError("an engagement rule needs exactly one of points or bands")
+        if self.bands:
+            previous_max = 0
+            for band in self.bands:
+                if band.min <= previous_max:
+                    raise ValueError("bands must be ordered and must not overlap")
+                if band.max is not None and band.max < band.min:
+                    raise ValueError("band max must be >= min")
+                previous_max = band.max if band.max is not None else 10**9
+        return self
+
+    def matches(self, record_type: str, context: dict[str, Any]) -> bool:
+        return record_type == self.type and all(c.matches(context) for c in self.when)
+
+    def band_total(self, count: int) -> float:
+        """Total points this banded rule is worth after ``count`` matching touchpoints."""
+        total = 0.0
+        for band in self.bands or ():
+            if count >= band.min:
+                total = band.points
+        return total
+
+
+class FitRule(_Strict):
+    id: RuleId
+    field: Literal["title", "employees", "annual_revenue", "country", "industry", "company"]
+    contains_any: list[str] | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+    min: float | None = None
+    max: float | None = None
+    points: float
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _one_test(self) -> FitRule:
+        has_text = self.contains_any is not None or self.in_ is not None
+        has_range = self.min is not None or self.max is not None
+        if has_text == has_range:
+            raise ValueError("a fit rule needs either contains_any/in or min/max")
+        return self
+
+    def matches(self, profile: dict[str, Any]) -> bool:
+        value = profile.get(self.field)
+        if value is None:
+            return False
+        if self.min is not None or self.max is not None:
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                return False
+            return (self.min is None or number >= self.min) and (
+                self.max is None or number <= self.max
+            )
+        text = str(value).lower()
+        if self.in_ is not None and text not in {v.lower() for v in self.in_}:
+            return False
+        if self.contains_any is not None:
+            words = _words(text)
+            return any(_phrase_in(term.lower(), text, words) for term in self.contains_any)
+        return True
+
+
+def _words(text: str) -> set[str]:
+    return set("".join(ch if ch.isalnum() else " " for ch in text).split())
+
+
+def _phrase_in(term: str, text: str, words: set[str]) -> bool:
+    # Single words match whole words ("vp" must not match "mvp"); phrases match substrings.
+    return term in words if " " not in term else term in text
+
+
+class Scoring(_Strict):
+    mql_threshold: float = 50
+    recycle_threshold: float = 20
+    half_life_days: Annotated[float, Field(gt=0)] = 30
+    engagement: list[EngagementRule] = Field(default_factory=list)
+    fit: list[FitRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Scoring:
+        if self.recycle_threshold >= self.mql_threshold:
+            raise ValueError("recycle_threshold must be below mql_threshold")
+        ids = [r.id for r in self.engagement] + [r.id for r in self.fit]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"rule ids must be unique: {', '.join(duplicates)}")
+        return self
+
+
+class AutoSql(_Strict):
+    id: RuleId
+    type: TouchpointType
+    min_fit: float = 0
+    min_score: float = 0
+
+
+class Lifecycle(_Strict):
+    dormant_after_days: Annotated[float, Field(gt=0)] = 60
+    auto_sql: list[AutoSql] = Field(default_factory=list)
+
+
+class Accounts(_Strict):
+    surge_min_people: Annotated[int, Field(ge=2)] = 3
+    surge_window_days: Annotated[float, Field(gt=0)] = 14
+    surge_points: float = 10
+    free_mail_domains: list[str] = Field(default_factory=list)
+
+
+class Rep(_Strict):
+    id: RuleId
+    available: bool = True
+    capacity: Annotated[int, Field(ge=1)] | None = Field(
+        default=None, description="most open leads the rep may hold; full reps are skipped"
+    )
+
+
+class Team(_Strict):
+    id: RuleId
+    members: Annotated[list[str], Field(min_length=1)]
+    strategy: Literal["round_robin", "least_loaded", "pool"] = "round_robin"
+
+
+class RouteCondition(_Strict):
+    country_in: list[str] | None = None
+    employees_min: int | None = None
+    employees_max: int | None = None
+    industry_in: list[str] | None = None
+    min_score: float | None = None
+
+    def matches(self, profile: dict[str, Any], score: float) -> bool:
+        if self.country_in is not None:
+            country = profile.get("country")
+            if country is None or str(country).upper() not in {c.upper() for c in self.country_in}:
+                return False
+        if self.employees_min is not None or self.employees_max is not None:
+            employees = profile.get("employees")
+            if employees is None:
+                return False
+            if self.employees_min is not None and employees < self.employees_min:
+                return False
+            if self.employees_max is not None and employees > self.employees_max:
+                return False
+        if self.industry_in is not None:
+            industry = profile.get("industry")
+            if industry is None or str(industry).lower() not in {
+                i.lower() for i in self.industry_in
+            }:
+                return False
+        return self.min_score is None or score >= self.min_score
+
+
+class RouteRule(_Strict):
+    id: RuleId
+    team: str
+    when: RouteCondition = Field(default_factory=RouteCondition)
+
+
+class Routing(_Strict):
+    assign_on: Literal["mql", "created", "manual"] = "mql"
+    first_contact_sla_hours: Annotated[float, Field(gt=0)] = 24
+    fallback: str = Field(default="pool", description="'pool' or a team id")
+    reps: list[Rep] = Field(default_factory=list)
+    teams: list[Team] = Field(default_factory=list)
+    rules: list[RouteRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _references(self) -> Routing:
+        reps = {r.id for r in self.reps}
+        teams = {t.id for t in self.teams}
+        for team in self.teams:
+            unknown = [m for m in team.members if m not in reps]
+            if unknown:
+                raise ValueError(f"team {team.id!r} names unknown reps: {', '.join(unknown)}")
+        for rule in self.rules:
+            if rule.team not in teams:
+                raise ValueError(f"routing rule {rule.id!r} names unknown team {rule.team!r}")
+        if self.fallback != "pool" and self.fallback not in teams:
+            raise ValueError(f"fallback {self.fallback!r} is neither 'pool' nor a team id")
+        return self
+
+    def rep(self, rep_id: str) -> Rep | None:
+        return next((r for r in self.reps if r.id == rep_id), None)
+
+    def team(self, team_id: str) -> Team:
+        return next(t for t in self.teams if t.id == team_id)
+
+
+class Rules(_Strict):
+    """A complete, validated rule set."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              ignored_types=(cached_property,))
+
+    label: str = "custom"
+    scoring: Scoring = Field(default_factory=Scoring)
+    lifecycle: Lifecycle = Field(default_factory=Lifecycle)
+    accounts: Accounts = Field(default_factory=Accounts)
+    routing: Routing = Field(default_factory=Routing)
+
+    @cached_property
+    def version(self) -> str:
+        """Content hash: the same meaning gives the same version, whatever the formatting."""
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True,
+                               separators=(",", ":"))
+        return "r-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+    @cached_property
+    def half_life_seconds(self) -> float:
+        return self.scoring.half_life_days * 86400.0
+
+    @cached_property
+    def free_mail(self) -> frozenset[str]:
+        return frozenset(d.lower() for d in self.accounts.free_mail_domains)
+
+
+class RulesError(ValueError):
+    """A rules file that cannot be used; the message names the file and the field."""
+
+
+def parse_rules(text: str, *, source: str = "<rules>") -> Rules:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise RulesError(f"{source}: not valid TOML: {exc}") from exc
+    try:
+        return Rules.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ())) or "(top level)"
+            problems.append(f"{where}: {err.get('msg')}")
+        raise RulesError(f"{source}: invalid rules: " + "; ".join(problems)) from exc
+
+
+def load_rules(path: str | Path | None = None) -> Rules:
+    """Rules from ``path``, or the built-in defaults when ``path`` is None."""
+    if path is None:
+        return default_rules()
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RulesError(f"{file}: cannot read rules file: {exc.strerror}") from exc
+    return parse_rules(text, source=str(file))
+
+
+def default_rules_text() -> str:
+    return resources.files("leadflow").joinpath("default_rules.toml").read_text(encoding="utf-8")
+
+
+_DEFAULT: Rules | None = None
+
+
+def default_rules() -> Rules:
+    global _DEFAULT
+    if _DEFAULT is None:
+        _DEFAULT = parse_rules(default_rules_text(), source="default_rules.toml")
+    return _DEFAULT
+
+
+def rules_json_schema() -> dict[str, Any]:
+    schema = Rules.model_json_schema(mode="validation", by_alias=True)
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "leadflow rules file"
+    return schema

@@ -1,0 +1,182 @@
+"""Scoring arithmetic: pure functions of rules, records and event time.
+
+Engagement that decays is kept as ``(value, as_of)``. A touchpoint worth ``p`` at time ``t``
+gives ``value' = value * 2^(-(t' - as_of)/H) + p * 2^(-(t' - t)/H)`` with ``t' = max(t,
+as_of)``. Because every award simply decays from its own event time, the result does not
+depend on the order records arrive in: a late touchpoint adds exactly its decayed share.
+Awards from rules that *expire* instead of decaying count fully until ``t + window``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from leadflow.rules import Rules
+
+
+@dataclass(frozen=True, slots=True)
+class Award:
+    """Points one rule gave for one record."""
+
+    rule: str
+    points: float
+    at: datetime
+    event_id: str
+    expires_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rule": self.rule,
+            "points": self.points,
+            "at": self.at,
+            "event_id": self.event_id,
+            "expires_at": self.expires_at,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Award:
+        return cls(
+            rule=data["rule"],
+            points=data["points"],
+            at=data["at"],
+            event_id=data["event_id"],
+            expires_at=data.get("expires_at"),
+        )
+
+    def value_at(self, when: datetime, half_life_seconds: float) -> float:
+        """This award's contribution at ``when`` (0 before it happened or after expiry)."""
+        if when < self.at:
+            return 0.0
+        if self.expires_at is not None:
+            return self.points if when < self.expires_at else 0.0
+        return self.points * decay_factor((when - self.at).total_seconds(), half_life_seconds)
+
+
+def decay_factor(seconds: float, half_life_seconds: float) -> float:
+    return 2.0 ** (-seconds / half_life_seconds)
+
+
+def decayed(value: float, as_of: datetime | None, when: datetime, half_life_s: float) -> float:
+    """The decaying engagement ``value`` known at ``as_of``, seen at ``when`` >= as_of."""
+    if as_of is None or value == 0.0:
+        return value
+    seconds = (when - as_of).total_seconds()
+    if seconds <= 0:
+        return value
+    return value * decay_factor(seconds, half_life_s)
+
+
+def add_decaying(
+    value: float, as_of: datetime | None, points: float, at: datetime, half_life_s: float
+) -> tuple[float, datetime]:
+    """Fold one decaying award into ``(value, as_of)``; order-independent."""
+    if as_of is None:
+        return points, at
+    horizon = max(as_of, at)
+    return (
+        decayed(value, as_of, horizon, half_life_s)
+        + points * decay_factor((horizon - at).total_seconds(), half_life_s),
+        horizon,
+    )
+
+
+def merge_decaying(
+    a: tuple[float, datetime | None], b: tuple[float, datetime | None], half_life_s: float
+) -> tuple[float, datetime | None]:
+    """Combine two ``(value, as_of)`` states, e.g. when two leads merge."""
+    (va, ta), (vb, tb) = a, b
+    if tb is None:
+        return va, ta
+    return add_decaying(va, ta, vb, tb, half_life_s)
+
+
+def expiring_total(awards: Iterable[Award], when: datetime) -> float:
+    return sum(a.points for a in awards if a.at <= when and a.expires_at and when < a.expires_at)
+
+
+def score_touchpoint(
+    rules: Rules,
+    record_type: str,
+    context: Mapping[str, Any],
+    at: datetime,
+    event_id: str,
+    counts: Mapping[str, int],
+    totals: Mapping[str, float],
+) -> list[Award]:
+    """Awards every matching engagement rule gives this touchpoint.
+
+    ``counts``/``totals`` are per-rule matches and raw points so far, for bands and caps.
+    """
+    awards: list[Award] = []
+    for rule in rules.scoring.engagement:
+        if not rule.matches(record_type, context):
+            continue
+        count = counts.get(rule.id, 0) + 1
+        given = totals.get(rule.id, 0.0)
+        if rule.bands is not None:
+            points = rule.band_total(count) - given
+        else:
+            assert rule.points is not None  # guaranteed by the rule's validator
+            points = rule.points
+        if rule.cap is not None and given + points > rule.cap:
+            points = max(0.0, rule.cap - given)
+        expires_at = (
+            at + timedelta(days=rule.expires_after_days) if rule.expires_after_days else None
+        )
+        # A zero award is still recorded so the count advances and the audit shows the match.
+        awards.append(Award(rule.id, float(points), at, event_id, expires_at))
+    return awards
+
+
+def fit_awards(rules: Rules, profile: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Fit points (no decay). Within a field the first matching rule wins, so a CEO does not
+    also collect the manager points."""
+    out: list[tuple[str, float]] = []
+    seen_fields: set[str] = set()
+    for rule in rules.scoring.fit:
+        if rule.field in seen_fields:
+            continue
+        if rule.matches(profile):
+            out.append((rule.id, float(rule.points)))
+            seen_fields.add(rule.field)
+    return out
+
+
+def first_time_below(
+    threshold: float,
+    constant: float,
+    value: float,
+    as_of: datetime | None,
+    expiring: Iterable[Award],
+    start: datetime,
+    half_life_s: float,
+) -> datetime | None:
+    """First moment ``t >= start`` at which ``constant + engagement(t) < threshold``.
+
+    Between expiry moments the score only decays, so the crossing is found segment by
+    segment: ``as_of + H*log2(value / remaining)`` where ``remaining`` is the threshold
+    minus the constant part. Returns None when the score never falls below.
+    """
+    moments = sorted({a.expires_at for a in expiring if a.expires_at and a.expires_at > start})
+    expiring = list(expiring)
+    seg_start = start
+    for seg_end in [*moments, None]:
+        alive = expiring_total(expiring, seg_start)
+        remaining = threshold - constant - alive
+        current = decayed(value, as_of, seg_start, half_life_s)
+        if current < remaining:
+            return seg_start
+        if remaining > 0 and current > 0:
+            # Solve current * 2^(-dt/H) = remaining for dt.
+            dt = half_life_s * math.log2(current / remaining)
+            crossing = seg_start + timedelta(seconds=dt)
+            if seg_end is None or crossing < seg_end:
+                return crossing
+        if seg_end is None:
+            return None
+        seg_start = seg_end
+    return None
