@@ -1,0 +1,401 @@
+"""``leadflow`` command line: the composition root. Clients are built here, in ``main()``.
+
+Exit codes: 0 success; 1 a problem named on stderr (bad configuration, unreadable file,
+unknown lead); 2 usage error (click); 3 the command ran but some input lines were rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from collections import Counter
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+import click
+import structlog
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TransferSpeedColumn,
+)
+from rich.table import Table
+
+from leadflow.application import LeadflowApp, LeadView
+from leadflow.config import ConfigError, Settings
+from leadflow.contract import RecordRejected
+from leadflow.domain import STAGES, LeadflowError
+from leadflow.identity import InvalidIdentityError, parse_identity_argument
+from leadflow.ingest import IngestReport, RejectsWriter, ingest_lines
+from leadflow.logs import configure_logging
+from leadflow.rules import Rules, RulesError, load_rules
+
+EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
+
+err_console = Console(stderr=True)
+log = structlog.get_logger("leadflow.cli")
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    sys.exit(code)
+
+
+class Context:
+    """Settings and lazily built clients, shared by sub-commands."""
+
+    def __init__(self, settings: Settings, rules_path: str | None) -> None:
+        self.settings = settings
+        self.rules_path = rules_path or settings.rules_path
+        self._app: LeadflowApp | None = None
+
+    def rules(self) -> Rules:
+        try:
+            return load_rules(self.rules_path)
+        except RulesError as exc:
+            fail(str(exc))
+
+    def app(self) -> LeadflowApp:
+        if self._app is None:
+            try:
+                env = self.settings.eventsourcing_env()
+            except ConfigError as exc:
+                fail(str(exc))
+            self._app = LeadflowApp(env=env, rules=self.rules())
+        return self._app
+
+
+def parse_time(text: str, name: str) -> datetime:
+    """ISO 8601 with offset, a date (UTC midnight), or 'now' (wall clock, at this boundary)."""
+    if text == "now":
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{name}: {text!r} is not a time; use ISO 8601 like 2026-03-01T12:00:00+00:00, "
+             "a date like 2026-03-01, or 'now'")
+    if value.tzinfo is None:
+        if "T" in text or " " in text:
+            fail(f"{name}: {text!r} has no UTC offset; add one, e.g. {text}+00:00")
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--database", "database_url", envvar="LEADFLOW_DATABASE_URL",
+              help="sqlite:///PATH (default sqlite:///leadflow.db), memory: or postgresql://…")
+@click.option("--rules", "rules_path", envvar="LEADFLOW_RULES", type=click.Path(),
+              help="Rules file (TOML). Default: the built-in rules.")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING, ERROR (LEADFLOW_LOG_LEVEL)")
+@click.option("--log-format", type=click.Choice(["console", "json"]), default=None,
+              help="Log format on stderr (LEADFLOW_LOG_FORMAT); json when not a terminal.")
+@click.version_option(package_name="leadflow")
+@click.pass_context
+def cli(ctx: click.Context, database_url: str | None, rules_path: str | None,
+        log_level: str | None, log_format: str | None) -> None:
+    """leadflow: event-sourced lead lifecycle engine (scoring, lifecycle, routing, identity)."""
+    try:
+        configure_logging(log_level, log_format)
+        settings = Settings.from_env()
+    except (ValueError, ConfigError) as exc:
+        fail(str(exc))
+    if database_url:
+        settings = Settings(**{**settings.__dict__, "database_url": database_url})
+    ctx.obj = Context(settings, rules_path)
+
+
+def _numbered_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
+    for number, line in enumerate(stream, start=1):
+        yield number, line.rstrip("\n")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TransferSpeedColumn(), TimeElapsedColumn(), console=err_console,
+        disable=not err_console.is_terminal,
+    )
+
+
+def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
+               check_future: bool) -> IngestReport:
+    app = obj.app()
+    try:
+        stream: IO[str] = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        fail(f"cannot read {source}: {exc.strerror}")
+    total = None if source == "-" else Path(source).stat().st_size
+    now = datetime.now(UTC) if check_future else None
+    with stream, rejects_path.open("w", encoding="utf-8") as rejects, _progress() as progress:
+        task = progress.add_task(f"ingest {source}", total=total)
+        report = ingest_lines(
+            app, _numbered_lines(stream), batch_size=batch_size, now=now,
+            max_future_skew=obj.settings.max_future_skew, rejects=RejectsWriter(rejects),
+            on_batch=lambda _lines, done: progress.update(task, completed=done),
+        )
+    if report.rejected == 0:
+        rejects_path.unlink(missing_ok=True)
+    log.info("ingest finished", source=source, **report.as_dict())
+    return report
+
+
+@cli.command()
+@click.argument("source", metavar="FILE|-")
+@click.option("--rejects", "rejects_path", type=click.Path(path_type=Path), default=None,
+              help="Where rejected lines go (default: FILE.rejects.jsonl, or rejects.jsonl).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
+              help="Records per transaction (LEADFLOW_BATCH_SIZE, default 1000).")
+@click.option("--allow-future/--reject-future", default=False,
+              help="Accept records dated further ahead than LEADFLOW_MAX_FUTURE_SKEW_SECONDS.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def ingest(obj: Context, source: str, rejects_path: Path | None, batch_size: int | None,
+           allow_future: bool, as_json: bool) -> None:
+    """Validate and apply a JSONL file (or - for stdin) in batches.
+
+    Bad lines are reported with their line number and reason, written to the rejects
+    file, and the good lines still apply. Exit code 3 when anything was rejected.
+    """
+    if rejects_path is None:
+        rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
+    report = run_ingest(obj, source, rejects_path, batch_size or obj.settings.batch_size,
+                        check_future=not allow_future)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(f"{report.lines} lines: {report.applied} applied, {report.duplicates} "
+                   f"duplicates ignored, {report.rejected} rejected")
+        if report.rejected:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.reasons.items()))
+            click.echo(f"rejected by reason: {reasons}; details in {rejects_path}")
+    sys.exit(EXIT_REJECTED if report.rejected else EXIT_OK)
+
+
+@cli.command()
+@click.option("--leads", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--days", type=click.IntRange(1), default=90, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--start", default="2026-01-01", show_default=True,
+              help="First day of the stream (event time).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="JSONL file to write (- for stdout).")
+@click.pass_obj
+def generate(obj: Context, leads: int, days: int, seed: int, start: str, output: Path) -> None:
+    """Write a realistic synthetic stream, deterministic for a seed.
+
+    Personas behave differently, companies have several people, sales dispositions follow
+    engagement, and a small share of duplicates and bad records is mixed in on purpose.
+    """
+    from leadflow.generator import generate as generate_stream
+
+    begin = parse_time(start, "--start")
+    count = 0
+    out: IO[str] = sys.stdout if str(output) == "-" else output.open("w", encoding="utf-8")
+    with out, _progress() as progress:
+        task = progress.add_task("generate", total=None)
+        for line in generate_stream(leads=leads, days=days, seed=seed, start=begin):
+            out.write(line + "\n")
+            count += 1
+            if count % 10_000 == 0:
+                progress.update(task, completed=count)
+    log.info("generated", records=count, leads=leads, days=days, seed=seed, output=str(output))
+    if str(output) != "-":
+        click.echo(f"wrote {count} records for {leads} leads to {output}")
+
+
+@cli.command()
+@click.option("--leads", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--days", type=click.IntRange(1), default=90, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--fresh/--keep", default=True, show_default=True,
+              help="Start from an empty SQLite store (only for sqlite:/// URLs).")
+@click.pass_obj
+def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
+    """Generate a stream, ingest it, advance the clock, and show what ops people look at."""
+    from leadflow.generator import generate as generate_stream
+
+    url = obj.settings.database_url
+    if fresh and url.startswith("sqlite:///"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(url[len("sqlite:///"):] + suffix).unlink(missing_ok=True)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with tempfile.TemporaryDirectory(prefix="leadflow-demo-") as tmp:
+        stream = Path(tmp) / "stream.jsonl"
+        with stream.open("w", encoding="utf-8") as out:
+            for line in generate_stream(leads=leads, days=days, seed=seed, start=start):
+                out.write(line + "\n")
+        report = run_ingest(obj, str(stream), Path(tmp) / "rejects.jsonl",
+                            obj.settings.batch_size, check_future=False)
+    app = obj.app()
+    end = report.max_occurred_at or start
+    clock = app.advance_clock(end)
+    console = Console()
+    console.print(f"[bold]leadflow demo[/] on {url}: {report.lines} records for {leads} leads "
+                  f"over {days} days; {report.applied} applied, {report.duplicates} duplicates "
+                  f"ignored, {report.rejected} rejected "
+                  f"({', '.join(f'{k}={v}' for k, v in sorted(report.reasons.items()))})")
+    console.print(f"clock advanced to {end.isoformat()}: {clock.woken} leads woken, "
+                  f"{clock.events} events recorded")
+    _print_summary(console, app, end)
+
+
+def _print_summary(console: Console, app: LeadflowApp, at: datetime) -> None:
+    views: list[LeadView] = []
+    for lead_id in app.lead_ids():
+        if app.resolve(lead_id) == lead_id:
+            views.append(app.lead(lead_id, at=at))
+    stages: Counter[str] = Counter(v.stage_now for v in views)
+    table = Table(title=f"Leads per stage ({len(views)} live leads)")
+    table.add_column("stage")
+    table.add_column("leads", justify="right")
+    for stage in STAGES:
+        table.add_row(stage, str(stages.get(stage, 0)))
+    table.add_row("dormant (flag)", str(sum(v.dormant for v in views)))
+    console.print(table)
+
+    top = sorted(views, key=lambda v: -v.score)[:10]
+    table = Table(title=f"Top leads by score at {at.date().isoformat()}")
+    for col in ("lead", "stage", "owner", "fit", "engagement", "score", "top rules"):
+        table.add_column(col, justify="right" if col in ("fit", "engagement", "score") else "left")
+    for v in top:
+        rules = ", ".join(f"{c.rule} {c.value:.1f}" for c in v.breakdown[:4])
+        table.add_row(v.primary_key, v.stage_now, v.owner or ("pool" if v.in_pool else "-"),
+                      f"{v.fit:.1f}", f"{v.engagement:.1f}", f"{v.score:.1f}", rules)
+    console.print(table)
+
+    load = app.rep_load()
+    owned: Counter[str] = Counter(v.owner for v in views if v.owner)
+    table = Table(title="Owners")
+    for col in ("rep", "open leads (load)", "leads owned", "customers"):
+        table.add_column(col, justify="left" if col == "rep" else "right")
+    customers: Counter[str] = Counter(v.owner for v in views
+                                      if v.owner and v.stage_now == "customer")
+    for rep in sorted(set(load) | set(owned)):
+        table.add_row(rep, str(load.get(rep, 0)), str(owned.get(rep, 0)),
+                      str(customers.get(rep, 0)))
+    table.add_row("pool (unassigned)", str(sum(v.in_pool for v in views)), "-", "-")
+    console.print(table)
+
+
+@cli.group()
+def lead() -> None:
+    """Look at one lead."""
+
+
+@lead.command("show")
+@click.argument("identity")
+@click.option("--at", "at_text", default=None, help="Event time (ISO 8601, date or 'now'). "
+              "Default: now.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def lead_show(obj: Context, identity: str, at_text: str | None, as_json: bool) -> None:
+    """Stage, owner, fit, engagement and score of a lead at a time, with per-rule breakdown.
+
+    IDENTITY is an email, a +E.164 phone, a lead id, or kind:value (external_id:CRM-1).
+    """
+    at = parse_time(at_text or "now", "--at")
+    app = obj.app()
+    try:
+        key = parse_identity_argument(identity)
+        view = app.lead(key, at=at)
+    except InvalidIdentityError as exc:
+        fail(str(exc))
+    except LeadflowError as exc:
+        fail(str(exc))
+    if as_json:
+        click.echo(json.dumps(view.to_json()))
+        return
+    console = Console()
+    console.print(f"[bold]{view.primary_key}[/] lead {view.lead_id}")
+    console.print(f"at {view.at.isoformat()}: stage [bold]{view.stage}[/] (now {view.stage_now}), "
+                  f"owner {view.owner or ('pool' if view.in_pool else '-')}, "
+                  f"score [bold]{view.score:.2f}[/] = fit {view.fit:.2f} + engagement "
+                  f"{view.engagement:.2f}")
+    table = Table()
+    for col in ("rule", "kind", "count", "points", "value now"):
+        table.add_column(col, justify="left" if col in ("rule", "kind") else "right")
+    for c in view.breakdown:
+        table.add_row(c.rule, c.kind, str(c.count), f"{c.points:g}", f"{c.value:.2f}")
+    console.print(table)
+
+
+@cli.group()
+def clock() -> None:
+    """Event-time clock: records time-driven transitions (decay, SLA, dormancy)."""
+
+
+@clock.command("advance")
+@click.option("--to", "to_text", default="now", show_default=True,
+              help="Event time to advance to (ISO 8601, date or 'now').")
+@click.pass_obj
+def clock_advance(obj: Context, to_text: str) -> None:
+    """Record every transition due up to --to, each at its exact computed event time."""
+    to = parse_time(to_text, "--to")
+    app = obj.app()
+    with _progress() as progress:
+        task = progress.add_task("advance clock", total=None)
+        result = app.advance_clock(to, progress=lambda day, n: progress.update(
+            task, advance=1, description=f"advance clock {day}"))
+    click.echo(f"clock at {to.isoformat()}: {result.woken} leads woken, "
+               f"{result.events} events recorded")
+
+
+@cli.group()
+def rules() -> None:
+    """Rules files: check them before you use them."""
+
+
+@rules.command("check")
+@click.argument("file", type=click.Path())
+def rules_check(file: str) -> None:
+    """Validate a rules file; prints its version, or names the invalid field (exit 1)."""
+    try:
+        loaded = load_rules(file)
+    except RulesError as exc:
+        fail(str(exc))
+    s = loaded.scoring
+    click.echo(f"{file}: ok, version {loaded.version} ({loaded.label}); "
+               f"{len(s.engagement)} engagement rules, {len(s.fit)} fit rules, MQL at "
+               f"{s.mql_threshold:g}, half-life {s.half_life_days:g} days, "
+               f"{len(loaded.routing.rules)} routing rules")
+
+
+@rules.command("show-default")
+def rules_show_default() -> None:
+    """Print the built-in rules file, to copy and edit."""
+    from leadflow.rules import default_rules_text
+
+    click.echo(default_rules_text(), nl=False)
+
+
+@cli.group()
+def schemas() -> None:
+    """Published JSON Schemas (inbound record, rules file)."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("schemas"))
+def schemas_export(directory: Path) -> None:
+    """Write the JSON Schemas generated from the models into DIRECTORY."""
+    from leadflow.schemas import write_schemas
+
+    for path in write_schemas(directory):
+        click.echo(f"wrote {path}")
+
+
+def main() -> Any:
+    try:
+        return cli(standalone_mode=True)
+    except (RecordRejected, ConfigError) as exc:  # defensive: should be handled above
+        fail(str(exc))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""Shared fixtures: an engine on each embedded store, and a record builder."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from leadflow.application import LeadflowApp
+from leadflow.contract import InboundRecord
+from leadflow.rules import Rules, default_rules
+
+T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+
+def days(n: float) -> timedelta:
+    return timedelta(days=n)
+
+
+class Records:
+    """Builds valid inbound records with unique event ids; ``at`` defaults to T0."""
+
+    def __init__(self) -> None:
+        self._ids = itertools.count(1)
+
+    def __call__(self, type_: str, email: str | None = None, *, at: datetime = T0,
+                 event_id: str | None = None, lead: dict[str, Any] | None = None,
+                 **fields: Any) -> InboundRecord:
+        ref = dict(lead or {})
+        if email is not None:
+            ref["email"] = email
+        data = {
+            "event_id": event_id or f"evt-{next(self._ids)}",
+            "type": type_,
+            "occurred_at": at.isoformat(),
+            "lead": ref,
+            **fields,
+        }
+        return InboundRecord.model_validate(data)
+
+
+@pytest.fixture
+def rec() -> Records:
+    return Records()
+
+
+def make_app(store: str, tmp_path: Path, rules: Rules | None = None,
+             name: str = "leadflow.db") -> LeadflowApp:
+    if store == "memory":
+        env = {"PERSISTENCE_MODULE": "eventsourcing.popo"}
+    else:
+        env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+               "SQLITE_DBNAME": str(tmp_path / name)}
+    return LeadflowApp(env=env, rules=rules or default_rules())
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def app(store: str, tmp_path: Path) -> Iterator[LeadflowApp]:
+    application = make_app(store, tmp_path)
+    yield application
+    application.close()
