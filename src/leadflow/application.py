@@ -9,13 +9,19 @@ its exactly-once effect. Queries return frozen DTOs, never live aggregates.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, TypeVar, cast
+from typing import Any, ClassVar, TypeVar, cast
 from uuid import UUID
 
-from eventsourcing.application import AggregateNotFoundError, Application, ProcessingEvent
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    LRUCache,
+    ProcessingEvent,
+)
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ProcessRecorder, Tracking
 from eventsourcing.utils import get_topic
@@ -193,7 +199,7 @@ class LeadflowApp(Application[UUID]):
 
     name = "leadflow"
     # Router and Clock are shared by every lead; snapshots keep their reconstruction cheap.
-    snapshotting_intervals = {Router: 500, Clock: 500}
+    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Router: 500, Clock: 500}
 
     def __init__(self, env: dict[str, str] | None = None, rules: Rules | None = None) -> None:
         super().__init__(env)
@@ -293,17 +299,17 @@ class LeadflowApp(Application[UUID]):
                 lead_id = UUID(key_or_id)
             except ValueError:
                 try:
-                    index = self.repository.get(identity_index_id(key_or_id))
+                    index: Any = self.repository.get(identity_index_id(key_or_id))
                 except AggregateNotFoundError:
                     raise UnknownLeadError(f"no lead known by {key_or_id!r}") from None
                 assert isinstance(index, IdentityIndex)
                 if index.is_interest:
                     raise UnknownLeadError(
                         f"{key_or_id!r} is anonymous interest, not yet linked to a person"
-                    )
+                    ) from None
                 lead_id = index.target_id
         for _ in range(32):
-            lead = self._get_lead(lead_id)
+            lead: Lead = self._get_lead(lead_id)
             if lead.merged_into is None:
                 return lead.id
             lead_id = lead.merged_into
@@ -311,7 +317,7 @@ class LeadflowApp(Application[UUID]):
 
     def _get_lead(self, lead_id: UUID) -> Lead:
         try:
-            lead = self.repository.get(lead_id)
+            lead: Any = self.repository.get(lead_id)
         except AggregateNotFoundError:
             raise UnknownLeadError(f"no lead with id {lead_id}") from None
         if not isinstance(lead, Lead):
@@ -351,19 +357,19 @@ class LeadflowApp(Application[UUID]):
 
     def lead_ids(self, batch: int = 1000) -> Iterator[UUID]:
         """Every lead ever created (merged ones included), from the notification log."""
-        topic = get_topic(Lead.Created)  # type: ignore[attr-defined]
+        topic = get_topic(Lead.Created)
         start = 1
         while True:
             page = self.recorder.select_notifications(start, batch, topics=[topic])
             if not page:
                 return
             for notification in page:
-                yield notification.originator_id
+                yield UUID(str(notification.originator_id))
             start = page[-1].id + 1
 
     def rep_load(self) -> dict[str, int]:
         try:
-            router = self.repository.get(Router.create_id())
+            router: Any = self.repository.get(Router.create_id())
         except AggregateNotFoundError:
             return {}
         assert isinstance(router, Router)
@@ -371,13 +377,24 @@ class LeadflowApp(Application[UUID]):
 
     def clock_position(self) -> datetime | None:
         try:
-            clock = self.repository.get(Clock.create_id())
+            clock: Any = self.repository.get(Clock.create_id())
         except AggregateNotFoundError:
             return None
         assert isinstance(clock, Clock)
         return clock.position
 
     # ------------------------------------------------------------------ internals
+
+    def forget_cached_aggregates(self) -> None:
+        """Drop every cached aggregate (after a failed batch, or when another writer moved on)."""
+        cache = self.repository.cache
+        if cache is None:
+            return
+        with getattr(cache, "lock", nullcontext()):
+            cache.cache.clear()
+            if isinstance(cache, LRUCache):
+                cache.clear()
+                cache.full = False
 
     def _commit(self, unit: _Unit, tracking: Tracking | None) -> None:
         processing = ProcessingEvent[UUID](tracking)
@@ -388,8 +405,7 @@ class LeadflowApp(Application[UUID]):
             recordings = self._record(processing)
         except BaseException:
             # Aggregates in the cache may hold the uncommitted changes: forget them all.
-            if self.repository.cache is not None:
-                self.repository.cache.clear()
+            self.forget_cached_aggregates()
             raise
         self._take_snapshots(processing)
         self._notify(recordings)
@@ -401,8 +417,7 @@ class LeadflowApp(Application[UUID]):
             return RecordResult(index, record.event_id, Outcome.REJECTED, None, exc.reason,
                                 str(exc))
         except BaseException:
-            if self.repository.cache is not None:
-                self.repository.cache.clear()
+            self.forget_cached_aggregates()
             raise
         outcome = Outcome.DUPLICATE if duplicate else Outcome.APPLIED
         return RecordResult(index, record.event_id, outcome, lead_id)
@@ -629,7 +644,7 @@ class LeadflowApp(Application[UUID]):
             lead.change_stage(target, at, actor, rec.reason or "unspecified", rec.event_id)
         elif kind == "converted":
             assert rec.deal is not None  # the contract requires a deal
-            links = {
+            links: dict[str, Any] | None = {
                 "contact_id": str(lead.id),
                 "account_id": str(lead.account_id) if lead.account_id else None,
                 "deal_id": rec.deal.id,

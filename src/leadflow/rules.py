@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tomllib
+from collections.abc import Mapping
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
@@ -43,7 +44,7 @@ class Condition(_Strict):
             raise ValueError("a condition needs exactly one of equals, contains, prefix, in")
         return self
 
-    def matches(self, context: dict[str, Any]) -> bool:
+    def matches(self, context: Mapping[str, Any]) -> bool:
         value = context.get(self.field)
         if value is None:
             return False
@@ -94,7 +95,7 @@ class EngagementRule(_Strict):
                 previous_max = band.max if band.max is not None else 10**9
         return self
 
-    def matches(self, record_type: str, context: dict[str, Any]) -> bool:
+    def matches(self, record_type: str, context: Mapping[str, Any]) -> bool:
         return record_type == self.type and all(c.matches(context) for c in self.when)
 
     def band_total(self, count: int) -> float:
@@ -124,7 +125,7 @@ class FitRule(_Strict):
             raise ValueError("a fit rule needs either contains_any/in or min/max")
         return self
 
-    def matches(self, profile: dict[str, Any]) -> bool:
+    def matches(self, profile: Mapping[str, Any]) -> bool:
         value = profile.get(self.field)
         if value is None:
             return False
@@ -212,7 +213,7 @@ class RouteCondition(_Strict):
     industry_in: list[str] | None = None
     min_score: float | None = None
 
-    def matches(self, profile: dict[str, Any], score: float) -> bool:
+    def matches(self, profile: Mapping[str, Any], score: float) -> bool:
         if self.country_in is not None:
             country = profile.get("country")
             if country is None or str(country).upper() not in {c.upper() for c in self.country_in}:

@@ -57,7 +57,7 @@ class Award:
 
 
 def decay_factor(seconds: float, half_life_seconds: float) -> float:
-    return 2.0 ** (-seconds / half_life_seconds)
+    return float(2.0 ** (-seconds / half_life_seconds))
 
 
 def decayed(value: float, as_of: datetime | None, when: datetime, half_life_s: float) -> float:

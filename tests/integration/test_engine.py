@@ -271,6 +271,7 @@ def test_late_touchpoints_give_the_same_state_in_any_arrival_order(store: str,
 def test_replay_from_the_store_gives_the_same_state_whatever_the_batch_size(
         store: str, tmp_path: Path) -> None:
     from leadflow.generator import generate
+
     from leadflow.contract import RecordRejected, parse_record
 
     records = []

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import math
+from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -37,7 +36,7 @@ def score_all(rules_text: str | None, touches: list[tuple[str, dict[str, str]]])
     return points
 
 
-def test_lead_a_downloads_three_pieces_opens_and_clicks_three_emails_and_starts_a_trial_76() -> None:
+def test_lead_a_downloads_three_opens_and_clicks_three_emails_and_starts_a_trial_76() -> None:
     touches = [("content_downloaded", {})] * 3 + [("email_opened", {})] * 3 \
         + [("email_clicked", {})] * 3 + [("trial_started", {})]
     assert score_all(None, touches) == 76

@@ -1,0 +1,42 @@
+# leadflow: two commands on a fresh machine.
+#   make demo   -- create the virtualenv, install, run the demo on the embedded SQLite store
+#   make test   -- create the virtualenv, install, run the whole suite (starts its own services)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test unit lint typecheck schemas services-up services-down clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/leadflow demo
+
+test: setup
+	$(BIN)/python -m pytest
+
+unit: setup
+	$(BIN)/python -m pytest tests/unit tests/integration/test_engine.py
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy
+
+schemas: setup
+	$(BIN)/leadflow schemas export schemas
+
+services-up:
+	scripts/services up
+
+services-down:
+	scripts/services down
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache leadflow.db
