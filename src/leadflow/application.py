@@ -216,18 +216,30 @@ class LeadflowApp(Application[UUID]):
     # ------------------------------------------------------------------ commands
 
     def apply_batch(
-        self, records: Sequence[InboundRecord], tracking: Tracking | None = None
+        self,
+        records: Sequence[InboundRecord],
+        tracking: Tracking | None = None,
+        before_commit: Callable[[BatchResult], None] | None = None,
     ) -> BatchResult:
         """Apply records in order and save everything they changed in one transaction.
 
         A record the domain refuses (unknown lead for a disposition, unknown rep) is
         reported as rejected and changes nothing; the rest of the batch still applies.
+        ``before_commit`` sees the results before anything is saved (the Kafka consumer
+        dead-letters the rejected records there, so a crash can never lose one).
         Anything unexpected aborts the whole batch: nothing is saved and it is raised.
         """
         unit = _Unit(self)
-        results = [self._apply_one(unit, i, record) for i, record in enumerate(records)]
+        results = BatchResult(tuple(self._apply_one(unit, i, record)
+                                    for i, record in enumerate(records)))
+        if before_commit is not None:
+            try:
+                before_commit(results)
+            except BaseException:
+                self.forget_cached_aggregates()
+                raise
         self._commit(unit, tracking)
-        return BatchResult(tuple(results))
+        return results
 
     def ingest(self, record: InboundRecord) -> RecordResult:
         """Apply one record (a batch of one); for tests and interactive use."""

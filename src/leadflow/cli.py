@@ -6,7 +6,9 @@ unknown lead); 2 usage error (click); 3 the command ran but some input lines wer
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import sys
 import tempfile
 from collections import Counter
@@ -388,6 +390,191 @@ def schemas_export(directory: Path) -> None:
 
     for path in write_schemas(directory):
         click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- production path (Kafka)
+
+
+def _kafka_settings() -> Any:
+    from leadflow.consumers.settings import KafkaSettings
+
+    try:
+        return KafkaSettings.from_env()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def _kafka_call(what: str, build: Any) -> Any:
+    from kafka.errors import KafkaError
+
+    try:
+        return build()
+    except KafkaError as exc:
+        fail(f"{what}: Kafka is not reachable or refused the request ({type(exc).__name__}: "
+             f"{exc}); check LEADFLOW_KAFKA_BOOTSTRAP")
+
+
+@cli.command()
+@click.option("--until-idle", is_flag=True,
+              help="Exit once every assigned partition is caught up.")
+@click.pass_obj
+def consume(obj: Context, until_idle: bool) -> None:
+    """Consume the touchpoints topic into the event store (exactly-once effect).
+
+    Each poll's records of one partition are applied as one batch and committed with the
+    partition offset in one transaction; bad records go to the dead-letter topic with the
+    reason in their headers. SIGTERM/SIGINT finish the current batch and exit.
+    """
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from leadflow.consumers.touchpoints import ConsumerStoppedError, TouchpointConsumer
+
+    settings = _kafka_settings()
+    app = obj.app()
+    consumer = _kafka_call("consumer", lambda: KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        max_poll_records=settings.max_poll_records, client_id="leadflow-consume",
+        fetch_max_wait_ms=200))
+    producer = _kafka_call("producer", lambda: KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
+        client_id="leadflow-dlq"))
+    runner = TouchpointConsumer(app, settings, consumer, producer,
+                                max_future_skew=obj.settings.max_future_skew)
+    runner.install_signal_handlers()
+    try:
+        stats = runner.run(until_idle=until_idle)
+    except ConsumerStoppedError as exc:
+        fail(str(exc))
+    click.echo(f"consumed {stats.records} records in {stats.batches} batches: "
+               f"{stats.applied} applied, {stats.duplicates} duplicates ignored, "
+               f"{stats.dead_lettered} dead-lettered, {stats.retries} retries")
+
+
+@cli.command()
+@click.argument("source", metavar="FILE|-")
+@click.option("--rejects", "rejects_path", type=click.Path(path_type=Path), default=None,
+              help="Where invalid lines go (default: FILE.rejects.jsonl, or rejects.jsonl).")
+@click.pass_obj
+def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
+    """Validate, key (by identity) and produce a JSONL file to the touchpoints topic.
+
+    Invalid lines are reported with their line number and reason and not sent (exit 3).
+    """
+    from kafka import KafkaProducer
+
+    from leadflow.consumers.publish import publish_lines
+
+    settings = _kafka_settings()
+    if rejects_path is None:
+        rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
+    try:
+        stream: IO[str] = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
+    except OSError as exc:
+        fail(f"cannot read {source}: {exc.strerror}")
+    producer = _kafka_call("producer", lambda: KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20,
+        batch_size=256 * 1024, client_id="leadflow-publish"))
+    with stream, rejects_path.open("w", encoding="utf-8") as rejects_file:
+        rejects = RejectsWriter(rejects_file)
+
+        def on_reject(line_no: int, exc: RecordRejected, raw: str) -> None:
+            rejects.write(line_no, exc.reason, exc.detail, raw)
+            log.warning("line not published", line=line_no, reason=exc.reason)
+
+        report = _kafka_call("publish", lambda: publish_lines(
+            producer, settings.topic, _numbered_lines(stream), on_reject=on_reject))
+    producer.close()
+    if report.rejected == 0:
+        rejects_path.unlink(missing_ok=True)
+    click.echo(f"{report.lines} lines: {report.sent} published to {settings.topic}, "
+               f"{report.rejected} rejected")
+    if report.rejected:
+        click.echo(f"rejected lines are in {rejects_path}")
+    sys.exit(EXIT_REJECTED if report.rejected else EXIT_OK)
+
+
+@cli.command()
+@click.option("--until-idle", is_flag=True, help="Exit once every stored event is relayed.")
+@click.pass_obj
+def relay(obj: Context, until_idle: bool) -> None:
+    """Publish lifecycle events (MQL, owner assigned, recycled, ...) to the lifecycle topic.
+
+    Each message carries a stable event id; a restarted relay does not re-send what the
+    topic already holds.
+    """
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from leadflow.consumers.relay import LifecycleRelay
+
+    settings = _kafka_settings()
+    app = obj.app()
+    producer = _kafka_call("producer", lambda: KafkaProducer(
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
+        client_id="leadflow-relay"))
+    runner = LifecycleRelay(app, settings, producer, lambda: KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
+        client_id="leadflow-relay-tail"))
+    signal.signal(signal.SIGTERM, runner.stop)
+    signal.signal(signal.SIGINT, runner.stop)
+    stats = _kafka_call("relay", lambda: runner.run(until_idle=until_idle))
+    click.echo(f"relayed {stats.published} lifecycle events "
+               f"({stats.skipped_already_published} already published), position "
+               f"{stats.position}")
+
+
+@cli.group()
+def kafka() -> None:
+    """Kafka topics used by leadflow."""
+
+
+@kafka.command("create-topics")
+@click.option("--partitions", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--replication-factor", type=click.IntRange(1), default=1, show_default=True)
+def kafka_create_topics(partitions: int, replication_factor: int) -> None:
+    """Create the touchpoints, dead-letter and lifecycle topics if they do not exist."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    settings = _kafka_settings()
+    admin = _kafka_call("admin", lambda: KafkaAdminClient(
+        bootstrap_servers=settings.bootstrap_servers, client_id="leadflow-admin"))
+    existing = set(admin.list_topics())
+    wanted = [settings.topic, settings.dlq_topic, settings.lifecycle_topic]
+    missing = [t for t in wanted if t not in existing]
+    if missing:
+        # Created concurrently by another process: the goal is reached all the same.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing])
+    admin.close()
+    for topic in wanted:
+        click.echo(f"{topic}: {'created' if topic in missing else 'exists'}")
+
+
+@cli.group()
+def db() -> None:
+    """Database administration."""
+
+
+@db.command("init")
+@click.pass_obj
+def db_init(obj: Context) -> None:
+    """Create the event store tables (idempotent)."""
+    try:
+        app = obj.app()
+    except Exception as exc:  # any driver error: name it and exit non-zero
+        fail(f"cannot initialise {_redact(obj.settings.database_url)}: {exc}")
+    app.close()
+    click.echo(f"database ready: {_redact(obj.settings.database_url)}")
+
+
+def _redact(url: str) -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(url)
+    if parsed.password:
+        return url.replace(f":{parsed.password}@", ":***@")
+    return url
 
 
 def main() -> Any:

@@ -1,0 +1,1 @@
+"""Kafka ingestion: translate records into engine commands (no business rules here)."""

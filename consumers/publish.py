@@ -1,0 +1,74 @@
+"""JSONL -> Kafka: validate each line, key it by identity, produce it unchanged.
+
+The message value is the line exactly as given, so a record produced by any other client
+(kcat, a tracking system) with the same JSON is indistinguishable from ours.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from kafka import KafkaProducer
+
+from leadflow.contract import InboundRecord, RecordRejected, parse_record
+
+
+def partition_key(record: InboundRecord) -> str:
+    """Normalised email, else phone, else external id, else anonymous id."""
+    ref = record.lead
+    if ref.email:
+        return f"email:{ref.email}"
+    if ref.phone:
+        return f"phone:{ref.phone}"
+    if ref.external_id:
+        return f"external_id:{ref.external_id}"
+    return f"anonymous_id:{ref.anonymous_id}"
+
+
+@dataclass
+class PublishReport:
+    lines: int = 0
+    sent: int = 0
+    rejected: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+def publish_lines(
+    producer: KafkaProducer,
+    topic: str,
+    lines: Iterable[tuple[int, str]],
+    on_reject: Callable[[int, RecordRejected, str], None],
+    on_progress: Callable[[int], None] | None = None,
+) -> PublishReport:
+    report = PublishReport()
+    futures = []
+    for line_no, raw in lines:
+        text = raw.strip()
+        if not text:
+            continue
+        report.lines += 1
+        try:
+            record = parse_record(text)
+        except RecordRejected as exc:
+            report.rejected += 1
+            report.reasons[exc.reason] = report.reasons.get(exc.reason, 0) + 1
+            on_reject(line_no, exc, text)
+            continue
+        futures.append(producer.send(topic, key=partition_key(record).encode(),
+                                     value=text.encode()))
+        if len(futures) >= 10_000:
+            _settle(producer, futures)
+            report.sent += len(futures)
+            futures.clear()
+            if on_progress:
+                on_progress(report.lines)
+    _settle(producer, futures)
+    report.sent += len(futures)
+    return report
+
+
+def _settle(producer: KafkaProducer, futures: list[object]) -> None:
+    producer.flush(timeout=120)
+    for future in futures:
+        future.get(timeout=120)  # type: ignore[attr-defined]

@@ -1,0 +1,46 @@
+"""Kafka settings from ``LEADFLOW_KAFKA_*`` environment variables."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from leadflow.config import ConfigError
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    bootstrap: str = "localhost:9092"
+    topic: str = "leadflow.touchpoints"
+    dlq_topic: str = "leadflow.touchpoints.dlq"
+    lifecycle_topic: str = "leadflow.lifecycle"
+    group_id: str = "leadflow-engine"
+    max_poll_records: int = 2000
+    #: how many times a failing batch is retried (database down, write conflict) before the
+    #: consumer stops loudly; it resumes from the tracked offsets on restart.
+    max_retries: int = 8
+    retry_backoff_seconds: float = 0.5
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSettings:
+        env = os.environ if environ is None else environ
+        try:
+            return cls(
+                bootstrap=env.get("LEADFLOW_KAFKA_BOOTSTRAP", cls.bootstrap),
+                topic=env.get("LEADFLOW_KAFKA_TOPIC", cls.topic),
+                dlq_topic=env.get("LEADFLOW_KAFKA_DLQ_TOPIC", cls.dlq_topic),
+                lifecycle_topic=env.get("LEADFLOW_KAFKA_LIFECYCLE_TOPIC", cls.lifecycle_topic),
+                group_id=env.get("LEADFLOW_KAFKA_GROUP", cls.group_id),
+                max_poll_records=int(env.get("LEADFLOW_KAFKA_MAX_POLL_RECORDS",
+                                             cls.max_poll_records)),
+                max_retries=int(env.get("LEADFLOW_KAFKA_MAX_RETRIES", cls.max_retries)),
+                retry_backoff_seconds=float(env.get("LEADFLOW_KAFKA_RETRY_BACKOFF_SECONDS",
+                                                    cls.retry_backoff_seconds)),
+            )
+        except ValueError as exc:
+            raise ConfigError(f"LEADFLOW_KAFKA_* numeric setting is not a number: {exc}") from exc
+
+    @property
+    def bootstrap_servers(self) -> list[str]:
+        return [s.strip() for s in self.bootstrap.split(",") if s.strip()]

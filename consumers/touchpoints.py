@@ -1,0 +1,270 @@
+"""Kafka -> engine: one transaction per poll per partition, with the offset tracked inside it.
+
+The database is the source of truth for progress: the partition's offset is written as an
+eventsourcing tracking record in the same transaction as the events the batch produced, and
+on (re)assignment the consumer seeks to that offset + 1. A redelivered batch therefore
+changes nothing, and a crash at any moment loses nothing (exactly-once *effect*).
+
+Records that cannot be applied are dead-lettered (and the DLQ producer flushed) *before*
+the batch commits, so a dead letter can be duplicated by a crash but never lost. Kafka's
+own committed offsets are written afterwards only so lag monitoring works.
+
+This module translates; it holds no business rules.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import psycopg
+import structlog
+from eventsourcing.persistence import IntegrityError, PersistenceError, Tracking
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.consumer.subscription_state import ConsumerRebalanceListener
+from kafka.errors import KafkaError
+from kafka.structs import OffsetAndMetadata
+from leadflow.consumers.settings import KafkaSettings
+
+from leadflow.application import BatchResult, LeadflowApp
+from leadflow.contract import InboundRecord, RecordRejected, parse_record
+
+log = structlog.get_logger(__name__)
+
+# Failures worth retrying: the database or the broker is (briefly) unavailable.
+RETRYABLE: tuple[type[BaseException], ...] = (PersistenceError, psycopg.Error, KafkaError,
+                                              OSError)
+
+
+class ConsumerStoppedError(RuntimeError):
+    """The consumer gave up after bounded retries; restart it to resume from the database."""
+
+
+def tracking_name(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+@dataclass
+class ConsumeStats:
+    batches: int = 0
+    records: int = 0
+    applied: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    skipped_batches: int = 0
+    retries: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    record: Any  # kafka ConsumerRecord
+    reason: str
+    error_class: str
+    detail: str
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: TouchpointConsumer) -> None:
+        self.owner = owner
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
+        # Another consumer may now write these leads: cached aggregates could go stale.
+        self.owner.app.forget_cached_aggregates()
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        for tp in assigned:
+            self.owner.seek_to_tracked(tp)
+        log.info("partitions assigned", partitions=sorted(tp.partition for tp in assigned))
+
+
+class TouchpointConsumer:
+    """Consumes the touchpoints topic into the engine until stopped (or idle)."""
+
+    def __init__(
+        self,
+        app: LeadflowApp,
+        settings: KafkaSettings,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        *,
+        max_future_skew: timedelta = timedelta(minutes=5),
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.max_future_skew = max_future_skew
+        self.clock = clock
+        self.sleep = sleep
+        self.stats = ConsumeStats()
+        self._stop = threading.Event()
+
+    # ------------------------------------------------------------------ control
+
+    def stop(self, *_: object) -> None:
+        """Ask the loop to finish the current batch and exit (safe from a signal handler)."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: FrameType | None) -> None:
+            log.info("stop requested", signal=signal.Signals(signum).name)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
+
+    def seek_to_tracked(self, tp: TopicPartition) -> None:
+        position = self.app.process_recorder.max_tracking_id(
+            tracking_name(tp.topic, tp.partition))
+        if position is None:
+            self.consumer.seek_to_beginning(tp)
+            log.info("no tracked offset; from the beginning", topic=tp.topic,
+                     partition=tp.partition)
+        else:
+            self.consumer.seek(tp, position + 1)
+            log.info("resuming after tracked offset", topic=tp.topic, partition=tp.partition,
+                     offset=position)
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, until_idle: bool = False, poll_timeout_ms: int = 500) -> ConsumeStats:
+        """Poll and apply until stopped; with ``until_idle``, return once caught up."""
+        self.subscribe()
+        try:
+            while not self._stop.is_set():
+                polled = self.consumer.poll(timeout_ms=poll_timeout_ms,
+                                            max_records=self.settings.max_poll_records)
+                for tp, records in polled.items():
+                    self.process(tp, records)
+                    if self._stop.is_set():
+                        break
+                if until_idle and not polled and self._caught_up():
+                    log.info("caught up; exiting", **self.stats.__dict__)
+                    break
+        finally:
+            self.producer.flush(timeout=30)
+            self.consumer.close(autocommit=False)
+        return self.stats
+
+    def _caught_up(self) -> bool:
+        assignment = self.consumer.assignment()
+        if not assignment:
+            return False
+        ends = self.consumer.end_offsets(list(assignment))
+        return all(self.consumer.position(tp) >= ends[tp] for tp in assignment)
+
+    def process(self, tp: TopicPartition, records: Sequence[Any]) -> None:
+        """Apply one partition's polled records as one batch, tracked at the last offset."""
+        if not records:
+            return
+        first, last = records[0].offset, records[-1].offset
+        bound = log.bind(topic=tp.topic, partition=tp.partition, first_offset=first,
+                         last_offset=last)
+        good: list[InboundRecord] = []
+        good_raw: list[Any] = []
+        dead: list[DeadLetter] = []
+        now = self.clock()
+        for record in records:
+            try:
+                parsed = parse_record(record.value or b"", now=now,
+                                      max_future_skew=self.max_future_skew)
+            except RecordRejected as exc:
+                dead.append(DeadLetter(record, exc.reason, type(exc).__name__, exc.detail))
+                continue
+            good.append(parsed)
+            good_raw.append(record)
+        tracking = Tracking(tracking_name(tp.topic, tp.partition), last)
+
+        def dead_letter(result: BatchResult) -> None:
+            letters = list(dead)
+            for rejected in result.rejected:
+                letters.append(DeadLetter(good_raw[rejected.index], rejected.reason or "rejected",
+                                          "LeadflowError", rejected.detail or ""))
+            self._publish_dead_letters(letters)
+
+        for attempt in range(self.settings.max_retries + 1):
+            try:
+                result = self.app.apply_batch(good, tracking=tracking, before_commit=dead_letter)
+            except IntegrityError as exc:
+                tracked = self.app.process_recorder.max_tracking_id(tracking.application_name)
+                if tracked is not None and tracked >= last:
+                    # Already applied (a redelivery after a rebalance): nothing to do.
+                    bound.warning("batch already applied; skipping", tracked=tracked)
+                    self.stats.skipped_batches += 1
+                    self.consumer.seek(tp, tracked + 1)
+                    return
+                bound.warning("write conflict; retrying with fresh aggregates",
+                              attempt=attempt + 1, error=str(exc))
+                self._backoff(attempt)
+            except RETRYABLE as exc:
+                bound.warning("batch failed; retrying", attempt=attempt + 1,
+                              error_class=type(exc).__name__, error=str(exc))
+                self._backoff(attempt)
+            else:
+                self._count(result, dead, len(records))
+                self._commit_kafka_offset(tp, last)
+                bound.debug("batch committed", applied=result.applied,
+                            duplicates=result.duplicates,
+                            dead_lettered=len(dead) + len(result.rejected))
+                return
+        bound.error("giving up after retries; stopping", retries=self.settings.max_retries)
+        raise ConsumerStoppedError(
+            f"batch {tp.topic}:{tp.partition} offsets {first}-{last} failed "
+            f"{self.settings.max_retries + 1} times; restart to resume from the tracked offset"
+        )
+
+    def _backoff(self, attempt: int) -> None:
+        self.stats.retries += 1
+        self.sleep(min(10.0, self.settings.retry_backoff_seconds * 2 ** attempt))
+
+    def _count(self, result: BatchResult, dead: list[DeadLetter], n: int) -> None:
+        self.stats.batches += 1
+        self.stats.records += n
+        self.stats.applied += result.applied
+        self.stats.duplicates += result.duplicates
+        self.stats.dead_lettered += len(dead) + len(result.rejected)
+        for reason in [d.reason for d in dead] + [r.reason or "rejected" for r in result.rejected]:
+            self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+
+    def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
+        if not letters:
+            return
+        futures = []
+        for letter in letters:
+            record = letter.record
+            headers = [
+                ("leadflow-reason", letter.reason.encode()),
+                ("leadflow-error-class", letter.error_class.encode()),
+                ("leadflow-detail", letter.detail[:2000].encode()),
+                ("leadflow-original-topic", record.topic.encode()),
+                ("leadflow-original-partition", str(record.partition).encode()),
+                ("leadflow-original-offset", str(record.offset).encode()),
+            ]
+            futures.append(self.producer.send(self.settings.dlq_topic, key=record.key,
+                                              value=record.value, headers=headers))
+            log.warning("dead-lettered", topic=record.topic, partition=record.partition,
+                        offset=record.offset, reason=letter.reason, detail=letter.detail[:300])
+        # Must be durable before the batch commits: otherwise a crash could lose it.
+        self.producer.flush(timeout=30)
+        for future in futures:
+            future.get(timeout=30)  # raises the send's KafkaError, if any
+
+    def _commit_kafka_offset(self, tp: TopicPartition, last: int) -> None:
+        # Only for lag monitoring; the tracking record in the database is authoritative.
+        try:
+            self.consumer.commit_async({tp: OffsetAndMetadata(last + 1, "", -1)})
+        except KafkaError as exc:
+            log.info("kafka offset commit skipped", error=str(exc))

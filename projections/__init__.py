@@ -1,0 +1,1 @@
+"""Read models for analysts, built from the event store (issue: projections)."""
