@@ -21,6 +21,10 @@ class KafkaSettings:
     #: consumer stops loudly; it resumes from the tracked offsets on restart.
     max_retries: int = 8
     retry_backoff_seconds: float = 0.5
+    #: static group membership (KIP-345): a restarted consumer with the same id takes its
+    #: partitions back at once instead of waiting for the session to time out.
+    instance_id: str | None = None
+    session_timeout_ms: int = 10_000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -37,6 +41,9 @@ class KafkaSettings:
                 max_retries=int(env.get("LEADFLOW_KAFKA_MAX_RETRIES", cls.max_retries)),
                 retry_backoff_seconds=float(env.get("LEADFLOW_KAFKA_RETRY_BACKOFF_SECONDS",
                                                     cls.retry_backoff_seconds)),
+                instance_id=env.get("LEADFLOW_KAFKA_INSTANCE_ID") or None,
+                session_timeout_ms=int(env.get("LEADFLOW_KAFKA_SESSION_TIMEOUT_MS",
+                                               cls.session_timeout_ms)),
             )
         except ValueError as exc:
             raise ConfigError(f"LEADFLOW_KAFKA_* numeric setting is not a number: {exc}") from exc

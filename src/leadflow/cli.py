@@ -435,7 +435,9 @@ def consume(obj: Context, until_idle: bool) -> None:
         bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
         enable_auto_commit=False, auto_offset_reset="earliest",
         max_poll_records=settings.max_poll_records, client_id="leadflow-consume",
-        fetch_max_wait_ms=200))
+        fetch_max_wait_ms=200, group_instance_id=settings.instance_id,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4)))
     producer = _kafka_call("producer", lambda: KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
         client_id="leadflow-dlq"))

@@ -26,9 +26,10 @@ Who is in the stream:
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import random
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -56,8 +57,8 @@ BAD_KINDS: tuple[str, ...] = (
 (``far_future`` only when it is given the receiving clock, ``now``)."""
 
 RECORDS_PER_LEAD = 10.0
-"""Average records per lead at the default ratios when ``days`` is long enough (>= 90)
-for most lives to play out; shorter windows cut the later lives short."""
+"""Average records per lead at the default ratios over 90 days (the CLI default): 100,000
+leads give about a million records. See :func:`count_hint` for other windows."""
 
 _H = 3600.0
 _D = 86400.0
@@ -228,6 +229,10 @@ _PERSONAS_FREE: tuple[tuple[str, int], ...] = (
 
 # --------------------------------------------------------------------------- people
 
+_Entry = tuple[float, dict[str, Any], bool]  # (occurred at, record, may be delivered late)
+_Life = Iterator[_Entry]
+_Steps = Generator[_Entry, None, float]  # a part of a life; returns where it left off in time
+
 
 @dataclass(slots=True)
 class _Company:
@@ -263,6 +268,7 @@ class _Person:
     fit: float = 0.0
     awards: list[tuple[float, float]] = field(default_factory=list)
     email_known: bool = False
+    typed_email: str | None = None  # how they typed it into forms (case, stray space)
     in_sales: bool = False
 
 
@@ -324,9 +330,8 @@ class _Stream:
         self.bad_ratio = bad_ratio
         self.dup_ratio = duplicate_ratio
         self.late_ratio = late_ratio
-        self.heap: list[tuple[float, int, dict[str, Any], bool, Iterator[
-            tuple[float, dict[str, Any], bool]]]] = []
-        self.delayed: list[tuple[float, int, str, str | None]] = []
+        self.heap: list[tuple[float, int, dict[str, Any], bool, _Life]] = []
+        self.delayed: list[tuple[float, int, str]] = []  # late and re-sent lines
         self.seq = 0
         self.events = 0
         self.pids = 0
@@ -354,10 +359,9 @@ class _Stream:
             i += size
         yield from self._drain(math.inf)
         while self.delayed:
-            _, _, line, bad = heapq.heappop(self.delayed)
-            yield line, bad
+            yield heapq.heappop(self.delayed)[2], None
 
-    def _push(self, life: Iterator[tuple[float, dict[str, Any], bool]]) -> None:
+    def _push(self, life: _Life) -> None:
         for t, rec, may_be_late in life:
             if t > self.end:
                 break
@@ -372,26 +376,25 @@ class _Stream:
             t, _, rec, may_be_late, life = heapq.heappop(heap)
             self._push(life)  # the person's next record, if any (may also start sales work)
             while self.delayed and self.delayed[0][0] <= t:
-                _, _, line, bad = heapq.heappop(self.delayed)
-                yield line, bad
+                yield heapq.heappop(self.delayed)[2], None
             self.events += 1
             rec["event_id"] = f"evt-{self.seed}-{self.events}"
             line = orjson.dumps(rec).decode()
             if may_be_late and rng.random() < self.late_ratio:
                 delay = min(5 * _D, max(_H, rng.expovariate(1 / (14 * _H))))
-                self._delay(t + delay, line, None)
+                self._delay(t + delay, line)
             else:
                 yield line, None
             if rng.random() < self.dup_ratio:
-                self._delay(t + rng.uniform(60, 6 * _H), line, None)
+                self._delay(t + rng.uniform(60, 6 * _H), line)
             if rng.random() < self.bad_ratio:
                 kind = BAD_KINDS[self.bad_turn % len(BAD_KINDS)]
                 self.bad_turn += 1
                 yield self._bad(rec, line, kind), kind
 
-    def _delay(self, release: float, line: str, bad: str | None) -> None:
+    def _delay(self, release: float, line: str) -> None:
         self.seq += 1
-        heapq.heappush(self.delayed, (release, self.seq, line, bad))
+        heapq.heappush(self.delayed, (release, self.seq, line))
 
     def _bad(self, rec: dict[str, Any], line: str, kind: str) -> str:
         rng = self.rng
@@ -516,8 +519,6 @@ class _Stream:
                     local = f"{_ascii(first)[:1]}{_ascii(last)}{rng.randint(2, 99)}"
                 used.add(local)
             email = f"{local}@{company.domain}"
-            if rng.random() < 0.15:  # people type their address in many ways
-                email = email.capitalize() if rng.random() < 0.5 else f" {email}"
         else:
             pool = _FREE_MAIL.get(country, _FREE_MAIL[""])
             style = rng.randrange(3)
@@ -553,7 +554,7 @@ class _Stream:
         if phone_only:
             email = None
         anonymous = (not phone_only and persona not in ("spam", "support")
-                     and rng.random() < 0.28)
+                     and rng.random() < 0.35)
         external_id: str | None = None
         if persona == "support" or (company is not None and rng.random() < 0.04):
             self.crm += 1
@@ -575,6 +576,9 @@ class _Stream:
             phone_only=phone_only,
         )
         person.fit = _fit(profile)
+        if email and rng.random() < 0.12:  # people type their address in many ways
+            person.typed_email = (email.capitalize() if rng.random() < 0.4 else
+                                  email.upper() if rng.random() < 0.2 else f" {email} ")
         return person
 
     def _title(self, persona: str, employees: int) -> str:
@@ -667,7 +671,7 @@ class _Stream:
               phone: bool = False, crm: bool = False, anon: bool = False) -> dict[str, Any]:
         lead: dict[str, Any] = {}
         if email and p.email:
-            lead["email"] = p.email
+            lead["email"] = p.typed_email if profile and p.typed_email else p.email
             p.email_known = True
         if (phone or p.phone_only or not lead) and p.phone:
             lead["phone"] = p.phone
@@ -731,7 +735,7 @@ class _Stream:
 
     # ------------------------------------------------------------ lives
 
-    def _stranger(self, t: float) -> Iterator[tuple[float, dict[str, Any], bool]]:
+    def _stranger(self, t: float) -> _Life:
         """An anonymous visitor who never identifies: interest, not a lead."""
         rng = self.rng
         anon = f"anon-{rng.getrandbits(48):012x}"
@@ -744,7 +748,7 @@ class _Stream:
                       "context": {"url": _BASE + path}}, True
             t += rng.expovariate(1 / (20 * 60))
 
-    def _life(self, p: _Person, t: float) -> Iterator[tuple[float, dict[str, Any], bool]]:
+    def _life(self, p: _Person, t: float) -> _Life:
         rng = self.rng
         t = self._awake(p, t)
         if p.anonymous_id:  # browsing before identifying
@@ -776,17 +780,23 @@ class _Stream:
             t = self._awake(p, t + rng.expovariate(1 / (1.5 * _D)))
         persona = p.persona
         if persona == "hot":
-            yield from self._hot(p, t)
+            t = yield from self._hot(p, t)
         elif persona == "researcher":
-            yield from self._researcher(p, t)
+            t = yield from self._researcher(p, t)
         elif persona == "tire_kicker":
-            yield from self._tire_kicker(p, t)
+            t = yield from self._tire_kicker(p, t)
         elif persona == "unsubscriber":
-            yield from self._unsubscriber(p, t)
+            t = yield from self._unsubscriber(p, t)
         elif persona == "support":
-            yield from self._support(p, t)
+            t = yield from self._support(p, t)
         elif persona == "zombie" and rng.random() < 0.25:
             yield t, self._touch(p, "email_opened", t, self._lead(p), self._mail(p, t)), True
+        if persona in ("hot", "researcher", "tire_kicker", "support") and p.email:
+            # Months later the newsletter still gets the odd open.
+            for _ in range(rng.randint(0, 4)):
+                t = self._awake(p, t + rng.expovariate(1 / (16 * _D)))
+                yield t, self._touch(p, "email_opened", t, self._lead(p),
+                                     self._mail(p, t)), True
 
     def _entry(self, p: _Person, t: float) -> dict[str, Any]:
         """The first record that names the person, with their profile and where they came
@@ -840,7 +850,7 @@ class _Stream:
                            {"form_id": "how-to-buy" if p.persona == "hot" else "contact",
                             "url": _BASE + "/contact", "source": p.source})
 
-    def _hot(self, p: _Person, t: float) -> Iterator[tuple[float, dict[str, Any], bool]]:
+    def _hot(self, p: _Person, t: float) -> _Steps:
         rng = self.rng
         steps = ["pricing", "product", "open", "click", "pricing", "demo", "trial",
                  "contact-sales"]
@@ -858,12 +868,13 @@ class _Stream:
         if rng.random() < 0.08:
             t = self._awake(p, t + rng.uniform(3 * _D, 30 * _D))
             yield t, self._profile_update(p, t), True
+        return t
 
-    def _researcher(self, p: _Person, t: float) -> Iterator[tuple[float, dict[str, Any], bool]]:
+    def _researcher(self, p: _Person, t: float) -> _Steps:
         rng = self.rng
         steps = ["blog"] * rng.randint(2, 8) + ["open"] * rng.randint(2, 8)
         steps += ["download"] * rng.randint(0, 2) + ["click"] * rng.randint(0, 2)
-        steps += ["product"] * rng.randint(0, 2)
+        steps += ["product"] * rng.randint(0, 3)
         if rng.random() < 0.3:
             steps.append("webinar")
         rng.shuffle(steps)
@@ -875,8 +886,9 @@ class _Stream:
             t = self._awake(p, t + rng.expovariate(1 / (3 * _D)))
         if rng.random() < 0.06:
             yield t, self._profile_update(p, t), True
+        return t
 
-    def _tire_kicker(self, p: _Person, t: float) -> Iterator[tuple[float, dict[str, Any], bool]]:
+    def _tire_kicker(self, p: _Person, t: float) -> _Steps:
         rng = self.rng
         for _ in range(rng.randint(2, 11)):
             step = rng.choices(("open", "blog", "product", "click", "careers"),
@@ -885,16 +897,17 @@ class _Stream:
             t = self._awake(p, t + rng.expovariate(1 / (6 * _D)))
         if rng.random() < 0.04:
             yield t, self._profile_update(p, t), True
+        return t
 
-    def _unsubscriber(self, p: _Person, t: float) -> Iterator[
-            tuple[float, dict[str, Any], bool]]:
+    def _unsubscriber(self, p: _Person, t: float) -> _Steps:
         rng = self.rng
-        for _ in range(rng.randint(1, 5)):
+        for _ in range(rng.randint(1, 7)):
             yield t, self._step(p, "open" if rng.random() < 0.85 else "click", t), True
             t = self._awake(p, t + rng.expovariate(1 / (5 * _D)))
         yield t, self._touch(p, "unsubscribed", t, self._lead(p), self._mail(p, t)), True
+        return t
 
-    def _support(self, p: _Person, t: float) -> Iterator[tuple[float, dict[str, Any], bool]]:
+    def _support(self, p: _Person, t: float) -> _Steps:
         rng = self.rng
         for _ in range(rng.randint(1, 5)):
             r = rng.random()
@@ -909,6 +922,7 @@ class _Stream:
                 yield t, self._touch(p, "call_logged", t, self._lead(p, crm=True),
                                      {"source": "phone", "campaign": "support-line"}), True
             t = self._awake(p, t + rng.expovariate(1 / (4 * _D)))
+        return t
 
     def _step(self, p: _Person, step: str, t: float) -> dict[str, Any]:
         rng = self.rng
@@ -960,7 +974,7 @@ class _Stream:
                      (25_000, 150_000) if size <= 500 else (80_000, 480_000))
         return int(rng.uniform(low, high) / 100) * 100
 
-    def _sales(self, p: _Person, mql: float) -> Iterator[tuple[float, dict[str, Any], bool]]:
+    def _sales(self, p: _Person, mql: float) -> _Life:
         """What sales does with a lead that looks qualified, from the moment it does."""
         rng = self.rng
         rep = p.rep
@@ -1072,13 +1086,26 @@ def generate(
     ``[start, start + days]``. Deterministic for ``seed``. About :data:`RECORDS_PER_LEAD`
     records per lead (see :func:`count_hint`).
     """
-    for line, _ in generate_labeled(leads, days, seed, start, bad_ratio, duplicate_ratio,
-                                    late_ratio):
-        yield line
+    labeled = generate_labeled(leads, days, seed, start, bad_ratio, duplicate_ratio,
+                               late_ratio)  # arguments are checked here, not at the first line
+    return (line for line, _ in labeled)
 
 
 def count_hint(leads: int, days: int = 90) -> int:
-    """Roughly how many lines :func:`generate` yields (for progress bars), default ratios."""
-    # Lives last a few weeks; people arriving near the end of a short window are cut short.
-    coverage = 1.0 - min(0.6, 9.0 / max(days, 1)) if days < 90 else 1.0
-    return int(leads * RECORDS_PER_LEAD * coverage)
+    """Roughly how many lines :func:`generate` yields at the default ratios (progress bars).
+
+    Lives last weeks to months, so a short window cuts the later arrivals' lives short.
+    """
+    per_lead = _PER_LEAD[-1][1]
+    for (d0, r0), (d1, r1) in itertools.pairwise(_PER_LEAD):
+        if days <= d1:
+            per_lead = r0 + (r1 - r0) * (max(days, d0) - d0) / (d1 - d0)
+            break
+    return round(leads * per_lead)
+
+
+# Measured records per lead by window length (days), default ratios.
+_PER_LEAD: tuple[tuple[int, float], ...] = (
+    (1, 1.2), (7, 2.5), (14, 3.6), (30, 5.7), (60, 8.1), (90, RECORDS_PER_LEAD), (180, 11.7),
+    (365, 12.4), (730, 13.0),
+)

@@ -1,0 +1,39 @@
+"""Fixtures for tests against real Kafka and PostgreSQL (see services.py for where from)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlparse, urlunparse
+
+import psycopg
+import pytest
+
+from tests.integration.services import Services, ServicesUnavailableError, provide_services
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Services]:
+    try:
+        with provide_services() as provided:
+            yield provided
+    except ServicesUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture
+def pg_url(services: Services) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test."""
+    name = f"lf_{uuid.uuid4().hex[:12]}"
+    admin = services.postgres_url
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    parsed = urlparse(admin)
+    yield urlunparse(parsed._replace(path=f"/{name}"))
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"

@@ -1,0 +1,176 @@
+"""Helpers for tests that run the real `leadflow` processes against Kafka and PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+
+from leadflow.application import LeadflowApp
+from leadflow.config import Settings
+from leadflow.contract import InboundRecord, RecordRejected, parse_record
+from tests.integration.services import Services
+
+LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
+
+
+@dataclass
+class Pipeline:
+    """Names and environment for one test's topics and database."""
+
+    services: Services
+    pg_url: str
+    prefix: str
+
+    @property
+    def topic(self) -> str:
+        return f"{self.prefix}.touchpoints"
+
+    @property
+    def dlq(self) -> str:
+        return f"{self.prefix}.touchpoints.dlq"
+
+    @property
+    def lifecycle(self) -> str:
+        return f"{self.prefix}.lifecycle"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+        env.update({
+            "LEADFLOW_DATABASE_URL": self.pg_url,
+            "LEADFLOW_KAFKA_BOOTSTRAP": self.services.kafka_bootstrap,
+            "LEADFLOW_KAFKA_TOPIC": self.topic,
+            "LEADFLOW_KAFKA_DLQ_TOPIC": self.dlq,
+            "LEADFLOW_KAFKA_LIFECYCLE_TOPIC": self.lifecycle,
+            "LEADFLOW_KAFKA_GROUP": f"{self.prefix}-group",
+            "LEADFLOW_LOG_FORMAT": "json",
+            "LEADFLOW_KAFKA_RETRY_BACKOFF_SECONDS": "0.2",
+            # Archived streams are dated in the past; a test of the skew check sets its own.
+            "LEADFLOW_MAX_FUTURE_SKEW_SECONDS": "300",
+        })
+        env.update(extra)
+        return env
+
+    def run(self, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*LEADFLOW, *args], capture_output=True, text=True,
+                              env=self.env(**extra), timeout=timeout, check=False)
+
+    def start(self, *args: str, log: Path, **extra: str) -> subprocess.Popen[bytes]:
+        handle = log.open("ab")
+        return subprocess.Popen([*LEADFLOW, *args], stdout=handle, stderr=subprocess.STDOUT,
+                                env=self.env(**extra))
+
+    def create_topics(self, partitions: int) -> None:
+        admin = KafkaAdminClient(bootstrap_servers=self.services.kafka_bootstrap)
+        try:
+            admin.create_topics([NewTopic(t, partitions, 1)
+                                 for t in (self.topic, self.dlq, self.lifecycle)])
+        finally:
+            admin.close()
+
+    def app(self) -> LeadflowApp:
+        settings = Settings(database_url=self.pg_url, aggregate_cache_size=0)
+        return LeadflowApp(env=settings.eventsourcing_env({}))
+
+    def produce_raw(self, values: Iterable[bytes], key: bytes | None = None) -> None:
+        producer = KafkaProducer(bootstrap_servers=self.services.kafka_bootstrap, acks="all")
+        for value in values:
+            producer.send(self.topic, key=key, value=value)
+        producer.flush()
+        producer.close()
+
+    def read_all(self, topic: str, timeout_s: float = 30) -> list[Any]:
+        consumer = KafkaConsumer(bootstrap_servers=self.services.kafka_bootstrap,
+                                 enable_auto_commit=False)
+        try:
+            partitions = consumer.partitions_for_topic(topic) or set()
+            tps = [TopicPartition(topic, p) for p in partitions]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            out: list[Any] = []
+            deadline = time.monotonic() + timeout_s
+            while any(consumer.position(tp) < ends[tp] for tp in tps):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"could not read {topic} to its end")
+                for batch in consumer.poll(timeout_ms=500).values():
+                    out.extend(batch)
+            return out
+        finally:
+            consumer.close()
+
+    def tracked_total(self, partitions: int) -> int:
+        """Records covered by tracking positions (sum over partitions of offset + 1)."""
+        app = self.app()
+        try:
+            total = 0
+            for p in range(partitions):
+                pos = app.process_recorder.max_tracking_id(f"{self.topic}:{p}")
+                total += 0 if pos is None else pos + 1
+            return total
+        finally:
+            app.close()
+
+
+def valid_records(lines: Iterable[str]) -> list[InboundRecord]:
+    out = []
+    for line in lines:
+        try:
+            out.append(parse_record(line))
+        except RecordRejected:
+            continue
+    return out
+
+
+def reference_app(records: list[InboundRecord]) -> LeadflowApp:
+    app = LeadflowApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    for i in range(0, len(records), 500):
+        app.apply_batch(records[i:i + 500])
+    return app
+
+
+def lead_states(app: LeadflowApp, at: datetime) -> dict[str, dict[str, Any]]:
+    return {str(i): app.lead(i, at=at).to_json() for i in app.lead_ids()}
+
+
+def applied_event_ids(app: LeadflowApp) -> list[str]:
+    """Every inbound event id recorded on a lead or an interest (duplicates included)."""
+    ids: list[str] = []
+    start = 1
+    topics = [t for t in _record_topics()]
+    while True:
+        page = app.recorder.select_notifications(start, 1000, topics=topics)
+        if not page:
+            return ids
+        for n in page:
+            state = json.loads(n.state)
+            ids.append(state["event_id"])
+        start = page[-1].id + 1
+
+
+def _record_topics() -> list[str]:
+    from eventsourcing.utils import get_topic
+
+    from leadflow.domain import Interest, Lead
+
+    return [get_topic(Lead.TouchpointScored), get_topic(Lead.DispositionRecorded),  # type: ignore[attr-defined]
+            get_topic(Interest.TouchpointNoted)]  # type: ignore[attr-defined]
+
+
+def wait_until(predicate: Any, timeout_s: float, what: str, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
