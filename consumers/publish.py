@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from kafka import KafkaProducer
 
@@ -40,7 +41,11 @@ def publish_lines(
     lines: Iterable[tuple[int, str]],
     on_reject: Callable[[int, RecordRejected, str], None],
     on_progress: Callable[[int], None] | None = None,
+    *,
+    now: datetime | None = None,
+    max_future_skew: timedelta = timedelta(minutes=5),
 ) -> PublishReport:
+    """Validate exactly as the consumer will (``now`` bounds future timestamps), then send."""
     report = PublishReport()
     futures = []
     for line_no, raw in lines:
@@ -49,7 +54,7 @@ def publish_lines(
             continue
         report.lines += 1
         try:
-            record = parse_record(text)
+            record = parse_record(text, now=now, max_future_skew=max_future_skew)
         except RecordRejected as exc:
             report.rejected += 1
             report.reasons[exc.reason] = report.reasons.get(exc.reason, 0) + 1

@@ -646,6 +646,13 @@ class LeadflowApp(Application[UUID]):
         lead.record_disposition(rec.event_id, rec.type, at, rec.actor, rec.reason, deal,
                                 rec.owner)
         kind = rec.type
+        if (kind in ("contacted", "sales_accepted", "converted") and lead.owner is None
+                and rec.actor and self.rules.routing.rep(rec.actor) is not None):
+            # "First who takes it": a rep working an unowned lead (pooled, or never routed)
+            # claims it, so the work is attributed and counted in the rep's load.
+            lead.assign_owner(rec.actor, None, "claim", "pool_claim" if lead.in_pool else "claim",
+                              at, rec.actor, f"{kind} by {rec.actor}")
+            self._sync_load(unit, lead, at)
         if kind == "sales_accepted":
             if lead.stage not in ("sql", "opportunity", "customer"):
                 lead.change_stage("sql", at, actor, rec.reason or "accepted by sales",

@@ -234,11 +234,11 @@ def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
             for line in generate_stream(leads=leads, days=days, seed=seed, start=start):
                 out.write(line + "\n")
         report = run_ingest(obj, str(stream), Path(tmp) / "rejects.jsonl",
-                            obj.settings.batch_size, check_future=False)
+                            obj.settings.batch_size, check_future=True)
     app = obj.app()
     end = report.max_occurred_at or start
     clock = app.advance_clock(end)
-    console = Console()
+    console = _out_console()
     console.print(f"[bold]leadflow demo[/] on {url}: {report.lines} records for {leads} leads "
                   f"over {days} days; {report.applied} applied, {report.duplicates} duplicates "
                   f"ignored, {report.rejected} rejected "
@@ -246,6 +246,12 @@ def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
     console.print(f"clock advanced to {end.isoformat()}: {clock.woken} leads woken, "
                   f"{clock.events} events recorded")
     _print_summary(console, app, end)
+
+
+def _out_console() -> Console:
+    # Piped output has no terminal width; keep tables readable instead of 80 columns.
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=150)
 
 
 def _print_summary(console: Console, app: LeadflowApp, at: datetime) -> None:
@@ -267,7 +273,8 @@ def _print_summary(console: Console, app: LeadflowApp, at: datetime) -> None:
     for col in ("lead", "stage", "owner", "fit", "engagement", "score", "top rules"):
         table.add_column(col, justify="right" if col in ("fit", "engagement", "score") else "left")
     for v in top:
-        rules = ", ".join(f"{c.rule} {c.value:.1f}" for c in v.breakdown[:4])
+        strongest = sorted((c for c in v.breakdown if c.value), key=lambda c: -c.value)[:3]
+        rules = ", ".join(f"{c.rule} {c.value:.1f}" for c in strongest)
         table.add_row(v.primary_key, v.stage_now, v.owner or ("pool" if v.in_pool else "-"),
                       f"{v.fit:.1f}", f"{v.engagement:.1f}", f"{v.score:.1f}", rules)
     console.print(table)
@@ -314,7 +321,7 @@ def lead_show(obj: Context, identity: str, at_text: str | None, as_json: bool) -
     if as_json:
         click.echo(json.dumps(view.to_json()))
         return
-    console = Console()
+    console = _out_console()
     console.print(f"[bold]{view.primary_key}[/] lead {view.lead_id}")
     console.print(f"at {view.at.isoformat()}: stage [bold]{view.stage}[/] (now {view.stage_now}), "
                   f"owner {view.owner or ('pool' if view.in_pool else '-')}, "
@@ -485,7 +492,8 @@ def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
             log.warning("line not published", line=line_no, reason=exc.reason)
 
         report = _kafka_call("publish", lambda: publish_lines(
-            producer, settings.topic, _numbered_lines(stream), on_reject=on_reject))
+            producer, settings.topic, _numbered_lines(stream), on_reject=on_reject,
+            now=datetime.now(UTC), max_future_skew=obj.settings.max_future_skew))
     producer.close()
     if report.rejected == 0:
         rejects_path.unlink(missing_ok=True)

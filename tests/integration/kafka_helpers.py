@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +61,8 @@ class Pipeline:
         env.update(extra)
         return env
 
-    def run(self, *args: str, timeout: float = 600, **extra: str) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = 600,
+            **extra: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([*LEADFLOW, *args], capture_output=True, text=True,
                               env=self.env(**extra), timeout=timeout, check=False)
 
@@ -123,10 +124,12 @@ class Pipeline:
 
 
 def valid_records(lines: Iterable[str]) -> list[InboundRecord]:
+    """The records the consumer accepts (with its clock-skew check against the wall clock)."""
+    now = datetime.now(UTC)
     out = []
     for line in lines:
         try:
-            out.append(parse_record(line))
+            out.append(parse_record(line, now=now))
         except RecordRejected:
             continue
     return out

@@ -48,8 +48,8 @@ def _docker_answers() -> bool:
 
 def _parse_exports(text: str) -> dict[str, str]:
     env: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.splitlines():
+        line = raw.strip()
         if line.startswith("export "):
             key, _, value = line[len("export "):].partition("=")
             env[key] = shlex.split(value)[0] if value else ""

@@ -327,3 +327,16 @@ def test_a_rules_change_is_visible_in_the_recorded_version(tmp_path: Path, rec: 
     assert app.lead("email:r@are.io").score == 20
     assert lead.awards[0].rule == "contact-form"
     assert rules.version != default_rules().version
+
+
+def test_a_rep_working_a_pooled_lead_claims_it(app: LeadflowApp, rec: Records) -> None:
+    app.apply_batch(lead_a(rec, "s@ess.io"))  # no profile: no routing rule, to the pool
+    assert app.lead("email:s@ess.io").in_pool
+    app.apply_batch([rec("contacted", "s@ess.io", at=T0 + days(0.2), actor="rep-c")])
+    view = app.lead("email:s@ess.io")
+    assert view.owner == "rep-c" and not view.in_pool
+    assert app.rep_load()["rep-c"] == 1
+    # Someone who is not a configured rep (a manager) does not claim by acting.
+    app.apply_batch(lead_a(rec, "t@tee.io"))
+    app.apply_batch([rec("contacted", "t@tee.io", at=T0 + days(0.2), actor="manager-1")])
+    assert app.lead("email:t@tee.io").in_pool

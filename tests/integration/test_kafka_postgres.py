@@ -144,7 +144,7 @@ def test_a_consumer_killed_at_random_moments_ends_exactly_like_an_uninterrupted_
         process.wait(timeout=30)
         kills += 1
         progress.append(pipe.tracked_total(partitions=1))
-    assert progress[-1] < len(lines), "the stream finished before the last kill; kill sooner"
+    assert progress[-1] < len(records), "the stream finished before the last kill; kill sooner"
     assert sorted(progress) == progress and progress[-1] > progress[1] > 0
     final = pipe.run("consume", "--until-idle", **small)
     assert final.returncode == 0, final.stderr[-3000:]
@@ -165,11 +165,11 @@ def test_two_consumers_in_one_group_share_partitions_without_double_processing(
     logs = [tmp_path / "c1.log", tmp_path / "c2.log"]
     first = pipe.start("consume", log=logs[0], LEADFLOW_KAFKA_MAX_POLL_RECORDS="100")
     second = pipe.start("consume", log=logs[1], LEADFLOW_KAFKA_MAX_POLL_RECORDS="100")
-    records = valid_records(lines)
+    records = valid_records(lines)  # exactly what publish sent
     reference = reference_app(records)
     expected = set(applied_event_ids(reference))
     try:
-        wait_until(lambda: pipe.tracked_total(partitions=4) >= len(lines), 300,
+        wait_until(lambda: pipe.tracked_total(partitions=4) >= len(records), 300,
                    "both consumers to reach the end of all partitions")
     finally:
         for process in (first, second):
@@ -199,7 +199,7 @@ def test_consumer_survives_a_broker_restart_and_resumes_after_a_database_outage(
     process = pipe.start("consume", log=log, **settings)
     wait_until(lambda: pipe.tracked_total(2) > 500, 120, "the consumer to make progress")
     services.restart_kafka()
-    wait_until(lambda: pipe.tracked_total(2) > len(lines) // 2, 180,
+    wait_until(lambda: pipe.tracked_total(2) > len(records) // 2, 180,
                "progress after the broker restart")
     # Now take the database away for longer than the bounded retries allow.
     services.stop_postgres()
