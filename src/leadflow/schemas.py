@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from leadflow.contract import inbound_json_schema
+from leadflow.outbound import lifecycle_json_schema
 from leadflow.rules import rules_json_schema
 
 
@@ -15,6 +16,7 @@ def all_schemas() -> dict[str, dict[str, Any]]:
     return {
         "inbound-record.v1.json": inbound_json_schema(),
         "rules.schema.json": rules_json_schema(),
+        "lifecycle-event.v1.json": lifecycle_json_schema(),
     }
 
 

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from leadflow.application import LeadflowApp, Outcome
+from leadflow.contract import RecordRejected, parse_record
 from leadflow.domain import Lead
+from leadflow.generator import generate
 from leadflow.rules import default_rules, default_rules_text, parse_rules
 from tests.conftest import T0, Records, days, make_app
 
@@ -270,10 +272,6 @@ def test_late_touchpoints_give_the_same_state_in_any_arrival_order(store: str,
 
 def test_replay_from_the_store_gives_the_same_state_whatever_the_batch_size(
         store: str, tmp_path: Path) -> None:
-    from leadflow.generator import generate
-
-    from leadflow.contract import RecordRejected, parse_record
-
     records = []
     for line in generate(leads=60, days=30, seed=3):
         try:
