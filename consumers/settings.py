@@ -19,7 +19,7 @@ class KafkaSettings:
     max_poll_records: int = 2000
     #: how many times a failing batch is retried (database down, write conflict) before the
     #: consumer stops loudly; it resumes from the tracked offsets on restart.
-    max_retries: int = 8
+    max_retries: int = 5
     retry_backoff_seconds: float = 0.5
     #: static group membership (KIP-345): a restarted consumer with the same id takes its
     #: partitions back at once instead of waiting for the session to time out.

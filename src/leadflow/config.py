@@ -91,6 +91,9 @@ def database_env(url: str) -> dict[str, str]:
             "POSTGRES_PORT": str(parsed.port or 5432),
             "POSTGRES_USER": unquote(parsed.username or "postgres"),
             "POSTGRES_PASSWORD": unquote(parsed.password or ""),
+            # Fail fast when the server is down: eventsourcing retries each call 10 times and
+            # the consumer adds its own bounded retries on top (library default: 30 s each).
+            "POSTGRES_CONNECT_TIMEOUT": "5",
         }
     raise ConfigError(
         f"LEADFLOW_DATABASE_URL {url!r}: unsupported scheme; use sqlite:///PATH, memory: "

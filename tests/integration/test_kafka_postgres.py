@@ -187,33 +187,43 @@ def test_two_consumers_in_one_group_share_partitions_without_double_processing(
 
 def test_consumer_survives_a_broker_restart_and_resumes_after_a_database_outage(
         pipe: Pipeline, services: Services, tmp_path: Path) -> None:
-    if services.restart_kafka is None or services.stop_postgres is None:
+    if services.restart_kafka is None or services.stop_postgres is None \
+            or services.start_postgres is None:
         pytest.fail("this test needs the local launcher's restart hooks (scripts/services)")
     pipe.create_topics(partitions=2)
     lines = write_stream(tmp_path / "s.jsonl", leads=1200, days=30, seed=9)
     records = valid_records(lines)
-    assert pipe.run("publish", str(tmp_path / "s.jsonl")).returncode == 3
+    half = len(lines) // 2
+    (tmp_path / "a.jsonl").write_text("\n".join(lines[:half]) + "\n")
+    (tmp_path / "b.jsonl").write_text("\n".join(lines[half:]) + "\n")
+    first_half = len(valid_records(lines[:half]))
+    assert pipe.run("publish", str(tmp_path / "a.jsonl")).returncode == 3
     log = tmp_path / "consumer.log"
     settings = {"LEADFLOW_KAFKA_MAX_POLL_RECORDS": "200", "LEADFLOW_KAFKA_INSTANCE_ID": "r-1",
-                "LEADFLOW_KAFKA_MAX_RETRIES": "3"}
+                "LEADFLOW_KAFKA_MAX_RETRIES": "1", "POSTGRES_CONNECT_TIMEOUT": "1"}
     process = pipe.start("consume", log=log, **settings)
-    wait_until(lambda: pipe.tracked_total(2) > 500, 120, "the consumer to make progress")
-    services.restart_kafka()
-    wait_until(lambda: pipe.tracked_total(2) > len(records) // 2, 180,
-               "progress after the broker restart")
-    # Now take the database away for longer than the bounded retries allow.
-    services.stop_postgres()
     try:
-        code = process.wait(timeout=120)
+        wait_until(lambda: pipe.tracked_total(2) > 500, 120, "the consumer to make progress")
+        services.restart_kafka()
+        wait_until(lambda: pipe.tracked_total(2) >= first_half, 180,
+                   "the consumer to catch up after the broker restart")
+        # Take the database away while records keep arriving: bounded retries, then a loud stop.
+        services.stop_postgres()
+        try:
+            assert pipe.run("publish", str(tmp_path / "b.jsonl")).returncode == 3
+            code = process.wait(timeout=180)
+        finally:
+            services.start_postgres()
     finally:
-        services.start_postgres()
+        if process.poll() is None:
+            process.kill()
     assert code != 0, "the consumer must stop loudly when the database stays down"
     assert "giving up after retries" in log.read_text()
     final = pipe.run("consume", "--until-idle", **settings)
     assert final.returncode == 0, final.stderr[-3000:]
     ids = applied_event_ids(pipe.app())
-    assert len(ids) == len(set(ids))
-    assert set(ids) == set(applied_event_ids(reference_app(records)))
+    assert len(ids) == len(set(ids)), "a record was applied twice"
+    assert set(ids) == set(applied_event_ids(reference_app(records))), "a record was lost"
 
 
 def test_the_relay_publishes_each_lifecycle_event_once_even_when_restarted(
