@@ -238,6 +238,10 @@ def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
     app = obj.app()
     end = report.max_occurred_at or start
     clock = app.advance_clock(end)
+    projected = None
+    if not url.startswith(("memory", "popo")):
+        db, projected = run_projector(obj, until_idle=True)
+        db.close()
     console = _out_console()
     console.print(f"[bold]leadflow demo[/] on {url}: {report.lines} records for {leads} leads "
                   f"over {days} days; {report.applied} applied, {report.duplicates} duplicates "
@@ -245,6 +249,10 @@ def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
                   f"({', '.join(f'{k}={v}' for k, v in sorted(report.reasons.items()))})")
     console.print(f"clock advanced to {end.isoformat()}: {clock.woken} leads woken, "
                   f"{clock.events} events recorded")
+    if projected is not None:
+        console.print(f"analyst read models up to date: {projected.events} events projected "
+                      "(try `leadflow funnel --by source` or `leadflow report --html "
+                      "report.html`)")
     _print_summary(console, app, end)
 
 
@@ -397,6 +405,143 @@ def schemas_export(directory: Path) -> None:
 
     for path in write_schemas(directory):
         click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- analyst read models
+
+
+def _projection_db(obj: Context) -> Any:
+    from leadflow.projections.db import ProjectionDB
+
+    try:
+        return ProjectionDB(obj.settings.database_url)
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def run_projector(obj: Context, until_idle: bool) -> Any:
+    from leadflow.projections.projector import Projector
+
+    db = _projection_db(obj)
+    projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
+    if not until_idle:
+        signal.signal(signal.SIGTERM, projector.stop)
+        signal.signal(signal.SIGINT, projector.stop)
+    with _progress() as progress:
+        task = progress.add_task("project", total=None)
+        stats = projector.run(until_idle=until_idle, progress=lambda pos, top: progress.update(
+            task, completed=pos, total=top))
+    return db, stats
+
+
+@cli.command()
+@click.option("--until-idle", is_flag=True, help="Exit once every stored event is projected.")
+@click.pass_obj
+def project(obj: Context, until_idle: bool) -> None:
+    """Follow the event store and keep the analyst tables and views up to date.
+
+    Each page of events and the tracking position commit in one transaction. PostgreSQL
+    wakes the projector with LISTEN/NOTIFY; SQLite is polled.
+    """
+    db, stats = run_projector(obj, until_idle)
+    db.close()
+    click.echo(f"projected {stats.events} events in {stats.pages} pages; position "
+               f"{stats.position}")
+
+
+@cli.command()
+@click.option("--projection", "name", default="all", show_default=True,
+              help="all, or a table name (lead_state, stage_transitions, funnel_daily, "
+                   "score_ledger, owner_load, account_state): the tables are rebuilt together "
+                   "because they share one tracking position.")
+@click.pass_obj
+def rebuild(obj: Context, name: str) -> None:
+    """Replay every event into fresh tables and swap them in at once.
+
+    Readers keep seeing the old tables until the swap, which is one transaction.
+    """
+    from leadflow.projections.projector import Projector
+    from leadflow.projections.schema import TABLES
+
+    if name != "all" and name not in TABLES:
+        fail(f"--projection {name!r}: unknown; use all or one of {', '.join(TABLES)}")
+    db = _projection_db(obj)
+    projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
+    with _progress() as progress:
+        task = progress.add_task("rebuild", total=None)
+        stats = projector.rebuild(progress=lambda pos, top: progress.update(
+            task, completed=pos, total=top))
+    db.close()
+    click.echo(f"rebuilt {', '.join(TABLES)} from {stats.events} events; position "
+               f"{stats.position}")
+
+
+@cli.command()
+@click.option("--from", "start", default=None, help="First day (YYYY-MM-DD), event time.")
+@click.option("--to", "end", default=None, help="Last day (YYYY-MM-DD), inclusive.")
+@click.option("--by", type=click.Choice(["source", "campaign", "owner", "segment"]),
+              default=None, help="Also break the funnel down by this dimension.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--csv", "as_csv", is_flag=True, help="Print CSV (group,stage,count,conversion).")
+@click.pass_obj
+def funnel(obj: Context, start: str | None, end: str | None, by: str | None, as_json: bool,
+           as_csv: bool) -> None:
+    """Leads that reached each stage in the period, and stage-to-stage conversion.
+
+    A lead that moved on still counts for every stage it passed. The read models are
+    brought up to date first.
+    """
+    from leadflow.projections import queries
+
+    if as_json and as_csv:
+        fail("choose one of --json and --csv")
+    low = parse_time(start, "--from").date() if start else None
+    high = parse_time(end, "--to").date() if end else None
+    db, _ = run_projector(obj, until_idle=True)
+    result = queries.funnel(db, low, high, by)  # type: ignore[arg-type]
+    db.close()
+    if as_json:
+        click.echo(json.dumps(result.as_dict()))
+        return
+    groups = [("all", result.stages), *result.groups]
+    if as_csv:
+        import csv
+
+        writer = csv.writer(sys.stdout)
+        writer.writerow(["group", "stage", "count", "conversion_from_previous"])
+        for group, stages in groups:
+            for row in stages:
+                writer.writerow([group, row.stage, row.count,
+                                 "" if row.conversion_from_previous is None
+                                 else row.conversion_from_previous])
+        return
+    console = _out_console()
+    table = Table(title=f"Funnel {low or 'start'} .. {high or 'end'}"
+                  + (f" by {by}" if by else ""))
+    table.add_column(by or "group")
+    for stage in ("new", "mql", "sql", "opportunity", "customer"):
+        table.add_column(stage, justify="right")
+    for group, stages in groups:
+        table.add_row(group, *[
+            f"{r.count}" + ("" if r.conversion_from_previous is None
+                            else f" ({100 * r.conversion_from_previous:.1f}%)")
+            for r in stages])
+    console.print(table)
+
+
+@cli.command()
+@click.option("--html", "html_path", type=click.Path(path_type=Path), required=True,
+              help="Where to write the self-contained HTML page.")
+@click.pass_obj
+def report(obj: Context, html_path: Path) -> None:
+    """Write an HTML report: funnel, conversion and velocity charts, tables by source/owner."""
+    from leadflow.projections.report import render_report
+
+    db, _ = run_projector(obj, until_idle=True)
+    page = render_report(db)
+    db.close()
+    html_path.write_text(page, encoding="utf-8")
+    click.echo(f"wrote {html_path}")
 
 
 # ---------------------------------------------------------------- production path (Kafka)
@@ -576,6 +721,28 @@ def db_init(obj: Context) -> None:
         fail(f"cannot initialise {_redact(obj.settings.database_url)}: {exc}")
     app.close()
     click.echo(f"database ready: {_redact(obj.settings.database_url)}")
+
+
+@db.command("grant-analyst")
+@click.argument("role")
+@click.option("--password", default=None, help="Set (or change) the role's login password.")
+@click.pass_obj
+def db_grant_analyst(obj: Context, role: str, password: str | None) -> None:
+    """PostgreSQL: a ROLE that can SELECT the analyst tables and views and nothing else.
+
+    No access to the event store, no writes, no CREATE. Re-run safely; a rebuild keeps
+    the grants.
+    """
+    from leadflow.projections.admin import grant_analyst
+    from leadflow.projections.projector import Projector
+
+    database = _projection_db(obj)
+    if database.dialect != "postgres":
+        fail("grant-analyst needs LEADFLOW_DATABASE_URL=postgresql://…; SQLite has no roles")
+    Projector(obj.app(), database).setup()
+    grant_analyst(database, role, password)
+    database.close()
+    click.echo(f"role {role} can read the analyst tables and views, and nothing else")
 
 
 def _redact(url: str) -> str:

@@ -29,6 +29,7 @@ class Settings:
     max_future_skew: timedelta = timedelta(minutes=5)
     aggregate_cache_size: int = 50_000
     batch_size: int = 1000
+    projection_page_size: int = 2000
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -37,16 +38,19 @@ class Settings:
             skew = float(env.get("LEADFLOW_MAX_FUTURE_SKEW_SECONDS", "300"))
             cache = int(env.get("LEADFLOW_AGGREGATE_CACHE_SIZE", "50000"))
             batch = int(env.get("LEADFLOW_BATCH_SIZE", "1000"))
+            page = int(env.get("LEADFLOW_PROJECTION_PAGE_SIZE", "2000"))
         except ValueError as exc:
             raise ConfigError(f"LEADFLOW_* numeric setting is not a number: {exc}") from exc
-        if batch < 1:
-            raise ConfigError("LEADFLOW_BATCH_SIZE must be at least 1")
+        if batch < 1 or page < 1:
+            raise ConfigError("LEADFLOW_BATCH_SIZE and LEADFLOW_PROJECTION_PAGE_SIZE must be "
+                              "at least 1")
         return cls(
             database_url=env.get("LEADFLOW_DATABASE_URL", DEFAULT_DATABASE_URL),
             rules_path=env.get("LEADFLOW_RULES") or None,
             max_future_skew=timedelta(seconds=skew),
             aggregate_cache_size=cache,
             batch_size=batch,
+            projection_page_size=page,
         )
 
     def eventsourcing_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:

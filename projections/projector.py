@@ -1,0 +1,513 @@
+"""The projector: follows the event store and maintains the analyst read models.
+
+Each page of notifications is applied in ONE transaction that also moves the tracking
+position, so a crash never double-counts and a restart resumes exactly where it stopped.
+Rows are changed set-wise (load the touched leads, change them in memory, upsert them all).
+``rebuild`` replays from the first event into fresh tables and swaps them in at once.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+from eventsourcing.persistence import Notification
+from eventsourcing.utils import get_topic
+
+from leadflow.application import LeadflowApp
+from leadflow.domain import Account, Lead
+from leadflow.projections.admin import analyst_roles, grant_select
+from leadflow.projections.db import ProjectionDB, from_db
+from leadflow.projections.schema import (
+    FUNNEL,
+    TABLES,
+    drop_views_ddl,
+    tables_ddl,
+    views_ddl,
+)
+
+log = structlog.get_logger(__name__)
+
+TRACKING_NAME = "analytics"
+OPEN_STAGES = frozenset({"new", "mql", "sql", "opportunity"})
+RANK = {stage: i for i, stage in enumerate(FUNNEL)}
+TS_COLUMNS = ("created_at", "stage_at", "contacted_at", "engagement_as_of", "last_touch_at",
+              "reached_mql_at", "reached_sql_at", "reached_opportunity_at",
+              "reached_customer_at", "disqualified_at", "recycled_at", "lost_at")
+LEAD_COLUMNS = (
+    "lead_id", "primary_key", "identities", "created_at", "source", "campaign", "landing_page",
+    "country", "company", "industry", "employees", "title", "segment", "account_id", "stage",
+    "stage_at", "stage_reason", "owner", "team", "in_pool", "deal_owner", "contacted_at", "fit",
+    "fit_awards", "engagement_value", "engagement_as_of", "half_life_days", "last_touch_at",
+    "touchpoints", "dormant", "reached_mql_at", "reached_sql_at", "reached_opportunity_at",
+    "reached_customer_at", "disqualified_at", "disqualified_reason", "recycled_at",
+    "recycled_reason", "lost_at", "lost_reason", "deal_id", "deal_amount", "deal_currency",
+    "merged_into",
+)
+ACCOUNT_COLUMNS = ("account_id", "account_key", "name", "engagements", "surges",
+                   "last_engaged_at", "last_surge_at", "surge_window_days")
+
+# Event classes are created by the @event decorator at import time.
+_EV: dict[str, type[Any]] = {
+    name: getattr(Lead, name)
+    for name in ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "TouchpointScored",
+                 "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade",
+                 "DealOwnerSet", "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed")
+}
+_ACCOUNT_EV: dict[str, type[Any]] = {
+    name: getattr(Account, name) for name in ("Created", "Engaged", "Surged")
+}
+TOPICS = [get_topic(c) for c in _EV.values()] + [get_topic(c) for c in _ACCOUNT_EV.values()]
+
+
+def size_band(employees: int | None) -> str:
+    if employees is None:
+        return "size?"
+    if employees <= 10:
+        return "1-10"
+    if employees <= 50:
+        return "11-50"
+    if employees <= 250:
+        return "51-250"
+    return "251+"
+
+
+def segment_of(row: dict[str, Any]) -> str:
+    """Geography x company size: the segments seed 003 reports on by default."""
+    return f"{row.get('country') or '??'}/{size_band(row.get('employees'))}"
+
+
+@dataclass
+class ProjectionStats:
+    pages: int = 0
+    events: int = 0
+    position: int = 0
+
+
+class _Page:
+    """The changes one page of events makes, applied to the database together."""
+
+    def __init__(self, db: ProjectionDB, suffix: str, half_life_days: float) -> None:
+        self.db = db
+        self.s = suffix
+        self.half_life_days = half_life_days
+        self.leads: dict[str, dict[str, Any]] = {}
+        self.before: dict[str, tuple[str, str] | None] = {}
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.transitions: list[tuple[Any, ...]] = []
+        self.ledger: list[tuple[Any, ...]] = []
+        self.funnel: Counter[tuple[str, str, str, str]] = Counter()
+
+    def load(self, lead_ids: set[str], account_ids: set[str]) -> None:
+        for chunk in _chunks(sorted(lead_ids), 500):
+            marks = ",".join(["%s"] * len(chunk))
+            for row in self.db.query(
+                    f"SELECT * FROM lead_state{self.s} WHERE lead_id IN ({marks})", chunk):
+                for col in TS_COLUMNS:
+                    row[col] = from_db(row[col])
+                row["in_pool"] = bool(row["in_pool"])
+                row["dormant"] = bool(row["dormant"])
+                self.leads[row["lead_id"]] = row
+                self.before[row["lead_id"]] = _load_key(row)
+        for chunk in _chunks(sorted(account_ids), 500):
+            marks = ",".join(["%s"] * len(chunk))
+            for row in self.db.query(
+                    f"SELECT * FROM account_state{self.s} WHERE account_id IN ({marks})", chunk):
+                row["last_engaged_at"] = from_db(row["last_engaged_at"])
+                row["last_surge_at"] = from_db(row["last_surge_at"])
+                self.accounts[row["account_id"]] = row
+
+    # ----------------------------------------------------------------- handlers
+
+    def apply(self, nid: int, event: Any) -> None:
+        if isinstance(event, _ACCOUNT_EV["Created"]) or isinstance(
+                event, _ACCOUNT_EV["Engaged"]) or isinstance(event, _ACCOUNT_EV["Surged"]):
+            self._account(event)
+            return
+        lead_id = str(event.originator_id)
+        if isinstance(event, _EV["Created"]):
+            self._created(nid, lead_id, event)
+            return
+        row = self.leads.get(lead_id)
+        if row is None:
+            raise RuntimeError(f"projection has no row for lead {lead_id} (event {nid})")
+        kind = type(event).__name__
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(nid, row, event)
+
+    def _created(self, nid: int, lead_id: str, e: Any) -> None:
+        row: dict[str, Any] = dict.fromkeys(LEAD_COLUMNS)
+        row.update(
+            lead_id=lead_id, primary_key=e.primary_key, identities=json.dumps([e.primary_key]),
+            created_at=e.created_at, source=e.source, campaign=e.campaign,
+            landing_page=e.landing_page,
+            account_id=str(e.account_id) if e.account_id else None, stage="new",
+            stage_at=e.created_at, in_pool=False, fit=0.0, fit_awards="{}",
+            engagement_value=0.0, half_life_days=self.half_life_days, touchpoints=0,
+            dormant=False,
+        )
+        row["segment"] = segment_of(row)
+        self.leads[lead_id] = row
+        self.before.setdefault(lead_id, None)
+        self.transitions.append((nid, lead_id, None, "new", e.created_at, None, e.source,
+                                 e.campaign, "system", None))
+        self._count("new", e.created_at, row)
+
+    def _count(self, stage: str, at: datetime, row: dict[str, Any]) -> None:
+        self.funnel[(at.date().isoformat(), stage, row["source"] or "", row["campaign"] or "")] += 1
+
+    def _on_IdentityAdded(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        identities = json.loads(row["identities"])
+        if e.key not in identities:
+            identities.append(e.key)
+        row["identities"] = json.dumps(identities)
+
+    def _set_fit(self, nid: int, row: dict[str, Any], e: Any, fit: float,
+                 awards: Iterable[Sequence[Any]]) -> None:
+        old = json.loads(row["fit_awards"])
+        new = {str(r): float(p) for r, p in awards}
+        seq = len([x for x in self.ledger if x[0] == nid])
+        for rule in sorted(set(old) | set(new)):
+            delta = new.get(rule, 0.0) - old.get(rule, 0.0)
+            if delta:
+                self.ledger.append((nid, seq, row["lead_id"], e.event_id, "fit", rule,
+                                    e.rules_version, delta, e.occurred_at, None))
+                seq += 1
+        row["fit"] = fit
+        row["fit_awards"] = json.dumps(new, sort_keys=True)
+
+    def _on_ProfileUpdated(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        for key in ("country", "company", "industry", "employees", "title"):
+            if key in e.changes:
+                row[key] = e.changes[key]
+        row["segment"] = segment_of(row)
+        self._set_fit(nid, row, e, e.fit, e.fit_awards)
+
+    def _on_AccountSet(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["account_id"] = str(e.account_id)
+
+    def _awards(self, nid: int, row: dict[str, Any], awards: list[dict[str, Any]], kind: str,
+                rules_version: str) -> None:
+        for seq, award in enumerate(awards):
+            self.ledger.append((nid, seq, row["lead_id"], award["event_id"], kind,
+                                award["rule"], rules_version, award["points"], award["at"],
+                                award.get("expires_at")))
+
+    def _touch(self, row: dict[str, Any], at: datetime | None) -> None:
+        if at is not None and (row["last_touch_at"] is None or at > row["last_touch_at"]):
+            row["last_touch_at"] = at
+            row["dormant"] = False
+
+    def _on_TouchpointScored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        self._awards(nid, row, e.awards, "engagement", e.rules_version)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+        row["touchpoints"] += 1
+        self._touch(row, e.occurred_at)
+
+    def _on_Boosted(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        self._awards(nid, row, e.awards, "boost", e.rules_version)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+
+    def _on_InterestAbsorbed(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        self._awards(nid, row, e.awards, "engagement", e.rules_version)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+        row["touchpoints"] += len(e.event_ids)
+        if e.last_touch_at and (row["last_touch_at"] is None
+                                or e.last_touch_at > row["last_touch_at"]):
+            row["last_touch_at"] = e.last_touch_at
+
+    def _on_StageChanged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        to, at = e.to_stage, e.occurred_at
+        row["stage"], row["stage_at"], row["stage_reason"] = to, at, e.reason
+        self.transitions.append((nid, row["lead_id"], e.from_stage, to, at, row["owner"],
+                                 row["source"], row["campaign"], e.actor, e.reason))
+        self._count(to, at, row)
+        if to in RANK:
+            # Reaching a stage means passing every funnel stage before it.
+            for stage in FUNNEL[1:RANK[to] + 1]:
+                if row[f"reached_{stage}_at"] is None:
+                    row[f"reached_{stage}_at"] = at
+        if to in ("disqualified", "recycled", "lost"):
+            row[f"{to}_at"], row[f"{to}_reason"] = at, e.reason
+        if to in ("recycled", "disqualified"):
+            row.update(owner=None, team=None, in_pool=False, contacted_at=None)
+        links = e.links or {}
+        if links.get("deal_id"):
+            row["deal_id"] = links["deal_id"]
+        if links.get("deal_amount") is not None:
+            row["deal_amount"] = float(links["deal_amount"])
+        if links.get("deal_currency"):
+            row["deal_currency"] = links["deal_currency"]
+
+    def _on_OwnerAssigned(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row.update(owner=e.owner, team=e.team, in_pool=e.owner is None, contacted_at=None)
+
+    def _on_FirstContactMade(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["contacted_at"] = e.occurred_at
+
+    def _on_DealOwnerSet(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["deal_owner"] = e.owner
+
+    def _on_WentDormant(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["dormant"] = True
+
+    def _on_MergedInto(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["merged_into"] = str(e.survivor_id)
+
+    def _on_Absorbed(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        identities = json.loads(row["identities"])
+        identities += [k for k in e.identity_keys if k not in identities]
+        row["identities"] = json.dumps(identities)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+        for key in ("country", "company", "industry", "employees", "title"):
+            row[key] = e.profile.get(key, row[key])
+        row["segment"] = segment_of(row)
+        self._set_fit(nid, row, e, e.fit, e.fit_awards)
+        row["touchpoints"] += e.touchpoints
+        row["last_touch_at"] = e.last_touch_at
+        if e.last_touch_at is not None:
+            row["dormant"] = False
+
+    def _account(self, e: Any) -> None:
+        account_id = str(e.originator_id)
+        if isinstance(e, _ACCOUNT_EV["Created"]):
+            self.accounts[account_id] = {
+                "account_id": account_id, "account_key": e.account_key, "name": e.name,
+                "engagements": 0, "surges": 0, "last_engaged_at": None,
+                "last_surge_at": None, "surge_window_days": None,
+            }
+            return
+        row = self.accounts[account_id]
+        if isinstance(e, _ACCOUNT_EV["Engaged"]):
+            row["engagements"] += 1
+            if row["last_engaged_at"] is None or e.occurred_at > row["last_engaged_at"]:
+                row["last_engaged_at"] = e.occurred_at
+        else:
+            row["surges"] += 1
+            row["last_surge_at"] = e.occurred_at
+            row["surge_window_days"] = e.window_days
+
+    # ----------------------------------------------------------------- writing
+
+    def write(self) -> None:
+        s, db = self.s, self.db
+        cols = ", ".join(LEAD_COLUMNS)
+        marks = ", ".join(["%s"] * len(LEAD_COLUMNS))
+        updates = ", ".join(f"{c} = excluded.{c}" for c in LEAD_COLUMNS if c != "lead_id")
+        db.executemany(
+            f"INSERT INTO lead_state{s} ({cols}) VALUES ({marks}) "
+            f"ON CONFLICT (lead_id) DO UPDATE SET {updates}",
+            [[row[c] for c in LEAD_COLUMNS] for row in self.leads.values()],
+        )
+        db.executemany(f"INSERT INTO stage_transitions{s} VALUES "
+                       f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", self.transitions)
+        db.executemany(f"INSERT INTO score_ledger{s} VALUES "
+                       f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", self.ledger)
+        db.executemany(
+            f"INSERT INTO funnel_daily{s} VALUES (%s, %s, %s, %s, %s) "
+            f"ON CONFLICT (day, stage, source, campaign) DO UPDATE "
+            f"SET entries = funnel_daily{s}.entries + excluded.entries",
+            [[*key, n] for key, n in sorted(self.funnel.items())],
+        )
+        load: Counter[tuple[str, str]] = Counter()
+        for lead_id, row in self.leads.items():
+            old, new = self.before.get(lead_id), _load_key(row)
+            if old != new:
+                if old is not None:
+                    load[old] -= 1
+                if new is not None:
+                    load[new] += 1
+        db.executemany(
+            f"INSERT INTO owner_load{s} VALUES (%s, %s, %s) ON CONFLICT (owner, stage) "
+            f"DO UPDATE SET open_leads = owner_load{s}.open_leads + excluded.open_leads",
+            [[owner, stage, n] for (owner, stage), n in sorted(load.items()) if n],
+        )
+        # A bucket that empties is removed, so page boundaries never show in the rows.
+        db.execute(f"DELETE FROM owner_load{s} WHERE open_leads = 0")
+        acols = ", ".join(ACCOUNT_COLUMNS)
+        amarks = ", ".join(["%s"] * len(ACCOUNT_COLUMNS))
+        aupdates = ", ".join(f"{c} = excluded.{c}" for c in ACCOUNT_COLUMNS if c != "account_id")
+        db.executemany(
+            f"INSERT INTO account_state{s} ({acols}) VALUES ({amarks}) "
+            f"ON CONFLICT (account_id) DO UPDATE SET {aupdates}",
+            [[row[c] for c in ACCOUNT_COLUMNS] for row in self.accounts.values()],
+        )
+
+
+def _load_key(row: dict[str, Any]) -> tuple[str, str] | None:
+    if row["owner"] and row["merged_into"] is None and row["stage"] in OPEN_STAGES:
+        return (row["owner"], row["stage"])
+    return None
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+class Projector:
+    """Maintains the read models of one leadflow database."""
+
+    def __init__(self, app: LeadflowApp, db: ProjectionDB, page_size: int = 2000) -> None:
+        self.app = app
+        self.db = db
+        self.page_size = page_size
+        self.stats = ProjectionStats()
+        self._stop = threading.Event()
+
+    def stop(self, *_: object) -> None:
+        self._stop.set()
+
+    # ----------------------------------------------------------------- schema
+
+    def setup(self) -> None:
+        """Create tables and views if missing (idempotent)."""
+        with self.db.transaction():
+            self.db.executescript(tables_ddl(self.db.dialect))
+            if not self._views_exist():
+                self.db.executescript(views_ddl(self.db.dialect))
+            self.db.execute(
+                "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
+                [TRACKING_NAME])
+
+    def _views_exist(self) -> bool:
+        if self.db.dialect == "sqlite":
+            return bool(self.db.query(
+                "SELECT name FROM sqlite_master WHERE type='view' AND name='velocity'"))
+        return bool(self.db.query("SELECT to_regclass('velocity') IS NOT NULL AS p")[0]["p"])
+
+    def position(self, name: str = TRACKING_NAME) -> int:
+        rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", [name])
+        return int(rows[0]["position"]) if rows else 0
+
+    def max_notification_id(self) -> int:
+        return int(self.app.recorder.max_notification_id() or 0)
+
+    # ----------------------------------------------------------------- processing
+
+    def _select(self, after: int) -> Sequence[Notification]:
+        return self.app.recorder.select_notifications(after + 1, self.page_size, topics=TOPICS)
+
+    def process_page(self, name: str = TRACKING_NAME, suffix: str = "") -> int:
+        """Apply the next page after ``name``'s position; returns how many events."""
+        with self.db.transaction():
+            lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
+            rows = self.db.query(
+                f"SELECT position FROM projection_tracking WHERE name = %s{lock}", [name])
+            position = int(rows[0]["position"]) if rows else 0
+            notifications = self._select(position)
+            if not notifications:
+                return 0
+            events = [(n.id, self.app.mapper.to_domain_event(n)) for n in notifications]
+            page = _Page(self.db, suffix, self.app.rules.scoring.half_life_days)
+            lead_ids = {str(e.originator_id) for _, e in events
+                        if not isinstance(e, tuple(_ACCOUNT_EV.values()))}
+            account_ids = {str(e.originator_id) for _, e in events
+                           if isinstance(e, tuple(_ACCOUNT_EV.values()))}
+            page.load(lead_ids, account_ids)
+            for nid, event in events:
+                page.apply(nid, event)
+            page.write()
+            last = notifications[-1].id
+            self.db.execute(
+                "INSERT INTO projection_tracking VALUES (%s, %s) ON CONFLICT (name) "
+                "DO UPDATE SET position = excluded.position", [name, last])
+        self.stats.pages += 1
+        self.stats.events += len(events)
+        self.stats.position = last
+        return len(events)
+
+    def run(self, until_idle: bool = False,
+            progress: Callable[[int, int], None] | None = None, idle_wait: float = 1.0) -> \
+            ProjectionStats:
+        """Follow the event store; LISTEN/NOTIFY wakes it on PostgreSQL, polling on SQLite."""
+        self.setup()
+        listener = self._listen() if not until_idle else None
+        try:
+            while not self._stop.is_set():
+                done = self.process_page()
+                if progress:
+                    progress(self.stats.position, self.max_notification_id())
+                if done:
+                    continue
+                if until_idle:
+                    break
+                self._wait(listener, idle_wait)
+        finally:
+            if listener is not None:
+                listener.close()
+        return self.stats
+
+    def _listen(self) -> Any:
+        if self.db.dialect != "postgres":
+            return None
+        import psycopg
+
+        conn = psycopg.connect(self.db.url, autocommit=True)
+        channel = getattr(self.app.recorder, "channel_name", None)
+        if channel is None:
+            conn.close()
+            return None
+        conn.execute(f'LISTEN "{channel}"')
+        return conn
+
+    def _wait(self, listener: Any, seconds: float) -> None:
+        if listener is None:
+            self._stop.wait(seconds)
+            return
+        for _ in listener.notifies(timeout=seconds, stop_after=1):
+            break
+
+    # ----------------------------------------------------------------- rebuild
+
+    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> ProjectionStats:
+        """Replay every event into fresh tables, then swap them in in one transaction."""
+        self.setup()
+        suffix, name = "_rebuild", f"{TRACKING_NAME}:rebuild"
+        with self.db.transaction():
+            for table in TABLES:
+                self.db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
+            self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
+            self.db.execute(
+                "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) "
+                "DO UPDATE SET position = 0", [name])
+        total = self.max_notification_id()
+        started = time.monotonic()
+        while self.process_page(name, suffix):
+            if progress:
+                progress(self.stats.position, total)
+        with self.db.transaction():
+            position = self.position(name)
+            readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
+            self.db.executescript(drop_views_ddl())
+            for table in TABLES:
+                self.db.execute(f"DROP TABLE {table}")
+                self.db.execute(f"ALTER TABLE {table}{suffix} RENAME TO {table}")
+            self.db.executescript(tables_ddl(self.db.dialect))  # indexes, final names
+            self.db.executescript(views_ddl(self.db.dialect))
+            if readers:
+                grant_select(self.db, readers)  # new tables: the analysts keep their access
+            self.db.execute("UPDATE projection_tracking SET position = %s WHERE name = %s",
+                            [position, TRACKING_NAME])
+            self.db.execute("DELETE FROM projection_tracking WHERE name = %s", [name])
+        log.info("rebuild swapped in", events=self.stats.events, position=position,
+                 seconds=round(time.monotonic() - started, 2))
+        return self.stats
+
+
+def _without_indexes(ddl: str) -> str:
+    # Fresh tables fill faster without secondary indexes; they are built at the swap.
+    return "\n;\n".join(part for part in ddl.split("\n;\n")
+                        if not part.strip().startswith("CREATE INDEX"))

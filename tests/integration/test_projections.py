@@ -1,0 +1,247 @@
+"""Analyst read models on SQLite and PostgreSQL: a hand-checked scenario, rebuild, crashes,
+and the analyst role's limits."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import psycopg
+import pytest
+
+from leadflow.application import LeadflowApp
+from leadflow.config import Settings
+from leadflow.contract import RecordRejected, parse_record
+from leadflow.generator import generate
+from leadflow.projections import queries
+from leadflow.projections.db import ProjectionDB
+from leadflow.projections.projector import Projector
+from leadflow.projections.schema import TABLES
+from tests.conftest import T0, Records, days
+
+LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
+A_RECORDS = ([("content_downloaded", {})] * 3 + [("email_opened", {}), ("email_clicked", {})] * 3
+             + [("trial_started", {})])
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lf.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def engine(url: str) -> LeadflowApp:
+    return LeadflowApp(env=Settings(database_url=url, aggregate_cache_size=0)
+                       .eventsourcing_env({}))
+
+
+def scenario(rec: Records) -> list[Any]:
+    def hot(email: str, source: str, campaign: str | None, at: datetime) -> list[Any]:
+        context = {"source": source, **({"campaign": campaign} if campaign else {})}
+        return [rec(kind, email, at=at, context={**context, **ctx}) for kind, ctx in A_RECORDS]
+
+    return [
+        *hot("l1@ads.io", "ads", "c1", T0),
+        *hot("l2@ads.io", "ads", "c1", T0 + days(1)),
+        *hot("l3@org.io", "organic", None, T0),
+        rec("email_opened", "l4@org.io", at=T0, context={"source": "organic"}),
+        rec("demo_requested", "l5@org.io", at=T0 + days(1), context={"source": "organic"},
+            lead={"title": "VP Sales", "employees": 200, "country": "US"}),
+        rec("form_submitted", "l6@partner.io", at=T0 + days(40), context={"source": "partner"}),
+        rec("sales_accepted", "l1@ads.io", at=T0 + days(2), actor="rep-a"),
+        rec("converted", "l1@ads.io", at=T0 + days(5), actor="rep-a",
+            deal={"id": "D1", "amount": "1000", "currency": "USD"}),
+        rec("deal_won", "l1@ads.io", at=T0 + days(15), actor="rep-a"),
+        rec("sales_accepted", "l2@ads.io", at=T0 + days(3), actor="rep-b"),
+        rec("converted", "l2@ads.io", at=T0 + days(10), actor="rep-b",
+            deal={"id": "D2", "amount": "500", "currency": "USD"}),
+        rec("deal_lost", "l2@ads.io", at=T0 + days(20), actor="rep-b", reason="price"),
+        rec("sales_accepted", "l3@org.io", at=T0 + days(4), actor="rep-a"),
+    ]
+
+
+def counts(f: queries.Funnel) -> list[tuple[str, int, float | None]]:
+    return [(s.stage, s.count, s.conversion_from_previous) for s in f.stages]
+
+
+def test_a_hand_checked_scenario_gives_known_funnel_conversion_and_velocity(
+        db_url: str, rec: Records) -> None:
+    app = engine(db_url)
+    result = app.apply_batch(scenario(rec))
+    assert not result.rejected
+    db = ProjectionDB(db_url)
+    Projector(app, db, page_size=7).run(until_idle=True)
+
+    assert counts(queries.funnel(db)) == [
+        ("new", 6, None), ("mql", 4, 0.6667), ("sql", 4, 1.0), ("opportunity", 2, 0.5),
+        ("customer", 1, 0.5)]
+    march = queries.funnel(db, T0.date().replace(day=3), T0.date().replace(day=31))
+    assert [(s.stage, s.count) for s in march.stages] == [
+        ("new", 2), ("mql", 2), ("sql", 4), ("opportunity", 2), ("customer", 1)]
+    by_source = {g: [s.count for s in stages]
+                 for g, stages in queries.funnel(db, by="source").groups}
+    assert by_source == {"ads": [2, 2, 2, 2, 1], "organic": [3, 2, 2, 0, 0],
+                         "partner": [1, 0, 0, 0, 0]}
+
+    velocity = {r["step"]: (r["leads"], round(float(r["median_days"]), 6),
+                            round(float(r["p90_days"]), 6)) for r in queries.velocity(db)}
+    assert velocity == {"new->mql": (4, 0.0, 0.0), "mql->sql": (4, 2.0, 4.0),
+                        "sql->opportunity": (2, 5.0, 7.0), "opportunity->customer": (1, 10.0, 10.0),
+                        "new->customer": (1, 15.0, 15.0)}
+    cohorts = {r["cohort_month"]: (r["leads"], r["mql"], r["customer"])
+               for r in queries.cohorts(db)}
+    assert cohorts == {"2026-03": (5, 4, 1), "2026-04": (1, 0, 0)}
+    load = {(r["owner"], r["stage"]): r["open_leads"]
+            for r in db.query("SELECT * FROM owner_load WHERE open_leads > 0")}
+    assert load == {("rep-a", "sql"): 1, ("rep-c", "sql"): 1}
+    owners = {r["owner"]: (r["customers"], r["closed"]) for r in queries.by_owner(db)}
+    assert owners["rep-a"] == (1, 1) and owners["rep-b"] == (0, 1)
+    ledger = db.query("SELECT rule, SUM(points) AS points FROM score_ledger_resolved "
+                      "WHERE lead_id = %s GROUP BY rule ORDER BY rule",
+                      [str(app.resolve("email:l1@ads.io"))])
+    assert {r["rule"]: float(r["points"]) for r in ledger} == {
+        "content-download": 30.0, "email-click": 15.0, "email-open": 6.0, "trial-start": 25.0}
+    transitions = db.query("SELECT to_stage FROM stage_transitions WHERE lead_id = %s "
+                           "ORDER BY occurred_at, notification_id",
+                           [str(app.resolve("email:l2@ads.io"))])
+    assert [r["to_stage"] for r in transitions] == ["new", "mql", "sql", "opportunity", "lost"]
+    db.close()
+
+
+def dump(db: ProjectionDB) -> dict[str, list[tuple[Any, ...]]]:
+    out = {}
+    for table in TABLES:
+        rows = db.query(f"SELECT * FROM {table}")
+        out[table] = sorted(tuple(str(v) for v in r.values()) for r in rows)
+    return out
+
+
+def load_stream(app: LeadflowApp, leads: int, seed: int) -> None:
+    records = []
+    for line in generate(leads=leads, days=60, seed=seed):
+        try:
+            records.append(parse_record(line, now=datetime.now(UTC)))
+        except RecordRejected:
+            continue
+    for i in range(0, len(records), 1000):
+        app.apply_batch(records[i:i + 1000])
+    app.advance_clock(max(r.occurred_at for r in records))
+
+
+def test_rebuild_gives_exactly_the_rows_of_live_processing(db_url: str) -> None:
+    app = engine(db_url)
+    load_stream(app, leads=400, seed=21)
+    db = ProjectionDB(db_url)
+    Projector(app, db, page_size=333).run(until_idle=True)
+    live = dump(db)
+    assert len(live["lead_state"]) > 300 and live["score_ledger"]
+    Projector(app, db).rebuild()
+    assert dump(db) == live
+    db.close()
+
+
+def test_a_projector_killed_mid_batch_resumes_without_double_counting(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'lf.db'}"
+    app = engine(url)
+    load_stream(app, leads=1500, seed=22)
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+           "LEADFLOW_DATABASE_URL": url, "LEADFLOW_PROJECTION_PAGE_SIZE": "50",
+           "LEADFLOW_LOG_FORMAT": "json"}
+    chaos = random.Random(7)
+    db = ProjectionDB(url)
+    positions = []
+    for _ in range(4):
+        process = subprocess.Popen([*LEADFLOW, "project"], env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(chaos.uniform(1.5, 3.0))
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        positions.append(Projector(app, db).position())
+    top = int(app.recorder.max_notification_id() or 0)
+    assert 0 < positions[-1] < top, "kill sooner: the projector finished before the last kill"
+    done = subprocess.run([*LEADFLOW, "project", "--until-idle"], env=env, capture_output=True,
+                          text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after_crashes = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == after_crashes
+    db.close()
+
+
+def test_the_funnel_command_prints_json_and_csv(tmp_path: Path, rec: Records) -> None:
+    url = f"sqlite:///{tmp_path / 'lf.db'}"
+    engine(url).apply_batch(scenario(rec))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+           "LEADFLOW_DATABASE_URL": url}
+
+    def run(*args: str) -> str:
+        done = subprocess.run([*LEADFLOW, "funnel", *args], env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    data = json.loads(run("--json"))
+    assert data["stages"][1] == {"stage": "mql", "count": 4, "conversion_from_previous": 0.6667}
+    grouped = json.loads(run("--json", "--by", "source", "--from", "2026-03-01",
+                             "--to", "2026-03-31"))
+    assert grouped["by"] == "source"
+    assert [g["group"] for g in grouped["groups"]] == ["ads", "organic", "partner"]
+    assert [s["count"] for s in grouped["groups"][2]["stages"]] == [0, 0, 0, 0, 0]
+    csv_lines = run("--csv", "--by", "owner").splitlines()
+    assert csv_lines[0] == "group,stage,count,conversion_from_previous"
+    assert "all,customer,1,0.5" in csv_lines
+    table = run("--by", "segment")
+    assert "US/51-250" in table
+
+
+@pytest.fixture
+def analyst(pg_url: str) -> Iterator[tuple[str, str]]:
+    role = f"analyst_{os.getpid()}_{int(time.time())}"
+    yield role, pg_url
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f'DROP OWNED BY "{role}"')
+        conn.execute(f'DROP ROLE IF EXISTS "{role}"')
+
+
+def test_the_analyst_role_reads_views_but_cannot_write_or_read_the_event_store(
+        analyst: tuple[str, str], rec: Records) -> None:
+    role, url = analyst
+    app = engine(url)
+    app.apply_batch(scenario(rec))
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+           "LEADFLOW_DATABASE_URL": url}
+    done = subprocess.run([*LEADFLOW, "db", "grant-analyst", role, "--password", "s3cret"],
+                          env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    db = ProjectionDB(url)
+    Projector(app, db).run(until_idle=True)
+    Projector(app, db).rebuild()  # grants survive the swap to fresh tables
+    db.close()
+    parsed = urlparse(url)
+    as_analyst = urlunparse(parsed._replace(
+        netloc=f"{role}:s3cret@{parsed.hostname}:{parsed.port}"))
+    with psycopg.connect(as_analyst, autocommit=True) as conn:
+        stages = conn.execute("SELECT stage, leads FROM leads_by_status").fetchall()
+        assert dict(stages)["customer"] == 1
+        assert conn.execute("SELECT COUNT(*) FROM lead_state").fetchone() == (6,)
+        assert conn.execute("SELECT COUNT(*) FROM velocity").fetchone()[0] > 0  # type: ignore[index]
+        events_table = app.recorder.events_table_name  # type: ignore[attr-defined]
+        for statement in (f"SELECT * FROM {events_table} LIMIT 1",
+                          "SELECT * FROM projection_tracking",
+                          "UPDATE lead_state SET stage = 'customer'",
+                          "DELETE FROM score_ledger",
+                          "INSERT INTO funnel_daily VALUES ('2026-01-01', 'new', '', '', 1)",
+                          "CREATE TABLE mine (x int)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
