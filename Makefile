@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test unit lint typecheck schemas services-up services-down clean
+.PHONY: setup system-deps demo test unit lint typecheck schemas services-up services-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,16 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/leadflow demo
 
-test: setup
+# Headless Chromium renders the HTML report in its test; PostgreSQL, Java and Maven are
+# installed by scripts/services when the integration fixtures start the services.
+system-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the report test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "chromium is missing: install Debian's chromium (the report test needs it)"; fi; }
+
+test: setup system-deps
 	$(BIN)/python -m pytest
 
 unit: setup
