@@ -26,6 +26,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ProcessRecorder, Tracking
 from eventsourcing.utils import get_topic
 
+from leadflow import audit
 from leadflow.contract import DISPOSITION_TYPES, InboundRecord
 from leadflow.domain import (
     STAGE_RANK,
@@ -408,7 +409,36 @@ class LeadflowApp(Application[UUID]):
                 cache.clear()
                 cache.full = False
 
+    def _seal(self, unit: _Unit) -> None:
+        """Add each new Lead event's hash-chain link before it is stored (see audit.py)."""
+        for aggregate in unit.touched.values():
+            if not isinstance(aggregate, Lead) or not aggregate.pending_events:
+                continue
+            head = getattr(aggregate, "chain_head", None)
+            first = aggregate.pending_events[0].originator_version
+            if first == Lead.INITIAL_VERSION:
+                head = audit.genesis(aggregate.id)
+            elif head is None:
+                head = self._stored_chain_head(aggregate.id)
+            for event in aggregate.pending_events:
+                stored = self.mapper.to_stored_event(event)
+                payload, _ = audit.canonical_payload(stored.state)
+                head = audit.link(head, aggregate.id, event.originator_version, stored.topic,
+                                  payload)
+                # Events are frozen; the extra attribute is stored with the event's state.
+                object.__setattr__(event, "chain", head)
+            aggregate.chain_head = head
+
+    def _stored_chain_head(self, lead_id: UUID) -> str:
+        stored = self.recorder.select_events(lead_id)
+        return audit.verify_events(lead_id, stored).head or audit.genesis(lead_id)
+
+    def verify(self, lead_id: UUID) -> audit.LeadVerification:
+        """Recompute a lead's hash chain from its stored events (no cache, no domain)."""
+        return audit.verify_events(lead_id, self.recorder.select_events(lead_id))
+
     def _commit(self, unit: _Unit, tracking: Tracking | None) -> None:
+        self._seal(unit)
         processing = ProcessingEvent[UUID](tracking)
         processing.collect_events(*unit.touched.values())
         if not processing.events and tracking is None:

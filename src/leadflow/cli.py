@@ -1,7 +1,8 @@
 """``leadflow`` command line: the composition root. Clients are built here, in ``main()``.
 
 Exit codes: 0 success; 1 a problem named on stderr (bad configuration, unreadable file,
-unknown lead); 2 usage error (click); 3 the command ran but some input lines were rejected.
+unknown lead); 2 usage error (click); 3 the command ran but some input lines were rejected;
+4 ``verify`` found stored events that do not verify.
 """
 
 from __future__ import annotations
@@ -405,6 +406,63 @@ def schemas_export(directory: Path) -> None:
 
     for path in write_schemas(directory):
         click.echo(f"wrote {path}")
+
+
+# ---------------------------------------------------------------- auditors
+
+EXIT_TAMPERED = 4
+
+
+@cli.command()
+@click.argument("identity", required=False)
+@click.option("--expect-head", default=None,
+              help="Chain head recorded earlier for IDENTITY: also detects removed newest events.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@click.pass_obj
+def verify(obj: Context, identity: str | None, expect_head: str | None, as_json: bool) -> None:
+    """Check that no stored lead event was altered, deleted, reordered or inserted.
+
+    Recomputes each lead's hash chain from the stored rows. Exit code 4 and a report naming
+    the lead and the version when anything does not verify.
+    """
+    app = obj.app()
+    if identity:
+        try:
+            lead_ids = [app.resolve(parse_identity_argument(identity))]
+        except (InvalidIdentityError, LeadflowError) as exc:
+            fail(str(exc))
+    else:
+        if expect_head:
+            fail("--expect-head needs IDENTITY")
+        lead_ids = list(app.lead_ids())
+    results = []
+    with _progress() as progress:
+        task = progress.add_task("verify", total=len(lead_ids))
+        for lead_id in lead_ids:
+            results.append(app.verify(lead_id))
+            progress.advance(task)
+    problems = [p for r in results for p in r.problems]
+    if expect_head and results and results[0].head != expect_head:
+        from leadflow.audit import Problem
+
+        problems.append(Problem(results[0].lead_id, results[0].events,
+                                f"chain head {results[0].head} is not the expected "
+                                f"{expect_head}: newest events were removed or replaced"))
+    report = {
+        "leads": len(results), "events": sum(r.events for r in results), "ok": not problems,
+        "problems": [p.as_dict() for p in problems],
+        "heads": {str(r.lead_id): r.head for r in results} if identity else None,
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"verified {report['leads']} leads, {report['events']} events: "
+                   + ("ok" if not problems else f"{len(problems)} problems"))
+        for p in problems:
+            click.echo(f"  lead {p.lead_id} version {p.version}: {p.problem}")
+        if identity and results:
+            click.echo(f"chain head {results[0].head}")
+    sys.exit(EXIT_TAMPERED if problems else EXIT_OK)
 
 
 # ---------------------------------------------------------------- analyst read models

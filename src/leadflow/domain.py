@@ -65,6 +65,14 @@ def _iso(at: datetime) -> str:
 class Lead(Aggregate):
     """A person who showed interest, with at least one way to reach them."""
 
+    class Event(Aggregate.Event):
+        """Base of the lead's events: replaying one remembers its tamper-evidence link."""
+
+        def apply(self, aggregate: Any) -> None:
+            super().apply(aggregate)
+            # The link is added at commit (see LeadflowApp._seal); replay keeps the newest.
+            aggregate.chain_head = self.__dict__.get("chain")
+
     @staticmethod
     def create_id(primary_key: str) -> UUID:
         return lead_id_for(primary_key)
@@ -118,6 +126,8 @@ class Lead(Aggregate):
         self.wake_at: datetime | None = None
         self.merged_into: UUID | None = None
         self.merged_from: list[UUID] = []
+        # Newest tamper-evidence link (set at commit and on replay, see audit.py).
+        self.chain_head: str | None = None
 
     # ----- queries on state (pure) -----
 
