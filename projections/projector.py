@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 from datetime import datetime
 from typing import Any
 
@@ -59,7 +60,8 @@ _EV: dict[str, type[Any]] = {
     name: getattr(Lead, name)
     for name in ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "TouchpointScored",
                  "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade",
-                 "DealOwnerSet", "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed")
+                 "DealOwnerSet", "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed",
+                 "Unmerged", "StateRestored")
 }
 _ACCOUNT_EV: dict[str, type[Any]] = {
     name: getattr(Account, name) for name in ("Created", "Engaged", "Surged")
@@ -127,8 +129,7 @@ class _Page:
     # ----------------------------------------------------------------- handlers
 
     def apply(self, nid: int, event: Any) -> None:
-        if isinstance(event, _ACCOUNT_EV["Created"]) or isinstance(
-                event, _ACCOUNT_EV["Engaged"]) or isinstance(event, _ACCOUNT_EV["Surged"]):
+        if isinstance(event, tuple(_ACCOUNT_EV.values())):
             self._account(event)
             return
         lead_id = str(event.originator_id)
@@ -279,6 +280,33 @@ class _Page:
         row["last_touch_at"] = e.last_touch_at
         if e.last_touch_at is not None:
             row["dormant"] = False
+
+    def _on_Unmerged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["merged_into"] = None
+
+    def _on_StateRestored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        """An unmerge recomputed the lead from its own events: take that state wholesale."""
+        state = e.state
+        row["identities"] = json.dumps(state["identity_keys"])
+        for key in ("country", "company", "industry", "employees", "title"):
+            row[key] = state["profile"].get(key)
+        row["segment"] = segment_of(row)
+        cause = SimpleNamespace(event_id=f"unmerge:{e.released_lead}", rules_version="unmerge",
+                                occurred_at=e.occurred_at)
+        self._set_fit(nid, row, cause, state["fit"], state["fit_awards"])
+        row.update(
+            engagement_value=state["eng_value"], engagement_as_of=state["eng_as_of"],
+            touchpoints=state["touchpoints"], last_touch_at=state["last_touch_at"],
+            dormant=state["dormant"], stage=state["stage"], stage_at=state["stage_at"],
+            stage_reason=state["stage_reason"], owner=state["owner"], team=state["team"],
+            in_pool=state["in_pool"], contacted_at=state["contacted_at"],
+            deal_owner=state["deal_owner"],
+            account_id=str(state["account_id"]) if state["account_id"] else None,
+        )
+        first: dict[str, datetime] = state["first_reached"]
+        for stage in FUNNEL[1:]:
+            times = [first[s] for s in FUNNEL[RANK[stage]:] if s in first]
+            row[f"reached_{stage}_at"] = min(times) if times else None
 
     def _account(self, e: Any) -> None:
         account_id = str(e.originator_id)

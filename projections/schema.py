@@ -226,6 +226,9 @@ CREATE VIEW score_ledger_resolved AS
 SELECT COALESCE(l.merged_into, e.lead_id) AS lead_id, e.lead_id AS recorded_on, e.event_id,
        e.kind, e.rule, e.rules_version, e.points, e.occurred_at, e.expires_at
 FROM score_ledger e LEFT JOIN lead_state l ON l.lead_id = e.lead_id
+-- A survivor records the fit of the merged profile itself: the absorbed lead's own fit rows
+-- would count twice.
+WHERE NOT (e.kind = 'fit' AND l.merged_into IS NOT NULL)
 """
 
 

@@ -26,7 +26,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ProcessRecorder, Tracking
 from eventsourcing.utils import get_topic
 
-from leadflow import audit
+from leadflow import audit, scoring
 from leadflow.contract import DISPOSITION_TYPES, InboundRecord
 from leadflow.domain import (
     STAGE_RANK,
@@ -38,6 +38,7 @@ from leadflow.domain import (
     Lead,
     LeadflowError,
     Router,
+    RuleBook,
     TimerBucket,
     UnknownLeadError,
     UnknownRepError,
@@ -293,6 +294,81 @@ class LeadflowApp(Application[UUID]):
             events += unit.pending()
             self._commit(unit, None)
         return ClockResult(to, woken, events)
+
+    def unmerge(self, key: str, at: datetime, actor: str) -> tuple[UUID, UUID]:
+        """Undo the merge that brought identity ``key``'s lead into another lead.
+
+        The merged lead comes back with its own history; the survivor's state is recomputed
+        from its own events without those the merge caused; the identities point back.
+        Returns (survivor id, restored lead id).
+        """
+        unit = _Unit(self)
+        index = unit.get(IdentityIndex, identity_index_id(key))
+        if index is None or index.is_interest:
+            raise UnknownLeadError(f"no lead known by {key!r}")
+        survivor = self._live_lead(unit, index.target_id)
+        loser = None
+        for merged_id in survivor.merged_from:
+            candidate = unit.get(Lead, merged_id)
+            if candidate is not None and candidate.merged_into == survivor.id \
+                    and key in candidate.identity_keys:
+                loser = candidate
+        if loser is None:
+            raise NotMergedError(f"{key!r} belongs to lead {survivor.id} itself, not to a lead "
+                                 "merged into it")
+        own = _without_merge(list(self.events.get(survivor.id)), loser.id)
+        recomputed: Any = None
+        for event in own:
+            # Skipped events leave version gaps, so apply directly rather than mutate().
+            if recomputed is None:
+                recomputed = event.mutate(None)
+            else:
+                event.apply(recomputed)
+        # Stored events carry running totals that included the merged points: re-fold the
+        # engagement from the survivor's own awards instead.
+        value, as_of = 0.0, None
+        for award in recomputed.awards:
+            if award.expires_at is None:
+                value, as_of = scoring.add_decaying(value, as_of, award.points, award.at,
+                                                    self.rules.half_life_seconds)
+        horizon = recomputed.eng_as_of
+        if as_of is not None and horizon is not None and horizon > as_of:
+            value, as_of = scoring.decayed(value, as_of, horizon,
+                                           self.rules.half_life_seconds), horizon
+        recomputed.eng_value, recomputed.eng_as_of = value, as_of or horizon
+        fit = scoring.fit_awards(self.rules, recomputed.profile)  # likewise for fit
+        recomputed.fit_awards, recomputed.fit = fit, sum(p for _, p in fit)
+        survivor.restore(recomputed, loser.id, at, actor)
+        loser.unmerge(survivor.id, at, actor)
+        # Re-derive the automatic decisions (MQL threshold, routing) from the restored score.
+        self._qualify(unit, survivor, at, None)
+        for loser_key in loser.identity_keys:
+            loser_index = unit.get(IdentityIndex, identity_index_id(loser_key))
+            if loser_index is not None:
+                loser_index.repoint(loser.id, False, at, f"unmerged from lead {survivor.id}")
+        self._sync_load(unit, survivor, at)
+        self._sync_load(unit, loser, at)
+        self._settle(unit, survivor, at)
+        self._settle(unit, loser, at)
+        self._commit(unit, None)
+        return survivor.id, loser.id
+
+    def publish_rules(self, rules: Rules, text: str, at: datetime, actor: str) -> bool:
+        """Record a rules version for live scoring from now on (history is not rewritten)."""
+        unit = _Unit(self)
+        book = unit.get(RuleBook, RuleBook.create_id()) or unit.add(RuleBook())
+        before = book.current
+        book.publish(rules.version, rules.label, text, at, actor)
+        self._commit(unit, None)
+        self.rules = rules
+        return book.current is not before
+
+    def published_rules(self) -> dict[str, Any] | None:
+        try:
+            book: Any = self.repository.get(RuleBook.create_id())
+        except AggregateNotFoundError:
+            return None
+        return dict(book.current) if book.current else None
 
     def set_rep_availability(self, rep: str, available: bool, at: datetime) -> None:
         if self.rules.routing.rep(rep) is None:
@@ -795,6 +871,35 @@ class LeadflowApp(Application[UUID]):
     def _clock(self, unit: _Unit) -> Clock:
         clock = unit.get(Clock, Clock.create_id())
         return clock if clock is not None else unit.add(Clock())
+
+
+class NotMergedError(LeadflowError):
+    reason = "not_merged"
+
+
+def _without_merge(events: list[Any], loser_id: UUID) -> list[Any]:
+    """A survivor's own events, minus the merge with ``loser_id`` and what it set off.
+
+    Dropped: the Absorbed event, and every automatic decision recorded after it (stage and
+    owner changes by rules or the system, SLA breaches, load bookkeeping), because those were
+    taken on the merged score. People's decisions (sales dispositions) and the survivor's own
+    touchpoints stay; the engine re-derives the automatic ones from the restored state.
+    """
+    out: list[Any] = []
+    merged = False
+    for event in events:
+        name = type(event).__name__
+        if name == "Absorbed" and event.lead_id == loser_id:
+            merged = True
+            continue
+        if merged and (
+            name in ("AccountSet", "LoadRecounted", "FirstContactSlaBreached", "WakeScheduled")
+            or (name in ("StageChanged", "OwnerAssigned")
+                and str(event.__dict__.get("actor") or "").startswith(("rule:", "system:")))
+        ):
+            continue
+        out.append(event)
+    return out
 
 
 _COMPANY_SUFFIXES = ("inc", "llc", "ltd", "gmbh", "ag", "corp", "co", "sa", "plc", "ooo", "oao")

@@ -72,6 +72,18 @@ class Context:
             except ConfigError as exc:
                 fail(str(exc))
             self._app = LeadflowApp(env=env, rules=self.rules())
+            if self.rules_path is None:
+                # Rules published with `rescore --apply` win over the built-in defaults.
+                published = self._app.published_rules()
+                if published is not None:
+                    from leadflow.rules import parse_rules
+
+                    self._app.rules = parse_rules(published["text"],
+                                                  source=f"published {published['version']}")
+            elif (published := self._app.published_rules()) is not None and \
+                    published["version"] != self._app.rules.version:
+                log.warning("explicit rules differ from the published version",
+                            explicit=self._app.rules.version, published=published["version"])
         return self._app
 
 
@@ -463,6 +475,214 @@ def verify(obj: Context, identity: str | None, expect_head: str | None, as_json:
         if identity and results:
             click.echo(f"chain head {results[0].head}")
     sys.exit(EXIT_TAMPERED if problems else EXIT_OK)
+
+
+def _resolve(app: LeadflowApp, identity: str) -> Any:
+    try:
+        return app.resolve(parse_identity_argument(identity))
+    except (InvalidIdentityError, LeadflowError) as exc:
+        fail(str(exc))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+@cli.command()
+@click.argument("identity")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def history(obj: Context, identity: str, as_json: bool) -> None:
+    """Every stored event of a lead (and of leads merged into it), in recorded order.
+
+    Event time and record time, type, actor, reason, score before -> after with the points
+    of each rule and the rules version, stage and owner changes.
+    """
+    from leadflow.auditor import Auditor
+
+    app = obj.app()
+    entries = Auditor(app).history(_resolve(app, identity))
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries]))
+        return
+    table = Table(title=f"History of {identity}")
+    for col in ("recorded", "event time", "lead:v", "type", "actor", "score", "points",
+                "stage", "owner", "reason"):
+        table.add_column(col)
+    for e in entries:
+        points = ", ".join(f"{p['rule']} {p['points']:+g}" for p in e.points)
+        table.add_row(
+            e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.occurred_at.isoformat() if e.occurred_at else "-",
+            f"{str(e.lead_id)[:8]}:{e.version}", e.type, _fmt(e.actor),
+            f"{_fmt(e.score_before)} -> {_fmt(e.score_after)}",
+            points + (f" ({e.rules_version})" if e.rules_version and points else ""),
+            f"{_fmt(e.stage[0])} -> {e.stage[1]}" if e.stage else "",
+            f"{_fmt(e.owner[0])} -> {_fmt(e.owner[1])}" if e.owner else "",
+            _fmt(e.reason))
+    _out_console().print(table)
+
+
+@cli.command("as-of")
+@click.argument("identity")
+@click.argument("time_text", metavar="TIME")
+@click.option("--known-at", "known_text", default="now", show_default=True,
+              help="Record time: only events recorded by then count.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def as_of(obj: Context, identity: str, time_text: str, known_text: str, as_json: bool) -> None:
+    """Stage, owner and score at event time TIME, as known at record time --known-at.
+
+    Late-arriving records change the answer only from the moment they arrived.
+    """
+    from leadflow.auditor import Auditor
+
+    at = parse_time(time_text, "TIME")
+    known_at = parse_time(known_text, "--known-at")
+    auditor = Auditor(obj.app())
+    try:
+        lead_id = auditor.lead_known_by(parse_identity_argument(identity), known_at)
+    except (InvalidIdentityError, LeadflowError) as exc:
+        fail(str(exc))
+    result = auditor.as_of(lead_id, at, known_at)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{identity} at {result['at']} (as known at {result['known_at']}): stage "
+               f"{_fmt(result['stage'])}, owner {_fmt(result['owner'])}, score "
+               f"{_fmt(result['score'])} (fit {_fmt(result['fit'])} + engagement "
+               f"{_fmt(result['engagement'])})")
+
+
+@cli.command()
+@click.argument("identity")
+@click.option("--at", "at_text", default="now", show_default=True, help="Event time.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def explain(obj: Context, identity: str, at_text: str, as_json: bool) -> None:
+    """Why the score is what it is: each record, rule, original points and decayed value."""
+    from leadflow.auditor import Auditor
+
+    at = parse_time(at_text, "--at")
+    app = obj.app()
+    result = Auditor(app).explain(_resolve(app, identity), at)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    console = _out_console()
+    console.print(f"{identity} at {result['at']}: score {result['score']:.2f} = fit "
+                  f"{result['fit_total']:.2f} + engagement {result['engagement_total']:.2f} "
+                  f"(half-life {result['half_life_days']:g} days)")
+    fit_table = Table(title="Fit (no decay)")
+    fit_table.add_column("rule")
+    fit_table.add_column("points", justify="right")
+    for row in result["fit"]:
+        fit_table.add_row(row["rule"], f"{row['points']:g}")
+    console.print(fit_table)
+    table = Table(title="Engagement")
+    for col in ("record", "event time", "rule", "points", "value now", "expires", "rules"):
+        table.add_column(col, justify="right" if col in ("points", "value now") else "left")
+    for row in result["engagement"]:
+        table.add_row(row["event_id"], row["occurred_at"], row["rule"], f"{row['points']:g}",
+                      f"{row['value']:.2f}", _fmt(row["expires_at"]), _fmt(row["rules_version"]))
+    console.print(table)
+
+
+@cli.command()
+@click.option("--rules", "candidate", type=click.Path(), required=True,
+              help="The rules file to backtest against the current rules.")
+@click.option("--from", "start", default=None, help="Only leads created on/after this date.")
+@click.option("--apply", "apply_rules", is_flag=True,
+              help="Publish the new rules version for scoring from now on.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@click.pass_obj
+def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
+            as_json: bool) -> None:
+    """Backtest a rules file on the recorded history without writing anything.
+
+    Per lead and in total: who would become MQL earlier, later or never; MQL counts under
+    both rule sets; and, against the recorded outcomes, each rule set's precision and recall
+    for predicting SQL and customers. --apply then publishes the new version (an event);
+    history is never rewritten.
+    """
+    from leadflow.auditor import Auditor, Backtest, compare
+    from leadflow.domain import Lead
+
+    try:
+        new_rules = load_rules(candidate)
+    except RulesError as exc:
+        fail(str(exc))
+    app = obj.app()
+    since = parse_time(start, "--from") if start else None
+    auditor = Auditor(app)
+    old, new = Backtest(app.rules), Backtest(new_rules)
+    outcomes: dict[str, set[str]] = {"sql": set(), "customer": set()}
+    stages: dict[str, str] = {}
+    lead_ids = list(app.lead_ids())
+    with _progress() as progress:
+        task = progress.add_task("rescore", total=len(lead_ids))
+        for lead_id in lead_ids:
+            progress.advance(task)
+            lead: Any = app.repository.get(lead_id)
+            if not isinstance(lead, Lead) or lead.merged_into is not None:
+                continue
+            if since is not None and lead.created_at < since:
+                continue
+            key = lead.primary_key
+            touchpoints = auditor.touchpoints(lead_id)
+            old.simulate(key, lead.profile, touchpoints)
+            new.simulate(key, lead.profile, touchpoints)
+            reached = set(lead.first_reached)
+            if reached & {"sql", "opportunity", "customer"}:
+                outcomes["sql"].add(key)
+            if "customer" in reached:
+                outcomes["customer"].add(key)
+            stages[key] = lead.stage
+    result = compare(old, new, outcomes, stages)
+    if apply_rules:
+        text = Path(candidate).read_text(encoding="utf-8")
+        app.publish_rules(new_rules, text, datetime.now(UTC), "cli")
+        result["applied"] = new_rules.version
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    changes = result["changes"]
+    click.echo(f"backtest {result['current_version']} -> {result['new_version']} over "
+               f"{result['leads']} leads: {changes['earlier']} MQL earlier, {changes['later']} "
+               f"later, {changes['never']} never, {changes['newly']} newly MQL, "
+               f"{changes['same']} unchanged")
+    click.echo(f"MQLs: {result['mql_count']['current']} -> {result['mql_count']['new']}")
+    for outcome, q in result["quality"].items():
+        click.echo(f"predicting {outcome}: precision {_fmt(q['current']['precision'])} -> "
+                   f"{_fmt(q['new']['precision'])}, recall {_fmt(q['current']['recall'])} -> "
+                   f"{_fmt(q['new']['recall'])}")
+    for row in result["changed_leads"][:50]:
+        click.echo(f"  {row['lead']}: {row['change']} ({_fmt(row['mql_at_current'])} -> "
+                   f"{_fmt(row['mql_at_new'])})")
+    if apply_rules:
+        click.echo(f"published rules version {new_rules.version} for scoring from now on")
+
+
+@cli.command()
+@click.argument("identity")
+@click.pass_obj
+def unmerge(obj: Context, identity: str) -> None:
+    """Undo the merge that brought IDENTITY's lead into another lead.
+
+    Both leads' state is recomputed from their own events; run `leadflow project` (or
+    `rebuild`) to refresh the read models.
+    """
+    app = obj.app()
+    try:
+        survivor, restored = app.unmerge(parse_identity_argument(identity), datetime.now(UTC),
+                                         "cli")
+    except (InvalidIdentityError, LeadflowError) as exc:
+        fail(str(exc))
+    click.echo(f"lead {restored} separated from lead {survivor}")
 
 
 # ---------------------------------------------------------------- analyst read models

@@ -58,8 +58,8 @@ class LeadMergedError(LeadflowError):
     reason = "lead_merged"
 
 
-def _iso(at: datetime) -> str:
-    return at.isoformat()
+# Fields an unmerge does not reset: plumbing that the engine re-synchronises itself.
+_NOT_RESTORED = frozenset({"load_rep", "wake_at", "chain_head"})
 
 
 class Lead(Aggregate):
@@ -447,6 +447,35 @@ class Lead(Aggregate):
         if last_touch_at is not None:
             self.dormant = False
 
+    def unmerge(self, survivor_id: UUID, occurred_at: datetime, actor: str) -> None:
+        if self.merged_into != survivor_id:
+            raise LeadMergedError(f"lead {self.id} is not merged into {survivor_id}")
+        self._unmerged(survivor_id=survivor_id, occurred_at=occurred_at, actor=actor)
+
+    @event("Unmerged")
+    def _unmerged(self, survivor_id: UUID, occurred_at: datetime, actor: str) -> None:
+        self.merged_into = None
+
+    def restore(self, recomputed: Lead, released_lead: UUID, occurred_at: datetime,
+                actor: str) -> None:
+        """Take the state recomputed from this lead's own events (undoing a merge)."""
+        state = {k: v for k, v in vars(recomputed).items()
+                 if not k.startswith("_") and k not in _NOT_RESTORED}
+        state["awards"] = [a.to_dict() for a in recomputed.awards]
+        state["seen"] = sorted(recomputed.seen)
+        state["fit_awards"] = [list(a) for a in recomputed.fit_awards]
+        self._state_restored(state=state, released_lead=released_lead,
+                             occurred_at=occurred_at, actor=actor)
+
+    @event("StateRestored")
+    def _state_restored(self, state: dict[str, Any], released_lead: UUID,
+                        occurred_at: datetime, actor: str) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+        self.awards = [Award.from_dict(a) for a in state["awards"]]
+        self.seen = set(state["seen"])
+        self.fit_awards = [(str(r), float(p)) for r, p in state["fit_awards"]]
+
     def absorb_interest(self, anonymous_id: str, touchpoints: list[dict[str, Any]],
                         occurred_at: datetime, rules: Rules) -> None:
         """Score an anonymous visitor's earlier touchpoints now that we know who it was."""
@@ -689,3 +718,27 @@ class TimerBucket(Aggregate):
 
     def due(self, after: datetime | None, until: datetime) -> list[tuple[datetime, UUID]]:
         return sorted(e for e in self.entries if (after is None or e[0] > after) and e[0] <= until)
+
+
+class RuleBook(Aggregate):
+    """The rules versions published for live scoring (``leadflow rescore --apply``)."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return singleton_id("rulebook")
+
+    @event("Created")
+    def __init__(self) -> None:
+        self.current: dict[str, Any] | None = None
+
+    def publish(self, version: str, label: str, text: str, occurred_at: datetime,
+                actor: str) -> None:
+        if self.current is None or self.current["version"] != version:
+            self._published(version=version, label=label, text=text, occurred_at=occurred_at,
+                            actor=actor)
+
+    @event("Published")
+    def _published(self, version: str, label: str, text: str, occurred_at: datetime,
+                   actor: str) -> None:
+        self.current = {"version": version, "label": label, "text": text,
+                        "published_at": occurred_at, "actor": actor}

@@ -1,0 +1,320 @@
+"""Auditor queries: history, bitemporal as-of, score explanation, rules backtesting.
+
+Everything here is computed from the stored events alone (replayed event by event), so the
+answers can be reproduced by anyone holding the log. "Event time" is when a fact happened
+at the source; "record time" is when leadflow stored it (the event's ``timestamp``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+from leadflow import scoring
+from leadflow.domain import STAGES, IdentityIndex, Interest, Lead, UnknownLeadError
+from leadflow.identity import identity_index_id, interest_id_for
+from leadflow.rules import Rules
+from leadflow.scoring import Award
+
+_SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
+
+
+def event_time(event: Any) -> datetime | None:
+    for name in ("occurred_at", "created_at", "at"):
+        value = event.__dict__.get(name)
+        if isinstance(value, datetime):
+            return value
+    return None
+
+
+def record_time(event: Any) -> datetime:
+    stamp: datetime = event.timestamp
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    lead_id: UUID
+    version: int
+    type: str
+    occurred_at: datetime | None
+    recorded_at: datetime
+    actor: str | None
+    reason: str | None
+    event_id: str | None
+    score_before: float | None
+    score_after: float
+    points: tuple[dict[str, Any], ...]
+    rules_version: str | None
+    stage: tuple[str | None, str] | None
+    owner: tuple[str | None, str | None] | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "lead_id": str(self.lead_id), "version": self.version, "type": self.type,
+            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
+            "recorded_at": self.recorded_at.isoformat(), "actor": self.actor,
+            "reason": self.reason, "event_id": self.event_id,
+            "score_before": None if self.score_before is None else round(self.score_before, 4),
+            "score_after": round(self.score_after, 4), "points": list(self.points),
+            "rules_version": self.rules_version,
+            "stage": list(self.stage) if self.stage else None,
+            "owner": list(self.owner) if self.owner else None,
+        }
+
+
+class Auditor:
+    """Read-only replays over a LeadflowApp's event store."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.half_life = app.rules.half_life_seconds
+
+    # ----------------------------------------------------------------- lookups
+
+    def events(self, lead_id: UUID) -> list[Any]:
+        return list(self.app.events.get(lead_id))
+
+    def family(self, lead_id: UUID) -> list[UUID]:
+        """The lead and, recursively, every lead merged into it."""
+        out, todo = [], [lead_id]
+        while todo:
+            current = todo.pop(0)
+            if current in out:
+                continue
+            out.append(current)
+            for event in self.events(current):
+                if type(event).__name__ == "Absorbed":
+                    todo.append(event.lead_id)
+        return out
+
+    def replay(self, events: Iterable[Any]) -> Lead | None:
+        aggregate: Lead | None = None
+        for event in events:
+            aggregate = event.mutate(aggregate)
+        return aggregate
+
+    # ----------------------------------------------------------------- history
+
+    def history(self, lead_id: UUID) -> list[HistoryEntry]:
+        entries: list[HistoryEntry] = []
+        for member in self.family(lead_id):
+            entries += self._lead_history(member)
+        entries.sort(key=lambda e: (e.recorded_at, str(e.lead_id), e.version))
+        return entries
+
+    def _lead_history(self, lead_id: UUID) -> list[HistoryEntry]:
+        out = []
+        lead: Lead | None = None
+        for event in self.events(lead_id):
+            name = type(event).__name__
+            if name == "WakeScheduled":
+                lead = event.mutate(lead)
+                continue  # scheduling hints are plumbing, not history
+            when = event_time(event) or (lead.horizon if lead else record_time(event))
+            before = lead.score_at(when, self.half_life) if lead else None
+            stage_before = lead.stage if lead else None
+            owner_before = lead.owner if lead else None
+            lead = event.mutate(lead)
+            assert lead is not None
+            awards = event.__dict__.get("awards") or []
+            if name == "Absorbed":
+                awards = []
+            points = tuple({"rule": a["rule"], "points": a["points"],
+                            "event_id": a["event_id"]} for a in awards)
+            if name in ("ProfileUpdated", "Absorbed"):
+                points += tuple({"rule": r, "points": p, "kind": "fit"}
+                                for r, p in event.fit_awards)
+            stage = (stage_before, lead.stage) if lead.stage != stage_before else None
+            owner = (owner_before, lead.owner) if lead.owner != owner_before or \
+                name == "OwnerAssigned" else None
+            out.append(HistoryEntry(
+                lead_id=lead_id, version=event.originator_version, type=name,
+                occurred_at=event_time(event), recorded_at=record_time(event),
+                actor=event.__dict__.get("actor"), reason=event.__dict__.get("reason"),
+                event_id=event.__dict__.get("event_id") or event.__dict__.get("cause"),
+                score_before=before, score_after=lead.score_at(when, self.half_life),
+                points=points, rules_version=event.__dict__.get("rules_version"),
+                stage=stage, owner=owner,
+            ))
+        return out
+
+    # ----------------------------------------------------------------- as of
+
+    def lead_known_by(self, key: str, known_at: datetime) -> UUID:
+        """Which lead an identity key belonged to, as recorded by ``known_at``."""
+        events = list(self.app.events.get(identity_index_id(key)))
+        known = [e for e in events if record_time(e) <= known_at]
+        if not known:
+            raise UnknownLeadError(f"no lead known by {key!r} at {known_at.isoformat()}")
+        index = self.replay(known)
+        assert isinstance(index, IdentityIndex)
+        if index.is_interest:
+            raise UnknownLeadError(f"{key!r} was anonymous interest at {known_at.isoformat()}")
+        lead_id = index.target_id
+        for _ in range(32):  # follow merges recorded by then
+            lead = self.as_known(lead_id, known_at)
+            if lead is None or lead.merged_into is None:
+                return lead_id
+            lead_id = lead.merged_into
+        return lead_id
+
+    def as_known(self, lead_id: UUID, known_at: datetime) -> Lead | None:
+        return self.replay(e for e in self.events(lead_id) if record_time(e) <= known_at)
+
+    def as_of(self, lead_id: UUID, at: datetime, known_at: datetime) -> dict[str, Any]:
+        lead = self.as_known(lead_id, known_at)
+        if lead is None or lead.created_at > at:
+            return {"lead_id": str(lead_id), "at": at.isoformat(),
+                    "known_at": known_at.isoformat(), "stage": None, "owner": None,
+                    "score": None, "fit": None, "engagement": None,
+                    "note": "the lead did not exist yet at that event time, as known then"}
+        fit = self._fit_at(lead_id, at, known_at)
+        engagement = sum(a.value_at(at, self.half_life) for a in lead.awards)
+        return {"lead_id": str(lead_id), "at": at.isoformat(), "known_at": known_at.isoformat(),
+                "stage": lead.stage_on(at), "owner": lead.owner_on(at),
+                "score": round(fit + engagement, 4), "fit": fit,
+                "engagement": round(engagement, 4)}
+
+    def _fit_at(self, lead_id: UUID, at: datetime, known_at: datetime) -> float:
+        fit = 0.0
+        for event in self.events(lead_id):
+            if record_time(event) > known_at:
+                break
+            if type(event).__name__ in ("ProfileUpdated", "Absorbed") and \
+                    event.occurred_at <= at:
+                fit = float(event.fit)
+        return fit
+
+    # ----------------------------------------------------------------- explain
+
+    def explain(self, lead_id: UUID, at: datetime) -> dict[str, Any]:
+        lead = self.replay(self.events(lead_id))
+        assert lead is not None
+        versions: dict[str, str] = {}
+        for member in self.family(lead_id):
+            for event in self.events(member):
+                if type(event).__name__ in _SCORE_EVENTS[:3]:
+                    for award in event.awards:
+                        versions[award["event_id"]] = event.rules_version
+        contributions: list[dict[str, Any]] = []
+        engagement = 0.0
+        for award in sorted(lead.awards, key=lambda a: (a.at, a.event_id, a.rule)):
+            if award.at > at:
+                continue
+            value = award.value_at(at, self.half_life)
+            engagement += value
+            contributions.append({
+                "event_id": award.event_id, "rule": award.rule, "points": award.points,
+                "occurred_at": award.at.isoformat(),
+                "expires_at": award.expires_at.isoformat() if award.expires_at else None,
+                "value": round(value, 4),
+                "rules_version": versions.get(award.event_id),
+            })
+        fit = [{"rule": r, "points": p} for r, p in lead.fit_awards]
+        return {"lead_id": str(lead_id), "at": at.isoformat(), "fit": fit,
+                "fit_total": lead.fit, "engagement": contributions,
+                "engagement_total": round(engagement, 4),
+                "score": round(lead.fit + engagement, 4),
+                "half_life_days": self.app.rules.scoring.half_life_days}
+
+    # ----------------------------------------------------------------- rescore
+
+    def touchpoints(self, lead_id: UUID) -> list[dict[str, Any]]:
+        """The inbound touchpoints a lead (and leads merged into it) scored, as recorded."""
+        out: list[dict[str, Any]] = []
+        for member in self.family(lead_id):
+            for event in self.events(member):
+                name = type(event).__name__
+                if name == "TouchpointScored":
+                    out.append({"event_id": event.event_id, "type": event.record_type,
+                                "occurred_at": event.occurred_at, "context": event.context})
+                elif name == "InterestAbsorbed":
+                    interest = self.replay(self.app.events.get(
+                        interest_id_for(event.anonymous_id)))
+                    if isinstance(interest, Interest):
+                        out += [tp for tp in interest.touchpoints
+                                if tp["event_id"] in set(event.event_ids)]
+        out.sort(key=lambda tp: (tp["occurred_at"], tp["event_id"]))
+        return out
+
+
+@dataclass
+class Backtest:
+    """MQL timing and predictive quality of one rule set over recorded touchpoints."""
+
+    rules: Rules
+    mql_at: dict[str, datetime | None] = field(default_factory=dict)
+
+    def simulate(self, lead_key: str, profile: dict[str, Any],
+                 touchpoints: Sequence[dict[str, Any]]) -> None:
+        fit = sum(p for _, p in scoring.fit_awards(self.rules, profile))
+        value, as_of = 0.0, None
+        expiring: list[Award] = []
+        counts: dict[str, int] = {}
+        totals: dict[str, float] = {}
+        half_life = self.rules.half_life_seconds
+        for tp in touchpoints:
+            for award in scoring.score_touchpoint(self.rules, tp["type"], tp["context"],
+                                                  tp["occurred_at"], tp["event_id"], counts,
+                                                  totals):
+                counts[award.rule] = counts.get(award.rule, 0) + 1
+                totals[award.rule] = totals.get(award.rule, 0.0) + award.points
+                if award.expires_at is None:
+                    value, as_of = scoring.add_decaying(value, as_of, award.points, award.at,
+                                                        half_life)
+                else:
+                    expiring.append(award)
+            when = max(tp["occurred_at"], as_of) if as_of else tp["occurred_at"]
+            score = fit + scoring.decayed(value, as_of, when, half_life) + \
+                scoring.expiring_total(expiring, when)
+            if score >= self.rules.scoring.mql_threshold:
+                self.mql_at[lead_key] = when
+                return
+        self.mql_at[lead_key] = None
+
+
+def quality(predicted: dict[str, datetime | None], outcome: set[str]) -> dict[str, float | None]:
+    chosen = {k for k, v in predicted.items() if v is not None}
+    hits = len(chosen & outcome)
+    return {
+        "precision": round(hits / len(chosen), 4) if chosen else None,
+        "recall": round(hits / len(outcome), 4) if outcome else None,
+    }
+
+
+def compare(old: Backtest, new: Backtest, outcomes: dict[str, set[str]],
+            recorded_stages: dict[str, str]) -> dict[str, Any]:
+    leads = []
+    summary = {"earlier": 0, "later": 0, "never": 0, "newly": 0, "same": 0}
+    for key in sorted(old.mql_at):
+        before, after = old.mql_at[key], new.mql_at.get(key)
+        if before == after:
+            change = "same"
+        elif after is None:
+            change = "never"
+        elif before is None:
+            change = "newly"
+        else:
+            change = "earlier" if after < before else "later"
+        summary[change] += 1
+        if change != "same":
+            leads.append({"lead": key, "change": change,
+                          "mql_at_current": before.isoformat() if before else None,
+                          "mql_at_new": after.isoformat() if after else None})
+    stage_counts = {stage: sum(1 for s in recorded_stages.values() if s == stage)
+                    for stage in STAGES}
+    return {
+        "current_version": old.rules.version, "new_version": new.rules.version,
+        "leads": len(old.mql_at), "changes": summary, "changed_leads": leads,
+        "mql_count": {"current": sum(v is not None for v in old.mql_at.values()),
+                      "new": sum(v is not None for v in new.mql_at.values())},
+        "recorded_stage_counts": stage_counts,
+        "quality": {
+            outcome: {"current": quality(old.mql_at, keys), "new": quality(new.mql_at, keys)}
+            for outcome, keys in outcomes.items()
+        },
+    }
