@@ -404,17 +404,15 @@ class Projector:
         """Create tables and views if missing (idempotent)."""
         with self.db.transaction():
             self.db.executescript(tables_ddl(self.db.dialect))
-            if not self._views_exist():
-                self.db.executescript(views_ddl(self.db.dialect))
+            # Views are recreated each time so an upgraded leadflow brings its new views.
+            readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
+            self.db.executescript(drop_views_ddl())
+            self.db.executescript(views_ddl(self.db.dialect))
+            if readers:
+                grant_select(self.db, readers)
             self.db.execute(
                 "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [TRACKING_NAME])
-
-    def _views_exist(self) -> bool:
-        if self.db.dialect == "sqlite":
-            return bool(self.db.query(
-                "SELECT name FROM sqlite_master WHERE type='view' AND name='velocity'"))
-        return bool(self.db.query("SELECT to_regclass('velocity') IS NOT NULL AS p")[0]["p"])
 
     def position(self, name: str = TRACKING_NAME) -> int:
         rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", [name])

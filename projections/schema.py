@@ -12,7 +12,7 @@ from leadflow.projections.db import Dialect
 TABLES = ("lead_state", "stage_transitions", "funnel_daily", "score_ledger", "owner_load",
           "account_state")
 VIEWS = ("leads_by_status", "leads_by_source", "leads_by_owner", "lead_funnel_facts",
-         "funnel_by_cohort", "lead_step_durations", "velocity", "scores_now",
+         "funnel_by_cohort", "funnel_by_cohort_dimension", "lead_step_durations", "velocity", "scores_now",
          "score_ledger_resolved")
 FUNNEL = ("new", "mql", "sql", "opportunity", "customer")
 
@@ -145,6 +145,25 @@ def views_ddl(dialect: Dialect) -> str:
     def pct(num: str, den: str) -> str:
         return f"CASE WHEN {den} > 0 THEN ROUND(100.0 * {num} / {den}, 1) END"
 
+    def cohort_columns() -> str:
+        return (
+            "COUNT(*) AS leads, COUNT(reached_mql_at) AS mql, COUNT(reached_sql_at) AS sql, "
+            "COUNT(reached_opportunity_at) AS opportunity, "
+            "COUNT(reached_customer_at) AS customer, "
+            f"{pct('COUNT(reached_mql_at)', 'COUNT(*)')} AS new_to_mql_pct, "
+            f"{pct('COUNT(reached_sql_at)', 'COUNT(reached_mql_at)')} AS mql_to_sql_pct, "
+            f"{pct('COUNT(reached_opportunity_at)', 'COUNT(reached_sql_at)')} "
+            "AS sql_to_opportunity_pct, "
+            f"{pct('COUNT(reached_customer_at)', 'COUNT(reached_opportunity_at)')} "
+            "AS opportunity_to_customer_pct"
+        )
+
+    by_dimension = "\nUNION ALL\n".join(
+        f"SELECT cohort_month, '{dim}' AS dimension, {dim} AS value, {cohort_columns()} "
+        f"FROM lead_funnel_facts GROUP BY cohort_month, {dim}"
+        for dim in ("source", "campaign", "owner", "segment")
+    )
+
     return f"""
 CREATE VIEW leads_by_status AS
 SELECT stage, COUNT(*) AS leads,
@@ -191,6 +210,9 @@ SELECT cohort_month, COUNT(*) AS leads,
        {pct("COUNT(reached_customer_at)", "COUNT(reached_opportunity_at)")}
            AS opportunity_to_customer_pct
 FROM lead_funnel_facts GROUP BY cohort_month
+;
+CREATE VIEW funnel_by_cohort_dimension AS
+{by_dimension}
 ;
 CREATE VIEW lead_step_durations AS
 {durations}

@@ -102,6 +102,11 @@ def test_a_hand_checked_scenario_gives_known_funnel_conversion_and_velocity(
     cohorts = {r["cohort_month"]: (r["leads"], r["mql"], r["customer"])
                for r in queries.cohorts(db)}
     assert cohorts == {"2026-03": (5, 4, 1), "2026-04": (1, 0, 0)}
+    by_source = {(r["cohort_month"], r["value"]): (r["leads"], r["mql"], r["mql_to_sql_pct"])
+                 for r in db.query("SELECT * FROM funnel_by_cohort_dimension "
+                                   "WHERE dimension = 'source'")}
+    assert by_source == {("2026-03", "ads"): (2, 2, 100.0), ("2026-03", "organic"): (3, 2, 100.0),
+                         ("2026-04", "partner"): (1, 0, None)}
     load = {(r["owner"], r["stage"]): r["open_leads"]
             for r in db.query("SELECT * FROM owner_load WHERE open_leads > 0")}
     assert load == {("rep-a", "sql"): 1, ("rep-c", "sql"): 1}
