@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 
 from kafka import KafkaProducer
 
-from leadflow.contract import InboundRecord, RecordRejected, parse_record
+from leadflow.contract import InboundRecord, RecordRejected, parse_lines
 
 
 def partition_key(record: InboundRecord) -> str:
@@ -48,17 +48,12 @@ def publish_lines(
     """Validate exactly as the consumer will (``now`` bounds future timestamps), then send."""
     report = PublishReport()
     futures = []
-    for line_no, raw in lines:
-        text = raw.strip()
-        if not text:
-            continue
+    for line_no, text, record in parse_lines(lines, now=now, max_future_skew=max_future_skew):
         report.lines += 1
-        try:
-            record = parse_record(text, now=now, max_future_skew=max_future_skew)
-        except RecordRejected as exc:
+        if isinstance(record, RecordRejected):
             report.rejected += 1
-            report.reasons[exc.reason] = report.reasons.get(exc.reason, 0) + 1
-            on_reject(line_no, exc, text)
+            report.reasons[record.reason] = report.reasons.get(record.reason, 0) + 1
+            on_reject(line_no, record, text)
             continue
         futures.append(producer.send(topic, key=partition_key(record).encode(),
                                      value=text.encode()))

@@ -329,16 +329,20 @@ class _Page:
 
     # ----------------------------------------------------------------- writing
 
+    def _upsert(self, table: str, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+        """Insert or replace whole rows keyed by the first column."""
+        key = columns[0]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        self.db.executemany(
+            f"INSERT INTO {table}{self.s} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+            [[row[c] for c in columns] for row in rows],
+        )
+
     def write(self) -> None:
         s, db = self.s, self.db
-        cols = ", ".join(LEAD_COLUMNS)
-        marks = ", ".join(["%s"] * len(LEAD_COLUMNS))
-        updates = ", ".join(f"{c} = excluded.{c}" for c in LEAD_COLUMNS if c != "lead_id")
-        db.executemany(
-            f"INSERT INTO lead_state{s} ({cols}) VALUES ({marks}) "
-            f"ON CONFLICT (lead_id) DO UPDATE SET {updates}",
-            [[row[c] for c in LEAD_COLUMNS] for row in self.leads.values()],
-        )
+        self._upsert("lead_state", LEAD_COLUMNS, self.leads.values())
         db.executemany(f"INSERT INTO stage_transitions{s} VALUES "
                        f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", self.transitions)
         db.executemany(f"INSERT INTO score_ledger{s} VALUES "
@@ -364,14 +368,7 @@ class _Page:
         )
         # A bucket that empties is removed, so page boundaries never show in the rows.
         db.execute(f"DELETE FROM owner_load{s} WHERE open_leads = 0")
-        acols = ", ".join(ACCOUNT_COLUMNS)
-        amarks = ", ".join(["%s"] * len(ACCOUNT_COLUMNS))
-        aupdates = ", ".join(f"{c} = excluded.{c}" for c in ACCOUNT_COLUMNS if c != "account_id")
-        db.executemany(
-            f"INSERT INTO account_state{s} ({acols}) VALUES ({amarks}) "
-            f"ON CONFLICT (account_id) DO UPDATE SET {aupdates}",
-            [[row[c] for c in ACCOUNT_COLUMNS] for row in self.accounts.values()],
-        )
+        self._upsert("account_state", ACCOUNT_COLUMNS, self.accounts.values())
 
 
 def _load_key(row: dict[str, Any]) -> tuple[str, str] | None:

@@ -11,6 +11,7 @@ Parsing is a boundary concern: :func:`parse_record` turns raw bytes into a valid
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, get_args
@@ -240,6 +241,23 @@ def parse_record(
             f"(more than {max_future_skew} after {now.isoformat()})",
         )
     return record
+
+
+def parse_lines(
+    lines: Iterable[tuple[int, str]],
+    *,
+    now: datetime | None,
+    max_future_skew: timedelta = timedelta(minutes=5),
+) -> Iterator[tuple[int, str, InboundRecord | RecordRejected]]:
+    """Numbered JSONL lines -> (line number, text, record or the rejection); blanks skipped."""
+    for line_no, raw in lines:
+        text = raw.strip()
+        if not text:
+            continue
+        try:
+            yield line_no, text, parse_record(text, now=now, max_future_skew=max_future_skew)
+        except RecordRejected as exc:
+            yield line_no, text, exc
 
 
 def _classify(exc: ValidationError) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import IO
@@ -16,7 +16,7 @@ from typing import IO
 import structlog
 
 from leadflow.application import LeadflowApp, Outcome
-from leadflow.contract import InboundRecord, RecordRejected, parse_record
+from leadflow.contract import InboundRecord, RecordRejected, parse_lines
 
 log = structlog.get_logger(__name__)
 
@@ -86,16 +86,17 @@ def ingest_lines(
         if on_batch:
             on_batch(report.lines, consumed_bytes)
 
-    for line_no, raw in lines:
-        consumed_bytes += len(raw) + 1
-        text = raw.strip()
-        if not text:
-            continue
+    def counted() -> Iterator[tuple[int, str]]:
+        nonlocal consumed_bytes
+        for line_no, raw in lines:
+            consumed_bytes += len(raw) + 1
+            yield line_no, raw
+
+    for line_no, text, record in parse_lines(counted(), now=now,
+                                             max_future_skew=max_future_skew):
         report.lines += 1
-        try:
-            record = parse_record(text, now=now, max_future_skew=max_future_skew)
-        except RecordRejected as exc:
-            _reject(report, rejects, line_no, exc.reason, exc.detail, text)
+        if isinstance(record, RecordRejected):
+            _reject(report, rejects, line_no, record.reason, record.detail, text)
             continue
         if report.max_occurred_at is None or record.occurred_at > report.max_occurred_at:
             report.max_occurred_at = record.occurred_at
