@@ -49,3 +49,9 @@ services-down:
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache leadflow.db
+
+# Benchmarks (not part of `make test`): starts the tests' Kafka and PostgreSQL, prints a table
+# and writes bench/results/latest.json. `make bench BENCH_ARGS=--quick` for a ~30k-record run.
+.PHONY: bench  # bench/ is a directory: without this make could think the target is done
+bench: setup
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
-from typing import Any, ClassVar, TypeVar, cast
+from typing import Any, TypeVar, cast
 from uuid import UUID
 
 from eventsourcing.application import (
@@ -200,8 +200,9 @@ class LeadflowApp(Application[UUID]):
     """Lead lifecycle engine: scoring with decay, lifecycle, routing, identity."""
 
     name = "leadflow"
-    # Router and Clock are shared by every lead; snapshots keep their reconstruction cheap.
-    snapshotting_intervals: ClassVar[dict[type[Any], int]] = {Router: 500, Clock: 500}
+    # No snapshots: the library looks a snapshot up before every aggregate it loads, which
+    # doubled the queries of each cache miss; the shared Router and Clock are loaded once per
+    # process and then live in the aggregate cache.
 
     def __init__(self, env: dict[str, str] | None = None, rules: Rules | None = None) -> None:
         super().__init__(env)

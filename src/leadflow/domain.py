@@ -70,8 +70,11 @@ class Lead(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            # The link is added at commit (see LeadflowApp._seal); replay keeps the newest.
-            aggregate.chain_head = self.__dict__.get("chain")
+            # The link is added at commit (see LeadflowApp._seal), so a freshly triggered
+            # event has none yet: only a replayed (stored) event moves the head.
+            chain = self.__dict__.get("chain")
+            if chain is not None:
+                aggregate.chain_head = chain
 
     @staticmethod
     def create_id(primary_key: str) -> UUID:

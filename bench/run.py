@@ -1,0 +1,1026 @@
+"""leadflow benchmark: one run, one deterministic stream, every figure of issue 6.
+
+    .venv/bin/python bench/run.py            # 1,000,000 records (--leads 100000 --days 90)
+    .venv/bin/python bench/run.py --quick    # ~30,000 records (--leads 3000 --days 90)
+    make bench BENCH_ARGS=--quick
+
+Services are the integration tests' own (``tests.integration.services.provide_services``):
+explicit ``LEADFLOW_TEST_KAFKA_BOOTSTRAP``/``LEADFLOW_TEST_POSTGRES_URL``, else testcontainers,
+else ``scripts/services up``. Services that were already running are reused and left running;
+services this script starts are stopped at the end unless ``LEADFLOW_KEEP_SERVICES=1``.
+
+What is measured, all on the same generated stream (see ``--help`` for the sizes):
+
+1. end to end: ``leadflow publish`` (timed on its own), then ``leadflow consume --until-idle``
+   on a fresh database and a 6-partition topic: records/s from process start to exit, and
+   from the first partition assignment to the last committed batch (from its debug log);
+2. naive baseline: a plain ``eventsourcing`` application that gets, changes and saves one
+   aggregate per record on PostgreSQL (the library's examples' way); and leadflow's own
+   ``apply_batch`` in process on the same sample;
+3. ceiling: raw kafka-python consumption of the same topic, ``json.loads`` of each value;
+4. projection catch-up (``leadflow project --until-idle``) and ``leadflow rebuild``;
+5. ``funnel`` and ``lead`` query latency on the filled database;
+6. embedded SQLite ingest (``leadflow ingest``);
+7. peak RSS of every child process (``os.wait4``'s rusage of that very process).
+
+Nothing is asserted: figures, ratios and the issue's targets (pass/fail) are printed as a
+table and written to ``bench/results/latest.json``. The exit code is 1 only when a step
+could not run at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import itertools
+import json
+import os
+import platform
+import pstats
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from pathlib import Path
+from typing import Any, ClassVar
+from urllib.parse import urlparse, urlunparse
+from uuid import NAMESPACE_URL, UUID, uuid5
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
+
+import psycopg  # noqa: E402
+from eventsourcing.application import AggregateNotFoundError, Application  # noqa: E402
+from eventsourcing.domain import Aggregate, event  # noqa: E402
+from kafka import KafkaConsumer, TopicPartition  # noqa: E402
+from rich.console import Console  # noqa: E402
+from rich.progress import (  # noqa: E402
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table  # noqa: E402
+from tests.integration.kafka_helpers import LEADFLOW, Pipeline  # noqa: E402
+from tests.integration.services import Services, provide_services  # noqa: E402
+
+from leadflow.application import LeadflowApp  # noqa: E402
+from leadflow.config import Settings, database_env  # noqa: E402
+from leadflow.consumers.publish import partition_key  # noqa: E402
+from leadflow.contract import InboundRecord, RecordRejected, parse_record  # noqa: E402
+from leadflow.generator import generate  # noqa: E402
+from leadflow.projections.db import ProjectionDB  # noqa: E402
+from leadflow.projections.queries import funnel  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+PARTITIONS = 6
+MIB = 1024.0  # ru_maxrss is in KiB on Linux
+
+err = Console(stderr=True)
+out = Console(width=None if sys.stdout.isatty() else 120)
+
+# The issue's targets: (key, label, figure path in the results, comparison, threshold, unit).
+TARGETS: tuple[tuple[str, str, str, str, float, str], ...] = (
+    ("e2e_rate", "end-to-end records/s", "e2e.records_per_s", ">=", 20_000, "rec/s"),
+    ("e2e_vs_naive", "end to end vs naive", "ratios.e2e_vs_naive", ">=", 40, "x"),
+    ("e2e_vs_ceiling", "end to end vs ceiling", "ratios.e2e_vs_ceiling", ">=", 0.5, "x"),
+    ("rebuild_rate", "rebuild events/s", "projection.rebuild.events_per_s", ">=", 50_000,
+     "ev/s"),
+    ("funnel_p50", "funnel p50", "queries.funnel.p50_ms", "<=", 50, "ms"),
+    ("lead_show_p50", "lead show p50 (cold)", "queries.lead_show.cold_p50_ms", "<=", 20, "ms"),
+    ("consumer_rss", "consumer peak RSS", "peak_rss_mib.consumer", "<=", 1024, "MiB"),
+)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def percentile(values: Sequence[float], pct: float) -> float:
+    """Linear interpolation between closest ranks (numpy's default)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = (len(ordered) - 1) * pct / 100.0
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def rate(count: float, seconds: float) -> float | None:
+    return round(count / seconds, 1) if seconds > 0 else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a is not None and b else None
+
+
+def dig(data: dict[str, Any], path: str) -> Any:
+    node: Any = data
+    for part in path.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+def say(message: str) -> None:
+    err.print(f"[cyan]bench[/] {message}", highlight=False)
+
+
+@dataclass
+class Child:
+    returncode: int
+    seconds: float
+    peak_rss_mib: float
+    stdout: str
+    stderr_path: Path
+    spawned_at: float  # epoch seconds, comparable with the child's log timestamps
+    exited_at: float
+
+    def check(self, what: str) -> None:
+        if self.returncode not in (0, 3):  # 3: the command ran, some input lines rejected
+            tail = self.stderr_path.read_text(errors="replace")[-3000:]
+            raise RuntimeError(f"{what} exited {self.returncode}; stderr tail:\n{tail}")
+
+
+def run_child(args: Sequence[str], env: dict[str, str], log: Path,
+              tick: Callable[[], None] | None = None) -> Child:
+    """Run a process, timed from spawn to exit; peak RSS from ``wait4`` on that very pid."""
+    out_path = log.with_suffix(".stdout")
+    reaped: dict[str, Any] = {}
+    with log.open("wb") as stderr, out_path.open("wb") as stdout:
+        spawned_at, started = time.time(), time.perf_counter()
+        proc = subprocess.Popen(list(args), stdout=stdout, stderr=stderr, env=env, cwd=ROOT)
+
+        def reap() -> None:
+            _, status, usage = os.wait4(proc.pid, 0)
+            reaped.update(at=time.perf_counter(), epoch=time.time(), status=status,
+                          usage=usage)
+
+        waiter = threading.Thread(target=reap, daemon=True)
+        waiter.start()
+        try:
+            while waiter.is_alive():
+                if tick is not None:
+                    tick()
+                waiter.join(0.25)
+        except BaseException:
+            proc.kill()
+            waiter.join(10)
+            raise
+    proc.returncode = os.waitstatus_to_exitcode(reaped["status"])
+    if tick is not None:
+        tick()
+    return Child(returncode=proc.returncode, seconds=reaped["at"] - started,
+                 peak_rss_mib=round(reaped["usage"].ru_maxrss / MIB, 1),
+                 stdout=out_path.read_text(errors="replace"), stderr_path=log,
+                 spawned_at=spawned_at, exited_at=reaped["epoch"])
+
+
+def database_url(admin_url: str, name: str) -> str:
+    return urlunparse(urlparse(admin_url)._replace(path=f"/{name}"))
+
+
+def create_database(admin_url: str, name: str) -> str:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return database_url(admin_url, name)
+
+
+def drop_database(admin_url: str, name: str) -> None:
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def leadflow_app(url: str, cache: bool = True) -> LeadflowApp:
+    """An app configured as the CLI configures it (aggregate cache on unless ``cache``)."""
+    settings = Settings(database_url=url, aggregate_cache_size=50_000 if cache else 0)
+    return LeadflowApp(env=settings.eventsourcing_env({}))
+
+
+def parse_lines(lines: Sequence[str], now: datetime) -> list[InboundRecord]:
+    parsed = []
+    for line in lines:
+        with contextlib.suppress(RecordRejected):
+            parsed.append(parse_record(line, now=now))
+    return parsed
+
+
+def read_lines(path: Path, limit: int) -> list[str]:
+    lines: list[str] = []
+    with path.open(encoding="utf-8") as stream:
+        for line in stream:
+            if len(lines) >= limit:
+                break
+            if line.strip():
+                lines.append(line.rstrip("\n"))
+    return lines
+
+
+def json_log(path: Path) -> Iterator[dict[str, Any]]:
+    with path.open(encoding="utf-8", errors="replace") as stream:
+        for line in stream:
+            if line.startswith("{"):
+                with contextlib.suppress(ValueError):
+                    yield json.loads(line)
+
+
+def log_time(entry: dict[str, Any]) -> float:
+    return datetime.fromisoformat(entry["timestamp"]).timestamp()
+
+
+# --------------------------------------------------------------------------- naive baseline
+
+
+class NaiveLead(Aggregate):
+    """A lead as the library's examples would write it: one aggregate, one event per record."""
+
+    @staticmethod
+    def create_id(key: str) -> UUID:
+        return uuid5(NAMESPACE_URL, f"leadflow-bench/naive-lead/{key}")
+
+    @event("Registered")
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.score = 0
+        self.touchpoints = 0
+        self.last_event_id: str | None = None
+
+    @event("TouchpointRecorded")
+    def record_touchpoint(self, event_id: str, kind: str, occurred_at: datetime,
+                          points: int) -> None:
+        self.score += points
+        self.touchpoints += 1
+        self.last_event_id = event_id
+
+
+class NaiveLeads(Application[UUID]):
+    """Get the aggregate (or create it), call one method, save: one transaction per record."""
+
+    name = "naiveleads"
+    POINTS: ClassVar[dict[str, int]] = {
+        "form_submitted": 15, "email_opened": 2, "email_clicked": 5, "page_viewed": 2,
+        "content_downloaded": 10, "demo_requested": 20, "trial_started": 25,
+        "event_attended": 10, "call_logged": 10, "unsubscribed": -5,
+    }
+
+    def record(self, record: InboundRecord) -> None:
+        key = partition_key(record)
+        lead_id = NaiveLead.create_id(key)
+        try:
+            lead: NaiveLead = self.repository.get(lead_id)
+        except AggregateNotFoundError:
+            lead = NaiveLead(key)
+        lead.record_touchpoint(event_id=record.event_id, kind=str(record.type),
+                               occurred_at=record.occurred_at,
+                               points=self.POINTS.get(str(record.type), 0))
+        self.save(lead)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, services: Services, work: Path) -> None:
+        self.args = args
+        self.services = services
+        self.work = work
+        self.tag = f"bench{uuid.uuid4().hex[:8]}"
+        self.databases: list[str] = []
+        self.topics: list[str] = []
+        self.results: dict[str, Any] = {"errors": {}}
+        self.stream = work / "stream.jsonl"
+        self.sample: list[InboundRecord] = []
+        self.e2e_url = ""
+        self.pipeline: Pipeline | None = None
+        self.offsets: KafkaConsumer | None = None
+
+    # ---------------------------------------------------------------- orchestration
+
+    def step(self, name: str, action: Callable[[], None]) -> None:
+        say(f"[bold]{name}[/]")
+        try:
+            action()
+        except Exception as exc:  # record it, keep measuring what still can be measured
+            self.results["errors"][name] = f"{type(exc).__name__}: {exc}"
+            err.print(f"[red]{name} failed:[/] {type(exc).__name__}: {exc}", highlight=False)
+            if self.args.verbose:
+                traceback.print_exc()
+
+    def run(self) -> dict[str, Any]:
+        started = datetime.now(UTC)
+        self.results.update(
+            started_at=started.isoformat(),
+            command=" ".join(sys.argv),
+            services={"origin": self.services.origin,
+                      "kafka_bootstrap": self.services.kafka_bootstrap},
+            machine=machine(),
+        )
+        self.step("generate", self.generate)
+        self.step("publish", self.publish)
+        if "publish" not in self.results["errors"]:
+            self.step("ceiling", self.ceiling)
+            self.step("consume", self.consume)
+            if "consume" not in self.results["errors"]:
+                self.step("project", self.project)
+                self.step("rebuild", self.rebuild)
+                self.step("queries", self.queries)
+        self.step("naive", self.naive)
+        self.step("apply_batch", self.apply_batch)
+        self.step("sqlite_ingest", self.sqlite_ingest)
+        self.results["versions"] = self.versions()
+        self.summarise()
+        finished = datetime.now(UTC)
+        self.results["finished_at"] = finished.isoformat()
+        self.results["total_seconds"] = round((finished - started).total_seconds(), 1)
+        return self.results
+
+    def cleanup(self) -> None:
+        if self.offsets is not None:
+            self.offsets.close()
+        if self.args.keep:
+            say(f"kept: databases {', '.join(self.databases) or '-'}, topics prefix "
+                f"{self.tag}, work dir {self.work}")
+            return
+        for name in self.databases:
+            with contextlib.suppress(psycopg.Error):
+                drop_database(self.services.postgres_url, name)
+        if self.topics:
+            with contextlib.suppress(Exception):
+                from kafka import KafkaAdminClient
+
+                admin = KafkaAdminClient(bootstrap_servers=self.services.kafka_bootstrap)
+                try:
+                    admin.delete_topics(self.topics)
+                finally:
+                    admin.close()
+
+    def fresh_database(self, purpose: str) -> str:
+        name = f"{self.tag}_{purpose}"
+        url = create_database(self.services.postgres_url, name)
+        self.databases.append(name)
+        return url
+
+    # ---------------------------------------------------------------- 0. the stream
+
+    def generate(self) -> None:
+        a = self.args
+        hint = round(a.leads * 10)
+        count = 0
+        begin = time.perf_counter()
+        with progress() as bar, self.stream.open("w", encoding="utf-8") as sink:
+            task = bar.add_task("generate", total=hint)
+            for line in generate(leads=a.leads, days=a.days, seed=a.seed):
+                sink.write(line + "\n")
+                count += 1
+                if count % 10_000 == 0:
+                    bar.update(task, completed=count, total=max(hint, count))
+            bar.update(task, completed=count, total=count)
+        self.results["stream"] = {
+            "records": count, "leads": a.leads, "days": a.days, "seed": a.seed,
+            "bytes": self.stream.stat().st_size,
+            "generate_seconds": round(time.perf_counter() - begin, 2),
+        }
+        # The sample for the in-process baselines: the first records, validated once.
+        now = datetime.now(UTC)
+        self.sample = parse_lines(read_lines(self.stream, a.naive_records), now)
+
+    # ---------------------------------------------------------------- 1. end to end
+
+    def publish(self) -> None:
+        self.e2e_url = self.fresh_database("e2e")
+        self.pipeline = pipe = Pipeline(self.services, self.e2e_url, self.tag)
+        pipe.create_topics(PARTITIONS)
+        self.topics += [pipe.topic, pipe.dlq, pipe.lifecycle]
+        init = run_child([*LEADFLOW, "db", "init"], pipe.env(), self.work / "db-init.log")
+        init.check("leadflow db init")
+        records = self.results["stream"]["records"]
+        with progress() as bar:
+            task = bar.add_task("publish", total=records)
+            sent = [0]
+
+            def tick() -> None:
+                bar.update(task, completed=self._topic_size(pipe.topic, sent))
+
+            child = run_child([*LEADFLOW, "publish", str(self.stream)], pipe.env(),
+                              self.work / "publish.log", tick=tick)
+            bar.update(task, total=sent[0])  # invalid lines are not published
+        child.check("leadflow publish")
+        # "N lines: S published to TOPIC, R rejected"
+        found = re.search(r"(\d+) lines: (\d+) published to \S+, (\d+) rejected",
+                          child.stdout)
+        if found is None:
+            raise RuntimeError(f"unexpected publish output: {child.stdout!r}")
+        lines, sent_n, rejected = (int(g) for g in found.groups())
+        self.results["publish"] = {
+            "lines": lines, "sent": sent_n, "rejected_invalid": rejected,
+            "seconds": round(child.seconds, 3), "lines_per_s": rate(lines, child.seconds),
+            "sent_per_s": rate(sent_n, child.seconds), "peak_rss_mib": child.peak_rss_mib,
+            "how": "leadflow publish subprocess: validate each line, key by identity, "
+                   "produce with acks=all; timed from process start to exit",
+        }
+
+    def _topic_size(self, topic: str, cache: list[int]) -> int:
+        # Cheap enough at 4 Hz: one end-offsets request.
+        with contextlib.suppress(Exception):
+            if self.offsets is None:
+                self.offsets = KafkaConsumer(bootstrap_servers=self.services.kafka_bootstrap,
+                                             enable_auto_commit=False)
+            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            cache[0] = sum(self.offsets.end_offsets(tps).values())
+        return cache[0]
+
+    def ceiling(self) -> None:
+        assert self.pipeline is not None
+        topic = self.pipeline.topic
+        consumer = KafkaConsumer(bootstrap_servers=self.services.kafka_bootstrap,
+                                 enable_auto_commit=False, max_poll_records=2000,
+                                 fetch_max_wait_ms=200, client_id="leadflow-bench-ceiling")
+        try:
+            tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+            consumer.assign(tps)
+            consumer.seek_to_beginning(*tps)
+            ends = consumer.end_offsets(tps)
+            total = sum(ends.values())
+            count = 0
+            decoded = 0
+            with progress() as bar:
+                task = bar.add_task("ceiling (raw kafka-python)", total=total)
+                begin = time.perf_counter()
+                deadline = begin + 600
+                while count < total:
+                    if time.perf_counter() > deadline:
+                        raise TimeoutError(f"read {count} of {total} records in 600 s")
+                    for batch in consumer.poll(timeout_ms=500, max_records=2000).values():
+                        for record in batch:
+                            json.loads(record.value)
+                            decoded += 1
+                        count += len(batch)
+                    bar.update(task, completed=count)
+                seconds = time.perf_counter() - begin
+        finally:
+            consumer.close()
+        self.results["ceiling"] = {
+            "records": count, "seconds": round(seconds, 3),
+            "records_per_s": rate(count, seconds), "decoder": "json.loads (as parse_record)",
+            "how": "in-process kafka-python consumer, assign + seek_to_beginning on all "
+                   f"{PARTITIONS} partitions, max_poll_records=2000, fetch_max_wait_ms=200; "
+                   "timed from the first poll to the last record",
+        }
+
+    def consume(self) -> None:
+        pipe = self.pipeline
+        assert pipe is not None
+        total = self.results["publish"]["sent"]
+        watcher = leadflow_app(self.e2e_url, cache=False)
+        done = [0]
+
+        def tracked() -> int:
+            with contextlib.suppress(Exception):
+                done[0] = sum(
+                    (pos + 1) for p in range(PARTITIONS)
+                    if (pos := watcher.process_recorder.max_tracking_id(f"{pipe.topic}:{p}"))
+                    is not None)
+            return done[0]
+
+        log = self.work / "consume.log"
+        try:
+            with progress() as bar:
+                task = bar.add_task("consume --until-idle", total=total)
+                child = run_child([*LEADFLOW, "consume", "--until-idle"],
+                                  pipe.env(LEADFLOW_LOG_LEVEL="DEBUG"), log,
+                                  tick=lambda: bar.update(task, completed=tracked()))
+        finally:
+            watcher.close()
+        child.check("leadflow consume --until-idle")
+        assigned: list[float] = []
+        commits: list[tuple[float, int]] = []
+        first_log: float | None = None
+        caught_up: dict[str, Any] = {}
+        warnings: dict[str, int] = {}
+        for entry in json_log(log):
+            if "timestamp" not in entry:
+                continue
+            at = log_time(entry)
+            first_log = at if first_log is None else first_log
+            name = entry.get("event")
+            if name == "partitions assigned" and entry.get("partitions"):
+                assigned.append(at)
+            elif name == "batch committed":
+                commits.append((at, int(entry["last_offset"]) - int(entry["first_offset"]) + 1))
+            elif name == "caught up; exiting":
+                caught_up = entry
+            if entry.get("level") in ("warning", "error"):
+                warnings[str(name)] = warnings.get(str(name), 0) + 1
+        records = int(caught_up.get("records", total))
+        figures: dict[str, Any] = {
+            "records": records, "applied": caught_up.get("applied"),
+            "duplicates": caught_up.get("duplicates"),
+            "dead_lettered": caught_up.get("dead_lettered"),
+            "retries": caught_up.get("retries"), "batches": caught_up.get("batches"),
+            "partitions": PARTITIONS, "wall_seconds": round(child.seconds, 3),
+            "records_per_s": rate(records, child.seconds),
+            "peak_rss_mib": child.peak_rss_mib, "warnings": warnings,
+            "how": "leadflow consume --until-idle subprocess on a fresh database, stream "
+                   "published beforehand; wall = process start to exit; steady = first "
+                   "'partitions assigned' to last 'batch committed' (debug log)",
+        }
+        if commits and assigned:
+            first_assigned, last_commit = assigned[0], commits[-1][0]
+            steady = last_commit - first_assigned
+            figures.update(
+                steady_seconds=round(steady, 3),
+                steady_records_per_s=rate(records, steady),
+                # Where the wall time goes: interpreter, imports, app and group join ...
+                startup_seconds=round(first_assigned - child.spawned_at, 3),
+                # ... then the work, then noticing it is idle and closing.
+                idle_and_exit_seconds=round(child.exited_at - last_commit, 3),
+                mean_records_per_batch=round(sum(n for _, n in commits) / len(commits), 1),
+                rebalances=len(assigned),
+            )
+            gaps = [b - a for (a, _), (b, _) in itertools.pairwise(commits)]
+            if gaps:
+                figures["batch_interval_ms"] = {"p50": round(percentile(gaps, 50) * 1000, 1),
+                                                "p95": round(percentile(gaps, 95) * 1000, 1)}
+        self.results["e2e"] = figures
+
+    # ---------------------------------------------------------------- 4. projections
+
+    def _projection_position(self, name: str) -> int:
+        with contextlib.suppress(psycopg.Error), \
+                psycopg.connect(self.e2e_url, autocommit=True) as conn:
+            row = conn.execute("SELECT position FROM projection_tracking WHERE name = %s",
+                               [name]).fetchone()
+            return int(row[0]) if row else 0
+        return 0
+
+    def _projector_child(self, args: list[str], label: str, tracking: str) -> Child:
+        assert self.pipeline is not None
+        watcher = leadflow_app(self.e2e_url, cache=False)
+        try:
+            top = int(watcher.recorder.max_notification_id() or 0)
+        finally:
+            watcher.close()
+        last = [0]
+
+        def tick() -> None:
+            last[0] = max(last[0], self._projection_position(tracking))
+            bar.update(task, completed=last[0])
+
+        with progress() as bar:
+            task = bar.add_task(label, total=top)
+            child = run_child([*LEADFLOW, *args], self.pipeline.env(),
+                              self.work / f"{args[0]}.log", tick=tick)
+            bar.update(task, completed=top)
+        child.check(f"leadflow {' '.join(args)}")
+        return child
+
+    def project(self) -> None:
+        child = self._projector_child(["project", "--until-idle"], "project --until-idle",
+                                      "analytics")
+        # "projected N events in P pages; position X"
+        words = child.stdout.split()
+        events = int(words[1])
+        self.results.setdefault("projection", {})["catch_up"] = {
+            "events": events, "pages": int(words[4]), "seconds": round(child.seconds, 3),
+            "events_per_s": rate(events, child.seconds), "peak_rss_mib": child.peak_rss_mib,
+            "how": "leadflow project --until-idle subprocess on the database the consumer "
+                   "filled (lead and account events only); process start to exit",
+        }
+
+    def rebuild(self) -> None:
+        child = self._projector_child(["rebuild"], "rebuild", "analytics:rebuild")
+        # "rebuilt T1, T2, ... from N events; position X"
+        words = child.stdout.split()
+        events = int(words[words.index("from") + 1])
+        self.results.setdefault("projection", {})["rebuild"] = {
+            "events": events, "seconds": round(child.seconds, 3),
+            "events_per_s": rate(events, child.seconds), "peak_rss_mib": child.peak_rss_mib,
+            "how": "leadflow rebuild subprocess (fresh tables, replay, swap); process start "
+                   "to exit",
+        }
+
+    # ---------------------------------------------------------------- 5. queries
+
+    def queries(self) -> None:
+        db = ProjectionDB(self.e2e_url)
+        try:
+            leads = int(db.query("SELECT count(*) AS n FROM lead_state")[0]["n"])
+            keys = [str(r["primary_key"]) for r in
+                    db.query("SELECT primary_key FROM lead_state ORDER BY primary_key")]
+            timings = []
+            for _ in range(self.args.funnel_calls):
+                begin = time.perf_counter()
+                funnel(db)
+                timings.append((time.perf_counter() - begin) * 1000)
+        finally:
+            db.close()
+        picked = random.Random(self.args.seed).sample(keys, min(self.args.lead_calls, len(keys)))
+        app = leadflow_app(self.e2e_url)
+        now = datetime.now(UTC)
+        try:
+            app.recorder.max_notification_id()  # connect first: latency is per query
+            cold = []
+            for key in picked:
+                begin = time.perf_counter()
+                app.lead(key, at=now)
+                cold.append((time.perf_counter() - begin) * 1000)
+            warm = []
+            for key in picked:
+                begin = time.perf_counter()
+                app.lead(key, at=now)
+                warm.append((time.perf_counter() - begin) * 1000)
+        finally:
+            app.close()
+        self.results["queries"] = {
+            "leads": leads,
+            "funnel": {"calls": len(timings), "p50_ms": round(percentile(timings, 50), 2),
+                       "p95_ms": round(percentile(timings, 95), 2),
+                       "how": "leadflow.projections.queries.funnel(db) in process"},
+            "lead_show": {
+                "keys": len(picked),
+                "cold_p50_ms": round(percentile(cold, 50), 2),
+                "cold_p95_ms": round(percentile(cold, 95), 2),
+                "warm_p50_ms": round(percentile(warm, 50), 2),
+                "warm_p95_ms": round(percentile(warm, 95), 2),
+                "how": "LeadflowApp.lead(key, at=now) in process on a fresh app (CLI "
+                       "settings, aggregate cache on): one cold call per random "
+                       "lead_state.primary_key, then the same keys again (warm)",
+            },
+        }
+
+    # ---------------------------------------------------------------- 2. baselines
+
+    def naive(self) -> None:
+        url = self.fresh_database("naive")
+        app = NaiveLeads(env=database_env(url))
+        limit = self.args.naive_seconds
+        done = 0
+        stopped_by = "sample"
+        try:
+            with progress() as bar:
+                task = bar.add_task("naive (get/change/save per record)",
+                                    total=len(self.sample))
+                begin = time.perf_counter()
+                for record in self.sample:
+                    app.record(record)
+                    done += 1
+                    if done % 100 == 0:
+                        bar.update(task, completed=done)
+                        if time.perf_counter() - begin > limit:
+                            stopped_by = "time"
+                            break
+                seconds = time.perf_counter() - begin
+                bar.update(task, completed=done)
+        finally:
+            app.close()
+        self.results["naive"] = {
+            "records": done, "seconds": round(seconds, 3), "records_per_s": rate(done, seconds),
+            "sample_limit": self.args.naive_records, "time_limit_s": limit,
+            "stopped_by": stopped_by,
+            "how": "plain eventsourcing Application on PostgreSQL, library defaults (no "
+                   "aggregate cache): repository.get (or create) one aggregate keyed by "
+                   "uuid5(identity key), one method call, app.save per record; records parsed "
+                   "and validated before timing",
+        }
+
+    def apply_batch(self) -> None:
+        url = self.fresh_database("batch")
+        app = leadflow_app(url)
+        size = self.args.batch_size
+        records = self.sample
+        profiler = cProfile.Profile() if self.args.profile else None
+        try:
+            with progress() as bar:
+                task = bar.add_task(f"apply_batch ({size}/transaction)", total=len(records))
+                begin = time.perf_counter()
+                if profiler is not None:
+                    profiler.enable()
+                for i in range(0, len(records), size):
+                    app.apply_batch(records[i:i + size])
+                    bar.update(task, completed=min(i + size, len(records)))
+                if profiler is not None:
+                    profiler.disable()
+                seconds = time.perf_counter() - begin
+        finally:
+            app.close()
+        figures: dict[str, Any] = {
+            "records": len(records), "batch_size": size, "seconds": round(seconds, 3),
+            "records_per_s": rate(len(records), seconds),
+            "how": "LeadflowApp.apply_batch in process on a fresh PostgreSQL database, CLI "
+                   "settings (aggregate cache on), no tracking; same pre-parsed sample as the "
+                   "naive baseline",
+        }
+        if profiler is not None:
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("cumulative").print_stats(30)
+            sys.stderr.write(text.getvalue())
+            figures["profile_top"] = top_functions(profiler, 25)
+        self.results["apply_batch"] = figures
+
+    # ---------------------------------------------------------------- 6. embedded
+
+    def sqlite_ingest(self) -> None:
+        limit = self.args.sqlite_lines
+        records = self.results["stream"]["records"]
+        source = self.stream
+        if records > limit:
+            source = self.work / "sqlite-sample.jsonl"
+            with self.stream.open(encoding="utf-8") as full, \
+                    source.open("w", encoding="utf-8") as sample:
+                for n, line in enumerate(full):
+                    if n >= limit:
+                        break
+                    sample.write(line)
+        db_path = self.work / "embedded.db"
+        db_path.unlink(missing_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+        env.update(LEADFLOW_DATABASE_URL=f"sqlite:///{db_path}", LEADFLOW_LOG_FORMAT="json")
+        with progress() as bar:
+            task = bar.add_task("sqlite ingest", total=None)
+            child = run_child([*LEADFLOW, "ingest", str(source), "--json"], env,
+                              self.work / "ingest.log", tick=lambda: bar.update(task))
+        child.check("leadflow ingest")
+        report = json.loads(child.stdout.strip().splitlines()[-1])
+        lines = int(report.get("lines", min(records, limit)))
+        self.results["sqlite_ingest"] = {
+            "lines": lines, "applied": report.get("applied"),
+            "duplicates": report.get("duplicates"), "rejected": report.get("rejected"),
+            "sample": records > limit, "sample_note": (
+                f"first {limit} lines of the stream" if records > limit else "whole stream"),
+            "seconds": round(child.seconds, 3), "records_per_s": rate(lines, child.seconds),
+            "peak_rss_mib": child.peak_rss_mib,
+            "how": "leadflow ingest FILE subprocess on a fresh SQLite file, batches of 1000; "
+                   "process start to exit",
+        }
+
+    # ---------------------------------------------------------------- summary
+
+    def versions(self) -> dict[str, Any]:
+        found: dict[str, Any] = {"python": platform.python_version()}
+        for name in ("leadflow", "eventsourcing", "kafka-python", "psycopg", "pydantic"):
+            try:
+                found[name] = package_version(name)
+            except PackageNotFoundError:
+                found[name] = None
+        with contextlib.suppress(psycopg.Error), \
+                psycopg.connect(self.services.postgres_url) as conn:
+            row = conn.execute("SHOW server_version").fetchone()
+            found["postgres_server"] = row[0] if row else None
+        found["kafka_broker"] = kafka_broker_version(self.services)
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
+                                  capture_output=True, text=True, check=False, timeout=10)
+            dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain",
+                                    "--untracked-files=no"], capture_output=True, text=True,
+                                   check=False, timeout=10)
+            found["git_commit"] = head.stdout.strip() or None
+            found["git_dirty"] = bool(dirty.stdout.strip())
+        return found
+
+    def summarise(self) -> None:
+        r = self.results
+        e2e = dig(r, "e2e.records_per_s")
+        steady = dig(r, "e2e.steady_records_per_s")
+        naive = dig(r, "naive.records_per_s")
+        ceiling = dig(r, "ceiling.records_per_s")
+        r["peak_rss_mib"] = {
+            "consumer": dig(r, "e2e.peak_rss_mib"),
+            "projector": dig(r, "projection.catch_up.peak_rss_mib"),
+            "rebuild": dig(r, "projection.rebuild.peak_rss_mib"),
+            "sqlite_ingest": dig(r, "sqlite_ingest.peak_rss_mib"),
+            "publish": dig(r, "publish.peak_rss_mib"),
+            "how": "ru_maxrss from os.wait4 on each child process",
+        }
+        r["ratios"] = {
+            "e2e_vs_naive": ratio(e2e, naive),
+            "e2e_vs_ceiling": ratio(e2e, ceiling),
+            "e2e_steady_vs_naive": ratio(steady, naive),
+            "e2e_steady_vs_ceiling": ratio(steady, ceiling),
+            "apply_batch_vs_naive": ratio(dig(r, "apply_batch.records_per_s"), naive),
+            "note": "e2e = wall clock of the consumer process (start-up included); steady = "
+                    "first partition assignment to last committed batch",
+        }
+        targets = []
+        for key, label, path, op, threshold, unit in TARGETS:
+            value = dig(r, path)
+            passed = None if value is None else (
+                value >= threshold if op == ">=" else value <= threshold)
+            targets.append({"key": key, "label": label, "figure": path, "op": op,
+                            "target": threshold, "unit": unit, "value": value,
+                            "pass": passed})
+        r["targets"] = targets
+
+
+def top_functions(profiler: cProfile.Profile, n: int) -> list[dict[str, Any]]:
+    stats = pstats.Stats(profiler)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    rows = []
+    for (filename, line, func), (_cc, calls, tottime, cumtime, _callers) in raw.items():
+        rows.append({"function": f"{Path(filename).name}:{line}({func})", "calls": calls,
+                     "tottime_s": round(tottime, 3), "cumtime_s": round(cumtime, 3)})
+    rows.sort(key=lambda row: row["tottime_s"], reverse=True)
+    return rows[:n]
+
+
+def kafka_broker_version(services: Services) -> str | None:
+    if services.origin == "scripts/services":
+        state = Path(os.environ.get("LEADFLOW_SERVICES_DIR", "/tmp/leadflow-services"))
+        with contextlib.suppress(OSError):
+            return (state / "kafka" / "version").read_text().strip() or None
+    return None
+
+
+def machine() -> dict[str, Any]:
+    info: dict[str, Any] = {"cores": os.cpu_count(), "platform": platform.platform()}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                info["memory_mib"] = round(int(line.split()[1]) / MIB)
+                break
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                info["cpu"] = line.split(":", 1)[1].strip()
+                break
+    with contextlib.suppress(OSError):
+        info["loadavg_at_start"] = [round(x, 2) for x in os.getloadavg()]
+    return info
+
+
+# --------------------------------------------------------------------------- output
+
+
+def fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        text = f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.2f}"
+    else:
+        text = f"{value:,}" if isinstance(value, int) else str(value)
+    return f"{text} {unit}".strip()
+
+
+def render(results: dict[str, Any], path: Path) -> None:
+    r = results
+    s = r.get("stream", {})
+    table = Table(title=f"leadflow bench: {fmt(s.get('records'))} records, "
+                        f"{fmt(s.get('leads'))} leads, {s.get('days')} days, seed "
+                        f"{s.get('seed')}  ({r['machine'].get('cores')} cores, "
+                        f"{fmt(r['machine'].get('memory_mib'))} MiB)")
+    table.add_column("measure")
+    table.add_column("figure", justify="right")
+    table.add_column("detail")
+    rows: list[tuple[str, str, str]] = [
+        ("publish (validate + produce)", fmt(dig(r, "publish.lines_per_s"), "lines/s"),
+         f"{fmt(dig(r, 'publish.sent'))} sent in {fmt(dig(r, 'publish.seconds'), 's')}"),
+        ("end to end: Kafka → PG (wall)", fmt(dig(r, "e2e.records_per_s"), "rec/s"),
+         f"{fmt(dig(r, 'e2e.records'))} records in {fmt(dig(r, 'e2e.wall_seconds'), 's')}, "
+         f"{PARTITIONS} partitions, {fmt(dig(r, 'e2e.batches'))} batches"),
+        ("end to end, steady state", fmt(dig(r, "e2e.steady_records_per_s"), "rec/s"),
+         f"{fmt(dig(r, 'e2e.steady_seconds'), 's')} from assignment to last commit; "
+         f"start-up {fmt(dig(r, 'e2e.startup_seconds'), 's')}"),
+        ("naive eventsourcing baseline", fmt(dig(r, "naive.records_per_s"), "rec/s"),
+         f"{fmt(dig(r, 'naive.records'))} records, get/change/save per record"),
+        ("apply_batch in process (PG)", fmt(dig(r, "apply_batch.records_per_s"), "rec/s"),
+         f"{fmt(dig(r, 'apply_batch.records'))} records, "
+         f"{fmt(dig(r, 'apply_batch.batch_size'))} per transaction"),
+        ("ceiling: raw kafka-python", fmt(dig(r, "ceiling.records_per_s"), "rec/s"),
+         "poll + json.loads only"),
+        ("projection catch-up", fmt(dig(r, "projection.catch_up.events_per_s"), "ev/s"),
+         f"{fmt(dig(r, 'projection.catch_up.events'))} events in "
+         f"{fmt(dig(r, 'projection.catch_up.seconds'), 's')}"),
+        ("rebuild", fmt(dig(r, "projection.rebuild.events_per_s"), "ev/s"),
+         f"{fmt(dig(r, 'projection.rebuild.events'))} events in "
+         f"{fmt(dig(r, 'projection.rebuild.seconds'), 's')}"),
+        ("funnel query p50 / p95", f"{fmt(dig(r, 'queries.funnel.p50_ms'))} / "
+         f"{fmt(dig(r, 'queries.funnel.p95_ms'), 'ms')}",
+         f"{fmt(dig(r, 'queries.leads'))} leads, {fmt(dig(r, 'queries.funnel.calls'))} calls"),
+        ("lead show cold p50 / p95", f"{fmt(dig(r, 'queries.lead_show.cold_p50_ms'))} / "
+         f"{fmt(dig(r, 'queries.lead_show.cold_p95_ms'), 'ms')}",
+         f"{fmt(dig(r, 'queries.lead_show.keys'))} random keys, fresh app"),
+        ("lead show warm p50 / p95", f"{fmt(dig(r, 'queries.lead_show.warm_p50_ms'))} / "
+         f"{fmt(dig(r, 'queries.lead_show.warm_p95_ms'), 'ms')}", "same keys again (cache)"),
+        ("embedded SQLite ingest", fmt(dig(r, "sqlite_ingest.records_per_s"), "rec/s"),
+         f"{fmt(dig(r, 'sqlite_ingest.lines'))} lines "
+         f"({dig(r, 'sqlite_ingest.sample_note') or '-'})"),
+        ("peak RSS consumer / projector", f"{fmt(dig(r, 'peak_rss_mib.consumer'))} / "
+         f"{fmt(dig(r, 'peak_rss_mib.projector'), 'MiB')}",
+         f"rebuild {fmt(dig(r, 'peak_rss_mib.rebuild'), 'MiB')}, sqlite ingest "
+         f"{fmt(dig(r, 'peak_rss_mib.sqlite_ingest'), 'MiB')}"),
+        ("ratio e2e / naive", fmt(dig(r, "ratios.e2e_vs_naive"), "x"),
+         f"steady {fmt(dig(r, 'ratios.e2e_steady_vs_naive'), 'x')}"),
+        ("ratio e2e / ceiling", fmt(dig(r, "ratios.e2e_vs_ceiling"), "x"),
+         f"steady {fmt(dig(r, 'ratios.e2e_steady_vs_ceiling'), 'x')}"),
+    ]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+    targets = Table(title="targets (issue 6)")
+    for col in ("target", "value", "wanted", "result"):
+        targets.add_column(col, justify="left" if col == "target" else "right")
+    for t in r.get("targets", []):
+        verdict = {True: "[green]pass[/]", False: "[red]FAIL[/]", None: "[yellow]n/a[/]"}[
+            t["pass"]]
+        targets.add_row(t["label"], fmt(t["value"], t["unit"]),
+                        f"{t['op']} {fmt(t['target'], t['unit'])}", verdict)
+    out.print(targets)
+    for name, problem in r.get("errors", {}).items():
+        out.print(f"[red]step {name} failed:[/] {problem}", highlight=False)
+    out.print(f"results: {path}", highlight=False)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="bench/run.py", description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="a ~30,000-record stream (--leads 3000 --days 90)")
+    parser.add_argument("--leads", type=int, default=None,
+                        help="leads in the stream (default 100000, ~1M records; 3000 with "
+                             "--quick)")
+    parser.add_argument("--days", type=int, default=90)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--naive-records", type=int, default=5000,
+                        help="sample for the naive baseline and in-process apply_batch")
+    parser.add_argument("--naive-seconds", type=float, default=20.0,
+                        help="stop the naive baseline after this long")
+    parser.add_argument("--batch-size", type=int, default=1000,
+                        help="records per apply_batch call in process")
+    parser.add_argument("--sqlite-lines", type=int, default=100_000,
+                        help="SQLite ingest uses at most this many lines of the stream")
+    parser.add_argument("--funnel-calls", type=int, default=30)
+    parser.add_argument("--lead-calls", type=int, default=200)
+    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--profile", action="store_true",
+                        help="cProfile the in-process apply_batch and print the top functions")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the databases, topics and work dir (logs, stream)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")
+    args = parser.parse_args(argv)
+    if args.leads is None:
+        args.leads = 3000 if args.quick else 100_000
+    return args
+
+
+def services_already_running() -> bool:
+    if os.environ.get("LEADFLOW_TEST_KAFKA_BOOTSTRAP") and \
+            os.environ.get("LEADFLOW_TEST_POSTGRES_URL"):
+        return False
+    try:
+        status = subprocess.run([str(ROOT / "scripts" / "services"), "status"],
+                                capture_output=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return status.returncode == 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    if services_already_running():
+        # Reused, so left running: someone else (a test session) may be using them.
+        os.environ["LEADFLOW_KEEP_SERVICES"] = "1"
+    work = Path(tempfile.mkdtemp(prefix="leadflow-bench-"))
+    say(f"stream: --leads {args.leads} --days {args.days} --seed {args.seed}; work dir {work}")
+    say("starting services (as the integration tests do)")
+    with provide_services() as services:
+        say(f"services from {services.origin}: kafka {services.kafka_bootstrap}")
+        bench = Bench(args, services, work)
+        try:
+            results = bench.run()
+        finally:
+            bench.cleanup()
+    if not args.keep:
+        shutil.rmtree(work, ignore_errors=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
+    render(results, args.output)
+    return 1 if results["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
