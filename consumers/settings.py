@@ -25,6 +25,9 @@ class KafkaSettings:
     #: partitions back at once instead of waiting for the session to time out.
     instance_id: str | None = None
     session_timeout_ms: int = 10_000
+    #: a consumer without partitions for this long (broker or group coordinator gone and not
+    #: coming back to it) stops loudly so its supervisor restarts it from the tracked offsets.
+    rejoin_timeout_seconds: float = 120.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -42,6 +45,8 @@ class KafkaSettings:
                 retry_backoff_seconds=float(env.get("LEADFLOW_KAFKA_RETRY_BACKOFF_SECONDS",
                                                     cls.retry_backoff_seconds)),
                 instance_id=env.get("LEADFLOW_KAFKA_INSTANCE_ID") or None,
+                rejoin_timeout_seconds=float(env.get("LEADFLOW_KAFKA_REJOIN_TIMEOUT_SECONDS",
+                                                     cls.rejoin_timeout_seconds)),
                 session_timeout_ms=int(env.get("LEADFLOW_KAFKA_SESSION_TIMEOUT_MS",
                                                cls.session_timeout_ms)),
             )

@@ -143,10 +143,20 @@ class TouchpointConsumer:
     def run(self, until_idle: bool = False, poll_timeout_ms: int = 500) -> ConsumeStats:
         """Poll and apply until stopped; with ``until_idle``, return once caught up."""
         self.subscribe()
+        unassigned_since = time.monotonic()
         try:
             while not self._stop.is_set():
                 polled = self.consumer.poll(timeout_ms=poll_timeout_ms,
                                             max_records=self.settings.max_poll_records)
+                if self.consumer.assignment():
+                    unassigned_since = time.monotonic()
+                elif time.monotonic() - unassigned_since > self.settings.rejoin_timeout_seconds:
+                    log.error("no partitions assigned; stopping",
+                              seconds=self.settings.rejoin_timeout_seconds)
+                    raise ConsumerStoppedError(
+                        f"no partitions assigned for {self.settings.rejoin_timeout_seconds:g}s "
+                        "(broker or group coordinator unreachable); restart to resume from "
+                        "the tracked offsets")
                 for tp, records in polled.items():
                     self.process(tp, records)
                     if self._stop.is_set():
@@ -154,10 +164,27 @@ class TouchpointConsumer:
                 if until_idle and not polled and self._caught_up():
                     log.info("caught up; exiting", **self.stats.__dict__)
                     break
+        except KafkaError as exc:
+            # Batches retry their own Kafka errors (the DLQ); this is the broker itself.
+            log.error("kafka failed; stopping", error_class=type(exc).__name__, error=str(exc))
+            raise ConsumerStoppedError(
+                f"Kafka failed ({type(exc).__name__}: {exc}); restart to resume from the "
+                "tracked offsets") from exc
         finally:
-            self.producer.flush(timeout=30)
-            self.consumer.close(autocommit=False)
+            self._shutdown()
         return self.stats
+
+    def _shutdown(self) -> None:
+        # Dead letters are flushed before every commit, so nothing is pending here; a broker
+        # that is gone must not hide the error that stopped the loop.
+        try:
+            self.producer.flush(timeout=10)
+        except KafkaError as exc:
+            log.error("dead-letter producer flush failed at shutdown", error=str(exc))
+        try:
+            self.consumer.close(autocommit=False)
+        except KafkaError as exc:
+            log.error("consumer close failed at shutdown", error=str(exc))
 
     def _caught_up(self) -> bool:
         assignment = self.consumer.assignment()

@@ -233,6 +233,7 @@ class LeadflowApp(Application[UUID]):
         Anything unexpected aborts the whole batch: nothing is saved and it is raised.
         """
         unit = _Unit(self)
+        unit.absent |= self._absent_among(self._batch_candidates(records))
         results = BatchResult(tuple(self._apply_one(unit, i, record)
                                     for i, record in enumerate(records)))
         if before_commit is not None:
@@ -474,6 +475,62 @@ class LeadflowApp(Application[UUID]):
         return clock.position
 
     # ------------------------------------------------------------------ internals
+
+    def _batch_candidates(self, records: Sequence[InboundRecord]) -> set[UUID]:
+        """Aggregates the batch will look up: identity indexes and likely accounts."""
+        ids: set[UUID] = set()
+        for rec in records:
+            ref = rec.lead
+            for kind in ("email", "phone", "external_id", "anonymous_id"):
+                value = getattr(ref, kind)
+                if value:
+                    ids.add(identity_index_id(identity_key(kind, value)))
+            if ref.email:
+                domain = ref.email.rsplit("@", 1)[-1]
+                if domain not in self.rules.free_mail:
+                    ids.add(Account.create_id(f"domain:{domain}"))
+            if ref.company:
+                ids.add(Account.create_id("company:" + _normalise_company(ref.company)))
+        return ids
+
+    def _absent_among(self, ids: set[UUID]) -> set[UUID]:
+        """Which of ``ids`` have no stored events, in one query instead of one per miss.
+
+        A new identity, lead or account would otherwise cost a query each just to learn it
+        does not exist yet; aggregates already in the cache exist and are not asked about.
+        """
+        cache = self.repository.cache
+        if cache is not None:
+            ids = {i for i in ids if i not in cache.cache}
+        if not ids:
+            return set()
+        return ids - self._stored_ids(ids)
+
+    def _stored_ids(self, ids: set[UUID]) -> set[UUID]:
+        recorder: Any = self.recorder
+        module = type(recorder).__module__
+        found: set[UUID] = set()
+        if module.endswith(".postgres"):
+            from psycopg.sql import SQL, Identifier
+
+            statement = SQL("SELECT DISTINCT originator_id FROM {}.{} "
+                            "WHERE originator_id = ANY(%s)").format(
+                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, (list(ids),))
+                found = {UUID(str(row["originator_id"])) for row in cursor.fetchall()}
+        elif module.endswith(".sqlite"):
+            hexes = [i.hex for i in ids]
+            with recorder.datastore.transaction(commit=False) as cursor:
+                for start in range(0, len(hexes), 500):
+                    chunk = hexes[start:start + 500]
+                    cursor.execute(
+                        f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "
+                        f"WHERE originator_id IN ({','.join('?' * len(chunk))})", chunk)
+                    found |= {UUID(str(row[0])) for row in cursor.fetchall()}
+        else:  # in-memory store: asking is cheap
+            found = {i for i in ids if recorder.select_events(i, limit=1)}
+        return found
 
     def forget_cached_aggregates(self) -> None:
         """Drop every cached aggregate (after a failed batch, or when another writer moved on)."""
