@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import zlib
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -37,6 +38,7 @@ from leadflow.projections.schema import (
 log = structlog.get_logger(__name__)
 
 TRACKING_NAME = "analytics"
+VIEWS_NAME = "views-checksum"
 OPEN_STAGES = frozenset({"new", "mql", "sql", "opportunity"})
 RANK = {stage: i for i, stage in enumerate(FUNNEL)}
 TS_COLUMNS = ("created_at", "stage_at", "contacted_at", "engagement_as_of", "last_touch_at",
@@ -399,14 +401,22 @@ class Projector:
 
     def setup(self) -> None:
         """Create tables and views if missing (idempotent)."""
+        views = views_ddl(self.db.dialect)
+        # The view definitions' checksum is kept beside the positions, so views are replaced
+        # only when an upgraded leadflow brings new ones (not on every `funnel` or `report`:
+        # on PostgreSQL dropping a view waits for, and blocks, the analysts reading it).
+        views_version = zlib.crc32(views.encode())
         with self.db.transaction():
             self.db.executescript(tables_ddl(self.db.dialect))
-            # Views are recreated each time so an upgraded leadflow brings its new views.
-            readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
-            self.db.executescript(drop_views_ddl())
-            self.db.executescript(views_ddl(self.db.dialect))
-            if readers:
-                grant_select(self.db, readers)
+            if self.position(VIEWS_NAME) != views_version:
+                readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
+                self.db.executescript(drop_views_ddl())
+                self.db.executescript(views)
+                if readers:
+                    grant_select(self.db, readers)
+                self.db.execute(
+                    "INSERT INTO projection_tracking VALUES (%s, %s) ON CONFLICT (name) "
+                    "DO UPDATE SET position = excluded.position", [VIEWS_NAME, views_version])
             self.db.execute(
                 "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [TRACKING_NAME])
