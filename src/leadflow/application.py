@@ -20,11 +20,13 @@ from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
     LRUCache,
-    ProcessingEvent,
 )
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import ProcessRecorder, Tracking
+from eventsourcing.persistence import ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.postgres import PostgresAggregateRecorder
+from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
+from psycopg.sql import SQL, Identifier
 
 from leadflow import audit, scoring
 from leadflow.contract import DISPOSITION_TYPES, InboundRecord
@@ -207,6 +209,7 @@ class LeadflowApp(Application[UUID]):
     def __init__(self, env: dict[str, str] | None = None, rules: Rules | None = None) -> None:
         super().__init__(env)
         self.rules = rules or default_rules()
+        self._topics: dict[type, str] = {}
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder can commit a tracking position with the events (Kafka offsets).
@@ -233,7 +236,7 @@ class LeadflowApp(Application[UUID]):
         Anything unexpected aborts the whole batch: nothing is saved and it is raised.
         """
         unit = _Unit(self)
-        unit.absent |= self._absent_among(self._batch_candidates(records))
+        self._prefetch(unit, records)
         results = BatchResult(tuple(self._apply_one(unit, i, record)
                                     for i, record in enumerate(records)))
         if before_commit is not None:
@@ -493,44 +496,80 @@ class LeadflowApp(Application[UUID]):
                 ids.add(Account.create_id("company:" + _normalise_company(ref.company)))
         return ids
 
-    def _absent_among(self, ids: set[UUID]) -> set[UUID]:
-        """Which of ``ids`` have no stored events, in one query instead of one per miss.
+    def _prefetch(self, unit: _Unit, records: Sequence[InboundRecord]) -> None:
+        """Load, in two queries, the aggregates the batch is about to look up one by one.
 
-        A new identity, lead or account would otherwise cost a query each just to learn it
-        does not exist yet; aggregates already in the cache exist and are not asked about.
+        First the identity indexes and accounts the records name, then the leads and
+        interests those indexes point at. Aggregates already cached cost no query; ids with
+        no stored events are remembered as absent, so creating them costs none either.
+        Whatever this misses (merge chains, surge colleagues) is still loaded on demand.
         """
+        self._load_into(unit, self._batch_candidates(records))
+        self._load_into(unit, {a.target_id for a in list(unit.touched.values())
+                               if isinstance(a, IdentityIndex)})
+
+    def _load_into(self, unit: _Unit, ids: set[UUID]) -> None:
         cache = self.repository.cache
-        if cache is not None:
-            ids = {i for i in ids if i not in cache.cache}
-        if not ids:
-            return set()
-        return ids - self._stored_ids(ids)
+        wanted: list[UUID] = []
+        for aggregate_id in ids:
+            if aggregate_id in unit.touched or aggregate_id in unit.absent:
+                continue
+            if cache is not None and aggregate_id in cache.cache:
+                # Through the repository, so the cache's configured semantics hold.
+                unit.touched[aggregate_id] = self.repository.get(aggregate_id)
+            else:
+                wanted.append(aggregate_id)
+        if not wanted:
+            return
+        stored = self._select_many(wanted)
+        to_domain_event = self.mapper.to_domain_event
+        for aggregate_id in wanted:
+            events = stored.get(aggregate_id)
+            if not events:
+                unit.absent.add(aggregate_id)
+                continue
+            aggregate: Any = None
+            for item in events:
+                aggregate = cast(Any, to_domain_event(item)).mutate(aggregate)
+            unit.touched[aggregate_id] = aggregate
+            if cache is not None:
+                cache.put(aggregate_id, aggregate)
 
-    def _stored_ids(self, ids: set[UUID]) -> set[UUID]:
+    def _select_many(self, ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
+        """Every stored event of many aggregates, by aggregate, in version order."""
         recorder: Any = self.recorder
-        module = type(recorder).__module__
-        found: set[UUID] = set()
-        if module.endswith(".postgres"):
-            from psycopg.sql import SQL, Identifier
-
-            statement = SQL("SELECT DISTINCT originator_id FROM {}.{} "
-                            "WHERE originator_id = ANY(%s)").format(
+        out: dict[UUID, list[StoredEvent]] = {}
+        if isinstance(recorder, PostgresAggregateRecorder):
+            statement = SQL("SELECT originator_id, originator_version, topic, state FROM {}.{} "
+                            "WHERE originator_id = ANY(%s) "
+                            "ORDER BY originator_id, originator_version").format(
                 Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
             with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(statement, (list(ids),))
-                found = {UUID(str(row["originator_id"])) for row in cursor.fetchall()}
-        elif module.endswith(".sqlite"):
-            hexes = [i.hex for i in ids]
+                cursor.execute(statement, (ids,))
+                for row in cursor.fetchall():
+                    oid = row["originator_id"]
+                    oid = oid if isinstance(oid, UUID) else UUID(str(oid))
+                    out.setdefault(oid, []).append(StoredEvent(
+                        oid, row["originator_version"], row["topic"], bytes(row["state"])))
+        elif isinstance(recorder, SQLiteAggregateRecorder):
             with recorder.datastore.transaction(commit=False) as cursor:
-                for start in range(0, len(hexes), 500):
-                    chunk = hexes[start:start + 500]
+                for start in range(0, len(ids), 500):
+                    chunk = [i.hex for i in ids[start:start + 500]]
                     cursor.execute(
-                        f"SELECT DISTINCT originator_id FROM {recorder.events_table_name} "
-                        f"WHERE originator_id IN ({','.join('?' * len(chunk))})", chunk)
-                    found |= {UUID(str(row[0])) for row in cursor.fetchall()}
-        else:  # in-memory store: asking is cheap
-            found = {i for i in ids if recorder.select_events(i, limit=1)}
-        return found
+                        "SELECT originator_id, originator_version, topic, state FROM "
+                        f"{recorder.events_table_name} WHERE originator_id IN "
+                        f"({','.join('?' * len(chunk))}) "
+                        "ORDER BY originator_id, originator_version", chunk)
+                    for oid_hex, version, topic, state in cursor.fetchall():
+                        oid = UUID(str(oid_hex))
+                        out.setdefault(oid, []).append(StoredEvent(oid, version, topic,
+                                                                   bytes(state)))
+        else:  # in-memory store: asking one by one is cheap
+            for aggregate_id in ids:
+                found = list(recorder.select_events(aggregate_id))
+                if found:
+                    out[aggregate_id] = found
+        return out
 
     def forget_cached_aggregates(self) -> None:
         """Drop every cached aggregate (after a failed batch, or when another writer moved on)."""
@@ -543,48 +582,93 @@ class LeadflowApp(Application[UUID]):
                 cache.clear()
                 cache.full = False
 
-    def _seal(self, unit: _Unit) -> None:
-        """Add each new Lead event's hash-chain link before it is stored (see audit.py)."""
-        for aggregate in unit.touched.values():
-            if not isinstance(aggregate, Lead) or not aggregate.pending_events:
-                continue
-            head = getattr(aggregate, "chain_head", None)
-            first = aggregate.pending_events[0].originator_version
-            if first == Lead.INITIAL_VERSION:
-                head = audit.genesis(aggregate.id)
-            elif head is None:
-                head = self._stored_chain_head(aggregate.id)
-            for event in aggregate.pending_events:
-                stored = self.mapper.to_stored_event(event)
-                payload, _ = audit.canonical_payload(stored.state)
-                head = audit.link(head, aggregate.id, event.originator_version, stored.topic,
-                                  payload)
-                # Events are frozen; the extra attribute is stored with the event's state.
-                object.__setattr__(event, "chain", head)
-            aggregate.chain_head = head
+    def _stored(self, aggregate: Aggregate) -> list[StoredEvent]:
+        """The aggregate's pending events as stored events, each encoded exactly once.
+
+        Lead events get their hash-chain link (see audit.py) appended to the encoded bytes,
+        so the tamper evidence costs one hash per event, not a second encoding.
+        """
+        pending = aggregate.collect_events()
+        if not pending:
+            return []
+        encode = self.mapper.transcoder.encode
+        topics = self._topics
+        chained = isinstance(aggregate, Lead)
+        head: str | None = None
+        if chained:
+            lead = cast(Lead, aggregate)
+            if pending[0].originator_version == Lead.INITIAL_VERSION:
+                head = audit.genesis(lead.id)
+            else:
+                head = lead.chain_head or self._stored_chain_head(lead.id)
+        out: list[StoredEvent] = []
+        for event in pending:
+            cls = type(event)
+            topic = topics.get(cls)
+            if topic is None:
+                topic = topics[cls] = get_topic(cls)
+            state = dict(event.__dict__)
+            originator_id = state.pop("originator_id")
+            version = state.pop("originator_version")
+            class_version = getattr(cls, "class_version", 1)
+            if class_version > 1:
+                state["class_version"] = class_version
+            payload = encode(state)
+            if head is not None:
+                payload, head = audit.seal(head, originator_id, version, topic, payload)
+            out.append(StoredEvent(originator_id, version, topic, self._protect(payload)))
+        if chained:
+            cast(Lead, aggregate).chain_head = head
+        return out
+
+    def _protect(self, payload: bytes) -> bytes:
+        """Compress and encrypt as the library's mapper would (when configured)."""
+        if self.mapper.compressor:
+            payload = self.mapper.compressor.compress(payload)
+        if self.mapper.cipher:
+            payload = self.mapper.cipher.encrypt(payload)
+        return payload
+
+    def _plain(self, payload: bytes) -> bytes:
+        if self.mapper.cipher:
+            payload = self.mapper.cipher.decrypt(payload)
+        if self.mapper.compressor:
+            payload = self.mapper.compressor.decompress(payload)
+        return payload
 
     def _stored_chain_head(self, lead_id: UUID) -> str:
-        stored = self.recorder.select_events(lead_id)
-        return audit.verify_events(lead_id, stored).head or audit.genesis(lead_id)
+        stored = self.recorder.select_events(lead_id, desc=True, limit=1)
+        if not stored:
+            return audit.genesis(lead_id)
+        return audit.unseal(self._plain(stored[0].state))[1] or audit.genesis(lead_id)
 
     def verify(self, lead_id: UUID) -> audit.LeadVerification:
         """Recompute a lead's hash chain from its stored events (no cache, no domain)."""
-        return audit.verify_events(lead_id, self.recorder.select_events(lead_id))
+        protected = self.mapper.cipher is not None or self.mapper.compressor is not None
+        return audit.verify_events(lead_id, self.recorder.select_events(lead_id),
+                                   self._plain if protected else None)
 
     def _commit(self, unit: _Unit, tracking: Tracking | None) -> None:
-        self._seal(unit)
-        processing = ProcessingEvent[UUID](tracking)
-        processing.collect_events(*unit.touched.values())
-        if not processing.events and tracking is None:
+        """Store every pending event of the unit (and the tracking record) in one transaction.
+
+        This is ``Application.save`` without its per-call overheads: events are collected
+        straight from the aggregates and encoded once, and the recorder gets them in one call.
+        """
+        stored: list[StoredEvent] = []
+        for aggregate in unit.touched.values():
+            stored += self._stored(aggregate)
+        if not stored and tracking is None:
             return
         try:
-            recordings = self._record(processing)
+            self.recorder.insert_events(stored, tracking=tracking)
         except BaseException:
             # Aggregates in the cache may hold the uncommitted changes: forget them all.
             self.forget_cached_aggregates()
             raise
-        self._take_snapshots(processing)
-        self._notify(recordings)
+        cache = self.repository.cache
+        if cache is not None and not self.repository.fastforward:
+            for aggregate_id, aggregate in unit.touched.items():
+                cache.put(aggregate_id, aggregate)
 
     def _apply_one(self, unit: _Unit, index: int, record: InboundRecord) -> RecordResult:
         try:

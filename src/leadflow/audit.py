@@ -1,41 +1,55 @@
 """Tamper evidence: a hash chain over each lead's stored events.
 
-Every stored Lead event carries ``chain = sha256(previous chain | lead id | version | topic |
-canonical payload)``, where the payload is the stored JSON without the ``chain`` key and the
-first link starts from a per-lead genesis value. ``verify`` recomputes the chain from the
-stored rows alone, so a direct SQL edit of a payload, a deleted, reordered or inserted event
-breaks it at a position it can name. The chain head of a lead is printed so an auditor can
-keep it elsewhere and detect the removal of the newest events too (``--expect-head``).
+Every stored Lead event carries ``chain = sha256(previous link | lead id | version | topic |
+payload)``, where the payload is the exact stored JSON bytes of the event without its chain
+member, and the first link starts from a per-lead genesis value. The link is appended as the
+payload's last member (``…,"chain":"<hex>"}``), so sealing costs one hash and no second
+encoding, and ``verify`` needs nothing but the stored bytes: a direct SQL edit of a payload
+(even one that only re-spaces the JSON), a deleted, reordered or inserted event breaks the
+chain at a position it can name. The chain head of a lead is printed so an auditor can keep
+it elsewhere and detect the removal of the newest events too (``--expect-head``).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
-GENESIS = "leadflow-chain-v1"
+GENESIS = "leadflow-chain-v2"
+# Whitespace-tolerant, so a re-formatted payload still yields its link and is reported once.
+_SEALED = re.compile(rb',?\s*"chain"\s*:\s*"([0-9a-f]{64})"\s*}\s*\Z')
 
 
 def genesis(lead_id: UUID) -> str:
     return hashlib.sha256(f"{GENESIS}|{lead_id}".encode()).hexdigest()
 
 
-def canonical_payload(state: bytes) -> tuple[str, str | None]:
-    """The stored payload without its chain (canonical JSON), and the chain it carries."""
-    data: dict[str, Any] = json.loads(state)
-    chain = data.pop("chain", None)
-    return json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False), chain
+def link(previous: str, lead_id: UUID, version: int, topic: str, payload: bytes) -> str:
+    digest = hashlib.sha256(f"{previous}|{lead_id}|{version}|{topic}|".encode())
+    digest.update(payload)
+    return digest.hexdigest()
 
 
-def link(previous: str, lead_id: UUID, version: int, topic: str, payload: str) -> str:
-    material = f"{previous}|{lead_id}|{version}|{topic}|{payload}"
-    return hashlib.sha256(material.encode()).hexdigest()
+def seal(previous: str, lead_id: UUID, version: int, topic: str,
+         payload: bytes) -> tuple[bytes, str]:
+    """The payload (a JSON object's bytes) with its chain link appended, and the link."""
+    chain = link(previous, lead_id, version, topic, payload)
+    separator = b"" if payload == b"{}" else b","
+    return payload[:-1] + separator + b'"chain":"' + chain.encode() + b'"}', chain
+
+
+def unseal(state: bytes) -> tuple[bytes, str | None]:
+    """The payload without its chain member, and the link it carried (None: no link)."""
+    found = _SEALED.search(state)
+    if found is None:
+        return state, None
+    return state[:found.start()] + b"}", found.group(1).decode()
 
 
 @dataclass(frozen=True)
@@ -60,8 +74,12 @@ class LeadVerification:
         return not self.problems
 
 
-def verify_events(lead_id: UUID, stored: Sequence[StoredEvent]) -> LeadVerification:
-    """Recompute the chain over one lead's stored events (ordered by version)."""
+def verify_events(lead_id: UUID, stored: Sequence[StoredEvent],
+                  plain: Callable[[bytes], bytes] | None = None) -> LeadVerification:
+    """Recompute the chain over one lead's stored events (ordered by version).
+
+    ``plain`` undoes the application's compressor/cipher, if one is configured.
+    """
     problems: list[Problem] = []
     previous = genesis(lead_id)
     expected_version = 1
@@ -73,9 +91,9 @@ def verify_events(lead_id: UUID, stored: Sequence[StoredEvent]) -> LeadVerificat
                                     "stored events were deleted"))
         expected_version = version + 1
         try:
-            payload, chain = canonical_payload(event.state)
-        except (ValueError, UnicodeDecodeError):
-            problems.append(Problem(lead_id, version, "payload is not valid JSON"))
+            payload, chain = unseal(plain(event.state) if plain else event.state)
+        except ValueError as exc:  # a cipher's or compressor's refusal of altered bytes
+            problems.append(Problem(lead_id, version, f"payload cannot be read: {exc}"))
             continue
         if chain is None:
             problems.append(Problem(lead_id, version, "event carries no chain link: inserted "

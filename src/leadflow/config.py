@@ -98,6 +98,8 @@ def database_env(url: str) -> dict[str, str]:
             # Fail fast when the server is down: eventsourcing retries each call 10 times and
             # the consumer adds its own bounded retries on top (library default: 30 s each).
             "POSTGRES_CONNECT_TIMEOUT": "5",
+            # The library's recorder with a binary column-array batch insert (storage.py).
+            "PROCESS_RECORDER_TOPIC": "leadflow.storage:LeadflowPostgresProcessRecorder",
         }
     raise ConfigError(
         f"LEADFLOW_DATABASE_URL {url!r}: unsupported scheme; use sqlite:///PATH, memory: "

@@ -70,6 +70,7 @@ def identity_key(kind: str, value: str) -> str:
     return f"{kind}:{value}"
 
 
+@lru_cache(maxsize=65536)  # uuid5 hashes each time; hot in every batch
 def identity_index_id(key: str) -> UUID:
     return uuid5(NS_IDENTITY, key)
 
@@ -83,10 +84,12 @@ def interest_id_for(anonymous_id: str) -> UUID:
     return uuid5(NS_INTEREST, anonymous_id)
 
 
+@lru_cache(maxsize=65536)
 def account_id_for(account_key: str) -> UUID:
     return uuid5(NS_ACCOUNT, account_key)
 
 
+@lru_cache(maxsize=65536)
 def singleton_id(name: str) -> UUID:
     return uuid5(NS_SINGLETON, name)
 
