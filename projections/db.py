@@ -95,6 +95,26 @@ class ProjectionDB:
             with self._pg.cursor() as cur:
                 cur.executemany(statement, converted)
 
+    def copy_rows(self, table: str, rows: Sequence[Sequence[Any]],
+                  columns: Sequence[str] = ()) -> None:
+        """Append rows to a table: ``COPY … FROM STDIN`` on PostgreSQL, a bulk insert on SQLite.
+
+        COPY streams the rows in one command with no per-row statement, which is what a
+        rebuild's millions of ledger and transition rows need.
+        """
+        if not rows:
+            return
+        names = f" ({', '.join(columns)})" if columns else ""
+        if self.dialect == "sqlite":
+            width = len(columns) if columns else len(rows[0])
+            self.executemany(f"INSERT INTO {table}{names} VALUES ({', '.join(['%s'] * width)})",
+                             rows)
+            return
+        assert self._pg is not None
+        with self._pg.cursor() as cur, cur.copy(f"COPY {table}{names} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+
     def query(self, statement: str, params: Sequence[Any] = ()) -> list[dict[str, Any]]:
         if self.dialect == "sqlite":
             cur = self._sqlite.execute(self._sql(statement),

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import threading
-import zlib
 import time
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -20,7 +20,8 @@ from datetime import datetime
 from typing import Any
 
 import structlog
-from eventsourcing.persistence import Notification
+import orjson
+from eventsourcing.persistence import JSONTranscoder, Notification, Transcoding
 from eventsourcing.utils import get_topic
 
 from leadflow.application import LeadflowApp
@@ -57,18 +58,51 @@ LEAD_COLUMNS = (
 ACCOUNT_COLUMNS = ("account_id", "account_key", "name", "engagements", "surges",
                    "last_engaged_at", "last_surge_at", "surge_window_days")
 
-# Event classes are created by the @event decorator at import time.
-_EV: dict[str, type[Any]] = {
-    name: getattr(Lead, name)
-    for name in ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "TouchpointScored",
-                 "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade",
-                 "DealOwnerSet", "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed",
-                 "Unmerged", "StateRestored")
+# The events the read models follow, by stored topic: (is an account event, event name).
+_LEAD_EVENTS = ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "TouchpointScored",
+                "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade", "DealOwnerSet",
+                "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed", "Unmerged",
+                "StateRestored")
+_ACCOUNT_EVENTS = ("Created", "Engaged", "Surged")
+KINDS: dict[str, tuple[bool, str]] = {
+    **{get_topic(getattr(Lead, name)): (False, name) for name in _LEAD_EVENTS},
+    **{get_topic(getattr(Account, name)): (True, name) for name in _ACCOUNT_EVENTS},
 }
-_ACCOUNT_EV: dict[str, type[Any]] = {
-    name: getattr(Account, name) for name in ("Created", "Engaged", "Surged")
-}
-TOPICS = [get_topic(c) for c in _EV.values()] + [get_topic(c) for c in _ACCOUNT_EV.values()]
+TOPICS = list(KINDS)
+
+
+class EventData:
+    """A stored event's fields, read straight from its JSON without building the event.
+
+    orjson parses the payload; eventsourcing's ``{"_type_", "_data_"}`` values (datetimes,
+    UUIDs) are turned back into objects only for the fields a handler reads. This is what
+    lets a rebuild skip the library's per-event decoding and object construction.
+    """
+
+    __slots__ = ("_data", "_names", "originator_id")
+
+    def __init__(self, originator_id: Any, data: dict[str, Any],
+                 names: dict[str, Transcoding]) -> None:
+        self.originator_id = originator_id
+        self._data = data
+        self._names = names
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            value = self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        return self._untag(value)
+
+    def _untag(self, value: Any) -> Any:
+        kind = type(value)
+        if kind is dict:
+            if len(value) == 2 and "_type_" in value and "_data_" in value:
+                return self._names[value["_type_"]].decode(self._untag(value["_data_"]))
+            return {k: self._untag(v) for k, v in value.items()}
+        if kind is list:
+            return [self._untag(v) for v in value]
+        return value
 
 
 def size_band(employees: int | None) -> str:
@@ -130,18 +164,18 @@ class _Page:
 
     # ----------------------------------------------------------------- handlers
 
-    def apply(self, nid: int, event: Any) -> None:
-        if isinstance(event, tuple(_ACCOUNT_EV.values())):
-            self._account(event)
+    def apply(self, nid: int, topic: str, event: Any) -> None:
+        is_account, kind = KINDS[topic]
+        if is_account:
+            self._account(kind, event)
             return
         lead_id = str(event.originator_id)
-        if isinstance(event, _EV["Created"]):
+        if kind == "Created":
             self._created(nid, lead_id, event)
             return
         row = self.leads.get(lead_id)
         if row is None:
             raise RuntimeError(f"projection has no row for lead {lead_id} (event {nid})")
-        kind = type(event).__name__
         handler = getattr(self, f"_on_{kind}", None)
         if handler is not None:
             handler(nid, row, event)
@@ -177,7 +211,11 @@ class _Page:
                  awards: Iterable[Sequence[Any]]) -> None:
         old = json.loads(row["fit_awards"])
         new = {str(r): float(p) for r, p in awards}
-        seq = len([x for x in self.ledger if x[0] == nid])
+        seq = 0  # this event's ledger rows so far (they are the newest ones)
+        for entry in reversed(self.ledger):
+            if entry[0] != nid:
+                break
+            seq += 1
         for rule in sorted(set(old) | set(new)):
             delta = new.get(rule, 0.0) - old.get(rule, 0.0)
             if delta:
@@ -310,9 +348,9 @@ class _Page:
             times = [first[s] for s in FUNNEL[RANK[stage]:] if s in first]
             row[f"reached_{stage}_at"] = min(times) if times else None
 
-    def _account(self, e: Any) -> None:
+    def _account(self, kind: str, e: Any) -> None:
         account_id = str(e.originator_id)
-        if isinstance(e, _ACCOUNT_EV["Created"]):
+        if kind == "Created":
             self.accounts[account_id] = {
                 "account_id": account_id, "account_key": e.account_key, "name": e.name,
                 "engagements": 0, "surges": 0, "last_engaged_at": None,
@@ -320,7 +358,7 @@ class _Page:
             }
             return
         row = self.accounts[account_id]
-        if isinstance(e, _ACCOUNT_EV["Engaged"]):
+        if kind == "Engaged":
             row["engagements"] += 1
             if row["last_engaged_at"] is None or e.occurred_at > row["last_engaged_at"]:
                 row["last_engaged_at"] = e.occurred_at
@@ -342,13 +380,35 @@ class _Page:
             [[row[c] for c in columns] for row in rows],
         )
 
+    def _copy(self, table: str, columns: Sequence[str], rows: Iterable[dict[str, Any]]) -> None:
+        self.db.copy_rows(f"{table}{self.s}", [[row[c] for c in columns] for row in rows],
+                          columns)
+
     def write(self) -> None:
+        self.write_appends()
+        self.write_state()
+
+    def write_appends(self) -> None:
+        """The append-only rows (transitions, ledger), by COPY on PostgreSQL."""
+        self.db.copy_rows(f"stage_transitions{self.s}", self.transitions)
+        self.db.copy_rows(f"score_ledger{self.s}", self.ledger)
+        self.transitions, self.ledger = [], []
+
+    def write_state(self, fresh: bool = False) -> None:
+        """The keyed rows: leads, accounts, funnel counts and owner load.
+
+        ``fresh``: the tables are empty (a rebuild), so rows are copied, not upserted.
+        """
         s, db = self.s, self.db
+        if fresh:
+            self._copy("lead_state", LEAD_COLUMNS, self.leads.values())
+            self._copy("account_state", ACCOUNT_COLUMNS, self.accounts.values())
+            db.copy_rows(f"funnel_daily{s}", [[*key, n] for key, n in sorted(self.funnel.items())])
+            open_load: Counter[tuple[str, str]] = Counter(
+                key for key in map(_load_key, self.leads.values()) if key is not None)
+            db.copy_rows(f"owner_load{s}", [[*key, n] for key, n in sorted(open_load.items())])
+            return
         self._upsert("lead_state", LEAD_COLUMNS, self.leads.values())
-        db.executemany(f"INSERT INTO stage_transitions{s} VALUES "
-                       f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", self.transitions)
-        db.executemany(f"INSERT INTO score_ledger{s} VALUES "
-                       f"(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", self.ledger)
         db.executemany(
             f"INSERT INTO funnel_daily{s} VALUES (%s, %s, %s, %s, %s) "
             f"ON CONFLICT (day, stage, source, campaign) DO UPDATE "
@@ -443,15 +503,12 @@ class Projector:
             notifications = self._select(position)
             if not notifications:
                 return 0
-            events = [(n.id, self.app.mapper.to_domain_event(n)) for n in notifications]
             page = _Page(self.db, suffix, self.app.rules.scoring.half_life_days)
-            lead_ids = {str(e.originator_id) for _, e in events
-                        if not isinstance(e, tuple(_ACCOUNT_EV.values()))}
-            account_ids = {str(e.originator_id) for _, e in events
-                           if isinstance(e, tuple(_ACCOUNT_EV.values()))}
-            page.load(lead_ids, account_ids)
-            for nid, event in events:
-                page.apply(nid, event)
+            events = self._decode(notifications)
+            page.load({str(e.originator_id) for _, t, e in events if not KINDS[t][0]},
+                      {str(e.originator_id) for _, t, e in events if KINDS[t][0]})
+            for nid, topic, event in events:
+                page.apply(nid, topic, event)
             page.write()
             last = notifications[-1].id
             self.db.execute(
@@ -461,6 +518,15 @@ class Projector:
         self.stats.events += len(events)
         self.stats.position = last
         return len(events)
+
+    def _decode(self, notifications: Sequence[Notification]) -> list[tuple[int, str, Any]]:
+        mapper = self.app.mapper
+        transcoder = mapper.transcoder
+        if mapper.cipher or mapper.compressor or not isinstance(transcoder, JSONTranscoder):
+            return [(n.id, n.topic, mapper.to_domain_event(n)) for n in notifications]
+        names = transcoder.names
+        return [(n.id, n.topic, EventData(n.originator_id, orjson.loads(n.state), names))
+                for n in notifications]
 
     def run(self, until_idle: bool = False,
             progress: Callable[[int, int], None] | None = None, idle_wait: float = 1.0) -> \
@@ -505,24 +571,47 @@ class Projector:
 
     # ----------------------------------------------------------------- rebuild
 
-    def rebuild(self, progress: Callable[[int, int], None] | None = None) -> ProjectionStats:
-        """Replay every event into fresh tables, then swap them in in one transaction."""
+    def rebuild(self, progress: Callable[[int, int], None] | None = None,
+                page_size: int = 20_000) -> ProjectionStats:
+        """Replay every event into fresh tables, then swap them in in one transaction.
+
+        The replay keeps the read models' keyed rows (leads, accounts, funnel counts) in
+        memory and writes each of them once, by COPY, at the end; the append-only rows
+        (transitions, ledger) are copied page by page. Nothing is read back from the tables
+        while replaying. A rebuild that stops half-way leaves the live tables untouched; the
+        next one starts from scratch.
+        """
         self.setup()
-        suffix, name = "_rebuild", f"{TRACKING_NAME}:rebuild"
+        suffix = "_rebuild"
         with self.db.transaction():
             for table in TABLES:
                 self.db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
             self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
-            self.db.execute(
-                "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) "
-                "DO UPDATE SET position = 0", [name])
         total = self.max_notification_id()
         started = time.monotonic()
-        while self.process_page(name, suffix):
+        state = _Page(self.db, suffix, self.app.rules.scoring.half_life_days)
+        position = 0
+        while not self._stop.is_set():
+            notifications = self.app.recorder.select_notifications(
+                position + 1, page_size, topics=TOPICS)
+            if not notifications:
+                break
+            events = self._decode(notifications)
+            for nid, topic, event in events:
+                state.apply(nid, topic, event)
+            with self.db.transaction():
+                state.write_appends()
+            position = notifications[-1].id
+            self.stats.pages += 1
+            self.stats.events += len(events)
+            self.stats.position = position
             if progress:
-                progress(self.stats.position, total)
+                progress(position, total)
+        if self._stop.is_set():
+            raise RebuildInterrupted(f"rebuild stopped at event {position}; the live tables "
+                                     "are unchanged")
         with self.db.transaction():
-            position = self.position(name)
+            state.write_state(fresh=True)
             readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
             self.db.executescript(drop_views_ddl())
             for table in TABLES:
@@ -534,10 +623,13 @@ class Projector:
                 grant_select(self.db, readers)  # new tables: the analysts keep their access
             self.db.execute("UPDATE projection_tracking SET position = %s WHERE name = %s",
                             [position, TRACKING_NAME])
-            self.db.execute("DELETE FROM projection_tracking WHERE name = %s", [name])
         log.info("rebuild swapped in", events=self.stats.events, position=position,
                  seconds=round(time.monotonic() - started, 2))
         return self.stats
+
+
+class RebuildInterrupted(RuntimeError):
+    """A stop signal arrived during a rebuild; the fresh tables were not swapped in."""
 
 
 def _without_indexes(ddl: str) -> str:
