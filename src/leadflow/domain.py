@@ -235,7 +235,8 @@ class Lead(Aggregate):
         value, as_of = self._with_awards(awards, occurred_at, rules)
         score = self.fit + value + scoring.expiring_total(
             [*self._expiring(), *(a for a in awards if a.expires_at)], as_of)
-        self._touchpoint_scored(
+        self.trigger_event(
+            self.TouchpointScored,
             event_id=event_id, record_type=record_type, occurred_at=occurred_at,
             context=context, awards=[a.to_dict() for a in awards], engagement_value=value,
             engagement_as_of=as_of, score=score, rules_version=rules.version,
@@ -254,17 +255,28 @@ class Lead(Aggregate):
             as_of = at
         return value, as_of
 
-    @event("TouchpointScored")
-    def _touchpoint_scored(self, event_id: str, record_type: str, occurred_at: datetime,
-                           context: dict[str, Any], awards: list[dict[str, Any]],
-                           engagement_value: float, engagement_as_of: datetime, score: float,
-                           rules_version: str) -> None:
-        self.seen.add(event_id)
-        self._apply_awards(awards, engagement_value, engagement_as_of)
-        self.touchpoints += 1
-        if self.last_touch_at is None or occurred_at > self.last_touch_at:
-            self.last_touch_at = occurred_at
-            self.dormant = False
+    class TouchpointScored(Event):
+        # An explicit event class rather than an @event method, as for the other frequent
+        # events: the decorator's per-call argument handling cost more than the event itself.
+        event_id: str
+        record_type: str
+        occurred_at: datetime
+        context: dict[str, Any]
+        awards: list[dict[str, Any]]
+        engagement_value: float
+        engagement_as_of: datetime
+        score: float
+        rules_version: str
+
+        def apply(self, aggregate: Any) -> None:
+            lead: Lead = aggregate
+            lead.seen.add(self.event_id)
+            lead._apply_awards(self.awards, self.engagement_value, self.engagement_as_of)
+            lead.touchpoints += 1
+            if lead.last_touch_at is None or self.occurred_at > lead.last_touch_at:
+                lead.last_touch_at = self.occurred_at
+                lead.dormant = False
+            super().apply(aggregate)
 
     def _apply_awards(self, awards: list[dict[str, Any]], value: float, as_of: datetime) -> None:
         for data in awards:
@@ -367,11 +379,15 @@ class Lead(Aggregate):
         self.contacted_at = occurred_at
 
     def recount_load(self, rep: str | None, occurred_at: datetime) -> None:
-        self._load_recounted(rep=rep, occurred_at=occurred_at)
+        self.trigger_event(self.LoadRecounted, rep=rep, occurred_at=occurred_at)
 
-    @event("LoadRecounted")
-    def _load_recounted(self, rep: str | None, occurred_at: datetime) -> None:
-        self.load_rep = rep
+    class LoadRecounted(Event):
+        rep: str | None
+        occurred_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.load_rep = self.rep
+            super().apply(aggregate)
 
     def set_deal_owner(self, owner: str, occurred_at: datetime) -> None:
         self._deal_owner_set(owner=owner, occurred_at=occurred_at)
@@ -389,11 +405,14 @@ class Lead(Aggregate):
 
     def schedule_wake(self, at: datetime | None) -> None:
         if at != self.wake_at:
-            self._wake_scheduled(at=at)
+            self.trigger_event(self.WakeScheduled, at=at)
 
-    @event("WakeScheduled")
-    def _wake_scheduled(self, at: datetime | None) -> None:
-        self.wake_at = at
+    class WakeScheduled(Event):
+        at: datetime | None
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.wake_at = self.at
+            super().apply(aggregate)
 
     def merge_into(self, survivor_id: UUID, occurred_at: datetime, event_id: str) -> None:
         if self.merged_into is not None:
@@ -593,11 +612,14 @@ class Account(Aggregate):
     def engage(self, lead_id: UUID, occurred_at: datetime) -> None:
         last = self.recent.get(str(lead_id))
         if last is None or occurred_at > last:
-            self._engaged(lead_id=lead_id, occurred_at=occurred_at)
+            self.trigger_event(self.Engaged, lead_id=lead_id, occurred_at=occurred_at)
 
-    @event("Engaged")
-    def _engaged(self, lead_id: UUID, occurred_at: datetime) -> None:
-        self.recent[str(lead_id)] = occurred_at
+    class Engaged(Aggregate.Event):
+        lead_id: UUID
+        occurred_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.recent[str(self.lead_id)] = self.occurred_at
 
     def engaged_within(self, at: datetime, window: timedelta) -> list[UUID]:
         return sorted(UUID(k) for k, t in self.recent.items() if at - window <= t <= at)
@@ -713,11 +735,14 @@ class TimerBucket(Aggregate):
         self.entries: list[tuple[datetime, UUID]] = []
 
     def set(self, lead_id: UUID, at: datetime) -> None:
-        self._wake_set(lead_id=lead_id, at=at)
+        self.trigger_event(self.WakeSet, lead_id=lead_id, at=at)
 
-    @event("WakeSet")
-    def _wake_set(self, lead_id: UUID, at: datetime) -> None:
-        self.entries.append((at, lead_id))
+    class WakeSet(Aggregate.Event):
+        lead_id: UUID
+        at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.entries.append((self.at, self.lead_id))
 
     def due(self, after: datetime | None, until: datetime) -> list[tuple[datetime, UUID]]:
         return sorted(e for e in self.entries if (after is None or e[0] > after) and e[0] <= until)
