@@ -142,7 +142,7 @@ def test_a_consumer_killed_at_random_moments_ends_exactly_like_an_uninterrupted_
         # Kill after a random amount of committed progress (not of time: that depends on how
         # fast the engine is), then a random moment later, so the kill lands mid-batch.
         target = progress[-1] + chaos.randint(1500, 3500)
-        wait_until(lambda: pipe.tracked_total(partitions=1) >= target, 120,
+        wait_until(lambda target=target: pipe.tracked_total(partitions=1) >= target, 120,
                    f"the consumer to commit {target} records", interval=0.1)
         time.sleep(chaos.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
