@@ -29,6 +29,7 @@ from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 from leadflow import audit, scoring
+from leadflow.cache import SpillingLRUCache
 from leadflow.contract import DISPOSITION_TYPES, InboundRecord
 from leadflow.domain import (
     STAGE_RANK,
@@ -210,6 +211,11 @@ class LeadflowApp(Application[UUID]):
         super().__init__(env)
         self.rules = rules or default_rules()
         self._topics: dict[type, str] = {}
+        cache = self.repository.cache
+        spill_mib = int(self.env.get("LEADFLOW_AGGREGATE_SPILL_MIB") or 0)
+        if isinstance(cache, LRUCache) and spill_mib > 0:
+            # Evicted aggregates are pickled rather than dropped (see cache.py).
+            self.repository.cache = SpillingLRUCache(cache.maxsize, spill_mib << 20)
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder can commit a tracking position with the events (Kafka offsets).
@@ -514,7 +520,8 @@ class LeadflowApp(Application[UUID]):
         for aggregate_id in ids:
             if aggregate_id in unit.touched or aggregate_id in unit.absent:
                 continue
-            if cache is not None and aggregate_id in cache.cache:
+            if cache is not None and (aggregate_id in cache.cache or (
+                    isinstance(cache, SpillingLRUCache) and aggregate_id in cache.spilled)):
                 # Through the repository, so the cache's configured semantics hold.
                 unit.touched[aggregate_id] = self.repository.get(aggregate_id)
             else:
@@ -575,6 +582,9 @@ class LeadflowApp(Application[UUID]):
         """Drop every cached aggregate (after a failed batch, or when another writer moved on)."""
         cache = self.repository.cache
         if cache is None:
+            return
+        if isinstance(cache, SpillingLRUCache):
+            cache.clear_all()
             return
         with getattr(cache, "lock", nullcontext()):
             cache.cache.clear()

@@ -28,6 +28,8 @@ class Settings:
     rules_path: str | None = None
     max_future_skew: timedelta = timedelta(minutes=5)
     aggregate_cache_size: int = 50_000
+    # Second cache tier: evicted aggregates kept pickled, up to this many MiB (cache.py).
+    aggregate_spill_mib: int = 384
     batch_size: int = 1000
     projection_page_size: int = 2000
 
@@ -37,6 +39,7 @@ class Settings:
         try:
             skew = float(env.get("LEADFLOW_MAX_FUTURE_SKEW_SECONDS", "300"))
             cache = int(env.get("LEADFLOW_AGGREGATE_CACHE_SIZE", "50000"))
+            spill = int(env.get("LEADFLOW_AGGREGATE_SPILL_MIB", "384"))
             batch = int(env.get("LEADFLOW_BATCH_SIZE", "1000"))
             page = int(env.get("LEADFLOW_PROJECTION_PAGE_SIZE", "2000"))
         except ValueError as exc:
@@ -49,6 +52,7 @@ class Settings:
             rules_path=env.get("LEADFLOW_RULES") or None,
             max_future_skew=timedelta(seconds=skew),
             aggregate_cache_size=cache,
+            aggregate_spill_mib=spill,
             batch_size=batch,
             projection_page_size=page,
         )
@@ -65,6 +69,7 @@ class Settings:
             # The engine never lets a half-applied record reach the cache: domain errors are
             # raised before mutation and any other failure clears the cache.
             out["DEEPCOPY_FROM_AGGREGATE_CACHE"] = "n"
+            out["LEADFLOW_AGGREGATE_SPILL_MIB"] = str(self.aggregate_spill_mib)
         passthrough = ("PERSISTENCE_MODULE", "SQLITE_", "POSTGRES_", "AGGREGATE_CACHE_",
                        "DEEPCOPY_FROM_AGGREGATE_CACHE", "CREATE_TABLE", "LEADFLOW_POSTGRES_",
                        "LEADFLOW_SQLITE_")

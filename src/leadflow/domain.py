@@ -628,9 +628,11 @@ class Account(Aggregate):
         """Leads to boost if ``at`` starts a surge (one surge per window), else []."""
         if self.last_surge_at is not None and at - self.last_surge_at < window:
             return []
-        people = self.engaged_within(at, window)
-        if len(people) < min_people:
+        # Count before building the sorted list: most touchpoints start no surge.
+        since = at - window
+        if sum(1 for t in self.recent.values() if since <= t <= at) < min_people:
             return []
+        people = self.engaged_within(at, window)
         self._surged(occurred_at=at, lead_ids=people, window_days=window.total_seconds() / 86400)
         return people
 

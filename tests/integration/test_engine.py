@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from leadflow.application import LeadflowApp, Outcome
+from leadflow.cache import SpillingLRUCache
 from leadflow.contract import RecordRejected, parse_record
 from leadflow.domain import Lead
 from leadflow.generator import generate
@@ -338,3 +339,38 @@ def test_a_rep_working_a_pooled_lead_claims_it(app: LeadflowApp, rec: Records) -
     app.apply_batch(lead_a(rec, "t@tee.io"))
     app.apply_batch([rec("contacted", "t@tee.io", at=T0 + days(0.2), actor="manager-1")])
     assert app.lead("email:t@tee.io").in_pool
+
+
+def test_a_tiny_spilling_cache_gives_the_same_state_as_no_cache(store: str,
+                                                                tmp_path: Path) -> None:
+    """Aggregates evicted, pickled, restored and dropped many times over change nothing."""
+    records = []
+    for line in generate(leads=60, days=30, seed=5):
+        try:
+            records.append(parse_record(line))
+        except RecordRejected:
+            continue
+    plain = make_app(store, tmp_path, name="plain.db")
+    env = {"AGGREGATE_CACHE_MAXSIZE": "12", "AGGREGATE_CACHE_FASTFORWARD": "n",
+           "DEEPCOPY_FROM_AGGREGATE_CACHE": "n", "LEADFLOW_AGGREGATE_SPILL_MIB": "1"}
+    if store == "memory":
+        env["PERSISTENCE_MODULE"] = "eventsourcing.popo"
+    else:
+        env |= {"PERSISTENCE_MODULE": "eventsourcing.sqlite",
+                "SQLITE_DBNAME": str(tmp_path / "spill.db")}
+    spilling = LeadflowApp(env=env)
+    cache = spilling.repository.cache
+    assert isinstance(cache, SpillingLRUCache)
+    cache.spill_bytes = 40_000  # small enough that the oldest spills are dropped too
+    for i in range(0, len(records), 50):
+        plain.apply_batch(records[i:i + 50])
+        spilling.apply_batch(records[i:i + 50])
+    stats = cache.stats()
+    assert stats["restores"] > 50 and stats["drops"] > 50, stats
+    ids = sorted(plain.lead_ids())
+    assert ids == sorted(spilling.lead_ids()) and len(ids) > 30
+    end = max(r.occurred_at for r in records)
+    for lead_id in ids:
+        assert spilling.lead(lead_id, at=end).to_json() == plain.lead(lead_id, at=end).to_json()
+        assert spilling.verify(lead_id).ok
+    assert spilling.rep_load() == plain.rep_load()

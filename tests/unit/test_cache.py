@@ -1,0 +1,84 @@
+"""The two-tier aggregate cache: evictions are pickled, restored on demand, bounded in bytes."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from leadflow.cache import SpillingLRUCache
+from leadflow.domain import IdentityIndex
+
+T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
+
+
+def index(n: int) -> IdentityIndex:
+    made = IdentityIndex(key=f"email:p{n}@acme.io", target_id=IdentityIndex.create_id(f"t{n}"),
+                         is_interest=False, occurred_at=T0)
+    made.collect_events()  # as after a commit: nothing pending
+    return made
+
+
+def test_evicted_aggregates_are_spilled_and_come_back_equal() -> None:
+    cache = SpillingLRUCache(maxsize=2, spill_bytes=1 << 20)
+    made = [index(n) for n in range(5)]
+    for item in made:
+        cache.put(item.id, item)
+    assert cache.stats()["live"] == 2 and cache.stats()["spilled"] == 3
+    assert all(item.id in cache for item in made) and len(cache) == 5
+    first = cache.get(made[0].id)
+    assert first is not made[0]  # a restored copy, not the evicted object
+    assert vars(first) == vars(made[0]) and first.version == made[0].version
+    # Restoring makes it live again (and spills the least recently used one instead).
+    assert made[0].id in cache.cache and made[0].id not in cache.spilled
+    assert cache.stats()["restores"] == 1 and len(cache) == 5
+
+
+def test_a_put_supersedes_the_spilled_copy() -> None:
+    cache = SpillingLRUCache(maxsize=1, spill_bytes=1 << 20)
+    a, b = index(1), index(2)
+    cache.put(a.id, a)
+    cache.put(b.id, b)  # a spilled
+    a.repoint(IdentityIndex.create_id("other"), False, T0, "merged")
+    a.collect_events()
+    cache.put(a.id, a)  # the newer live value wins; b is spilled now
+    assert a.id not in cache.spilled
+    cache.put(b.id, b)
+    assert cache.get(a.id).target_id == IdentityIndex.create_id("other")
+
+
+def test_the_spill_tier_drops_its_oldest_entries_beyond_its_byte_budget() -> None:
+    one = len(__import__("pickle").dumps(index(0)))
+    cache = SpillingLRUCache(maxsize=1, spill_bytes=3 * (one + 200))
+    made = [index(n) for n in range(10)]
+    for item in made:
+        cache.put(item.id, item)
+    stats = cache.stats()
+    assert stats["spilled"] == 3 and stats["drops"] == 6
+    assert stats["spilled_bytes"] <= cache.spill_bytes
+    # The oldest spills were dropped: they are simply not cached any more.
+    assert made[0].id not in cache and made[8].id in cache
+    with pytest.raises(KeyError):
+        cache.get(made[0].id)
+
+
+def test_aggregates_with_unsaved_changes_are_never_spilled() -> None:
+    cache = SpillingLRUCache(maxsize=1, spill_bytes=1 << 20)
+    dirty = IdentityIndex(key="email:d@acme.io", target_id=IdentityIndex.create_id("t"),
+                          is_interest=False, occurred_at=T0)
+    cache.put(dirty.id, dirty)
+    clean = index(1)
+    cache.put(clean.id, clean)
+    assert dirty.id not in cache  # the batch that changed it puts it back when it commits
+
+
+def test_clear_all_forgets_both_tiers() -> None:
+    cache = SpillingLRUCache(maxsize=1, spill_bytes=1 << 20)
+    for n in range(3):
+        item = index(n)
+        cache.put(item.id, item)
+    cache.clear_all()
+    assert len(cache) == 0 and cache.spilled_size == 0
+    again = index(7)
+    cache.put(again.id, again)
+    assert cache.get(again.id) is again
