@@ -43,6 +43,10 @@ class SpillingLRUCache(LRUCache[Any, Any]):
     def __len__(self) -> int:
         return len(self.cache) + len(self.spilled)
 
+    def __bool__(self) -> bool:
+        # The library's Repository tests ``if self.cache``: an empty cache is still a cache.
+        return True
+
     def get(self, key: Any, *, evict: bool = False) -> Any:
         try:
             return super().get(key, evict=evict)

@@ -29,7 +29,7 @@ class Settings:
     max_future_skew: timedelta = timedelta(minutes=5)
     aggregate_cache_size: int = 50_000
     # Second cache tier: evicted aggregates kept pickled, up to this many MiB (cache.py).
-    aggregate_spill_mib: int = 384
+    aggregate_spill_mib: int = 256
     batch_size: int = 1000
     projection_page_size: int = 2000
 
@@ -39,7 +39,7 @@ class Settings:
         try:
             skew = float(env.get("LEADFLOW_MAX_FUTURE_SKEW_SECONDS", "300"))
             cache = int(env.get("LEADFLOW_AGGREGATE_CACHE_SIZE", "50000"))
-            spill = int(env.get("LEADFLOW_AGGREGATE_SPILL_MIB", "384"))
+            spill = int(env.get("LEADFLOW_AGGREGATE_SPILL_MIB", "256"))
             batch = int(env.get("LEADFLOW_BATCH_SIZE", "1000"))
             page = int(env.get("LEADFLOW_PROJECTION_PAGE_SIZE", "2000"))
         except ValueError as exc:

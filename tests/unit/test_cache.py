@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
+from leadflow.application import LeadflowApp
 from leadflow.cache import SpillingLRUCache
+from leadflow.contract import parse_record
 from leadflow.domain import IdentityIndex
 
 T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
@@ -82,3 +86,20 @@ def test_clear_all_forgets_both_tiers() -> None:
     again = index(7)
     cache.put(again.id, again)
     assert cache.get(again.id) is again
+
+
+def test_an_empty_cache_is_still_used_by_the_library_repository(tmp_path: Path) -> None:
+    """eventsourcing's Repository skips a falsy cache; an empty one must not look falsy."""
+    env = {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": str(tmp_path / "a.db"),
+           "AGGREGATE_CACHE_MAXSIZE": "10", "AGGREGATE_CACHE_FASTFORWARD": "n",
+           "DEEPCOPY_FROM_AGGREGATE_CACHE": "n", "LEADFLOW_AGGREGATE_SPILL_MIB": "1"}
+    writer = LeadflowApp(env=env)
+    writer.ingest(parse_record(json.dumps({
+        "schema_version": 1, "event_id": "e-1", "type": "email_opened",
+        "occurred_at": T0.isoformat(), "lead": {"email": "a@acme.io"}})))
+    reader = LeadflowApp(env=env)
+    cache = reader.repository.cache
+    assert isinstance(cache, SpillingLRUCache) and len(cache) == 0
+    lead_id = reader.resolve("email:a@acme.io")
+    reader.lead(lead_id)
+    assert lead_id in cache  # the first read filled the cache; the next is served from it
