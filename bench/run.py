@@ -214,7 +214,8 @@ def drop_database(admin_url: str, name: str) -> None:
 
 def leadflow_app(url: str, cache: bool = True) -> LeadflowApp:
     """An app configured as the CLI configures it (aggregate cache on unless ``cache``)."""
-    settings = Settings(database_url=url, aggregate_cache_size=50_000 if cache else 0)
+    settings = Settings(database_url=url) if cache else Settings(database_url=url,
+                                                                   aggregate_cache_size=0)
     return LeadflowApp(env=settings.eventsourcing_env({}))
 
 

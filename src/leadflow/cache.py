@@ -1,13 +1,14 @@
 """An aggregate cache in two tiers: live objects, then the same aggregates pickled.
 
 The default stream has ~350,000 aggregates (100,000 leads, their identity indexes, accounts,
-anonymous interests). Kept as live Python objects they need ~1 GiB (a lead is ~10 KB of
-dicts, lists and datetimes); pickled, a lead is ~1.9 KB. Reloading an evicted lead from its
-full stored history costs a query plus ~15-20 µs of decoding per event (~0.5 ms for a lead
-with thirty events); unpickling it costs ~60 µs. So the library's LRU cache keeps the
-hottest aggregates live and everything it evicts is pickled into a second, byte-bounded
-tier instead of being dropped. Beyond that budget the oldest spilled aggregates are dropped
-and reload from the event store as before.
+anonymous interests). Kept live, all of them took an in-process run of the stream to 1,071
+MiB peak RSS. With the library's LRU cache alone (50,000 entries) every eviction meant a
+reload from the full stored history (a query plus ~15-20 µs of decoding per event), and the
+rate fell from ~3,000 to ~600 records/s as histories grew. Pickled, a lead is ~1.9 KB and
+comes back in ~60 µs. So the LRU tier keeps the hottest aggregates live, and what it evicts
+is pickled into a second, byte-bounded tier instead of being dropped; beyond that budget
+the oldest spilled aggregates are dropped and reload from the event store as before. On the
+default stream (150,000 live, 256 MiB tier): 2,619 records/s, 904 MiB peak.
 
 Pickle never leaves the process: the bytes are made here from aggregates this process
 built from its own store and read back only here, so no untrusted data is ever unpickled.

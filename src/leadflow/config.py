@@ -27,7 +27,8 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     rules_path: str | None = None
     max_future_skew: timedelta = timedelta(minutes=5)
-    aggregate_cache_size: int = 50_000
+    # Live tier; on the default stream 150,000 live + the spill tier peaked at 904 MiB.
+    aggregate_cache_size: int = 150_000
     # Second cache tier: evicted aggregates kept pickled, up to this many MiB (cache.py).
     aggregate_spill_mib: int = 256
     batch_size: int = 1000
@@ -38,7 +39,7 @@ class Settings:
         env = os.environ if environ is None else environ
         try:
             skew = float(env.get("LEADFLOW_MAX_FUTURE_SKEW_SECONDS", "300"))
-            cache = int(env.get("LEADFLOW_AGGREGATE_CACHE_SIZE", "50000"))
+            cache = int(env.get("LEADFLOW_AGGREGATE_CACHE_SIZE", "150000"))
             spill = int(env.get("LEADFLOW_AGGREGATE_SPILL_MIB", "256"))
             batch = int(env.get("LEADFLOW_BATCH_SIZE", "1000"))
             page = int(env.get("LEADFLOW_PROJECTION_PAGE_SIZE", "2000"))
