@@ -9,13 +9,24 @@ import pytest
 
 from leadflow.application import LeadflowApp, Outcome
 from leadflow.cache import SpillingLRUCache
-from leadflow.contract import RecordRejected, parse_record
+from leadflow.contract import InboundRecord, RecordRejected, parse_record
 from leadflow.domain import Lead
 from leadflow.generator import generate
 from leadflow.rules import default_rules, default_rules_text, parse_rules
 from tests.conftest import T0, Records, days, make_app
 
 US_MID = {"country": "US", "employees": 20, "title": "Engineer"}
+
+
+def generated_records(seed: int) -> list[InboundRecord]:
+    """A small generated stream (60 leads over 30 days), its valid records parsed."""
+    records = []
+    for line in generate(leads=60, days=30, seed=seed):
+        try:
+            records.append(parse_record(line))
+        except RecordRejected:
+            continue
+    return records
 
 
 def lead_a(rec: Records, email: str = "a@acme.io", at=T0, profile=None):  # type: ignore[no-untyped-def]
@@ -273,12 +284,7 @@ def test_late_touchpoints_give_the_same_state_in_any_arrival_order(store: str,
 
 def test_replay_from_the_store_gives_the_same_state_whatever_the_batch_size(
         store: str, tmp_path: Path) -> None:
-    records = []
-    for line in generate(leads=60, days=30, seed=3):
-        try:
-            records.append(parse_record(line))
-        except RecordRejected:
-            continue
+    records = generated_records(seed=3)
     one = make_app(store, tmp_path, name="one.db")
     one.apply_batch(records)
     many = make_app(store, tmp_path, name="many.db")
@@ -344,12 +350,7 @@ def test_a_rep_working_a_pooled_lead_claims_it(app: LeadflowApp, rec: Records) -
 def test_a_tiny_spilling_cache_gives_the_same_state_as_no_cache(store: str,
                                                                 tmp_path: Path) -> None:
     """Aggregates evicted, pickled, restored and dropped many times over change nothing."""
-    records = []
-    for line in generate(leads=60, days=30, seed=5):
-        try:
-            records.append(parse_record(line))
-        except RecordRejected:
-            continue
+    records = generated_records(seed=5)
     plain = make_app(store, tmp_path, name="plain.db")
     env = {"AGGREGATE_CACHE_MAXSIZE": "12", "AGGREGATE_CACHE_FASTFORWARD": "n",
            "DEEPCOPY_FROM_AGGREGATE_CACHE": "n", "LEADFLOW_AGGREGATE_SPILL_MIB": "1"}
