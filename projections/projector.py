@@ -28,6 +28,7 @@ from leadflow.application import LeadflowApp
 from leadflow.domain import Account, Lead
 from leadflow.projections.admin import analyst_roles, grant_select
 from leadflow.projections.db import ProjectionDB, from_db
+from leadflow.storage import SCHEMA_LOCK_KEY
 from leadflow.projections.schema import (
     FUNNEL,
     TABLES,
@@ -467,6 +468,7 @@ class Projector:
         # on PostgreSQL dropping a view waits for, and blocks, the analysts reading it).
         views_version = zlib.crc32(views.encode())
         with self.db.transaction():
+            self._lock_schema()
             self.db.executescript(tables_ddl(self.db.dialect))
             if self.position(VIEWS_NAME) != views_version:
                 readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
@@ -480,6 +482,16 @@ class Projector:
             self.db.execute(
                 "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [TRACKING_NAME])
+
+    def _lock_schema(self) -> None:
+        """Serialise this transaction's DDL with every other leadflow process's.
+
+        Two sessions creating or replacing the same table, view or type at once fail
+        ("tuple concurrently updated", a duplicate type), and `project` is often started
+        beside `funnel`, `report` or a consumer. SQLite's BEGIN IMMEDIATE already serialises.
+        """
+        if self.db.dialect == "postgres":
+            self.db.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK_KEY])
 
     def position(self, name: str = TRACKING_NAME) -> int:
         rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", [name])
@@ -584,6 +596,7 @@ class Projector:
         self.setup()
         suffix = "_rebuild"
         with self.db.transaction():
+            self._lock_schema()
             for table in TABLES:
                 self.db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
             self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
@@ -612,6 +625,7 @@ class Projector:
                                      "are unchanged")
         with self.db.transaction():
             state.write_state(fresh=True)
+            self._lock_schema()  # after the bulk write: hold it only for the swap's DDL
             readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
             self.db.executescript(drop_views_ddl())
             for table in TABLES:

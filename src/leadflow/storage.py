@@ -9,6 +9,12 @@ table lock that keeps notification ids in commit order, the NOTIFY, the tracking
 same transaction, and retries. The new notification ids are not fetched back (no ``RETURNING``):
 leadflow never uses them, and turning each into a row dict cost as much as the insert.
 
+Creating the tables is serialised between processes with an advisory lock: every process that
+opens the store runs the library's idempotent DDL, and PostgreSQL fails two sessions that run
+``CREATE OR REPLACE FUNCTION`` (or create the same type) at the same moment with "tuple
+concurrently updated" — a consumer of a group started beside another, or beside any CLI call,
+died at start-up that way.
+
 Selected with eventsourcing's own ``PROCESS_RECORDER_TOPIC`` setting (see ``config.py``).
 """
 
@@ -17,11 +23,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from eventsourcing.persistence import StoredEvent
+import psycopg
+from eventsourcing.persistence import OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
+
+#: The advisory lock every leadflow process takes around its DDL ("leadflow" in ASCII; the
+#: projector's schema set-up takes the same one).
+SCHEMA_LOCK_KEY = 0x6C65_6164_666C_6F77
 
 
 class LeadflowPostgresProcessRecorder(PostgresProcessRecorder):
@@ -43,6 +54,25 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder):
         ).format(schema=Identifier(self.datastore.schema),
                  table=Identifier(self.events_table_name),
                  id_type=SQL(id_type))  # a fixed type name from the datastore, not user input
+
+    def create_table(self) -> None:
+        # The lock is held by a connection of its own for the whole of the library's DDL,
+        # which spans several transactions (each CREATE TYPE has its own) on pool connections:
+        # a pool of one connection could not lend a second one while the first held the lock.
+        pool = self.datastore.pool
+        given = pool.kwargs() if callable(pool.kwargs) else pool.kwargs  # psycopg_pool allows both
+        kwargs = {k: v for k, v in (given or {}).items() if k != "row_factory"}
+        if pool.get_password_func is not None:  # as the pool does for each new connection
+            kwargs["password"] = pool.get_password_func()
+        try:
+            conn = psycopg.connect(**kwargs, autocommit=True,
+                                   connect_timeout=max(1, int(pool.timeout)))
+        except psycopg.OperationalError as exc:  # the library's error, as its pool would raise
+            raise OperationalError(str(exc)) from exc
+        with conn:
+            conn.execute("SELECT pg_advisory_lock(%s)", [SCHEMA_LOCK_KEY])
+            # Closing the connection releases the lock, also when the DDL fails.
+            super().create_table()
 
     def _insert_stored_events(
         self,

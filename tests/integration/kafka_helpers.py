@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ class Pipeline:
     services: Services
     pg_url: str
     prefix: str
+    _reader: LeadflowApp | None = field(default=None, init=False, repr=False)
 
     @property
     def topic(self) -> str:
@@ -112,15 +113,20 @@ class Pipeline:
 
     def tracked_total(self, partitions: int) -> int:
         """Records covered by tracking positions (sum over partitions of offset + 1)."""
-        app = self.app()
-        try:
-            total = 0
-            for p in range(partitions):
-                pos = app.process_recorder.max_tracking_id(f"{self.topic}:{p}")
-                total += 0 if pos is None else pos + 1
-            return total
-        finally:
-            app.close()
+        # One reader for all the polls: opening an app ten times a second is start-up work
+        # (DDL included) competing with the consumer being watched.
+        if self._reader is None:
+            self._reader = self.app()
+        total = 0
+        for p in range(partitions):
+            pos = self._reader.process_recorder.max_tracking_id(f"{self.topic}:{p}")
+            total += 0 if pos is None else pos + 1
+        return total
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
 
 def valid_records(lines: Iterable[str]) -> list[InboundRecord]:
@@ -170,10 +176,24 @@ def _record_topics() -> list[str]:
             get_topic(Interest.TouchpointNoted)]  # type: ignore[attr-defined]
 
 
-def wait_until(predicate: Any, timeout_s: float, what: str, interval: float = 0.5) -> None:
+def wait_until(predicate: Any, timeout_s: float, what: str, interval: float = 0.5,
+               watch: Sequence[tuple[subprocess.Popen[bytes], Path]] = ()) -> None:
+    """Poll ``predicate``; fail as soon as a watched process (with its log) exits.
+
+    Either failure quotes the end of the logs, so a CI run says why, not only that it waited.
+    """
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if predicate():
             return
+        for process, log in watch:
+            if process.poll() is not None:
+                raise AssertionError(f"a process exited with {process.returncode} while "
+                                     f"waiting for {what}; {log.name} ends:\n{log_tail(log)}")
         time.sleep(interval)
-    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}")
+    tails = "".join(f"; {log.name} ends:\n{log_tail(log)}" for _, log in watch)
+    raise TimeoutError(f"timed out after {timeout_s}s waiting for {what}{tails}")
+
+
+def log_tail(path: Path, lines: int = 40) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -12,6 +12,7 @@ import random
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,17 +33,29 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def pipe(services: Services, pg_url: str, topic_prefix: str) -> Pipeline:
+def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipeline]:
     pipeline = Pipeline(services, pg_url, topic_prefix)
     result = pipeline.run("db", "init")
     assert result.returncode == 0, result.stderr
-    return pipeline
+    yield pipeline
+    pipeline.close()
 
 
 def write_stream(path: Path, leads: int, days: int, seed: int) -> list[str]:
     lines = list(generate(leads=leads, days=days, seed=seed))
     path.write_text("\n".join(lines) + "\n")
     return lines
+
+
+def latest_assignment(log: Path) -> list[int]:
+    """The partitions a consumer's log says it was given last (empty before the first)."""
+    assigned: list[int] = []
+    for line in log.read_text().splitlines():
+        if line.startswith("{"):
+            event = json.loads(line)
+            if event["event"] == "partitions assigned":
+                assigned = event["partitions"]
+    return assigned
 
 
 def test_db_init_is_idempotent(pipe: Pipeline) -> None:
@@ -143,7 +156,8 @@ def test_a_consumer_killed_at_random_moments_ends_exactly_like_an_uninterrupted_
         # fast the engine is), then a random moment later, so the kill lands mid-batch.
         target = progress[-1] + chaos.randint(1500, 3500)
         wait_until(lambda target=target: pipe.tracked_total(partitions=1) >= target, 120,
-                   f"the consumer to commit {target} records", interval=0.1)
+                   f"the consumer to commit {target} records", interval=0.1,
+                   watch=[(process, log)])
         time.sleep(chaos.uniform(0.0, 0.3))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
@@ -166,25 +180,31 @@ def test_two_consumers_in_one_group_share_partitions_without_double_processing(
         pipe: Pipeline, tmp_path: Path) -> None:
     pipe.create_topics(partitions=4)
     lines = write_stream(tmp_path / "s.jsonl", leads=600, days=30, seed=8)
-    assert pipe.run("publish", str(tmp_path / "s.jsonl")).returncode == 3
     logs = [tmp_path / "c1.log", tmp_path / "c2.log"]
     first = pipe.start("consume", log=logs[0], LEADFLOW_KAFKA_MAX_POLL_RECORDS="100")
     second = pipe.start("consume", log=logs[1], LEADFLOW_KAFKA_MAX_POLL_RECORDS="100")
+    processes = [first, second]
     records = valid_records(lines)  # exactly what publish sent
     reference = reference_app(records)
     expected = set(applied_event_ids(reference))
     try:
+        # Both join the group before anything is published: one consumer started a moment
+        # earlier could otherwise drain all four partitions before the other is assigned any.
+        watch = list(zip(processes, logs, strict=True))
+        wait_until(lambda: all(latest_assignment(log) for log in logs)
+                   and sorted(latest_assignment(logs[0]) + latest_assignment(logs[1]))
+                   == [0, 1, 2, 3], 120, "the group to split the four partitions between "
+                   "both consumers", watch=watch)
+        assert pipe.run("publish", str(tmp_path / "s.jsonl")).returncode == 3
         wait_until(lambda: pipe.tracked_total(partitions=4) >= len(records), 300,
-                   "both consumers to reach the end of all partitions")
+                   "both consumers to reach the end of all partitions", watch=watch)
     finally:
-        for process in (first, second):
+        for process in processes:
             process.send_signal(signal.SIGTERM)
-        codes = [process.wait(timeout=60) for process in (first, second)]
+        codes = [process.wait(timeout=60) for process in processes]
     assert codes == [0, 0]
-    assigned = [[json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
-                for log in logs]
-    for events in assigned:
-        assert any(e["event"] == "partitions assigned" and e["partitions"] for e in events)
+    for log in logs:  # each applied some of the records
+        assert "consumed 0 records" not in log.read_text(), log.read_text()[-2000:]
     ids = applied_event_ids(pipe.app())
     assert len(ids) == len(set(ids)), "a record was applied twice"
     assert set(ids) == expected
@@ -209,7 +229,8 @@ def test_consumer_survives_a_broker_restart_and_resumes_after_a_database_outage(
                 "LEADFLOW_KAFKA_REJOIN_TIMEOUT_SECONDS": "30"}
     process = pipe.start("consume", log=log, **settings)
     try:
-        wait_until(lambda: pipe.tracked_total(2) > 500, 120, "the consumer to make progress")
+        wait_until(lambda: pipe.tracked_total(2) > 500, 120, "the consumer to make progress",
+                   watch=[(process, log)])
         services.restart_kafka()
         # Either it rejoins and catches up, or it stops loudly and a restart resumes it.
         wait_until(lambda: pipe.tracked_total(2) >= first_half or process.poll() is not None,
@@ -219,7 +240,7 @@ def test_consumer_survives_a_broker_restart_and_resumes_after_a_database_outage(
             assert "restart to resume from the tracked offsets" in log.read_text()
             process = pipe.start("consume", log=log, **settings)
             wait_until(lambda: pipe.tracked_total(2) >= first_half, 180,
-                       "the restarted consumer to catch up")
+                       "the restarted consumer to catch up", watch=[(process, log)])
         # Take the database away while records keep arriving: bounded retries, then a loud stop.
         services.stop_postgres()
         try:
