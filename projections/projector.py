@@ -28,7 +28,6 @@ from leadflow.application import LeadflowApp
 from leadflow.domain import Account, Lead
 from leadflow.projections.admin import analyst_roles, grant_select
 from leadflow.projections.db import ProjectionDB, from_db
-from leadflow.storage import SCHEMA_LOCK_KEY
 from leadflow.projections.schema import (
     FUNNEL,
     TABLES,
@@ -36,6 +35,7 @@ from leadflow.projections.schema import (
     tables_ddl,
     views_ddl,
 )
+from leadflow.storage import SCHEMA_LOCK_KEY
 
 log = structlog.get_logger(__name__)
 

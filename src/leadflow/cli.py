@@ -20,6 +20,7 @@ from typing import IO, Any, NoReturn
 
 import click
 import structlog
+from eventsourcing.persistence import PersistenceError
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -71,7 +72,11 @@ class Context:
                 env = self.settings.eventsourcing_env()
             except ConfigError as exc:
                 fail(str(exc))
-            self._app = LeadflowApp(env=env, rules=self.rules())
+            try:
+                self._app = LeadflowApp(env=env, rules=self.rules())
+            except PersistenceError as exc:  # unreachable server, bad credentials, no database
+                fail(f"cannot open the database {_redact(self.settings.database_url)}: "
+                     f"{type(exc).__name__}: {exc}")
             if self.rules_path is None:
                 # Rules published with `rescore --apply` win over the built-in defaults.
                 published = self._app.published_rules()

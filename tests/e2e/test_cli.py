@@ -98,6 +98,19 @@ def test_a_missing_input_file_and_a_bad_database_url_are_named(tmp_path: Path) -
     assert bad_url.returncode == 1 and "LEADFLOW_DATABASE_URL" in bad_url.stderr
 
 
+def test_an_unreachable_database_is_named_without_a_traceback_or_its_password(
+        tmp_path: Path) -> None:
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    url = "postgresql://leadflow:s3cret@127.0.0.1:1/leadflow"
+    result = run(["verify"], tmp_path,
+                 env={"LEADFLOW_DATABASE_URL": url, "POSTGRES_CONNECT_TIMEOUT": "1"})
+    assert result.returncode == 1, result.stderr
+    assert "cannot open the database postgresql://leadflow:***@127.0.0.1:1/leadflow" \
+        in result.stderr
+    assert "OperationalError" in result.stderr
+    assert "Traceback" not in result.stderr and "s3cret" not in result.stderr
+
+
 def test_rules_check_names_the_invalid_field(tmp_path: Path) -> None:
     bad = tmp_path / "rules.toml"
     bad.write_text('[scoring]\nhalf_life_days = "a month"\n')
