@@ -28,6 +28,7 @@ from leadflow.projections.db import ProjectionDB
 from leadflow.projections.projector import Projector
 from leadflow.projections.schema import TABLES
 from tests.conftest import T0, Records, days
+from tests.integration.kafka_helpers import wait_until
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
 A_RECORDS = ([("content_downloaded", {})] * 3 + [("email_opened", {}), ("email_clicked", {})] * 3
@@ -165,16 +166,25 @@ def test_a_projector_killed_mid_batch_resumes_without_double_counting(tmp_path: 
            "LEADFLOW_LOG_FORMAT": "json"}
     chaos = random.Random(7)
     db = ProjectionDB(url)
-    positions = []
+    top = int(app.recorder.max_notification_id() or 0)
+    Projector(app, db).setup()  # so progress can be read before the first page lands
+    log = tmp_path / "project.log"
+    positions = [0]
     for _ in range(4):
-        process = subprocess.Popen([*LEADFLOW, "project"], env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(chaos.uniform(1.5, 3.0))
+        process = subprocess.Popen([*LEADFLOW, "project"], env=env, stdout=log.open("ab"),
+                                   stderr=subprocess.STDOUT)
+        # Kill after a random amount of progress (not of time, which depends on the
+        # machine), then a random moment later, so the kill lands mid-page.
+        target = positions[-1] + chaos.randint(top // 10, top // 6)
+        wait_until(lambda target=target: Projector(app, db).position() >= target, 120,
+                   f"the projector to reach event {target}", interval=0.05,
+                   watch=[(process, log)])
+        time.sleep(chaos.uniform(0.0, 0.2))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         positions.append(Projector(app, db).position())
-    top = int(app.recorder.max_notification_id() or 0)
-    assert 0 < positions[-1] < top, "kill sooner: the projector finished before the last kill"
+    assert positions == sorted(positions) and positions[1] > 0
+    assert positions[-1] < top, "kill sooner: the projector finished before the last kill"
     done = subprocess.run([*LEADFLOW, "project", "--until-idle"], env=env, capture_output=True,
                           text=True, timeout=300, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
