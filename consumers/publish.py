@@ -12,7 +12,12 @@ from datetime import datetime, timedelta
 
 from kafka import KafkaProducer
 
-from leadflow.contract import InboundRecord, RecordRejected, parse_lines
+from leadflow.contract import (
+    DEFAULT_MAX_RECORD_BYTES,
+    InboundRecord,
+    RecordRejected,
+    parse_lines,
+)
 
 
 def partition_key(record: InboundRecord) -> str:
@@ -38,25 +43,30 @@ class PublishReport:
 def publish_lines(
     producer: KafkaProducer,
     topic: str,
-    lines: Iterable[tuple[int, str]],
-    on_reject: Callable[[int, RecordRejected, str], None],
+    lines: Iterable[tuple[int, bytes]],
+    on_reject: Callable[[int, RecordRejected, bytes], None],
     on_progress: Callable[[int], None] | None = None,
     *,
     now: datetime | None = None,
     max_future_skew: timedelta = timedelta(minutes=5),
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> PublishReport:
-    """Validate exactly as the consumer will (``now`` bounds future timestamps), then send."""
+    """Validate exactly as the consumer will (``now`` bounds future timestamps), then send.
+
+    A line the consumer would refuse is never sent: it goes to ``on_reject`` with its reason.
+    """
     report = PublishReport()
     futures = []
-    for line_no, text, record in parse_lines(lines, now=now, max_future_skew=max_future_skew):
+    for line_no, raw, record in parse_lines(lines, now=now, max_future_skew=max_future_skew,
+                                            max_bytes=max_bytes):
         report.lines += 1
         if isinstance(record, RecordRejected):
             report.rejected += 1
             report.reasons[record.reason] = report.reasons.get(record.reason, 0) + 1
-            on_reject(line_no, record, text)
+            on_reject(line_no, record, raw)
             continue
-        futures.append(producer.send(topic, key=partition_key(record).encode(),
-                                     value=text.encode()))
+        # The line's bytes as given (the consumer strips a BOM as the parser did here).
+        futures.append(producer.send(topic, key=partition_key(record).encode(), value=raw))
         if len(futures) >= 10_000:
             _settle(producer, futures)
             report.sent += len(futures)

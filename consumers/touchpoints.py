@@ -33,7 +33,12 @@ from kafka.structs import OffsetAndMetadata
 from leadflow.consumers.settings import KafkaSettings
 
 from leadflow.application import BatchResult, LeadflowApp
-from leadflow.contract import InboundRecord, RecordRejected, parse_record
+from leadflow.contract import (
+    DEFAULT_MAX_RECORD_BYTES,
+    InboundRecord,
+    RecordRejected,
+    parse_record,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -68,6 +73,12 @@ class DeadLetter:
     reason: str
     error_class: str
     detail: str
+    field: str | None = None
+
+
+def _header(text: str) -> bytes:
+    # Details may quote hostile input (lone surrogates): never fail to encode them.
+    return text.encode("utf-8", "backslashreplace")
 
 
 class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -98,12 +109,14 @@ class TouchpointConsumer:
         max_future_skew: timedelta = timedelta(minutes=5),
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
+        max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
     ) -> None:
         self.app = app
         self.settings = settings
         self.consumer = consumer
         self.producer = producer
         self.max_future_skew = max_future_skew
+        self.max_record_bytes = max_record_bytes
         self.clock = clock
         self.sleep = sleep
         self.stats = ConsumeStats()
@@ -206,10 +219,12 @@ class TouchpointConsumer:
         now = self.clock()
         for record in records:
             try:
-                parsed = parse_record(record.value or b"", now=now,
-                                      max_future_skew=self.max_future_skew)
+                parsed = parse_record(record.value, now=now,
+                                      max_future_skew=self.max_future_skew,
+                                      max_bytes=self.max_record_bytes)
             except RecordRejected as exc:
-                dead.append(DeadLetter(record, exc.reason, type(exc).__name__, exc.detail))
+                dead.append(DeadLetter(record, exc.reason, type(exc).__name__, exc.detail,
+                                       exc.field))
                 continue
             good.append(parsed)
             good_raw.append(record)
@@ -219,7 +234,8 @@ class TouchpointConsumer:
             letters = list(dead)
             for rejected in result.rejected:
                 letters.append(DeadLetter(good_raw[rejected.index], rejected.reason or "rejected",
-                                          "LeadflowError", rejected.detail or ""))
+                                          rejected.error_class or "LeadflowError",
+                                          rejected.detail or ""))
             self._publish_dead_letters(letters)
 
         for attempt in range(self.settings.max_retries + 1):
@@ -273,17 +289,22 @@ class TouchpointConsumer:
         for letter in letters:
             record = letter.record
             headers = [
-                ("leadflow-reason", letter.reason.encode()),
-                ("leadflow-error-class", letter.error_class.encode()),
-                ("leadflow-detail", letter.detail[:2000].encode()),
-                ("leadflow-original-topic", record.topic.encode()),
+                ("leadflow-reason", _header(letter.reason)),
+                ("leadflow-error-class", _header(letter.error_class)),
+                ("leadflow-detail", _header(letter.detail[:2000])),
+                ("leadflow-original-topic", _header(record.topic)),
                 ("leadflow-original-partition", str(record.partition).encode()),
                 ("leadflow-original-offset", str(record.offset).encode()),
             ]
+            if letter.field:
+                headers.append(("leadflow-field", _header(letter.field[:200])))
+            # The producer's own headers follow leadflow's (read leadflow's by first match).
+            headers += [(k, v) for k, v in (record.headers or []) if isinstance(k, str)]
             futures.append(self.producer.send(self.settings.dlq_topic, key=record.key,
                                               value=record.value, headers=headers))
             log.warning("dead-lettered", topic=record.topic, partition=record.partition,
-                        offset=record.offset, reason=letter.reason, detail=letter.detail[:300])
+                        offset=record.offset, reason=letter.reason, field=letter.field,
+                        error_class=letter.error_class, detail=letter.detail[:300])
         # Must be durable before the batch commits: otherwise a crash could lose it.
         self.producer.flush(timeout=30)
         for future in futures:

@@ -8,6 +8,8 @@ its exactly-once effect. Queries return frozen DTOs, never live aggregates.
 
 from __future__ import annotations
 
+import hashlib
+import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -16,13 +18,15 @@ from enum import StrEnum
 from typing import Any, TypeVar, cast
 from uuid import UUID
 
+import psycopg
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
     LRUCache,
 )
 from eventsourcing.domain import Aggregate
-from eventsourcing.persistence import ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.persistence import PersistenceError, ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.popo import POPOFactory
 from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
@@ -35,6 +39,7 @@ from leadflow.domain import (
     STAGE_RANK,
     WORKING_STAGES,
     Account,
+    AggregateUnloadableError,
     Clock,
     IdentityIndex,
     Interest,
@@ -50,11 +55,41 @@ from leadflow.domain import (
 from leadflow.identity import identity_index_id, identity_key
 from leadflow.routing import choose_owner
 from leadflow.rules import Rules, default_rules
+from leadflow.storage import (
+    LeadflowPOPOProcessRecorder,
+    RecordId,
+    RecordIdIndex,
+    recorder_topic_for,
+)
 
 A = TypeVar("A", bound=Aggregate)
 
 # Guard against a rules file that would make a lead bounce between owners forever.
 _MAX_TRANSITIONS_PER_CATCH_UP = 64
+
+#: Failures of the database or the machine, not of a record: they abort the batch and are
+#: raised (the consumer retries, then stops loudly). Any other exception while applying a
+#: record is that record's fault ("poison") and only costs that record.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    PersistenceError, psycopg.Error, sqlite3.Error, OSError, MemoryError)
+
+_KINDS = {"Lead": "lead", "IdentityIndex": "identity index", "Interest": "interest",
+          "Account": "account", "Router": "router", "Clock": "clock",
+          "TimerBucket": "timer bucket", "RuleBook": "rule book"}
+
+
+def record_digest(record: InboundRecord) -> bytes:
+    """A digest of the record's normalised content: the same fact re-sent (other spacing,
+    other UTC offset, upper-case email) has the same digest; any other content does not."""
+    return hashlib.sha256(record.model_dump_json().encode()).digest()[:16]
+
+
+class _Poisoned(Exception):
+    """Control flow inside apply_batch (a record that failed half-way); never escapes."""
+
+    def __init__(self, result: RecordResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
 
 
 class Outcome(StrEnum):
@@ -71,6 +106,7 @@ class RecordResult:
     lead_id: UUID | None = None
     reason: str | None = None
     detail: str | None = None
+    error_class: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +209,27 @@ class _Unit:
         self.app = app
         self.touched: dict[UUID, Aggregate] = {}
         self.absent: set[UUID] = set()
+        # Aggregates whose stored events cannot be loaded, with the reason (see _load_into).
+        self.unloadable: dict[UUID, BaseException] = {}
 
     def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         found = self.touched.get(aggregate_id)
         if found is None:
             if aggregate_id in self.absent:
                 return None
+            kind = _KINDS.get(cls.__name__, cls.__name__)
+            if aggregate_id in self.unloadable:
+                raise AggregateUnloadableError(aggregate_id, kind, self.unloadable[aggregate_id])
             try:
                 found = self.app.repository.get(aggregate_id)
             except AggregateNotFoundError:
                 self.absent.add(aggregate_id)
                 return None
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:  # a damaged store: named, never a crash of the batch
+                self.unloadable[aggregate_id] = exc
+                raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
             self.touched[aggregate_id] = found
         if not isinstance(found, cls):
             raise TypeError(f"aggregate {aggregate_id} is a {type(found).__name__}, "
@@ -218,8 +264,23 @@ class LeadflowApp(Application[UUID]):
             self.repository.cache = SpillingLRUCache(cache.maxsize, spill_mib << 20)
 
     def construct_recorder(self) -> ProcessRecorder:
-        # A process recorder can commit a tracking position with the events (Kafka offsets).
-        return self.factory.process_recorder()
+        # A process recorder can commit a tracking position with the events (Kafka offsets);
+        # leadflow's recorders also keep the record-id index in the same transaction.
+        factory = self.factory
+        if isinstance(factory, POPOFactory):
+            return LeadflowPOPOProcessRecorder()
+        topic = recorder_topic_for(type(factory).__module__)
+        if topic is not None and not factory.env.get(factory.PROCESS_RECORDER_TOPIC):
+            factory.env[factory.PROCESS_RECORDER_TOPIC] = topic
+        return factory.process_recorder()
+
+    @property
+    def record_ids(self) -> RecordIdIndex:
+        recorder = self.recorder
+        if not isinstance(recorder, RecordIdIndex):
+            raise TypeError(f"{type(recorder).__name__} keeps no record-id index: configure "
+                            "one of leadflow.storage's recorders (PROCESS_RECORDER_TOPIC)")
+        return recorder
 
     @property
     def process_recorder(self) -> ProcessRecorder:
@@ -235,24 +296,56 @@ class LeadflowApp(Application[UUID]):
     ) -> BatchResult:
         """Apply records in order and save everything they changed in one transaction.
 
-        A record the domain refuses (unknown lead for a disposition, unknown rep) is
-        reported as rejected and changes nothing; the rest of the batch still applies.
-        ``before_commit`` sees the results before anything is saved (the Kafka consumer
-        dead-letters the rejected records there, so a crash can never lose one).
-        Anything unexpected aborts the whole batch: nothing is saved and it is raised.
+        Each record ends applied, a duplicate (same ``event_id``, same content), or rejected
+        with a reason, and only the rejected record is lost for the batch:
+
+        - the domain refuses it (unknown lead for a disposition, unknown rep): refusals come
+          before any change, so the rest of the batch simply goes on;
+        - its ``event_id`` was applied before with other content: ``event_id_conflict``;
+        - applying it fails in any other way (a bug, an aggregate the store cannot load):
+          ``apply_failed`` / ``lead_unloadable``. Its half-made changes are thrown away by
+          re-applying the batch without it on freshly loaded aggregates.
+
+        Only infrastructure failures (``INFRASTRUCTURE_ERRORS``) abort the batch: nothing is
+        saved and the error is raised. ``before_commit`` sees the results before anything is
+        saved (the Kafka consumer dead-letters the rejected records there, so a crash can
+        never lose one).
         """
-        unit = _Unit(self)
-        self._prefetch(unit, records)
-        results = BatchResult(tuple(self._apply_one(unit, i, record)
-                                    for i, record in enumerate(records)))
+        failed: dict[int, RecordResult] = {}
+        while True:
+            unit = _Unit(self)
+            applied: list[RecordId] = []
+            try:
+                results = self._apply_all(unit, records, failed, applied)
+            except _Poisoned as poisoned:
+                # Aggregates (live in the cache) may hold part of the poisoned record.
+                self.forget_cached_aggregates()
+                failed[poisoned.result.index] = poisoned.result
+                continue
+            except BaseException:
+                self.forget_cached_aggregates()
+                raise
+            break
         if before_commit is not None:
             try:
                 before_commit(results)
             except BaseException:
                 self.forget_cached_aggregates()
                 raise
-        self._commit(unit, tracking)
+        self._commit(unit, tracking, applied)
         return results
+
+    def _apply_all(self, unit: _Unit, records: Sequence[InboundRecord],
+                   failed: dict[int, RecordResult], applied: list[RecordId]) -> BatchResult:
+        self._prefetch(unit, records)
+        known = self.record_ids.select_record_ids([r.event_id for r in records])
+        results: list[RecordResult] = []
+        for index, record in enumerate(records):
+            result = failed.get(index)
+            if result is None:
+                result = self._apply_one(unit, index, record, known, applied)
+            results.append(result)
+        return BatchResult(tuple(results))
 
     def ingest(self, record: InboundRecord) -> RecordResult:
         """Apply one record (a batch of one); for tests and interactive use."""
@@ -399,7 +492,7 @@ class LeadflowApp(Application[UUID]):
                 lead_id = UUID(key_or_id)
             except ValueError:
                 try:
-                    index: Any = self.repository.get(identity_index_id(key_or_id))
+                    index: Any = self._load(identity_index_id(key_or_id), "identity index")
                 except AggregateNotFoundError:
                     raise UnknownLeadError(f"no lead known by {key_or_id!r}") from None
                 assert isinstance(index, IdentityIndex)
@@ -415,9 +508,20 @@ class LeadflowApp(Application[UUID]):
             lead_id = lead.merged_into
         raise UnknownLeadError(f"merge chain too long from {key_or_id!r}")
 
+    def _load(self, aggregate_id: UUID, kind: str) -> Any:
+        """``repository.get``, with a damaged store named (AggregateUnloadableError)."""
+        try:
+            return self.repository.get(aggregate_id)
+        except AggregateNotFoundError:
+            raise
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as exc:
+            raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
+
     def _get_lead(self, lead_id: UUID) -> Lead:
         try:
-            lead: Any = self.repository.get(lead_id)
+            lead: Any = self._load(lead_id, "lead")
         except AggregateNotFoundError:
             raise UnknownLeadError(f"no lead with id {lead_id}") from None
         if not isinstance(lead, Lead):
@@ -536,8 +640,16 @@ class LeadflowApp(Application[UUID]):
                 unit.absent.add(aggregate_id)
                 continue
             aggregate: Any = None
-            for item in events:
-                aggregate = cast(Any, to_domain_event(item)).mutate(aggregate)
+            try:
+                for item in events:
+                    aggregate = cast(Any, to_domain_event(item)).mutate(aggregate)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                # A version gap or an undecodable payload (the store was edited outside
+                # leadflow): only the records that need this aggregate are refused.
+                unit.unloadable[aggregate_id] = exc
+                continue
             unit.touched[aggregate_id] = aggregate
             if cache is not None:
                 cache.put(aggregate_id, aggregate)
@@ -658,8 +770,10 @@ class LeadflowApp(Application[UUID]):
         return audit.verify_events(lead_id, self.recorder.select_events(lead_id),
                                    self._plain if protected else None)
 
-    def _commit(self, unit: _Unit, tracking: Tracking | None) -> None:
-        """Store every pending event of the unit (and the tracking record) in one transaction.
+    def _commit(self, unit: _Unit, tracking: Tracking | None,
+                record_ids: Sequence[RecordId] = ()) -> None:
+        """Store every pending event of the unit, the tracking record and the applied
+        records' ids in one transaction.
 
         This is ``Application.save`` without its per-call overheads: events are collected
         straight from the aggregates and encoded once, and the recorder gets them in one call.
@@ -670,7 +784,7 @@ class LeadflowApp(Application[UUID]):
         if not stored and tracking is None:
             return
         try:
-            self.recorder.insert_events(stored, tracking=tracking)
+            self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids)
         except BaseException:
             # Aggregates in the cache may hold the uncommitted changes: forget them all.
             self.forget_cached_aggregates()
@@ -680,17 +794,41 @@ class LeadflowApp(Application[UUID]):
             for aggregate_id, aggregate in unit.touched.items():
                 cache.put(aggregate_id, aggregate)
 
-    def _apply_one(self, unit: _Unit, index: int, record: InboundRecord) -> RecordResult:
+    def _apply_one(self, unit: _Unit, index: int, record: InboundRecord,
+                   known: dict[str, RecordId], applied: list[RecordId]) -> RecordResult:
+        event_id = record.event_id
+        digest = record_digest(record)
+        seen = known.get(event_id)
+        if seen is not None:
+            if seen.digest == digest:
+                return RecordResult(index, event_id, Outcome.DUPLICATE, seen.lead_id)
+            where = f"lead {seen.lead_id}" if seen.lead_id else "anonymous interest"
+            return RecordResult(index, event_id, Outcome.REJECTED, None, "event_id_conflict",
+                                f"event_id {event_id!r} was already applied to {where} with "
+                                "other content; a new fact needs a new event_id",
+                                "EventIdConflict")
         try:
             lead_id, duplicate = self._apply(unit, record)
+        except AggregateUnloadableError as exc:
+            # May strike half-way through the record (a colleague's lead in a surge).
+            raise _Poisoned(RecordResult(index, event_id, Outcome.REJECTED, None, exc.reason,
+                                         str(exc), type(exc.cause).__name__)) from exc
         except LeadflowError as exc:
-            return RecordResult(index, record.event_id, Outcome.REJECTED, None, exc.reason,
-                                str(exc))
-        except BaseException:
-            self.forget_cached_aggregates()
+            return RecordResult(index, event_id, Outcome.REJECTED, None, exc.reason, str(exc),
+                                type(exc).__name__)
+        except INFRASTRUCTURE_ERRORS:
             raise
-        outcome = Outcome.DUPLICATE if duplicate else Outcome.APPLIED
-        return RecordResult(index, record.event_id, outcome, lead_id)
+        except Exception as exc:
+            raise _Poisoned(RecordResult(index, event_id, Outcome.REJECTED, None,
+                                         "apply_failed", f"{type(exc).__name__}: {exc}",
+                                         type(exc).__name__)) from exc
+        if duplicate:
+            # Applied before the record-id index existed: known to the lead only.
+            return RecordResult(index, event_id, Outcome.DUPLICATE, lead_id)
+        # Later records of the batch with this id see it as already applied.
+        known[event_id] = RecordId(event_id, digest, lead_id)
+        applied.append(known[event_id])
+        return RecordResult(index, event_id, Outcome.APPLIED, lead_id)
 
     def _apply(self, unit: _Unit, rec: InboundRecord) -> tuple[UUID | None, bool]:
         rules = self.rules

@@ -10,8 +10,8 @@ Parsing is a boundary concern: :func:`parse_record` turns raw bytes into a valid
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterable, Iterator
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any, Literal, get_args
@@ -25,6 +25,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from leadflow.identity import InvalidIdentityError, normalise_email, normalise_phone
 
@@ -58,7 +59,31 @@ TOUCHPOINT_TYPES: frozenset[str] = frozenset(get_args(TouchpointType))
 DISPOSITION_TYPES: frozenset[str] = frozenset(get_args(DispositionType))
 RECORD_TYPES: frozenset[str] = TOUCHPOINT_TYPES | DISPOSITION_TYPES
 
-ShortText = Annotated[str, Field(min_length=1, max_length=500)]
+# Bounds every path enforces before a record reaches the engine (see README "Bounds"). Text
+# may not carry control characters: PostgreSQL text cannot hold NUL, and a tab or escape in a
+# name or id is a producer bug or an attack, never data. Identities additionally refuse
+# invisible format characters (zero-width, bidi overrides): they make two keys that look
+# the same and are not.
+_NO_CONTROLS = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+_NO_CONTROLS_OR_FORMAT = (r"^[^\u0000-\u001f\u007f-\u009f\u00ad\u061c\u180e\u200b-\u200f"
+                          r"\u202a-\u202e\u2060-\u2064\u2066-\u206f\ufeff\ufff9-\ufffb]*$")
+# Free text from a person (a disqualification reason) may span lines and use tabs.
+_FREE_TEXT = r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f]*$"
+
+ShortText = Annotated[str, Field(min_length=1, max_length=500, pattern=_NO_CONTROLS)]
+IdentityText = Annotated[str, Field(min_length=1, max_length=320, pattern=_NO_CONTROLS_OR_FORMAT)]
+FreeText = Annotated[str, Field(min_length=1, max_length=2000, pattern=_FREE_TEXT)]
+# Money and revenue: finite, at most 10^13 (ten trillion), 4 decimal places. "1e400" is refused
+# here rather than becoming an infinity that no read model can show.
+MAX_AMOUNT = Decimal(10) ** 13
+Amount = Annotated[Decimal, Field(ge=0, le=MAX_AMOUNT, max_digits=18, decimal_places=4,
+                                  allow_inf_nan=False)]
+
+#: Largest record accepted on any path, in bytes (``LEADFLOW_MAX_RECORD_BYTES``).
+DEFAULT_MAX_RECORD_BYTES = 1 << 20
+#: Event times outside [2000-01-01, 2200-01-01) are refused whatever the clock says: beyond
+#: them, decay and timer arithmetic would leave the range of a datetime.
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
 
 
 class _Frozen(BaseModel):
@@ -69,17 +94,17 @@ class _Frozen(BaseModel):
 class LeadRef(_Frozen):
     """Who the record is about: at least one identity, optionally profile fields."""
 
-    email: ShortText | None = None
-    phone: ShortText | None = None
-    external_id: ShortText | None = None
-    anonymous_id: ShortText | None = None
+    email: IdentityText | None = None
+    phone: IdentityText | None = None
+    external_id: IdentityText | None = None
+    anonymous_id: IdentityText | None = None
     first_name: ShortText | None = None
     last_name: ShortText | None = None
     company: ShortText | None = None
     title: ShortText | None = None
     industry: ShortText | None = None
     employees: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    annual_revenue: Annotated[Decimal, Field(ge=0)] | None = None
+    annual_revenue: Amount | None = None
     country: Annotated[str, Field(pattern=r"^[A-Za-z]{2}$")] | None = Field(
         default=None, description="ISO 3166-1 alpha-2 country code"
     )
@@ -134,7 +159,7 @@ class Context(_Frozen):
 
     source: ShortText | None = None
     campaign: ShortText | None = None
-    url: Annotated[str, Field(min_length=1, max_length=2000)] | None = None
+    url: Annotated[str, Field(min_length=1, max_length=2000, pattern=_NO_CONTROLS)] | None = None
     content_id: ShortText | None = None
     form_id: ShortText | None = None
     landing_page: ShortText | None = None
@@ -142,7 +167,7 @@ class Context(_Frozen):
 
 class Deal(_Frozen):
     id: ShortText
-    amount: Annotated[Decimal, Field(ge=0)] | None = None
+    amount: Amount | None = None
     currency: Annotated[str, Field(pattern=r"^[A-Z]{3}$")] | None = None
 
 
@@ -154,12 +179,24 @@ class InboundRecord(_Frozen):
         extra="forbid",
         str_strip_whitespace=True,
         title="leadflow inbound record v1",
-        json_schema_extra={"$id": "https://leadflow.dev/schemas/inbound-record.v1.json"},
+        json_schema_extra={
+            "$id": "https://leadflow.dev/schemas/inbound-record.v1.json",
+            "$comment": (
+                "Bounds beyond the keywords below: a record is at most 1 MiB of UTF-8 "
+                "(configurable, LEADFLOW_MAX_RECORD_BYTES; a leading byte-order mark is "
+                "ignored); JSON nesting deeper than 200 levels is refused before validation; "
+                "numbers must be finite; occurred_at is an RFC 3339 string with an offset, "
+                "in [2000-01-01, 2200-01-01) UTC and at most LEADFLOW_MAX_FUTURE_SKEW_SECONDS "
+                "ahead of the receiver's clock; emails mixing Latin, Cyrillic or Greek "
+                "letters, or written with full-width/styled letters, are refused."),
+        },
     )
 
     schema_version: Literal[1] = 1
-    event_id: Annotated[str, Field(min_length=1, max_length=200)] = Field(
-        description="Producer's unique id; re-sent copies with the same id are ignored."
+    event_id: Annotated[str, Field(min_length=1, max_length=200,
+                                   pattern=_NO_CONTROLS_OR_FORMAT)] = Field(
+        description="Producer's unique id: a re-sent copy (same id, same content) is ignored; "
+                    "the same id with other content is refused as event_id_conflict."
     )
     type: RecordType
     occurred_at: AwareDatetime = Field(
@@ -171,13 +208,36 @@ class InboundRecord(_Frozen):
     owner: ShortText | None = Field(
         default=None, description="Rep id for owner_assigned (and deal owner on converted)"
     )
-    reason: ShortText | None = None
+    reason: FreeText | None = None
     deal: Deal | None = None
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339_text(cls, value: Any) -> Any:
+        # pydantic would read 1767225600 (or "1767225600") as Unix time; the contract says
+        # RFC 3339 with an offset, and a number here is a producer bug worth naming.
+        if not isinstance(value, (str, datetime)) or (
+                isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1)
+                .isdigit()):
+            raise PydanticCustomError(
+                "datetime_rfc3339", "occurred_at must be an RFC 3339 date-time string with "
+                "an offset, like 2026-03-02T09:15:00+01:00")
+        return value
 
     @field_validator("occurred_at")
     @classmethod
     def _to_utc(cls, value: datetime) -> datetime:
-        return value.astimezone(UTC)
+        try:
+            utc = value.astimezone(UTC)
+        except OverflowError:  # 9999-12-31T23:59:59-01:00 is past the end of time in UTC
+            raise PydanticCustomError(
+                "timestamp_out_of_range", "occurred_at {value} is outside the representable "
+                "range once normalised to UTC", {"value": value.isoformat()}) from None
+        if not DEFAULT_OLDEST <= utc < LATEST:
+            raise PydanticCustomError(
+                "timestamp_out_of_range", "occurred_at {value} is outside "
+                "[2000-01-01, 2200-01-01)", {"value": utc.isoformat()})
+        return utc
 
     @model_validator(mode="after")
     def _disposition_requirements(self) -> InboundRecord:
@@ -193,88 +253,193 @@ class InboundRecord(_Frozen):
 
 
 class RecordRejected(Exception):
-    """A record that cannot be applied; ``reason`` is a short machine-readable code."""
+    """A record that cannot be applied.
 
-    def __init__(self, reason: str, detail: str) -> None:
+    ``reason`` is a short machine-readable code (the table in the README), ``detail`` says
+    what is wrong in words, ``field`` names the offending field (``lead.email``) when one is
+    to blame.
+    """
+
+    def __init__(self, reason: str, detail: str, field: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
         self.reason = reason
         self.detail = detail
+        self.field = field
 
 
 # Records older than this are almost certainly a producer clock bug (epoch zero etc.).
 DEFAULT_OLDEST = datetime(2000, 1, 1, tzinfo=UTC)
 
+_BOM = b"\xef\xbb\xbf"
+# Byte signatures of inputs that are not UTF-8 JSON at all, named so the producer knows why.
+_SIGNATURES = (
+    (b"\x1f\x8b", "gzip-compressed data; decompress it first"),
+    (b"\xff\xfe", "UTF-16 (little-endian) text; send UTF-8"),
+    (b"\xfe\xff", "UTF-16 (big-endian) text; send UTF-8"),
+    (b"PK\x03\x04", "a ZIP archive; extract it first"),
+)
+
+
+def decode_record(raw: bytes | str | None, *,
+                  max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> bytes:
+    """The record's UTF-8 bytes without a leading BOM, or :class:`RecordRejected`.
+
+    Bounds the input before any parsing: a record over ``max_bytes`` is never parsed.
+    """
+    if raw is None:  # a Kafka tombstone
+        raise RecordRejected("empty_record", "the message has no value (a tombstone)")
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else bytes(raw)
+    if len(data) > max_bytes:
+        raise RecordRejected("record_too_large",
+                             f"more than {max_bytes:,} bytes, the limit "
+                             "(LEADFLOW_MAX_RECORD_BYTES)")
+    if data.startswith(_BOM):
+        data = data[len(_BOM):]
+    for signature, what in _SIGNATURES:
+        if data.startswith(signature):
+            raise RecordRejected("malformed_encoding", f"the record is {what}")
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RecordRejected(
+            "malformed_encoding",
+            f"not UTF-8: byte {data[exc.start]:#04x} at offset {exc.start} ({exc.reason})",
+        ) from None
+    if not data.strip():
+        raise RecordRejected("empty_record", "the record is empty")
+    return data
+
 
 def parse_record(
-    raw: bytes | str,
+    raw: bytes | str | None,
     *,
     now: datetime | None = None,
     max_future_skew: timedelta = timedelta(minutes=5),
     oldest: datetime = DEFAULT_OLDEST,
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> InboundRecord:
-    """Decode and validate one record, or raise :class:`RecordRejected`.
+    """Decode and validate one record, or raise :class:`RecordRejected` -- nothing else.
 
-    ``now`` is the receiving system's clock; it only bounds how far in the future a record
-    may claim to be. Pass ``None`` to skip that check (replays of archived files).
+    Total over every input: bytes that are not UTF-8, not JSON, nested too deep, numbers out
+    of range, control characters, times that overflow at their offset all become a
+    rejection with a reason and the field. ``now`` is the receiving system's clock; it only
+    bounds how far in the future a record may claim to be. Pass ``None`` to skip that check
+    (replays of archived files).
     """
+    data = decode_record(raw, max_bytes=max_bytes)
     try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RecordRejected("malformed_json", str(exc)) from exc
-    if not isinstance(data, dict):
-        raise RecordRejected("schema_violation", "record must be a JSON object")
-    if "type" in data and isinstance(data["type"], str) and data["type"] not in RECORD_TYPES:
-        raise RecordRejected("unknown_type", f"unknown record type {data['type']!r}")
-    try:
-        record = InboundRecord.model_validate(data)
+        # pydantic's JSON parser (jiter): no intermediate dict, depth-limited, finite
+        # numbers only, refuses lone surrogates.
+        record = InboundRecord.model_validate_json(data)
     except ValidationError as exc:
-        raise RecordRejected(_classify(exc), _describe(exc)) from exc
+        raise _rejection(exc) from None
+    except Exception as exc:  # pragma: no cover -- no known input gets here
+        # A validator raising outside pydantic's error model is still this record's problem,
+        # never a crash of the path reading it: rejected with the error named.
+        raise RecordRejected("schema_violation", f"{type(exc).__name__}: {exc}") from exc
     if record.occurred_at < oldest:
         raise RecordRejected(
             "timestamp_out_of_range",
             f"occurred_at {record.occurred_at.isoformat()} is before {oldest.isoformat()}",
+            "occurred_at",
         )
     if now is not None and record.occurred_at > now + max_future_skew:
         raise RecordRejected(
             "timestamp_out_of_range",
             f"occurred_at {record.occurred_at.isoformat()} is in the future "
             f"(more than {max_future_skew} after {now.isoformat()})",
+            "occurred_at",
         )
     return record
 
 
 def parse_lines(
-    lines: Iterable[tuple[int, str]],
+    lines: Iterable[tuple[int, bytes | str]],
     *,
     now: datetime | None,
     max_future_skew: timedelta = timedelta(minutes=5),
-) -> Iterator[tuple[int, str, InboundRecord | RecordRejected]]:
-    """Numbered JSONL lines -> (line number, text, record or the rejection); blanks skipped."""
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+) -> Iterator[tuple[int, bytes, InboundRecord | RecordRejected]]:
+    """Numbered JSONL lines -> (line number, raw bytes, record or the rejection).
+
+    Blank lines are skipped; the raw bytes are the line without its line ending.
+    """
     for line_no, raw in lines:
-        text = raw.strip()
-        if not text:
+        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+        data = data.rstrip(b"\r\n")
+        if not data.strip():
             continue
         try:
-            yield line_no, text, parse_record(text, now=now, max_future_skew=max_future_skew)
+            yield line_no, data, parse_record(data, now=now, max_future_skew=max_future_skew,
+                                              max_bytes=max_bytes)
         except RecordRejected as exc:
-            yield line_no, text, exc
+            yield line_no, data, exc
 
 
-def _classify(exc: ValidationError) -> str:
-    for err in exc.errors():
-        loc = err.get("loc", ())
-        if loc[:1] == ("lead",) and len(loc) >= 2 and loc[1] in ("email", "phone"):
-            return "invalid_identity"
-        if loc == ("lead",) and "identity" in err.get("msg", ""):
-            return "invalid_identity"
+# pydantic error types -> reason codes. Anything else is a schema violation.
+_NUMBER_ERRORS = frozenset({
+    "finite_number", "decimal_max_digits", "decimal_max_places", "decimal_whole_digits",
+    "less_than_equal", "less_than", "greater_than_equal", "greater_than",
+})
+_IDENTITY_FIELDS = frozenset({"email", "phone", "external_id", "anonymous_id"})
+
+
+def _forbidden(ch: str) -> bool:
+    return unicodedata.category(ch) in ("Cc", "Cf")
+
+
+def _rejection(exc: ValidationError) -> RecordRejected:
+    errors = exc.errors(include_url=False)
+    first = errors[0] if errors else {"type": "", "loc": (), "msg": str(exc)}
+    return RecordRejected(_reason(first), _describe(errors),
+                          ".".join(str(p) for p in first.get("loc", ())) or None)
+
+
+def _reason(err: Any) -> str:
+    kind: str = err.get("type", "")
+    loc: tuple[Any, ...] = tuple(err.get("loc", ()))
+    msg: str = err.get("msg", "")
+    if kind == "json_invalid":
+        if "recursion limit" in msg:
+            return "nesting_too_deep"
+        if "number out of range" in msg:
+            return "number_out_of_range"
+        return "malformed_json"
+    if kind == "model_type" and not loc:
+        return "schema_violation"
+    if loc == ("type",) and kind == "literal_error" and isinstance(err.get("input"), str):
+        return "unknown_type"
+    if kind == "string_pattern_mismatch":
+        # Every text field's pattern only excludes characters; the country and currency
+        # codes have shape patterns of their own.
+        return "schema_violation" if loc[-1:] in (("country",), ("currency",)) \
+            else "forbidden_character"
+    if kind == "timestamp_out_of_range":
+        return "timestamp_out_of_range"
+    if kind in _NUMBER_ERRORS:
+        return "number_out_of_range"
+    if kind == "string_too_long":
+        return "value_too_long"
+    if loc[:1] == ("lead",) and ((loc[1:2] and loc[1] in _IDENTITY_FIELDS)
+                                 or (len(loc) == 1 and "identity" in msg)):
+        return "invalid_identity"
     return "schema_violation"
 
 
-def _describe(exc: ValidationError) -> str:
+def _describe(errors: Sequence[Any]) -> str:
     parts = []
-    for err in exc.errors():
+    for err in errors[:10]:
         where = ".".join(str(p) for p in err.get("loc", ())) or "record"
-        parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        message = err.get("msg", "invalid")
+        value = err.get("input")
+        if _reason(err) == "forbidden_character" and isinstance(value, str):
+            # The pattern itself is unreadable; name the character and where it is.
+            at = next((i for i, ch in enumerate(value) if _forbidden(ch)), None)
+            message = "contains a control or invisible formatting character" + (
+                f" (U+{ord(value[at]):04X} at position {at})" if at is not None else "")
+        parts.append(f"{where}: {message}")
+    if len(errors) > 10:
+        parts.append(f"... and {len(errors) - 10} more")
     return "; ".join(parts)
 
 

@@ -7,6 +7,7 @@ to E.164 by ``phonenumbers``. A key is ``kind:value``; index aggregates are keye
 
 from __future__ import annotations
 
+import unicodedata
 from functools import lru_cache
 from uuid import UUID, uuid5
 
@@ -45,7 +46,31 @@ def normalise_email(value: str) -> str:
         result = validate_email(text, check_deliverability=False)
     except EmailNotValidError as exc:
         raise InvalidIdentityError(f"invalid email {value!r}: {exc}") from exc
-    return result.normalized.lower()
+    normalized = result.normalized.lower()
+    if not normalized.isascii():
+        _refuse_lookalikes(value, normalized)
+    return normalized
+
+
+# Scripts whose letters look alike: "аcme.io" with a Cyrillic "а" is not acme.io, and a lead
+# keyed by it would be a spoof of someone else's (UTS #39 calls this mixed-script confusion).
+_CONFUSABLE_SCRIPTS = ("LATIN", "CYRILLIC", "GREEK")
+
+
+def _refuse_lookalikes(value: str, normalized: str) -> None:
+    if unicodedata.normalize("NFKC", normalized) != normalized:
+        raise InvalidIdentityError(
+            f"invalid email {value!r}: contains compatibility characters (full-width or "
+            f"styled letters); write it as {unicodedata.normalize('NFKC', normalized)!r}")
+    local, _, domain = normalized.rpartition("@")
+    for part in [local, *domain.split(".")]:
+        scripts = {name.split(" ", 1)[0] for name in
+                   (unicodedata.name(ch, "") for ch in part if ch.isalpha())}
+        mixed = scripts.intersection(_CONFUSABLE_SCRIPTS)
+        if len(mixed) > 1:
+            raise InvalidIdentityError(
+                f"invalid email {value!r}: {part!r} mixes {' and '.join(sorted(mixed)).lower()} "
+                "letters (a look-alike of another address)")
 
 
 @lru_cache(maxsize=65536)

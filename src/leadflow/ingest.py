@@ -6,17 +6,23 @@ written to the rejects file with its line number and reason. Nothing is dropped 
 
 from __future__ import annotations
 
+import base64
 import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import IO
+from typing import IO, BinaryIO
 
 import structlog
 
 from leadflow.application import LeadflowApp, Outcome
-from leadflow.contract import InboundRecord, RecordRejected, parse_lines
+from leadflow.contract import (
+    DEFAULT_MAX_RECORD_BYTES,
+    InboundRecord,
+    RecordRejected,
+    parse_lines,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -43,30 +49,76 @@ class IngestReport:
         }
 
 
+#: Of a line too large to be a record, this much is kept in the rejects file.
+REJECT_RAW_LIMIT = 64 << 10
+
+
+def numbered_lines(stream: BinaryIO,
+                   max_bytes: int = DEFAULT_MAX_RECORD_BYTES) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of a byte stream, never holding more than ``max_bytes`` of one line.
+
+    Lines are bytes, so one undecodable byte costs only its own line (it is rejected as
+    ``malformed_encoding`` by the parser). A line longer than ``max_bytes`` is skipped to
+    its end in chunks and yielded as its first ``max_bytes + 1`` bytes, which the parser
+    rejects as ``record_too_large``.
+    """
+    number = 0
+    while True:
+        line = stream.readline(max_bytes + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > max_bytes and not line.endswith(b"\n"):
+            rest = line
+            while rest and not rest.endswith(b"\n"):
+                rest = stream.readline(1 << 20)
+        yield number, line
+
+
 class RejectsWriter:
-    """Writes rejected lines as JSONL: line number, reason code, detail and the raw line."""
+    """Writes rejected lines as JSONL: line number, reason code, field, detail, raw line.
+
+    ``raw`` is the line as text when it is UTF-8; otherwise ``raw_base64`` holds its exact
+    bytes. A line over ``REJECT_RAW_LIMIT`` is cut there (``raw_truncated``): the line
+    number points at the whole of it in the input.
+    """
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
 
-    def write(self, line_no: int, reason: str, detail: str, raw: str) -> None:
-        self.stream.write(json.dumps({"line": line_no, "reason": reason, "detail": detail,
-                                      "raw": raw}, ensure_ascii=False) + "\n")
+    def write(self, line_no: int, reason: str, detail: str, raw: bytes | str,
+              field: str | None = None) -> None:
+        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+        entry: dict[str, object] = {"line": line_no, "reason": reason, "field": field,
+                                    "detail": detail}
+        if len(data) > REJECT_RAW_LIMIT:
+            data, entry["raw_truncated"] = data[:REJECT_RAW_LIMIT], True
+        try:
+            entry["raw"] = data.decode("utf-8")
+        except UnicodeDecodeError:
+            entry["raw_base64"] = base64.b64encode(data).decode("ascii")
+        # ensure_ascii: the file stays valid UTF-8 whatever the line held (lone surrogates).
+        self.stream.write(json.dumps(entry) + "\n")
 
 
 def ingest_lines(
     app: LeadflowApp,
-    lines: Iterable[tuple[int, str]],
+    lines: Iterable[tuple[int, bytes]],
     *,
     batch_size: int,
     now: datetime | None,
     max_future_skew: timedelta,
     rejects: RejectsWriter,
     on_batch: Callable[[int, int], None] | None = None,
+    max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
 ) -> IngestReport:
-    """Apply numbered lines in batches; ``on_batch(lines_done, bytes_done)`` reports progress."""
+    """Apply numbered lines in batches; ``on_batch(lines_done, bytes_done)`` reports progress.
+
+    Each line is applied, a duplicate, or rejected on its own: neither a bad line nor a
+    record that fails to apply costs the other lines of its batch.
+    """
     report = IngestReport()
-    pending: list[tuple[int, str, InboundRecord]] = []
+    pending: list[tuple[int, bytes, InboundRecord]] = []
     consumed_bytes = 0
 
     def flush() -> None:
@@ -86,17 +138,18 @@ def ingest_lines(
         if on_batch:
             on_batch(report.lines, consumed_bytes)
 
-    def counted() -> Iterator[tuple[int, str]]:
+    def counted() -> Iterator[tuple[int, bytes]]:
         nonlocal consumed_bytes
         for line_no, raw in lines:
-            consumed_bytes += len(raw) + 1
+            consumed_bytes += len(raw)
             yield line_no, raw
 
     for line_no, text, record in parse_lines(counted(), now=now,
-                                             max_future_skew=max_future_skew):
+                                             max_future_skew=max_future_skew,
+                                             max_bytes=max_bytes):
         report.lines += 1
         if isinstance(record, RecordRejected):
-            _reject(report, rejects, line_no, record.reason, record.detail, text)
+            _reject(report, rejects, line_no, record.reason, record.detail, text, record.field)
             continue
         if report.max_occurred_at is None or record.occurred_at > report.max_occurred_at:
             report.max_occurred_at = record.occurred_at
@@ -108,8 +161,9 @@ def ingest_lines(
 
 
 def _reject(report: IngestReport, rejects: RejectsWriter, line_no: int, reason: str,
-            detail: str, raw: str) -> None:
+            detail: str, raw: bytes, field: str | None = None) -> None:
     report.rejected += 1
     report.reasons[reason] += 1
-    rejects.write(line_no, reason, detail, raw)
-    log.warning("record rejected", line=line_no, reason=reason, detail=detail[:300])
+    rejects.write(line_no, reason, detail, raw, field)
+    log.warning("record rejected", line=line_no, reason=reason, field=field,
+                detail=detail[:300])

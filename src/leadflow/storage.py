@@ -16,16 +16,28 @@ concurrently updated" — a consumer of a group started beside another, or besid
 died at start-up that way.
 
 Selected with eventsourcing's own ``PROCESS_RECORDER_TOPIC`` setting (see ``config.py``).
+
+Every leadflow recorder (PostgreSQL, SQLite, in-memory) also keeps the **record-id index**:
+one row per applied inbound record, ``event_id -> (digest of the record's content, lead)``,
+written in the same transaction as the events the record produced (``insert_events(...,
+record_ids=[...])``). It is bookkeeping, not a domain event: it gives idempotency teeth (the
+same id with other content is refused as a conflict instead of silently dropped, and one id
+can never sit on two leads) with one indexed lookup per batch.
 """
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
+from uuid import UUID
 
 import psycopg
-from eventsourcing.persistence import OperationalError, StoredEvent
+from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+from eventsourcing.popo import POPOProcessRecorder
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
 from psycopg.sql import SQL, Identifier
@@ -34,8 +46,30 @@ from psycopg.sql import SQL, Identifier
 #: projector's schema set-up takes the same one).
 SCHEMA_LOCK_KEY = 0x6C65_6164_666C_6F77
 
+RECORD_IDS_TABLE = "leadflow_record_ids"
 
-class LeadflowPostgresProcessRecorder(PostgresProcessRecorder):
+
+class RecordId(NamedTuple):
+    """An applied record: its producer ``event_id``, content digest, and the lead (or
+    ``None`` for anonymous interest) it was applied to."""
+
+    event_id: str
+    digest: bytes
+    lead_id: UUID | None
+
+
+class RecordIdIndex:
+    """What every leadflow recorder offers on top of the library's process recorder."""
+
+    def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
+        raise NotImplementedError
+
+
+def record_ids_of(kwargs: dict[str, Any]) -> list[RecordId]:
+    return list(kwargs.get("record_ids") or ())
+
+
+class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
     """``PostgresProcessRecorder`` whose batch insert sends column arrays in binary."""
 
     def __init__(
@@ -54,6 +88,35 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder):
         ).format(schema=Identifier(self.datastore.schema),
                  table=Identifier(self.events_table_name),
                  id_type=SQL(id_type))  # a fixed type name from the datastore, not user input
+        ids_table = Identifier(self.datastore.schema, RECORD_IDS_TABLE)
+        self.sql_create_statements.append(SQL(
+            "CREATE TABLE IF NOT EXISTS {} (event_id text PRIMARY KEY, digest bytea NOT NULL, "
+            "lead_id uuid)").format(ids_table))
+        self.insert_record_ids_statement = SQL(
+            "INSERT INTO {} (event_id, digest, lead_id) "
+            "SELECT * FROM unnest(%b::text[], %b::bytea[], %b::uuid[])").format(ids_table)
+        self.select_record_ids_statement = SQL(
+            "SELECT event_id, digest, lead_id FROM {} WHERE event_id = ANY(%s)").format(ids_table)
+
+    def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
+        if not event_ids:
+            return {}
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_record_ids_statement, (list(event_ids),), prepare=True)
+            return {row["event_id"]: RecordId(row["event_id"], bytes(row["digest"]),
+                                              row["lead_id"]) for row in curs.fetchall()}
+
+    def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
+                       **kwargs: Any) -> None:
+        super()._insert_events(curs, stored_events, **kwargs)
+        ids = record_ids_of(kwargs)
+        if ids:
+            # A primary-key violation (the same event_id applied by another writer at the same
+            # moment) aborts the whole transaction as an IntegrityError: the batch is retried
+            # and then sees the other writer's row.
+            curs.execute(self.insert_record_ids_statement,
+                         ([r.event_id for r in ids], [r.digest for r in ids],
+                          [r.lead_id for r in ids]), prepare=True)
 
     def create_table(self) -> None:
         # The lock is held by a connection of its own for the whole of the library's DDL,
@@ -102,3 +165,72 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder):
         **_: Any,
     ) -> Sequence[int] | None:
         return None
+
+
+class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
+    """The library's SQLite process recorder plus the record-id index (same transaction)."""
+
+    def construct_create_table_statements(self) -> list[str]:
+        return [*super().construct_create_table_statements(),
+                f"CREATE TABLE IF NOT EXISTS {RECORD_IDS_TABLE} (event_id TEXT PRIMARY KEY, "
+                "digest BLOB NOT NULL, lead_id TEXT) WITHOUT ROWID"]
+
+    def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
+        out: dict[str, RecordId] = {}
+        unique = list(dict.fromkeys(event_ids))
+        with self.datastore.transaction(commit=False) as c:
+            for start in range(0, len(unique), 500):
+                chunk = unique[start:start + 500]
+                c.execute(f"SELECT event_id, digest, lead_id FROM {RECORD_IDS_TABLE} "
+                          f"WHERE event_id IN ({','.join('?' * len(chunk))})", chunk)
+                for event_id, digest, lead_id in c.fetchall():
+                    out[event_id] = RecordId(event_id, bytes(digest),
+                                             UUID(lead_id) if lead_id else None)
+        return out
+
+    def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
+                       **kwargs: Any) -> Sequence[int] | None:
+        returning = super()._insert_events(c, stored_events, **kwargs)
+        ids = record_ids_of(kwargs)
+        if ids:
+            try:
+                c.executemany(f"INSERT INTO {RECORD_IDS_TABLE} VALUES (?, ?, ?)",
+                              [(r.event_id, r.digest, r.lead_id.hex if r.lead_id else None)
+                               for r in ids])
+            except sqlite3.IntegrityError as exc:
+                raise IntegrityError(str(exc)) from exc
+        return returning
+
+
+class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
+    """The in-memory process recorder plus the record-id index (for tests and demos)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._record_ids: dict[str, RecordId] = {}
+        self._record_ids_lock = threading.Lock()
+
+    def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
+        with self._record_ids_lock:
+            return {e: self._record_ids[e] for e in event_ids if e in self._record_ids}
+
+    def _assert_uniqueness(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        super()._assert_uniqueness(stored_events, **kwargs)
+        ids = record_ids_of(kwargs)
+        taken = [r.event_id for r in ids if r.event_id in self._record_ids]
+        if taken or len({r.event_id for r in ids}) < len(ids):
+            raise IntegrityError(f"record ids already recorded: {taken[:5]}")
+
+    def _update_table(self, stored_events: Sequence[StoredEvent],
+                      **kwargs: Any) -> Sequence[int] | None:
+        out = super()._update_table(stored_events, **kwargs)
+        with self._record_ids_lock:
+            self._record_ids.update((r.event_id, r) for r in record_ids_of(kwargs))
+        return out
+
+
+def recorder_topic_for(module: str) -> str | None:
+    """The leadflow process recorder for an eventsourcing persistence module, by topic."""
+    return {"eventsourcing.postgres": "leadflow.storage:LeadflowPostgresProcessRecorder",
+            "eventsourcing.sqlite": "leadflow.storage:LeadflowSQLiteProcessRecorder"}.get(module)
+
