@@ -14,6 +14,7 @@ This module translates; it holds no business rules.
 
 from __future__ import annotations
 
+import hashlib
 import signal
 import threading
 import time
@@ -74,6 +75,21 @@ class DeadLetter:
     error_class: str
     detail: str
     field: str | None = None
+
+
+# A dead letter must fit the DLQ topic and producer defaults (1 MiB per message). A bigger
+# record (the source topic allowed it) goes with its first bytes, its size and digest; the
+# whole of it stays at the original offset the headers name.
+DLQ_VALUE_LIMIT = 900 << 10
+
+
+def _dead_letter_value(value: bytes | None) -> tuple[bytes | None, list[tuple[str, bytes]]]:
+    if value is None or len(value) <= DLQ_VALUE_LIMIT:
+        return value, []
+    return value[:DLQ_VALUE_LIMIT], [
+        ("leadflow-value-truncated", b"true"),
+        ("leadflow-value-bytes", str(len(value)).encode()),
+        ("leadflow-value-sha256", hashlib.sha256(value).hexdigest().encode())]
 
 
 def _header(text: str) -> bytes:
@@ -298,10 +314,14 @@ class TouchpointConsumer:
             ]
             if letter.field:
                 headers.append(("leadflow-field", _header(letter.field[:200])))
+            value, truncation = _dead_letter_value(record.value)
+            headers += truncation
             # The producer's own headers follow leadflow's (read leadflow's by first match).
             headers += [(k, v) for k, v in (record.headers or []) if isinstance(k, str)]
-            futures.append(self.producer.send(self.settings.dlq_topic, key=record.key,
-                                              value=record.value, headers=headers))
+            key = record.key if record.key is None or len(record.key) <= 64 << 10 \
+                else record.key[:64 << 10]
+            futures.append(self.producer.send(self.settings.dlq_topic, key=key, value=value,
+                                              headers=headers))
             log.warning("dead-lettered", topic=record.topic, partition=record.partition,
                         offset=record.offset, reason=letter.reason, field=letter.field,
                         error_class=letter.error_class, detail=letter.detail[:300])

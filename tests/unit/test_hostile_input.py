@@ -6,8 +6,8 @@ import json
 import math
 import unicodedata
 from collections import Counter
-from decimal import Decimal
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
