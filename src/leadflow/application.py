@@ -19,6 +19,7 @@ from typing import Any, TypeVar, cast
 from uuid import UUID
 
 import psycopg
+import structlog
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
@@ -63,6 +64,8 @@ from leadflow.storage import (
 )
 
 A = TypeVar("A", bound=Aggregate)
+
+log = structlog.get_logger(__name__)
 
 # Guard against a rules file that would make a lead bounce between owners forever.
 _MAX_TRANSITIONS_PER_CATCH_UP = 64
@@ -317,10 +320,25 @@ class LeadflowApp(Application[UUID]):
             applied: list[RecordId] = []
             try:
                 results = self._apply_all(unit, records, failed, applied)
+                stored = self._encode(unit)
             except _Poisoned as poisoned:
                 # Aggregates (live in the cache) may hold part of the poisoned record.
                 self.forget_cached_aggregates()
                 failed[poisoned.result.index] = poisoned.result
+                continue
+            except INFRASTRUCTURE_ERRORS:
+                self.forget_cached_aggregates()
+                raise
+            except Exception as exc:
+                # The events of some record cannot be stored (encoded): find which one.
+                self.forget_cached_aggregates()
+                culprit = self._unstorable_record(records, failed)
+                self.forget_cached_aggregates()
+                if culprit is None:
+                    raise
+                log.warning("record's events cannot be stored; rejected", index=culprit.index,
+                            event_id=culprit.event_id, error=f"{type(exc).__name__}: {exc}")
+                failed[culprit.index] = culprit
                 continue
             except BaseException:
                 self.forget_cached_aggregates()
@@ -332,8 +350,35 @@ class LeadflowApp(Application[UUID]):
             except BaseException:
                 self.forget_cached_aggregates()
                 raise
-        self._commit(unit, tracking, applied)
+        self._commit(unit, tracking, applied, stored)
         return results
+
+    def _unstorable_record(self, records: Sequence[InboundRecord],
+                           failed: dict[int, RecordResult]) -> RecordResult | None:
+        """Re-apply the batch record by record, encoding the new events after each, to find
+        the record whose events cannot be stored (rare: only then is this cost paid)."""
+        unit = _Unit(self)
+        self._prefetch(unit, records)
+        known = self.record_ids.select_record_ids([r.event_id for r in records])
+        encoded: dict[UUID, int] = {}
+        for index, record in enumerate(records):
+            if index in failed:
+                continue
+            self._apply_one(unit, index, record, known, [])
+            try:
+                for aggregate in unit.touched.values():
+                    pending = aggregate.pending_events
+                    for event in pending[encoded.get(aggregate.id, 0):]:
+                        self._encode_event(event)
+                    encoded[aggregate.id] = len(pending)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                return RecordResult(index, record.event_id, Outcome.REJECTED, None,
+                                    "apply_failed",
+                                    f"its events cannot be stored: {type(exc).__name__}: {exc}",
+                                    type(exc).__name__)
+        return None
 
     def _apply_all(self, unit: _Unit, records: Sequence[InboundRecord],
                    failed: dict[int, RecordResult], applied: list[RecordId]) -> BatchResult:
@@ -713,8 +758,6 @@ class LeadflowApp(Application[UUID]):
         pending = aggregate.collect_events()
         if not pending:
             return []
-        encode = self.mapper.transcoder.encode
-        topics = self._topics
         chained = isinstance(aggregate, Lead)
         head: str | None = None
         if chained:
@@ -725,23 +768,26 @@ class LeadflowApp(Application[UUID]):
                 head = lead.chain_head or self._stored_chain_head(lead.id)
         out: list[StoredEvent] = []
         for event in pending:
-            cls = type(event)
-            topic = topics.get(cls)
-            if topic is None:
-                topic = topics[cls] = get_topic(cls)
-            state = dict(event.__dict__)
-            originator_id = state.pop("originator_id")
-            version = state.pop("originator_version")
-            class_version = getattr(cls, "class_version", 1)
-            if class_version > 1:
-                state["class_version"] = class_version
-            payload = encode(state)
+            originator_id, version, topic, payload = self._encode_event(event)
             if head is not None:
                 payload, head = audit.seal(head, originator_id, version, topic, payload)
             out.append(StoredEvent(originator_id, version, topic, self._protect(payload)))
         if chained:
             cast(Lead, aggregate).chain_head = head
         return out
+
+    def _encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:
+        cls = type(event)
+        topic = self._topics.get(cls)
+        if topic is None:
+            topic = self._topics[cls] = get_topic(cls)
+        state = dict(event.__dict__)
+        originator_id = state.pop("originator_id")
+        version = state.pop("originator_version")
+        class_version = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        return originator_id, version, topic, self.mapper.transcoder.encode(state)
 
     def _protect(self, payload: bytes) -> bytes:
         """Compress and encrypt as the library's mapper would (when configured)."""
@@ -770,17 +816,23 @@ class LeadflowApp(Application[UUID]):
         return audit.verify_events(lead_id, self.recorder.select_events(lead_id),
                                    self._plain if protected else None)
 
+    def _encode(self, unit: _Unit) -> list[StoredEvent]:
+        stored: list[StoredEvent] = []
+        for aggregate in unit.touched.values():
+            stored += self._stored(aggregate)
+        return stored
+
     def _commit(self, unit: _Unit, tracking: Tracking | None,
-                record_ids: Sequence[RecordId] = ()) -> None:
+                record_ids: Sequence[RecordId] = (),
+                stored: list[StoredEvent] | None = None) -> None:
         """Store every pending event of the unit, the tracking record and the applied
         records' ids in one transaction.
 
         This is ``Application.save`` without its per-call overheads: events are collected
         straight from the aggregates and encoded once, and the recorder gets them in one call.
         """
-        stored: list[StoredEvent] = []
-        for aggregate in unit.touched.values():
-            stored += self._stored(aggregate)
+        if stored is None:
+            stored = self._encode(unit)
         if not stored and tracking is None:
             return
         try:

@@ -112,3 +112,24 @@ def test_a_lead_with_a_deleted_middle_event_is_named_and_costs_only_its_records(
     assert caught.value.aggregate_id == lead_id
     assert app.lead("email:bob@acme.io").touchpoints == 2
     app.close()
+
+
+def test_a_record_whose_events_cannot_be_stored_is_rejected_alone(
+        app: LeadflowApp, rec: Records, monkeypatch: pytest.MonkeyPatch) -> None:
+    original = Lead.record_touchpoint
+
+    def record_touchpoint(self: Lead, eid: str, record_type: str, at: Any,
+                          context: dict[str, Any], rules: Any) -> None:
+        if eid == "unstorable":  # a value no JSON encoder takes, in the event's state
+            context = {**context, "form_id": object()}
+        original(self, eid, record_type, at, context, rules)
+
+    monkeypatch.setattr(Lead, "record_touchpoint", record_touchpoint)
+    result = app.apply_batch([rec("email_opened", "bob@bravo.io", event_id="b1"),
+                              rec("form_submitted", "anna@acme.io", event_id="unstorable"),
+                              rec("email_opened", "carl@charlie.io", event_id="c1")])
+    assert [(r.event_id, r.reason) for r in result.rejected] == [("unstorable", "apply_failed")]
+    assert "cannot be stored" in (result.rejected[0].detail or "")
+    assert result.applied == 2
+    with pytest.raises(Exception, match="no lead known"):
+        app.lead("email:anna@acme.io")
