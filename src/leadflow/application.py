@@ -203,6 +203,7 @@ class ClockResult:
     position: datetime | None
     woken: int
     events: int
+    unloadable: tuple[UUID, ...] = ()  # leads skipped: their stored events cannot be loaded
 
 
 class _Unit:
@@ -408,8 +409,9 @@ class LeadflowApp(Application[UUID]):
         clock = self._clock(unit)
         start = clock.position
         if start is not None and to <= start:
-            return ClockResult(start, 0, 0)
+            return ClockResult(start, 0, 0, ())
         woken = events = 0
+        unloadable: list[UUID] = []
         day = day_of(start) if start is not None else None
         while True:
             upcoming = [d for d in clock.days if (day is None or d >= day) and d <= day_of(to)]
@@ -421,7 +423,14 @@ class LeadflowApp(Application[UUID]):
             bucket = unit.get(TimerBucket, TimerBucket.create_id(day))
             entries = bucket.due(clock.position, until) if bucket else []
             for _, lead_id in entries:
-                lead = unit.get(Lead, lead_id)
+                try:
+                    lead = unit.get(Lead, lead_id)
+                except AggregateUnloadableError as exc:
+                    # A lead damaged by hand must not stop time for every other lead.
+                    log.error("lead cannot be loaded; its time-driven transitions skipped",
+                              lead_id=str(lead_id), error=str(exc))
+                    unloadable.append(lead_id)
+                    continue
                 if lead is None or lead.merged_into is not None:
                     continue
                 woken += 1
@@ -442,7 +451,7 @@ class LeadflowApp(Application[UUID]):
             clock.advance(to)
             events += unit.pending()
             self._commit(unit, None)
-        return ClockResult(to, woken, events)
+        return ClockResult(to, woken, events, tuple(unloadable))
 
     def unmerge(self, key: str, at: datetime, actor: str) -> tuple[UUID, UUID]:
         """Undo the merge that brought identity ``key``'s lead into another lead.

@@ -133,3 +133,21 @@ def test_a_record_whose_events_cannot_be_stored_is_rejected_alone(
     assert result.applied == 2
     with pytest.raises(Exception, match="no lead known"):
         app.lead("email:anna@acme.io")
+
+
+def test_the_clock_skips_a_damaged_lead_and_moves_every_other_one_on(
+        tmp_path: Path, rec: Records) -> None:
+    app = make_app("sqlite", tmp_path)
+    app.apply_batch([rec("form_submitted", "anna@acme.io"),
+                     rec("email_opened", "anna@acme.io", at=T0 + days(1)),
+                     rec("form_submitted", "bob@bravo.io")])
+    anna = app.resolve("email:anna@acme.io")
+    app.close()
+    with sqlite3.connect(tmp_path / "leadflow.db") as db:
+        db.execute("DELETE FROM stored_events WHERE originator_id = ? AND originator_version = 2",
+                   [anna.hex])
+    app = make_app("sqlite", tmp_path)
+    result = app.advance_clock(T0 + days(90))
+    assert result.unloadable == (anna,)
+    assert app.lead("email:bob@bravo.io").dormant
+    app.close()
