@@ -13,10 +13,9 @@ import signal
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn
 
 import click
 import structlog
@@ -37,7 +36,7 @@ from leadflow.config import ConfigError, Settings
 from leadflow.contract import RecordRejected
 from leadflow.domain import STAGES, LeadflowError
 from leadflow.identity import InvalidIdentityError, parse_identity_argument
-from leadflow.ingest import IngestReport, RejectsWriter, ingest_lines
+from leadflow.ingest import IngestReport, RejectsWriter, ingest_lines, numbered_lines
 from leadflow.logs import configure_logging
 from leadflow.rules import Rules, RulesError, load_rules
 
@@ -131,9 +130,12 @@ def cli(ctx: click.Context, database_url: str | None, rules_path: str | None,
     ctx.obj = Context(settings, rules_path)
 
 
-def _numbered_lines(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(stream, start=1):
-        yield number, line.rstrip("\n")
+def _open_input(source: str) -> BinaryIO:
+    """The input as bytes: a bad byte costs its own line (malformed_encoding), not the file."""
+    try:
+        return sys.stdin.buffer if source == "-" else open(source, "rb")
+    except OSError as exc:
+        fail(f"cannot read {source}: {exc.strerror}")
 
 
 def _progress() -> Progress:
@@ -147,17 +149,15 @@ def _progress() -> Progress:
 def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
                check_future: bool) -> IngestReport:
     app = obj.app()
-    try:
-        stream: IO[str] = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        fail(f"cannot read {source}: {exc.strerror}")
+    stream = _open_input(source)
     total = None if source == "-" else Path(source).stat().st_size
     now = datetime.now(UTC) if check_future else None
     with stream, rejects_path.open("w", encoding="utf-8") as rejects, _progress() as progress:
         task = progress.add_task(f"ingest {source}", total=total)
         report = ingest_lines(
-            app, _numbered_lines(stream), batch_size=batch_size, now=now,
-            max_future_skew=obj.settings.max_future_skew, rejects=RejectsWriter(rejects),
+            app, numbered_lines(stream, obj.settings.max_record_bytes), batch_size=batch_size,
+            now=now, max_future_skew=obj.settings.max_future_skew,
+            rejects=RejectsWriter(rejects), max_bytes=obj.settings.max_record_bytes,
             on_batch=lambda _lines, done: progress.update(task, completed=done),
         )
     if report.rejected == 0:
@@ -877,7 +877,8 @@ def consume(obj: Context, until_idle: bool) -> None:
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
         client_id="leadflow-dlq"))
     runner = TouchpointConsumer(app, settings, consumer, producer,
-                                max_future_skew=obj.settings.max_future_skew)
+                                max_future_skew=obj.settings.max_future_skew,
+                                max_record_bytes=obj.settings.max_record_bytes)
     runner.install_signal_handlers()
     try:
         stats = runner.run(until_idle=until_idle)
@@ -905,23 +906,23 @@ def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
     settings = _kafka_settings()
     if rejects_path is None:
         rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
-    try:
-        stream: IO[str] = sys.stdin if source == "-" else open(source, encoding="utf-8")  # noqa: SIM115
-    except OSError as exc:
-        fail(f"cannot read {source}: {exc.strerror}")
+    stream = _open_input(source)
     producer = _kafka_call("producer", lambda: KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20,
         batch_size=256 * 1024, client_id="leadflow-publish"))
     with stream, rejects_path.open("w", encoding="utf-8") as rejects_file:
         rejects = RejectsWriter(rejects_file)
 
-        def on_reject(line_no: int, exc: RecordRejected, raw: str) -> None:
-            rejects.write(line_no, exc.reason, exc.detail, raw)
-            log.warning("line not published", line=line_no, reason=exc.reason)
+        def on_reject(line_no: int, exc: RecordRejected, raw: bytes) -> None:
+            rejects.write(line_no, exc.reason, exc.detail, raw, exc.field)
+            log.warning("line not published", line=line_no, reason=exc.reason,
+                        field=exc.field)
 
+        max_bytes = obj.settings.max_record_bytes
         report = _kafka_call("publish", lambda: publish_lines(
-            producer, settings.topic, _numbered_lines(stream), on_reject=on_reject,
-            now=datetime.now(UTC), max_future_skew=obj.settings.max_future_skew))
+            producer, settings.topic, numbered_lines(stream, max_bytes), on_reject=on_reject,
+            now=datetime.now(UTC), max_future_skew=obj.settings.max_future_skew,
+            max_bytes=max_bytes))
     producer.close()
     if report.rejected == 0:
         rejects_path.unlink(missing_ok=True)

@@ -33,6 +33,8 @@ class Settings:
     aggregate_spill_mib: int = 256
     batch_size: int = 1000
     projection_page_size: int = 2000
+    # Largest record accepted on any intake path (bytes); bigger ones are rejected unread.
+    max_record_bytes: int = 1 << 20
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -43,11 +45,14 @@ class Settings:
             spill = int(env.get("LEADFLOW_AGGREGATE_SPILL_MIB", "256"))
             batch = int(env.get("LEADFLOW_BATCH_SIZE", "1000"))
             page = int(env.get("LEADFLOW_PROJECTION_PAGE_SIZE", "2000"))
+            max_record = int(env.get("LEADFLOW_MAX_RECORD_BYTES", str(1 << 20)))
         except ValueError as exc:
             raise ConfigError(f"LEADFLOW_* numeric setting is not a number: {exc}") from exc
         if batch < 1 or page < 1:
             raise ConfigError("LEADFLOW_BATCH_SIZE and LEADFLOW_PROJECTION_PAGE_SIZE must be "
                               "at least 1")
+        if not 256 <= max_record <= 64 << 20:
+            raise ConfigError("LEADFLOW_MAX_RECORD_BYTES must be between 256 and 67108864")
         return cls(
             database_url=env.get("LEADFLOW_DATABASE_URL", DEFAULT_DATABASE_URL),
             rules_path=env.get("LEADFLOW_RULES") or None,
@@ -56,6 +61,7 @@ class Settings:
             aggregate_spill_mib=spill,
             batch_size=batch,
             projection_page_size=page,
+            max_record_bytes=max_record,
         )
 
     def eventsourcing_env(self, environ: Mapping[str, str] | None = None) -> dict[str, str]:
