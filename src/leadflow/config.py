@@ -2,7 +2,9 @@
 
 ``LEADFLOW_DATABASE_URL`` picks the persistence: ``sqlite:///path`` (default
 ``sqlite:///leadflow.db``), ``memory:`` (eventsourcing's in-memory POPO store, for tests),
-``postgresql://user:pass@host:port/db``. eventsourcing's own keys (``PERSISTENCE_MODULE``,
+``postgresql://user:pass@host:port/db`` (a password may hold reserved characters such as
+``/``, ``@`` or ``#`` as long as the URL can be read only one way; percent-encoding them always
+works). eventsourcing's own keys (``PERSISTENCE_MODULE``,
 ``POSTGRES_*``, ``SQLITE_*``, ``AGGREGATE_CACHE_*``) set in the environment win over what the
 URL implies, so operators can tune the library directly.
 """
@@ -10,10 +12,12 @@ URL implies, so operators can tune the library directly.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import timedelta
-from urllib.parse import unquote, urlparse
+from pathlib import Path
+from urllib.parse import quote, unquote, urlparse
 
 DEFAULT_DATABASE_URL = "sqlite:///leadflow.db"
 
@@ -89,24 +93,20 @@ class Settings:
 def database_env(url: str) -> dict[str, str]:
     if url in ("memory:", "memory://", "popo:"):
         return {"PERSISTENCE_MODULE": "eventsourcing.popo"}
-    parsed = urlparse(url)
-    if parsed.scheme == "sqlite":
-        # sqlite:///relative.db and sqlite:////absolute.db, as SQLAlchemy spells them.
-        path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else parsed.path
-        if not path:
-            raise ConfigError(f"LEADFLOW_DATABASE_URL {url!r} names no SQLite file")
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        path = sqlite_path(url)
         return {"PERSISTENCE_MODULE": "eventsourcing.sqlite", "SQLITE_DBNAME": path,
                 "SQLITE_LOCK_TIMEOUT": "30"}
-    if parsed.scheme in ("postgresql", "postgres"):
-        if not parsed.path.strip("/"):
-            raise ConfigError(f"LEADFLOW_DATABASE_URL {url!r} names no database")
+    if scheme in ("postgresql", "postgres"):
+        pg = parse_postgres_url(url)
         return {
             "PERSISTENCE_MODULE": "eventsourcing.postgres",
-            "POSTGRES_DBNAME": unquote(parsed.path.lstrip("/")),
-            "POSTGRES_HOST": parsed.hostname or "localhost",
-            "POSTGRES_PORT": str(parsed.port or 5432),
-            "POSTGRES_USER": unquote(parsed.username or "postgres"),
-            "POSTGRES_PASSWORD": unquote(parsed.password or ""),
+            "POSTGRES_DBNAME": pg.dbname,
+            "POSTGRES_HOST": pg.host or "localhost",
+            "POSTGRES_PORT": str(pg.port or 5432),
+            "POSTGRES_USER": pg.user or "postgres",
+            "POSTGRES_PASSWORD": pg.password or "",
             # Fail fast when the server is down: eventsourcing retries each call 10 times and
             # the consumer adds its own bounded retries on top (library default: 30 s each).
             "POSTGRES_CONNECT_TIMEOUT": "5",
@@ -114,6 +114,142 @@ def database_env(url: str) -> dict[str, str]:
             "PROCESS_RECORDER_TOPIC": "leadflow.storage:LeadflowPostgresProcessRecorder",
         }
     raise ConfigError(
-        f"LEADFLOW_DATABASE_URL {url!r}: unsupported scheme; use sqlite:///PATH, memory: "
-        "or postgresql://USER:PASS@HOST:PORT/DB"
+        f"LEADFLOW_DATABASE_URL {redact_url(url)!r}: unsupported scheme; use sqlite:///PATH, "
+        "memory: or postgresql://USER:PASS@HOST:PORT/DB"
     )
+
+
+def sqlite_path(url: str) -> str:
+    """The file of a ``sqlite:///relative.db`` or ``sqlite:////absolute.db`` URL (as
+    SQLAlchemy spells them), checked so that a missing directory is named up front rather
+    than surfacing as the driver's "unable to open database file"."""
+    path = url[len("sqlite:///"):] if url.startswith("sqlite:///") else urlparse(url).path
+    if not path:
+        raise ConfigError(f"LEADFLOW_DATABASE_URL {url!r} names no SQLite file")
+    if path == ":memory:" or path.startswith("file:"):
+        return path  # SQLite's own in-memory and URI forms: nothing to check here
+    file = Path(path)
+    if file.is_dir():
+        raise ConfigError(f"LEADFLOW_DATABASE_URL {url!r}: {path} is a directory, not a "
+                          "SQLite file")
+    if not file.parent.is_dir():
+        raise ConfigError(f"LEADFLOW_DATABASE_URL {url!r}: the directory {file.parent} does "
+                          "not exist; create it or choose another path")
+    return path
+
+
+@dataclass(frozen=True)
+class PostgresURL:
+    """The parts of a ``postgresql://`` URL, percent-decoded."""
+
+    scheme: str
+    user: str | None
+    password: str | None
+    host: str  # "" for libpq's default (the local socket)
+    port: int | None
+    dbname: str
+    query: str
+
+    def url(self, password: str | None = None) -> str:
+        """The URL with every part percent-encoded (what libpq and psycopg read correctly);
+        ``password`` replaces the real one (``"***"`` to print it)."""
+        secret = self.password if password is None else password
+        userinfo = ""
+        if self.user is not None:
+            userinfo = quote(self.user, safe="")
+            if secret is not None:
+                userinfo += ":" + (secret if password is not None else quote(secret, safe=""))
+            userinfo += "@"
+        host = self.host if self.host.startswith("[") else quote(self.host, safe="")
+        port = f":{self.port}" if self.port is not None else ""
+        query = f"?{self.query}" if self.query else ""
+        return f"{self.scheme}://{userinfo}{host}{port}/{quote(self.dbname, safe='')}{query}"
+
+    def redacted(self) -> str:
+        return self.url(password="***" if self.password is not None else None)
+
+
+# host[:port][/dbname][?query][#fragment] after the userinfo. The host is a name, an IPv4
+# address, a bracketed IPv6 address or a percent-encoded socket directory; the database
+# name holds no '/'.
+_HOST_PART = re.compile(
+    r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._%~-]*)(?::(?P<port>[0-9]*))?"
+    r"(?P<path>/(?P<db>[^/?#]*))?(?:\?(?P<query>[^#]*))?(?:#.*)?")
+
+
+def parse_postgres_url(url: str) -> PostgresURL:
+    """Read ``postgresql://USER:PASS@HOST:PORT/DB`` even when the password holds reserved
+    characters (``/``, ``@``, ``?``, ``#``, ``:``) that a strict URL parser splits on.
+
+    The userinfo may end at any ``@``; the reading whose remainder is a valid
+    ``host[:port]/db`` is taken. When two readings are valid the URL is refused (percent-
+    encoding the password removes the doubt). Error messages never contain the password.
+    """
+    shown = _redact_unread(url)
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError(f"LEADFLOW_DATABASE_URL {shown!r}: expected "
+                          "postgresql://USER:PASS@HOST:PORT/DB")
+    readings: list[tuple[str | None, re.Match[str]]] = []
+    splits = [-1] + [i for i, ch in enumerate(rest) if ch == "@"]
+    for at in splits:
+        userinfo, hostpart = (rest[:at], rest[at + 1:]) if at >= 0 else (None, rest)
+        match = _HOST_PART.fullmatch(hostpart)
+        if match is not None and match["path"] is not None:
+            readings.append((userinfo, match))
+    if not readings:
+        raise ConfigError(f"LEADFLOW_DATABASE_URL {shown!r} names no database (expected "
+                          "postgresql://USER:PASS@HOST:PORT/DB; percent-encode reserved "
+                          "characters in the password, e.g. '/' as %2F)")
+    if len(readings) > 1:
+        raise ConfigError(f"LEADFLOW_DATABASE_URL {shown!r}: cannot tell where the password "
+                          "ends; percent-encode '@', '/', '?' and '#' in it (e.g. '@' as %40)")
+    userinfo, match = readings[0]
+    user = password = None
+    if userinfo is not None:
+        name, colon, secret = userinfo.partition(":")
+        user = unquote(name)
+        password = unquote(secret) if colon else None
+    port = None
+    if match["port"]:
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise ConfigError(f"LEADFLOW_DATABASE_URL {shown!r}: port {port} is out of range")
+    dbname = unquote(match["db"] or "")
+    if not dbname:
+        raise ConfigError(f"LEADFLOW_DATABASE_URL {shown!r} names no database")
+    return PostgresURL(scheme=scheme.lower(), user=user, password=password,
+                       host=unquote(match["host"]) if not match["host"].startswith("[")
+                       else match["host"], port=port, dbname=dbname,
+                       query=match["query"] or "")
+
+
+def redact_url(url: str) -> str:
+    """The URL without its password, for messages and logs. When the URL cannot be read at
+    all, everything between ``://`` and the last ``@`` is hidden."""
+    scheme = url.partition(":")[0].lower()
+    if scheme in ("postgresql", "postgres"):
+        try:
+            return parse_postgres_url(url).redacted()
+        except ConfigError:
+            pass
+    return _redact_unread(url)
+
+
+def _redact_unread(url: str) -> str:
+    # Without a reading of the URL, hide everything from after the user name to the last
+    # '@': wherever the password ends, it is inside.
+    head, sep, rest = url.partition("://")
+    userinfo, at, tail = rest.rpartition("@")
+    if not (sep and at) or ":" not in userinfo:
+        return url  # no userinfo, or a user name without a password
+    user = userinfo.partition(":")[0]
+    return f"{head}://{user}:***@{tail}"
+
+
+def database_url_for_clients(url: str) -> str:
+    """The URL other PostgreSQL clients (psycopg) read the same way as ``database_env``:
+    percent-encoded, so a password with '/' or '@' cannot be misread. Others unchanged."""
+    if url.partition(":")[0].lower() in ("postgresql", "postgres"):
+        return parse_postgres_url(url).url()
+    return url
