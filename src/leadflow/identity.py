@@ -7,6 +7,7 @@ to E.164 by ``phonenumbers``. A key is ``kind:value``; index aggregates are keye
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from functools import lru_cache
 from uuid import UUID, uuid5
@@ -119,9 +120,35 @@ def singleton_id(name: str) -> UUID:
     return uuid5(NS_SINGLETON, name)
 
 
+# A lead id as leadflow prints it (``lead show --json`` "lead_id"): the 8-4-4-4-12 form only,
+# so that other hex strings (a 32-digit hash used as a CRM id) stay external ids.
+_LEAD_ID = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
+
+
+def is_lead_id(text: str) -> bool:
+    return _LEAD_ID.fullmatch(text) is not None
+
+
 def parse_identity_argument(text: str) -> str:
-    """Turn a CLI argument into an identity key: an email, a phone, or ``kind:value``."""
+    """Turn a CLI argument into what ``LeadflowApp.resolve`` takes: an identity key
+    (``kind:value``) for an email, a ``+E.164`` phone or ``kind:value``; a lead id (a UUID as
+    leadflow prints it, bare or as ``lead:<uuid>``) in its canonical lower-case form.
+
+    A bare UUID is returned as a lead id. An external id that looks like one stays reachable
+    as ``external_id:<uuid>``, and the CLI tries that when no lead has the id.
+    """
     text = text.strip()
+    if not text:
+        raise InvalidIdentityError("empty identity: give an email, a +E.164 phone, a lead id "
+                                   "or kind:value")
+    if text[:5].lower() == "lead:":
+        value = text[5:].strip()
+        if not is_lead_id(value):
+            raise InvalidIdentityError(f"invalid lead id {value!r}: expected a UUID as "
+                                       "printed by leadflow (lead show --json: lead_id)")
+        return str(UUID(value))
+    if is_lead_id(text):
+        return str(UUID(text))
     for kind in IDENTITY_KINDS:
         if text.startswith(kind + ":"):
             value = text[len(kind) + 1 :]
