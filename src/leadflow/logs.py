@@ -1,12 +1,72 @@
-"""structlog set-up: JSON lines for machines, a readable console for people, both on stderr."""
+"""structlog set-up: JSON lines for machines, a readable console for people, both on stderr.
+
+Log lines go to ``sys.stderr`` as it is at each write, so while a rich progress bar is drawn
+(it redirects stderr to print above itself) they appear above the bar instead of through it.
+While a bar is drawn, per-record warnings (one per rejected line or dead letter) are not
+printed one by one either: ``per_record_summary()`` counts them by reason and the caller logs
+one summary when the bar is gone. Where no bar is drawn (stderr is not a terminal: JSON logs
+that operators grep) every event is written.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+from collections import Counter
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from typing import Any, TextIO, cast
 
 import structlog
+
+#: Events logged once per input record; held back while a progress bar is on screen.
+PER_RECORD_EVENTS = frozenset({"record rejected", "line not published", "dead-lettered"})
+
+# (event, reason) -> count while per_record_summary() is active; None when it is not.
+_held: Counter[tuple[str, str]] | None = None
+
+
+class _CurrentStderr:
+    """``sys.stderr`` looked up at each write (structlog would keep the one it was given)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+def _hold_per_record(_logger: Any, _method: str,
+                     event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    held = _held
+    if held is not None and event_dict.get("event") in PER_RECORD_EVENTS:
+        held[(str(event_dict["event"]), str(event_dict.get("reason") or "-"))] += 1
+        raise structlog.DropEvent
+    return event_dict
+
+
+@contextmanager
+def per_record_summary() -> Iterator[Counter[tuple[str, str]]]:
+    """Count per-record warnings instead of writing them, then log one summary per event.
+
+    For the time a progress bar is drawn: hundreds of "record rejected" lines would scroll
+    the bar away, and each of them is in the rejects file (or the dead-letter topic) anyway.
+    """
+    global _held
+    previous, _held = _held, Counter()
+    held = _held
+    try:
+        yield held
+    finally:
+        _held = previous
+        by_event: dict[str, Counter[str]] = {}
+        for (event, reason), count in held.items():
+            by_event.setdefault(event, Counter())[reason] += count
+        log = structlog.get_logger("leadflow")
+        for event, reasons in sorted(by_event.items()):
+            log.warning(f"{event} (summary)", count=sum(reasons.values()),
+                        by_reason=dict(sorted(reasons.items())))
 
 
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
@@ -14,9 +74,11 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     numeric = logging.getLevelName(level_name)
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level_name!r}")
-    fmt = fmt or os.environ.get("LEADFLOW_LOG_FORMAT") or (
+    fmt = (fmt or os.environ.get("LEADFLOW_LOG_FORMAT") or (
         "console" if sys.stderr.isatty() else "json"
-    )
+    )).lower()
+    if fmt not in ("console", "json"):
+        raise ValueError(f"unknown log format {fmt!r} (LEADFLOW_LOG_FORMAT): use console or json")
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if fmt == "console"
@@ -24,6 +86,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     )
     structlog.configure(
         processors=[
+            _hold_per_record,
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
@@ -32,6 +95,6 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
