@@ -1,8 +1,9 @@
 """``leadflow`` command line: the composition root. Clients are built here, in ``main()``.
 
-Exit codes: 0 success; 1 a problem named on stderr (bad configuration, unreadable file,
-unknown lead); 2 usage error (click); 3 the command ran but some input lines were rejected;
-4 ``verify`` found stored events that do not verify.
+Exit codes: 0 success; 1 a problem named in one line on stderr, never a traceback (bad
+configuration, unreadable or unwritable file, unknown lead, a damaged store); 2 usage error
+(click: also options that contradict each other); 3 the command ran but some input lines were
+rejected; 4 ``verify`` found stored events that do not verify.
 """
 
 from __future__ import annotations
@@ -10,34 +11,47 @@ from __future__ import annotations
 import contextlib
 import json
 import signal
+import sqlite3
 import sys
 import tempfile
 from collections import Counter
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterator
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any, BinaryIO, NoReturn
+from typing import IO, Any, BinaryIO, NoReturn, TypeVar
+from uuid import UUID
 
 import click
 import structlog
 from eventsourcing.persistence import PersistenceError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from leadflow.application import LeadflowApp, LeadView
+from leadflow.audit import LeadVerification, Problem
 from leadflow.config import ConfigError, Settings
 from leadflow.contract import RecordRejected
-from leadflow.domain import STAGES, LeadflowError
-from leadflow.identity import InvalidIdentityError, parse_identity_argument
+from leadflow.domain import STAGES, AggregateUnloadableError, LeadflowError, UnknownLeadError
+from leadflow.identity import (
+    InvalidIdentityError,
+    identity_key,
+    is_lead_id,
+    parse_identity_argument,
+)
 from leadflow.ingest import IngestReport, RejectsWriter, ingest_lines, numbered_lines
-from leadflow.logs import configure_logging
+from leadflow.logs import configure_logging, per_record_summary
 from leadflow.rules import Rules, RulesError, load_rules
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
@@ -45,10 +59,50 @@ EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
 err_console = Console(stderr=True)
 log = structlog.get_logger("leadflow.cli")
 
+# Passwords of the configured database: never printed, whatever message carries them.
+_secrets: set[str] = set()
+
+
+def _scrub(text: str) -> str:
+    for secret in _secrets:
+        text = text.replace(secret, "***")
+    return text
+
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    """``error: <message>`` on one line (drivers' messages span several; the terminal's
+    width does not wrap it), without the database password, and exit."""
+    text = "; ".join(part.strip() for part in _scrub(message).splitlines() if part.strip())
+    err_console.print("[bold red]error:[/] ", end="", highlight=False)
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
+
+
+def _damaged_store(exc: Exception) -> str:
+    """The message for stored events that cannot be turned back into an aggregate."""
+    return (f"the event store holds events that cannot be loaded ({type(exc).__name__}: "
+            f"{exc}); run `leadflow verify` to find the damaged lead")
+
+
+class _Leadflow(click.Group):
+    """The command group; named errors that escape a command end it with one line (exit 1).
+
+    Commands name their own errors where they know more; this is the net under them, so
+    a damaged store, an unknown lead or a bad identity never ends in a traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from eventsourcing.domain import OriginatorIDError, OriginatorVersionError
+
+        try:
+            return super().invoke(ctx)
+        except (LeadflowError, InvalidIdentityError, ConfigError, RecordRejected) as exc:
+            fail(str(exc))
+        except (OriginatorVersionError, OriginatorIDError) as exc:
+            fail(_damaged_store(exc))
+        except PersistenceError as exc:  # the database went away (or refused) mid-command
+            url = ctx.obj.settings.database_url if isinstance(ctx.obj, Context) else ""
+            fail(f"the database {_redact(url)} failed: {type(exc).__name__}: {exc}")
 
 
 class Context:
@@ -65,7 +119,10 @@ class Context:
         except RulesError as exc:
             fail(str(exc))
 
-    def app(self) -> LeadflowApp:
+    def app(self, published_rules: bool = True) -> LeadflowApp:
+        """The application; ``published_rules=False`` skips reading the rules published with
+        `rescore --apply` (``verify`` reads stored bytes only and must work on a store whose
+        rule book is damaged)."""
         if self._app is None:
             try:
                 env = self.settings.eventsourcing_env()
@@ -76,19 +133,36 @@ class Context:
             except PersistenceError as exc:  # unreachable server, bad credentials, no database
                 fail(f"cannot open the database {_redact(self.settings.database_url)}: "
                      f"{type(exc).__name__}: {exc}")
-            if self.rules_path is None:
-                # Rules published with `rescore --apply` win over the built-in defaults.
-                published = self._app.published_rules()
-                if published is not None:
-                    from leadflow.rules import parse_rules
-
-                    self._app.rules = parse_rules(published["text"],
-                                                  source=f"published {published['version']}")
-            elif (published := self._app.published_rules()) is not None and \
-                    published["version"] != self._app.rules.version:
-                log.warning("explicit rules differ from the published version",
-                            explicit=self._app.rules.version, published=published["version"])
+            if published_rules:
+                self._use_published_rules(self._app)
         return self._app
+
+    def _use_published_rules(self, app: LeadflowApp) -> None:
+        """Rules published with `rescore --apply` win over the built-in defaults; an
+        explicit rules file wins over both (with a warning when they differ)."""
+        from leadflow.rules import parse_rules
+
+        try:
+            published = app.published_rules()
+            rules = None if published is None else parse_rules(
+                published["text"], source=f"published {published['version']}")
+        except PersistenceError:
+            raise
+        except Exception as exc:  # a damaged rule book: name it, offer the way around it
+            if self.rules_path is None:
+                fail(f"the rules published with `rescore --apply` cannot be loaded from the "
+                     f"store ({type(exc).__name__}: {exc}); score with a rules file "
+                     "(--rules or LEADFLOW_RULES) and run `leadflow verify`")
+            log.warning("published rules cannot be loaded", error=f"{type(exc).__name__}: "
+                        f"{exc}")
+            return
+        if rules is None:
+            return
+        if self.rules_path is None:
+            app.rules = rules
+        elif published is not None and published["version"] != app.rules.version:
+            log.warning("explicit rules differ from the published version",
+                        explicit=app.rules.version, published=published["version"])
 
 
 def parse_time(text: str, name: str) -> datetime:
@@ -104,10 +178,14 @@ def parse_time(text: str, name: str) -> datetime:
         if "T" in text or " " in text:
             fail(f"{name}: {text!r} has no UTC offset; add one, e.g. {text}+00:00")
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        fail(f"{name}: {text!r} is outside the times leadflow can represent (years 1 to 9999 "
+             "in UTC)")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_Leadflow, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--database", "database_url", envvar="LEADFLOW_DATABASE_URL",
               help="sqlite:///PATH (default sqlite:///leadflow.db), memory: or postgresql://…")
 @click.option("--rules", "rules_path", envvar="LEADFLOW_RULES", type=click.Path(),
@@ -127,7 +205,26 @@ def cli(ctx: click.Context, database_url: str | None, rules_path: str | None,
         fail(str(exc))
     if database_url:
         settings = Settings(**{**settings.__dict__, "database_url": database_url})
+    _secrets.update(_passwords(settings.database_url))
     ctx.obj = Context(settings, rules_path)
+
+
+def _passwords(url: str) -> set[str]:
+    """What to scrub from messages: the URL's password, raw and percent-encoded, or when the
+    URL cannot be read, everything that might be the password."""
+    from urllib.parse import quote
+
+    from leadflow.config import parse_postgres_url
+
+    sep, rest = url.partition("://")[1:]
+    userinfo = rest.rpartition("@")[0]
+    if not (sep and ":" in userinfo):
+        return set()
+    try:
+        password = parse_postgres_url(url).password or ""
+    except ConfigError:
+        password = userinfo.partition(":")[2]
+    return {p for p in (password, quote(password, safe="")) if p}
 
 
 def _open_input(source: str) -> BinaryIO:
@@ -138,12 +235,73 @@ def _open_input(source: str) -> BinaryIO:
         fail(f"cannot read {source}: {exc.strerror}")
 
 
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TransferSpeedColumn(), TimeElapsedColumn(), console=err_console,
-        disable=not err_console.is_terminal,
-    )
+def _check_writable(path: Path, what: str = "") -> None:
+    """Name an output path that cannot be written before any work is done for it."""
+    named = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        fail(f"cannot write {named}: it is a directory")
+    if not path.parent.is_dir():
+        fail(f"cannot write {named}: the directory {path.parent} does not exist")
+
+
+def _open_for_writing(path: Path, what: str = "") -> IO[str]:
+    _check_writable(path, what)
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {f'{what} {path}' if what else path}: {exc.strerror or exc}")
+
+
+def _check_rejects_path(source: str, rejects_path: Path) -> None:
+    # Opening the rejects file truncates it: it must not be the input being read.
+    if source != "-" and Path(source).exists() and rejects_path.exists() \
+            and rejects_path.resolve() == Path(source).resolve():
+        raise click.BadParameter(f"{rejects_path} is the input file; rejected lines would "
+                                 "overwrite it", param_hint="--rejects")
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second, in the task's unit (events, leads, days)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "")
+        return Text("" if speed is None else f"{speed:,.0f} {unit}/s".replace(" /", "/"),
+                    style="progress.data.speed")
+
+
+class _RecordsColumn(ProgressColumn):
+    """Records done and records per second (the bar itself follows the file's bytes)."""
+
+    def render(self, task: Task) -> Text:
+        records = int(task.fields.get("records", 0))
+        elapsed = task.finished_time if task.finished else task.elapsed
+        rate = f" ({records / elapsed:,.0f}/s)" if elapsed else ""
+        return Text(f"{records:,} records{rate}", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def _progress(records: bool = False) -> Iterator[Progress]:
+    """A progress bar on stderr when it is a terminal (``records``: for ingest, a bar over
+    the input's bytes with the count of records beside it).
+
+    Log lines print above the bar; per-record warnings are counted while it is drawn and
+    summarised once after it (see ``leadflow.logs``).
+    """
+    columns: tuple[ProgressColumn | str, ...] = (
+        (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+         _RecordsColumn(), TimeElapsedColumn()) if records else
+        (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+         _RateColumn(), TimeElapsedColumn()))
+    # stdout is the command's output (JSON, JSONL with -o -): never redirected to the bar.
+    progress = Progress(*columns, console=err_console, disable=not err_console.is_terminal,
+                        redirect_stdout=False)
+    if progress.disable:
+        with progress:
+            yield progress
+        return
+    with per_record_summary(), progress:
+        yield progress
 
 
 def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
@@ -152,13 +310,14 @@ def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
     stream = _open_input(source)
     total = None if source == "-" else Path(source).stat().st_size
     now = datetime.now(UTC) if check_future else None
-    with stream, rejects_path.open("w", encoding="utf-8") as rejects, _progress() as progress:
-        task = progress.add_task(f"ingest {source}", total=total)
+    with stream, _open_for_writing(rejects_path, "the rejects file") as rejects, \
+            _progress(records=True) as progress:
+        task = progress.add_task(f"ingest {source}", total=total, records=0)
         report = ingest_lines(
             app, numbered_lines(stream, obj.settings.max_record_bytes), batch_size=batch_size,
             now=now, max_future_skew=obj.settings.max_future_skew,
             rejects=RejectsWriter(rejects), max_bytes=obj.settings.max_record_bytes,
-            on_batch=lambda _lines, done: progress.update(task, completed=done),
+            on_batch=lambda lines, done: progress.update(task, completed=done, records=lines),
         )
     if report.rejected == 0:
         rejects_path.unlink(missing_ok=True)
@@ -185,6 +344,7 @@ def ingest(obj: Context, source: str, rejects_path: Path | None, batch_size: int
     """
     if rejects_path is None:
         rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
+    _check_rejects_path(source, rejects_path)
     report = run_ingest(obj, source, rejects_path, batch_size or obj.settings.batch_size,
                         check_future=not allow_future)
     if as_json:
@@ -216,15 +376,20 @@ def generate(obj: Context, leads: int, days: int, seed: int, start: str, output:
     from leadflow.generator import generate as generate_stream
 
     begin = parse_time(start, "--start")
+    try:
+        begin + timedelta(days=days + 1)
+    except OverflowError:
+        fail(f"--start {start} with --days {days} goes past the year 9999")
     count = 0
-    out: IO[str] = sys.stdout if str(output) == "-" else output.open("w", encoding="utf-8")
+    out: IO[str] = sys.stdout if str(output) == "-" else _open_for_writing(output)
     with out, _progress() as progress:
-        task = progress.add_task("generate", total=None)
+        task = progress.add_task("generate", total=None, unit="records")
         for line in generate_stream(leads=leads, days=days, seed=seed, start=begin):
             out.write(line + "\n")
             count += 1
             if count % 10_000 == 0:
                 progress.update(task, completed=count)
+        progress.update(task, completed=count)
     log.info("generated", records=count, leads=leads, days=days, seed=seed, output=str(output))
     if str(output) != "-":
         click.echo(f"wrote {count} records for {leads} leads to {output}")
@@ -261,9 +426,9 @@ def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
         db, projected = run_projector(obj, until_idle=True)
         db.close()
     console = _out_console()
-    console.print(f"[bold]leadflow demo[/] on {url}: {report.lines} records for {leads} leads "
-                  f"over {days} days; {report.applied} applied, {report.duplicates} duplicates "
-                  f"ignored, {report.rejected} rejected "
+    console.print(f"[bold]leadflow demo[/] on {escape(_redact(url))}: {report.lines} records "
+                  f"for {leads} leads over {days} days; {report.applied} applied, "
+                  f"{report.duplicates} duplicates ignored, {report.rejected} rejected "
                   f"({', '.join(f'{k}={v}' for k, v in sorted(report.reasons.items()))})")
     console.print(f"clock advanced to {end.isoformat()}: {clock.woken} leads woken, "
                   f"{clock.events} events recorded")
@@ -333,17 +498,13 @@ def lead() -> None:
 def lead_show(obj: Context, identity: str, at_text: str | None, as_json: bool) -> None:
     """Stage, owner, fit, engagement and score of a lead at a time, with per-rule breakdown.
 
-    IDENTITY is an email, a +E.164 phone, a lead id, or kind:value (external_id:CRM-1).
+    IDENTITY is an email, a +E.164 phone, kind:value (external_id:CRM-1) or a lead id (the
+    UUID printed as lead_id, or lead:UUID; a bare UUID that is no lead id is tried as an
+    external id). history, as-of, explain, verify and unmerge take the same.
     """
     at = parse_time(at_text or "now", "--at")
     app = obj.app()
-    try:
-        key = parse_identity_argument(identity)
-        view = app.lead(key, at=at)
-    except InvalidIdentityError as exc:
-        fail(str(exc))
-    except LeadflowError as exc:
-        fail(str(exc))
+    view = _lookup(identity, lambda key: app.lead(key, at=at))
     if as_json:
         click.echo(json.dumps(view.to_json()))
         return
@@ -375,9 +536,13 @@ def clock_advance(obj: Context, to_text: str) -> None:
     to = parse_time(to_text, "--to")
     app = obj.app()
     with _progress() as progress:
-        task = progress.add_task("advance clock", total=None)
+        task = progress.add_task("advance clock", total=None, unit="days")
         result = app.advance_clock(to, progress=lambda day, n: progress.update(
             task, advance=1, description=f"advance clock {day}"))
+    if result.position is not None and result.position > to:
+        click.echo(f"clock already at {result.position.isoformat()}, later than "
+                   f"{to.isoformat()}: nothing to record (event time does not go back)")
+        return
     click.echo(f"clock at {to.isoformat()}: {result.woken} leads woken, "
                f"{result.events} events recorded")
 
@@ -442,21 +607,18 @@ def verify(obj: Context, identity: str | None, expect_head: str | None, as_json:
     Recomputes each lead's hash chain from the stored rows. Exit code 4 and a report naming
     the lead and the version when anything does not verify.
     """
-    app = obj.app()
+    if expect_head and not identity:
+        raise click.UsageError("--expect-head needs IDENTITY, the lead whose chain head it is")
+    app = obj.app(published_rules=False)
     if identity:
-        try:
-            lead_ids = [app.resolve(parse_identity_argument(identity))]
-        except (InvalidIdentityError, LeadflowError) as exc:
-            fail(str(exc))
+        lead_ids = [_lookup(identity, lambda key: _verify_target(app, key))]
     else:
-        if expect_head:
-            fail("--expect-head needs IDENTITY")
         lead_ids = list(app.lead_ids())
     results = []
     with _progress() as progress:
-        task = progress.add_task("verify", total=len(lead_ids))
+        task = progress.add_task("verify", total=len(lead_ids), unit="leads")
         for lead_id in lead_ids:
-            results.append(app.verify(lead_id))
+            results.append(_verify_one(app, lead_id))
             progress.advance(task)
     problems = [p for r in results for p in r.problems]
     if expect_head and results and results[0].head != expect_head:
@@ -482,11 +644,77 @@ def verify(obj: Context, identity: str | None, expect_head: str | None, as_json:
     sys.exit(EXIT_TAMPERED if problems else EXIT_OK)
 
 
-def _resolve(app: LeadflowApp, identity: str) -> Any:
+def _verify_target(app: LeadflowApp, key: str) -> UUID:
+    """The lead to verify: a lead id names itself (a merged lead keeps its own chain), an
+    identity its live lead; a lead whose events cannot be loaded is verified all the same
+    (that is what verify is for)."""
     try:
-        return app.resolve(parse_identity_argument(identity))
-    except (InvalidIdentityError, LeadflowError) as exc:
+        live = app.resolve(key)
+    except AggregateUnloadableError as exc:
+        if exc.kind.lower() != "lead":
+            raise
+        return UUID(key) if is_lead_id(key) else UUID(str(exc.aggregate_id))
+    return UUID(key) if is_lead_id(key) else live
+
+
+def _verify_one(app: LeadflowApp, lead_id: UUID) -> LeadVerification:
+    """One lead's chain; stored rows that cannot even be read are a finding, never a crash
+    (one unreadable lead must not hide what the others show)."""
+    try:
+        return app.verify(lead_id)
+    except PersistenceError:
+        raise  # the database, not the lead: named by the command group
+    except Exception as exc:
+        return LeadVerification(lead_id, 0, None, (Problem(
+            lead_id, 0, f"stored events cannot be read: {type(exc).__name__}: {exc}"),))
+
+
+T = TypeVar("T")
+
+
+def _lookup(identity: str, find: Callable[[str], T]) -> T:
+    """``find`` applied to what IDENTITY means; an unknown lead or a bad identity end the
+    command with one line naming them.
+
+    A bare UUID is tried as a lead id first and then as an external id (CRMs use UUIDs
+    too); ``lead:<uuid>`` and ``external_id:<uuid>`` each mean only one of them.
+    """
+    try:
+        key = parse_identity_argument(identity)
+    except InvalidIdentityError as exc:
         fail(str(exc))
+    keys = [key]
+    text = identity.strip()
+    if is_lead_id(key) and is_lead_id(text):
+        keys.append(identity_key("external_id", text))
+    unknown: list[str] = []
+    for candidate in keys:
+        try:
+            return find(candidate)
+        except UnknownLeadError as exc:
+            unknown.append(str(exc))
+        except LeadflowError as exc:
+            fail(str(exc))
+    fail(", and ".join(unknown))
+
+
+def _resolve(app: LeadflowApp, identity: str) -> UUID:
+    return _lookup(identity, app.resolve)
+
+
+@contextlib.contextmanager
+def _replaying(subject: str) -> Iterator[None]:
+    """Auditor queries replay stored events themselves: events that do not replay are named
+    (a damaged store) with one line instead of a traceback (kept at debug level)."""
+    try:
+        yield
+    except (LeadflowError, PersistenceError, click.ClickException, click.exceptions.Exit):
+        raise
+    except Exception as exc:
+        log.debug("replay failed", exc_info=True)
+        fail(f"the stored events of {subject} cannot be replayed ({type(exc).__name__}: "
+             f"{exc}): the store is damaged or was changed outside leadflow; run "
+             "`leadflow verify`")
 
 
 def _fmt(value: Any) -> str:
@@ -510,7 +738,9 @@ def history(obj: Context, identity: str, as_json: bool) -> None:
     from leadflow.auditor import Auditor
 
     app = obj.app()
-    entries = Auditor(app).history(_resolve(app, identity))
+    lead_id = _resolve(app, identity)
+    with _replaying(f"lead {lead_id} or of a lead merged into it"):
+        entries = Auditor(app).history(lead_id)
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in entries]))
         return
@@ -549,11 +779,9 @@ def as_of(obj: Context, identity: str, time_text: str, known_text: str, as_json:
     at = parse_time(time_text, "TIME")
     known_at = parse_time(known_text, "--known-at")
     auditor = Auditor(obj.app())
-    try:
-        lead_id = auditor.lead_known_by(parse_identity_argument(identity), known_at)
-    except (InvalidIdentityError, LeadflowError) as exc:
-        fail(str(exc))
-    result = auditor.as_of(lead_id, at, known_at)
+    with _replaying(repr(identity)):
+        lead_id = _lookup(identity, lambda key: _lead_known_by(auditor, key, known_at))
+        result = auditor.as_of(lead_id, at, known_at)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -561,6 +789,24 @@ def as_of(obj: Context, identity: str, time_text: str, known_text: str, as_json:
                f"{_fmt(result['stage'])}, owner {_fmt(result['owner'])}, score "
                f"{_fmt(result['score'])} (fit {_fmt(result['fit'])} + engagement "
                f"{_fmt(result['engagement'])})")
+
+
+def _lead_known_by(auditor: Any, key: str, known_at: datetime) -> UUID:
+    """The lead ``key`` meant as recorded by ``known_at``; a lead id names that lead (or the
+    lead it had been merged into by then)."""
+    from leadflow.domain import Lead
+
+    if not is_lead_id(key):
+        return UUID(str(auditor.lead_known_by(key, known_at)))
+    lead_id = UUID(key)
+    for _ in range(32):
+        lead = auditor.as_known(lead_id, known_at)
+        if not isinstance(lead, Lead):
+            raise UnknownLeadError(f"no lead with id {lead_id} at {known_at.isoformat()}")
+        if lead.merged_into is None:
+            break
+        lead_id = lead.merged_into
+    return lead_id
 
 
 @cli.command()
@@ -574,7 +820,9 @@ def explain(obj: Context, identity: str, at_text: str, as_json: bool) -> None:
 
     at = parse_time(at_text, "--at")
     app = obj.app()
-    result = Auditor(app).explain(_resolve(app, identity), at)
+    lead_id = _resolve(app, identity)
+    with _replaying(f"lead {lead_id} or of a lead merged into it"):
+        result = Auditor(app).explain(lead_id, at)
     if as_json:
         click.echo(json.dumps(result))
         return
@@ -629,7 +877,7 @@ def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
     stages: dict[str, str] = {}
     lead_ids = list(app.lead_ids())
     with _progress() as progress:
-        task = progress.add_task("rescore", total=len(lead_ids))
+        task = progress.add_task("rescore", total=len(lead_ids), unit="leads")
         for lead_id in lead_ids:
             progress.advance(task)
             lead: Any = app.repository.get(lead_id)
@@ -682,24 +930,70 @@ def unmerge(obj: Context, identity: str) -> None:
     `rebuild`) to refresh the read models.
     """
     app = obj.app()
-    try:
-        survivor, restored = app.unmerge(parse_identity_argument(identity), datetime.now(UTC),
-                                         "cli")
-    except (InvalidIdentityError, LeadflowError) as exc:
-        fail(str(exc))
+    now = datetime.now(UTC)
+    survivor, restored = _lookup(identity, lambda key: app.unmerge(
+        _merged_identity(app, key), now, "cli"))
     click.echo(f"lead {restored} separated from lead {survivor}")
+
+
+def _merged_identity(app: LeadflowApp, key: str) -> str:
+    """unmerge takes an identity of the merged lead; a lead id stands for its first one."""
+    from eventsourcing.application import AggregateNotFoundError
+
+    from leadflow.domain import Lead
+
+    if not is_lead_id(key):
+        return key
+    try:
+        lead: Any = app.repository.get(UUID(key))
+    except AggregateNotFoundError:
+        raise UnknownLeadError(f"no lead with id {key}") from None
+    if not isinstance(lead, Lead):
+        raise UnknownLeadError(f"{key} is not a lead")
+    return str(lead.primary_key)
 
 
 # ---------------------------------------------------------------- analyst read models
 
 
 def _projection_db(obj: Context) -> Any:
+    import psycopg
+
+    from leadflow.config import database_env, database_url_for_clients
     from leadflow.projections.db import ProjectionDB
 
+    url = obj.settings.database_url
     try:
-        return ProjectionDB(obj.settings.database_url)
+        database_env(url)  # the checks the event store's URL gets (a missing directory ...)
+        return ProjectionDB(database_url_for_clients(url))
     except ConfigError as exc:
         fail(str(exc))
+    except (sqlite3.Error, psycopg.Error) as exc:
+        fail(f"cannot open the database {_redact(url)}: {type(exc).__name__}: {exc}")
+
+
+@contextlib.contextmanager
+def _projecting(obj: Context, rebuilding: bool = False) -> Iterator[None]:
+    """A projector that stops on an event it cannot take, or on the database, ends the
+    command with one line saying what to do."""
+    import psycopg
+
+    from leadflow.projections import projector
+
+    failed: tuple[type[BaseException], ...] = tuple(
+        cls for cls in [getattr(projector, "ProjectionFailedError", None)]
+        if isinstance(cls, type) and issubclass(cls, BaseException))
+    try:
+        yield
+    except failed as exc:
+        kept = ("the live tables are unchanged" if rebuilding else
+                "they stay up to date until the event before it")
+        fail(f"{exc}. The event store holds an event the read models cannot take; {kept}. "
+             "Run `leadflow verify` to check the store, and report this message to the "
+             "leadflow maintainers")
+    except (PersistenceError, sqlite3.Error, psycopg.Error) as exc:
+        fail(f"the database {_redact(obj.settings.database_url)} failed while projecting: "
+             f"{type(exc).__name__}: {exc}")
 
 
 def run_projector(obj: Context, until_idle: bool) -> Any:
@@ -710,8 +1004,8 @@ def run_projector(obj: Context, until_idle: bool) -> Any:
     if not until_idle:
         signal.signal(signal.SIGTERM, projector.stop)
         signal.signal(signal.SIGINT, projector.stop)
-    with _progress() as progress:
-        task = progress.add_task("project", total=None)
+    with _projecting(obj), _progress() as progress:
+        task = progress.add_task("project", total=None, unit="events")
         stats = projector.run(until_idle=until_idle, progress=lambda pos, top: progress.update(
             task, completed=pos, total=top))
     return db, stats
@@ -747,11 +1041,12 @@ def rebuild(obj: Context, name: str) -> None:
     from leadflow.projections.schema import TABLES
 
     if name != "all" and name not in TABLES:
-        fail(f"--projection {name!r}: unknown; use all or one of {', '.join(TABLES)}")
+        raise click.BadParameter(f"{name!r} is unknown; use all or one of "
+                                 f"{', '.join(TABLES)}", param_hint="--projection")
     db = _projection_db(obj)
     projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
-    with _progress() as progress:
-        task = progress.add_task("rebuild", total=None)
+    with _projecting(obj, rebuilding=True), _progress() as progress:
+        task = progress.add_task("rebuild", total=None, unit="events")
         stats = projector.rebuild(progress=lambda pos, top: progress.update(
             task, completed=pos, total=top))
     db.close()
@@ -777,9 +1072,13 @@ def funnel(obj: Context, start: str | None, end: str | None, by: str | None, as_
     from leadflow.projections import queries
 
     if as_json and as_csv:
-        fail("choose one of --json and --csv")
+        raise click.UsageError("--json and --csv: choose one")
     low = parse_time(start, "--from").date() if start else None
     high = parse_time(end, "--to").date() if end else None
+    if low is not None and high is not None and low > high:
+        raise click.UsageError(f"--from {low} is later than --to {high}: the period is empty")
+    if high == date.max:
+        high = None  # the last representable day: no upper bound (the query adds a day)
     db, _ = run_projector(obj, until_idle=True)
     result = queries.funnel(db, low, high, by)  # type: ignore[arg-type]
     db.close()
@@ -820,10 +1119,14 @@ def report(obj: Context, html_path: Path) -> None:
     """Write an HTML report: funnel, conversion and velocity charts, tables by source/owner."""
     from leadflow.projections.report import render_report
 
+    _check_writable(html_path, "the report")  # before the projector's work, not after
     db, _ = run_projector(obj, until_idle=True)
     page = render_report(db)
     db.close()
-    html_path.write_text(page, encoding="utf-8")
+    try:
+        html_path.write_text(page, encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write the report {html_path}: {exc.strerror or exc}")
     click.echo(f"wrote {html_path}")
 
 
@@ -906,11 +1209,12 @@ def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
     settings = _kafka_settings()
     if rejects_path is None:
         rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
+    _check_rejects_path(source, rejects_path)
     stream = _open_input(source)
     producer = _kafka_call("producer", lambda: KafkaProducer(
         bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20,
         batch_size=256 * 1024, client_id="leadflow-publish"))
-    with stream, rejects_path.open("w", encoding="utf-8") as rejects_file:
+    with stream, _open_for_writing(rejects_path, "the rejects file") as rejects_file:
         rejects = RejectsWriter(rejects_file)
 
         def on_reject(line_no: int, exc: RecordRejected, raw: bytes) -> None:
@@ -1030,12 +1334,9 @@ def db_grant_analyst(obj: Context, role: str, password: str | None) -> None:
 
 
 def _redact(url: str) -> str:
-    from urllib.parse import urlparse
+    from leadflow.config import redact_url
 
-    parsed = urlparse(url)
-    if parsed.password:
-        return url.replace(f":{parsed.password}@", ":***@")
-    return url
+    return redact_url(url)
 
 
 def main() -> Any:
