@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -143,3 +144,22 @@ def _offset(index: int, phase1: int) -> int:
     """Offset of phase-2 message ``index`` in its partition (phase 1 went there first)."""
     before = sum(1 for j in range(phase1) if j % PARTITIONS == index % PARTITIONS)
     return before + index // PARTITIONS
+
+
+def test_publish_sends_what_the_consumer_can_apply_and_names_every_other_line(
+        pipe: Pipeline, tmp_path: Path) -> None:
+    engine_decides = {"applied", "duplicate", "event_id_conflict", "unknown_lead",
+                      "unknown_rep"}
+    lines = [*GOOD, *(c.raw for c in CASES)]
+    source = tmp_path / "hostile.jsonl"
+    source.write_bytes(b"\n".join(lines) + b"\n")
+    published = pipe.run("publish", str(source))
+    assert published.returncode == 3, published.stderr[-2000:]
+    assert "Traceback" not in published.stderr
+    rejects = [json.loads(x) for x in
+               (tmp_path / "hostile.jsonl.rejects.jsonl").read_text().splitlines()]
+    expected = {n: c.expect for n, c in enumerate(CASES, start=len(GOOD) + 1)
+                if c.expect not in engine_decides}
+    assert {r["line"]: r["reason"] for r in rejects} == expected
+    sent = pipe.read_all(pipe.topic)
+    assert len(sent) == len(lines) - len(expected)
