@@ -3,14 +3,25 @@
 SQL is written with ``%s`` placeholders (psycopg's style) and converted for sqlite3. Times are
 stored as ``timestamptz`` on PostgreSQL and as ISO 8601 UTC text on SQLite (which compares
 and sorts correctly as text and works with SQLite's date functions).
+
+``to_text``, ``to_real``, ``to_int``, ``to_bool``, ``to_ts`` and ``to_day`` turn any value a
+stored event can carry into one its column holds on BOTH databases, the same on each: text
+without the characters PostgreSQL text cannot hold, finite numbers within the PostgreSQL
+column's range, UTC times; anything else becomes NULL. The projector passes every row
+through them before writing (``clean_rows``), so what got into the immutable event store
+(``Infinity``, NUL, a 400-digit number) can never stop the read models.
 """
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from functools import cache
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -180,3 +191,211 @@ def split_sql(script: str) -> list[str]:
     if text:
         parts.append(text)
     return parts
+
+
+# ----------------------------------------------------------------- stored values -> columns
+
+INT_RANGE = (-(2**31), 2**31 - 1)  # PostgreSQL INTEGER (SQLite's is wider: the same on both)
+BIG_RANGE = (-(2**63), 2**63 - 1)  # BIGINT
+# Larger magnitudes are NULL in DOUBLE PRECISION/REAL columns: no quantity here comes near,
+# and below it a SUM over up to 10^8 rows cannot overflow (PostgreSQL raises on overflow).
+REAL_LIMIT = 1e300
+REPLACEMENT = "\ufffd"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_INTEGER = re.compile(r"\s*[+-]?[0-9]{1,30}\s*\Z")
+
+
+def clean_text(value: str) -> str:
+    """NUL (PostgreSQL text cannot hold it) and lone surrogates (UTF-8 cannot encode them)
+    become U+FFFD, so SQLite and PostgreSQL hold the same text."""
+    if "\x00" in value:
+        value = value.replace("\x00", REPLACEMENT)
+    if not value.isascii() and _SURROGATE.search(value):
+        value = _SURROGATE.sub(REPLACEMENT, value)
+    return value
+
+
+def to_text(value: Any) -> str | None:
+    if type(value) is str:
+        return value if value.isascii() and "\x00" not in value else clean_text(value)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return clean_text(str.__str__(value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, datetime):
+        return iso(value) if (value := to_ts(value)) is not None else None
+    if isinstance(value, dict | list | tuple):
+        try:
+            return clean_text(json.dumps(value, default=str, sort_keys=True))
+        except (ValueError, TypeError):
+            pass
+    try:
+        return clean_text(str(value))
+    except ValueError:  # an int beyond Python's digit limit for str()
+        return None
+
+
+def to_real(value: Any) -> float | None:
+    """A finite float within ``REAL_LIMIT``; NULL for anything else (inf, NaN, 1e400, text
+    that is no number)."""
+    if type(value) is not float:
+        if value is None or isinstance(value, bool):
+            return None
+        if not isinstance(value, int | float | Decimal | str):
+            return None
+        try:
+            value = float(value)
+        except (ValueError, OverflowError):
+            return None
+    # NaN fails both comparisons.
+    return value if -REAL_LIMIT <= value <= REAL_LIMIT else None
+
+
+def to_int(value: Any, bounds: tuple[int, int] = INT_RANGE) -> int | None:
+    """An integer within the PostgreSQL column's range; NULL for anything else (a float that
+    is not whole, a 400-digit number, text that is no integer)."""
+    if type(value) is not int:
+        if value is None or isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            value = int(value)
+        elif isinstance(value, float):
+            if not value.is_integer():  # also false for inf and NaN
+                return None
+            value = int(value)
+        elif isinstance(value, Decimal):
+            if not value.is_finite() or value != value.to_integral_value():
+                return None
+            value = int(value)
+        elif isinstance(value, str) and _INTEGER.match(value):
+            value = int(value)
+        else:
+            return None
+    return value if bounds[0] <= value <= bounds[1] else None
+
+
+def to_big(value: Any) -> int | None:
+    return to_int(value, BIG_RANGE)
+
+
+def to_bool(value: Any) -> bool | None:
+    if isinstance(value, bool):
+        return value
+    if type(value) is int and value in (0, 1):
+        return bool(value)
+    return None
+
+
+def to_ts(value: Any) -> datetime | None:
+    """A UTC datetime (a time without zone is taken as UTC); NULL for anything else or a time
+    that cannot be expressed in UTC."""
+    if isinstance(value, datetime):
+        when = value
+    elif isinstance(value, str):
+        try:
+            when = datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    else:
+        return None
+    if when.tzinfo is UTC:
+        return when
+    if when.tzinfo is None or when.utcoffset() is None:
+        return when.replace(tzinfo=UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before year 1 in UTC
+        return None
+
+
+def to_day(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        value = value.date()
+    if isinstance(value, date):
+        return value.isoformat()
+    if isinstance(value, str):
+        try:
+            return date.fromisoformat(value).isoformat()
+        except ValueError:
+            return None
+    return None
+
+
+CONVERTERS: dict[str, Callable[[Any], Any]] = {
+    "text": to_text, "real": to_real, "int": to_int, "big": to_big, "bool": to_bool,
+    "ts": to_ts, "day": to_day,
+}
+
+
+class RowRejected(ValueError):
+    """A row that still has NULL in a NOT NULL column after conversion (a stored event lacks a
+    value the read model cannot do without)."""
+
+    def __init__(self, table: str, column: str, value: Any, row: Sequence[Any]) -> None:
+        shown = repr(value)
+        super().__init__(f"{table}.{column} cannot hold the stored value "
+                         f"{shown[:80] + '…' if len(shown) > 80 else shown}")
+        self.table = table
+        self.column = column
+        self.row = row
+
+
+# Each kind's value as the column holds it: the common case (already right) inline, the
+# converter only for the rest. Inline, because a rebuild converts every value it writes.
+_FAST = {
+    "text": "{v} if {v} is None or (type({v}) is str and {v}.isascii() and '\\x00' not in {v}) "
+            "else to_text({v})",
+    "real": "{v} if {v} is None or (type({v}) is float and -REAL_LIMIT <= {v} <= REAL_LIMIT) "
+            "else to_real({v})",
+    "int": "{v} if {v} is None or (type({v}) is int and INT_LO <= {v} <= INT_HI) else to_int({v})",
+    "big": "{v} if {v} is None or (type({v}) is int and BIG_LO <= {v} <= BIG_HI) else to_big({v})",
+    "bool": "{v} if {v} is None or type({v}) is bool else to_bool({v})",
+    "ts": "{v} if {v} is None or (type({v}) is datetime and {v}.tzinfo is UTC) else to_ts({v})",
+    "day": "to_day({v})",
+}
+
+
+@cache
+def _cleaner(table: str, kinds: tuple[tuple[str, str, bool], ...]) -> Callable[
+        [Iterable[Sequence[Any]]], list[list[Any]]]:
+    """A function converting rows of ``kinds`` column by column, generated (as dataclasses
+    and namedtuple generate theirs) from the fixed templates above and the table's column
+    kinds, so the common case costs no call per value."""
+    names = [f"v{i}" for i in range(len(kinds))]
+    values = ", ".join(_FAST[kind].format(v=name)
+                       for name, (_, kind, _) in zip(names, kinds, strict=True))
+    missing = " or ".join(f"out[{i}] is None" for i, (_, _, nullable) in enumerate(kinds)
+                          if not nullable) or "False"
+    source = (f"def clean(rows):\n"
+              f"    cleaned = []\n"
+              f"    for row in rows:\n"
+              f"        {', '.join(names)}, = row\n"
+              f"        out = [{values}]\n"
+              f"        if {missing}:\n"
+              f"            reject(out, row)\n"
+              f"        cleaned.append(out)\n"
+              f"    return cleaned\n")
+
+    def reject(out: list[Any], row: Sequence[Any]) -> None:
+        i = next(i for i, (_, _, nullable) in enumerate(kinds)
+                 if not nullable and out[i] is None)
+        raise RowRejected(table, kinds[i][0], row[i], row)
+
+    namespace: dict[str, Any] = {
+        **{f.__name__: f for f in CONVERTERS.values()}, "reject": reject,
+        "datetime": datetime, "UTC": UTC, "REAL_LIMIT": REAL_LIMIT, "INT_LO": INT_RANGE[0],
+        "INT_HI": INT_RANGE[1], "BIG_LO": BIG_RANGE[0], "BIG_HI": BIG_RANGE[1]}
+    exec(source, namespace)  # the source above holds no outside value
+    clean: Callable[[Iterable[Sequence[Any]]], list[list[Any]]] = namespace["clean"]
+    return clean
+
+
+def clean_rows(table: str, kinds: Sequence[tuple[str, str, bool]],
+               rows: Iterable[Sequence[Any]]) -> list[list[Any]]:
+    """Rows converted column by column (``kinds``: name, kind, nullable, in row order).
+
+    Raises ``RowRejected`` for a NULL left in a NOT NULL column.
+    """
+    return _cleaner(table, tuple(kinds))(rows)

@@ -7,14 +7,23 @@ See ``docs/analytics.md`` for every column and example queries.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from functools import cache
+
 from leadflow.projections.db import Dialect
 
 TABLES = ("lead_state", "stage_transitions", "funnel_daily", "score_ledger", "owner_load",
           "account_state")
 VIEWS = ("leads_by_status", "leads_by_source", "leads_by_owner", "lead_funnel_facts",
-         "funnel_by_cohort", "funnel_by_cohort_dimension", "lead_step_durations", "velocity", "scores_now",
-         "score_ledger_resolved")
+         "funnel_by_cohort", "funnel_by_cohort_dimension", "lead_step_durations", "velocity",
+         "scores_now", "score_ledger_resolved")
 FUNNEL = ("new", "mql", "sql", "opportunity", "customer")
+# Numeric columns fed straight from stored event values. They were NOT NULL before stored
+# values could be non-finite or out of range (which are written as NULL); ``setup`` relaxes
+# tables created before then.
+RELAXED = {"lead_state": ("fit", "engagement_value", "touchpoints"),
+           "score_ledger": ("points",)}
 
 
 def _types(dialect: Dialect) -> dict[str, str]:
@@ -40,10 +49,10 @@ CREATE TABLE IF NOT EXISTS lead_state{s} (
     stage TEXT NOT NULL, stage_at {t['ts']} NOT NULL, stage_reason TEXT,
     owner TEXT, team TEXT, in_pool {t['bool']} NOT NULL, deal_owner TEXT,
     contacted_at {t['ts']},
-    fit {t['real']} NOT NULL, fit_awards TEXT NOT NULL,
-    engagement_value {t['real']} NOT NULL, engagement_as_of {t['ts']},
+    fit {t['real']}, fit_awards TEXT NOT NULL,
+    engagement_value {t['real']}, engagement_as_of {t['ts']},
     half_life_days {t['real']} NOT NULL,
-    last_touch_at {t['ts']}, touchpoints INTEGER NOT NULL, dormant {t['bool']} NOT NULL,
+    last_touch_at {t['ts']}, touchpoints INTEGER, dormant {t['bool']} NOT NULL,
     reached_mql_at {t['ts']}, reached_sql_at {t['ts']},
     reached_opportunity_at {t['ts']}, reached_customer_at {t['ts']},
     disqualified_at {t['ts']}, disqualified_reason TEXT,
@@ -82,7 +91,7 @@ CREATE TABLE IF NOT EXISTS funnel_daily{s} (
 CREATE TABLE IF NOT EXISTS score_ledger{s} (
     notification_id {t['big']} NOT NULL, seq INTEGER NOT NULL,
     lead_id TEXT NOT NULL, event_id TEXT NOT NULL, kind TEXT NOT NULL,
-    rule TEXT NOT NULL, rules_version TEXT NOT NULL, points {t['real']} NOT NULL,
+    rule TEXT NOT NULL, rules_version TEXT NOT NULL, points {t['real']},
     occurred_at {t['ts']} NOT NULL, expires_at {t['ts']},
     PRIMARY KEY (notification_id, seq)
 )
@@ -104,6 +113,40 @@ CREATE TABLE IF NOT EXISTS projection_tracking (
     name TEXT PRIMARY KEY, position {t['big']} NOT NULL
 )
 """
+
+
+@dataclass(frozen=True)
+class Column:
+    """One read-model column: its name, its kind (the PostgreSQL type, which is the
+    narrower of the two dialects) and whether it may hold NULL."""
+
+    name: str
+    kind: str  # text, ts, real, int, big, bool, day
+    nullable: bool
+
+
+_KINDS = {"TEXT": "text", "TIMESTAMPTZ": "ts", "DOUBLE PRECISION": "real", "INTEGER": "int",
+          "BIGINT": "big", "BOOLEAN": "bool", "DATE": "day"}
+_CREATE = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+) \((.*?)\n\)", re.S)
+_TABLE_KEY = re.compile(r"PRIMARY KEY \([^)]*\)")
+
+
+@cache
+def columns() -> dict[str, tuple[Column, ...]]:
+    """Every table's columns in order, read from the PostgreSQL DDL above (one source)."""
+    out: dict[str, tuple[Column, ...]] = {}
+    for table, body in _CREATE.findall(tables_ddl("postgres")):
+        cols = []
+        definitions = _TABLE_KEY.sub("", body)  # without the constraint "PRIMARY KEY (a, b)"
+        for part in (p.strip() for p in definitions.replace("\n", " ").split(",")):
+            if not part:
+                continue
+            name, _, rest = part.partition(" ")
+            decl = rest.replace("PRIMARY KEY", "").replace("NOT NULL", "").strip()
+            cols.append(Column(name, _KINDS[decl],
+                               "NOT NULL" not in rest and "PRIMARY KEY" not in rest))
+        out[table] = tuple(cols)
+    return out
 
 
 def _days_between(dialect: Dialect, a: str, b: str) -> str:
