@@ -8,17 +8,22 @@ encoding, and ``verify`` needs nothing but the stored bytes: a direct SQL edit o
 (even one that only re-spaces the JSON), a deleted, reordered or inserted event breaks the
 chain at a position it can name. The chain head of a lead is printed so an auditor can keep
 it elsewhere and detect the removal of the newest events too (``--expect-head``).
+
+``verify_events`` never fails on a damaged store: a version gap, a payload that is no JSON
+object, garbage bytes or a stored value that is not bytes at all are each a ``Problem``.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
+import orjson
 from eventsourcing.persistence import StoredEvent
 
 GENESIS = "leadflow-chain-v2"
@@ -74,11 +79,38 @@ class LeadVerification:
         return not self.problems
 
 
+def _stored_bytes(state: Any) -> bytes:
+    """The stored payload as bytes (a driver may hand back a memoryview; a hand-made SQLite
+    row may hold text); anything else is no payload."""
+    if isinstance(state, bytes):
+        return state
+    if isinstance(state, bytearray | memoryview):
+        return bytes(state)
+    if isinstance(state, str):
+        return state.encode("utf-8", "surrogateescape")
+    raise ValueError(f"the stored payload is {type(state).__name__}, not bytes")
+
+
+def _not_json(payload: bytes) -> str | None:
+    """Why the payload is no JSON object the engine can decode (None: it is one)."""
+    try:
+        data = orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        try:  # what the engine's encoder can write and orjson refuses (Infinity, NaN, ...)
+            data = json.loads(payload)
+        except (ValueError, RecursionError) as exc:
+            return f"payload is not valid JSON ({' '.join(str(exc).split())[:120]})"
+    if not isinstance(data, dict):
+        return f"payload is a JSON {type(data).__name__}, not an object"
+    return None
+
+
 def verify_events(lead_id: UUID, stored: Sequence[StoredEvent],
                   plain: Callable[[bytes], bytes] | None = None) -> LeadVerification:
     """Recompute the chain over one lead's stored events (ordered by version).
 
-    ``plain`` undoes the application's compressor/cipher, if one is configured.
+    ``plain`` undoes the application's compressor/cipher, if one is configured. Whatever
+    the rows hold, the answer is a list of problems, never an exception.
     """
     problems: list[Problem] = []
     previous = genesis(lead_id)
@@ -91,10 +123,18 @@ def verify_events(lead_id: UUID, stored: Sequence[StoredEvent],
                                     "stored events were deleted"))
         expected_version = version + 1
         try:
-            payload, chain = unseal(plain(event.state) if plain else event.state)
-        except ValueError as exc:  # a cipher's or compressor's refusal of altered bytes
-            problems.append(Problem(lead_id, version, f"payload cannot be read: {exc}"))
+            state = _stored_bytes(event.state)
+            if plain:
+                state = _stored_bytes(plain(state))
+        # A cipher's or compressor's refusal of altered bytes (zlib.error is no ValueError).
+        except Exception as exc:
+            problems.append(Problem(lead_id, version, "payload cannot be read: "
+                                    f"{type(exc).__name__}: {exc}"))
             continue
+        payload, chain = unseal(state)
+        reason = _not_json(payload)
+        if reason is not None:
+            problems.append(Problem(lead_id, version, f"{reason}: the event cannot be loaded"))
         if chain is None:
             problems.append(Problem(lead_id, version, "event carries no chain link: inserted "
                                                       "outside leadflow"))

@@ -3,23 +3,65 @@
 Everything here is computed from the stored events alone (replayed event by event), so the
 answers can be reproduced by anyone holding the log. "Event time" is when a fact happened
 at the source; "record time" is when leadflow stored it (the event's ``timestamp``).
+
+A damaged store (an event deleted by hand, a payload that is no JSON or lacks a field) makes
+the replay of that aggregate raise ``AggregateUnloadableError`` naming it and the cause,
+never the library's own errors; ``leadflow verify`` says what was changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import math
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
 from leadflow import scoring
-from leadflow.domain import STAGES, IdentityIndex, Interest, Lead, UnknownLeadError
+from leadflow.application import INFRASTRUCTURE_ERRORS
+from leadflow.domain import (
+    STAGES,
+    AggregateUnloadableError,
+    IdentityIndex,
+    Interest,
+    Lead,
+    UnknownLeadError,
+)
 from leadflow.identity import identity_index_id, interest_id_for
 from leadflow.rules import Rules
 from leadflow.scoring import Award
 
 _SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
+
+
+@contextmanager
+def unloadable(aggregate_id: UUID, kind: str = "lead") -> Iterator[None]:
+    """Stored events that cannot be decoded or replayed: AggregateUnloadableError.
+
+    Infrastructure failures (the database is gone) and leadflow's own errors pass through.
+    """
+    try:
+        yield
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except AggregateUnloadableError:
+        raise
+    except Exception as exc:
+        raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
+
+
+def finite(value: Any, digits: int | None = 4) -> float | None:
+    """A number for a JSON answer: rounded (``digits``), None when it is no finite number
+    (a damaged store can hold ``Infinity``, which JSON cannot)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return number if digits is None else round(number, digits)
 
 
 def event_time(event: Any) -> datetime | None:
@@ -58,8 +100,8 @@ class HistoryEntry:
             "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
             "recorded_at": self.recorded_at.isoformat(), "actor": self.actor,
             "reason": self.reason, "event_id": self.event_id,
-            "score_before": None if self.score_before is None else round(self.score_before, 4),
-            "score_after": round(self.score_after, 4), "points": list(self.points),
+            "score_before": finite(self.score_before), "score_after": finite(self.score_after),
+            "points": list(self.points),
             "rules_version": self.rules_version,
             "stage": list(self.stage) if self.stage else None,
             "owner": list(self.owner) if self.owner else None,
@@ -75,8 +117,10 @@ class Auditor:
 
     # ----------------------------------------------------------------- lookups
 
-    def events(self, lead_id: UUID) -> list[Any]:
-        return list(self.app.events.get(lead_id))
+    def events(self, lead_id: UUID, kind: str = "lead") -> list[Any]:
+        """The aggregate's stored events, decoded (AggregateUnloadableError if one cannot be)."""
+        with unloadable(lead_id, kind):
+            return list(self.app.events.get(lead_id))
 
     def family(self, lead_id: UUID) -> list[UUID]:
         """The lead and, recursively, every lead merged into it."""
@@ -86,15 +130,19 @@ class Auditor:
             if current in out:
                 continue
             out.append(current)
-            for event in self.events(current):
-                if type(event).__name__ == "Absorbed":
-                    todo.append(event.lead_id)
+            events = self.events(current)
+            with unloadable(current):
+                todo += [event.lead_id for event in events
+                         if type(event).__name__ == "Absorbed"]
         return out
 
-    def replay(self, events: Iterable[Any]) -> Lead | None:
-        aggregate: Lead | None = None
+    def replay(self, events: Iterable[Any], kind: str = "lead") -> Any:
+        """The aggregate the events make, checking each follows the previous one: a missing
+        event (a version gap) raises AggregateUnloadableError, not the library's error."""
+        aggregate: Any = None
         for event in events:
-            aggregate = event.mutate(aggregate)
+            with unloadable(event.originator_id, kind):
+                aggregate = event.mutate(aggregate)
         return aggregate
 
     # ----------------------------------------------------------------- history
@@ -107,9 +155,14 @@ class Auditor:
         return entries
 
     def _lead_history(self, lead_id: UUID) -> list[HistoryEntry]:
+        events = self.events(lead_id)
+        with unloadable(lead_id):
+            return self._replayed_history(lead_id, events)
+
+    def _replayed_history(self, lead_id: UUID, events: list[Any]) -> list[HistoryEntry]:
         out = []
         lead: Lead | None = None
-        for event in self.events(lead_id):
+        for event in events:
             name = type(event).__name__
             if name == "WakeScheduled":
                 lead = event.mutate(lead)
@@ -146,12 +199,16 @@ class Auditor:
 
     def lead_known_by(self, key: str, known_at: datetime) -> UUID:
         """Which lead an identity key belonged to, as recorded by ``known_at``."""
-        events = list(self.app.events.get(identity_index_id(key)))
-        known = [e for e in events if record_time(e) <= known_at]
+        index_id = identity_index_id(key)
+        events = self.events(index_id, "identity index")
+        with unloadable(index_id, "identity index"):
+            known = [e for e in events if record_time(e) <= known_at]
         if not known:
             raise UnknownLeadError(f"no lead known by {key!r} at {known_at.isoformat()}")
-        index = self.replay(known)
-        assert isinstance(index, IdentityIndex)
+        index = self.replay(known, "identity index")
+        if not isinstance(index, IdentityIndex):
+            raise AggregateUnloadableError(index_id, "identity index", TypeError(
+                f"its events make a {type(index).__name__}"))
         if index.is_interest:
             raise UnknownLeadError(f"{key!r} was anonymous interest at {known_at.isoformat()}")
         lead_id = index.target_id
@@ -163,10 +220,21 @@ class Auditor:
         return lead_id
 
     def as_known(self, lead_id: UUID, known_at: datetime) -> Lead | None:
-        return self.replay(e for e in self.events(lead_id) if record_time(e) <= known_at)
+        events = self.events(lead_id)
+        with unloadable(lead_id):
+            lead = self.replay(e for e in events if record_time(e) <= known_at)
+        if lead is not None and not isinstance(lead, Lead):
+            raise AggregateUnloadableError(lead_id, "lead", TypeError(
+                f"its events make a {type(lead).__name__}"))
+        return lead
 
     def as_of(self, lead_id: UUID, at: datetime, known_at: datetime) -> dict[str, Any]:
         lead = self.as_known(lead_id, known_at)
+        with unloadable(lead_id):
+            return self._as_of(lead_id, lead, at, known_at)
+
+    def _as_of(self, lead_id: UUID, lead: Lead | None, at: datetime,
+               known_at: datetime) -> dict[str, Any]:
         if lead is None or lead.created_at > at:
             return {"lead_id": str(lead_id), "at": at.isoformat(),
                     "known_at": known_at.isoformat(), "stage": None, "owner": None,
@@ -176,30 +244,41 @@ class Auditor:
         engagement = sum(a.value_at(at, self.half_life) for a in lead.awards)
         return {"lead_id": str(lead_id), "at": at.isoformat(), "known_at": known_at.isoformat(),
                 "stage": lead.stage_on(at), "owner": lead.owner_on(at),
-                "score": round(fit + engagement, 4), "fit": fit,
-                "engagement": round(engagement, 4)}
+                "score": finite(fit + engagement), "fit": finite(fit, None),
+                "engagement": finite(engagement)}
 
     def _fit_at(self, lead_id: UUID, at: datetime, known_at: datetime) -> float:
         fit = 0.0
-        for event in self.events(lead_id):
-            if record_time(event) > known_at:
-                break
-            if type(event).__name__ in ("ProfileUpdated", "Absorbed") and \
-                    event.occurred_at <= at:
-                fit = float(event.fit)
+        events = self.events(lead_id)
+        with unloadable(lead_id):
+            for event in events:
+                if record_time(event) > known_at:
+                    break
+                if type(event).__name__ in ("ProfileUpdated", "Absorbed") and \
+                        event.occurred_at <= at:
+                    fit = float(event.fit)
         return fit
 
     # ----------------------------------------------------------------- explain
 
     def explain(self, lead_id: UUID, at: datetime) -> dict[str, Any]:
         lead = self.replay(self.events(lead_id))
-        assert lead is not None
+        if not isinstance(lead, Lead):
+            raise AggregateUnloadableError(lead_id, "lead", TypeError(
+                f"its events make {type(lead).__name__}, not a lead"))
         versions: dict[str, str] = {}
         for member in self.family(lead_id):
-            for event in self.events(member):
-                if type(event).__name__ in _SCORE_EVENTS[:3]:
-                    for award in event.awards:
-                        versions[award["event_id"]] = event.rules_version
+            events = self.events(member)
+            with unloadable(member):
+                for event in events:
+                    if type(event).__name__ in _SCORE_EVENTS[:3]:
+                        for award in event.awards:
+                            versions[award["event_id"]] = event.rules_version
+        with unloadable(lead_id):
+            return self._explain(lead_id, lead, at, versions)
+
+    def _explain(self, lead_id: UUID, lead: Lead, at: datetime,
+                 versions: dict[str, str]) -> dict[str, Any]:
         contributions: list[dict[str, Any]] = []
         engagement = 0.0
         for award in sorted(lead.awards, key=lambda a: (a.at, a.event_id, a.rule)):
@@ -211,14 +290,14 @@ class Auditor:
                 "event_id": award.event_id, "rule": award.rule, "points": award.points,
                 "occurred_at": award.at.isoformat(),
                 "expires_at": award.expires_at.isoformat() if award.expires_at else None,
-                "value": round(value, 4),
+                "value": finite(value),
                 "rules_version": versions.get(award.event_id),
             })
         fit = [{"rule": r, "points": p} for r, p in lead.fit_awards]
         return {"lead_id": str(lead_id), "at": at.isoformat(), "fit": fit,
-                "fit_total": lead.fit, "engagement": contributions,
-                "engagement_total": round(engagement, 4),
-                "score": round(lead.fit + engagement, 4),
+                "fit_total": finite(lead.fit, None), "engagement": contributions,
+                "engagement_total": finite(engagement),
+                "score": finite(lead.fit + engagement),
                 "half_life_days": self.app.rules.scoring.half_life_days}
 
     # ----------------------------------------------------------------- rescore
@@ -227,18 +306,23 @@ class Auditor:
         """The inbound touchpoints a lead (and leads merged into it) scored, as recorded."""
         out: list[dict[str, Any]] = []
         for member in self.family(lead_id):
-            for event in self.events(member):
-                name = type(event).__name__
-                if name == "TouchpointScored":
-                    out.append({"event_id": event.event_id, "type": event.record_type,
-                                "occurred_at": event.occurred_at, "context": event.context})
-                elif name == "InterestAbsorbed":
-                    interest = self.replay(self.app.events.get(
-                        interest_id_for(event.anonymous_id)))
-                    if isinstance(interest, Interest):
-                        out += [tp for tp in interest.touchpoints
-                                if tp["event_id"] in set(event.event_ids)]
-        out.sort(key=lambda tp: (tp["occurred_at"], tp["event_id"]))
+            events = self.events(member)
+            with unloadable(member):
+                for event in events:
+                    name = type(event).__name__
+                    if name == "TouchpointScored":
+                        out.append({"event_id": event.event_id, "type": event.record_type,
+                                    "occurred_at": event.occurred_at,
+                                    "context": event.context})
+                    elif name == "InterestAbsorbed":
+                        interest_id = interest_id_for(event.anonymous_id)
+                        interest = self.replay(self.events(interest_id, "interest"),
+                                               "interest")
+                        if isinstance(interest, Interest):
+                            out += [tp for tp in interest.touchpoints
+                                    if tp["event_id"] in set(event.event_ids)]
+        with unloadable(lead_id):
+            out.sort(key=lambda tp: (tp["occurred_at"], tp["event_id"]))
         return out
 
 

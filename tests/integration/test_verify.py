@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import psycopg
 import pytest
@@ -132,8 +133,31 @@ def insert_one(store: Store, lead: str) -> int:
     return version
 
 
-@pytest.mark.parametrize("tamper", [alter_payload, delete_event, swap_two, insert_one],
-                         ids=["update-payload", "delete", "swap", "insert"])
+def garbage_payload(store: Store, lead: str) -> int:
+    version = scored_version(store, lead) + 1
+    topic, _ = store.row(lead, version)
+    store.set_state(lead, version, topic, b"\x00\x9f not json")
+    return version
+
+
+def resealed_non_json(store: Store, lead: str) -> int:
+    # The chain is no signature: anyone can recompute the links after an edit. A payload the
+    # engine cannot decode is still named.
+    from leadflow import audit
+
+    version = store.last_version(lead)
+    topic, _ = store.row(lead, version)
+    previous = audit.unseal(store.row(lead, version - 1)[1])[1]
+    assert previous is not None
+    sealed, _ = audit.seal(previous, UUID(lead), version, topic, b'{"awards":[1,}')
+    store.set_state(lead, version, topic, sealed)
+    return version
+
+
+@pytest.mark.parametrize("tamper", [alter_payload, delete_event, swap_two, insert_one,
+                                    garbage_payload, resealed_non_json],
+                         ids=["update-payload", "delete", "swap", "insert", "garbage",
+                              "resealed-non-json"])
 def test_verify_names_the_lead_and_position_of_each_kind_of_tampering(
         db_url: str, tamper: Callable[[Store, str], int]) -> None:
     app, lead, other = seeded(db_url)
