@@ -291,6 +291,34 @@ def test_a_damaged_lead_is_named_by_every_command_and_reported_by_verify(
     assert text.returncode == 4 and f"lead {lead} version 3" in text.stdout
 
 
+def test_verify_and_rescore_get_past_rows_that_cannot_be_read(tmp_path: Path) -> None:
+    lead = damaged(tmp_path, "delete")
+    candidate = tmp_path / "candidate.toml"
+    candidate.write_text(run(["rules", "show-default"], tmp_path).stdout)
+    # A backtest leaves the lead that cannot be loaded out, and says so.
+    backtest = run(["rescore", "--rules", str(candidate), "--json"], tmp_path)
+    assert backtest.returncode == 0, backtest.stderr
+    result = json.loads(backtest.stdout)
+    assert result["unloadable_leads"] == [lead] and result["leads"] == 1
+    text = run(["rescore", "--rules", str(candidate)], tmp_path)
+    assert text.returncode == 0 and "1 leads left out" in text.stdout
+
+    # A Created row whose originator id is no UUID any more (SQLite keeps any text there).
+    Store(tmp_path).execute("UPDATE stored_events SET originator_id = 'not-a-uuid' WHERE "
+                            "originator_id = ? AND originator_version = 1",
+                            [uuid.UUID(lead).hex])
+    result = run(["verify", "--json"], tmp_path)
+    assert result.returncode == 4, result.stderr
+    report = json.loads(result.stdout)
+    assert report["leads"] == 1  # fine@acme.io is still verified
+    (problem,) = report["problems"]
+    assert problem["lead_id"] is None
+    assert re.match(r"stored event \d+ \(Lead\.Created\) cannot be read", problem["problem"])
+    backtest = run(["rescore", "--rules", str(candidate), "--json"], tmp_path)
+    assert backtest.returncode == 0, backtest.stderr
+    assert len(json.loads(backtest.stdout)["unloadable_leads"]) == 1
+
+
 # ------------------------------------------------------------------ 5. progress and warnings
 
 
