@@ -319,6 +319,19 @@ def test_verify_and_rescore_get_past_rows_that_cannot_be_read(tmp_path: Path) ->
     assert len(json.loads(backtest.stdout)["unloadable_leads"]) == 1
 
 
+# ------------------------------------------------------------------ 4. projector failures
+
+
+def test_project_and_rebuild_name_an_event_the_read_models_cannot_take(
+        tmp_path: Path) -> None:
+    lead = damaged(tmp_path, "garble")
+    for command, kept in ((["project", "--until-idle"], "they stay up to date"),
+                          (["rebuild"], "the live tables are unchanged"),
+                          (["funnel"], "they stay up to date")):
+        one_line_error(run(command, tmp_path), "cannot project event", lead,
+                       "the read models cannot take", kept, "leadflow verify", "report")
+
+
 # ------------------------------------------------------------------ 5. progress and warnings
 
 
