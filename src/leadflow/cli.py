@@ -1406,6 +1406,14 @@ def main() -> Any:
         return cli(standalone_mode=True)
     except (RecordRejected, ConfigError) as exc:  # defensive: should be handled above
         fail(str(exc))
+    except Exception:
+        if not _secrets:
+            raise
+        # An error nobody named (a bug): its traceback helps, the password must not show.
+        import traceback
+
+        sys.stderr.write(_scrub(traceback.format_exc()))
+        sys.exit(EXIT_ERROR)
 
 
 if __name__ == "__main__":
