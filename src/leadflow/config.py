@@ -145,7 +145,7 @@ class PostgresURL:
     scheme: str
     user: str | None
     password: str | None
-    host: str  # "" for libpq's default (the local socket)
+    host: str  # IPv6 without brackets, a socket directory decoded; "" for libpq's default
     port: int | None
     dbname: str
     query: str
@@ -160,7 +160,7 @@ class PostgresURL:
             if secret is not None:
                 userinfo += ":" + (secret if password is not None else quote(secret, safe=""))
             userinfo += "@"
-        host = self.host if self.host.startswith("[") else quote(self.host, safe="")
+        host = f"[{self.host}]" if ":" in self.host else quote(self.host, safe="")
         port = f":{self.port}" if self.port is not None else ""
         query = f"?{self.query}" if self.query else ""
         return f"{self.scheme}://{userinfo}{host}{port}/{quote(self.dbname, safe='')}{query}"
@@ -218,10 +218,12 @@ def parse_postgres_url(url: str) -> PostgresURL:
     dbname = unquote(match["db"] or "")
     if not dbname:
         raise ConfigError(f"LEADFLOW_DATABASE_URL {shown!r} names no database")
-    return PostgresURL(scheme=scheme.lower(), user=user, password=password,
-                       host=unquote(match["host"]) if not match["host"].startswith("[")
-                       else match["host"], port=port, dbname=dbname,
-                       query=match["query"] or "")
+    host = match["host"]
+    host = host[1:-1] if host.startswith("[") else unquote(host)
+    if not host.startswith("/"):  # a name or an address (a socket directory keeps its case)
+        host = host.lower()
+    return PostgresURL(scheme=scheme.lower(), user=user, password=password, host=host,
+                       port=port, dbname=dbname, query=match["query"] or "")
 
 
 def redact_url(url: str) -> str:
