@@ -33,7 +33,7 @@ import structlog
 from eventsourcing.persistence import JSONTranscoder, Notification, Transcoding
 from eventsourcing.utils import get_topic
 
-from leadflow.application import LeadflowApp
+from leadflow.application import INFRASTRUCTURE_ERRORS, LeadflowApp
 from leadflow.domain import Account, Lead
 from leadflow.projections.admin import analyst_roles, grant_select
 from leadflow.projections.db import (
@@ -691,7 +691,17 @@ class Projector:
     # ----------------------------------------------------------------- processing
 
     def _select(self, after: int) -> Sequence[Notification]:
-        return self.app.recorder.select_notifications(after + 1, self.page_size, topics=TOPICS)
+        try:
+            return self.app.recorder.select_notifications(after + 1, self.page_size,
+                                                          topics=TOPICS)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception as exc:
+            # The recorder itself cannot read a row (an originator id that is no UUID, written
+            # by hand): name the position, as for an event a handler cannot take.
+            raise ProjectionFailedError(after + 1, "(unreadable row)", None,
+                                        f"the event store cannot read the events after "
+                                        f"{after}: {_reason(exc)}") from exc
 
     def process_page(self, name: str = TRACKING_NAME, suffix: str = "") -> int:
         """Apply the next page after ``name``'s position; returns how many events.

@@ -317,6 +317,11 @@ def test_verify_and_rescore_get_past_rows_that_cannot_be_read(tmp_path: Path) ->
     backtest = run(["rescore", "--rules", str(candidate), "--json"], tmp_path)
     assert backtest.returncode == 0, backtest.stderr
     assert len(json.loads(backtest.stdout)["unloadable_leads"]) == 1
+    # The projector names the unreadable row's position instead of a ValueError traceback.
+    projected = run(["project", "--until-idle"], tmp_path)
+    assert projected.returncode == 1 and "Traceback" not in projected.stderr
+    assert "cannot project event" in projected.stderr
+    assert "cannot read the events after" in projected.stderr
 
 
 # ------------------------------------------------------------------ 4. projector failures
