@@ -79,10 +79,10 @@ from rich.table import Table  # noqa: E402
 from tests.integration.kafka_helpers import LEADFLOW, Pipeline  # noqa: E402
 from tests.integration.services import Services, provide_services  # noqa: E402
 
-from leadflow.application import LeadflowApp  # noqa: E402
 from leadflow.config import Settings, database_env  # noqa: E402
 from leadflow.consumers.publish import partition_key  # noqa: E402
 from leadflow.contract import InboundRecord, RecordRejected, parse_record  # noqa: E402
+from leadflow.engine.app import LeadflowApp  # noqa: E402
 from leadflow.generator import generate  # noqa: E402
 from leadflow.projections.db import ProjectionDB  # noqa: E402
 from leadflow.projections.queries import funnel  # noqa: E402

@@ -22,8 +22,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
 from leadflow.consumers.settings import KafkaSettings
 
-from leadflow.application import LeadflowApp
-from leadflow.outbound import RELAYED_EVENT_CLASSES, to_lifecycle
+from leadflow.engine.app import LeadflowApp
+from leadflow.contract.lifecycle import RELAYED_EVENT_CLASSES, to_lifecycle
 
 log = structlog.get_logger(__name__)
 

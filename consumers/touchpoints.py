@@ -33,7 +33,7 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from leadflow.consumers.settings import KafkaSettings
 
-from leadflow.application import BatchResult, LeadflowApp
+from leadflow.engine.app import BatchResult, LeadflowApp
 from leadflow.contract import (
     DEFAULT_MAX_RECORD_BYTES,
     InboundRecord,

@@ -33,7 +33,7 @@ import structlog
 from eventsourcing.persistence import JSONTranscoder, Notification, Transcoding
 from eventsourcing.utils import get_topic
 
-from leadflow.application import INFRASTRUCTURE_ERRORS, LeadflowApp
+from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
 from leadflow.domain import Account, Lead
 from leadflow.projections.admin import analyst_roles, grant_select
 from leadflow.projections.db import (
@@ -55,7 +55,7 @@ from leadflow.projections.schema import (
     tables_ddl,
     views_ddl,
 )
-from leadflow.storage import SCHEMA_LOCK_KEY
+from leadflow.store.recorders import SCHEMA_LOCK_KEY
 
 log = structlog.get_logger(__name__)
 

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from leadflow.application import LeadflowApp
 from leadflow.contract import InboundRecord
-from leadflow.rules import Rules, default_rules
+from leadflow.domain.rules import Rules, default_rules
+from leadflow.engine.app import LeadflowApp
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 

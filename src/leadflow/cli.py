@@ -39,20 +39,20 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from leadflow.application import LeadflowApp, LeadView
-from leadflow.audit import LeadVerification, Problem
 from leadflow.config import ConfigError, Settings
 from leadflow.contract import RecordRejected
-from leadflow.domain import STAGES, AggregateUnloadableError, LeadflowError, UnknownLeadError
-from leadflow.identity import (
+from leadflow.contract.identity import (
     InvalidIdentityError,
-    identity_key,
     is_lead_id,
     parse_identity_argument,
 )
-from leadflow.ingest import IngestReport, RejectsWriter, ingest_lines, numbered_lines
+from leadflow.domain import STAGES, AggregateUnloadableError, LeadflowError, UnknownLeadError
+from leadflow.domain.ids import identity_key
+from leadflow.domain.rules import Rules, RulesError, load_rules
+from leadflow.engine.app import LeadflowApp, LeadView
+from leadflow.engine.ingest import IngestReport, RejectsWriter, ingest_lines, numbered_lines
 from leadflow.logs import configure_logging, per_record_summary
-from leadflow.rules import Rules, RulesError, load_rules
+from leadflow.store.chain import LeadVerification, Problem
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
 
@@ -140,7 +140,7 @@ class Context:
     def _use_published_rules(self, app: LeadflowApp) -> None:
         """Rules published with `rescore --apply` win over the built-in defaults; an
         explicit rules file wins over both (with a warning when they differ)."""
-        from leadflow.rules import parse_rules
+        from leadflow.domain.rules import parse_rules
 
         try:
             published = app.published_rules()
@@ -570,7 +570,7 @@ def rules_check(file: str) -> None:
 @rules.command("show-default")
 def rules_show_default() -> None:
     """Print the built-in rules file, to copy and edit."""
-    from leadflow.rules import default_rules_text
+    from leadflow.domain.rules import default_rules_text
 
     click.echo(default_rules_text(), nl=False)
 
@@ -584,7 +584,7 @@ def schemas() -> None:
 @click.argument("directory", type=click.Path(path_type=Path), default=Path("schemas"))
 def schemas_export(directory: Path) -> None:
     """Write the JSON Schemas generated from the models into DIRECTORY."""
-    from leadflow.schemas import write_schemas
+    from leadflow.contract.schemas import write_schemas
 
     for path in write_schemas(directory):
         click.echo(f"wrote {path}")
@@ -784,7 +784,7 @@ def history(obj: Context, identity: str, as_json: bool) -> None:
     Event time and record time, type, actor, reason, score before -> after with the points
     of each rule and the rules version, stage and owner changes.
     """
-    from leadflow.auditor import Auditor
+    from leadflow.engine.auditor import Auditor
 
     app = obj.app()
     lead_id = _resolve(app, identity)
@@ -823,7 +823,7 @@ def as_of(obj: Context, identity: str, time_text: str, known_text: str, as_json:
 
     Late-arriving records change the answer only from the moment they arrived.
     """
-    from leadflow.auditor import Auditor
+    from leadflow.engine.auditor import Auditor
 
     at = parse_time(time_text, "TIME")
     known_at = parse_time(known_text, "--known-at")
@@ -865,7 +865,7 @@ def _lead_known_by(auditor: Any, key: str, known_at: datetime) -> UUID:
 @click.pass_obj
 def explain(obj: Context, identity: str, at_text: str, as_json: bool) -> None:
     """Why the score is what it is: each record, rule, original points and decayed value."""
-    from leadflow.auditor import Auditor
+    from leadflow.engine.auditor import Auditor
 
     at = parse_time(at_text, "--at")
     app = obj.app()
@@ -911,8 +911,8 @@ def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
     for predicting SQL and customers. --apply then publishes the new version (an event);
     history is never rewritten.
     """
-    from leadflow.auditor import Auditor, Backtest, compare
     from leadflow.domain import Lead
+    from leadflow.engine.auditor import Auditor, Backtest, compare
 
     try:
         new_rules = load_rules(candidate)

@@ -111,7 +111,7 @@ def database_env(url: str) -> dict[str, str]:
             # the consumer adds its own bounded retries on top (library default: 30 s each).
             "POSTGRES_CONNECT_TIMEOUT": "5",
             # The library's recorder with a binary column-array batch insert (storage.py).
-            "PROCESS_RECORDER_TOPIC": "leadflow.storage:LeadflowPostgresProcessRecorder",
+            "PROCESS_RECORDER_TOPIC": "leadflow.store.recorders:LeadflowPostgresProcessRecorder",
         }
     raise ConfigError(
         f"LEADFLOW_DATABASE_URL {redact_url(url)!r}: unsupported scheme; use sqlite:///PATH, "

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from leadflow.application import LeadflowApp
 from leadflow.config import Settings
 from leadflow.contract import RecordRejected, parse_record
+from leadflow.engine.app import LeadflowApp
 from leadflow.generator import generate
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.projector import Projector

@@ -16,9 +16,9 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-from leadflow.application import LeadflowApp
 from leadflow.config import Settings
 from leadflow.contract import InboundRecord, RecordRejected, parse_record
+from leadflow.engine.app import LeadflowApp
 from tests.integration.services import Services
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]

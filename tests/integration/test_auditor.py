@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from leadflow.application import LeadflowApp
-from leadflow.auditor import Auditor
-from leadflow.rules import default_rules_text, parse_rules
+from leadflow.domain.rules import default_rules_text, parse_rules
+from leadflow.engine.app import LeadflowApp
+from leadflow.engine.auditor import Auditor
 from tests.conftest import T0, Records, days, make_app
 
 PHONE = "+442079460958"

@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import pytest
 
-from leadflow.application import LeadflowApp
 from leadflow.config import Settings
+from leadflow.engine.app import LeadflowApp
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.projector import Projector
 

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from leadflow.application import LeadflowApp, Outcome
-from leadflow.cache import SpillingLRUCache
 from leadflow.contract import InboundRecord, RecordRejected, parse_record
 from leadflow.domain import Lead
+from leadflow.domain.rules import default_rules, default_rules_text, parse_rules
+from leadflow.engine.app import LeadflowApp, Outcome
 from leadflow.generator import generate
-from leadflow.rules import default_rules, default_rules_text, parse_rules
+from leadflow.store.cache import SpillingLRUCache
 from tests.conftest import T0, Records, days, make_app
 
 US_MID = {"country": "US", "employees": 20, "title": "Engineer"}

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from leadflow.application import LeadflowApp, Outcome
 from leadflow.domain import AggregateUnloadableError, Lead
+from leadflow.engine.app import LeadflowApp, Outcome
 from tests.conftest import T0, Records, days, make_app
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from leadflow.contract.lifecycle import LifecycleEvent
 from leadflow.generator import generate
-from leadflow.outbound import LifecycleEvent
 from tests.integration.kafka_helpers import (
     Pipeline,
     applied_event_ids,

@@ -22,9 +22,9 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from leadflow.application import LeadflowApp
 from leadflow.config import Settings
 from leadflow.domain import Lead
+from leadflow.engine.app import LeadflowApp
 from leadflow.projections.db import ProjectionDB, from_db
 from leadflow.projections.projector import ProjectionFailedError, Projector
 from leadflow.projections.schema import RELAXED, TABLES, columns, tables_ddl

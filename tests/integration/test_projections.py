@@ -19,9 +19,9 @@ from urllib.parse import urlparse, urlunparse
 import psycopg
 import pytest
 
-from leadflow.application import LeadflowApp
 from leadflow.config import Settings
 from leadflow.contract import RecordRejected, parse_record
+from leadflow.engine.app import LeadflowApp
 from leadflow.generator import generate
 from leadflow.projections import queries
 from leadflow.projections.db import ProjectionDB

@@ -14,8 +14,8 @@ from uuid import UUID
 import psycopg
 import pytest
 
-from leadflow.application import LeadflowApp
 from leadflow.config import Settings
+from leadflow.engine.app import LeadflowApp
 from tests.conftest import T0, Records, days
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
@@ -143,7 +143,7 @@ def garbage_payload(store: Store, lead: str) -> int:
 def resealed_non_json(store: Store, lead: str) -> int:
     # The chain is no signature: anyone can recompute the links after an edit. A payload the
     # engine cannot decode is still named.
-    from leadflow import audit
+    from leadflow.store import chain as audit
 
     version = store.last_version(lead)
     topic, _ = store.row(lead, version)

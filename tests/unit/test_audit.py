@@ -7,7 +7,7 @@ from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
 
-from leadflow import audit
+from leadflow.store import chain as audit
 
 
 def _chain(lead: object, payloads: list[bytes]) -> list[StoredEvent]:

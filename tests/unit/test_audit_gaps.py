@@ -19,10 +19,10 @@ from uuid import UUID, uuid4
 import pytest
 from eventsourcing.persistence import StoredEvent
 
-from leadflow import audit
-from leadflow.application import LeadflowApp
-from leadflow.auditor import Auditor
 from leadflow.domain import AggregateUnloadableError, Lead
+from leadflow.engine.app import LeadflowApp
+from leadflow.engine.auditor import Auditor
+from leadflow.store import chain as audit
 from tests.conftest import T0, Records, days, make_app
 
 TOPIC = "leadflow.domain:Lead.TouchpointScored"

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from leadflow.application import LeadflowApp
-from leadflow.cache import SpillingLRUCache
 from leadflow.contract import parse_record
 from leadflow.domain import IdentityIndex
+from leadflow.engine.app import LeadflowApp
+from leadflow.store.cache import SpillingLRUCache
 
 T0 = datetime(2026, 1, 5, 9, tzinfo=UTC)
 

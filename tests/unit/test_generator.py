@@ -12,13 +12,11 @@ from typing import Any
 import phonenumbers
 import pytest
 
-from leadflow.application import LeadflowApp
-from leadflow.contract import (
-    DISPOSITION_TYPES,
-    InboundRecord,
-    RecordRejected,
-    parse_record,
-)
+from leadflow.contract import InboundRecord, RecordRejected, parse_record
+from leadflow.contract.identity import normalise_phone
+from leadflow.domain.rules import default_rules
+from leadflow.domain.vocabulary import DISPOSITION_TYPES
+from leadflow.engine.app import LeadflowApp
 from leadflow.generator import (
     BAD_KINDS,
     PHONE_TEMPLATES,
@@ -27,8 +25,6 @@ from leadflow.generator import (
     generate,
     generate_labeled,
 )
-from leadflow.identity import normalise_phone
-from leadflow.rules import default_rules
 
 START = datetime(2026, 1, 1, tzinfo=UTC)
 LEADS, DAYS, SEED = 2000, 90, 42

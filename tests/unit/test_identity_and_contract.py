@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from leadflow.contract import RecordRejected, parse_record
-from leadflow.identity import InvalidIdentityError, normalise_email, normalise_phone
-from leadflow.schemas import all_schemas, render
+from leadflow.contract.identity import InvalidIdentityError, normalise_email, normalise_phone
+from leadflow.contract.schemas import all_schemas, render
 
 ROOT = Path(__file__).resolve().parents[2]
 

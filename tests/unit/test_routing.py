@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from leadflow.routing import choose_owner
-from leadflow.rules import default_rules, parse_rules
+from leadflow.domain.routing import choose_owner
+from leadflow.domain.rules import default_rules, parse_rules
 
 
 def route(profile: dict[str, object], **state: object):  # type: ignore[no-untyped-def]

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from leadflow.rules import RulesError, default_rules, default_rules_text, load_rules, parse_rules
+from leadflow.domain.rules import (
+    RulesError,
+    default_rules,
+    default_rules_text,
+    load_rules,
+    parse_rules,
+)
 
 
 def test_default_rules_reproduce_the_domain_numbers() -> None:

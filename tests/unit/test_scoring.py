@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leadflow import scoring
-from leadflow.rules import parse_rules
-from leadflow.scoring import Award
+from leadflow.domain import scoring
+from leadflow.domain.rules import parse_rules
+from leadflow.domain.scoring import Award
 from tests.conftest import T0, days
 
 H = 30 * 86400.0
@@ -22,7 +22,7 @@ def total(awards: list[Award]) -> float:
 
 
 def score_all(rules_text: str | None, touches: list[tuple[str, dict[str, str]]]) -> float:
-    from leadflow.rules import default_rules
+    from leadflow.domain.rules import default_rules
 
     rules = parse_rules(rules_text) if rules_text else default_rules()
     counts: dict[str, int] = {}
@@ -163,7 +163,7 @@ def test_decayed_engagement_does_not_depend_on_arrival_order(
 
 
 def test_fit_takes_the_first_matching_rule_per_field() -> None:
-    from leadflow.rules import default_rules
+    from leadflow.domain.rules import default_rules
 
     awards = scoring.fit_awards(default_rules(), {"title": "VP Sales", "employees": 20,
                                                   "country": "US"})

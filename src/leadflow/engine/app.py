@@ -33,9 +33,7 @@ from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
-from leadflow import audit, scoring
-from leadflow.cache import SpillingLRUCache
-from leadflow.contract import DISPOSITION_TYPES, InboundRecord
+from leadflow.contract import InboundRecord
 from leadflow.domain import (
     STAGE_RANK,
     WORKING_STAGES,
@@ -52,11 +50,15 @@ from leadflow.domain import (
     UnknownLeadError,
     UnknownRepError,
     day_of,
+    scoring,
 )
-from leadflow.identity import identity_index_id, identity_key
-from leadflow.routing import choose_owner
-from leadflow.rules import Rules, default_rules
-from leadflow.storage import (
+from leadflow.domain.ids import identity_index_id, identity_key
+from leadflow.domain.routing import choose_owner
+from leadflow.domain.rules import Rules, default_rules
+from leadflow.domain.vocabulary import DISPOSITION_TYPES
+from leadflow.store import chain as audit
+from leadflow.store.cache import SpillingLRUCache
+from leadflow.store.recorders import (
     LeadflowPOPOProcessRecorder,
     RecordId,
     RecordIdIndex,
@@ -283,7 +285,7 @@ class LeadflowApp(Application[UUID]):
         recorder = self.recorder
         if not isinstance(recorder, RecordIdIndex):
             raise TypeError(f"{type(recorder).__name__} keeps no record-id index: configure "
-                            "one of leadflow.storage's recorders (PROCESS_RECORDER_TOPIC)")
+                            "one of leadflow.store.recorders's recorders (PROCESS_RECORDER_TOPIC)")
         return recorder
 
     @property

@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -27,37 +27,14 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
-from leadflow.identity import InvalidIdentityError, normalise_email, normalise_phone
+from leadflow.contract.identity import InvalidIdentityError, normalise_email, normalise_phone
+from leadflow.domain.vocabulary import (
+    TOUCHPOINT_TYPES,
+    RecordType,
+)
 
 SCHEMA_VERSION = 1
 
-TouchpointType = Literal[
-    "form_submitted",
-    "email_opened",
-    "email_clicked",
-    "page_viewed",
-    "content_downloaded",
-    "call_logged",
-    "demo_requested",
-    "trial_started",
-    "event_attended",
-    "unsubscribed",
-]
-DispositionType = Literal[
-    "sales_accepted",
-    "disqualified",
-    "recycled",
-    "converted",
-    "deal_won",
-    "deal_lost",
-    "owner_assigned",
-    "contacted",
-]
-RecordType = Literal[TouchpointType, DispositionType]
-
-TOUCHPOINT_TYPES: frozenset[str] = frozenset(get_args(TouchpointType))
-DISPOSITION_TYPES: frozenset[str] = frozenset(get_args(DispositionType))
-RECORD_TYPES: frozenset[str] = TOUCHPOINT_TYPES | DISPOSITION_TYPES
 
 # Bounds every path enforces before a record reaches the engine (see README "Bounds"). Text
 # may not carry control characters: PostgreSQL text cannot hold NUL, and a tab or escape in a

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from leadflow.contract import TouchpointType
+from leadflow.domain.vocabulary import TouchpointType
 
 RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 ContextField = Literal["url", "form_id", "content_id", "landing_page", "source", "campaign"]
@@ -331,7 +331,8 @@ def load_rules(path: str | Path | None = None) -> Rules:
 
 
 def default_rules_text() -> str:
-    return resources.files("leadflow").joinpath("default_rules.toml").read_text(encoding="utf-8")
+    return (resources.files("leadflow.domain").joinpath("default_rules.toml")
+            .read_text(encoding="utf-8"))
 
 
 _DEFAULT: Rules | None = None

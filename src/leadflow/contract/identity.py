@@ -10,19 +10,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from functools import lru_cache
-from uuid import UUID, uuid5
+from uuid import UUID
 
 import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
-# Namespaces are fixed forever: changing one would re-key every stored aggregate.
-NS_LEAD = UUID("6f1c3a52-4a0b-4f43-9d47-2f0cbb1f7a10")
-NS_IDENTITY = UUID("0b7e1d0e-5b1e-4c53-8f5f-8a6f7f0f6c21")
-NS_INTEREST = UUID("a2d5a7a1-7c43-4c7e-9a55-4f1f7f3b2d32")
-NS_ACCOUNT = UUID("c9e0d6f4-1d7b-4a8e-b8a1-5c3e2f9d4e43")
-NS_SINGLETON = UUID("e4b7c1a9-2f6d-4e8b-9c3a-7d5e1f0a8b54")
-
-IDENTITY_KINDS = ("email", "phone", "external_id", "anonymous_id")
+from leadflow.domain.ids import IDENTITY_KINDS, identity_key
 
 # Numbers that reach a company rather than a person (seed 002: a switchboard is interest,
 # not a lead). Toll-free and shared-cost lines are company lines by construction.
@@ -89,35 +82,6 @@ def normalise_phone(value: str, default_region: str | None = None) -> str:
         )
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
-
-def identity_key(kind: str, value: str) -> str:
-    if kind not in IDENTITY_KINDS:
-        raise ValueError(f"unknown identity kind {kind!r}")
-    return f"{kind}:{value}"
-
-
-@lru_cache(maxsize=65536)  # uuid5 hashes each time; hot in every batch
-def identity_index_id(key: str) -> UUID:
-    return uuid5(NS_IDENTITY, key)
-
-
-def lead_id_for(key: str) -> UUID:
-    """A lead's id is derived from the first identity it was created with: replay-stable."""
-    return uuid5(NS_LEAD, key)
-
-
-def interest_id_for(anonymous_id: str) -> UUID:
-    return uuid5(NS_INTEREST, anonymous_id)
-
-
-@lru_cache(maxsize=65536)
-def account_id_for(account_key: str) -> UUID:
-    return uuid5(NS_ACCOUNT, account_key)
-
-
-@lru_cache(maxsize=65536)
-def singleton_id(name: str) -> UUID:
-    return uuid5(NS_SINGLETON, name)
 
 
 # A lead id as leadflow prints it (``lead show --json`` "lead_id"): the 8-4-4-4-12 form only,

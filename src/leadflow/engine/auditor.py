@@ -19,8 +19,6 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
-from leadflow import scoring
-from leadflow.application import INFRASTRUCTURE_ERRORS
 from leadflow.domain import (
     STAGES,
     AggregateUnloadableError,
@@ -28,10 +26,12 @@ from leadflow.domain import (
     Interest,
     Lead,
     UnknownLeadError,
+    scoring,
 )
-from leadflow.identity import identity_index_id, interest_id_for
-from leadflow.rules import Rules
-from leadflow.scoring import Award
+from leadflow.domain.ids import identity_index_id, interest_id_for
+from leadflow.domain.rules import Rules
+from leadflow.domain.scoring import Award
+from leadflow.engine.app import INFRASTRUCTURE_ERRORS
 
 _SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from leadflow.rules import Rules
+from leadflow.domain.rules import Rules
 
 
 @dataclass(frozen=True, slots=True)

@@ -231,6 +231,7 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
 
 def recorder_topic_for(module: str) -> str | None:
     """The leadflow process recorder for an eventsourcing persistence module, by topic."""
-    return {"eventsourcing.postgres": "leadflow.storage:LeadflowPostgresProcessRecorder",
-            "eventsourcing.sqlite": "leadflow.storage:LeadflowSQLiteProcessRecorder"}.get(module)
+    topics = {"eventsourcing.postgres": f"{__name__}:LeadflowPostgresProcessRecorder",
+              "eventsourcing.sqlite": f"{__name__}:LeadflowSQLiteProcessRecorder"}
+    return topics.get(module)
 

@@ -16,13 +16,13 @@ from typing import IO, BinaryIO
 
 import structlog
 
-from leadflow.application import LeadflowApp, Outcome
 from leadflow.contract import (
     DEFAULT_MAX_RECORD_BYTES,
     InboundRecord,
     RecordRejected,
     parse_lines,
 )
+from leadflow.engine.app import LeadflowApp, Outcome
 
 log = structlog.get_logger(__name__)
 

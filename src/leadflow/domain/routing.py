@@ -6,7 +6,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from leadflow.rules import Routing, Team
+from leadflow.domain.rules import Routing, Team
 
 POOL = "pool"
 

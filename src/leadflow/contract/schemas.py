@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from leadflow.contract import inbound_json_schema
-from leadflow.outbound import lifecycle_json_schema
-from leadflow.rules import rules_json_schema
+from leadflow.contract.lifecycle import lifecycle_json_schema
+from leadflow.domain.rules import rules_json_schema
 
 
 def all_schemas() -> dict[str, dict[str, Any]]:

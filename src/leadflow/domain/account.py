@@ -1,0 +1,61 @@
+"""Account: the company a lead belongs to, and its surge signal."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from leadflow.domain.ids import (
+    account_id_for,
+)
+
+
+class Account(Aggregate):
+    """A company; several of its people engaging in a short window is a buying signal."""
+
+    @staticmethod
+    def create_id(account_key: str) -> UUID:
+        return account_id_for(account_key)
+
+    @event("Created")
+    def __init__(self, account_key: str, name: str | None, occurred_at: datetime) -> None:
+        self.account_key = account_key
+        self.name = name
+        self.recent: dict[str, datetime] = {}
+        self.last_surge_at: datetime | None = None
+        self.surges = 0
+
+    def engage(self, lead_id: UUID, occurred_at: datetime) -> None:
+        last = self.recent.get(str(lead_id))
+        if last is None or occurred_at > last:
+            self.trigger_event(self.Engaged, lead_id=lead_id, occurred_at=occurred_at)
+
+    class Engaged(Aggregate.Event):
+        lead_id: UUID
+        occurred_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.recent[str(self.lead_id)] = self.occurred_at
+
+    def engaged_within(self, at: datetime, window: timedelta) -> list[UUID]:
+        return sorted(UUID(k) for k, t in self.recent.items() if at - window <= t <= at)
+
+    def detect_surge(self, at: datetime, min_people: int, window: timedelta) -> list[UUID]:
+        """Leads to boost if ``at`` starts a surge (one surge per window), else []."""
+        if self.last_surge_at is not None and at - self.last_surge_at < window:
+            return []
+        # Count before building the sorted list: most touchpoints start no surge.
+        since = at - window
+        if sum(1 for t in self.recent.values() if since <= t <= at) < min_people:
+            return []
+        people = self.engaged_within(at, window)
+        self._surged(occurred_at=at, lead_ids=people, window_days=window.total_seconds() / 86400)
+        return people
+
+    @event("Surged")
+    def _surged(self, occurred_at: datetime, lead_ids: list[UUID], window_days: float) -> None:
+        self.last_surge_at = occurred_at
+        self.surges += 1

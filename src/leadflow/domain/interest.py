@@ -1,0 +1,47 @@
+"""Interest: anonymous attention (a cookie), not yet a lead."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from leadflow.domain.ids import (
+    interest_id_for,
+)
+
+
+class Interest(Aggregate):
+    """Anonymous attention (a cookie): kept until a record links it to a person."""
+
+    @staticmethod
+    def create_id(anonymous_id: str) -> UUID:
+        return interest_id_for(anonymous_id)
+
+    @event("Created")
+    def __init__(self, anonymous_id: str, occurred_at: datetime) -> None:
+        self.anonymous_id = anonymous_id
+        self.touchpoints: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+        self.linked_lead: UUID | None = None
+
+    def note(self, event_id: str, record_type: str, occurred_at: datetime,
+             context: dict[str, Any]) -> None:
+        self._noted(event_id=event_id, record_type=record_type, occurred_at=occurred_at,
+                    context=context)
+
+    @event("TouchpointNoted")
+    def _noted(self, event_id: str, record_type: str, occurred_at: datetime,
+               context: dict[str, Any]) -> None:
+        self.seen.add(event_id)
+        self.touchpoints.append({"event_id": event_id, "type": record_type,
+                                 "occurred_at": occurred_at, "context": context})
+
+    def link(self, lead_id: UUID, occurred_at: datetime) -> None:
+        self._linked(lead_id=lead_id, occurred_at=occurred_at)
+
+    @event("LinkedToLead")
+    def _linked(self, lead_id: UUID, occurred_at: datetime) -> None:
+        self.linked_lead = lead_id

@@ -1,0 +1,56 @@
+"""Router: round-robin cursors, rep load and availability."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from leadflow.domain.ids import (
+    singleton_id,
+)
+
+
+class Router(Aggregate):
+    """Routing state shared by all leads: round-robin cursors, rep load, availability."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return singleton_id("router")
+
+    @event("Created")
+    def __init__(self) -> None:
+        self.cursors: dict[str, int] = {}
+        self.load: dict[str, int] = {}
+        self.availability: dict[str, bool] = {}
+
+    def take(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self._taken(rep=rep, lead_id=lead_id, occurred_at=occurred_at)
+
+    @event("LeadTaken")
+    def _taken(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self.load[rep] = self.load.get(rep, 0) + 1
+
+    def advance_cursor(self, team: str, cursor: int, occurred_at: datetime) -> None:
+        if self.cursors.get(team) != cursor:
+            self._cursor_advanced(team=team, cursor=cursor, occurred_at=occurred_at)
+
+    @event("CursorAdvanced")
+    def _cursor_advanced(self, team: str, cursor: int, occurred_at: datetime) -> None:
+        self.cursors[team] = cursor
+
+    def release(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self._released(rep=rep, lead_id=lead_id, occurred_at=occurred_at)
+
+    @event("LeadReleased")
+    def _released(self, rep: str, lead_id: UUID, occurred_at: datetime) -> None:
+        self.load[rep] = max(0, self.load.get(rep, 0) - 1)
+
+    def set_availability(self, rep: str, available: bool, occurred_at: datetime) -> None:
+        if self.availability.get(rep) != available:
+            self._availability_set(rep=rep, available=available, occurred_at=occurred_at)
+
+    @event("AvailabilitySet")
+    def _availability_set(self, rep: str, available: bool, occurred_at: datetime) -> None:
+        self.availability[rep] = available

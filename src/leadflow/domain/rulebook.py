@@ -1,0 +1,37 @@
+"""RuleBook: the rules versions published for live scoring."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate, event
+
+from leadflow.domain.ids import (
+    singleton_id,
+)
+
+
+class RuleBook(Aggregate):
+    """The rules versions published for live scoring (``leadflow rescore --apply``)."""
+
+    @staticmethod
+    def create_id() -> UUID:
+        return singleton_id("rulebook")
+
+    @event("Created")
+    def __init__(self) -> None:
+        self.current: dict[str, Any] | None = None
+
+    def publish(self, version: str, label: str, text: str, occurred_at: datetime,
+                actor: str) -> None:
+        if self.current is None or self.current["version"] != version:
+            self._published(version=version, label=label, text=text, occurred_at=occurred_at,
+                            actor=actor)
+
+    @event("Published")
+    def _published(self, version: str, label: str, text: str, occurred_at: datetime,
+                   actor: str) -> None:
+        self.current = {"version": version, "label": label, "text": text,
+                        "published_at": occurred_at, "actor": actor}
