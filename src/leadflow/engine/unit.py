@@ -1,0 +1,71 @@
+"""The batch unit of work: the aggregates one batch (or command) has loaded or created,
+saved together in one transaction at its end."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import TypeVar
+from uuid import UUID
+
+import psycopg
+from eventsourcing.application import AggregateNotFoundError, Repository
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import PersistenceError
+
+from leadflow.domain import AggregateUnloadableError
+
+A = TypeVar("A", bound=Aggregate)
+
+#: Failures of the database or the machine, not of a record: they abort the batch and are
+#: raised (the consumer retries, then stops loudly). Any other exception while applying a
+#: record is that record's fault ("poison") and only costs that record.
+INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
+    PersistenceError, psycopg.Error, sqlite3.Error, OSError, MemoryError)
+
+
+_KINDS = {"Lead": "lead", "IdentityIndex": "identity index", "Interest": "interest",
+          "Account": "account", "Router": "router", "Clock": "clock",
+          "TimerBucket": "timer bucket", "RuleBook": "rule book"}
+
+
+class Unit:
+    """The aggregates one batch has loaded or created; saved together at the end."""
+
+    def __init__(self, repository: Repository[UUID]) -> None:
+        self.repository = repository
+        self.touched: dict[UUID, Aggregate] = {}
+        self.absent: set[UUID] = set()
+        # Aggregates whose stored events cannot be loaded, with the reason (see _load_into).
+        self.unloadable: dict[UUID, BaseException] = {}
+
+    def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
+        found = self.touched.get(aggregate_id)
+        if found is None:
+            if aggregate_id in self.absent:
+                return None
+            kind = _KINDS.get(cls.__name__, cls.__name__)
+            if aggregate_id in self.unloadable:
+                raise AggregateUnloadableError(aggregate_id, kind, self.unloadable[aggregate_id])
+            try:
+                found = self.repository.get(aggregate_id)
+            except AggregateNotFoundError:
+                self.absent.add(aggregate_id)
+                return None
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:  # a damaged store: named, never a crash of the batch
+                self.unloadable[aggregate_id] = exc
+                raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
+            self.touched[aggregate_id] = found
+        if not isinstance(found, cls):
+            raise TypeError(f"aggregate {aggregate_id} is a {type(found).__name__}, "
+                            f"not a {cls.__name__}")
+        return found
+
+    def add(self, aggregate: A) -> A:
+        self.touched[aggregate.id] = aggregate
+        self.absent.discard(aggregate.id)
+        return aggregate
+
+    def pending(self) -> int:
+        return sum(len(a.pending_events) for a in self.touched.values())

@@ -1,0 +1,121 @@
+"""What the engine answers with: per-record outcomes, batch results, lead views (frozen DTOs,
+never live aggregates)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+from uuid import UUID
+
+
+class Outcome(StrEnum):
+    APPLIED = "applied"
+    DUPLICATE = "duplicate"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True, slots=True)
+class RecordResult:
+    index: int
+    event_id: str
+    outcome: Outcome
+    lead_id: UUID | None = None
+    reason: str | None = None
+    detail: str | None = None
+    error_class: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    results: tuple[RecordResult, ...]
+
+    @property
+    def applied(self) -> int:
+        return sum(r.outcome is Outcome.APPLIED for r in self.results)
+
+    @property
+    def duplicates(self) -> int:
+        return sum(r.outcome is Outcome.DUPLICATE for r in self.results)
+
+    @property
+    def rejected(self) -> tuple[RecordResult, ...]:
+        return tuple(r for r in self.results if r.outcome is Outcome.REJECTED)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleContribution:
+    rule: str
+    kind: str  # "fit" | "engagement"
+    points: float  # original points
+    value: float  # contribution at the query time (decayed / expired)
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class LeadView:
+    lead_id: UUID
+    primary_key: str
+    identities: tuple[str, ...]
+    at: datetime
+    stage: str | None
+    stage_now: str
+    owner: str | None
+    team: str | None
+    in_pool: bool
+    fit: float
+    engagement: float
+    score: float
+    breakdown: tuple[RuleContribution, ...]
+    created_at: datetime
+    source: str | None
+    campaign: str | None
+    account_id: UUID | None
+    dormant: bool
+    touchpoints: int
+    last_touch_at: datetime | None
+    merged_from: tuple[UUID, ...]
+    transitions: tuple[dict[str, Any], ...]
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lead_id": str(self.lead_id),
+            "primary_key": self.primary_key,
+            "identities": list(self.identities),
+            "at": self.at.isoformat(),
+            "stage": self.stage,
+            "stage_now": self.stage_now,
+            "owner": self.owner,
+            "team": self.team,
+            "in_pool": self.in_pool,
+            "fit": round(self.fit, 4),
+            "engagement": round(self.engagement, 4),
+            "score": round(self.score, 4),
+            "breakdown": [
+                {"rule": c.rule, "kind": c.kind, "points": c.points, "value": round(c.value, 4),
+                 "count": c.count}
+                for c in self.breakdown
+            ],
+            "created_at": self.created_at.isoformat(),
+            "source": self.source,
+            "campaign": self.campaign,
+            "account_id": str(self.account_id) if self.account_id else None,
+            "dormant": self.dormant,
+            "touchpoints": self.touchpoints,
+            "last_touch_at": self.last_touch_at.isoformat() if self.last_touch_at else None,
+            "merged_from": [str(i) for i in self.merged_from],
+            "transitions": [
+                {**t, "at": t["at"].isoformat()} for t in self.transitions
+            ],
+            "profile": self.profile,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ClockResult:
+    position: datetime | None
+    woken: int
+    events: int
+    unloadable: tuple[UUID, ...] = ()  # leads skipped: their stored events cannot be loaded
