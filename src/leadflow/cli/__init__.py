@@ -1414,7 +1414,3 @@ def main() -> Any:
 
         sys.stderr.write(_scrub(traceback.format_exc()))
         sys.exit(EXIT_ERROR)
-
-
-if __name__ == "__main__":
-    main()
