@@ -21,13 +21,9 @@ from eventsourcing.application import (
     Application,
     LRUCache,
 )
-from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import ProcessRecorder, StoredEvent, Tracking
 from eventsourcing.popo import POPOFactory
-from eventsourcing.postgres import PostgresAggregateRecorder
-from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
-from psycopg.sql import SQL, Identifier
 
 from leadflow.contract import InboundRecord
 from leadflow.domain import (
@@ -42,12 +38,12 @@ from leadflow.domain import (
     UnknownLeadError,
     UnknownRepError,
     day_of,
-    scoring,
 )
 from leadflow.domain.ids import identity_index_id
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.decisions import RecordProcessor
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Unit
+from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
     BatchResult,
     ClockResult,
@@ -58,6 +54,7 @@ from leadflow.engine.views import (
 )
 from leadflow.store import chain as audit
 from leadflow.store.cache import SpillingLRUCache
+from leadflow.store.codec import EventCodec
 from leadflow.store.recorders import (
     LeadflowPOPOProcessRecorder,
     RecordId,
@@ -92,7 +89,7 @@ class LeadflowApp(Application[UUID]):
     def __init__(self, env: dict[str, str] | None = None, rules: Rules | None = None) -> None:
         super().__init__(env)
         self.rules = rules or default_rules()
-        self._topics: dict[type, str] = {}
+        self.codec = EventCodec(self.mapper, self.recorder)
         cache = self.repository.cache
         spill_mib = int(self.env.get("LEADFLOW_AGGREGATE_SPILL_MIB") or 0)
         if isinstance(cache, LRUCache) and spill_mib > 0:
@@ -202,7 +199,7 @@ class LeadflowApp(Application[UUID]):
                 for aggregate in unit.touched.values():
                     pending = aggregate.pending_events
                     for event in pending[encoded.get(aggregate.id, 0):]:
-                        self._encode_event(event)
+                        self.codec.encode_event(event)
                     encoded[aggregate.id] = len(pending)
             except INFRASTRUCTURE_ERRORS:
                 raise
@@ -293,55 +290,10 @@ class LeadflowApp(Application[UUID]):
         Returns (survivor id, restored lead id).
         """
         unit = Unit(self.repository)
-        index = unit.get(IdentityIndex, identity_index_id(key))
-        if index is None or index.is_interest:
-            raise UnknownLeadError(f"no lead known by {key!r}")
-        survivor = self._decide(unit).live_lead(index.target_id)
-        loser = None
-        for merged_id in survivor.merged_from:
-            candidate = unit.get(Lead, merged_id)
-            if candidate is not None and candidate.merged_into == survivor.id \
-                    and key in candidate.identity_keys:
-                loser = candidate
-        if loser is None:
-            raise NotMergedError(f"{key!r} belongs to lead {survivor.id} itself, not to a lead "
-                                 "merged into it")
-        own = _without_merge(list(self.events.get(survivor.id)), loser.id)
-        recomputed: Any = None
-        for event in own:
-            # Skipped events leave version gaps, so apply directly rather than mutate().
-            if recomputed is None:
-                recomputed = event.mutate(None)
-            else:
-                event.apply(recomputed)
-        # Stored events carry running totals that included the merged points: re-fold the
-        # engagement from the survivor's own awards instead.
-        value, as_of = 0.0, None
-        for award in recomputed.awards:
-            if award.expires_at is None:
-                value, as_of = scoring.add_decaying(value, as_of, award.points, award.at,
-                                                    self.rules.half_life_seconds)
-        horizon = recomputed.eng_as_of
-        if as_of is not None and horizon is not None and horizon > as_of:
-            value, as_of = scoring.decayed(value, as_of, horizon,
-                                           self.rules.half_life_seconds), horizon
-        recomputed.eng_value, recomputed.eng_as_of = value, as_of or horizon
-        fit = scoring.fit_awards(self.rules, recomputed.profile)  # likewise for fit
-        recomputed.fit_awards, recomputed.fit = fit, sum(p for _, p in fit)
-        survivor.restore(recomputed, loser.id, at, actor)
-        loser.unmerge(survivor.id, at, actor)
-        # Re-derive the automatic decisions (MQL threshold, routing) from the restored score.
-        self._decide(unit).qualify(survivor, at, None)
-        for loser_key in loser.identity_keys:
-            loser_index = unit.get(IdentityIndex, identity_index_id(loser_key))
-            if loser_index is not None:
-                loser_index.repoint(loser.id, False, at, f"unmerged from lead {survivor.id}")
-        self._decide(unit).sync_load(survivor, at)
-        self._decide(unit).sync_load(loser, at)
-        self._decide(unit).settle(survivor, at)
-        self._decide(unit).settle(loser, at)
+        survivor, restored = unmerge(self._decide(unit), key, at, actor,
+                                     lambda lead_id: list(self.events.get(lead_id)))
         self._commit(unit, None)
-        return survivor.id, loser.id
+        return survivor, restored
 
     def publish_rules(self, rules: Rules, text: str, at: datetime, actor: str) -> bool:
         """Record a rules version for live scoring from now on (history is not rewritten)."""
@@ -501,7 +453,7 @@ class LeadflowApp(Application[UUID]):
                 wanted.append(aggregate_id)
         if not wanted:
             return
-        stored = self._select_many(wanted)
+        stored = self.codec.select_many(wanted)
         to_domain_event = self.mapper.to_domain_event
         for aggregate_id in wanted:
             events = stored.get(aggregate_id)
@@ -523,42 +475,6 @@ class LeadflowApp(Application[UUID]):
             if cache is not None:
                 cache.put(aggregate_id, aggregate)
 
-    def _select_many(self, ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
-        """Every stored event of many aggregates, by aggregate, in version order."""
-        recorder: Any = self.recorder
-        out: dict[UUID, list[StoredEvent]] = {}
-        if isinstance(recorder, PostgresAggregateRecorder):
-            statement = SQL("SELECT originator_id, originator_version, topic, state FROM {}.{} "
-                            "WHERE originator_id = ANY(%s) "
-                            "ORDER BY originator_id, originator_version").format(
-                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
-            with recorder.datastore.transaction(commit=False) as cursor:
-                cursor.execute(statement, (ids,))
-                for row in cursor.fetchall():
-                    oid = row["originator_id"]
-                    oid = oid if isinstance(oid, UUID) else UUID(str(oid))
-                    out.setdefault(oid, []).append(StoredEvent(
-                        oid, row["originator_version"], row["topic"], bytes(row["state"])))
-        elif isinstance(recorder, SQLiteAggregateRecorder):
-            with recorder.datastore.transaction(commit=False) as cursor:
-                for start in range(0, len(ids), 500):
-                    chunk = [i.hex for i in ids[start:start + 500]]
-                    cursor.execute(
-                        "SELECT originator_id, originator_version, topic, state FROM "
-                        f"{recorder.events_table_name} WHERE originator_id IN "
-                        f"({','.join('?' * len(chunk))}) "
-                        "ORDER BY originator_id, originator_version", chunk)
-                    for oid_hex, version, topic, state in cursor.fetchall():
-                        oid = UUID(str(oid_hex))
-                        out.setdefault(oid, []).append(StoredEvent(oid, version, topic,
-                                                                   bytes(state)))
-        else:  # in-memory store: asking one by one is cheap
-            for aggregate_id in ids:
-                found = list(recorder.select_events(aggregate_id))
-                if found:
-                    out[aggregate_id] = found
-        return out
-
     def forget_cached_aggregates(self) -> None:
         """Drop every cached aggregate (after a failed batch, or when another writer moved on)."""
         cache = self.repository.cache
@@ -573,77 +489,14 @@ class LeadflowApp(Application[UUID]):
                 cache.clear()
                 cache.full = False
 
-    def _stored(self, aggregate: Aggregate) -> list[StoredEvent]:
-        """The aggregate's pending events as stored events, each encoded exactly once.
-
-        Lead events get their hash-chain link (see audit.py) appended to the encoded bytes,
-        so the tamper evidence costs one hash per event, not a second encoding.
-        """
-        pending = aggregate.collect_events()
-        if not pending:
-            return []
-        chained = isinstance(aggregate, Lead)
-        head: str | None = None
-        if chained:
-            lead = cast(Lead, aggregate)
-            if pending[0].originator_version == Lead.INITIAL_VERSION:
-                head = audit.genesis(lead.id)
-            else:
-                head = lead.chain_head or self._stored_chain_head(lead.id)
-        out: list[StoredEvent] = []
-        for event in pending:
-            originator_id, version, topic, payload = self._encode_event(event)
-            if head is not None:
-                payload, head = audit.seal(head, originator_id, version, topic, payload)
-            out.append(StoredEvent(originator_id, version, topic, self._protect(payload)))
-        if chained:
-            cast(Lead, aggregate).chain_head = head
-        return out
-
-    def _encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:
-        cls = type(event)
-        topic = self._topics.get(cls)
-        if topic is None:
-            topic = self._topics[cls] = get_topic(cls)
-        state = dict(event.__dict__)
-        originator_id = state.pop("originator_id")
-        version = state.pop("originator_version")
-        class_version = getattr(cls, "class_version", 1)
-        if class_version > 1:
-            state["class_version"] = class_version
-        return originator_id, version, topic, self.mapper.transcoder.encode(state)
-
-    def _protect(self, payload: bytes) -> bytes:
-        """Compress and encrypt as the library's mapper would (when configured)."""
-        if self.mapper.compressor:
-            payload = self.mapper.compressor.compress(payload)
-        if self.mapper.cipher:
-            payload = self.mapper.cipher.encrypt(payload)
-        return payload
-
-    def _plain(self, payload: bytes) -> bytes:
-        if self.mapper.cipher:
-            payload = self.mapper.cipher.decrypt(payload)
-        if self.mapper.compressor:
-            payload = self.mapper.compressor.decompress(payload)
-        return payload
-
-    def _stored_chain_head(self, lead_id: UUID) -> str:
-        stored = self.recorder.select_events(lead_id, desc=True, limit=1)
-        if not stored:
-            return audit.genesis(lead_id)
-        return audit.unseal(self._plain(stored[0].state))[1] or audit.genesis(lead_id)
-
     def verify(self, lead_id: UUID) -> audit.LeadVerification:
         """Recompute a lead's hash chain from its stored events (no cache, no domain)."""
-        protected = self.mapper.cipher is not None or self.mapper.compressor is not None
-        return audit.verify_events(lead_id, self.recorder.select_events(lead_id),
-                                   self._plain if protected else None)
+        return self.codec.verify(lead_id)
 
     def _encode(self, unit: Unit) -> list[StoredEvent]:
         stored: list[StoredEvent] = []
         for aggregate in unit.touched.values():
-            stored += self._stored(aggregate)
+            stored += self.codec.stored(aggregate)
         return stored
 
     def _commit(self, unit: Unit, tracking: Tracking | None,
@@ -708,36 +561,6 @@ class LeadflowApp(Application[UUID]):
         known[event_id] = RecordId(event_id, digest, lead_id)
         applied.append(known[event_id])
         return RecordResult(index, event_id, Outcome.APPLIED, lead_id)
-
-class NotMergedError(LeadflowError):
-    reason = "not_merged"
-
-
-def _without_merge(events: list[Any], loser_id: UUID) -> list[Any]:
-    """A survivor's own events, minus the merge with ``loser_id`` and what it set off.
-
-    Dropped: the Absorbed event, and every automatic decision recorded after it (stage and
-    owner changes by rules or the system, SLA breaches, load bookkeeping), because those were
-    taken on the merged score. People's decisions (sales dispositions) and the survivor's own
-    touchpoints stay; the engine re-derives the automatic ones from the restored state.
-    """
-    out: list[Any] = []
-    merged = False
-    for event in events:
-        name = type(event).__name__
-        if name == "Absorbed" and event.lead_id == loser_id:
-            merged = True
-            continue
-        if merged and (
-            name in ("AccountSet", "LoadRecounted", "FirstContactSlaBreached", "WakeScheduled")
-            or (name in ("StageChanged", "OwnerAssigned")
-                and str(event.__dict__.get("actor") or "").startswith(("rule:", "system:")))
-        ):
-            continue
-        out.append(event)
-    return out
-
-
 
 
 __all__ = ["INFRASTRUCTURE_ERRORS", "BatchResult", "ClockResult", "LeadView", "LeadflowApp",

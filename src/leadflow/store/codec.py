@@ -1,0 +1,133 @@
+"""Events to stored bytes and back: one encoding per event, the hash-chain link appended to
+lead events, the configured compressor/cipher, and bulk reads of many aggregates' events.
+
+This is where the bytes live: the engine hands aggregates in and gets ``StoredEvent`` rows
+out (and the reverse), so the domain never sees an encoding.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+from uuid import UUID
+
+from eventsourcing.domain import Aggregate
+from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent
+from eventsourcing.postgres import PostgresAggregateRecorder
+from eventsourcing.sqlite import SQLiteAggregateRecorder
+from eventsourcing.utils import get_topic
+from psycopg.sql import SQL, Identifier
+
+from leadflow.domain import Lead
+from leadflow.store import chain
+
+
+class EventCodec:
+    """Encodes aggregates' pending events for the recorder, and reads stored events back."""
+
+    def __init__(self, mapper: Mapper[UUID], recorder: AggregateRecorder) -> None:
+        self.mapper = mapper
+        self.recorder = recorder
+        self._topics: dict[type, str] = {}
+
+    def select_many(self, ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
+        """Every stored event of many aggregates, by aggregate, in version order."""
+        recorder: Any = self.recorder
+        out: dict[UUID, list[StoredEvent]] = {}
+        if isinstance(recorder, PostgresAggregateRecorder):
+            statement = SQL("SELECT originator_id, originator_version, topic, state FROM {}.{} "
+                            "WHERE originator_id = ANY(%s) "
+                            "ORDER BY originator_id, originator_version").format(
+                Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
+            with recorder.datastore.transaction(commit=False) as cursor:
+                cursor.execute(statement, (ids,))
+                for row in cursor.fetchall():
+                    oid = row["originator_id"]
+                    oid = oid if isinstance(oid, UUID) else UUID(str(oid))
+                    out.setdefault(oid, []).append(StoredEvent(
+                        oid, row["originator_version"], row["topic"], bytes(row["state"])))
+        elif isinstance(recorder, SQLiteAggregateRecorder):
+            with recorder.datastore.transaction(commit=False) as cursor:
+                for start in range(0, len(ids), 500):
+                    chunk = [i.hex for i in ids[start:start + 500]]
+                    cursor.execute(
+                        "SELECT originator_id, originator_version, topic, state FROM "
+                        f"{recorder.events_table_name} WHERE originator_id IN "
+                        f"({','.join('?' * len(chunk))}) "
+                        "ORDER BY originator_id, originator_version", chunk)
+                    for oid_hex, version, topic, state in cursor.fetchall():
+                        oid = UUID(str(oid_hex))
+                        out.setdefault(oid, []).append(StoredEvent(oid, version, topic,
+                                                                   bytes(state)))
+        else:  # in-memory store: asking one by one is cheap
+            for aggregate_id in ids:
+                found = list(recorder.select_events(aggregate_id))
+                if found:
+                    out[aggregate_id] = found
+        return out
+
+    def stored(self, aggregate: Aggregate) -> list[StoredEvent]:
+        """The aggregate's pending events as stored events, each encoded exactly once.
+
+        Lead events get their hash-chain link (see chain.py) appended to the encoded bytes,
+        so the tamper evidence costs one hash per event, not a second encoding.
+        """
+        pending = aggregate.collect_events()
+        if not pending:
+            return []
+        chained = isinstance(aggregate, Lead)
+        head: str | None = None
+        if chained:
+            lead = cast(Lead, aggregate)
+            if pending[0].originator_version == Lead.INITIAL_VERSION:
+                head = chain.genesis(lead.id)
+            else:
+                head = lead.chain_head or self.chain_head(lead.id)
+        out: list[StoredEvent] = []
+        for event in pending:
+            originator_id, version, topic, payload = self.encode_event(event)
+            if head is not None:
+                payload, head = chain.seal(head, originator_id, version, topic, payload)
+            out.append(StoredEvent(originator_id, version, topic, self.protect(payload)))
+        if chained:
+            cast(Lead, aggregate).chain_head = head
+        return out
+
+    def encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:
+        cls = type(event)
+        topic = self._topics.get(cls)
+        if topic is None:
+            topic = self._topics[cls] = get_topic(cls)
+        state = dict(event.__dict__)
+        originator_id = state.pop("originator_id")
+        version = state.pop("originator_version")
+        class_version = getattr(cls, "class_version", 1)
+        if class_version > 1:
+            state["class_version"] = class_version
+        return originator_id, version, topic, self.mapper.transcoder.encode(state)
+
+    def protect(self, payload: bytes) -> bytes:
+        """Compress and encrypt as the library's mapper would (when configured)."""
+        if self.mapper.compressor:
+            payload = self.mapper.compressor.compress(payload)
+        if self.mapper.cipher:
+            payload = self.mapper.cipher.encrypt(payload)
+        return payload
+
+    def plain(self, payload: bytes) -> bytes:
+        if self.mapper.cipher:
+            payload = self.mapper.cipher.decrypt(payload)
+        if self.mapper.compressor:
+            payload = self.mapper.compressor.decompress(payload)
+        return payload
+
+    def chain_head(self, lead_id: UUID) -> str:
+        stored = self.recorder.select_events(lead_id, desc=True, limit=1)
+        if not stored:
+            return chain.genesis(lead_id)
+        return chain.unseal(self.plain(stored[0].state))[1] or chain.genesis(lead_id)
+
+    def verify(self, lead_id: UUID) -> chain.LeadVerification:
+        """Recompute a lead's hash chain from its stored events (no cache, no domain)."""
+        protected = self.mapper.cipher is not None or self.mapper.compressor is not None
+        return chain.verify_events(lead_id, self.recorder.select_events(lead_id),
+                                   self.plain if protected else None)
