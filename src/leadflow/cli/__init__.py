@@ -1225,22 +1225,13 @@ def consume(obj: Context, until_idle: bool) -> None:
     partition offset in one transaction; bad records go to the dead-letter topic with the
     reason in their headers. SIGTERM/SIGINT finish the current batch and exit.
     """
-    from kafka import KafkaConsumer, KafkaProducer
-
+    from leadflow.consumers import clients
     from leadflow.consumers.touchpoints import ConsumerStoppedError, TouchpointConsumer
 
     settings = _kafka_settings()
     app = obj.app()
-    consumer = _kafka_call("consumer", lambda: KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
-        enable_auto_commit=False, auto_offset_reset="earliest",
-        max_poll_records=settings.max_poll_records, client_id="leadflow-consume",
-        fetch_max_wait_ms=200, group_instance_id=settings.instance_id,
-        session_timeout_ms=settings.session_timeout_ms,
-        heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4)))
-    producer = _kafka_call("producer", lambda: KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
-        client_id="leadflow-dlq"))
+    consumer = _kafka_call("consumer", lambda: clients.touchpoint_consumer(settings))
+    producer = _kafka_call("producer", lambda: clients.dead_letter_producer(settings))
     runner = TouchpointConsumer(app, settings, consumer, producer,
                                 max_future_skew=obj.settings.max_future_skew,
                                 max_record_bytes=obj.settings.max_record_bytes)
@@ -1264,8 +1255,7 @@ def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
 
     Invalid lines are reported with their line number and reason and not sent (exit 3).
     """
-    from kafka import KafkaProducer
-
+    from leadflow.consumers import clients
     from leadflow.consumers.publish import publish_lines
 
     settings = _kafka_settings()
@@ -1273,9 +1263,7 @@ def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
         rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
     _check_rejects_path(source, rejects_path)
     stream = _open_input(source)
-    producer = _kafka_call("producer", lambda: KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=20,
-        batch_size=256 * 1024, client_id="leadflow-publish"))
+    producer = _kafka_call("producer", lambda: clients.publish_producer(settings))
     with stream, _open_for_writing(rejects_path, "the rejects file") as rejects_file:
         rejects = RejectsWriter(rejects_file)
 
@@ -1308,18 +1296,14 @@ def relay(obj: Context, until_idle: bool) -> None:
     Each message carries a stable event id; a restarted relay does not re-send what the
     topic already holds.
     """
-    from kafka import KafkaConsumer, KafkaProducer
-
+    from leadflow.consumers import clients
     from leadflow.consumers.relay import LifecycleRelay
 
     settings = _kafka_settings()
     app = obj.app()
-    producer = _kafka_call("producer", lambda: KafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=5,
-        client_id="leadflow-relay"))
-    runner = LifecycleRelay(app, settings, producer, lambda: KafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers, enable_auto_commit=False,
-        client_id="leadflow-relay-tail"))
+    producer = _kafka_call("producer", lambda: clients.relay_producer(settings))
+    runner = LifecycleRelay(app, settings, producer,
+                            lambda: clients.relay_tail_consumer(settings))
     signal.signal(signal.SIGTERM, runner.stop)
     signal.signal(signal.SIGINT, runner.stop)
     stats = _kafka_call("relay", lambda: runner.run(until_idle=until_idle))
@@ -1338,12 +1322,13 @@ def kafka() -> None:
 @click.option("--replication-factor", type=click.IntRange(1), default=1, show_default=True)
 def kafka_create_topics(partitions: int, replication_factor: int) -> None:
     """Create the touchpoints, dead-letter and lifecycle topics if they do not exist."""
-    from kafka.admin import KafkaAdminClient, NewTopic
+    from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
+    from leadflow.consumers import clients
+
     settings = _kafka_settings()
-    admin = _kafka_call("admin", lambda: KafkaAdminClient(
-        bootstrap_servers=settings.bootstrap_servers, client_id="leadflow-admin"))
+    admin = _kafka_call("admin", lambda: clients.admin_client(settings))
     existing = set(admin.list_topics())
     wanted = [settings.topic, settings.dlq_topic, settings.lifecycle_topic]
     missing = [t for t in wanted if t not in existing]

@@ -1,0 +1,58 @@
+"""Kafka clients for each leadflow role, built from ``KafkaSettings`` in one place.
+
+Each function connects when called (kafka-python bootstraps in the constructor), so callers
+build clients inside the command that needs them, never at import time, and translate
+``KafkaError`` into their own message.
+"""
+
+from __future__ import annotations
+
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.admin import KafkaAdminClient
+
+from leadflow.consumers.settings import KafkaSettings
+
+
+def touchpoint_consumer(settings: KafkaSettings) -> KafkaConsumer:
+    """The consumer group member that reads the touchpoints topic.
+
+    Offsets are never auto-committed (the database's tracking records are the position);
+    static membership (``instance_id``) and the session timeout come from the settings.
+    """
+    return KafkaConsumer(
+        bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
+        enable_auto_commit=False, auto_offset_reset="earliest",
+        max_poll_records=settings.max_poll_records, client_id="leadflow-consume",
+        fetch_max_wait_ms=200, group_instance_id=settings.instance_id,
+        session_timeout_ms=settings.session_timeout_ms,
+        heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4))
+
+
+def dead_letter_producer(settings: KafkaSettings) -> KafkaProducer:
+    """The consumer's producer for the dead-letter topic (every replica acknowledges)."""
+    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                         linger_ms=5, client_id="leadflow-dlq")
+
+
+def publish_producer(settings: KafkaSettings) -> KafkaProducer:
+    """``leadflow publish``: larger batches, for throughput over a whole file."""
+    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                         linger_ms=20, batch_size=256 * 1024, client_id="leadflow-publish")
+
+
+def relay_producer(settings: KafkaSettings) -> KafkaProducer:
+    """The relay's producer for the lifecycle topic."""
+    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                         linger_ms=5, client_id="leadflow-relay")
+
+
+def relay_tail_consumer(settings: KafkaSettings) -> KafkaConsumer:
+    """A group-less consumer the relay uses to read the last message of each partition."""
+    return KafkaConsumer(bootstrap_servers=settings.bootstrap_servers,
+                         enable_auto_commit=False, client_id="leadflow-relay-tail")
+
+
+def admin_client(settings: KafkaSettings) -> KafkaAdminClient:
+    """For creating leadflow's topics."""
+    return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                            client_id="leadflow-admin")
