@@ -295,6 +295,15 @@ class Rules(_Strict):
         return self.scoring.half_life_days * 86400.0
 
     @cached_property
+    def engagement_by_type(self) -> dict[str, tuple[EngagementRule, ...]]:
+        """Engagement rules per record type, in file order: a touchpoint only tests the rules
+        written for its type (most rule sets have one or two per type)."""
+        index: dict[str, list[EngagementRule]] = {}
+        for rule in self.scoring.engagement:
+            index.setdefault(rule.type, []).append(rule)
+        return {kind: tuple(rules) for kind, rules in index.items()}
+
+    @cached_property
     def free_mail(self) -> frozenset[str]:
         return frozenset(d.lower() for d in self.accounts.free_mail_domains)
 

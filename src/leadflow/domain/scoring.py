@@ -112,7 +112,7 @@ def score_touchpoint(
     ``counts``/``totals`` are per-rule matches and raw points so far, for bands and caps.
     """
     awards: list[Award] = []
-    for rule in rules.scoring.engagement:
+    for rule in rules.engagement_by_type.get(record_type, ()):
         if not rule.matches(record_type, context):
             continue
         count = counts.get(rule.id, 0) + 1
