@@ -15,6 +15,8 @@ from __future__ import annotations
 import gc
 import os
 
+from leadflow.config import ConfigError
+
 DEFAULT_GEN0_THRESHOLD = 50_000
 
 
@@ -23,7 +25,11 @@ def tune_gc() -> None:
 
     ``LEADFLOW_GC_GEN0_THRESHOLD=0`` leaves CPython's defaults alone.
     """
-    threshold = int(os.environ.get("LEADFLOW_GC_GEN0_THRESHOLD", DEFAULT_GEN0_THRESHOLD))
+    text = os.environ.get("LEADFLOW_GC_GEN0_THRESHOLD", str(DEFAULT_GEN0_THRESHOLD))
+    try:
+        threshold = int(text)
+    except ValueError:
+        raise ConfigError(f"LEADFLOW_GC_GEN0_THRESHOLD={text!r} is not a whole number") from None
     if threshold <= 0:
         return
     gc.collect()
