@@ -1,0 +1,288 @@
+"""The per-event handlers: what each stored event changes in the read-model rows.
+
+``PageChanges`` applies events in order to rows held in memory: the ``lead_state`` and
+``account_state`` rows they touch, the ``stage_transitions`` and ``score_ledger`` rows they
+append and the ``funnel_daily`` counts they add. Nothing here reads or writes the database;
+``writer.Page`` loads the rows a page touches and writes the changes back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from types import SimpleNamespace
+from typing import Any
+
+from leadflow.projections.db import to_int, to_real, to_text
+from leadflow.projections.events import KINDS
+from leadflow.projections.schema import FUNNEL
+
+RANK = {stage: i for i, stage in enumerate(FUNNEL)}
+LEAD_COLUMNS = (
+    "lead_id", "primary_key", "identities", "created_at", "source", "campaign", "landing_page",
+    "country", "company", "industry", "employees", "title", "segment", "account_id", "stage",
+    "stage_at", "stage_reason", "owner", "team", "in_pool", "deal_owner", "contacted_at", "fit",
+    "fit_awards", "engagement_value", "engagement_as_of", "half_life_days", "last_touch_at",
+    "touchpoints", "dormant", "reached_mql_at", "reached_sql_at", "reached_opportunity_at",
+    "reached_customer_at", "disqualified_at", "disqualified_reason", "recycled_at",
+    "recycled_reason", "lost_at", "lost_reason", "deal_id", "deal_amount", "deal_currency",
+    "merged_into",
+)
+ACCOUNT_COLUMNS = ("account_id", "account_key", "name", "engagements", "surges",
+                   "last_engaged_at", "last_surge_at", "surge_window_days")
+
+
+def size_band(employees: Any) -> str:
+    employees = to_int(employees)  # as the column holds it (a 400-digit number is NULL)
+    if employees is None:
+        return "size?"
+    if employees <= 10:
+        return "1-10"
+    if employees <= 50:
+        return "11-50"
+    if employees <= 250:
+        return "51-250"
+    return "251+"
+
+
+def segment_of(row: dict[str, Any]) -> str:
+    """Geography x company size: the segments seed 003 reports on by default."""
+    return f"{to_text(row.get('country')) or '??'}/{size_band(row.get('employees'))}"
+
+
+class PageChanges:
+    """The changes a run of events makes to the read-model rows, held in memory."""
+
+    def __init__(self, half_life_days: float) -> None:
+        self.half_life_days = half_life_days
+        self.leads: dict[str, dict[str, Any]] = {}
+        # Each lead's (owner, stage) before this run (None: counted in no owner's load).
+        self.before: dict[str, tuple[str, str] | None] = {}
+        self.accounts: dict[str, dict[str, Any]] = {}
+        self.transitions: list[tuple[Any, ...]] = []
+        self.ledger: list[tuple[Any, ...]] = []
+        self.funnel: Counter[tuple[str, str, str, str]] = Counter()
+        # The newest event applied to each lead and account row, to name it if the row
+        # cannot be written.
+        self.last_event: dict[str, int] = {}
+
+    def apply(self, nid: int, topic: str, event: Any) -> None:
+        is_account, kind = KINDS[topic]
+        self.last_event[lead_id := str(event.originator_id)] = nid
+        if is_account:
+            self._account(lead_id, kind, event)
+            return
+        if kind == "Created":
+            self._created(nid, lead_id, event)
+            return
+        row = self.leads.get(lead_id)
+        if row is None:
+            raise RuntimeError(f"projection has no row for lead {lead_id} (event {nid})")
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(nid, row, event)
+
+    def _created(self, nid: int, lead_id: str, e: Any) -> None:
+        row: dict[str, Any] = dict.fromkeys(LEAD_COLUMNS)
+        row.update(
+            lead_id=lead_id, primary_key=e.primary_key, identities=json.dumps([e.primary_key]),
+            created_at=e.created_at, source=e.source, campaign=e.campaign,
+            landing_page=e.landing_page,
+            account_id=str(e.account_id) if e.account_id else None, stage="new",
+            stage_at=e.created_at, in_pool=False, fit=0.0, fit_awards="{}",
+            engagement_value=0.0, half_life_days=self.half_life_days, touchpoints=0,
+            dormant=False,
+        )
+        row["segment"] = segment_of(row)
+        self.leads[lead_id] = row
+        self.before.setdefault(lead_id, None)
+        self.transitions.append((nid, lead_id, None, "new", e.created_at, None, e.source,
+                                 e.campaign, "system", None))
+        self._count("new", e.created_at, row)
+
+    def _count(self, stage: str, at: datetime, row: dict[str, Any]) -> None:
+        self.funnel[(at.date().isoformat(), stage, row["source"] or "", row["campaign"] or "")] += 1
+
+    def _on_IdentityAdded(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        identities = json.loads(row["identities"])
+        if e.key not in identities:
+            identities.append(e.key)
+        row["identities"] = json.dumps(identities)
+
+    def _set_fit(self, nid: int, row: dict[str, Any], e: Any, fit: float,
+                 awards: Iterable[Sequence[Any]]) -> None:
+        # Points that are no finite number are null in fit_awards (which stays strict JSON)
+        # and NaN here, so their ledger deltas are NULL.
+        old = {r: _number(p) for r, p in json.loads(row["fit_awards"]).items()}
+        new = {str(r): _number(p) for r, p in awards}
+        seq = 0  # this event's ledger rows so far (they are the newest ones)
+        for entry in reversed(self.ledger):
+            if entry[0] != nid:
+                break
+            seq += 1
+        for rule in sorted(set(old) | set(new)):
+            delta = new.get(rule, 0.0) - old.get(rule, 0.0)
+            if delta:
+                self.ledger.append((nid, seq, row["lead_id"], e.event_id, "fit", rule,
+                                    e.rules_version, delta, e.occurred_at, None))
+                seq += 1
+        row["fit"] = fit
+        row["fit_awards"] = json.dumps({r: p if math.isfinite(p) else None
+                                        for r, p in new.items()}, sort_keys=True)
+
+    def _on_ProfileUpdated(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        for key in ("country", "company", "industry", "employees", "title"):
+            if key in e.changes:
+                row[key] = e.changes[key]
+        row["segment"] = segment_of(row)
+        self._set_fit(nid, row, e, e.fit, e.fit_awards)
+
+    def _on_AccountSet(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["account_id"] = str(e.account_id)
+
+    def _awards(self, nid: int, row: dict[str, Any], awards: list[dict[str, Any]], kind: str,
+                rules_version: str) -> None:
+        for seq, award in enumerate(awards):
+            self.ledger.append((nid, seq, row["lead_id"], award["event_id"], kind,
+                                award["rule"], rules_version, award["points"], award["at"],
+                                award.get("expires_at")))
+
+    def _touch(self, row: dict[str, Any], at: datetime | None) -> None:
+        if at is not None and (row["last_touch_at"] is None or at > row["last_touch_at"]):
+            row["last_touch_at"] = at
+            row["dormant"] = False
+
+    def _on_TouchpointScored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        self._awards(nid, row, e.awards, "engagement", e.rules_version)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+        row["touchpoints"] = _plus(row["touchpoints"], 1)
+        self._touch(row, e.occurred_at)
+
+    def _on_Boosted(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        self._awards(nid, row, e.awards, "boost", e.rules_version)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+
+    def _on_InterestAbsorbed(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        self._awards(nid, row, e.awards, "engagement", e.rules_version)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+        row["touchpoints"] = _plus(row["touchpoints"], len(e.event_ids))
+        if e.last_touch_at and (row["last_touch_at"] is None
+                                or e.last_touch_at > row["last_touch_at"]):
+            row["last_touch_at"] = e.last_touch_at
+
+    def _on_StageChanged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        to, at = e.to_stage, e.occurred_at
+        row["stage"], row["stage_at"], row["stage_reason"] = to, at, e.reason
+        self.transitions.append((nid, row["lead_id"], e.from_stage, to, at, row["owner"],
+                                 row["source"], row["campaign"], e.actor, e.reason))
+        self._count(to, at, row)
+        if to in RANK:
+            # Reaching a stage means passing every funnel stage before it.
+            for stage in FUNNEL[1:RANK[to] + 1]:
+                if row[f"reached_{stage}_at"] is None:
+                    row[f"reached_{stage}_at"] = at
+        if to in ("disqualified", "recycled", "lost"):
+            row[f"{to}_at"], row[f"{to}_reason"] = at, e.reason
+        if to in ("recycled", "disqualified"):
+            row.update(owner=None, team=None, in_pool=False, contacted_at=None)
+        links = e.links or {}
+        if links.get("deal_id"):
+            row["deal_id"] = links["deal_id"]
+        if links.get("deal_amount") is not None:
+            row["deal_amount"] = links["deal_amount"]  # text; the writer makes it a number
+        if links.get("deal_currency"):
+            row["deal_currency"] = links["deal_currency"]
+
+    def _on_OwnerAssigned(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row.update(owner=e.owner, team=e.team, in_pool=e.owner is None, contacted_at=None)
+
+    def _on_FirstContactMade(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["contacted_at"] = e.occurred_at
+
+    def _on_DealOwnerSet(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["deal_owner"] = e.owner
+
+    def _on_WentDormant(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["dormant"] = True
+
+    def _on_MergedInto(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["merged_into"] = str(e.survivor_id)
+
+    def _on_Absorbed(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        identities = json.loads(row["identities"])
+        identities += [k for k in e.identity_keys if k not in identities]
+        row["identities"] = json.dumps(identities)
+        row["engagement_value"] = e.engagement_value
+        row["engagement_as_of"] = e.engagement_as_of
+        for key in ("country", "company", "industry", "employees", "title"):
+            row[key] = e.profile.get(key, row[key])
+        row["segment"] = segment_of(row)
+        self._set_fit(nid, row, e, e.fit, e.fit_awards)
+        row["touchpoints"] = _plus(row["touchpoints"], e.touchpoints)
+        row["last_touch_at"] = e.last_touch_at
+        if e.last_touch_at is not None:
+            row["dormant"] = False
+
+    def _on_Unmerged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        row["merged_into"] = None
+
+    def _on_StateRestored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        """An unmerge recomputed the lead from its own events: take that state wholesale."""
+        state = e.state
+        row["identities"] = json.dumps(state["identity_keys"])
+        for key in ("country", "company", "industry", "employees", "title"):
+            row[key] = state["profile"].get(key)
+        row["segment"] = segment_of(row)
+        cause = SimpleNamespace(event_id=f"unmerge:{e.released_lead}", rules_version="unmerge",
+                                occurred_at=e.occurred_at)
+        self._set_fit(nid, row, cause, state["fit"], state["fit_awards"])
+        row.update(
+            engagement_value=state["eng_value"], engagement_as_of=state["eng_as_of"],
+            touchpoints=state["touchpoints"], last_touch_at=state["last_touch_at"],
+            dormant=state["dormant"], stage=state["stage"], stage_at=state["stage_at"],
+            stage_reason=state["stage_reason"], owner=state["owner"], team=state["team"],
+            in_pool=state["in_pool"], contacted_at=state["contacted_at"],
+            deal_owner=state["deal_owner"],
+            account_id=str(state["account_id"]) if state["account_id"] else None,
+        )
+        first: dict[str, datetime] = state["first_reached"]
+        for stage in FUNNEL[1:]:
+            times = [first[s] for s in FUNNEL[RANK[stage]:] if s in first]
+            row[f"reached_{stage}_at"] = min(times) if times else None
+
+    def _account(self, account_id: str, kind: str, e: Any) -> None:
+        if kind == "Created":
+            self.accounts[account_id] = {
+                "account_id": account_id, "account_key": e.account_key, "name": e.name,
+                "engagements": 0, "surges": 0, "last_engaged_at": None,
+                "last_surge_at": None, "surge_window_days": None,
+            }
+            return
+        row = self.accounts[account_id]
+        if kind == "Engaged":
+            row["engagements"] += 1
+            if row["last_engaged_at"] is None or e.occurred_at > row["last_engaged_at"]:
+                row["last_engaged_at"] = e.occurred_at
+        else:
+            row["surges"] += 1
+            row["last_surge_at"] = e.occurred_at
+            row["surge_window_days"] = e.window_days
+
+
+def _number(value: Any) -> float:
+    """A finite float, or NaN for what is none (inf, NaN, null, 1e400, text)."""
+    number = to_real(value)
+    return math.nan if number is None else number
+
+
+def _plus(count: Any, more: Any) -> int | None:
+    """A count plus more, as the INTEGER column holds it: NULL once either is no integer
+    in range (and from then on), the same whether the count was just read back or not."""
+    a, b = to_int(count), to_int(more)
+    return None if a is None or b is None else to_int(a + b)

@@ -1,0 +1,182 @@
+"""Loading the rows a page of events touches, and writing its changes back in one go.
+
+``Page`` is a ``handlers.PageChanges`` that reads the ``lead_state`` and ``account_state``
+rows it will change before the handlers run, and afterwards writes every changed row:
+leads, accounts, transitions, ledger, funnel counts and owner load. Every value passes
+through the converters of ``db.clean_rows``, identically on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from functools import cache
+from typing import Any
+
+from leadflow.projections.db import ProjectionDB, RowRejected, clean_rows, from_db
+from leadflow.projections.handlers import ACCOUNT_COLUMNS, LEAD_COLUMNS, PageChanges
+from leadflow.projections.schema import columns
+
+OPEN_STAGES = frozenset({"new", "mql", "sql", "opportunity"})
+TS_COLUMNS = ("created_at", "stage_at", "contacted_at", "engagement_as_of", "last_touch_at",
+              "reached_mql_at", "reached_sql_at", "reached_opportunity_at",
+              "reached_customer_at", "disqualified_at", "recycled_at", "lost_at")
+
+
+class Page(PageChanges):
+    """The changes one page of events makes, applied to the database together."""
+
+    def __init__(self, db: ProjectionDB, suffix: str, half_life_days: float) -> None:
+        super().__init__(half_life_days)
+        self.db = db
+        self.s = suffix
+
+    def load(self, lead_ids: set[str], account_ids: set[str]) -> None:
+        for chunk in _chunks(sorted(lead_ids), 500):
+            marks = ",".join(["%s"] * len(chunk))
+            for row in self.db.query(
+                    f"SELECT * FROM lead_state{self.s} WHERE lead_id IN ({marks})", chunk):
+                for col in TS_COLUMNS:
+                    row[col] = from_db(row[col])
+                row["in_pool"] = bool(row["in_pool"])
+                row["dormant"] = bool(row["dormant"])
+                self.leads[row["lead_id"]] = row
+                self.before[row["lead_id"]] = _load_key(row)
+        for chunk in _chunks(sorted(account_ids), 500):
+            marks = ",".join(["%s"] * len(chunk))
+            for row in self.db.query(
+                    f"SELECT * FROM account_state{self.s} WHERE account_id IN ({marks})", chunk):
+                row["last_engaged_at"] = from_db(row["last_engaged_at"])
+                row["last_surge_at"] = from_db(row["last_surge_at"])
+                self.accounts[row["account_id"]] = row
+
+    # ----------------------------------------------------------------- writing
+
+    def _rows(self, table: str, rows: Iterable[Sequence[Any]],
+              names: tuple[str, ...] | None = None) -> list[list[Any]]:
+        """The rows as the table's columns hold them, the same on SQLite and PostgreSQL.
+
+        Every value written to a read model passes here (see ``db.clean_rows``). A NULL left
+        in a NOT NULL column names the event behind the row.
+        """
+        try:
+            return clean_rows(table, _kinds(table, names), rows)
+        except RowRejected as exc:
+            raise self._rejected(table, exc) from exc
+
+    def _rejected(self, table: str, exc: RowRejected) -> RowFailed:
+        row, names = exc.row, [c.name for c in columns()[table]]
+        if table in ("lead_state", "account_state"):
+            oid = str(row[0])
+            return RowFailed(self.last_event.get(oid, 0), oid, str(exc))
+        if table in ("stage_transitions", "score_ledger"):
+            lead = row[names.index("lead_id")]
+            return RowFailed(int(row[0]), lead, str(exc))
+        return RowFailed(max(self.last_event.values(), default=0), "?", str(exc))
+
+    def _upsert(self, table: str, columns: tuple[str, ...],
+                rows: Iterable[dict[str, Any]]) -> None:
+        """Insert or replace whole rows keyed by the first column."""
+        key = columns[0]
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+        self.db.executemany(
+            f"INSERT INTO {table}{self.s} ({', '.join(columns)}) "
+            f"VALUES ({', '.join(['%s'] * len(columns))}) "
+            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+            self._rows(table, ([row[c] for c in columns] for row in rows), columns),
+        )
+
+    def _copy(self, table: str, columns: tuple[str, ...],
+              rows: Iterable[dict[str, Any]]) -> None:
+        self.db.copy_rows(f"{table}{self.s}",
+                          self._rows(table, ([row[c] for c in columns] for row in rows),
+                                     columns),
+                          columns)
+
+    def _counts(self, table: str, counts: Counter[Any]) -> list[list[Any]]:
+        """Keyed counts as rows, keys merged once converted (two stored spellings that the
+        column holds alike are one row, as a fresh COPY needs)."""
+        kinds = [(name, kind, True) for name, kind, _ in _kinds(table, None)[:-1]]
+        merged: Counter[tuple[Any, ...]] = Counter()
+        for key, n in zip(clean_rows(table, kinds, counts), counts.values(), strict=True):
+            merged[tuple(key)] += n
+        return self._rows(table, [[*key, n] for key, n in sorted(
+            merged.items(), key=lambda item: tuple(str(v) for v in item[0])) if n])
+
+    def write(self) -> None:
+        self.write_appends()
+        self.write_state()
+
+    def write_appends(self) -> None:
+        """The append-only rows (transitions, ledger), by COPY on PostgreSQL."""
+        self.db.copy_rows(f"stage_transitions{self.s}",
+                          self._rows("stage_transitions", self.transitions))
+        self.db.copy_rows(f"score_ledger{self.s}", self._rows("score_ledger", self.ledger))
+        self.transitions, self.ledger = [], []
+
+    def write_state(self, fresh: bool = False) -> None:
+        """The keyed rows: leads, accounts, funnel counts and owner load.
+
+        ``fresh``: the tables are empty (a rebuild), so rows are copied, not upserted.
+        """
+        s, db = self.s, self.db
+        if fresh:
+            self._copy("lead_state", LEAD_COLUMNS, self.leads.values())
+            self._copy("account_state", ACCOUNT_COLUMNS, self.accounts.values())
+            db.copy_rows(f"funnel_daily{s}", self._counts("funnel_daily", self.funnel))
+            open_load: Counter[tuple[str, str]] = Counter(
+                key for key in map(_load_key, self.leads.values()) if key is not None)
+            db.copy_rows(f"owner_load{s}", self._counts("owner_load", open_load))
+            return
+        self._upsert("lead_state", LEAD_COLUMNS, self.leads.values())
+        db.executemany(
+            f"INSERT INTO funnel_daily{s} VALUES (%s, %s, %s, %s, %s) "
+            f"ON CONFLICT (day, stage, source, campaign) DO UPDATE "
+            f"SET entries = funnel_daily{s}.entries + excluded.entries",
+            self._counts("funnel_daily", self.funnel),
+        )
+        load: Counter[tuple[str, str]] = Counter()
+        for lead_id, row in self.leads.items():
+            old, new = self.before.get(lead_id), _load_key(row)
+            if old != new:
+                if old is not None:
+                    load[old] -= 1
+                if new is not None:
+                    load[new] += 1
+        db.executemany(
+            f"INSERT INTO owner_load{s} VALUES (%s, %s, %s) ON CONFLICT (owner, stage) "
+            f"DO UPDATE SET open_leads = owner_load{s}.open_leads + excluded.open_leads",
+            self._counts("owner_load", load),
+        )
+        # A bucket that empties is removed, so page boundaries never show in the rows.
+        db.execute(f"DELETE FROM owner_load{s} WHERE open_leads = 0")
+        self._upsert("account_state", ACCOUNT_COLUMNS, self.accounts.values())
+
+
+class RowFailed(Exception):
+    """A row that cannot be written; the projector names the event (with its topic)."""
+
+    def __init__(self, notification_id: int, originator_id: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.notification_id = notification_id
+        self.originator_id = originator_id
+        self.reason = reason
+
+
+@cache
+def _kinds(table: str, names: tuple[str, ...] | None) -> tuple[tuple[str, str, bool], ...]:
+    """(name, kind, nullable) of ``names`` (default: every column) of ``table``, in order."""
+    spec = {c.name: c for c in columns()[table]}
+    order = names if names is not None else tuple(spec)
+    return tuple((spec[n].name, spec[n].kind, spec[n].nullable) for n in order)
+
+
+def _load_key(row: dict[str, Any]) -> tuple[str, str] | None:
+    if row["owner"] and row["merged_into"] is None and row["stage"] in OPEN_STAGES:
+        return (row["owner"], row["stage"])
+    return None
+
+
+def _chunks(items: list[str], size: int) -> Iterable[list[str]]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
