@@ -609,12 +609,14 @@ def verify(obj: Context, identity: str | None, expect_head: str | None, as_json:
     """
     if expect_head and not identity:
         raise click.UsageError("--expect-head needs IDENTITY, the lead whose chain head it is")
+    from leadflow.engine.auditor import stored_lead_ids
+
     app = obj.app(published_rules=False)
     unreadable: list[dict[str, Any]] = []
     if identity:
         lead_ids = [_lookup(identity, lambda key: _verify_target(app, key))]
     else:
-        lead_ids, unreadable = _stored_lead_ids(app)
+        lead_ids, unreadable = stored_lead_ids(app)
     results = []
     with _progress() as progress:
         task = progress.add_task("verify", total=len(lead_ids), unit="leads")
@@ -642,55 +644,6 @@ def verify(obj: Context, identity: str | None, expect_head: str | None, as_json:
         if identity and results:
             click.echo(f"chain head {results[0].head}")
     sys.exit(EXIT_TAMPERED if problems else EXIT_OK)
-
-
-def _stored_lead_ids(app: LeadflowApp) -> tuple[list[UUID], list[dict[str, Any]]]:
-    """Every lead that has a stored Created event (as ``LeadflowApp.lead_ids``), and, as
-    problems, the Created rows that cannot be read (an originator id that is no UUID, in a
-    SQLite row edited by hand): one such row must not stop the check of all the others.
-
-    The notification log is read in windows of ids; a window that cannot be read is halved
-    until the unreadable rows are found.
-    """
-    from eventsourcing.utils import get_topic
-
-    from leadflow.domain import Lead
-
-    topics = [get_topic(Lead.Created)]
-    ids: list[UUID] = []
-    unreadable: list[dict[str, Any]] = []
-
-    def problem(notification_id: int, originator: str | None, exc: Exception) -> None:
-        unreadable.append({
-            "lead_id": originator, "version": 1,
-            "problem": f"stored event {notification_id} (Lead.Created) cannot be read "
-                       f"({type(exc).__name__}: {exc}): the row was edited outside leadflow"})
-
-    def scan(low: int, high: int) -> None:
-        try:
-            page = app.recorder.select_notifications(low, high - low + 1, stop=high,
-                                                     topics=topics)
-        except PersistenceError:
-            raise
-        except ValueError as exc:
-            if low == high:
-                problem(low, None, exc)
-                return
-            middle = (low + high) // 2
-            scan(low, middle)
-            scan(middle + 1, high)
-            return
-        for notification in page:
-            try:
-                ids.append(UUID(str(notification.originator_id)))
-            except ValueError as exc:
-                problem(notification.id, str(notification.originator_id), exc)
-
-    top = app.recorder.max_notification_id() or 0
-    window = 10_000
-    for low in range(1, top + 1, window):
-        scan(low, min(low + window - 1, top))
-    return ids, unreadable
 
 
 def _verify_target(app: LeadflowApp, key: str) -> UUID:
@@ -911,8 +864,7 @@ def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
     for predicting SQL and customers. --apply then publishes the new version (an event);
     history is never rewritten.
     """
-    from leadflow.domain import Lead
-    from leadflow.engine.auditor import Auditor, Backtest, compare
+    from leadflow.engine.backtest import run_backtest
 
     try:
         new_rules = load_rules(candidate)
@@ -920,41 +872,11 @@ def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
         fail(str(exc))
     app = obj.app()
     since = parse_time(start, "--from") if start else None
-    auditor = Auditor(app)
-    old, new = Backtest(app.rules), Backtest(new_rules)
-    outcomes: dict[str, set[str]] = {"sql": set(), "customer": set()}
-    stages: dict[str, str] = {}
-    lead_ids, unreadable = _stored_lead_ids(app)
-    unloadable = [str(p["lead_id"]) for p in unreadable]
     with _progress() as progress:
-        task = progress.add_task("rescore", total=len(lead_ids), unit="leads")
-        for lead_id in lead_ids:
-            progress.advance(task)
-            try:
-                lead: Any = app.repository.get(lead_id)
-                if not isinstance(lead, Lead) or lead.merged_into is not None:
-                    continue
-                if since is not None and lead.created_at < since:
-                    continue
-                touchpoints = auditor.touchpoints(lead_id)
-            except PersistenceError:
-                raise
-            except Exception as exc:  # a damaged lead is left out, not the whole backtest
-                unloadable.append(str(lead_id))
-                log.warning("lead left out of the backtest: its stored events cannot be "
-                            "loaded", lead=str(lead_id), error=f"{type(exc).__name__}: {exc}")
-                continue
-            key = lead.primary_key
-            old.simulate(key, lead.profile, touchpoints)
-            new.simulate(key, lead.profile, touchpoints)
-            reached = set(lead.first_reached)
-            if reached & {"sql", "opportunity", "customer"}:
-                outcomes["sql"].add(key)
-            if "customer" in reached:
-                outcomes["customer"].add(key)
-            stages[key] = lead.stage
-    result = compare(old, new, outcomes, stages)
-    result["unloadable_leads"] = unloadable
+        task = progress.add_task("rescore", total=None, unit="leads")
+        result = run_backtest(app, new_rules, since=since, progress=lambda done, total:
+                              progress.update(task, completed=done, total=total))
+    unloadable = result["unloadable_leads"]
     if apply_rules:
         text = Path(candidate).read_text(encoding="utf-8")
         app.publish_rules(new_rules, text, datetime.now(UTC), "cli")

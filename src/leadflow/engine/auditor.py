@@ -1,4 +1,5 @@
-"""Auditor queries: history, bitemporal as-of, score explanation, rules backtesting.
+"""Auditor queries: history, bitemporal as-of, score explanation, the touchpoints a rules
+backtest replays (``leadflow.engine.backtest``), and the leads a whole-store check visits.
 
 Everything here is computed from the stored events alone (replayed event by event), so the
 answers can be reproduced by anyone holding the log. "Event time" is when a fact happened
@@ -12,26 +13,25 @@ never the library's own errors; ``leadflow verify`` says what was changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from eventsourcing.persistence import PersistenceError
+from eventsourcing.utils import get_topic
+
 from leadflow.domain import (
-    STAGES,
     AggregateUnloadableError,
     IdentityIndex,
     Interest,
     Lead,
     UnknownLeadError,
-    scoring,
 )
 from leadflow.domain.ids import identity_index_id, interest_id_for
-from leadflow.domain.rules import Rules
-from leadflow.domain.scoring import Award
-from leadflow.engine.app import INFRASTRUCTURE_ERRORS
+from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
 
 _SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
 
@@ -326,79 +326,46 @@ class Auditor:
         return out
 
 
-@dataclass
-class Backtest:
-    """MQL timing and predictive quality of one rule set over recorded touchpoints."""
+def stored_lead_ids(app: LeadflowApp) -> tuple[list[UUID], list[dict[str, Any]]]:
+    """Every lead that has a stored Created event (as ``LeadflowApp.lead_ids``), and, as
+    problems, the Created rows that cannot be read (an originator id that is no UUID, in a
+    SQLite row edited by hand): one such row must not stop the check of all the others.
 
-    rules: Rules
-    mql_at: dict[str, datetime | None] = field(default_factory=dict)
+    The notification log is read in windows of ids; a window that cannot be read is halved
+    until the unreadable rows are found.
+    """
+    topics = [get_topic(Lead.Created)]
+    ids: list[UUID] = []
+    unreadable: list[dict[str, Any]] = []
 
-    def simulate(self, lead_key: str, profile: dict[str, Any],
-                 touchpoints: Sequence[dict[str, Any]]) -> None:
-        fit = sum(p for _, p in scoring.fit_awards(self.rules, profile))
-        value, as_of = 0.0, None
-        expiring: list[Award] = []
-        counts: dict[str, int] = {}
-        totals: dict[str, float] = {}
-        half_life = self.rules.half_life_seconds
-        for tp in touchpoints:
-            for award in scoring.score_touchpoint(self.rules, tp["type"], tp["context"],
-                                                  tp["occurred_at"], tp["event_id"], counts,
-                                                  totals):
-                counts[award.rule] = counts.get(award.rule, 0) + 1
-                totals[award.rule] = totals.get(award.rule, 0.0) + award.points
-                if award.expires_at is None:
-                    value, as_of = scoring.add_decaying(value, as_of, award.points, award.at,
-                                                        half_life)
-                else:
-                    expiring.append(award)
-            when = max(tp["occurred_at"], as_of) if as_of else tp["occurred_at"]
-            score = fit + scoring.decayed(value, as_of, when, half_life) + \
-                scoring.expiring_total(expiring, when)
-            if score >= self.rules.scoring.mql_threshold:
-                self.mql_at[lead_key] = when
+    def problem(notification_id: int, originator: str | None, exc: Exception) -> None:
+        unreadable.append({
+            "lead_id": originator, "version": 1,
+            "problem": f"stored event {notification_id} (Lead.Created) cannot be read "
+                       f"({type(exc).__name__}: {exc}): the row was edited outside leadflow"})
+
+    def scan(low: int, high: int) -> None:
+        try:
+            page = app.recorder.select_notifications(low, high - low + 1, stop=high,
+                                                     topics=topics)
+        except PersistenceError:
+            raise
+        except ValueError as exc:
+            if low == high:
+                problem(low, None, exc)
                 return
-        self.mql_at[lead_key] = None
+            middle = (low + high) // 2
+            scan(low, middle)
+            scan(middle + 1, high)
+            return
+        for notification in page:
+            try:
+                ids.append(UUID(str(notification.originator_id)))
+            except ValueError as exc:
+                problem(notification.id, str(notification.originator_id), exc)
 
-
-def quality(predicted: dict[str, datetime | None], outcome: set[str]) -> dict[str, float | None]:
-    chosen = {k for k, v in predicted.items() if v is not None}
-    hits = len(chosen & outcome)
-    return {
-        "precision": round(hits / len(chosen), 4) if chosen else None,
-        "recall": round(hits / len(outcome), 4) if outcome else None,
-    }
-
-
-def compare(old: Backtest, new: Backtest, outcomes: dict[str, set[str]],
-            recorded_stages: dict[str, str]) -> dict[str, Any]:
-    leads = []
-    summary = {"earlier": 0, "later": 0, "never": 0, "newly": 0, "same": 0}
-    for key in sorted(old.mql_at):
-        before, after = old.mql_at[key], new.mql_at.get(key)
-        if before == after:
-            change = "same"
-        elif after is None:
-            change = "never"
-        elif before is None:
-            change = "newly"
-        else:
-            change = "earlier" if after < before else "later"
-        summary[change] += 1
-        if change != "same":
-            leads.append({"lead": key, "change": change,
-                          "mql_at_current": before.isoformat() if before else None,
-                          "mql_at_new": after.isoformat() if after else None})
-    stage_counts = {stage: sum(1 for s in recorded_stages.values() if s == stage)
-                    for stage in STAGES}
-    return {
-        "current_version": old.rules.version, "new_version": new.rules.version,
-        "leads": len(old.mql_at), "changes": summary, "changed_leads": leads,
-        "mql_count": {"current": sum(v is not None for v in old.mql_at.values()),
-                      "new": sum(v is not None for v in new.mql_at.values())},
-        "recorded_stage_counts": stage_counts,
-        "quality": {
-            outcome: {"current": quality(old.mql_at, keys), "new": quality(new.mql_at, keys)}
-            for outcome, keys in outcomes.items()
-        },
-    }
+    top = app.recorder.max_notification_id() or 0
+    window = 10_000
+    for low in range(1, top + 1, window):
+        scan(low, min(low + window - 1, top))
+    return ids, unreadable
