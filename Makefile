@@ -34,8 +34,13 @@ test: setup system-deps
 unit: setup
 	$(BIN)/python -m pytest tests/unit tests/integration/test_engine.py
 
+# mypy cannot follow pyproject's package-dir: build/typecheck/leadflow/ links consumers/ and
+# projections/ where it looks for leadflow.consumers and leadflow.projections.
 lint: setup
-	$(BIN)/ruff check src tests
+	mkdir -p build/typecheck/leadflow
+	ln -sfn ../../../consumers build/typecheck/leadflow/consumers
+	ln -sfn ../../../projections build/typecheck/leadflow/projections
+	$(BIN)/ruff check src tests consumers projections
 	$(BIN)/mypy
 
 schemas: setup
