@@ -20,10 +20,10 @@ from eventsourcing.persistence import Tracking
 from eventsourcing.utils import get_topic
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.partitioner.default import murmur2
-from leadflow.consumers.settings import KafkaSettings
 
-from leadflow.engine.app import LeadflowApp
+from leadflow.consumers.settings import KafkaSettings
 from leadflow.contract.lifecycle import RELAYED_EVENT_CLASSES, to_lifecycle
+from leadflow.engine.app import LeadflowApp
 
 log = structlog.get_logger(__name__)
 

@@ -31,15 +31,15 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
-from leadflow.consumers.settings import KafkaSettings
 
-from leadflow.engine.app import BatchResult, LeadflowApp
+from leadflow.consumers.settings import KafkaSettings
 from leadflow.contract import (
     DEFAULT_MAX_RECORD_BYTES,
     InboundRecord,
     RecordRejected,
     parse_record,
 )
+from leadflow.engine.app import BatchResult, LeadflowApp
 
 log = structlog.get_logger(__name__)
 
