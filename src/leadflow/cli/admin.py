@@ -1,0 +1,127 @@
+"""Setting up and administering: the database, Kafka's topics, rules files, schemas.
+
+``db init`` and ``kafka create-topics`` prepare a deployment; ``db grant-analyst`` gives
+analysts read-only access to the read models; ``rules`` and ``schemas`` are about files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import click
+
+from leadflow.cli.analysts import projection_db
+from leadflow.cli.common import Context, fail, kafka_call, kafka_settings, redact
+from leadflow.domain.rules import RulesError, load_rules
+
+
+@click.group()
+def db() -> None:
+    """Database administration."""
+
+
+@db.command("init")
+@click.pass_obj
+def db_init(obj: Context) -> None:
+    """Create the event store tables (idempotent)."""
+    try:
+        app = obj.app()
+    except Exception as exc:  # any driver error: name it and exit non-zero
+        fail(f"cannot initialise {redact(obj.settings.database_url)}: {exc}")
+    app.close()
+    click.echo(f"database ready: {redact(obj.settings.database_url)}")
+
+
+@db.command("grant-analyst")
+@click.argument("role")
+@click.option("--password", default=None, help="Set (or change) the role's login password.")
+@click.pass_obj
+def db_grant_analyst(obj: Context, role: str, password: str | None) -> None:
+    """PostgreSQL: a ROLE that can SELECT the analyst tables and views and nothing else.
+
+    No access to the event store, no writes, no CREATE. Re-run safely; a rebuild keeps
+    the grants.
+    """
+    from leadflow.projections.admin import grant_analyst
+    from leadflow.projections.projector import Projector
+
+    database = projection_db(obj)
+    if database.dialect != "postgres":
+        fail("grant-analyst needs LEADFLOW_DATABASE_URL=postgresql://…; SQLite has no roles")
+    Projector(obj.app(), database).setup()
+    grant_analyst(database, role, password)
+    database.close()
+    click.echo(f"role {role} can read the analyst tables and views, and nothing else")
+
+
+@click.group()
+def kafka() -> None:
+    """Kafka topics used by leadflow."""
+
+
+@kafka.command("create-topics")
+@click.option("--partitions", type=click.IntRange(1), default=6, show_default=True)
+@click.option("--replication-factor", type=click.IntRange(1), default=1, show_default=True)
+def kafka_create_topics(partitions: int, replication_factor: int) -> None:
+    """Create the touchpoints, dead-letter and lifecycle topics if they do not exist."""
+    from kafka.admin import NewTopic
+    from kafka.errors import TopicAlreadyExistsError
+
+    from leadflow.consumers import clients
+
+    settings = kafka_settings()
+    admin = kafka_call("admin", lambda: clients.admin_client(settings))
+    existing = set(admin.list_topics())
+    wanted = [settings.topic, settings.dlq_topic, settings.lifecycle_topic]
+    missing = [t for t in wanted if t not in existing]
+    if missing:
+        # Created concurrently by another process: the goal is reached all the same.
+        with contextlib.suppress(TopicAlreadyExistsError):
+            admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing])
+    admin.close()
+    for topic in wanted:
+        click.echo(f"{topic}: {'created' if topic in missing else 'exists'}")
+
+
+@click.group()
+def rules() -> None:
+    """Rules files: check them before you use them."""
+
+
+@rules.command("check")
+@click.argument("file", type=click.Path())
+def rules_check(file: str) -> None:
+    """Validate a rules file; prints its version, or names the invalid field (exit 1)."""
+    try:
+        loaded = load_rules(file)
+    except RulesError as exc:
+        fail(str(exc))
+    s = loaded.scoring
+    click.echo(f"{file}: ok, version {loaded.version} ({loaded.label}); "
+               f"{len(s.engagement)} engagement rules, {len(s.fit)} fit rules, MQL at "
+               f"{s.mql_threshold:g}, half-life {s.half_life_days:g} days, "
+               f"{len(loaded.routing.rules)} routing rules")
+
+
+@rules.command("show-default")
+def rules_show_default() -> None:
+    """Print the built-in rules file, to copy and edit."""
+    from leadflow.domain.rules import default_rules_text
+
+    click.echo(default_rules_text(), nl=False)
+
+
+@click.group()
+def schemas() -> None:
+    """Published JSON Schemas (inbound record, rules file)."""
+
+
+@schemas.command("export")
+@click.argument("directory", type=click.Path(path_type=Path), default=Path("schemas"))
+def schemas_export(directory: Path) -> None:
+    """Write the JSON Schemas generated from the models into DIRECTORY."""
+    from leadflow.contract.schemas import write_schemas
+
+    for path in write_schemas(directory):
+        click.echo(f"wrote {path}")

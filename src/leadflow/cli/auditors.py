@@ -1,0 +1,387 @@
+"""For auditors: one lead now and in its history, the store's integrity, rules backtests.
+
+``lead show``, ``history``, ``as-of`` and ``explain`` answer from the stored events;
+``verify`` recomputes the hash chains; ``rescore`` backtests a rules file (the loop is
+``leadflow.engine.backtest``) and can publish it; ``unmerge`` undoes a merge.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import click
+from eventsourcing.persistence import PersistenceError
+from rich.table import Table
+
+from leadflow.cli.common import (
+    EXIT_OK,
+    Context,
+    fail,
+    log,
+    lookup,
+    out_console,
+    parse_time,
+    progress_bar,
+    resolve,
+)
+from leadflow.contract.identity import is_lead_id
+from leadflow.domain import AggregateUnloadableError, LeadflowError, UnknownLeadError
+from leadflow.domain.rules import RulesError, load_rules
+from leadflow.engine.app import LeadflowApp
+from leadflow.store.chain import LeadVerification, Problem
+
+EXIT_TAMPERED = 4
+
+
+@contextlib.contextmanager
+def _replaying(subject: str) -> Iterator[None]:
+    """Auditor queries replay stored events themselves: events that do not replay are named
+    (a damaged store) with one line instead of a traceback (kept at debug level)."""
+    try:
+        yield
+    except (LeadflowError, PersistenceError, click.ClickException, click.exceptions.Exit):
+        raise
+    except Exception as exc:
+        log.debug("replay failed", exc_info=True)
+        fail(f"the stored events of {subject} cannot be replayed ({type(exc).__name__}: "
+             f"{exc}): the store is damaged or was changed outside leadflow; run "
+             "`leadflow verify`")
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.2f}"
+    return str(value)
+
+
+@click.group()
+def lead() -> None:
+    """Look at one lead."""
+
+
+@lead.command("show")
+@click.argument("identity")
+@click.option("--at", "at_text", default=None, help="Event time (ISO 8601, date or 'now'). "
+              "Default: now.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def lead_show(obj: Context, identity: str, at_text: str | None, as_json: bool) -> None:
+    """Stage, owner, fit, engagement and score of a lead at a time, with per-rule breakdown.
+
+    IDENTITY is an email, a +E.164 phone, kind:value (external_id:CRM-1) or a lead id (the
+    UUID printed as lead_id, or lead:UUID; a bare UUID that is no lead id is tried as an
+    external id). history, as-of, explain, verify and unmerge take the same.
+    """
+    at = parse_time(at_text or "now", "--at")
+    app = obj.app()
+    view = lookup(identity, lambda key: app.lead(key, at=at))
+    if as_json:
+        click.echo(json.dumps(view.to_json()))
+        return
+    console = out_console()
+    console.print(f"[bold]{view.primary_key}[/] lead {view.lead_id}")
+    console.print(f"at {view.at.isoformat()}: stage [bold]{view.stage}[/] (now {view.stage_now}), "
+                  f"owner {view.owner or ('pool' if view.in_pool else '-')}, "
+                  f"score [bold]{view.score:.2f}[/] = fit {view.fit:.2f} + engagement "
+                  f"{view.engagement:.2f}")
+    table = Table()
+    for col in ("rule", "kind", "count", "points", "value now"):
+        table.add_column(col, justify="left" if col in ("rule", "kind") else "right")
+    for c in view.breakdown:
+        table.add_row(c.rule, c.kind, str(c.count), f"{c.points:g}", f"{c.value:.2f}")
+    console.print(table)
+
+
+@click.command()
+@click.argument("identity")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def history(obj: Context, identity: str, as_json: bool) -> None:
+    """Every stored event of a lead (and of leads merged into it), in recorded order.
+
+    Event time and record time, type, actor, reason, score before -> after with the points
+    of each rule and the rules version, stage and owner changes.
+    """
+    from leadflow.engine.auditor import Auditor
+
+    app = obj.app()
+    lead_id = resolve(app, identity)
+    with _replaying(f"lead {lead_id} or of a lead merged into it"):
+        entries = Auditor(app).history(lead_id)
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries]))
+        return
+    table = Table(title=f"History of {identity}")
+    for col in ("recorded", "event time", "lead:v", "type", "actor", "score", "points",
+                "stage", "owner", "reason"):
+        table.add_column(col)
+    for e in entries:
+        points = ", ".join(f"{p['rule']} {p['points']:+g}" for p in e.points)
+        table.add_row(
+            e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
+            e.occurred_at.isoformat() if e.occurred_at else "-",
+            f"{str(e.lead_id)[:8]}:{e.version}", e.type, _fmt(e.actor),
+            f"{_fmt(e.score_before)} -> {_fmt(e.score_after)}",
+            points + (f" ({e.rules_version})" if e.rules_version and points else ""),
+            f"{_fmt(e.stage[0])} -> {e.stage[1]}" if e.stage else "",
+            f"{_fmt(e.owner[0])} -> {_fmt(e.owner[1])}" if e.owner else "",
+            _fmt(e.reason))
+    out_console().print(table)
+
+
+@click.command("as-of")
+@click.argument("identity")
+@click.argument("time_text", metavar="TIME")
+@click.option("--known-at", "known_text", default="now", show_default=True,
+              help="Record time: only events recorded by then count.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def as_of(obj: Context, identity: str, time_text: str, known_text: str, as_json: bool) -> None:
+    """Stage, owner and score at event time TIME, as known at record time --known-at.
+
+    Late-arriving records change the answer only from the moment they arrived.
+    """
+    from leadflow.engine.auditor import Auditor
+
+    at = parse_time(time_text, "TIME")
+    known_at = parse_time(known_text, "--known-at")
+    auditor = Auditor(obj.app())
+    with _replaying(repr(identity)):
+        lead_id = lookup(identity, lambda key: _lead_known_by(auditor, key, known_at))
+        result = auditor.as_of(lead_id, at, known_at)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    click.echo(f"{identity} at {result['at']} (as known at {result['known_at']}): stage "
+               f"{_fmt(result['stage'])}, owner {_fmt(result['owner'])}, score "
+               f"{_fmt(result['score'])} (fit {_fmt(result['fit'])} + engagement "
+               f"{_fmt(result['engagement'])})")
+
+
+def _lead_known_by(auditor: Any, key: str, known_at: datetime) -> UUID:
+    """The lead ``key`` meant as recorded by ``known_at``; a lead id names that lead (or the
+    lead it had been merged into by then)."""
+    from leadflow.domain import Lead
+
+    if not is_lead_id(key):
+        return UUID(str(auditor.lead_known_by(key, known_at)))
+    lead_id = UUID(key)
+    for _ in range(32):
+        lead = auditor.as_known(lead_id, known_at)
+        if not isinstance(lead, Lead):
+            raise UnknownLeadError(f"no lead with id {lead_id} at {known_at.isoformat()}")
+        if lead.merged_into is None:
+            break
+        lead_id = lead.merged_into
+    return lead_id
+
+
+@click.command()
+@click.argument("identity")
+@click.option("--at", "at_text", default="now", show_default=True, help="Event time.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+@click.pass_obj
+def explain(obj: Context, identity: str, at_text: str, as_json: bool) -> None:
+    """Why the score is what it is: each record, rule, original points and decayed value."""
+    from leadflow.engine.auditor import Auditor
+
+    at = parse_time(at_text, "--at")
+    app = obj.app()
+    lead_id = resolve(app, identity)
+    with _replaying(f"lead {lead_id} or of a lead merged into it"):
+        result = Auditor(app).explain(lead_id, at)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    console = out_console()
+    console.print(f"{identity} at {result['at']}: score {result['score']:.2f} = fit "
+                  f"{result['fit_total']:.2f} + engagement {result['engagement_total']:.2f} "
+                  f"(half-life {result['half_life_days']:g} days)")
+    fit_table = Table(title="Fit (no decay)")
+    fit_table.add_column("rule")
+    fit_table.add_column("points", justify="right")
+    for row in result["fit"]:
+        fit_table.add_row(row["rule"], f"{row['points']:g}")
+    console.print(fit_table)
+    table = Table(title="Engagement")
+    for col in ("record", "event time", "rule", "points", "value now", "expires", "rules"):
+        table.add_column(col, justify="right" if col in ("points", "value now") else "left")
+    for row in result["engagement"]:
+        table.add_row(row["event_id"], row["occurred_at"], row["rule"], f"{row['points']:g}",
+                      f"{row['value']:.2f}", _fmt(row["expires_at"]), _fmt(row["rules_version"]))
+    console.print(table)
+
+
+@click.command()
+@click.argument("identity", required=False)
+@click.option("--expect-head", default=None,
+              help="Chain head recorded earlier for IDENTITY: also detects removed newest events.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@click.pass_obj
+def verify(obj: Context, identity: str | None, expect_head: str | None, as_json: bool) -> None:
+    """Check that no stored lead event was altered, deleted, reordered or inserted.
+
+    Recomputes each lead's hash chain from the stored rows. Exit code 4 and a report naming
+    the lead and the version when anything does not verify.
+    """
+    from leadflow.engine.auditor import stored_lead_ids
+
+    if expect_head and not identity:
+        raise click.UsageError("--expect-head needs IDENTITY, the lead whose chain head it is")
+    app = obj.app(published_rules=False)
+    unreadable: list[dict[str, Any]] = []
+    if identity:
+        lead_ids = [lookup(identity, lambda key: _verify_target(app, key))]
+    else:
+        lead_ids, unreadable = stored_lead_ids(app)
+    results = []
+    with progress_bar() as progress:
+        task = progress.add_task("verify", total=len(lead_ids), unit="leads")
+        for lead_id in lead_ids:
+            results.append(_verify_one(app, lead_id))
+            progress.advance(task)
+    problems = [p.as_dict() for r in results for p in r.problems] + unreadable
+    if expect_head and results and results[0].head != expect_head:
+        problems.append(Problem(results[0].lead_id, results[0].events,
+                                f"chain head {results[0].head} is not the expected "
+                                f"{expect_head}: newest events were removed or replaced"
+                                ).as_dict())
+    report = {
+        "leads": len(results), "events": sum(r.events for r in results), "ok": not problems,
+        "problems": problems,
+        "heads": {str(r.lead_id): r.head for r in results} if identity else None,
+    }
+    if as_json:
+        click.echo(json.dumps(report))
+    else:
+        click.echo(f"verified {report['leads']} leads, {report['events']} events: "
+                   + ("ok" if not problems else f"{len(problems)} problems"))
+        for p in problems:
+            click.echo(f"  lead {p['lead_id'] or '?'} version {p['version']}: {p['problem']}")
+        if identity and results:
+            click.echo(f"chain head {results[0].head}")
+    sys.exit(EXIT_TAMPERED if problems else EXIT_OK)
+
+
+def _verify_target(app: LeadflowApp, key: str) -> UUID:
+    """The lead to verify: a lead id names itself (a merged lead keeps its own chain), an
+    identity its live lead; a lead whose events cannot be loaded is verified all the same
+    (that is what verify is for)."""
+    try:
+        live = app.resolve(key)
+    except AggregateUnloadableError as exc:
+        if exc.kind.lower() != "lead":
+            raise
+        return UUID(key) if is_lead_id(key) else UUID(str(exc.aggregate_id))
+    return UUID(key) if is_lead_id(key) else live
+
+
+def _verify_one(app: LeadflowApp, lead_id: UUID) -> LeadVerification:
+    """One lead's chain; stored rows that cannot even be read are a finding, never a crash
+    (one unreadable lead must not hide what the others show)."""
+    try:
+        return app.verify(lead_id)
+    except PersistenceError:
+        raise  # the database, not the lead: named by the command group
+    except Exception as exc:
+        return LeadVerification(lead_id, 0, None, (Problem(
+            lead_id, 0, f"stored events cannot be read: {type(exc).__name__}: {exc}"),))
+
+
+@click.command()
+@click.option("--rules", "candidate", type=click.Path(), required=True,
+              help="The rules file to backtest against the current rules.")
+@click.option("--from", "start", default=None, help="Only leads created on/after this date.")
+@click.option("--apply", "apply_rules", is_flag=True,
+              help="Publish the new rules version for scoring from now on.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
+@click.pass_obj
+def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
+            as_json: bool) -> None:
+    """Backtest a rules file on the recorded history without writing anything.
+
+    Per lead and in total: who would become MQL earlier, later or never; MQL counts under
+    both rule sets; and, against the recorded outcomes, each rule set's precision and recall
+    for predicting SQL and customers. --apply then publishes the new version (an event);
+    history is never rewritten.
+    """
+    from leadflow.engine.backtest import run_backtest
+
+    try:
+        new_rules = load_rules(candidate)
+    except RulesError as exc:
+        fail(str(exc))
+    app = obj.app()
+    since = parse_time(start, "--from") if start else None
+    with progress_bar() as progress:
+        task = progress.add_task("rescore", total=None, unit="leads")
+        result = run_backtest(app, new_rules, since=since, progress=lambda done, total:
+                              progress.update(task, completed=done, total=total))
+    unloadable = result["unloadable_leads"]
+    if apply_rules:
+        text = Path(candidate).read_text(encoding="utf-8")
+        app.publish_rules(new_rules, text, datetime.now(UTC), "cli")
+        result["applied"] = new_rules.version
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    changes = result["changes"]
+    click.echo(f"backtest {result['current_version']} -> {result['new_version']} over "
+               f"{result['leads']} leads: {changes['earlier']} MQL earlier, {changes['later']} "
+               f"later, {changes['never']} never, {changes['newly']} newly MQL, "
+               f"{changes['same']} unchanged")
+    click.echo(f"MQLs: {result['mql_count']['current']} -> {result['mql_count']['new']}")
+    if unloadable:
+        click.echo(f"{len(unloadable)} leads left out: their stored events cannot be loaded "
+                   "(run `leadflow verify`)")
+    for outcome, q in result["quality"].items():
+        click.echo(f"predicting {outcome}: precision {_fmt(q['current']['precision'])} -> "
+                   f"{_fmt(q['new']['precision'])}, recall {_fmt(q['current']['recall'])} -> "
+                   f"{_fmt(q['new']['recall'])}")
+    for row in result["changed_leads"][:50]:
+        click.echo(f"  {row['lead']}: {row['change']} ({_fmt(row['mql_at_current'])} -> "
+                   f"{_fmt(row['mql_at_new'])})")
+    if apply_rules:
+        click.echo(f"published rules version {new_rules.version} for scoring from now on")
+
+
+@click.command()
+@click.argument("identity")
+@click.pass_obj
+def unmerge(obj: Context, identity: str) -> None:
+    """Undo the merge that brought IDENTITY's lead into another lead.
+
+    Both leads' state is recomputed from their own events; run `leadflow project` (or
+    `rebuild`) to refresh the read models.
+    """
+    app = obj.app()
+    now = datetime.now(UTC)
+    survivor, restored = lookup(identity, lambda key: app.unmerge(
+        _merged_identity(app, key), now, "cli"))
+    click.echo(f"lead {restored} separated from lead {survivor}")
+
+
+def _merged_identity(app: LeadflowApp, key: str) -> str:
+    """unmerge takes an identity of the merged lead; a lead id stands for its first one."""
+    from eventsourcing.application import AggregateNotFoundError
+
+    from leadflow.domain import Lead
+
+    if not is_lead_id(key):
+        return key
+    try:
+        lead: Any = app.repository.get(UUID(key))
+    except AggregateNotFoundError:
+        raise UnknownLeadError(f"no lead with id {key}") from None
+    if not isinstance(lead, Lead):
+        raise UnknownLeadError(f"{key} is not a lead")
+    return str(lead.primary_key)

@@ -1,0 +1,308 @@
+"""What every command group shares: the context (settings, the application), one-line
+errors (``fail``), how arguments are read (times, identities), files, progress bars and the
+output console.
+
+Nothing here connects to anything at import time; heavy modules (Kafka, the projections)
+are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO, NoReturn, TypeVar
+from uuid import UUID
+
+import click
+import structlog
+from eventsourcing.persistence import PersistenceError
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from leadflow.config import ConfigError, Settings
+from leadflow.contract.identity import (
+    InvalidIdentityError,
+    is_lead_id,
+    parse_identity_argument,
+)
+from leadflow.domain import LeadflowError, UnknownLeadError
+from leadflow.domain.ids import identity_key
+from leadflow.domain.rules import Rules, RulesError, load_rules
+from leadflow.engine.app import LeadflowApp
+from leadflow.logs import per_record_summary
+
+EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
+
+err_console = Console(stderr=True)
+log = structlog.get_logger("leadflow.cli")
+
+
+#: Passwords of the configured database: never printed, whatever message carries them.
+SECRETS: set[str] = set()
+
+
+def scrub(text: str) -> str:
+    for secret in SECRETS:
+        text = text.replace(secret, "***")
+    return text
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    """``error: <message>`` on one line (drivers' messages span several; the terminal's
+    width does not wrap it), without the database password, and exit."""
+    text = "; ".join(part.strip() for part in scrub(message).splitlines() if part.strip())
+    err_console.print("[bold red]error:[/] ", end="", highlight=False)
+    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
+def passwords(url: str) -> set[str]:
+    """What to scrub from messages: the URL's password, raw and percent-encoded, or when the
+    URL cannot be read, everything that might be the password."""
+    from urllib.parse import quote
+
+    from leadflow.config import parse_postgres_url
+
+    sep, rest = url.partition("://")[1:]
+    userinfo = rest.rpartition("@")[0]
+    if not (sep and ":" in userinfo):
+        return set()
+    try:
+        password = parse_postgres_url(url).password or ""
+    except ConfigError:
+        password = userinfo.partition(":")[2]
+    return {p for p in (password, quote(password, safe="")) if p}
+
+
+def redact(url: str) -> str:
+    from leadflow.config import redact_url
+
+    return redact_url(url)
+
+
+class Context:
+    """Settings and lazily built clients, shared by sub-commands."""
+
+    def __init__(self, settings: Settings, rules_path: str | None) -> None:
+        self.settings = settings
+        self.rules_path = rules_path or settings.rules_path
+        self._app: LeadflowApp | None = None
+
+    def rules(self) -> Rules:
+        try:
+            return load_rules(self.rules_path)
+        except RulesError as exc:
+            fail(str(exc))
+
+    def app(self, published_rules: bool = True) -> LeadflowApp:
+        """The application; ``published_rules=False`` skips reading the rules published with
+        `rescore --apply` (``verify`` reads stored bytes only and must work on a store whose
+        rule book is damaged)."""
+        if self._app is None:
+            try:
+                env = self.settings.eventsourcing_env()
+            except ConfigError as exc:
+                fail(str(exc))
+            try:
+                self._app = LeadflowApp(env=env, rules=self.rules())
+            except PersistenceError as exc:  # unreachable server, bad credentials, no database
+                fail(f"cannot open the database {redact(self.settings.database_url)}: "
+                     f"{type(exc).__name__}: {exc}")
+            if published_rules:
+                self._use_published_rules(self._app)
+        return self._app
+
+    def _use_published_rules(self, app: LeadflowApp) -> None:
+        """Rules published with `rescore --apply` win over the built-in defaults; an
+        explicit rules file wins over both (with a warning when they differ)."""
+        from leadflow.domain.rules import parse_rules
+
+        try:
+            published = app.published_rules()
+            rules = None if published is None else parse_rules(
+                published["text"], source=f"published {published['version']}")
+        except PersistenceError:
+            raise
+        except Exception as exc:  # a damaged rule book: name it, offer the way around it
+            if self.rules_path is None:
+                fail(f"the rules published with `rescore --apply` cannot be loaded from the "
+                     f"store ({type(exc).__name__}: {exc}); score with a rules file "
+                     "(--rules or LEADFLOW_RULES) and run `leadflow verify`")
+            log.warning("published rules cannot be loaded", error=f"{type(exc).__name__}: "
+                        f"{exc}")
+            return
+        if rules is None:
+            return
+        if self.rules_path is None:
+            app.rules = rules
+        elif published is not None and published["version"] != app.rules.version:
+            log.warning("explicit rules differ from the published version",
+                        explicit=app.rules.version, published=published["version"])
+
+
+def parse_time(text: str, name: str) -> datetime:
+    """ISO 8601 with offset, a date (UTC midnight), or 'now' (wall clock, at this boundary)."""
+    if text == "now":
+        return datetime.now(UTC)
+    try:
+        value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"{name}: {text!r} is not a time; use ISO 8601 like 2026-03-01T12:00:00+00:00, "
+             "a date like 2026-03-01, or 'now'")
+    if value.tzinfo is None:
+        if "T" in text or " " in text:
+            fail(f"{name}: {text!r} has no UTC offset; add one, e.g. {text}+00:00")
+        value = value.replace(tzinfo=UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:
+        fail(f"{name}: {text!r} is outside the times leadflow can represent (years 1 to 9999 "
+             "in UTC)")
+
+
+T = TypeVar("T")
+
+
+def lookup(identity: str, find: Callable[[str], T]) -> T:
+    """``find`` applied to what IDENTITY means; an unknown lead or a bad identity end the
+    command with one line naming them.
+
+    A bare UUID is tried as a lead id first and then as an external id (CRMs use UUIDs
+    too); ``lead:<uuid>`` and ``external_id:<uuid>`` each mean only one of them.
+    """
+    try:
+        key = parse_identity_argument(identity)
+    except InvalidIdentityError as exc:
+        fail(str(exc))
+    keys = [key]
+    text = identity.strip()
+    if is_lead_id(key) and is_lead_id(text):
+        keys.append(identity_key("external_id", text))
+    unknown: list[str] = []
+    for candidate in keys:
+        try:
+            return find(candidate)
+        except UnknownLeadError as exc:
+            unknown.append(str(exc))
+        except LeadflowError as exc:
+            fail(str(exc))
+    fail(", and ".join(unknown))
+
+
+def resolve(app: LeadflowApp, identity: str) -> UUID:
+    return lookup(identity, app.resolve)
+
+
+def open_input(source: str) -> BinaryIO:
+    """The input as bytes: a bad byte costs its own line (malformed_encoding), not the file."""
+    try:
+        return sys.stdin.buffer if source == "-" else open(source, "rb")
+    except OSError as exc:
+        fail(f"cannot read {source}: {exc.strerror}")
+
+
+def check_writable(path: Path, what: str = "") -> None:
+    """Name an output path that cannot be written before any work is done for it."""
+    named = f"{what} {path}" if what else str(path)
+    if path.is_dir():
+        fail(f"cannot write {named}: it is a directory")
+    if not path.parent.is_dir():
+        fail(f"cannot write {named}: the directory {path.parent} does not exist")
+
+
+def open_for_writing(path: Path, what: str = "") -> IO[str]:
+    check_writable(path, what)
+    try:
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        fail(f"cannot write {f'{what} {path}' if what else path}: {exc.strerror or exc}")
+
+
+def check_rejects_path(source: str, rejects_path: Path) -> None:
+    # Opening the rejects file truncates it: it must not be the input being read.
+    if source != "-" and Path(source).exists() and rejects_path.exists() \
+            and rejects_path.resolve() == Path(source).resolve():
+        raise click.BadParameter(f"{rejects_path} is the input file; rejected lines would "
+                                 "overwrite it", param_hint="--rejects")
+
+
+class _RateColumn(ProgressColumn):
+    """Items per second, in the task's unit (events, leads, days)."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        unit = task.fields.get("unit", "")
+        return Text("" if speed is None else f"{speed:,.0f} {unit}/s".replace(" /", "/"),
+                    style="progress.data.speed")
+
+
+class _RecordsColumn(ProgressColumn):
+    """Records done and records per second (the bar itself follows the file's bytes)."""
+
+    def render(self, task: Task) -> Text:
+        records = int(task.fields.get("records", 0))
+        elapsed = task.finished_time if task.finished else task.elapsed
+        rate = f" ({records / elapsed:,.0f}/s)" if elapsed else ""
+        return Text(f"{records:,} records{rate}", style="progress.data.speed")
+
+
+@contextlib.contextmanager
+def progress_bar(records: bool = False) -> Iterator[Progress]:
+    """A progress bar on stderr when it is a terminal (``records``: for ingest, a bar over
+    the input's bytes with the count of records beside it).
+
+    Log lines print above the bar; per-record warnings are counted while it is drawn and
+    summarised once after it (see ``leadflow.logs``).
+    """
+    columns: tuple[ProgressColumn | str, ...] = (
+        (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
+         _RecordsColumn(), TimeElapsedColumn()) if records else
+        (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+         _RateColumn(), TimeElapsedColumn()))
+    # stdout is the command's output (JSON, JSONL with -o -): never redirected to the bar.
+    progress = Progress(*columns, console=err_console, disable=not err_console.is_terminal,
+                        redirect_stdout=False)
+    if progress.disable:
+        with progress:
+            yield progress
+        return
+    with per_record_summary(), progress:
+        yield progress
+
+
+def out_console() -> Console:
+    # Piped output has no terminal width; keep tables readable instead of 80 columns.
+    probe = Console()
+    return probe if probe.is_terminal else Console(width=150)
+
+
+def kafka_settings() -> Any:
+    from leadflow.consumers.settings import KafkaSettings
+
+    try:
+        return KafkaSettings.from_env()
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+def kafka_call(what: str, build: Any) -> Any:
+    from kafka.errors import KafkaError
+
+    try:
+        return build()
+    except KafkaError as exc:
+        fail(f"{what}: Kafka is not reachable or refused the request ({type(exc).__name__}: "
+             f"{exc}); check LEADFLOW_KAFKA_BOOTSTRAP")

@@ -1,0 +1,350 @@
+"""Getting records in: the commands the people who feed leadflow run.
+
+``generate`` makes a synthetic stream, ``ingest`` applies a file to the store embedded,
+``publish`` / ``consume`` are the production path through Kafka, ``relay`` sends lifecycle
+events on to CRMs, ``clock advance`` feeds in the passing of event time (decay, SLA,
+dormancy), and ``demo`` runs the whole embedded path once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import tempfile
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from leadflow.cli.analysts import run_projector
+from leadflow.cli.common import (
+    EXIT_OK,
+    EXIT_REJECTED,
+    Context,
+    check_rejects_path,
+    fail,
+    kafka_call,
+    kafka_settings,
+    log,
+    open_for_writing,
+    open_input,
+    out_console,
+    parse_time,
+    progress_bar,
+    redact,
+)
+from leadflow.contract import RecordRejected
+from leadflow.domain import STAGES
+from leadflow.engine.app import LeadflowApp, LeadView
+from leadflow.engine.ingest import IngestReport, RejectsWriter, ingest_lines, numbered_lines
+
+# ---------------------------------------------------------------- embedded path (files)
+
+
+@click.command()
+@click.option("--leads", type=click.IntRange(1), default=1000, show_default=True)
+@click.option("--days", type=click.IntRange(1), default=90, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--start", default="2026-01-01", show_default=True,
+              help="First day of the stream (event time).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="JSONL file to write (- for stdout).")
+@click.pass_obj
+def generate(obj: Context, leads: int, days: int, seed: int, start: str, output: Path) -> None:
+    """Write a realistic synthetic stream, deterministic for a seed.
+
+    Personas behave differently, companies have several people, sales dispositions follow
+    engagement, and a small share of duplicates and bad records is mixed in on purpose.
+    """
+    from leadflow.generator import generate as generate_stream
+
+    begin = parse_time(start, "--start")
+    try:
+        begin + timedelta(days=days + 1)
+    except OverflowError:
+        fail(f"--start {start} with --days {days} goes past the year 9999")
+    count = 0
+    out: IO[str] = sys.stdout if str(output) == "-" else open_for_writing(output)
+    with out, progress_bar() as progress:
+        task = progress.add_task("generate", total=None, unit="records")
+        for line in generate_stream(leads=leads, days=days, seed=seed, start=begin):
+            out.write(line + "\n")
+            count += 1
+            if count % 10_000 == 0:
+                progress.update(task, completed=count)
+        progress.update(task, completed=count)
+    log.info("generated", records=count, leads=leads, days=days, seed=seed, output=str(output))
+    if str(output) != "-":
+        click.echo(f"wrote {count} records for {leads} leads to {output}")
+
+
+def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
+               check_future: bool) -> IngestReport:
+    app = obj.app()
+    stream = open_input(source)
+    total = None if source == "-" else Path(source).stat().st_size
+    now = datetime.now(UTC) if check_future else None
+    with stream, open_for_writing(rejects_path, "the rejects file") as rejects, \
+            progress_bar(records=True) as progress:
+        task = progress.add_task(f"ingest {source}", total=total, records=0)
+        report = ingest_lines(
+            app, numbered_lines(stream, obj.settings.max_record_bytes), batch_size=batch_size,
+            now=now, max_future_skew=obj.settings.max_future_skew,
+            rejects=RejectsWriter(rejects), max_bytes=obj.settings.max_record_bytes,
+            on_batch=lambda lines, done: progress.update(task, completed=done, records=lines),
+        )
+    if report.rejected == 0:
+        rejects_path.unlink(missing_ok=True)
+    log.info("ingest finished", source=source, **report.as_dict())
+    return report
+
+
+@click.command()
+@click.argument("source", metavar="FILE|-")
+@click.option("--rejects", "rejects_path", type=click.Path(path_type=Path), default=None,
+              help="Where rejected lines go (default: FILE.rejects.jsonl, or rejects.jsonl).")
+@click.option("--batch-size", type=click.IntRange(1, 100_000), default=None,
+              help="Records per transaction (LEADFLOW_BATCH_SIZE, default 1000).")
+@click.option("--allow-future/--reject-future", default=False,
+              help="Accept records dated further ahead than LEADFLOW_MAX_FUTURE_SKEW_SECONDS.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.pass_obj
+def ingest(obj: Context, source: str, rejects_path: Path | None, batch_size: int | None,
+           allow_future: bool, as_json: bool) -> None:
+    """Validate and apply a JSONL file (or - for stdin) in batches.
+
+    Bad lines are reported with their line number and reason, written to the rejects
+    file, and the good lines still apply. Exit code 3 when anything was rejected.
+    """
+    if rejects_path is None:
+        rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
+    check_rejects_path(source, rejects_path)
+    report = run_ingest(obj, source, rejects_path, batch_size or obj.settings.batch_size,
+                        check_future=not allow_future)
+    if as_json:
+        click.echo(json.dumps(report.as_dict()))
+    else:
+        click.echo(f"{report.lines} lines: {report.applied} applied, {report.duplicates} "
+                   f"duplicates ignored, {report.rejected} rejected")
+        if report.rejected:
+            reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.reasons.items()))
+            click.echo(f"rejected by reason: {reasons}; details in {rejects_path}")
+    sys.exit(EXIT_REJECTED if report.rejected else EXIT_OK)
+
+
+@click.command()
+@click.option("--leads", type=click.IntRange(1), default=2000, show_default=True)
+@click.option("--days", type=click.IntRange(1), default=90, show_default=True)
+@click.option("--seed", type=int, default=7, show_default=True)
+@click.option("--fresh/--keep", default=True, show_default=True,
+              help="Start from an empty SQLite store (only for sqlite:/// URLs).")
+@click.pass_obj
+def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
+    """Generate a stream, ingest it, advance the clock, and show what ops people look at."""
+    from leadflow.generator import generate as generate_stream
+
+    url = obj.settings.database_url
+    if fresh and url.startswith("sqlite:///"):
+        for suffix in ("", "-wal", "-shm"):
+            Path(url[len("sqlite:///"):] + suffix).unlink(missing_ok=True)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    with tempfile.TemporaryDirectory(prefix="leadflow-demo-") as tmp:
+        stream = Path(tmp) / "stream.jsonl"
+        with stream.open("w", encoding="utf-8") as out:
+            for line in generate_stream(leads=leads, days=days, seed=seed, start=start):
+                out.write(line + "\n")
+        report = run_ingest(obj, str(stream), Path(tmp) / "rejects.jsonl",
+                            obj.settings.batch_size, check_future=True)
+    app = obj.app()
+    end = report.max_occurred_at or start
+    clock = app.advance_clock(end)
+    projected = None
+    if not url.startswith(("memory", "popo")):
+        db, projected = run_projector(obj, until_idle=True)
+        db.close()
+    console = out_console()
+    console.print(f"[bold]leadflow demo[/] on {escape(redact(url))}: {report.lines} records "
+                  f"for {leads} leads over {days} days; {report.applied} applied, "
+                  f"{report.duplicates} duplicates ignored, {report.rejected} rejected "
+                  f"({', '.join(f'{k}={v}' for k, v in sorted(report.reasons.items()))})")
+    console.print(f"clock advanced to {end.isoformat()}: {clock.woken} leads woken, "
+                  f"{clock.events} events recorded")
+    if projected is not None:
+        console.print(f"analyst read models up to date: {projected.events} events projected "
+                      "(try `leadflow funnel --by source` or `leadflow report --html "
+                      "report.html`)")
+    _print_summary(console, app, end)
+
+
+def _print_summary(console: Console, app: LeadflowApp, at: datetime) -> None:
+    views: list[LeadView] = []
+    for lead_id in app.lead_ids():
+        if app.resolve(lead_id) == lead_id:
+            views.append(app.lead(lead_id, at=at))
+    stages: Counter[str] = Counter(v.stage_now for v in views)
+    table = Table(title=f"Leads per stage ({len(views)} live leads)")
+    table.add_column("stage")
+    table.add_column("leads", justify="right")
+    for stage in STAGES:
+        table.add_row(stage, str(stages.get(stage, 0)))
+    table.add_row("dormant (flag)", str(sum(v.dormant for v in views)))
+    console.print(table)
+
+    top = sorted(views, key=lambda v: -v.score)[:10]
+    table = Table(title=f"Top leads by score at {at.date().isoformat()}")
+    for col in ("lead", "stage", "owner", "fit", "engagement", "score", "top rules"):
+        table.add_column(col, justify="right" if col in ("fit", "engagement", "score") else "left")
+    for v in top:
+        strongest = sorted((c for c in v.breakdown if c.value), key=lambda c: -c.value)[:3]
+        rules = ", ".join(f"{c.rule} {c.value:.1f}" for c in strongest)
+        table.add_row(v.primary_key, v.stage_now, v.owner or ("pool" if v.in_pool else "-"),
+                      f"{v.fit:.1f}", f"{v.engagement:.1f}", f"{v.score:.1f}", rules)
+    console.print(table)
+
+    load = app.rep_load()
+    owned: Counter[str] = Counter(v.owner for v in views if v.owner)
+    table = Table(title="Owners")
+    for col in ("rep", "open leads (load)", "leads owned", "customers"):
+        table.add_column(col, justify="left" if col == "rep" else "right")
+    customers: Counter[str] = Counter(v.owner for v in views
+                                      if v.owner and v.stage_now == "customer")
+    for rep in sorted(set(load) | set(owned)):
+        table.add_row(rep, str(load.get(rep, 0)), str(owned.get(rep, 0)),
+                      str(customers.get(rep, 0)))
+    table.add_row("pool (unassigned)", str(sum(v.in_pool for v in views)), "-", "-")
+    console.print(table)
+
+
+# ---------------------------------------------------------------- event time
+
+
+@click.group()
+def clock() -> None:
+    """Event-time clock: records time-driven transitions (decay, SLA, dormancy)."""
+
+
+@clock.command("advance")
+@click.option("--to", "to_text", default="now", show_default=True,
+              help="Event time to advance to (ISO 8601, date or 'now').")
+@click.pass_obj
+def clock_advance(obj: Context, to_text: str) -> None:
+    """Record every transition due up to --to, each at its exact computed event time."""
+    to = parse_time(to_text, "--to")
+    app = obj.app()
+    with progress_bar() as progress:
+        task = progress.add_task("advance clock", total=None, unit="days")
+        result = app.advance_clock(to, progress=lambda day, n: progress.update(
+            task, advance=1, description=f"advance clock {day}"))
+    if result.position is not None and result.position > to:
+        click.echo(f"clock already at {result.position.isoformat()}, later than "
+                   f"{to.isoformat()}: nothing to record (event time does not go back)")
+        return
+    click.echo(f"clock at {to.isoformat()}: {result.woken} leads woken, "
+               f"{result.events} events recorded")
+
+
+# ---------------------------------------------------------------- production path (Kafka)
+
+
+@click.command()
+@click.argument("source", metavar="FILE|-")
+@click.option("--rejects", "rejects_path", type=click.Path(path_type=Path), default=None,
+              help="Where invalid lines go (default: FILE.rejects.jsonl, or rejects.jsonl).")
+@click.pass_obj
+def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
+    """Validate, key (by identity) and produce a JSONL file to the touchpoints topic.
+
+    Invalid lines are reported with their line number and reason and not sent (exit 3).
+    """
+    from leadflow.consumers import clients
+    from leadflow.consumers.publish import publish_lines
+
+    settings = kafka_settings()
+    if rejects_path is None:
+        rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
+    check_rejects_path(source, rejects_path)
+    stream = open_input(source)
+    producer = kafka_call("producer", lambda: clients.publish_producer(settings))
+    with stream, open_for_writing(rejects_path, "the rejects file") as rejects_file:
+        rejects = RejectsWriter(rejects_file)
+
+        def on_reject(line_no: int, exc: RecordRejected, raw: bytes) -> None:
+            rejects.write(line_no, exc.reason, exc.detail, raw, exc.field)
+            log.warning("line not published", line=line_no, reason=exc.reason,
+                        field=exc.field)
+
+        max_bytes = obj.settings.max_record_bytes
+        report = kafka_call("publish", lambda: publish_lines(
+            producer, settings.topic, numbered_lines(stream, max_bytes), on_reject=on_reject,
+            now=datetime.now(UTC), max_future_skew=obj.settings.max_future_skew,
+            max_bytes=max_bytes))
+    producer.close()
+    if report.rejected == 0:
+        rejects_path.unlink(missing_ok=True)
+    click.echo(f"{report.lines} lines: {report.sent} published to {settings.topic}, "
+               f"{report.rejected} rejected")
+    if report.rejected:
+        click.echo(f"rejected lines are in {rejects_path}")
+    sys.exit(EXIT_REJECTED if report.rejected else EXIT_OK)
+
+
+@click.command()
+@click.option("--until-idle", is_flag=True,
+              help="Exit once every assigned partition is caught up.")
+@click.pass_obj
+def consume(obj: Context, until_idle: bool) -> None:
+    """Consume the touchpoints topic into the event store (exactly-once effect).
+
+    Each poll's records of one partition are applied as one batch and committed with the
+    partition offset in one transaction; bad records go to the dead-letter topic with the
+    reason in their headers. SIGTERM/SIGINT finish the current batch and exit.
+    """
+    from leadflow.consumers import clients
+    from leadflow.consumers.touchpoints import ConsumerStoppedError, TouchpointConsumer
+
+    settings = kafka_settings()
+    app = obj.app()
+    consumer = kafka_call("consumer", lambda: clients.touchpoint_consumer(settings))
+    producer = kafka_call("producer", lambda: clients.dead_letter_producer(settings))
+    runner = TouchpointConsumer(app, settings, consumer, producer,
+                                max_future_skew=obj.settings.max_future_skew,
+                                max_record_bytes=obj.settings.max_record_bytes)
+    runner.install_signal_handlers()
+    try:
+        stats = runner.run(until_idle=until_idle)
+    except ConsumerStoppedError as exc:
+        fail(str(exc))
+    click.echo(f"consumed {stats.records} records in {stats.batches} batches: "
+               f"{stats.applied} applied, {stats.duplicates} duplicates ignored, "
+               f"{stats.dead_lettered} dead-lettered, {stats.retries} retries")
+
+
+@click.command()
+@click.option("--until-idle", is_flag=True, help="Exit once every stored event is relayed.")
+@click.pass_obj
+def relay(obj: Context, until_idle: bool) -> None:
+    """Publish lifecycle events (MQL, owner assigned, recycled, ...) to the lifecycle topic.
+
+    Each message carries a stable event id; a restarted relay does not re-send what the
+    topic already holds.
+    """
+    from leadflow.consumers import clients
+    from leadflow.consumers.relay import LifecycleRelay
+
+    settings = kafka_settings()
+    app = obj.app()
+    producer = kafka_call("producer", lambda: clients.relay_producer(settings))
+    runner = LifecycleRelay(app, settings, producer,
+                            lambda: clients.relay_tail_consumer(settings))
+    signal.signal(signal.SIGTERM, runner.stop)
+    signal.signal(signal.SIGINT, runner.stop)
+    stats = kafka_call("relay", lambda: runner.run(until_idle=until_idle))
+    click.echo(f"relayed {stats.published} lifecycle events "
+               f"({stats.skipped_already_published} already published), position "
+               f"{stats.position}")
