@@ -34,8 +34,8 @@ class Lead(Aggregate):
 
         def apply(self, aggregate: Any) -> None:
             super().apply(aggregate)
-            # The link is added at commit (see store.codec.EventCodec.stored), so a freshly triggered
-            # event has none yet: only a replayed (stored) event moves the head.
+            # The link is added at commit (store.codec.EventCodec.stored), so a freshly
+            # triggered event has none yet: only a replayed (stored) event moves the head.
             chain = self.__dict__.get("chain")
             if chain is not None:
                 aggregate.chain_head = chain
