@@ -32,6 +32,7 @@ from leadflow.cli.common import (
     redact,
 )
 from leadflow.config import ConfigError
+from leadflow.runtime import tune_gc
 
 
 def projection_db(obj: Context) -> Any:
@@ -79,6 +80,7 @@ def run_projector(obj: Context, until_idle: bool) -> Any:
 
     db = projection_db(obj)
     projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
+    tune_gc()
     if not until_idle:
         signal.signal(signal.SIGTERM, projector.stop)
         signal.signal(signal.SIGINT, projector.stop)
@@ -123,6 +125,7 @@ def rebuild(obj: Context, name: str) -> None:
                                  f"{', '.join(TABLES)}", param_hint="--projection")
     db = projection_db(obj)
     projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
+    tune_gc()
     with _projecting(obj, rebuilding=True), progress_bar() as progress:
         task = progress.add_task("rebuild", total=None, unit="events")
         stats = projector.rebuild(progress=lambda pos, top: progress.update(

@@ -43,6 +43,7 @@ from leadflow.contract import RecordRejected
 from leadflow.domain import STAGES
 from leadflow.engine.app import LeadflowApp, LeadView
 from leadflow.engine.ingest import IngestReport, RejectsWriter, ingest_lines, numbered_lines
+from leadflow.runtime import tune_gc
 
 # ---------------------------------------------------------------- embedded path (files)
 
@@ -87,6 +88,7 @@ def generate(obj: Context, leads: int, days: int, seed: int, start: str, output:
 def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
                check_future: bool) -> IngestReport:
     app = obj.app()
+    tune_gc()  # after start-up: the heap built so far is frozen out of the collector's way
     stream = open_input(source)
     total = None if source == "-" else Path(source).stat().st_size
     now = datetime.now(UTC) if check_future else None
@@ -310,6 +312,7 @@ def consume(obj: Context, until_idle: bool) -> None:
 
     settings = kafka_settings()
     app = obj.app()
+    tune_gc()
     consumer = kafka_call("consumer", lambda: clients.touchpoint_consumer(settings))
     producer = kafka_call("producer", lambda: clients.dead_letter_producer(settings))
     runner = TouchpointConsumer(app, settings, consumer, producer,
