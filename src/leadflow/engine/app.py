@@ -42,7 +42,7 @@ from leadflow.domain import (
 from leadflow.domain.ids import identity_index_id
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.decisions import RecordProcessor
-from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Unit
+from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Unit, unloadable
 from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
     BatchResult,
@@ -348,14 +348,8 @@ class LeadflowApp(Application[UUID]):
 
     def _load(self, aggregate_id: UUID, kind: str) -> Any:
         """``repository.get``, with a damaged store named (AggregateUnloadableError)."""
-        try:
+        with unloadable(aggregate_id, kind):
             return self.repository.get(aggregate_id)
-        except AggregateNotFoundError:
-            raise
-        except INFRASTRUCTURE_ERRORS:
-            raise
-        except Exception as exc:
-            raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
 
     def _get_lead(self, lead_id: UUID) -> Lead:
         try:

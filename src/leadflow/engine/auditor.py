@@ -13,8 +13,7 @@ never the library's own errors; ``leadflow verify`` says what was changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,25 +30,10 @@ from leadflow.domain import (
     UnknownLeadError,
 )
 from leadflow.domain.ids import identity_index_id, interest_id_for
-from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
+from leadflow.engine.app import LeadflowApp
+from leadflow.engine.unit import unloadable
 
 _SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
-
-
-@contextmanager
-def unloadable(aggregate_id: UUID, kind: str = "lead") -> Iterator[None]:
-    """Stored events that cannot be decoded or replayed: AggregateUnloadableError.
-
-    Infrastructure failures (the database is gone) and leadflow's own errors pass through.
-    """
-    try:
-        yield
-    except INFRASTRUCTURE_ERRORS:
-        raise
-    except AggregateUnloadableError:
-        raise
-    except Exception as exc:
-        raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
 
 
 def finite(value: Any, digits: int | None = 4) -> float | None:

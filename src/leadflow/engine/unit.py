@@ -4,6 +4,8 @@ saved together in one transaction at its end."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 from uuid import UUID
 
@@ -28,6 +30,23 @@ _KINDS = {"Lead": "lead", "IdentityIndex": "identity index", "Interest": "intere
           "TimerBucket": "timer bucket", "RuleBook": "rule book"}
 
 
+@contextmanager
+def unloadable(aggregate_id: UUID, kind: str = "lead") -> Iterator[None]:
+    """Stored events that cannot be decoded or replayed: AggregateUnloadableError.
+
+    Infrastructure failures (the database is gone), an aggregate that does not exist and
+    leadflow's own errors pass through.
+    """
+    try:
+        yield
+    except (AggregateNotFoundError, AggregateUnloadableError):
+        raise
+    except INFRASTRUCTURE_ERRORS:
+        raise
+    except Exception as exc:
+        raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
+
+
 class Unit:
     """The aggregates one batch has loaded or created; saved together at the end."""
 
@@ -47,15 +66,14 @@ class Unit:
             if aggregate_id in self.unloadable:
                 raise AggregateUnloadableError(aggregate_id, kind, self.unloadable[aggregate_id])
             try:
-                found = self.repository.get(aggregate_id)
+                with unloadable(aggregate_id, kind):  # a damaged store: named, not a crash
+                    found = self.repository.get(aggregate_id)
             except AggregateNotFoundError:
                 self.absent.add(aggregate_id)
                 return None
-            except INFRASTRUCTURE_ERRORS:
+            except AggregateUnloadableError as exc:
+                self.unloadable[aggregate_id] = exc.cause
                 raise
-            except Exception as exc:  # a damaged store: named, never a crash of the batch
-                self.unloadable[aggregate_id] = exc
-                raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
             self.touched[aggregate_id] = found
         if not isinstance(found, cls):
             raise TypeError(f"aggregate {aggregate_id} is a {type(found).__name__}, "
