@@ -13,7 +13,7 @@ never the library's own errors; ``leadflow verify`` says what was changed.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -31,7 +31,7 @@ from leadflow.domain import (
 )
 from leadflow.domain.ids import identity_index_id, interest_id_for
 from leadflow.engine.app import LeadflowApp
-from leadflow.engine.unit import unloadable
+from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, unloadable
 
 _SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
 
@@ -98,11 +98,32 @@ class Auditor:
     def __init__(self, app: Any) -> None:
         self.app = app
         self.half_life = app.rules.half_life_seconds
+        self._preloaded: dict[UUID, list[Any]] = {}
 
     # ----------------------------------------------------------------- lookups
 
+    def preload(self, ids: Sequence[UUID]) -> None:
+        """Read many aggregates' events in one query and keep them, decoded, until the next
+        preload: a scan over every lead then reads and decodes each lead's events once.
+
+        An aggregate whose events cannot be decoded is simply not kept: ``events`` then
+        reads it alone and names the damage (AggregateUnloadableError).
+        """
+        self._preloaded = {}
+        to_domain_event = self.app.mapper.to_domain_event
+        for aggregate_id, stored in self.app.codec.select_many(list(ids)).items():
+            try:
+                self._preloaded[aggregate_id] = [to_domain_event(s) for s in stored]
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception:
+                continue
+
     def events(self, lead_id: UUID, kind: str = "lead") -> list[Any]:
         """The aggregate's stored events, decoded (AggregateUnloadableError if one cannot be)."""
+        preloaded = self._preloaded.get(lead_id)
+        if preloaded is not None:
+            return preloaded
         with unloadable(lead_id, kind):
             return list(self.app.events.get(lead_id))
 
