@@ -987,7 +987,7 @@ def render(results: dict[str, Any], path: Path) -> None:
         table.add_row(*row)
     out.print(table)
 
-    targets = Table(title="targets (issue 6)")
+    targets = Table(title="targets (engine v2 issue)")
     for col in ("target", "value", "wanted", "result"):
         targets.add_column(col, justify="left" if col == "target" else "right")
     for t in r.get("targets", []):

@@ -1,33 +1,78 @@
 """A store written by an earlier leadflow (tests/data: 40 leads ingested by the release of
-2026-11-22) opens, answers the same, verifies and takes new records with today's code."""
+2026-11-22, store format 1) is refused until `leadflow db migrate`, then opens, answers the
+same, verifies, takes new records and advances its clock with today's code."""
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from datetime import datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from leadflow.config import Settings
-from leadflow.engine.app import LeadflowApp, Outcome
+from leadflow.engine.app import LeadflowApp, Outcome, StoreVersionError
+from leadflow.store.recorders import STORE_VERSION
 from tests.conftest import Records
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
 
 
-def test_a_store_written_before_the_package_layout_loads_and_answers_the_same(
-        tmp_path: Path, rec: Records) -> None:
+def v1_store(tmp_path: Path) -> Path:
     db = tmp_path / "store.db"
     shutil.copy(DATA / "store-v1-2026-11-22.db", db)
+    return db
+
+
+def open_app(db: Path, *, migrating: bool = False) -> LeadflowApp:
+    env = Settings(database_url=f"sqlite:///{db}").eventsourcing_env({})
+    return LeadflowApp(env=env, migrating=migrating)
+
+
+def test_a_format_1_store_is_refused_with_the_command_that_migrates_it(tmp_path: Path) -> None:
+    db = v1_store(tmp_path)
+    with pytest.raises(StoreVersionError, match="run `leadflow db migrate`"):
+        open_app(db)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+    env["LEADFLOW_DATABASE_URL"] = f"sqlite:///{db}"
+    shown = subprocess.run([*LEADFLOW, "lead", "show", "x@y.io"], capture_output=True,
+                           text=True, env=env, check=False)
+    assert shown.returncode == 1 and "leadflow db migrate" in shown.stderr
+    assert "Traceback" not in shown.stderr
+    migrated = subprocess.run([*LEADFLOW, "db", "migrate"], capture_output=True, text=True,
+                              env=env, check=False)
+    assert migrated.returncode == 0, migrated.stderr
+    assert f"store at format {STORE_VERSION}: 36 leads" in migrated.stdout
+    again = subprocess.run([*LEADFLOW, "db", "migrate"], capture_output=True, text=True,
+                           env=env, check=False)
+    assert again.returncode == 0 and again.stdout == migrated.stdout  # idempotent
+
+
+def test_a_migrated_store_answers_the_same_and_goes_on(tmp_path: Path, rec: Records) -> None:
+    db = v1_store(tmp_path)
     expected = json.loads((DATA / "store-v1-2026-11-22.views.json").read_text())
-    app = LeadflowApp(env=Settings(database_url=f"sqlite:///{db}").eventsourcing_env({}))
+    result = open_app(db, migrating=True).migrate()
+    assert (result.leads, result.unloadable) == (36, ())
+    assert result.timers > 0
+    app = open_app(db)
     try:
         views = {str(i): app.lead(i).to_json() for i in app.lead_ids()}
         assert json.loads(json.dumps(views, sort_keys=True)) == expected
         assert all(app.verify(i).ok for i in app.lead_ids())
-        some = next(iter(expected.values()))
-        result = app.apply_batch([rec("email_clicked", lead={"email": some["primary_key"]
-                                                             .removeprefix("email:")})])
-        assert result.results[0].outcome is Outcome.APPLIED
+        some = next(v for v in expected.values() if v["primary_key"].startswith("email:"))
+        email = some["primary_key"].removeprefix("email:")
+        applied = app.apply_batch([rec("email_clicked", lead={"email": email})])
+        assert applied.results[0].outcome is Outcome.APPLIED
         assert app.verify(app.resolve(some["lead_id"])).ok
+        # The clock finds the leads' time-driven transitions in the index built by migrate.
+        latest = max(v["at"] for v in expected.values())
+        clock = app.advance_clock(datetime.fromisoformat(latest) + timedelta(days=400))
+        assert clock.woken > 0
+        assert sum(app.lead(i).dormant for i in app.lead_ids()) > 0
     finally:
         app.close()

@@ -12,7 +12,14 @@ from pathlib import Path
 import click
 
 from leadflow.cli.analysts import projection_db
-from leadflow.cli.common import Context, fail, kafka_call, kafka_settings, redact
+from leadflow.cli.common import (
+    Context,
+    fail,
+    kafka_call,
+    kafka_settings,
+    progress_bar,
+    redact,
+)
 from leadflow.domain.rules import RulesError, load_rules
 
 
@@ -31,6 +38,23 @@ def db_init(obj: Context) -> None:
         fail(f"cannot initialise {redact(obj.settings.database_url)}: {exc}")
     app.close()
     click.echo(f"database ready: {redact(obj.settings.database_url)}")
+
+
+@db.command("migrate")
+@click.pass_obj
+def db_migrate(obj: Context) -> None:
+    """Bring an event store written by an earlier leadflow to this format (idempotent).
+
+    Every event is kept as it is. The timer index (each lead's next time-driven check, which
+    `clock advance` reads) is built from the leads' state; run again, it is rebuilt.
+    """
+    app = obj.app(migrating=True)
+    with progress_bar() as bar:
+        task = bar.add_task("migrate", total=None, unit="leads")
+        result = app.migrate(lambda done, total: bar.update(task, completed=done, total=total))
+    click.echo(f"store at format {result.version}: {result.leads} leads, {result.timers} with a "
+               f"time-driven check ahead" + (f", {len(result.unloadable)} that cannot be loaded "
+                                            "(see `leadflow verify`)" if result.unloadable else ""))
 
 
 @db.command("grant-analyst")

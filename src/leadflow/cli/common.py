@@ -41,7 +41,7 @@ from leadflow.contract.identity import (
 from leadflow.domain import LeadflowError, UnknownLeadError
 from leadflow.domain.ids import identity_key
 from leadflow.domain.rules import Rules, RulesError, load_rules
-from leadflow.engine.app import LeadflowApp
+from leadflow.engine.app import LeadflowApp, StoreVersionError
 from leadflow.logs import per_record_summary
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
@@ -107,20 +107,22 @@ class Context:
         except RulesError as exc:
             fail(str(exc))
 
-    def app(self, published_rules: bool = True) -> LeadflowApp:
+    def app(self, published_rules: bool = True, migrating: bool = False) -> LeadflowApp:
         """The application; ``published_rules=False`` skips reading the rules published with
         `rescore --apply` (``verify`` reads stored bytes only and must work on a store whose
-        rule book is damaged)."""
+        rule book is damaged); ``migrating=True`` opens a store in an older format."""
         if self._app is None:
             try:
                 env = self.settings.eventsourcing_env()
             except ConfigError as exc:
                 fail(str(exc))
             try:
-                self._app = LeadflowApp(env=env, rules=self.rules())
+                self._app = LeadflowApp(env=env, rules=self.rules(), migrating=migrating)
             except PersistenceError as exc:  # unreachable server, bad credentials, no database
                 fail(f"cannot open the database {redact(self.settings.database_url)}: "
                      f"{type(exc).__name__}: {exc}")
+            except StoreVersionError as exc:
+                fail(f"{redact(self.settings.database_url)}: {exc}")
             if published_rules:
                 self._use_published_rules(self._app)
         return self._app

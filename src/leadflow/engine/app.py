@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -34,7 +35,6 @@ from leadflow.domain import (
     LeadflowError,
     Router,
     RuleBook,
-    TimerBucket,
     UnknownLeadError,
     UnknownRepError,
     day_of,
@@ -56,6 +56,7 @@ from leadflow.store import chain as audit
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.recorders import (
+    STORE_VERSION,
     LeadflowPOPOProcessRecorder,
     RecordId,
     RecordIdIndex,
@@ -63,6 +64,26 @@ from leadflow.store.recorders import (
 )
 
 log = structlog.get_logger(__name__)
+
+#: Timer index rows read (and committed) at a time by ``advance_clock``.
+CLOCK_PAGE = 1000
+#: Leads loaded (and their timers written) at a time by ``migrate``.
+MIGRATE_CHUNK = 1000
+
+
+class StoreVersionError(LeadflowError):
+    """The event store is in a format this leadflow does not write: migrate (or upgrade)."""
+
+    reason = "store_version"
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    leads: int
+    timers: int
+    unloadable: tuple[UUID, ...]
+    version: int
+
 
 def record_digest(record: InboundRecord) -> bytes:
     """A digest of the record's normalised content: the same fact re-sent (other spacing,
@@ -86,15 +107,62 @@ class LeadflowApp(Application[UUID]):
     # doubled the queries of each cache miss; the shared Router and Clock are loaded once per
     # process and then live in the aggregate cache.
 
-    def __init__(self, env: dict[str, str] | None = None, rules: Rules | None = None) -> None:
+    def __init__(self, env: dict[str, str] | None = None, rules: Rules | None = None,
+                 *, migrating: bool = False) -> None:
         super().__init__(env)
         self.rules = rules or default_rules()
         self.codec = EventCodec(self.mapper, self.recorder)
+        if not migrating:
+            self._check_store_version()
         cache = self.repository.cache
         spill_mib = int(self.env.get("LEADFLOW_AGGREGATE_SPILL_MIB") or 0)
         if isinstance(cache, LRUCache) and spill_mib > 0:
             # Evicted aggregates are pickled rather than dropped (see cache.py).
             self.repository.cache = SpillingLRUCache(cache.maxsize, spill_mib << 20)
+
+    def _check_store_version(self) -> None:
+        """Refuse a store written in an older format (``leadflow db migrate`` upgrades it);
+        mark a new, empty one as written in this format."""
+        version = self.indexes.store_version()
+        if version == STORE_VERSION:
+            return
+        if version is None and not self.indexes.has_events():
+            self.indexes.set_store_version(STORE_VERSION)
+            return
+        self.close()
+        if version is not None and version > STORE_VERSION:
+            raise StoreVersionError(f"this event store is in format {version}, newer than this "
+                                    f"leadflow understands ({STORE_VERSION}): upgrade leadflow")
+        raise StoreVersionError(
+            f"this event store was written in format {version or 1} by an earlier leadflow; "
+            f"run `leadflow db migrate` once to bring it to format {STORE_VERSION} (it keeps "
+            "every event and builds the timer index)")
+
+    def migrate(self, progress: Callable[[int, int], None] | None = None) -> MigrationResult:
+        """Bring the store to this format: build the timer index from every lead's state
+        (its next time-driven check), then record the format. Idempotent: run again, it
+        rebuilds the index. Leads that cannot be loaded are reported, not fatal."""
+        lead_ids = list(self.lead_ids())
+        unloadable: list[UUID] = []
+        timed = 0
+        for start in range(0, len(lead_ids), MIGRATE_CHUNK):
+            unit = Unit(self.repository)
+            for lead_id in lead_ids[start:start + MIGRATE_CHUNK]:
+                try:
+                    lead = unit.get(Lead, lead_id)
+                except AggregateUnloadableError as exc:
+                    log.error("lead cannot be loaded; no timer for it", lead_id=str(lead_id),
+                              error=str(exc))
+                    unloadable.append(lead_id)
+                    continue
+                due = lead.next_due(self.rules) if lead is not None else None
+                unit.timers[lead_id] = due[0] if due is not None else None
+                timed += due is not None
+            self.recorder.insert_events([], timers=unit.timers)
+            if progress:
+                progress(min(start + MIGRATE_CHUNK, len(lead_ids)), len(lead_ids))
+        self.indexes.set_store_version(STORE_VERSION)
+        return MigrationResult(len(lead_ids), timed, tuple(unloadable), STORE_VERSION)
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder can commit a tracking position with the events (Kafka offsets);
@@ -106,6 +174,10 @@ class LeadflowApp(Application[UUID]):
         if topic is not None and not factory.env.get(factory.PROCESS_RECORDER_TOPIC):
             factory.env[factory.PROCESS_RECORDER_TOPIC] = topic
         return factory.process_recorder()
+
+    @property
+    def indexes(self) -> RecordIdIndex:
+        return self.record_ids
 
     @property
     def record_ids(self) -> RecordIdIndex:
@@ -231,8 +303,10 @@ class LeadflowApp(Application[UUID]):
     ) -> ClockResult:
         """Record every time-driven transition due up to event time ``to``, at its exact time.
 
-        Only the timer buckets of the days between the clock's position and ``to`` are read,
-        never every lead. Work is committed day by day.
+        Only the timer index rows due between the clock's position and ``to`` are read, never
+        every lead. Days are taken in order, each day's leads in (due time, lead id) order,
+        so replays decide alike; work is committed page by page and the clock moves past a
+        day once all of it is done.
         """
         unit = Unit(self.repository)
         clock = self._decide(unit).clock()
@@ -241,46 +315,60 @@ class LeadflowApp(Application[UUID]):
             return ClockResult(start, 0, 0, ())
         woken = events = 0
         unloadable: list[UUID] = []
-        day = day_of(start) if start is not None else None
         while True:
-            upcoming = [d for d in clock.days if (day is None or d >= day) and d <= day_of(to)]
-            if not upcoming:
+            position = clock.position
+            first = self.indexes.select_due(position, to, None, 1)
+            if not first:
                 break
-            day = upcoming[0]
+            day = day_of(first[0][0])
             until = min(to, datetime.fromisoformat(day).replace(tzinfo=UTC)
                         + timedelta(days=1) - timedelta(microseconds=1))
-            bucket = unit.get(TimerBucket, TimerBucket.create_id(day))
-            entries = bucket.due(clock.position, until) if bucket else []
-            for _, lead_id in entries:
-                try:
-                    lead = unit.get(Lead, lead_id)
-                except AggregateUnloadableError as exc:
-                    # A lead damaged by hand must not stop time for every other lead.
-                    log.error("lead cannot be loaded; its time-driven transitions skipped",
-                              lead_id=str(lead_id), error=str(exc))
-                    unloadable.append(lead_id)
-                    continue
-                if lead is None or lead.merged_into is not None:
-                    continue
-                woken += 1
-                if lead.wake_at is not None and lead.wake_at <= until:
-                    lead.schedule_wake(None)
-                self._decide(unit).catch_up(lead, until)
-                self._decide(unit).settle(lead, until, clock_position=until)
+            cursor = None
+            while True:
+                page = self.indexes.select_due(position, until, cursor, CLOCK_PAGE)
+                for _, lead_id in page:
+                    processed = self._wake(unit, lead_id, until)
+                    if processed is None:
+                        unloadable.append(lead_id)
+                    woken += processed or 0
+                if page:
+                    cursor = page[-1]
+                if len(page) < CLOCK_PAGE:
+                    break
+                events += unit.pending()
+                self._commit(unit, None)
+                unit = Unit(self.repository)
+            clock = self._decide(unit).clock()
             clock.advance(until)
             events += unit.pending()
             self._commit(unit, None)
             if progress:
-                progress(day, len(entries))
+                progress(day, woken)
             unit = Unit(self.repository)
             clock = self._decide(unit).clock()
-            # Next iteration starts strictly after this day.
-            day = (datetime.fromisoformat(day) + timedelta(days=1)).date().isoformat()
         if clock.position is None or to > clock.position:
             clock.advance(to)
             events += unit.pending()
             self._commit(unit, None)
         return ClockResult(to, woken, events, tuple(unloadable))
+
+    def _wake(self, unit: Unit, lead_id: UUID, until: datetime) -> int | None:
+        """Do a lead's transitions due by ``until``: 1 if it was woken, 0 if it needs nothing
+        (merged away, gone), None if its stored events cannot be loaded."""
+        try:
+            lead = unit.get(Lead, lead_id)
+        except AggregateUnloadableError as exc:
+            # A lead damaged by hand must not stop time for every other lead.
+            log.error("lead cannot be loaded; its time-driven transitions skipped",
+                      lead_id=str(lead_id), error=str(exc))
+            return None
+        if lead is None or lead.merged_into is not None:
+            unit.timers[lead_id] = None
+            return 0
+        decide = self._decide(unit)
+        decide.catch_up(lead, until)
+        decide.settle(lead, until, clock_position=until)
+        return 1
 
     def unmerge(self, key: str, at: datetime, actor: str) -> tuple[UUID, UUID]:
         """Undo the merge that brought identity ``key``'s lead into another lead.
@@ -504,10 +592,11 @@ class LeadflowApp(Application[UUID]):
         """
         if stored is None:
             stored = self._encode(unit)
-        if not stored and tracking is None:
+        if not stored and tracking is None and not unit.timers:
             return
         try:
-            self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids)
+            self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,
+                                        timers=unit.timers)
         except BaseException:
             # Aggregates in the cache may hold the uncommitted changes: forget them all.
             self.forget_cached_aggregates()
@@ -558,4 +647,5 @@ class LeadflowApp(Application[UUID]):
 
 
 __all__ = ["INFRASTRUCTURE_ERRORS", "BatchResult", "ClockResult", "LeadView", "LeadflowApp",
-           "NotMergedError", "Outcome", "RecordResult", "RuleContribution", "record_digest"]
+           "MigrationResult", "NotMergedError", "Outcome", "RecordResult", "RuleContribution",
+           "StoreVersionError", "record_digest"]

@@ -24,10 +24,8 @@ from leadflow.domain import (
     Interest,
     Lead,
     Router,
-    TimerBucket,
     UnknownLeadError,
     UnknownRepError,
-    day_of,
 )
 from leadflow.domain.ids import identity_index_id, identity_key
 from leadflow.domain.routing import choose_owner
@@ -215,6 +213,7 @@ class RecordProcessor:
         """Two identities of one person: the older lead absorbs the newer one."""
         survivor.absorb(loser, at, event_id, self.rules)
         loser.merge_into(survivor.id, at, event_id)
+        self.unit.timers[loser.id] = None  # a merged lead has no time-driven checks of its own
         for key in loser.identity_keys:
             index = self.unit.get(IdentityIndex, identity_index_id(key))
             if index is not None:
@@ -392,25 +391,16 @@ class RecordProcessor:
 
     def settle(self, lead: Lead, at: datetime,
                 clock_position: datetime | None = None) -> None:
-        """Make sure the clock will wake this lead for its next due transition."""
+        """Record the lead's next due transition in the timer index (after doing, now, any that
+        a late record made due before the clock's position)."""
         if clock_position is None:
             clock_position = self.clock().position
         if clock_position is not None:
             # A late record can make a transition due before the clock's position: do it now.
             self.catch_up(lead, clock_position)
         due = lead.next_due(self.rules)
-        if due is None:
-            return
-        wake = due[0]
-        if lead.wake_at is not None and lead.wake_at <= wake:
-            return  # an earlier hint is pending; it will re-check and reschedule
-        day = day_of(wake)
-        bucket = self.unit.get(TimerBucket, TimerBucket.create_id(day))
-        if bucket is None:
-            bucket = self.unit.add(TimerBucket(day=day))
-            self.clock().open_day(day)
-        bucket.set(lead.id, wake)
-        lead.schedule_wake(wake)
+        # Bookkeeping, not an event: the timer index row is written with the batch's events.
+        self.unit.timers[lead.id] = due[0] if due is not None else None
 
     def router(self) -> Router:
         router = self.unit.get(Router, Router.create_id())

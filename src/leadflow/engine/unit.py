@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
@@ -56,6 +57,8 @@ class Unit:
         self.absent: set[UUID] = set()
         # Aggregates whose stored events cannot be loaded, with the reason (see _load_into).
         self.unloadable: dict[UUID, BaseException] = {}
+        # Each settled lead's next time-driven check (None: none), for the timer index.
+        self.timers: dict[UUID, datetime | None] = {}
 
     def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         found = self.touched.get(aggregate_id)

@@ -30,6 +30,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
@@ -47,6 +48,24 @@ from psycopg.sql import SQL, Identifier
 SCHEMA_LOCK_KEY = 0x6C65_6164_666C_6F77
 
 RECORD_IDS_TABLE = "leadflow_record_ids"
+TIMERS_TABLE = "leadflow_timers"
+META_TABLE = "leadflow_meta"
+
+#: Format of the store written by this code. 2: a lead's next time-driven check lives in the
+#: timer index (bookkeeping written with the events), not in TimerBucket events.
+STORE_VERSION = 2
+
+_SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_NIL = UUID(int=0)
+
+
+def _sqlite_time(at: datetime) -> str:
+    return at.astimezone(UTC).strftime(_SQLITE_TIME)
+
+
+def _from_sqlite_time(text: str) -> datetime:
+    return datetime.strptime(text, _SQLITE_TIME).replace(tzinfo=UTC)
 
 
 class RecordId(NamedTuple):
@@ -58,15 +77,43 @@ class RecordId(NamedTuple):
     lead_id: UUID | None
 
 
+Due = tuple[datetime, UUID]  # (when, lead id): a lead's next time-driven check
+
+
 class RecordIdIndex:
-    """What every leadflow recorder offers on top of the library's process recorder."""
+    """What every leadflow recorder offers on top of the library's process recorder: the
+    record-id index, the timer index and the store's format version.
+
+    Both indexes are written by ``insert_events(..., record_ids=[...], timers={...})`` in the
+    same transaction as the events; ``timers`` maps a lead id to its next due time, or to
+    ``None`` to drop it. They are bookkeeping, rebuildable from the events (``db migrate``).
+    """
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
+        raise NotImplementedError
+
+    def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
+                   limit: int) -> list[Due]:
+        """Timers with ``after < due <= until`` (and after ``cursor``), in (due, lead) order."""
+        raise NotImplementedError
+
+    def store_version(self) -> int | None:
+        """The format version recorded in the store; None when none is."""
+        raise NotImplementedError
+
+    def set_store_version(self, version: int) -> None:
+        raise NotImplementedError
+
+    def has_events(self) -> bool:
         raise NotImplementedError
 
 
 def record_ids_of(kwargs: dict[str, Any]) -> list[RecordId]:
     return list(kwargs.get("record_ids") or ())
+
+
+def timers_of(kwargs: dict[str, Any]) -> dict[UUID, datetime | None]:
+    return dict(kwargs.get("timers") or {})
 
 
 class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
@@ -97,6 +144,27 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "SELECT * FROM unnest(%b::text[], %b::bytea[], %b::uuid[])").format(ids_table)
         self.select_record_ids_statement = SQL(
             "SELECT event_id, digest, lead_id FROM {} WHERE event_id = ANY(%s)").format(ids_table)
+        timers = Identifier(self.datastore.schema, TIMERS_TABLE)
+        meta = Identifier(self.datastore.schema, META_TABLE)
+        self.sql_create_statements.append(SQL(
+            "CREATE TABLE IF NOT EXISTS {} (lead_id uuid PRIMARY KEY, "
+            "due_at timestamptz NOT NULL)").format(timers))
+        self.sql_create_statements.append(SQL(
+            "CREATE INDEX IF NOT EXISTS {} ON {} (due_at, lead_id)").format(
+            Identifier(TIMERS_TABLE + "_due"), timers))
+        self.sql_create_statements.append(SQL(
+            "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value text NOT NULL)")
+            .format(meta))
+        self.upsert_timers_statement = SQL(
+            "INSERT INTO {} (lead_id, due_at) SELECT * FROM unnest(%b::uuid[], "
+            "%b::timestamptz[]) ON CONFLICT (lead_id) DO UPDATE SET due_at = excluded.due_at"
+        ).format(timers)
+        self.delete_timers_statement = SQL("DELETE FROM {} WHERE lead_id = ANY(%b::uuid[])"
+                                           ).format(timers)
+        self.select_due_statement = SQL(
+            "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
+            "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
+        self.meta_table = meta
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         if not event_ids:
@@ -106,9 +174,45 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             return {row["event_id"]: RecordId(row["event_id"], bytes(row["digest"]),
                                               row["lead_id"]) for row in curs.fetchall()}
 
+    def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
+                   limit: int) -> list[Due]:
+        low = after or _EPOCH
+        key = cursor or (low, _NIL)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_due_statement, (low, until, key[0], key[1], limit))
+            return [(row["due_at"], row["lead_id"]) for row in curs.fetchall()]
+
+    def store_version(self) -> int | None:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(SQL("SELECT value FROM {} WHERE key = 'store_version'").format(
+                self.meta_table))
+            row = curs.fetchone()
+        return int(row["value"]) if row else None
+
+    def set_store_version(self, version: int) -> None:
+        with self.datastore.transaction(commit=True) as curs:
+            curs.execute(SQL("INSERT INTO {} VALUES ('store_version', %s) ON CONFLICT (key) "
+                             "DO UPDATE SET value = excluded.value").format(self.meta_table),
+                         (str(version),))
+
+    def has_events(self) -> bool:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(SQL("SELECT 1 FROM {}.{} LIMIT 1").format(
+                Identifier(self.datastore.schema), Identifier(self.events_table_name)))
+            return curs.fetchone() is not None
+
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> None:
         super()._insert_events(curs, stored_events, **kwargs)
+        timers = timers_of(kwargs)
+        if timers:
+            gone = [lead for lead, due in timers.items() if due is None]
+            due = [(lead, at) for lead, at in timers.items() if at is not None]
+            if gone:
+                curs.execute(self.delete_timers_statement, (gone,), prepare=True)
+            if due:
+                curs.execute(self.upsert_timers_statement,
+                             ([lead for lead, _ in due], [at for _, at in due]), prepare=True)
         ids = record_ids_of(kwargs)
         if ids:
             # A primary-key violation (the same event_id applied by another writer at the same
@@ -173,7 +277,40 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
     def construct_create_table_statements(self) -> list[str]:
         return [*super().construct_create_table_statements(),
                 f"CREATE TABLE IF NOT EXISTS {RECORD_IDS_TABLE} (event_id TEXT PRIMARY KEY, "
-                "digest BLOB NOT NULL, lead_id TEXT) WITHOUT ROWID"]
+                "digest BLOB NOT NULL, lead_id TEXT) WITHOUT ROWID",
+                f"CREATE TABLE IF NOT EXISTS {TIMERS_TABLE} (lead_id TEXT PRIMARY KEY, "
+                "due_at TEXT NOT NULL) WITHOUT ROWID",
+                f"CREATE INDEX IF NOT EXISTS {TIMERS_TABLE}_due ON {TIMERS_TABLE} "
+                "(due_at, lead_id)",
+                f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, "
+                "value TEXT NOT NULL) WITHOUT ROWID"]
+
+    def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
+                   limit: int) -> list[Due]:
+        low = _sqlite_time(after or _EPOCH)
+        key = (_sqlite_time(cursor[0]), cursor[1].hex) if cursor else (low, "")
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT due_at, lead_id FROM {TIMERS_TABLE} WHERE due_at > ? AND "
+                      "due_at <= ? AND (due_at > ? OR (due_at = ? AND lead_id > ?)) "
+                      "ORDER BY due_at, lead_id LIMIT ?",
+                      (low, _sqlite_time(until), key[0], key[0], key[1], limit))
+            return [(_from_sqlite_time(at), UUID(lead)) for at, lead in c.fetchall()]
+
+    def store_version(self) -> int | None:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'store_version'")
+            row = c.fetchone()
+        return int(row[0]) if row else None
+
+    def set_store_version(self, version: int) -> None:
+        with self.datastore.transaction(commit=True) as c:
+            c.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES ('store_version', ?)",
+                      (str(version),))
+
+    def has_events(self) -> bool:
+        with self.datastore.transaction(commit=False) as c:
+            c.execute(f"SELECT 1 FROM {self.events_table_name} LIMIT 1")
+            return c.fetchone() is not None
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         out: dict[str, RecordId] = {}
@@ -191,6 +328,13 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
         returning = super()._insert_events(c, stored_events, **kwargs)
+        timers = timers_of(kwargs)
+        if timers:
+            c.executemany(f"DELETE FROM {TIMERS_TABLE} WHERE lead_id = ?",
+                          [(lead.hex,) for lead, due in timers.items() if due is None])
+            c.executemany(f"INSERT OR REPLACE INTO {TIMERS_TABLE} VALUES (?, ?)",
+                          [(lead.hex, _sqlite_time(due)) for lead, due in timers.items()
+                           if due is not None])
         ids = record_ids_of(kwargs)
         if ids:
             try:
@@ -209,6 +353,25 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         super().__init__()
         self._record_ids: dict[str, RecordId] = {}
         self._record_ids_lock = threading.Lock()
+        self._timers: dict[UUID, datetime] = {}
+        self._version: int | None = None
+
+    def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
+                   limit: int) -> list[Due]:
+        with self._record_ids_lock:
+            due = sorted((at, lead) for lead, at in self._timers.items()
+                         if (after is None or at > after) and at <= until
+                         and (cursor is None or (at, lead) > cursor))
+        return due[:limit]
+
+    def store_version(self) -> int | None:
+        return self._version
+
+    def set_store_version(self, version: int) -> None:
+        self._version = version
+
+    def has_events(self) -> bool:
+        return bool(self._stored_events)
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         with self._record_ids_lock:
@@ -226,6 +389,11 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         out = super()._update_table(stored_events, **kwargs)
         with self._record_ids_lock:
             self._record_ids.update((r.event_id, r) for r in record_ids_of(kwargs))
+            for lead, due in timers_of(kwargs).items():
+                if due is None:
+                    self._timers.pop(lead, None)
+                else:
+                    self._timers[lead] = due
         return out
 
 
