@@ -80,7 +80,7 @@ from tests.integration.kafka_helpers import LEADFLOW, Pipeline  # noqa: E402
 from tests.integration.services import Services, provide_services  # noqa: E402
 
 from leadflow.config import Settings, database_env  # noqa: E402
-from leadflow.consumers.publish import partition_key  # noqa: E402
+from leadflow.consumers.publish import identity_of  # noqa: E402
 from leadflow.contract import InboundRecord, RecordRejected, parse_record  # noqa: E402
 from leadflow.domain.rules import default_rules_text  # noqa: E402
 from leadflow.engine.app import LeadflowApp  # noqa: E402
@@ -291,7 +291,7 @@ class NaiveLeads(Application[UUID]):
     }
 
     def record(self, record: InboundRecord) -> None:
-        key = partition_key(record)
+        key = identity_of(record)
         lead_id = NaiveLead.create_id(key)
         try:
             lead: NaiveLead = self.repository.get(lead_id)

@@ -18,10 +18,12 @@ from leadflow.contract import (
     RecordRejected,
     parse_lines,
 )
+from leadflow.domain.rules import default_rules
 
 
-def partition_key(record: InboundRecord) -> str:
-    """Normalised email, else phone, else external id, else anonymous id."""
+def identity_of(record: InboundRecord) -> str:
+    """The record's main identity key: normalised email, else phone, else external id, else
+    anonymous id."""
     ref = record.lead
     if ref.email:
         return f"email:{ref.email}"
@@ -30,6 +32,20 @@ def partition_key(record: InboundRecord) -> str:
     if ref.external_id:
         return f"external_id:{ref.external_id}"
     return f"anonymous_id:{ref.anonymous_id}"
+
+
+def partition_key(record: InboundRecord, free_mail: frozenset[str] | None = None) -> str:
+    """The Kafka key: the account (``domain:<company email domain>``) when the email is a
+    company's, so one partition -- one writer -- owns a company's people and its surge
+    state; otherwise the record's main identity (free-mail addresses, phone-only and
+    anonymous records). ``free_mail`` defaults to the built-in rules' list.
+    """
+    email = record.lead.email
+    if email:
+        domain = email.rsplit("@", 1)[-1]
+        if domain not in (default_rules().free_mail if free_mail is None else free_mail):
+            return f"domain:{domain}"
+    return identity_of(record)
 
 
 @dataclass
@@ -50,6 +66,7 @@ def publish_lines(
     now: datetime | None = None,
     max_future_skew: timedelta = timedelta(minutes=5),
     max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    free_mail: frozenset[str] | None = None,
 ) -> PublishReport:
     """Validate exactly as the consumer will (``now`` bounds future timestamps), then send.
 
@@ -66,7 +83,8 @@ def publish_lines(
             on_reject(line_no, record, raw)
             continue
         # The line's bytes as given (the consumer strips a BOM as the parser did here).
-        futures.append(producer.send(topic, key=partition_key(record).encode(), value=raw))
+        futures.append(producer.send(topic, key=partition_key(record, free_mail).encode(),
+                                     value=raw))
         if len(futures) >= 10_000:
             _settle(producer, futures)
             report.sent += len(futures)

@@ -285,7 +285,7 @@ def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
         report = kafka_call("publish", lambda: publish_lines(
             producer, settings.topic, numbered_lines(stream, max_bytes), on_reject=on_reject,
             now=datetime.now(UTC), max_future_skew=obj.settings.max_future_skew,
-            max_bytes=max_bytes))
+            max_bytes=max_bytes, free_mail=obj.rules().free_mail))
     producer.close()
     if report.rejected == 0:
         rejects_path.unlink(missing_ok=True)
