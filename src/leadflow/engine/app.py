@@ -266,7 +266,10 @@ class LeadflowApp(Application[UUID]):
         for index, record in enumerate(records):
             if index in failed:
                 continue
-            self._apply_one(unit, index, record, known, [])
+            try:
+                self._apply_one(unit, index, record, known, [])
+            except _Poisoned as poisoned:  # failed this time only: it is the one to refuse
+                return poisoned.result
             try:
                 for aggregate in unit.touched.values():
                     pending = aggregate.pending_events
