@@ -5,6 +5,7 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import pytest
 
@@ -87,19 +88,26 @@ def test_a_re_sent_record_in_another_offset_or_spelling_is_still_a_duplicate(
     assert app.apply_batch([same]).results[0].outcome is Outcome.DUPLICATE
 
 
-def test_a_lead_with_a_deleted_middle_event_is_named_and_costs_only_its_records(
-        tmp_path: Path, rec: Records) -> None:
+def damaged_store(tmp_path: Path, records: list[Any], damaged: str) -> tuple[LeadflowApp, UUID]:
+    """A SQLite store of ``records`` whose lead ``damaged`` lost its version 2 (deleted by
+    hand), reopened with a cold cache so that the lead must come from the store."""
     app = make_app("sqlite", tmp_path)
-    app.apply_batch([rec("form_submitted", "anna@acme.io"),
-                     rec("email_opened", "anna@acme.io", at=T0 + days(1)),
-                     rec("email_clicked", "anna@acme.io", at=T0 + days(2)),
-                     rec("email_opened", "bob@acme.io")])
-    lead_id = app.resolve("email:anna@acme.io")
+    app.apply_batch(records)
+    lead_id = app.resolve(damaged)
     app.close()
     with sqlite3.connect(tmp_path / "leadflow.db") as db:
         db.execute("DELETE FROM stored_events WHERE originator_id = ? AND originator_version = 2",
                    [lead_id.hex])
-    app = make_app("sqlite", tmp_path)  # a cold cache: the lead must come from the store
+    return make_app("sqlite", tmp_path), lead_id
+
+
+def test_a_lead_with_a_deleted_middle_event_is_named_and_costs_only_its_records(
+        tmp_path: Path, rec: Records) -> None:
+    app, lead_id = damaged_store(tmp_path, [
+        rec("form_submitted", "anna@acme.io"),
+        rec("email_opened", "anna@acme.io", at=T0 + days(1)),
+        rec("email_clicked", "anna@acme.io", at=T0 + days(2)),
+        rec("email_opened", "bob@acme.io")], "email:anna@acme.io")
     result = app.apply_batch([rec("email_opened", "bob@acme.io", at=T0 + days(3)),
                               rec("email_opened", "anna@acme.io", at=T0 + days(3)),
                               rec("email_opened", "carl@other.io", at=T0 + days(3))])
@@ -137,16 +145,10 @@ def test_a_record_whose_events_cannot_be_stored_is_rejected_alone(
 
 def test_the_clock_skips_a_damaged_lead_and_moves_every_other_one_on(
         tmp_path: Path, rec: Records) -> None:
-    app = make_app("sqlite", tmp_path)
-    app.apply_batch([rec("form_submitted", "anna@acme.io"),
-                     rec("email_opened", "anna@acme.io", at=T0 + days(1)),
-                     rec("form_submitted", "bob@bravo.io")])
-    anna = app.resolve("email:anna@acme.io")
-    app.close()
-    with sqlite3.connect(tmp_path / "leadflow.db") as db:
-        db.execute("DELETE FROM stored_events WHERE originator_id = ? AND originator_version = 2",
-                   [anna.hex])
-    app = make_app("sqlite", tmp_path)
+    app, anna = damaged_store(tmp_path, [
+        rec("form_submitted", "anna@acme.io"),
+        rec("email_opened", "anna@acme.io", at=T0 + days(1)),
+        rec("form_submitted", "bob@bravo.io")], "email:anna@acme.io")
     result = app.advance_clock(T0 + days(90))
     assert result.unloadable == (anna,)
     assert app.lead("email:bob@bravo.io").dormant

@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -86,23 +87,16 @@ class LeadRef(_Frozen):
         default=None, description="ISO 3166-1 alpha-2 country code"
     )
 
-    @field_validator("email")
+    @field_validator("email", "phone")
     @classmethod
-    def _email_looks_like_an_email(cls, value: str | None) -> str | None:
+    def _identity_reaches_a_person(cls, value: str | None,
+                                   info: ValidationInfo) -> str | None:
+        """An email must look like one; a phone must be a person's number (E.164)."""
         if value is None:
             return None
+        normalise = normalise_email if info.field_name == "email" else normalise_phone
         try:
-            return normalise_email(value)
-        except InvalidIdentityError as exc:
-            raise ValueError(str(exc)) from exc
-
-    @field_validator("phone")
-    @classmethod
-    def _phone_is_a_persons_number(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        try:
-            return normalise_phone(value)
+            return normalise(value)
         except InvalidIdentityError as exc:
             raise ValueError(str(exc)) from exc
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 from uuid import UUID
@@ -48,6 +47,7 @@ from leadflow.engine.views import (
     BatchResult,
     ClockResult,
     LeadView,
+    MigrationResult,
     Outcome,
     RecordResult,
     RuleContribution,
@@ -75,14 +75,6 @@ class StoreVersionError(LeadflowError):
     """The event store is in a format this leadflow does not write: migrate (or upgrade)."""
 
     reason = "store_version"
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationResult:
-    leads: int
-    timers: int
-    unloadable: tuple[UUID, ...]
-    version: int
 
 
 def record_digest(record: InboundRecord) -> bytes:

@@ -119,3 +119,13 @@ class ClockResult:
     woken: int
     events: int
     unloadable: tuple[UUID, ...] = ()  # leads skipped: their stored events cannot be loaded
+
+
+@dataclass(frozen=True, slots=True)
+class MigrationResult:
+    """What ``LeadflowApp.migrate`` did: leads seen, timers written, leads it could not load."""
+
+    leads: int
+    timers: int
+    unloadable: tuple[UUID, ...]
+    version: int
