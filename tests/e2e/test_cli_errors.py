@@ -397,3 +397,14 @@ def test_a_progress_bar_counts_records_and_rejections_are_summarised_under_it(
     logged = [json.loads(x) for x in piped.stderr.splitlines() if x.startswith("{")]
     assert sum(e["event"] == "record rejected" for e in logged) == 500
     assert not any("summary" in e["event"] for e in logged)
+
+
+def test_clock_advance_moves_past_a_damaged_lead_and_names_it(tmp_path: Path) -> None:
+    lead = damaged(tmp_path, "delete")
+    result = run(["clock", "advance", "--to", "2026-12-31"], tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    assert f"1 leads skipped: their stored events cannot be loaded ({lead})" in result.stdout
+    # Every other lead went on: fine@acme.io fell dormant after 60 silent days.
+    shown = run(["lead", "show", "fine@acme.io", "--json"], tmp_path)
+    assert json.loads(shown.stdout)["dormant"] is True

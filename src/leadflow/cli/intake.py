@@ -249,6 +249,11 @@ def clock_advance(obj: Context, to_text: str) -> None:
         return
     click.echo(f"clock at {to.isoformat()}: {result.woken} leads woken, "
                f"{result.events} events recorded")
+    if result.unloadable:
+        # Time moved on for every other lead; these need `leadflow verify` and a repair.
+        click.echo(f"{len(result.unloadable)} leads skipped: their stored events cannot be "
+                   f"loaded ({', '.join(str(i) for i in result.unloadable[:5])}"
+                   f"{', ...' if len(result.unloadable) > 5 else ''}); see `leadflow verify`")
 
 
 # ---------------------------------------------------------------- production path (Kafka)
