@@ -316,8 +316,11 @@ class TouchpointConsumer:
                 headers.append(("leadflow-field", _header(letter.field[:200])))
             value, truncation = _dead_letter_value(record.value)
             headers += truncation
-            # The producer's own headers follow leadflow's (read leadflow's by first match).
-            headers += [(k, v) for k, v in (record.headers or []) if isinstance(k, str)]
+            # The producer's own headers follow leadflow's; one that claims a leadflow- name
+            # is kept as original-<name>, so no reader (dict(headers) keeps the last value)
+            # can take a forged reason for leadflow's.
+            headers += [(f"original-{k}" if k.startswith("leadflow-") else k, v)
+                        for k, v in (record.headers or []) if isinstance(k, str)]
             key = record.key if record.key is None or len(record.key) <= 64 << 10 \
                 else record.key[:64 << 10]
             futures.append(self.producer.send(self.settings.dlq_topic, key=key, value=value,

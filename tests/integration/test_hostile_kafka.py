@@ -118,7 +118,10 @@ def test_hostile_messages_are_dead_lettered_and_never_block_a_partition(
         assert headers["leadflow-error-class"] and headers["leadflow-detail"]
         if headers["leadflow-reason"] == b"lead_unloadable":
             assert str(damaged_id).encode() in headers["leadflow-detail"]
-    assert ("leadflow-reason", b"forged") in [h for m in letters for h in m.headers[1:]]
+    # The producer's forged header is kept, renamed: leadflow's reason is the only one.
+    assert ("original-leadflow-reason", b"forged") in [h for m in letters for h in m.headers]
+    assert all([k for k, _ in m.headers].count("leadflow-reason") == 1 for m in letters)
+    assert all(dict(m.headers)["leadflow-reason"] != b"forged" for m in letters)
 
     # Every good message applied, no refused one.
     applied_list = applied_event_ids(pipe.app())
