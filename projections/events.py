@@ -62,20 +62,27 @@ class EventData:
     without a zone are taken as UTC.
     """
 
-    __slots__ = ("_data", "_names", "originator_id")
+    __slots__ = ("_data", "_names", "_read", "originator_id")
 
     def __init__(self, originator_id: Any, data: dict[str, Any],
                  names: dict[str, Transcoding]) -> None:
         self.originator_id = originator_id
         self._data = data
         self._names = names
+        self._read: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
+        # Handlers read some fields several times (times, awards): untag each once.
+        try:
+            return self._read[name]
+        except KeyError:
+            pass
         try:
             value = self._data[name]
         except KeyError:
             raise AttributeError(name) from None
-        return self._untag(value)
+        self._read[name] = value = self._untag(value)
+        return value
 
     def _untag(self, value: Any) -> Any:
         kind = type(value)
@@ -83,7 +90,13 @@ class EventData:
             return value if value.isascii() and "\x00" not in value else clean_text(value)
         if kind is dict:
             if len(value) == 2 and "_type_" in value and "_data_" in value:
-                decoded = self._names[value["_type_"]].decode(self._untag(value["_data_"]))
+                tag, data = value["_type_"], value["_data_"]
+                if tag == "datetime_iso" and type(data) is str:
+                    # The most frequent tag: parsed here, without the generic transcoding.
+                    decoded = datetime.fromisoformat(data)
+                    return decoded if decoded.tzinfo is not None else \
+                        decoded.replace(tzinfo=UTC)
+                decoded = self._names[tag].decode(self._untag(data))
                 if isinstance(decoded, datetime) and decoded.tzinfo is None:
                     return decoded.replace(tzinfo=UTC)
                 return decoded
