@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
@@ -80,7 +81,7 @@ class RecordId(NamedTuple):
 Due = tuple[datetime, UUID]  # (when, lead id): a lead's next time-driven check
 
 
-class RecordIdIndex:
+class RecordIdIndex(ABC):
     """What every leadflow recorder offers on top of the library's process recorder: the
     record-id index, the timer index and the store's format version.
 
@@ -89,23 +90,26 @@ class RecordIdIndex:
     ``None`` to drop it. They are bookkeeping, rebuildable from the events (``db migrate``).
     """
 
+    @abstractmethod
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
-        raise NotImplementedError
+        """The applied records among ``event_ids``, by event id."""
 
+    @abstractmethod
     def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
                    limit: int) -> list[Due]:
         """Timers with ``after < due <= until`` (and after ``cursor``), in (due, lead) order."""
-        raise NotImplementedError
 
+    @abstractmethod
     def store_version(self) -> int | None:
         """The format version recorded in the store; None when none is."""
-        raise NotImplementedError
 
+    @abstractmethod
     def set_store_version(self, version: int) -> None:
-        raise NotImplementedError
+        """Record the store's format version."""
 
+    @abstractmethod
     def has_events(self) -> bool:
-        raise NotImplementedError
+        """Whether any event is stored (a store without one is new, whatever its format)."""
 
 
 def record_ids_of(kwargs: dict[str, Any]) -> list[RecordId]:
