@@ -41,6 +41,7 @@ from leadflow.domain import (
 from leadflow.domain.ids import identity_index_id
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.decisions import RecordProcessor
+from leadflow.engine.migration import StoreVersionError, check_store_version, migrate
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Unit, unloadable
 from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
@@ -56,7 +57,6 @@ from leadflow.store import chain as audit
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.recorders import (
-    STORE_VERSION,
     LeadflowPOPOProcessRecorder,
     RecordId,
     RecordIdIndex,
@@ -67,15 +67,6 @@ log = structlog.get_logger(__name__)
 
 #: Timer index rows read (and committed) at a time by ``advance_clock``.
 CLOCK_PAGE = 1000
-#: Leads loaded (and their timers written) at a time by ``migrate``.
-MIGRATE_CHUNK = 1000
-
-
-class StoreVersionError(LeadflowError):
-    """The event store is in a format this leadflow does not write: migrate (or upgrade)."""
-
-    reason = "store_version"
-
 
 def record_digest(record: InboundRecord) -> bytes:
     """A digest of the record's normalised content: the same fact re-sent (other spacing,
@@ -113,48 +104,15 @@ class LeadflowApp(Application[UUID]):
             self.repository.cache = SpillingLRUCache(cache.maxsize, spill_mib << 20)
 
     def _check_store_version(self) -> None:
-        """Refuse a store written in an older format (``leadflow db migrate`` upgrades it);
-        mark a new, empty one as written in this format."""
-        version = self.indexes.store_version()
-        if version == STORE_VERSION:
-            return
-        if version is None and not self.indexes.has_events():
-            self.indexes.set_store_version(STORE_VERSION)
-            return
-        self.close()
-        if version is not None and version > STORE_VERSION:
-            raise StoreVersionError(f"this event store is in format {version}, newer than this "
-                                    f"leadflow understands ({STORE_VERSION}): upgrade leadflow")
-        raise StoreVersionError(
-            f"this event store was written in format {version or 1} by an earlier leadflow; "
-            f"run `leadflow db migrate` once to bring it to format {STORE_VERSION} (it keeps "
-            "every event and builds the timer index)")
+        try:
+            check_store_version(self.indexes)
+        except StoreVersionError:
+            self.close()
+            raise
 
     def migrate(self, progress: Callable[[int, int], None] | None = None) -> MigrationResult:
-        """Bring the store to this format: build the timer index from every lead's state
-        (its next time-driven check), then record the format. Idempotent: run again, it
-        rebuilds the index. Leads that cannot be loaded are reported, not fatal."""
-        lead_ids = list(self.lead_ids())
-        unloadable: list[UUID] = []
-        timed = 0
-        for start in range(0, len(lead_ids), MIGRATE_CHUNK):
-            unit = Unit(self.repository)
-            for lead_id in lead_ids[start:start + MIGRATE_CHUNK]:
-                try:
-                    lead = unit.get(Lead, lead_id)
-                except AggregateUnloadableError as exc:
-                    log.error("lead cannot be loaded; no timer for it", lead_id=str(lead_id),
-                              error=str(exc))
-                    unloadable.append(lead_id)
-                    continue
-                due = lead.next_due(self.rules) if lead is not None else None
-                unit.timers[lead_id] = due[0] if due is not None else None
-                timed += due is not None
-            self.recorder.insert_events([], timers=unit.timers)
-            if progress:
-                progress(min(start + MIGRATE_CHUNK, len(lead_ids)), len(lead_ids))
-        self.indexes.set_store_version(STORE_VERSION)
-        return MigrationResult(len(lead_ids), timed, tuple(unloadable), STORE_VERSION)
+        """Bring the store to this format (see ``engine.migration.migrate``)."""
+        return migrate(self, progress)
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder can commit a tracking position with the events (Kafka offsets);
