@@ -24,10 +24,13 @@ from kafka.partitioner.default import murmur2
 from leadflow.consumers.settings import KafkaSettings
 from leadflow.contract.lifecycle import RELAYED_EVENT_CLASSES, to_lifecycle
 from leadflow.engine.app import LeadflowApp
+from leadflow.store.fold import envelope_topics
 
 log = structlog.get_logger(__name__)
 
 NOTIFICATION_HEADER = "leadflow-notification-id"
+#: Which event of the stored row (an envelope holds several) the message is.
+SEQ_HEADER = "leadflow-event-seq"
 
 
 @dataclass
@@ -54,13 +57,17 @@ class LifecycleRelay:
         self.stats = RelayStats()
         self._stop = threading.Event()
         self.tracking_name = f"relay:{settings.lifecycle_topic}"
-        self.topics = [get_topic(cls) for cls in RELAYED_EVENT_CLASSES]
+        topics = [get_topic(cls) for cls in RELAYED_EVENT_CLASSES]
+        # Relayed events also travel inside envelopes (one stored row per record: fold.py).
+        envelopes = {t for topic in topics for t in envelope_topics(topic.rsplit(".", 1)[0])}
+        self.topics = topics + sorted(envelopes)
 
     def stop(self, *_: object) -> None:
         self._stop.set()
 
-    def last_published(self) -> dict[int, int]:
-        """Highest notification id already in each output partition (from the log tail)."""
+    def last_published(self) -> dict[int, tuple[int, int]]:
+        """Newest (notification id, event within it) already in each output partition (from
+        the log tail)."""
         consumer = self.consumer_factory()
         try:
             partitions = consumer.partitions_for_topic(self.settings.lifecycle_topic) or set()
@@ -69,7 +76,7 @@ class LifecycleRelay:
                 return {}
             consumer.assign(tps)
             ends = consumer.end_offsets(tps)
-            found: dict[int, int] = {}
+            found: dict[int, tuple[int, int]] = {}
             for tp in tps:
                 if ends[tp] == 0:
                     continue
@@ -78,7 +85,8 @@ class LifecycleRelay:
                     batch = consumer.poll(timeout_ms=500).get(tp, [])
                     if batch:
                         headers = dict(batch[-1].headers or [])
-                        found[tp.partition] = int(headers[NOTIFICATION_HEADER])
+                        found[tp.partition] = (int(headers[NOTIFICATION_HEADER]),
+                                               int(headers.get(SEQ_HEADER, b"0")))
                         break
                 else:
                     raise RuntimeError(f"could not read the last message of {tp}")
@@ -94,6 +102,7 @@ class LifecycleRelay:
         recorder = self.app.process_recorder
         position = recorder.max_tracking_id(self.tracking_name) or 0
         published = self.last_published()
+        expand = self.app.codec.expander.expand
         n_partitions = self.partitions()
         log.info("relay starting", position=position, last_published=published,
                  partitions=n_partitions)
@@ -108,22 +117,23 @@ class LifecycleRelay:
                     continue
                 futures = []
                 for notification in page:
-                    event = self.app.mapper.to_domain_event(notification)
-                    message = to_lifecycle(event)
-                    if message is None:
-                        self.stats.not_relayed += 1
-                        continue
-                    key = str(message.lead_id).encode()
-                    partition = partition_for(key, n_partitions)
-                    if notification.id <= published.get(partition, 0):
-                        self.stats.skipped_already_published += 1
-                        continue
-                    futures.append(self.producer.send(
-                        self.settings.lifecycle_topic, key=key, partition=partition,
-                        value=message.model_dump_json().encode(),
-                        headers=[(NOTIFICATION_HEADER, str(notification.id).encode()),
-                                 ("leadflow-event-id", message.event_id.encode())],
-                    ))
+                    for seq, event in enumerate(expand(notification)):
+                        message = to_lifecycle(event)
+                        if message is None:
+                            self.stats.not_relayed += 1
+                            continue
+                        key = str(message.lead_id).encode()
+                        partition = partition_for(key, n_partitions)
+                        if (notification.id, seq) <= published.get(partition, (0, 0)):
+                            self.stats.skipped_already_published += 1
+                            continue
+                        futures.append(self.producer.send(
+                            self.settings.lifecycle_topic, key=key, partition=partition,
+                            value=message.model_dump_json().encode(),
+                            headers=[(NOTIFICATION_HEADER, str(notification.id).encode()),
+                                     (SEQ_HEADER, str(seq).encode()),
+                                     ("leadflow-event-id", message.event_id.encode())],
+                        ))
                 self.producer.flush(timeout=60)
                 for future in futures:
                     future.get(timeout=60)

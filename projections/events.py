@@ -16,6 +16,7 @@ from eventsourcing.utils import get_topic
 
 from leadflow.domain import Account, Lead
 from leadflow.projections.db import clean_text
+from leadflow.store.fold import envelope_topics
 
 # The events the read models follow, by stored topic: (is an account event, event name).
 _LEAD_EVENTS = ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "TouchpointScored",
@@ -27,7 +28,11 @@ KINDS: dict[str, tuple[bool, str]] = {
     **{get_topic(getattr(Lead, name)): (False, name) for name in _LEAD_EVENTS},
     **{get_topic(getattr(Account, name)): (True, name) for name in _ACCOUNT_EVENTS},
 }
-TOPICS = list(KINDS)
+#: Envelopes (one stored row per record, store/fold.py) of the followed aggregates: the
+#: projector opens them and follows the events inside whose topics are in ``KINDS``.
+ENVELOPES = frozenset(t for agg in (Lead, Account)
+                      for t in envelope_topics(get_topic(agg.Created).rsplit(".", 1)[0]))
+TOPICS = [*KINDS, *sorted(ENVELOPES)]
 
 
 _JSON = json.JSONDecoder(parse_int=lambda digits: int(digits) if len(digits) <= 4000

@@ -68,6 +68,16 @@ class PageChanges:
         # The newest event applied to each lead and account row, to name it if the row
         # cannot be written.
         self.last_event: dict[str, int] = {}
+        # Rows one stored event already gave each append-only table: an envelope (one row
+        # per record, store/fold.py) holds several events of one notification id.
+        self._seqs: dict[tuple[str, int], int] = {}
+
+    def seq(self, table: str, nid: int) -> int:
+        """The next row number of ``table`` for notification ``nid`` (0, 1, ...)."""
+        key = (table, nid)
+        seq = self._seqs.get(key, 0)
+        self._seqs[key] = seq + 1
+        return seq
 
     def apply(self, nid: int, topic: str, event: Any) -> None:
         is_account, kind = KINDS[topic]
@@ -99,8 +109,8 @@ class PageChanges:
         row["segment"] = segment_of(row)
         self.leads[lead_id] = row
         self.before.setdefault(lead_id, None)
-        self.transitions.append((nid, lead_id, None, "new", e.created_at, None, e.source,
-                                 e.campaign, "system", None))
+        self.transitions.append((nid, self.seq("t", nid), lead_id, None, "new", e.created_at,
+                                 None, e.source, e.campaign, "system", None))
         self._count("new", e.created_at, row)
 
     def _count(self, stage: str, at: datetime, row: dict[str, Any]) -> None:
@@ -118,17 +128,11 @@ class PageChanges:
         # and NaN here, so their ledger deltas are NULL.
         old = {r: _number(p) for r, p in json.loads(row["fit_awards"]).items()}
         new = {str(r): _number(p) for r, p in awards}
-        seq = 0  # this event's ledger rows so far (they are the newest ones)
-        for entry in reversed(self.ledger):
-            if entry[0] != nid:
-                break
-            seq += 1
         for rule in sorted(set(old) | set(new)):
             delta = new.get(rule, 0.0) - old.get(rule, 0.0)
             if delta:
-                self.ledger.append((nid, seq, row["lead_id"], e.event_id, "fit", rule,
-                                    e.rules_version, delta, e.occurred_at, None))
-                seq += 1
+                self.ledger.append((nid, self.seq("l", nid), row["lead_id"], e.event_id, "fit",
+                                    rule, e.rules_version, delta, e.occurred_at, None))
         row["fit"] = fit
         row["fit_awards"] = json.dumps({r: p if math.isfinite(p) else None
                                         for r, p in new.items()}, sort_keys=True)
@@ -145,8 +149,8 @@ class PageChanges:
 
     def _awards(self, nid: int, row: dict[str, Any], awards: list[dict[str, Any]], kind: str,
                 rules_version: str) -> None:
-        for seq, award in enumerate(awards):
-            self.ledger.append((nid, seq, row["lead_id"], award["event_id"], kind,
+        for award in awards:
+            self.ledger.append((nid, self.seq("l", nid), row["lead_id"], award["event_id"], kind,
                                 award["rule"], rules_version, award["points"], award["at"],
                                 award.get("expires_at")))
 
@@ -179,8 +183,9 @@ class PageChanges:
     def _on_StageChanged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         to, at = e.to_stage, e.occurred_at
         row["stage"], row["stage_at"], row["stage_reason"] = to, at, e.reason
-        self.transitions.append((nid, row["lead_id"], e.from_stage, to, at, row["owner"],
-                                 row["source"], row["campaign"], e.actor, e.reason))
+        self.transitions.append((nid, self.seq("t", nid), row["lead_id"], e.from_stage, to,
+                                 at, row["owner"], row["source"], row["campaign"], e.actor,
+                                 e.reason))
         self._count(to, at, row)
         if to in RANK:
             # Reaching a stage means passing every funnel stage before it.

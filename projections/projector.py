@@ -27,11 +27,12 @@ from typing import Any
 import orjson
 import structlog
 from eventsourcing.persistence import JSONTranscoder, Notification
+from eventsourcing.utils import get_topic
 
 from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
 from leadflow.projections.admin import analyst_roles, grant_select
 from leadflow.projections.db import ProjectionDB
-from leadflow.projections.events import KINDS, TOPICS, EventData, load_payload
+from leadflow.projections.events import ENVELOPES, KINDS, TOPICS, EventData, load_payload
 from leadflow.projections.schema import RELAXED, TABLES, drop_views_ddl, tables_ddl, views_ddl
 from leadflow.projections.writer import Page, RowFailed
 from leadflow.store.recorders import SCHEMA_LOCK_KEY
@@ -224,8 +225,12 @@ class Projector:
         n: Notification | None = None
         try:
             if not isinstance(transcoder, JSONTranscoder):
+                expand = self.app.codec.expander.expand
                 for n in notifications:
-                    out.append((n.id, n.topic, mapper.to_domain_event(n)))
+                    for event in expand(n):
+                        topic = get_topic(type(event))
+                        if topic in KINDS:
+                            out.append((n.id, topic, event))
                 return out
             names = transcoder.names
             cipher, compressor = mapper.cipher, mapper.compressor
@@ -241,6 +246,13 @@ class Projector:
                     data = load_payload(state)
                 if type(data) is not dict:
                     data = load_payload(state)  # raises: no JSON object
+                if n.topic in ENVELOPES:
+                    prefix = n.topic.rsplit(".", 1)[0]
+                    for name, sub in data["events"]:
+                        topic = f"{prefix}.{name}"
+                        if topic in KINDS:
+                            out.append((n.id, topic, EventData(n.originator_id, sub, names)))
+                    continue
                 out.append((n.id, n.topic, EventData(n.originator_id, data, names)))
         except Exception as exc:
             assert n is not None

@@ -71,11 +71,13 @@ CREATE INDEX IF NOT EXISTS lead_state{s}_created ON lead_state{s} (created_at)
 CREATE INDEX IF NOT EXISTS lead_state{s}_primary_key ON lead_state{s} (primary_key)
 ;
 CREATE TABLE IF NOT EXISTS stage_transitions{s} (
-    notification_id {t['big']} PRIMARY KEY,
+    notification_id {t['big']} NOT NULL,
+    seq INTEGER NOT NULL,
     lead_id TEXT NOT NULL,
     from_stage TEXT, to_stage TEXT NOT NULL,
     occurred_at {t['ts']} NOT NULL,
-    owner TEXT, source TEXT, campaign TEXT, actor TEXT, reason TEXT
+    owner TEXT, source TEXT, campaign TEXT, actor TEXT, reason TEXT,
+    PRIMARY KEY (notification_id, seq)
 )
 ;
 CREATE INDEX IF NOT EXISTS stage_transitions{s}_lead ON stage_transitions{s} (lead_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -153,27 +152,32 @@ def lead_states(app: LeadflowApp, at: datetime) -> dict[str, dict[str, Any]]:
 
 
 def applied_event_ids(app: LeadflowApp) -> list[str]:
-    """Every inbound event id recorded on a lead or an interest (duplicates included)."""
+    """Every inbound event id recorded on a lead or an interest (duplicates included), from
+    the stored rows, envelopes (one row per record) opened."""
     ids: list[str] = []
     start = 1
-    topics = [t for t in _record_topics()]
+    topics, kinds = _record_topics()
+    expand = app.codec.expander.expand
     while True:
         page = app.recorder.select_notifications(start, 1000, topics=topics)
         if not page:
             return ids
         for n in page:
-            state = json.loads(n.state)
-            ids.append(state["event_id"])
+            ids += [e.event_id for e in expand(n) if isinstance(e, kinds)]
         start = page[-1].id + 1
 
 
-def _record_topics() -> list[str]:
+def _record_topics() -> tuple[list[str], tuple[type, ...]]:
     from eventsourcing.utils import get_topic
 
     from leadflow.domain import Interest, Lead
+    from leadflow.store.fold import envelope_topics
 
-    return [get_topic(Lead.TouchpointScored), get_topic(Lead.DispositionRecorded),  # type: ignore[attr-defined]
-            get_topic(Interest.TouchpointNoted)]  # type: ignore[attr-defined]
+    kinds = (Lead.TouchpointScored, Lead.DispositionRecorded,  # type: ignore[attr-defined]
+             Interest.TouchpointNoted)  # type: ignore[attr-defined]
+    topics = [get_topic(k) for k in kinds]
+    envelopes = {t for topic in topics for t in envelope_topics(topic.rsplit(".", 1)[0])}
+    return topics + sorted(envelopes), kinds
 
 
 def wait_until(predicate: Any, timeout_s: float, what: str, interval: float = 0.5,

@@ -89,15 +89,17 @@ def test_a_re_sent_record_in_another_offset_or_spelling_is_still_a_duplicate(
 
 
 def damaged_store(tmp_path: Path, records: list[Any], damaged: str) -> tuple[LeadflowApp, UUID]:
-    """A SQLite store of ``records`` whose lead ``damaged`` lost its version 2 (deleted by
+    """A SQLite store of ``records`` whose lead ``damaged`` lost its second row (deleted by
     hand), reopened with a cold cache so that the lead must come from the store."""
     app = make_app("sqlite", tmp_path)
     app.apply_batch(records)
     lead_id = app.resolve(damaged)
     app.close()
     with sqlite3.connect(tmp_path / "leadflow.db") as db:
-        db.execute("DELETE FROM stored_events WHERE originator_id = ? AND originator_version = 2",
-                   [lead_id.hex])
+        # Its second stored row (one row per record; a row is keyed by its first version).
+        db.execute("DELETE FROM stored_events WHERE originator_id = ? AND originator_version = "
+                   "(SELECT originator_version FROM stored_events WHERE originator_id = ? "
+                   "ORDER BY originator_version LIMIT 1 OFFSET 1)", [lead_id.hex, lead_id.hex])
     return make_app("sqlite", tmp_path), lead_id
 
 
@@ -148,6 +150,7 @@ def test_the_clock_skips_a_damaged_lead_and_moves_every_other_one_on(
     app, anna = damaged_store(tmp_path, [
         rec("form_submitted", "anna@acme.io"),
         rec("email_opened", "anna@acme.io", at=T0 + days(1)),
+        rec("email_clicked", "anna@acme.io", at=T0 + days(2)),
         rec("form_submitted", "bob@bravo.io")], "email:anna@acme.io")
     result = app.advance_clock(T0 + days(90))
     assert result.unloadable == (anna,)

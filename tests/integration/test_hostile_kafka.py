@@ -74,8 +74,11 @@ def test_hostile_messages_are_dead_lettered_and_never_block_a_partition(
     app = pipe.app()
     damaged_id = app.resolve(f"email:{DAMAGED}")
     with psycopg.connect(pipe.pg_url, autocommit=True) as conn:
-        deleted = conn.execute("DELETE FROM leadflow_events WHERE originator_id = %s "
-                               "AND originator_version = 2", [damaged_id]).rowcount
+        # Its second stored row (one row per record; a row is keyed by its first version).
+        deleted = conn.execute(
+            "DELETE FROM leadflow_events WHERE originator_id = %s AND originator_version = "
+            "(SELECT originator_version FROM leadflow_events WHERE originator_id = %s "
+            "ORDER BY originator_version LIMIT 1 OFFSET 1)", [damaged_id, damaged_id]).rowcount
     assert deleted == 1
 
     # Phase 2: the corpus, tombstones, hostile keys and headers, between good records.

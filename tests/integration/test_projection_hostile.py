@@ -28,6 +28,7 @@ from leadflow.engine.app import LeadflowApp
 from leadflow.projections.db import ProjectionDB, from_db
 from leadflow.projections.projector import ProjectionFailedError, Projector
 from leadflow.projections.schema import RELAXED, TABLES, columns, tables_ddl
+from leadflow.store.fold import is_envelope
 from tests.conftest import T0, Records, days
 from tests.integration.test_verify import Store
 
@@ -88,25 +89,41 @@ class Hostile:
         assert str(self.app.resolve(f"email:{email}")) == lead_id(email)
         return lead_id(email)
 
-    def version(self, oid: str, topic_end: str, nth: int = 0) -> int:
-        found = [v for v in range(1, self.store.last_version(oid) + 1)
-                 if self.store.row(oid, v)[0].endswith(topic_end)]
+    def find(self, oid: str, topic_end: str, nth: int = 0) -> tuple[int, int | None]:
+        """The ``nth`` event named ``topic_end``: (its row's version, its place in the row's
+        envelope, or None for a row holding that event alone)."""
+        found: list[tuple[int, int | None]] = []
+        for version in self.store.versions(oid):
+            topic, state = self.store.row(oid, version)
+            if is_envelope(topic):
+                prefix = topic.rsplit(".", 1)[0]
+                found += [(version, i) for i, (name, _) in enumerate(json.loads(state)["events"])
+                          if f"{prefix}.{name}".endswith(topic_end)]
+            elif topic.endswith(topic_end):
+                found.append((version, None))
         return found[nth]
+
+    def version(self, oid: str, topic_end: str, nth: int = 0) -> int:
+        return self.find(oid, topic_end, nth)[0]
+
+    def data(self, oid: str, topic_end: str, nth: int = 0) -> dict[str, Any]:
+        version, place = self.find(oid, topic_end, nth)
+        data = json.loads(self.store.row(oid, version)[1])
+        return data if place is None else data["events"][place][1]
 
     def edit(self, oid: str, topic_end: str, change: Callable[[dict[str, Any]], None],
              nth: int = 0) -> None:
-        version = self.version(oid, topic_end, nth)
+        version, place = self.find(oid, topic_end, nth)
         topic, state = self.store.row(oid, version)
         data = json.loads(state)
-        change(data)
+        change(data if place is None else data["events"][place][1])
         raw = json.dumps(data).encode()  # Infinity, NaN, "\u0000", "\ud800" as Python writes
         for placeholder, literal in LITERALS.items():
             raw = raw.replace(placeholder.encode(), literal)
         self.store.set_state(oid, version, topic, raw)
 
     def account(self, lead: str) -> str:
-        state = self.store.row(lead, self.version(lead, "Lead.AccountSet"))[1]
-        return str(UUID(json.loads(state)["account_id"]["_data_"]))
+        return str(UUID(self.data(lead, "Lead.AccountSet")["account_id"]["_data_"]))
 
 
 def profile(data: dict[str, Any]) -> None:
@@ -142,7 +159,9 @@ def hostile_store(url: str) -> LeadflowApp:
     account = h.account(l1)
     h.edit(account, "Account.Created", lambda d: d.update(name="Ads\u0000 Inc"))
     surged = next(n.originator_id for n in app.recorder.select_notifications(1, 10_000)
-                  if n.topic.endswith("Account.Surged"))
+                  if n.topic.endswith("Account.Surged") or (
+                      is_envelope(n.topic) and n.topic.startswith("leadflow.domain:Account.")
+                      and any(name == "Surged" for name, _ in json.loads(n.state)["events"])))
     h.edit(str(surged), "Account.Surged", lambda d: d.update(window_days=float("nan")))
     # A version gap: one of l3's touchpoints deleted by hand.
     h.store.delete(l3, h.version(l3, "Lead.TouchpointScored", nth=1))

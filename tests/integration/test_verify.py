@@ -84,6 +84,13 @@ class Store:
         self._run(f"INSERT INTO {self.table} (originator_id, originator_version, topic, state) "
                   "VALUES (%s, %s, %s, %s)", [self.oid(lead_id), version, topic, state])
 
+    def versions(self, lead_id: str) -> list[int]:
+        """The versions of the aggregate's stored rows (a row holding several events is
+        keyed by the first one's version)."""
+        return [int(r[0]) for r in self._run(
+            f"SELECT originator_version FROM {self.table} WHERE originator_id = %s "
+            "ORDER BY originator_version", [self.oid(lead_id)])]
+
     def last_version(self, lead_id: str) -> int:
         return int(self._run(f"SELECT MAX(originator_version) FROM {self.table} "
                              "WHERE originator_id = %s", [self.oid(lead_id)])[0][0])
@@ -97,10 +104,16 @@ def verify(url: str, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def scored_version(store: Store, lead_id: str) -> int:
-    for version in range(2, store.last_version(lead_id) + 1):
-        if store.row(lead_id, version)[0].endswith("TouchpointScored"):
-            return version
-    raise AssertionError("no TouchpointScored event")
+    """The version of the lead's second stored row: a record's touchpoint (the first row holds
+    the record that created the lead; every record is one row)."""
+    version = store.versions(lead_id)[1]
+    assert store.row(lead_id, version)[0].endswith("TouchpointScored")
+    return version
+
+
+def next_row(store: Store, lead_id: str, version: int) -> int:
+    versions = store.versions(lead_id)
+    return versions[versions.index(version) + 1]
 
 
 def alter_payload(store: Store, lead: str) -> int:
@@ -113,16 +126,17 @@ def alter_payload(store: Store, lead: str) -> int:
 
 
 def delete_event(store: Store, lead: str) -> int:
-    version = scored_version(store, lead) + 1
+    version = next_row(store, lead, scored_version(store, lead))
     store.delete(lead, version)
     return version
 
 
 def swap_two(store: Store, lead: str) -> int:
     version = scored_version(store, lead)
-    a, b = store.row(lead, version), store.row(lead, version + 1)
+    later = next_row(store, lead, version)
+    a, b = store.row(lead, version), store.row(lead, later)
     store.set_state(lead, version, *b)
-    store.set_state(lead, version + 1, *a)
+    store.set_state(lead, later, *a)
     return version
 
 
@@ -134,7 +148,7 @@ def insert_one(store: Store, lead: str) -> int:
 
 
 def garbage_payload(store: Store, lead: str) -> int:
-    version = scored_version(store, lead) + 1
+    version = next_row(store, lead, scored_version(store, lead))
     topic, _ = store.row(lead, version)
     store.set_state(lead, version, topic, b"\x00\x9f not json")
     return version
@@ -145,9 +159,9 @@ def resealed_non_json(store: Store, lead: str) -> int:
     # engine cannot decode is still named.
     from leadflow.store import chain as audit
 
-    version = store.last_version(lead)
+    *_, before, version = store.versions(lead)
     topic, _ = store.row(lead, version)
-    previous = audit.unseal(store.row(lead, version - 1)[1])[1]
+    previous = audit.unseal(store.row(lead, before)[1])[1]
     assert previous is not None
     sealed, _ = audit.seal(previous, UUID(lead), version, topic, b'{"awards":[1,}')
     store.set_state(lead, version, topic, sealed)

@@ -110,7 +110,8 @@ def test_a_created_lead_is_a_new_row_with_one_transition_and_one_funnel_entry(
     assert row["in_pool"] is False and row["dormant"] is False
     assert row["account_id"] is None and row["owner"] is None
     assert named("stage_transitions", changes.transitions) == [{
-        "notification_id": 1, "lead_id": str(LEAD), "from_stage": None, "to_stage": "new",
+        "notification_id": 1, "seq": 0, "lead_id": str(LEAD), "from_stage": None,
+        "to_stage": "new",
         "occurred_at": T0, "owner": None, "source": "ads", "campaign": "spring",
         "actor": "system", "reason": None}]
     assert changes.funnel == {(T0.date().isoformat(), "new", "ads", "spring"): 1}
@@ -286,7 +287,8 @@ def test_reaching_a_stage_marks_every_funnel_stage_before_it_reached_once(
     assert (row["reached_mql_at"], row["reached_sql_at"]) == (sql_at, sql_at)
     assert (row["reached_opportunity_at"], row["reached_customer_at"]) == (opp_at, None)
     assert named("stage_transitions", changes.transitions)[1] == {
-        "notification_id": 2, "lead_id": str(LEAD), "from_stage": "new", "to_stage": "sql",
+        "notification_id": 2, "seq": 0, "lead_id": str(LEAD), "from_stage": "new",
+        "to_stage": "sql",
         "occurred_at": sql_at, "owner": None, "source": "ads", "campaign": "spring",
         "actor": "rep-a", "reason": "accepted"}
     assert changes.funnel == {  # the stage entered only, not the ones passed

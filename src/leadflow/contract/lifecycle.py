@@ -63,6 +63,8 @@ RELAYED_EVENT_CLASSES = (STAGE_CHANGED, OWNER_ASSIGNED)
 
 def to_lifecycle(event: Any) -> LifecycleEvent | None:
     """Map a stored Lead event to the outbound message, or None if CRMs don't need it."""
+    if not isinstance(event, RELAYED_EVENT_CLASSES):
+        return None  # an envelope (one row per record) also holds events CRMs don't need
     lead_id = event.originator_id
     common: dict[str, Any] = {
         "event_id": f"{lead_id}:{event.originator_version}",

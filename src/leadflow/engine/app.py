@@ -21,7 +21,7 @@ from eventsourcing.application import (
     Application,
     LRUCache,
 )
-from eventsourcing.persistence import ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.persistence import EventStore, ProcessRecorder, StoredEvent, Tracking
 from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import get_topic
 
@@ -56,6 +56,7 @@ from leadflow.engine.views import (
 from leadflow.store import chain as audit
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
+from leadflow.store.fold import OPENED, FoldingEventStore
 from leadflow.store.recorders import (
     LeadflowPOPOProcessRecorder,
     RecordId,
@@ -113,6 +114,10 @@ class LeadflowApp(Application[UUID]):
     def migrate(self, progress: Callable[[int, int], None] | None = None) -> MigrationResult:
         """Bring the store to this format (see ``engine.migration.migrate``)."""
         return migrate(self, progress)
+
+    def construct_event_store(self) -> EventStore[UUID]:
+        # Reads envelopes (one row per cause, store/fold.py) as the events they hold.
+        return FoldingEventStore(self.mapper, self.recorder)
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder can commit a tracking position with the events (Kafka offsets);
@@ -321,6 +326,7 @@ class LeadflowApp(Application[UUID]):
         decide = self._decide(unit)
         decide.catch_up(lead, until)
         decide.settle(lead, until, clock_position=until)
+        unit.seal({"clock": until})
         return 1
 
     def unmerge(self, key: str, at: datetime, actor: str) -> tuple[UUID, UUID]:
@@ -331,6 +337,7 @@ class LeadflowApp(Application[UUID]):
         Returns (survivor id, restored lead id).
         """
         unit = Unit(self.repository)
+        unit.cause = {"command": "unmerge", "actor": actor, "identity": key}
         survivor, restored = unmerge(self._decide(unit), key, at, actor,
                                      lambda lead_id: list(self.events.get(lead_id)))
         self._commit(unit, None)
@@ -339,6 +346,7 @@ class LeadflowApp(Application[UUID]):
     def publish_rules(self, rules: Rules, text: str, at: datetime, actor: str) -> bool:
         """Record a rules version for live scoring from now on (history is not rewritten)."""
         unit = Unit(self.repository)
+        unit.cause = {"command": "publish rules", "actor": actor}
         book = unit.get(RuleBook, RuleBook.create_id()) or unit.add(RuleBook())
         before = book.current
         book.publish(rules.version, rules.label, text, at, actor)
@@ -357,6 +365,7 @@ class LeadflowApp(Application[UUID]):
         if self.rules.routing.rep(rep) is None:
             raise UnknownRepError(f"unknown rep {rep!r}")
         unit = Unit(self.repository)
+        unit.cause = {"command": "rep availability"}
         self._decide(unit).router().set_availability(rep, available, at)
         self._commit(unit, None)
 
@@ -434,10 +443,11 @@ class LeadflowApp(Application[UUID]):
 
     def lead_ids(self, batch: int = 1000) -> Iterator[UUID]:
         """Every lead ever created (merged ones included), from the notification log."""
-        topic = get_topic(Lead.Created)
+        created = get_topic(Lead.Created)
+        topics = [created, created.rsplit(".", 1)[0] + OPENED]
         start = 1
         while True:
-            page = self.recorder.select_notifications(start, batch, topics=[topic])
+            page = self.recorder.select_notifications(start, batch, topics=topics)
             if not page:
                 return
             for notification in page:
@@ -489,7 +499,7 @@ class LeadflowApp(Application[UUID]):
         if not wanted:
             return
         stored = self.codec.select_many(wanted)
-        to_domain_event = self.mapper.to_domain_event
+        expand = self.codec.expander.expand
         for aggregate_id in wanted:
             events = stored.get(aggregate_id)
             if not events:
@@ -498,7 +508,8 @@ class LeadflowApp(Application[UUID]):
             aggregate: Any = None
             try:
                 for item in events:
-                    aggregate = cast(Any, to_domain_event(item)).mutate(aggregate)
+                    for event in expand(item):
+                        aggregate = event.mutate(aggregate)
             except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as exc:
@@ -531,7 +542,8 @@ class LeadflowApp(Application[UUID]):
     def _encode(self, unit: Unit) -> list[StoredEvent]:
         stored: list[StoredEvent] = []
         for aggregate in unit.touched.values():
-            stored += self.codec.stored(aggregate)
+            stored += self.codec.stored(aggregate, unit.cuts.get(aggregate.id, ()),
+                                        unit.cause)
         return stored
 
     def _commit(self, unit: Unit, tracking: Tracking | None,
@@ -590,6 +602,8 @@ class LeadflowApp(Application[UUID]):
             raise _Poisoned(RecordResult(index, event_id, Outcome.REJECTED, None,
                                          "apply_failed", f"{type(exc).__name__}: {exc}",
                                          type(exc).__name__)) from exc
+        unit.seal({"record": {"event_id": event_id, "type": record.type,
+                              "occurred_at": record.occurred_at}})
         if duplicate:
             # Applied before the record-id index existed: known to the lead only.
             return RecordResult(index, event_id, Outcome.DUPLICATE, lead_id)

@@ -32,6 +32,7 @@ from leadflow.domain import (
 from leadflow.domain.ids import identity_index_id, interest_id_for
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, unloadable
+from leadflow.store.fold import OPENED
 
 _SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
 
@@ -110,10 +111,10 @@ class Auditor:
         reads it alone and names the damage (AggregateUnloadableError).
         """
         self._preloaded = {}
-        to_domain_event = self.app.mapper.to_domain_event
+        expand = self.app.codec.expander.expand
         for aggregate_id, stored in self.app.codec.select_many(list(ids)).items():
             try:
-                self._preloaded[aggregate_id] = [to_domain_event(s) for s in stored]
+                self._preloaded[aggregate_id] = [e for s in stored for e in expand(s)]
             except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception:
@@ -339,7 +340,7 @@ def stored_lead_ids(app: LeadflowApp) -> tuple[list[UUID], list[dict[str, Any]]]
     The notification log is read in windows of ids; a window that cannot be read is halved
     until the unreadable rows are found.
     """
-    topics = [get_topic(Lead.Created)]
+    topics = [get_topic(Lead.Created), get_topic(Lead.Created).rsplit(".", 1)[0] + OPENED]
     ids: list[UUID] = []
     unreadable: list[dict[str, Any]] = []
 

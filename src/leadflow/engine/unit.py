@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
 
 from leadflow.domain import AggregateUnloadableError
+from leadflow.store.fold import Cause
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -59,6 +60,28 @@ class Unit:
         self.unloadable: dict[UUID, BaseException] = {}
         # Each settled lead's next time-driven check (None: none), for the timer index.
         self.timers: dict[UUID, datetime | None] = {}
+        # Where each aggregate's pending events end for one cause (a record), and why: each
+        # cause's events are stored as one row (store/fold.py).
+        self.cuts: dict[UUID, list[tuple[int, Cause]]] = {}
+        # The cause of events after the last cut (a clock step, a command).
+        self.cause: Cause | None = None
+        self.used: dict[UUID, Aggregate] = {}
+
+    def seal(self, cause: Cause) -> None:
+        """The events triggered since the last seal were caused by ``cause``."""
+        cuts = self.cuts
+        # Only what was handed out since the last seal can have new events (every change
+        # goes through an aggregate got from this unit); scanning all of ``touched`` per
+        # record would cost O(batch) each time.
+        for aggregate in self.used.values():
+            count = len(aggregate.pending_events)
+            if count:
+                mine = cuts.get(aggregate.id)
+                if mine is None:
+                    cuts[aggregate.id] = [(count, cause)]
+                elif count > mine[-1][0]:
+                    mine.append((count, cause))
+        self.used.clear()
 
     def get(self, cls: type[A], aggregate_id: UUID) -> A | None:
         found = self.touched.get(aggregate_id)
@@ -78,6 +101,7 @@ class Unit:
                 self.unloadable[aggregate_id] = exc.cause
                 raise
             self.touched[aggregate_id] = found
+        self.used[aggregate_id] = found
         if not isinstance(found, cls):
             raise TypeError(f"aggregate {aggregate_id} is a {type(found).__name__}, "
                             f"not a {cls.__name__}")
@@ -85,6 +109,7 @@ class Unit:
 
     def add(self, aggregate: A) -> A:
         self.touched[aggregate.id] = aggregate
+        self.used[aggregate.id] = aggregate
         self.absent.discard(aggregate.id)
         return aggregate
 

@@ -26,6 +26,8 @@ from uuid import UUID
 import orjson
 from eventsourcing.persistence import StoredEvent
 
+from leadflow.store import fold
+
 GENESIS = "leadflow-chain-v2"
 # Whitespace-tolerant, so a re-formatted payload still yields its link and is reported once.
 _SEALED = re.compile(rb',?\s*"chain"\s*:\s*"([0-9a-f]{64})"\s*}\s*\Z')
@@ -135,6 +137,12 @@ def verify_events(lead_id: UUID, stored: Sequence[StoredEvent],
         reason = _not_json(payload)
         if reason is not None:
             problems.append(Problem(lead_id, version, f"{reason}: the event cannot be loaded"))
+        elif fold.is_envelope(event.topic):
+            # One row holding several events (fold.py): the next row starts after its last.
+            try:
+                expected_version = version + fold.event_count(payload)
+            except ValueError as exc:
+                problems.append(Problem(lead_id, version, f"envelope cannot be read: {exc}"))
         if chain is None:
             problems.append(Problem(lead_id, version, "event carries no chain link: inserted "
                                                       "outside leadflow"))

@@ -7,6 +7,7 @@ out (and the reverse), so the domain never sees an encoding.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 from uuid import UUID
 
@@ -18,7 +19,7 @@ from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
 from leadflow.domain import Lead
-from leadflow.store import chain
+from leadflow.store import chain, fold
 
 
 class EventCodec:
@@ -28,6 +29,7 @@ class EventCodec:
         self.mapper = mapper
         self.recorder = recorder
         self._topics: dict[type, str] = {}
+        self.expander = fold.Expander(mapper)
 
     def select_many(self, ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
         """Every stored event of many aggregates, by aggregate, in version order."""
@@ -65,11 +67,14 @@ class EventCodec:
                     out[aggregate_id] = found
         return out
 
-    def stored(self, aggregate: Aggregate) -> list[StoredEvent]:
-        """The aggregate's pending events as stored events, each encoded exactly once.
+    def stored(self, aggregate: Aggregate,
+               cuts: Sequence[tuple[int, fold.Cause]] = (),
+               cause: fold.Cause | None = None) -> list[StoredEvent]:
+        """The aggregate's pending events as stored events, each encoded exactly once:
+        one row per cause (``cuts``, see fold.py), a single event under its own topic.
 
-        Lead events get their hash-chain link (see chain.py) appended to the encoded bytes,
-        so the tamper evidence costs one hash per event, not a second encoding.
+        Lead rows get their hash-chain link (see chain.py) appended to the encoded bytes,
+        so the tamper evidence costs one hash per row, not a second encoding.
         """
         pending = aggregate.collect_events()
         if not pending:
@@ -83,8 +88,12 @@ class EventCodec:
             else:
                 head = lead.chain_head or self.chain_head(lead.id)
         out: list[StoredEvent] = []
-        for event in pending:
-            originator_id, version, topic, payload = self.encode_event(event)
+        for events, why in fold.split(pending, cuts):
+            if len(events) == 1:
+                originator_id, version, topic, payload = self.encode_event(events[0])
+            else:
+                originator_id, version, topic, payload = self.encode_envelope(
+                    events, why or cause)
             if head is not None:
                 payload, head = chain.seal(head, originator_id, version, topic, payload)
             out.append(StoredEvent(originator_id, version, topic, self.protect(payload)))
@@ -92,18 +101,42 @@ class EventCodec:
             cast(Lead, aggregate).chain_head = head
         return out
 
-    def encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:
-        cls = type(event)
+    def _topic(self, cls: type) -> str:
         topic = self._topics.get(cls)
         if topic is None:
             topic = self._topics[cls] = get_topic(cls)
+        return topic
+
+    def _state(self, event: Any) -> tuple[UUID, int, str, dict[str, Any]]:
+        cls = type(event)
         state = dict(event.__dict__)
         originator_id = state.pop("originator_id")
         version = state.pop("originator_version")
         class_version = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
+        return originator_id, version, self._topic(cls), state
+
+    def encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:
+        originator_id, version, topic, state = self._state(event)
         return originator_id, version, topic, self.mapper.transcoder.encode(state)
+
+    def encode_envelope(self, events: Sequence[Any], cause: fold.Cause | None
+                        ) -> tuple[UUID, int, str, bytes]:
+        """One row for several events of one aggregate and one cause (see fold.py)."""
+        items: list[list[Any]] = []
+        first_topic = ""
+        originator_id: UUID | None = None
+        first = 0
+        for event in events:
+            oid, version, topic, state = self._state(event)
+            if originator_id is None:
+                originator_id, first, first_topic = oid, version, topic
+            items.append([topic.rsplit(".", 1)[1], state])
+        assert originator_id is not None
+        payload = self.mapper.transcoder.encode(
+            {"cause": cause or {"command": "unspecified"}, "events": items})
+        return originator_id, first, fold.envelope_topic(first_topic), payload
 
     def protect(self, payload: bytes) -> bytes:
         """Compress and encrypt as the library's mapper would (when configured)."""
