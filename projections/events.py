@@ -23,7 +23,9 @@ _LEAD_EVENTS = ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "Tou
                 "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade", "DealOwnerSet",
                 "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed", "Unmerged",
                 "StateRestored")
-_ACCOUNT_EVENTS = ("Created", "Engaged", "Surged")
+# Account.Engaged (stores before format 3) is not followed: an account's engagements are
+# its people's touchpoints, counted from the lead events, whatever the store's format.
+_ACCOUNT_EVENTS = ("Created", "Surged")
 KINDS: dict[str, tuple[bool, str]] = {
     **{get_topic(getattr(Lead, name)): (False, name) for name in _LEAD_EVENTS},
     **{get_topic(getattr(Account, name)): (True, name) for name in _ACCOUNT_EVENTS},

@@ -165,6 +165,14 @@ class PageChanges:
         row["engagement_as_of"] = e.engagement_as_of
         row["touchpoints"] = _plus(row["touchpoints"], 1)
         self._touch(row, e.occurred_at)
+        account = self.accounts.get(row["account_id"]) if row["account_id"] else None
+        if account is not None:
+            # An engagement of the account: a touchpoint of one of its people.
+            account["engagements"] = _plus(account["engagements"], 1)
+            at = e.occurred_at
+            if at is not None and (account["last_engaged_at"] is None
+                                   or at > account["last_engaged_at"]):
+                account["last_engaged_at"] = at
 
     def _on_Boosted(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         self._awards(nid, row, e.awards, "boost", e.rules_version)
@@ -270,11 +278,7 @@ class PageChanges:
             }
             return
         row = self.accounts[account_id]
-        if kind == "Engaged":
-            row["engagements"] += 1
-            if row["last_engaged_at"] is None or e.occurred_at > row["last_engaged_at"]:
-                row["last_engaged_at"] = e.occurred_at
-        else:
+        if kind == "Surged":
             row["surges"] += 1
             row["last_surge_at"] = e.occurred_at
             row["surge_window_days"] = e.window_days

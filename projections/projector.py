@@ -43,6 +43,18 @@ TRACKING_NAME = "analytics"
 VIEWS_NAME = "views-checksum"
 
 
+def _accounts_set(events: list[tuple[int, str, Any]]) -> set[str]:
+    """Accounts the page's leads join (their touchpoints then count as its engagements)."""
+    out: set[str] = set()
+    for _, topic, event in events:
+        if KINDS[topic][1] == "AccountSet":
+            try:
+                out.add(str(event.account_id))
+            except Exception:
+                continue
+    return out
+
+
 class ProjectionFailedError(RuntimeError):
     """A stored event the projector cannot project: the one line names it and why.
 
@@ -203,7 +215,8 @@ class Projector:
                 page = Page(self.db, suffix, self.app.rules.scoring.half_life_days)
                 events = self._decode(notifications)
                 page.load({str(e.originator_id) for _, t, e in events if not KINDS[t][0]},
-                          {str(e.originator_id) for _, t, e in events if KINDS[t][0]})
+                          {str(e.originator_id) for _, t, e in events if KINDS[t][0]}
+                          | _accounts_set(events))
                 self._apply(page, events)
                 page.write()
                 last = notifications[-1].id

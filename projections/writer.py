@@ -32,6 +32,7 @@ class Page(PageChanges):
         self.s = suffix
 
     def load(self, lead_ids: set[str], account_ids: set[str]) -> None:
+        account_ids = set(account_ids)
         for chunk in _chunks(sorted(lead_ids), 500):
             marks = ",".join(["%s"] * len(chunk))
             for row in self.db.query(
@@ -42,6 +43,8 @@ class Page(PageChanges):
                 row["dormant"] = bool(row["dormant"])
                 self.leads[row["lead_id"]] = row
                 self.before[row["lead_id"]] = _load_key(row)
+                if row["account_id"]:  # its touchpoints count as the account's engagements
+                    account_ids.add(row["account_id"])
         for chunk in _chunks(sorted(account_ids), 500):
             marks = ",".join(["%s"] * len(chunk))
             for row in self.db.query(

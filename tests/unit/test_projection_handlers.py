@@ -447,12 +447,21 @@ def test_a_restored_state_replaces_the_row_and_reached_times_come_from_first_rea
 # ---------------------------------------------------------------- accounts
 
 
-def test_an_account_row_counts_engagements_and_surges(store: Store) -> None:
+def test_an_account_row_counts_its_peoples_touchpoints_and_surges(store: Store) -> None:
     engaged, earlier, surged = T0 + days(2), T0 + days(1), T0 + days(3)
+
+    def touch(event_id: str, at: datetime, of: UUID = LEAD) -> Stored:
+        return store("TouchpointScored", of, event_id=event_id, record_type="email_opened",
+                     occurred_at=at, context={}, awards=[], engagement_value=0.0,
+                     engagement_as_of=at, score=0.0, rules_version="v1")
+
     changes = project(
         store("Created", ACCOUNT, account_key="domain:acme.io", name="Acme", occurred_at=T0),
-        store("Engaged", ACCOUNT, lead_id=LEAD, occurred_at=engaged),
-        store("Engaged", ACCOUNT, lead_id=OTHER, occurred_at=earlier),
+        store.created(), store.created(OTHER),
+        touch("before", T0),  # not yet in the account: not its engagement
+        store("AccountSet", LEAD, account_id=ACCOUNT, occurred_at=T0),
+        store("AccountSet", OTHER, account_id=ACCOUNT, occurred_at=T0),
+        touch("t1", engaged), touch("t2", earlier, OTHER),
         store("Surged", ACCOUNT, occurred_at=surged, lead_ids=[LEAD, OTHER], window_days=14.0),
     )
 
@@ -460,7 +469,7 @@ def test_an_account_row_counts_engagements_and_surges(store: Store) -> None:
         "account_id": str(ACCOUNT), "account_key": "domain:acme.io", "name": "Acme",
         "engagements": 2, "surges": 1, "last_engaged_at": engaged, "last_surge_at": surged,
         "surge_window_days": 14.0}}
-    assert changes.leads == {} and changes.last_event == {str(ACCOUNT): 4}
+    assert changes.last_event[str(ACCOUNT)] == 9
 
 
 # ---------------------------------------------------------------- hostile values

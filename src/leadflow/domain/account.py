@@ -27,13 +27,31 @@ class Account(Aggregate):
         self.recent: dict[str, datetime] = {}
         self.last_surge_at: datetime | None = None
         self.surges = 0
+        # Whether ``recent`` holds the store's engagement rows yet (see Unit.fill_accounts).
+        self.engagements_loaded = False
 
-    def engage(self, lead_id: UUID, occurred_at: datetime) -> None:
-        last = self.recent.get(str(lead_id))
+    def engage(self, lead_id: UUID, occurred_at: datetime) -> bool:
+        """Note a person's engagement; True if it is news (their latest). Bookkeeping, not an
+        event: the engine keeps it in the store's engagement table (store/bookkeeping.py),
+        derived from the leads' touchpoints."""
+        key = str(lead_id)
+        last = self.recent.get(key)
         if last is None or occurred_at > last:
-            self.trigger_event(self.Engaged, lead_id=lead_id, occurred_at=occurred_at)
+            self.recent[key] = occurred_at
+            return True
+        return False
+
+    def load_engagements(self, found: dict[UUID, datetime]) -> None:
+        """Merge the engagements the store holds (the later time wins)."""
+        for lead_id, at in found.items():
+            key = str(lead_id)
+            if key not in self.recent or at > self.recent[key]:
+                self.recent[key] = at
+        self.engagements_loaded = True
 
     class Engaged(Aggregate.Event):
+        """Written by stores before format 3; read so that they replay (and migrate)."""
+
         lead_id: UUID
         occurred_at: datetime
 

@@ -13,7 +13,14 @@ from leadflow.domain.ids import (
 
 
 class Router(Aggregate):
-    """Routing state shared by all leads: round-robin cursors, rep load, availability."""
+    """Routing state shared by all leads: round-robin cursors, rep load, availability.
+
+    Only availability is recorded as events. Load and cursors are bookkeeping in the store's
+    counters table (store/bookkeeping.py), changed atomically by every writer and read
+    afresh by each unit of work (``Unit.router``): a shared aggregate written by every record
+    would make concurrent writers conflict on every batch. ``LeadTaken``, ``LeadReleased``
+    and ``CursorAdvanced`` are still read, from stores written before format 3.
+    """
 
     @staticmethod
     def create_id() -> UUID:

@@ -27,22 +27,20 @@ from eventsourcing.utils import get_topic
 
 from leadflow.contract import InboundRecord
 from leadflow.domain import (
+    Account,
     AggregateUnloadableError,
     Clock,
-    IdentityIndex,
     Lead,
     LeadflowError,
-    Router,
     RuleBook,
     UnknownLeadError,
     UnknownRepError,
     day_of,
 )
-from leadflow.domain.ids import identity_index_id
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.decisions import RecordProcessor
 from leadflow.engine.migration import StoreVersionError, check_store_version, migrate
-from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Unit, unloadable
+from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Directory, Unit, unloadable
 from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
     BatchResult,
@@ -54,6 +52,7 @@ from leadflow.engine.views import (
     RuleContribution,
 )
 from leadflow.store import chain as audit
+from leadflow.store.bookkeeping import routing_state
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.fold import OPENED, FoldingEventStore
@@ -96,6 +95,7 @@ class LeadflowApp(Application[UUID]):
         super().__init__(env)
         self.rules = rules or default_rules()
         self.codec = EventCodec(self.mapper, self.recorder)
+        self.directory = Directory(self.indexes)
         if not migrating:
             self._check_store_version()
         cache = self.repository.cache
@@ -103,6 +103,9 @@ class LeadflowApp(Application[UUID]):
         if isinstance(cache, LRUCache) and spill_mib > 0:
             # Evicted aggregates are pickled rather than dropped (see cache.py).
             self.repository.cache = SpillingLRUCache(cache.maxsize, spill_mib << 20)
+
+    def _unit(self) -> Unit:
+        return Unit(self.repository, self.directory)
 
     def _check_store_version(self) -> None:
         try:
@@ -173,7 +176,7 @@ class LeadflowApp(Application[UUID]):
         """
         failed: dict[int, RecordResult] = {}
         while True:
-            unit = Unit(self.repository)
+            unit = self._unit()
             applied: list[RecordId] = []
             try:
                 results = self._apply_all(unit, records, failed, applied)
@@ -214,7 +217,7 @@ class LeadflowApp(Application[UUID]):
                            failed: dict[int, RecordResult]) -> RecordResult | None:
         """Re-apply the batch record by record, encoding the new events after each, to find
         the record whose events cannot be stored (rare: only then is this cost paid)."""
-        unit = Unit(self.repository)
+        unit = self._unit()
         self._prefetch(unit, records)
         known = self.record_ids.select_record_ids([r.event_id for r in records])
         encoded: dict[UUID, int] = {}
@@ -266,7 +269,7 @@ class LeadflowApp(Application[UUID]):
         so replays decide alike; work is committed page by page and the clock moves past a
         day once all of it is done.
         """
-        unit = Unit(self.repository)
+        unit = self._unit()
         clock = self._decide(unit).clock()
         start = clock.position
         if start is not None and to <= start:
@@ -295,14 +298,14 @@ class LeadflowApp(Application[UUID]):
                     break
                 events += unit.pending()
                 self._commit(unit, None)
-                unit = Unit(self.repository)
+                unit = self._unit()
             clock = self._decide(unit).clock()
             clock.advance(until)
             events += unit.pending()
             self._commit(unit, None)
             if progress:
                 progress(day, woken)
-            unit = Unit(self.repository)
+            unit = self._unit()
             clock = self._decide(unit).clock()
         if clock.position is None or to > clock.position:
             clock.advance(to)
@@ -336,7 +339,7 @@ class LeadflowApp(Application[UUID]):
         from its own events without those the merge caused; the identities point back.
         Returns (survivor id, restored lead id).
         """
-        unit = Unit(self.repository)
+        unit = self._unit()
         unit.cause = {"command": "unmerge", "actor": actor, "identity": key}
         survivor, restored = unmerge(self._decide(unit), key, at, actor,
                                      lambda lead_id: list(self.events.get(lead_id)))
@@ -345,7 +348,7 @@ class LeadflowApp(Application[UUID]):
 
     def publish_rules(self, rules: Rules, text: str, at: datetime, actor: str) -> bool:
         """Record a rules version for live scoring from now on (history is not rewritten)."""
-        unit = Unit(self.repository)
+        unit = self._unit()
         unit.cause = {"command": "publish rules", "actor": actor}
         book = unit.get(RuleBook, RuleBook.create_id()) or unit.add(RuleBook())
         before = book.current
@@ -364,7 +367,7 @@ class LeadflowApp(Application[UUID]):
     def set_rep_availability(self, rep: str, available: bool, at: datetime) -> None:
         if self.rules.routing.rep(rep) is None:
             raise UnknownRepError(f"unknown rep {rep!r}")
-        unit = Unit(self.repository)
+        unit = self._unit()
         unit.cause = {"command": "rep availability"}
         self._decide(unit).router().set_availability(rep, available, at)
         self._commit(unit, None)
@@ -379,11 +382,9 @@ class LeadflowApp(Application[UUID]):
             try:
                 lead_id = UUID(key_or_id)
             except ValueError:
-                try:
-                    index: Any = self._load(identity_index_id(key_or_id), "identity index")
-                except AggregateNotFoundError:
+                index = self.directory.lookup([key_or_id]).get(key_or_id)
+                if index is None:
                     raise UnknownLeadError(f"no lead known by {key_or_id!r}") from None
-                assert isinstance(index, IdentityIndex)
                 if index.is_interest:
                     raise UnknownLeadError(
                         f"{key_or_id!r} is anonymous interest, not yet linked to a person"
@@ -455,12 +456,9 @@ class LeadflowApp(Application[UUID]):
             start = page[-1].id + 1
 
     def rep_load(self) -> dict[str, int]:
-        try:
-            router: Any = self.repository.get(Router.create_id())
-        except AggregateNotFoundError:
-            return {}
-        assert isinstance(router, Router)
-        return dict(router.load)
+        """Leads each rep is working, from the store's routing counters (a rep who had leads
+        and has none now is listed with 0)."""
+        return routing_state(self.indexes.select_counters())[0]
 
     def clock_position(self) -> datetime | None:
         try:
@@ -480,9 +478,11 @@ class LeadflowApp(Application[UUID]):
         no stored events are remembered as absent, so creating them costs none either.
         Whatever this misses (merge chains, surge colleagues) is still loaded on demand.
         """
-        self._load_into(unit, self._decide(unit).batch_candidates(records))
-        self._load_into(unit, {a.target_id for a in list(unit.touched.values())
-                               if isinstance(a, IdentityIndex)})
+        keys, accounts = self._decide(unit).batch_candidates(records)
+        unit.prefetch_identities(keys)
+        self._load_into(unit, accounts | {i.target_id for i in unit.identities.values()
+                                          if i is not None})
+        unit.fill_accounts([a for a in unit.touched.values() if isinstance(a, Account)])
 
     def _load_into(self, unit: Unit, ids: set[UUID]) -> None:
         cache = self.repository.cache
@@ -522,7 +522,9 @@ class LeadflowApp(Application[UUID]):
                 cache.put(aggregate_id, aggregate)
 
     def forget_cached_aggregates(self) -> None:
-        """Drop every cached aggregate (after a failed batch, or when another writer moved on)."""
+        """Drop every cached aggregate and identity row (after a failed batch, or when another
+        writer moved on)."""
+        self.directory.clear()
         cache = self.repository.cache
         if cache is None:
             return
@@ -541,7 +543,10 @@ class LeadflowApp(Application[UUID]):
 
     def _encode(self, unit: Unit) -> list[StoredEvent]:
         stored: list[StoredEvent] = []
-        for aggregate in unit.touched.values():
+        # Accounts first: a lead's touchpoint counts as its account's engagement in the read
+        # models, so the account a record creates must be there before the lead's row.
+        aggregates = sorted(unit.touched.values(), key=lambda a: not isinstance(a, Account))
+        for aggregate in aggregates:
             stored += self.codec.stored(aggregate, unit.cuts.get(aggregate.id, ()),
                                         unit.cause)
         return stored
@@ -557,15 +562,16 @@ class LeadflowApp(Application[UUID]):
         """
         if stored is None:
             stored = self._encode(unit)
-        if not stored and tracking is None and not unit.timers:
+        if not stored and tracking is None and not unit.timers and not unit.books:
             return
         try:
             self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,
-                                        timers=unit.timers)
+                                        timers=unit.timers, books=unit.books)
         except BaseException:
             # Aggregates in the cache may hold the uncommitted changes: forget them all.
             self.forget_cached_aggregates()
             raise
+        self.directory.remember(i for i in unit.identities.values() if i is not None)
         cache = self.repository.cache
         if cache is not None and not self.repository.fastforward:
             for aggregate_id, aggregate in unit.touched.items():

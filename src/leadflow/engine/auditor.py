@@ -24,12 +24,11 @@ from eventsourcing.utils import get_topic
 
 from leadflow.domain import (
     AggregateUnloadableError,
-    IdentityIndex,
     Interest,
     Lead,
     UnknownLeadError,
 )
-from leadflow.domain.ids import identity_index_id, interest_id_for
+from leadflow.domain.ids import interest_id_for
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, unloadable
 from leadflow.store.fold import OPENED
@@ -204,20 +203,27 @@ class Auditor:
     # ----------------------------------------------------------------- as of
 
     def lead_known_by(self, key: str, known_at: datetime) -> UUID:
-        """Which lead an identity key belonged to, as recorded by ``known_at``."""
-        index_id = identity_index_id(key)
-        events = self.events(index_id, "identity index")
-        with unloadable(index_id, "identity index"):
-            known = [e for e in events if record_time(e) <= known_at]
-        if not known:
-            raise UnknownLeadError(f"no lead known by {key!r} at {known_at.isoformat()}")
-        index = self.replay(known, "identity index")
-        if not isinstance(index, IdentityIndex):
-            raise AggregateUnloadableError(index_id, "identity index", TypeError(
-                f"its events make a {type(index).__name__}"))
+        """Which lead an identity key belonged to, as recorded by ``known_at``.
+
+        The identity index holds only where a key points now; where it pointed before is in
+        the leads' own events. So: the key's current lead and every lead merged into it
+        (recursively), each replayed as recorded by ``known_at``; the one that held the key
+        then, following merges recorded by then.
+        """
+        index = self.app.directory.lookup([key]).get(key)
+        if index is None:
+            raise UnknownLeadError(f"no lead known by {key!r}")
         if index.is_interest:
             raise UnknownLeadError(f"{key!r} was anonymous interest at {known_at.isoformat()}")
-        lead_id = index.target_id
+        holders: list[Lead] = []
+        for candidate in self.family(index.target_id):
+            lead = self.as_known(candidate, known_at)
+            if lead is not None and key in lead.identity_keys:
+                holders.append(lead)
+        if not holders:
+            raise UnknownLeadError(f"no lead known by {key!r} at {known_at.isoformat()}")
+        # The oldest holder: a merge leaves the key on the absorbed lead too.
+        lead_id = min(holders, key=lambda h: (h.created_at, str(h.id))).id
         for _ in range(32):  # follow merges recorded by then
             lead = self.as_known(lead_id, known_at)
             if lead is None or lead.merged_into is None:

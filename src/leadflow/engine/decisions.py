@@ -20,18 +20,17 @@ from leadflow.domain import (
     WORKING_STAGES,
     Account,
     Clock,
-    IdentityIndex,
     Interest,
     Lead,
     Router,
     UnknownLeadError,
     UnknownRepError,
 )
-from leadflow.domain.ids import identity_index_id, identity_key
+from leadflow.domain.ids import identity_key
 from leadflow.domain.routing import choose_owner
 from leadflow.domain.rules import Rules
 from leadflow.domain.vocabulary import DISPOSITION_TYPES
-from leadflow.engine.unit import Unit
+from leadflow.engine.unit import Identity, Unit
 
 # Guard against a rules file that would make a lead bounce between owners forever.
 _MAX_TRANSITIONS_PER_CATCH_UP = 64
@@ -54,29 +53,30 @@ class RecordProcessor:
         self.rules = rules
         self.unit = unit
 
-    def batch_candidates(self, records: Sequence[InboundRecord]) -> set[UUID]:
-        """Aggregates the batch will look up: identity indexes and likely accounts."""
+    def batch_candidates(self, records: Sequence[InboundRecord]) -> tuple[list[str], set[UUID]]:
+        """What the batch will look up: identity keys, and likely accounts."""
+        keys: list[str] = []
         ids: set[UUID] = set()
         for rec in records:
             ref = rec.lead
             for kind in ("email", "phone", "external_id", "anonymous_id"):
                 value = getattr(ref, kind)
                 if value:
-                    ids.add(identity_index_id(identity_key(kind, value)))
+                    keys.append(identity_key(kind, value))
             if ref.email:
                 domain = ref.email.rsplit("@", 1)[-1]
                 if domain not in self.rules.free_mail:
                     ids.add(Account.create_id(f"domain:{domain}"))
             if ref.company:
                 ids.add(Account.create_id("company:" + _normalise_company(ref.company)))
-        return ids
+        return keys, ids
 
     def apply(self, rec: InboundRecord) -> tuple[UUID | None, bool]:
         """Apply one record: (the lead it landed on, or None for anonymous interest;
         whether it was a duplicate already recorded there)."""
         person_keys, anon_key = _identity_keys(rec)
         keys = person_keys + ([anon_key] if anon_key else [])
-        indexes = {k: self.unit.get(IdentityIndex, identity_index_id(k)) for k in keys}
+        indexes = {k: self.unit.identity(k) for k in keys}
         leads = self.known_leads(keys, indexes)
         if not leads and not person_keys:
             return self.apply_anonymous(rec, cast(str, anon_key), indexes)
@@ -98,7 +98,7 @@ class RecordProcessor:
         return lead.id, False
 
     def known_leads(self, keys: Sequence[str],
-                    indexes: dict[str, IdentityIndex | None]) -> list[Lead]:
+                    indexes: dict[str, Identity | None]) -> list[Lead]:
         """The live leads the record's identities already point at, in key order."""
         leads: list[Lead] = []
         for key in keys:
@@ -119,7 +119,7 @@ class RecordProcessor:
         if rec.type == "owner_assigned" and self.rules.routing.rep(cast(str, rec.owner)) is None:
             raise UnknownRepError(f"owner_assigned names unknown rep {rec.owner!r}")
 
-    def interest_of(self, anon_index: IdentityIndex | None) -> Interest | None:
+    def interest_of(self, anon_index: Identity | None) -> Interest | None:
         if anon_index is None or not anon_index.is_interest:
             return None
         return self.unit.get(Interest, anon_index.target_id)
@@ -143,22 +143,21 @@ class RecordProcessor:
         return lead, False
 
     def link_identities(self, lead: Lead, keys: Sequence[str],
-                        indexes: dict[str, IdentityIndex | None], interest: Interest | None,
+                        indexes: dict[str, Identity | None], interest: Interest | None,
                         at: datetime) -> None:
         """Point every identity of the record at the lead (absorbing anonymous interest)."""
         for key in keys:
             index = indexes[key]
             if index is None:
-                self.unit.add(IdentityIndex(key=key, target_id=lead.id, is_interest=False,
-                                            occurred_at=at))
+                self.unit.register(key, lead.id, False)
             elif index.is_interest:
                 if interest is not None:
                     lead.absorb_interest(interest.anonymous_id, interest.touchpoints, at,
                                          self.rules)
                     interest.link(lead.id, at)
-                index.repoint(lead.id, False, at, "anonymous interest linked to a person")
+                self.unit.repoint(index, lead.id, False)  # anonymous interest now a person
             elif index.target_id != lead.id:
-                index.repoint(lead.id, False, at, "merged")
+                self.unit.repoint(index, lead.id, False)  # merged
             lead.add_identity(key, at)
 
     def update_profile(self, lead: Lead, rec: InboundRecord, created: bool) -> None:
@@ -180,7 +179,7 @@ class RecordProcessor:
         self.account_signal(lead, at)
 
     def apply_anonymous(self, rec: InboundRecord, key: str,
-                         indexes: dict[str, IdentityIndex | None]) -> tuple[None, bool]:
+                         indexes: dict[str, Identity | None]) -> tuple[None, bool]:
         if rec.type in DISPOSITION_TYPES:
             raise UnknownLeadError(
                 f"{rec.type} for anonymous visitor {key}: dispositions need a known person"
@@ -191,8 +190,7 @@ class RecordProcessor:
         interest = self.unit.get(Interest, index.target_id) if index is not None else None
         if interest is None:
             interest = self.unit.add(Interest(anonymous_id=anonymous_id, occurred_at=at))
-            self.unit.add(IdentityIndex(key=key, target_id=interest.id, is_interest=True,
-                                   occurred_at=at))
+            self.unit.register(key, interest.id, True)
         if rec.event_id in interest.seen:
             return None, True
         interest.note(rec.event_id, rec.type, at, rec.context.model_dump(exclude_none=True))
@@ -215,9 +213,9 @@ class RecordProcessor:
         loser.merge_into(survivor.id, at, event_id)
         self.unit.timers[loser.id] = None  # a merged lead has no time-driven checks of its own
         for key in loser.identity_keys:
-            index = self.unit.get(IdentityIndex, identity_index_id(key))
+            index = self.unit.identity(key)
             if index is not None:
-                index.repoint(survivor.id, False, at, f"lead {loser.id} merged")
+                self.unit.repoint(index, survivor.id, False)
         if STAGE_RANK[loser.stage] > STAGE_RANK[survivor.stage]:
             survivor.change_stage(loser.stage, at, "system:merge",
                                   f"merged with lead {loser.id} at stage {loser.stage}")
@@ -257,7 +255,7 @@ class RecordProcessor:
         if account is None:
             return
         cfg = self.rules.accounts
-        account.engage(lead.id, at)
+        self.unit.engage(account, lead.id, at)
         people = account.detect_surge(at, cfg.surge_min_people,
                                       timedelta(days=cfg.surge_window_days))
         for person_id in people:
@@ -348,7 +346,7 @@ class RecordProcessor:
             exclude=set(exclude),
         )
         if decision.team is not None and decision.cursor is not None:
-            router.advance_cursor(decision.team, decision.cursor, at)
+            self.unit.advance_cursor(router, decision.team, decision.cursor)
         lead.assign_owner(decision.owner, decision.team, decision.rule, decision.strategy, at,
                           actor, reason)
         self.sync_load(lead, at)
@@ -361,9 +359,9 @@ class RecordProcessor:
             return
         router = self.router()
         if lead.load_rep is not None:
-            router.release(lead.load_rep, lead.id, at)
+            self.unit.release(router, lead.load_rep)
         if desired is not None:
-            router.take(desired, lead.id, at)
+            self.unit.take(router, desired)
         lead.recount_load(desired, at)
 
     def catch_up(self, lead: Lead, until: datetime) -> None:
@@ -403,8 +401,7 @@ class RecordProcessor:
         self.unit.timers[lead.id] = due[0] if due is not None else None
 
     def router(self) -> Router:
-        router = self.unit.get(Router, Router.create_id())
-        return router if router is not None else self.unit.add(Router())
+        return self.unit.router()
 
     def clock(self) -> Clock:
         clock = self.unit.get(Clock, Clock.create_id())

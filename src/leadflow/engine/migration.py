@@ -1,21 +1,34 @@
 """The store's format: a store written in an older one is refused until it is migrated.
 
 Format 2 keeps each lead's next time-driven check in the timer index (bookkeeping written
-with the events) instead of TimerBucket events. ``migrate`` builds that index from the
-leads' state and records the format; run again, it rebuilds the index.
+with the events) instead of TimerBucket events. Format 3 stores one row per record
+(store/fold.py) and keeps the identity index, account engagements and routing counters as
+bookkeeping tables (store/bookkeeping.py) instead of IdentityIndex, Account.Engaged and
+Router load events. ``migrate`` builds all of it from the stored events — which stay as they
+are, so every record keeps its record time — and records the format; run again, it rebuilds.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import structlog
+from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.utils import get_topic
 
-from leadflow.domain import AggregateUnloadableError, Lead, LeadflowError
+from leadflow.domain import (
+    Account,
+    AggregateUnloadableError,
+    IdentityIndex,
+    Lead,
+    LeadflowError,
+    Router,
+)
 from leadflow.engine.unit import Unit
 from leadflow.engine.views import MigrationResult
+from leadflow.store.bookkeeping import Books
 from leadflow.store.recorders import STORE_VERSION, RecordIdIndex
 
 if TYPE_CHECKING:  # the application imports this module
@@ -48,7 +61,7 @@ def check_store_version(indexes: RecordIdIndex) -> None:
     raise StoreVersionError(
         f"this event store was written in format {version or 1} by an earlier leadflow; "
         f"run `leadflow db migrate` once to bring it to format {STORE_VERSION} (it keeps "
-        "every event and builds the timer index)")
+        "every event and builds the timer index and the bookkeeping tables)")
 
 
 def migrate(app: LeadflowApp,
@@ -59,7 +72,7 @@ def migrate(app: LeadflowApp,
     unloadable: list[UUID] = []
     timed = 0
     for start in range(0, len(lead_ids), MIGRATE_CHUNK):
-        unit = Unit(app.repository)
+        unit = Unit(app.repository, app.directory)
         for lead_id in lead_ids[start:start + MIGRATE_CHUNK]:
             try:
                 lead = unit.get(Lead, lead_id)
@@ -74,5 +87,45 @@ def migrate(app: LeadflowApp,
         app.recorder.insert_events([], timers=unit.timers)
         if progress:
             progress(min(start + MIGRATE_CHUNK, len(lead_ids)), len(lead_ids))
+    app.recorder.insert_events([], books=books_from_events(app))
     app.indexes.set_store_version(STORE_VERSION)
     return MigrationResult(len(lead_ids), timed, tuple(unloadable), STORE_VERSION)
+
+
+# The @event decorator creates these classes at import time; mypy cannot see them.
+_REGISTERED: type[Any] = IdentityIndex.Registered  # type: ignore[attr-defined]
+_REPOINTED: type[Any] = IdentityIndex.Repointed  # type: ignore[attr-defined]
+
+
+def books_from_events(app: LeadflowApp, page: int = 5000) -> Books:
+    """The bookkeeping tables as the events of a format-1/2 store define them: identity keys
+    from IdentityIndex events, engagements from Account.Engaged, load and rotation from the
+    Router. Written as upserts and exact values, so a second run changes nothing."""
+    books = Books()
+    keys: dict[UUID, str] = {}
+    topics = [get_topic(_REGISTERED), get_topic(_REPOINTED), get_topic(Account.Engaged)]
+    start = 1
+    while True:
+        found = app.recorder.select_notifications(start, page, topics=topics)
+        for notification in found:
+            event: Any = app.mapper.to_domain_event(notification)
+            if isinstance(event, Account.Engaged):
+                pair = (event.originator_id, event.lead_id)
+                if pair not in books.engagements or event.occurred_at > books.engagements[pair]:
+                    books.engagements[pair] = event.occurred_at
+                continue
+            if isinstance(event, _REGISTERED):
+                keys[event.originator_id] = event.key
+            key = keys.get(event.originator_id)
+            if key is not None:
+                books.moved_identities[key] = (event.target_id, event.is_interest)
+        if len(found) < page:
+            break
+        start = found[-1].id + 1
+    try:
+        router: Any = app.repository.get(Router.create_id())
+    except AggregateNotFoundError:
+        return books
+    books.exact.update({f"load:{rep}": n for rep, n in router.load.items()})
+    books.exact.update({f"cursor:{team}": n for team, n in router.cursors.items()})
+    return books

@@ -4,7 +4,7 @@ saved together in one transaction at its end."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TypeVar
@@ -15,8 +15,10 @@ from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
 
-from leadflow.domain import AggregateUnloadableError
+from leadflow.domain import Account, AggregateUnloadableError, Router
+from leadflow.store.bookkeeping import Books, routing_state
 from leadflow.store.fold import Cause
+from leadflow.store.recorders import RecordIdIndex
 
 A = TypeVar("A", bound=Aggregate)
 
@@ -49,11 +51,56 @@ def unloadable(aggregate_id: UUID, kind: str = "lead") -> Iterator[None]:
         raise AggregateUnloadableError(aggregate_id, kind, exc) from exc
 
 
-class Unit:
-    """The aggregates one batch has loaded or created; saved together at the end."""
+class Identity:
+    """An identity key's row of the identity index: the lead (or interest) it belongs to."""
 
-    def __init__(self, repository: Repository[UUID]) -> None:
+    __slots__ = ("is_interest", "key", "target_id")
+
+    def __init__(self, key: str, target_id: UUID, is_interest: bool) -> None:
+        self.key = key
+        self.target_id = target_id
+        self.is_interest = is_interest
+
+
+class Directory:
+    """The process's cache of the identity index, over the store's ``leadflow_identities``.
+
+    Only committed rows are cached (``remember`` after a commit); ``clear`` when a batch
+    failed or another writer may have moved a key.
+    """
+
+    def __init__(self, store: RecordIdIndex) -> None:
+        self.store = store
+        self.cache: dict[str, Identity] = {}
+
+    def lookup(self, keys: Iterable[str]) -> dict[str, Identity]:
+        cache = self.cache
+        found = {k: cache[k] for k in keys if k in cache}
+        missing = [k for k in keys if k not in found]
+        if missing:
+            for key, (target, interest) in self.store.select_identities(missing).items():
+                found[key] = cache[key] = Identity(key, target, interest)
+        return found
+
+    def remember(self, identities: Iterable[Identity]) -> None:
+        self.cache.update((i.key, i) for i in identities)
+
+    def clear(self) -> None:
+        self.cache.clear()
+
+
+class Unit:
+    """The aggregates one batch has loaded or created; saved together at the end, with the
+    bookkeeping (identity index, account engagements, routing counters) they changed."""
+
+    def __init__(self, repository: Repository[UUID], directory: Directory) -> None:
         self.repository = repository
+        self.directory = directory
+        self.store = directory.store
+        self.books = Books()
+        # Identity rows this unit looked up (None: no such key) or registered.
+        self.identities: dict[str, Identity | None] = {}
+        self._router_fresh = False
         self.touched: dict[UUID, Aggregate] = {}
         self.absent: set[UUID] = set()
         # Aggregates whose stored events cannot be loaded, with the reason (see _load_into).
@@ -101,11 +148,83 @@ class Unit:
                 self.unloadable[aggregate_id] = exc.cause
                 raise
             self.touched[aggregate_id] = found
+            if isinstance(found, Account):
+                self.fill_accounts([found])
         self.used[aggregate_id] = found
         if not isinstance(found, cls):
             raise TypeError(f"aggregate {aggregate_id} is a {type(found).__name__}, "
                             f"not a {cls.__name__}")
         return found
+
+    # ----------------------------------------------------------------- identity index
+
+    def prefetch_identities(self, keys: Iterable[str]) -> None:
+        wanted = [k for k in dict.fromkeys(keys) if k not in self.identities]
+        if wanted:
+            found = self.directory.lookup(wanted)
+            for key in wanted:
+                self.identities[key] = found.get(key)
+
+    def identity(self, key: str) -> Identity | None:
+        if key not in self.identities:
+            self.prefetch_identities([key])
+        return self.identities[key]
+
+    def register(self, key: str, target_id: UUID, is_interest: bool) -> Identity:
+        identity = Identity(key, target_id, is_interest)
+        self.identities[key] = identity
+        self.books.new_identities[key] = (target_id, is_interest)
+        return identity
+
+    def repoint(self, identity: Identity, target_id: UUID, is_interest: bool) -> None:
+        if identity.target_id == target_id and identity.is_interest == is_interest:
+            return
+        identity.target_id, identity.is_interest = target_id, is_interest
+        books = self.books
+        if identity.key in books.new_identities:
+            books.new_identities[identity.key] = (target_id, is_interest)
+        else:
+            books.moved_identities[identity.key] = (target_id, is_interest)
+
+    # ----------------------------------------------------------------- accounts, routing
+
+    def fill_accounts(self, accounts: Sequence[Account]) -> None:
+        """Give loaded accounts their engagements from the store (bookkeeping, not events)."""
+        todo = [a for a in accounts if not a.engagements_loaded]
+        if todo:
+            found = self.store.select_engagements([a.id for a in todo])
+            for account in todo:
+                account.load_engagements(found.get(account.id, {}))
+
+    def engage(self, account: Account, lead_id: UUID, at: datetime) -> None:
+        if account.engage(lead_id, at):
+            self.books.engagements[(account.id, lead_id)] = at
+
+    def router(self) -> Router:
+        """The router, its load and rotation read from the store once per unit (another
+        writer may have changed them)."""
+        router = self.get(Router, Router.create_id())
+        if router is None:
+            router = self.add(Router())
+        if not self._router_fresh:
+            load, cursors = routing_state(self.store.select_counters())
+            router.load, router.cursors = load, cursors
+            self._router_fresh = True
+        return router
+
+    def take(self, router: Router, rep: str) -> None:
+        router.load[rep] = router.load.get(rep, 0) + 1
+        self.books.load[rep] = self.books.load.get(rep, 0) + 1
+
+    def release(self, router: Router, rep: str) -> None:
+        if router.load.get(rep, 0) > 0:
+            router.load[rep] -= 1
+            self.books.load[rep] = self.books.load.get(rep, 0) - 1
+
+    def advance_cursor(self, router: Router, team: str, cursor: int) -> None:
+        if router.cursors.get(team) != cursor:
+            router.cursors[team] = cursor
+            self.books.cursors[team] = cursor
 
     def add(self, aggregate: A) -> A:
         self.touched[aggregate.id] = aggregate

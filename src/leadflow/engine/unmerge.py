@@ -8,8 +8,7 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from leadflow.domain import IdentityIndex, Lead, LeadflowError, UnknownLeadError, scoring
-from leadflow.domain.ids import identity_index_id
+from leadflow.domain import Lead, LeadflowError, UnknownLeadError, scoring
 from leadflow.engine.decisions import RecordProcessor
 
 
@@ -20,7 +19,7 @@ def unmerge(proc: RecordProcessor, key: str, at: datetime, actor: str,
     Returns (survivor id, restored lead id); the caller commits the unit.
     """
     unit = proc.unit
-    index = unit.get(IdentityIndex, identity_index_id(key))
+    index = unit.identity(key)
     if index is None or index.is_interest:
         raise UnknownLeadError(f"no lead known by {key!r}")
     survivor = proc.live_lead(index.target_id)
@@ -60,9 +59,9 @@ def unmerge(proc: RecordProcessor, key: str, at: datetime, actor: str,
     # Re-derive the automatic decisions (MQL threshold, routing) from the restored score.
     proc.qualify(survivor, at, None)
     for loser_key in loser.identity_keys:
-        loser_index = unit.get(IdentityIndex, identity_index_id(loser_key))
+        loser_index = unit.identity(loser_key)
         if loser_index is not None:
-            loser_index.repoint(loser.id, False, at, f"unmerged from lead {survivor.id}")
+            unit.repoint(loser_index, loser.id, False)  # back to the restored lead
     proc.sync_load(survivor, at)
     proc.sync_load(loser, at)
     proc.settle(survivor, at)

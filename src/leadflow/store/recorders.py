@@ -42,7 +42,10 @@ from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow
-from psycopg.sql import SQL, Identifier
+from psycopg.sql import SQL, Composed, Identifier
+
+from leadflow.store import bookkeeping
+from leadflow.store.bookkeeping import Target
 
 #: The advisory lock every leadflow process takes around its DDL ("leadflow" in ASCII; the
 #: projector's schema set-up takes the same one).
@@ -53,8 +56,11 @@ TIMERS_TABLE = "leadflow_timers"
 META_TABLE = "leadflow_meta"
 
 #: Format of the store written by this code. 2: a lead's next time-driven check lives in the
-#: timer index (bookkeeping written with the events), not in TimerBucket events.
-STORE_VERSION = 2
+#: timer index (bookkeeping written with the events), not in TimerBucket events. 3: one row
+#: per record (store/fold.py); identity index, account engagements and routing counters are
+#: bookkeeping tables (store/bookkeeping.py), not IdentityIndex, Account.Engaged and Router
+#: load events.
+STORE_VERSION = 3
 
 _SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -110,6 +116,18 @@ class RecordIdIndex(ABC):
     @abstractmethod
     def has_events(self) -> bool:
         """Whether any event is stored (a store without one is new, whatever its format)."""
+
+    @abstractmethod
+    def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
+        """The identity index's rows for ``keys`` (absent keys are left out)."""
+
+    @abstractmethod
+    def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
+        """Each account's people and the latest time each engaged."""
+
+    @abstractmethod
+    def select_counters(self) -> dict[str, int]:
+        """The routing counters (``load:<rep>``, ``cursor:<team>``)."""
 
 
 def record_ids_of(kwargs: dict[str, Any]) -> list[RecordId]:
@@ -169,6 +187,24 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
             "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
         self.meta_table = meta
+        for ddl in bookkeeping.postgres_ddl(self.datastore.schema):
+            self.sql_create_statements.append(Composed([SQL(ddl)]))
+
+    def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
+        if not keys:
+            return {}
+        with self.datastore.transaction(commit=False) as curs:
+            return bookkeeping.postgres_identities(curs, self.datastore.schema, keys)
+
+    def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
+        if not account_ids:
+            return {}
+        with self.datastore.transaction(commit=False) as curs:
+            return bookkeeping.postgres_engagements(curs, self.datastore.schema, account_ids)
+
+    def select_counters(self) -> dict[str, int]:
+        with self.datastore.transaction(commit=False) as curs:
+            return bookkeeping.postgres_counters(curs, self.datastore.schema)
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         if not event_ids:
@@ -207,8 +243,16 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
 
     def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> None:
-        super()._insert_events(curs, stored_events, **kwargs)
         timers = timers_of(kwargs)
+        books = bookkeeping.books_of(kwargs)
+        if stored_events or timers or books is not None or kwargs.get("tracking"):
+            # The library runs this before it locks the events table; take that lock first,
+            # so every writer takes its locks in one order (events table, then the index and
+            # bookkeeping tables). A writer holding rows of those tables while waiting for the
+            # events table deadlocked with a starting process's idempotent DDL (CREATE INDEX
+            # IF NOT EXISTS takes the tables' SHARE locks in the other order).
+            self._lock_table(curs)
+        super()._insert_events(curs, stored_events, **kwargs)  # the tracking record
         if timers:
             gone = [lead for lead, due in timers.items() if due is None]
             due = [(lead, at) for lead, at in timers.items() if at is not None]
@@ -217,6 +261,8 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             if due:
                 curs.execute(self.upsert_timers_statement,
                              ([lead for lead, _ in due], [at for _, at in due]), prepare=True)
+        if books is not None:
+            bookkeeping.postgres_write(curs, self.datastore.schema, books)
         ids = record_ids_of(kwargs)
         if ids:
             # A primary-key violation (the same event_id applied by another writer at the same
@@ -287,7 +333,19 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
                 f"CREATE INDEX IF NOT EXISTS {TIMERS_TABLE}_due ON {TIMERS_TABLE} "
                 "(due_at, lead_id)",
                 f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, "
-                "value TEXT NOT NULL) WITHOUT ROWID"]
+                "value TEXT NOT NULL) WITHOUT ROWID", *bookkeeping.SQLITE_DDL]
+
+    def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
+        with self.datastore.transaction(commit=False) as c:
+            return bookkeeping.sqlite_identities(c, keys)
+
+    def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
+        with self.datastore.transaction(commit=False) as c:
+            return bookkeeping.sqlite_engagements(c, account_ids)
+
+    def select_counters(self) -> dict[str, int]:
+        with self.datastore.transaction(commit=False) as c:
+            return bookkeeping.sqlite_counters(c)
 
     def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
                    limit: int) -> list[Due]:
@@ -339,7 +397,13 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
             c.executemany(f"INSERT OR REPLACE INTO {TIMERS_TABLE} VALUES (?, ?)",
                           [(lead.hex, _sqlite_time(due)) for lead, due in timers.items()
                            if due is not None])
+        books = bookkeeping.books_of(kwargs)
         ids = record_ids_of(kwargs)
+        try:
+            if books is not None:
+                bookkeeping.sqlite_write(c, books)
+        except sqlite3.IntegrityError as exc:
+            raise IntegrityError(str(exc)) from exc
         if ids:
             try:
                 c.executemany(f"INSERT INTO {RECORD_IDS_TABLE} VALUES (?, ?, ?)",
@@ -359,6 +423,21 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         self._record_ids_lock = threading.Lock()
         self._timers: dict[UUID, datetime] = {}
         self._version: int | None = None
+        self._books = bookkeeping.MemoryBooks()
+
+    def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
+        with self._record_ids_lock:
+            known = self._books.identities
+            return {k: known[k] for k in keys if k in known}
+
+    def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
+        with self._record_ids_lock:
+            known = self._books.engagements
+            return {a: dict(known[a]) for a in account_ids if a in known}
+
+    def select_counters(self) -> dict[str, int]:
+        with self._record_ids_lock:
+            return dict(self._books.counters)
 
     def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
                    limit: int) -> list[Due]:
@@ -387,12 +466,19 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         taken = [r.event_id for r in ids if r.event_id in self._record_ids]
         if taken or len({r.event_id for r in ids}) < len(ids):
             raise IntegrityError(f"record ids already recorded: {taken[:5]}")
+        books = bookkeeping.books_of(kwargs)
+        registered = self._books.conflicts(books) if books is not None else []
+        if registered:
+            raise IntegrityError(f"identity keys already registered: {registered[:5]}")
 
     def _update_table(self, stored_events: Sequence[StoredEvent],
                       **kwargs: Any) -> Sequence[int] | None:
         out = super()._update_table(stored_events, **kwargs)
         with self._record_ids_lock:
             self._record_ids.update((r.event_id, r) for r in record_ids_of(kwargs))
+            books = bookkeeping.books_of(kwargs)
+            if books is not None:
+                self._books.write(books)
             for lead, due in timers_of(kwargs).items():
                 if due is None:
                     self._timers.pop(lead, None)

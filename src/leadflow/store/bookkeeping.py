@@ -1,0 +1,249 @@
+"""Bookkeeping the engine keeps beside the events, written in the same transaction.
+
+None of it is a domain event: each table is derived from the events and rebuilt from them by
+``leadflow db migrate``. Keeping it out of the event stream is what lets a record cost one
+stored event (store/fold.py), and what keeps two writers from contending on shared
+aggregates:
+
+- ``leadflow_identities``: identity key (``email:…``) -> the lead or anonymous interest it
+  belongs to. A new key is INSERTed (two writers registering one key at once: the second
+  fails on the primary key and its batch is retried); a moved key (merge, anonymous interest
+  linked) is updated — the leads involved get events in the same transaction, so their
+  version check already serialises conflicting moves.
+- ``leadflow_engagements``: (account, lead) -> the latest time the lead engaged while in the
+  account: what an account's surge is detected from. Upserted with the later time, so the
+  order two writers commit in does not matter.
+- ``leadflow_counters``: the router's per-rep load (``load:<rep>``, added atomically:
+  ``value = value + delta``) and round-robin positions (``cursor:<team>``, set).
+
+Rows are written in key order, so two writers never wait on each other in opposite orders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from uuid import UUID
+
+IDENTITIES_TABLE = "leadflow_identities"
+ENGAGEMENTS_TABLE = "leadflow_engagements"
+COUNTERS_TABLE = "leadflow_counters"
+
+_SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
+
+
+def sqlite_time(at: datetime) -> str:
+    return at.astimezone(UTC).strftime(_SQLITE_TIME)
+
+
+def from_sqlite_time(text: str) -> datetime:
+    return datetime.strptime(text, _SQLITE_TIME).replace(tzinfo=UTC)
+
+
+Target = tuple[UUID, bool]  # (lead or interest id, is anonymous interest)
+
+
+@dataclass
+class Books:
+    """One transaction's bookkeeping writes (see the module's doc)."""
+
+    new_identities: dict[str, Target] = field(default_factory=dict)
+    moved_identities: dict[str, Target] = field(default_factory=dict)
+    engagements: dict[tuple[UUID, UUID], datetime] = field(default_factory=dict)
+    load: dict[str, int] = field(default_factory=dict)  # rep -> change of its load
+    cursors: dict[str, int] = field(default_factory=dict)  # team -> next position
+    exact: dict[str, int] = field(default_factory=dict)  # counter -> value (db migrate)
+
+    def __bool__(self) -> bool:
+        return bool(self.new_identities or self.moved_identities or self.engagements
+                    or self.load or self.cursors or self.exact)
+
+    def counters_added(self) -> list[tuple[str, int]]:
+        return sorted((f"load:{rep}", delta) for rep, delta in self.load.items() if delta)
+
+    def counters_set(self) -> list[tuple[str, int]]:
+        return sorted({**self.exact, **{f"cursor:{team}": value
+                                         for team, value in self.cursors.items()}}.items())
+
+
+def books_of(kwargs: Mapping[str, Any]) -> Books | None:
+    books = kwargs.get("books")
+    return books if books else None
+
+
+def routing_state(counters: Mapping[str, int]) -> tuple[dict[str, int], dict[str, int]]:
+    """The router's (load by rep, cursor by team) from the counters table's rows."""
+    load: dict[str, int] = {}
+    cursors: dict[str, int] = {}
+    for name, value in counters.items():
+        kind, _, key = name.partition(":")
+        if kind == "load":
+            load[key] = value
+        elif kind == "cursor":
+            cursors[key] = value
+    return load, cursors
+
+
+# ----------------------------------------------------------------- PostgreSQL
+
+
+def postgres_ddl(schema: str) -> list[str]:
+    return [
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{IDENTITIES_TABLE} (key text PRIMARY KEY, '
+        "target_id uuid NOT NULL, is_interest boolean NOT NULL)",
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{ENGAGEMENTS_TABLE} (account_id uuid NOT NULL, '
+        "lead_id uuid NOT NULL, engaged_at timestamptz NOT NULL, "
+        "PRIMARY KEY (account_id, lead_id))",
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{COUNTERS_TABLE} (name text PRIMARY KEY, '
+        "value bigint NOT NULL)",
+    ]
+
+
+def postgres_write(curs: Any, schema: str, books: Books) -> None:
+    t = f'"{schema}"'
+    if books.new_identities:
+        # A plain INSERT: a key another writer registered meanwhile is a conflict (retried).
+        keys = sorted(books.new_identities)
+        curs.execute(
+            f"INSERT INTO {t}.{IDENTITIES_TABLE} (key, target_id, is_interest) "
+            "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[])",
+            (keys, [books.new_identities[k][0] for k in keys],
+             [books.new_identities[k][1] for k in keys]), prepare=True)
+    if books.moved_identities:
+        keys = sorted(books.moved_identities)
+        curs.execute(
+            f"INSERT INTO {t}.{IDENTITIES_TABLE} AS i (key, target_id, is_interest) "
+            "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[]) "
+            "ON CONFLICT (key) DO UPDATE SET target_id = excluded.target_id, "
+            "is_interest = excluded.is_interest",
+            (keys, [books.moved_identities[k][0] for k in keys],
+             [books.moved_identities[k][1] for k in keys]), prepare=True)
+    if books.engagements:
+        rows = sorted(books.engagements.items())
+        curs.execute(
+            f"INSERT INTO {t}.{ENGAGEMENTS_TABLE} AS e (account_id, lead_id, engaged_at) "
+            "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::timestamptz[]) "
+            "ON CONFLICT (account_id, lead_id) DO UPDATE "
+            "SET engaged_at = GREATEST(e.engaged_at, excluded.engaged_at)",
+            ([a for (a, _), _ in rows], [lead for (_, lead), _ in rows], [at for _, at in rows]),
+            prepare=True)
+    added, put = books.counters_added(), books.counters_set()
+    if added:
+        curs.execute(
+            f"INSERT INTO {t}.{COUNTERS_TABLE} AS c (name, value) "
+            "SELECT * FROM unnest(%b::text[], %b::bigint[]) "
+            "ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value",
+            ([n for n, _ in added], [v for _, v in added]), prepare=True)
+    if put:
+        curs.execute(
+            f"INSERT INTO {t}.{COUNTERS_TABLE} (name, value) "
+            "SELECT * FROM unnest(%b::text[], %b::bigint[]) "
+            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+            ([n for n, _ in put], [v for _, v in put]), prepare=True)
+
+
+def postgres_identities(curs: Any, schema: str, keys: Sequence[str]) -> dict[str, Target]:
+    curs.execute(f'SELECT key, target_id, is_interest FROM "{schema}".{IDENTITIES_TABLE} '
+                 "WHERE key = ANY(%s)", (list(keys),), prepare=True)
+    return {row["key"]: (row["target_id"], row["is_interest"]) for row in curs.fetchall()}
+
+
+def postgres_engagements(curs: Any, schema: str, account_ids: Sequence[UUID]
+                         ) -> dict[UUID, dict[UUID, datetime]]:
+    curs.execute(f'SELECT account_id, lead_id, engaged_at FROM "{schema}".{ENGAGEMENTS_TABLE} '
+                 "WHERE account_id = ANY(%s)", (list(account_ids),), prepare=True)
+    out: dict[UUID, dict[UUID, datetime]] = {}
+    for row in curs.fetchall():
+        out.setdefault(row["account_id"], {})[row["lead_id"]] = row["engaged_at"]
+    return out
+
+
+def postgres_counters(curs: Any, schema: str) -> dict[str, int]:
+    curs.execute(f'SELECT name, value FROM "{schema}".{COUNTERS_TABLE}')
+    return {row["name"]: int(row["value"]) for row in curs.fetchall()}
+
+
+# ----------------------------------------------------------------- SQLite
+
+
+SQLITE_DDL = [
+    f"CREATE TABLE IF NOT EXISTS {IDENTITIES_TABLE} (key TEXT PRIMARY KEY, "
+    "target_id TEXT NOT NULL, is_interest INTEGER NOT NULL) WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {ENGAGEMENTS_TABLE} (account_id TEXT NOT NULL, "
+    "lead_id TEXT NOT NULL, engaged_at TEXT NOT NULL, PRIMARY KEY (account_id, lead_id)) "
+    "WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {COUNTERS_TABLE} (name TEXT PRIMARY KEY, "
+    "value INTEGER NOT NULL) WITHOUT ROWID",
+]
+
+
+def sqlite_write(c: Any, books: Books) -> None:
+    """Raises sqlite3.IntegrityError for a new identity key that is already registered."""
+    c.executemany(f"INSERT INTO {IDENTITIES_TABLE} VALUES (?, ?, ?)",
+                  [(k, t.hex, int(i)) for k, (t, i) in sorted(books.new_identities.items())])
+    c.executemany(f"INSERT OR REPLACE INTO {IDENTITIES_TABLE} VALUES (?, ?, ?)",
+                  [(k, t.hex, int(i)) for k, (t, i) in sorted(books.moved_identities.items())])
+    c.executemany(
+        f"INSERT INTO {ENGAGEMENTS_TABLE} VALUES (?, ?, ?) ON CONFLICT (account_id, lead_id) "
+        "DO UPDATE SET engaged_at = max(engaged_at, excluded.engaged_at)",
+        [(a.hex, lead.hex, sqlite_time(at)) for (a, lead), at in sorted(books.engagements.items())])
+    c.executemany(f"INSERT INTO {COUNTERS_TABLE} VALUES (?, ?) ON CONFLICT (name) "
+                  "DO UPDATE SET value = value + excluded.value", books.counters_added())
+    c.executemany(f"INSERT OR REPLACE INTO {COUNTERS_TABLE} VALUES (?, ?)", books.counters_set())
+
+
+def sqlite_identities(c: Any, keys: Sequence[str]) -> dict[str, Target]:
+    out: dict[str, Target] = {}
+    unique = list(dict.fromkeys(keys))
+    for start in range(0, len(unique), 500):
+        chunk = unique[start:start + 500]
+        c.execute(f"SELECT key, target_id, is_interest FROM {IDENTITIES_TABLE} "
+                  f"WHERE key IN ({','.join('?' * len(chunk))})", chunk)
+        for key, target, interest in c.fetchall():
+            out[key] = (UUID(target), bool(interest))
+    return out
+
+
+def sqlite_engagements(c: Any, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
+    out: dict[UUID, dict[UUID, datetime]] = {}
+    ids = [a.hex for a in dict.fromkeys(account_ids)]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start:start + 500]
+        c.execute(f"SELECT account_id, lead_id, engaged_at FROM {ENGAGEMENTS_TABLE} "
+                  f"WHERE account_id IN ({','.join('?' * len(chunk))})", chunk)
+        for account, lead, at in c.fetchall():
+            out.setdefault(UUID(account), {})[UUID(lead)] = from_sqlite_time(at)
+    return out
+
+
+def sqlite_counters(c: Any) -> dict[str, int]:
+    c.execute(f"SELECT name, value FROM {COUNTERS_TABLE}")
+    return {name: int(value) for name, value in c.fetchall()}
+
+
+# ----------------------------------------------------------------- in memory
+
+
+@dataclass
+class MemoryBooks:
+    """The in-memory recorder's tables."""
+
+    identities: dict[str, Target] = field(default_factory=dict)
+    engagements: dict[UUID, dict[UUID, datetime]] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+
+    def conflicts(self, books: Books) -> list[str]:
+        return [k for k in books.new_identities if k in self.identities]
+
+    def write(self, books: Books) -> None:
+        self.identities.update(books.new_identities)
+        self.identities.update(books.moved_identities)
+        for (account, lead), at in books.engagements.items():
+            mine = self.engagements.setdefault(account, {})
+            if lead not in mine or at > mine[lead]:
+                mine[lead] = at
+        for name, delta in books.counters_added():
+            self.counters[name] = self.counters.get(name, 0) + delta
+        self.counters.update(books.counters_set())
