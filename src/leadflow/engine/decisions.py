@@ -152,9 +152,11 @@ class RecordProcessor:
                 self.unit.register(key, lead.id, False)
             elif index.is_interest:
                 if interest is not None:
+                    # Recorded once, on the lead (InterestAbsorbed names the anonymous id and
+                    # its records); the identity row below points the cookie at the lead, so
+                    # the interest is never consulted again and needs no event of its own.
                     lead.absorb_interest(interest.anonymous_id, interest.touchpoints, at,
                                          self.rules)
-                    interest.link(lead.id, at)
                 self.unit.repoint(index, lead.id, False)  # anonymous interest now a person
             elif index.target_id != lead.id:
                 self.unit.repoint(index, lead.id, False)  # merged
