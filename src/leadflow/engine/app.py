@@ -21,7 +21,14 @@ from eventsourcing.application import (
     Application,
     LRUCache,
 )
-from eventsourcing.persistence import EventStore, ProcessRecorder, StoredEvent, Tracking
+from eventsourcing.persistence import (
+    EventStore,
+    JSONTranscoder,
+    ProcessRecorder,
+    StoredEvent,
+    Tracking,
+    Transcoder,
+)
 from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import get_topic
 
@@ -62,6 +69,7 @@ from leadflow.store.recorders import (
     RecordIdIndex,
     recorder_topic_for,
 )
+from leadflow.store.transcoder import OrjsonTranscoder
 
 log = structlog.get_logger(__name__)
 
@@ -117,6 +125,16 @@ class LeadflowApp(Application[UUID]):
     def migrate(self, progress: Callable[[int, int], None] | None = None) -> MigrationResult:
         """Bring the store to this format (see ``engine.migration.migrate``)."""
         return migrate(self, progress)
+
+    def construct_transcoder(self) -> Transcoder:
+        # The library's JSON format, written and read with orjson (store/transcoder.py).
+        transcoder = super().construct_transcoder()
+        if type(transcoder) is not JSONTranscoder:
+            return transcoder  # a transcoder chosen in the configuration is kept
+        fast = OrjsonTranscoder()
+        for transcoding in transcoder.types.values():
+            fast.register(transcoding)
+        return fast
 
     def construct_event_store(self) -> EventStore[UUID]:
         # Reads envelopes (one row per cause, store/fold.py) as the events they hold.
