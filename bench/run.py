@@ -14,6 +14,9 @@ What is measured, all on the same generated stream (see ``--help`` for the sizes
 1. end to end: ``leadflow publish`` (timed on its own), then ``leadflow consume --until-idle``
    on a fresh database and a 6-partition topic: records/s from process start to exit, and
    from the first partition assignment to the last committed batch (from its debug log);
+   then two such consumers at once, in one new consumer group, on the same topic and a
+   second fresh database (first spawn to last exit; steady from both logs), checked to store
+   the same applied records as the single consumer;
 2. naive baseline: a plain ``eventsourcing`` application that gets, changes and saves one
    aggregate per record on PostgreSQL (the library's examples' way); and leadflow's own
    ``apply_batch`` in process on the same sample;
@@ -102,6 +105,9 @@ TARGETS: tuple[tuple[str, str, str, str, float, str], ...] = (
      ""),
     ("e2e_rate", "end-to-end records/s, one consumer", "e2e.records_per_s", ">=", 8_000,
      "rec/s"),
+    ("e2e_parallel_rate", "end-to-end records/s, two consumers", "e2e_parallel.records_per_s",
+     ">=", 12_000, "rec/s"),
+    ("parallel_scaling", "two consumers vs one", "ratios.parallel_scaling", ">=", 1.5, "x"),
     ("e2e_vs_naive", "end to end vs naive", "ratios.e2e_vs_naive", ">=", 15, "x"),
     ("rebuild_rate", "rebuild events/s", "projection.rebuild.events_per_s", ">=", 50_000,
      "ev/s"),
@@ -162,8 +168,8 @@ class Child:
     spawned_at: float  # epoch seconds, comparable with the child's log timestamps
     exited_at: float
 
-    def check(self, what: str) -> None:
-        if self.returncode not in (0, 3):  # 3: the command ran, some input lines rejected
+    def check(self, what: str, ok: tuple[int, ...] = (0, 3)) -> None:
+        if self.returncode not in ok:  # 3: the command ran, some input lines rejected
             tail = self.stderr_path.read_text(errors="replace")[-3000:]
             raise RuntimeError(f"{what} exited {self.returncode}; stderr tail:\n{tail}")
 
@@ -200,6 +206,37 @@ def run_child(args: Sequence[str], env: dict[str, str], log: Path,
                  peak_rss_mib=round(reaped["usage"].ru_maxrss / MIB, 1),
                  stdout=out_path.read_text(errors="replace"), stderr_path=log,
                  spawned_at=spawned_at, exited_at=reaped["epoch"])
+
+
+def run_children(jobs: Sequence[tuple[Sequence[str], dict[str, str], Path]],
+                 tick: Callable[[], None] | None = None) -> list[Child]:
+    """Run processes at the same time, each as ``run_child`` runs one (timed from its own
+    spawn to its own exit, peak RSS from ``wait4`` on its pid); ``tick`` from this thread."""
+    done: list[Child | BaseException | None] = [None] * len(jobs)
+
+    def work(index: int, args: Sequence[str], env: dict[str, str], log: Path) -> None:
+        try:
+            done[index] = run_child(args, env, log)
+        except BaseException as exc:  # handed to the caller below
+            done[index] = exc
+
+    threads = [threading.Thread(target=work, args=(i, *job), daemon=True)
+               for i, job in enumerate(jobs)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():
+            if tick is not None:
+                tick()
+            thread.join(0.25)
+    if tick is not None:
+        tick()
+    children = []
+    for outcome in done:
+        if not isinstance(outcome, Child):
+            raise outcome or RuntimeError("a child process was not run")
+        children.append(outcome)
+    return children
 
 
 def database_url(admin_url: str, name: str) -> str:
@@ -253,6 +290,70 @@ def json_log(path: Path) -> Iterator[dict[str, Any]]:
 
 def log_time(entry: dict[str, Any]) -> float:
     return datetime.fromisoformat(entry["timestamp"]).timestamp()
+
+
+@dataclass
+class ConsumerLog:
+    """What one ``leadflow consume`` debug log says about its run (epoch-second times)."""
+
+    assigned: list[float]  # each non-empty "partitions assigned"
+    revoked: int  # "partitions revoked" (a rebalance took partitions away)
+    commits: list[tuple[float, int]]  # each "batch committed": time, offsets in the batch
+    caught_up: dict[str, Any]  # the "caught up; exiting" entry: the process's totals
+    warnings: dict[str, int]  # warning and error events by name
+
+
+def read_consumer_log(path: Path) -> ConsumerLog:
+    parsed = ConsumerLog(assigned=[], revoked=0, commits=[], caught_up={}, warnings={})
+    for entry in json_log(path):
+        if "timestamp" not in entry:
+            continue
+        at = log_time(entry)
+        name = entry.get("event")
+        if name == "partitions assigned" and entry.get("partitions"):
+            parsed.assigned.append(at)
+        elif name == "partitions revoked" and entry.get("partitions"):
+            parsed.revoked += 1
+        elif name == "batch committed":
+            parsed.commits.append(
+                (at, int(entry["last_offset"]) - int(entry["first_offset"]) + 1))
+        elif name == "caught up; exiting":
+            parsed.caught_up = entry
+        if entry.get("level") in ("warning", "error"):
+            parsed.warnings[str(name)] = parsed.warnings.get(str(name), 0) + 1
+    return parsed
+
+
+def steady_figures(records: int, assigned: Sequence[float],
+                   commits: Sequence[tuple[float, int]], spawned_at: float,
+                   exited_at: float) -> dict[str, Any]:
+    """Steady state from consumer logs: first partition assignment to last committed batch
+    (of every process given: ``assigned`` and ``commits`` time-ordered), and where the rest
+    of the wall time went."""
+    if not (commits and assigned):
+        return {}
+    first_assigned, last_commit = assigned[0], commits[-1][0]
+    steady = last_commit - first_assigned
+    figures: dict[str, Any] = {
+        "steady_seconds": round(steady, 3),
+        "steady_records_per_s": rate(records, steady),
+        # Where the wall time goes: interpreter, imports, app and group join ...
+        "startup_seconds": round(first_assigned - spawned_at, 3),
+        # ... then the work, then noticing it is idle and closing.
+        "idle_and_exit_seconds": round(exited_at - last_commit, 3),
+        "mean_records_per_batch": round(sum(n for _, n in commits) / len(commits), 1),
+    }
+    gaps = [b - a for (a, _), (b, _) in itertools.pairwise(commits)]
+    if gaps:
+        figures["batch_interval_ms"] = {"p50": round(percentile(gaps, 50) * 1000, 1),
+                                        "p95": round(percentile(gaps, 95) * 1000, 1)}
+    return figures
+
+
+def count_rows(url: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f"SELECT count(*) FROM {table}").fetchone()
+    return int(row[0]) if row else 0
 
 
 # --------------------------------------------------------------------------- naive baseline
@@ -348,6 +449,7 @@ class Bench:
             self.step("ceiling", self.ceiling)
             self.step("consume", self.consume)
             if "consume" not in self.results["errors"]:
+                self.step("consume_parallel", self.consume_parallel)
                 self.step("stored_events", self.stored_events)
                 self.step("project", self.project)
                 self.step("rebuild", self.rebuild)
@@ -496,51 +598,40 @@ class Bench:
                    "timed from the first poll to the last record",
         }
 
-    def consume(self) -> None:
+    @contextlib.contextmanager
+    def _consume_progress(self, url: str, label: str) -> Iterator[Callable[[], None]]:
+        """A progress bar of the records the tracking positions in ``url`` cover."""
         pipe = self.pipeline
         assert pipe is not None
-        total = self.results["publish"]["sent"]
-        watcher = leadflow_app(self.e2e_url, cache=False)
+        watcher = leadflow_app(url, cache=False)
         done = [0]
 
-        def tracked() -> int:
+        def tick() -> None:
             with contextlib.suppress(Exception):
                 done[0] = sum(
                     (pos + 1) for p in range(PARTITIONS)
                     if (pos := watcher.process_recorder.max_tracking_id(f"{pipe.topic}:{p}"))
                     is not None)
-            return done[0]
+            bar.update(task, completed=done[0])
 
-        log = self.work / "consume.log"
         try:
             with progress() as bar:
-                task = bar.add_task("consume --until-idle", total=total)
-                child = run_child([*LEADFLOW, "consume", "--until-idle"],
-                                  pipe.env(LEADFLOW_LOG_LEVEL="DEBUG"), log,
-                                  tick=lambda: bar.update(task, completed=tracked()))
+                task = bar.add_task(label, total=self.results["publish"]["sent"])
+                yield tick
         finally:
             watcher.close()
+
+    def consume(self) -> None:
+        pipe = self.pipeline
+        assert pipe is not None
+        log = self.work / "consume.log"
+        with self._consume_progress(self.e2e_url, "consume --until-idle") as tick:
+            child = run_child([*LEADFLOW, "consume", "--until-idle"],
+                              pipe.env(LEADFLOW_LOG_LEVEL="DEBUG"), log, tick=tick)
         child.check("leadflow consume --until-idle")
-        assigned: list[float] = []
-        commits: list[tuple[float, int]] = []
-        first_log: float | None = None
-        caught_up: dict[str, Any] = {}
-        warnings: dict[str, int] = {}
-        for entry in json_log(log):
-            if "timestamp" not in entry:
-                continue
-            at = log_time(entry)
-            first_log = at if first_log is None else first_log
-            name = entry.get("event")
-            if name == "partitions assigned" and entry.get("partitions"):
-                assigned.append(at)
-            elif name == "batch committed":
-                commits.append((at, int(entry["last_offset"]) - int(entry["first_offset"]) + 1))
-            elif name == "caught up; exiting":
-                caught_up = entry
-            if entry.get("level") in ("warning", "error"):
-                warnings[str(name)] = warnings.get(str(name), 0) + 1
-        records = int(caught_up.get("records", total))
+        parsed = read_consumer_log(log)
+        caught_up = parsed.caught_up
+        records = int(caught_up.get("records", self.results["publish"]["sent"]))
         figures: dict[str, Any] = {
             "records": records, "applied": caught_up.get("applied"),
             "duplicates": caught_up.get("duplicates"),
@@ -548,29 +639,93 @@ class Bench:
             "retries": caught_up.get("retries"), "batches": caught_up.get("batches"),
             "partitions": PARTITIONS, "wall_seconds": round(child.seconds, 3),
             "records_per_s": rate(records, child.seconds),
-            "peak_rss_mib": child.peak_rss_mib, "warnings": warnings,
+            "peak_rss_mib": child.peak_rss_mib, "warnings": parsed.warnings,
             "how": "leadflow consume --until-idle subprocess on a fresh database, stream "
                    "published beforehand; wall = process start to exit; steady = first "
                    "'partitions assigned' to last 'batch committed' (debug log)",
         }
-        if commits and assigned:
-            first_assigned, last_commit = assigned[0], commits[-1][0]
-            steady = last_commit - first_assigned
-            figures.update(
-                steady_seconds=round(steady, 3),
-                steady_records_per_s=rate(records, steady),
-                # Where the wall time goes: interpreter, imports, app and group join ...
-                startup_seconds=round(first_assigned - child.spawned_at, 3),
-                # ... then the work, then noticing it is idle and closing.
-                idle_and_exit_seconds=round(child.exited_at - last_commit, 3),
-                mean_records_per_batch=round(sum(n for _, n in commits) / len(commits), 1),
-                rebalances=len(assigned),
-            )
-            gaps = [b - a for (a, _), (b, _) in itertools.pairwise(commits)]
-            if gaps:
-                figures["batch_interval_ms"] = {"p50": round(percentile(gaps, 50) * 1000, 1),
-                                                "p95": round(percentile(gaps, 95) * 1000, 1)}
+        figures.update(steady_figures(records, parsed.assigned, parsed.commits,
+                                      child.spawned_at, child.exited_at))
+        if parsed.assigned:
+            figures["rebalances"] = len(parsed.assigned)
         self.results["e2e"] = figures
+
+    def consume_parallel(self) -> None:
+        """Two ``consume --until-idle`` processes in one new group, same topic, fresh store.
+
+        ``--until-idle`` exits once a poll returns nothing and every partition the process
+        holds is at its end offset; a process without partitions keeps polling. So a member
+        may catch up on its share and leave, and the other then takes the rest after the
+        rebalance: wall is the first spawn to the last exit, steady the first assignment of
+        either to the last committed batch of either.
+        """
+        pipe = self.pipeline
+        assert pipe is not None
+        url = self.fresh_database("parallel")
+        # A group of its own: no committed offsets, and the tracking positions of a fresh
+        # database say "from the beginning" for every partition.
+        env = pipe.env(LEADFLOW_DATABASE_URL=url, LEADFLOW_LOG_LEVEL="DEBUG",
+                       LEADFLOW_KAFKA_GROUP=f"{self.tag}-parallel-group")
+        # Tables first, as `publish` does for the single consumer (not timed).
+        run_child([*LEADFLOW, "db", "init"], env, self.work / "db-init-parallel.log").check(
+            "leadflow db init (parallel)")
+        consumers = 2
+        logs = [self.work / f"consume-parallel-{n}.log" for n in range(1, consumers + 1)]
+        with self._consume_progress(url, f"consume --until-idle x{consumers}") as tick:
+            children = run_children(
+                [([*LEADFLOW, "consume", "--until-idle"], env, log) for log in logs], tick)
+        for n, child in enumerate(children, 1):
+            child.check(f"leadflow consume --until-idle (parallel, child {n})", ok=(0,))
+        parsed = [read_consumer_log(log) for log in logs]
+        sent = self.results["publish"]["sent"]
+        records = (sum(int(p.caught_up["records"]) for p in parsed)
+                   if all("records" in p.caught_up for p in parsed) else sent)
+
+        def total(key: str) -> int | None:
+            values = [p.caught_up.get(key) for p in parsed]
+            return None if None in values else sum(int(v) for v in values if v is not None)
+
+        spawned = min(c.spawned_at for c in children)
+        exited = max(c.exited_at for c in children)
+        wall = exited - spawned
+        warnings: dict[str, int] = {}
+        for p in parsed:
+            for name, n in p.warnings.items():
+                warnings[name] = warnings.get(name, 0) + n
+        stored = count_rows(url, "leadflow_record_ids")
+        stored_single = count_rows(self.e2e_url, "leadflow_record_ids")
+        figures: dict[str, Any] = {
+            "consumers": consumers, "records": records, "applied": total("applied"),
+            "duplicates": total("duplicates"), "dead_lettered": total("dead_lettered"),
+            "retries": total("retries"), "batches": total("batches"),
+            "skipped_batches": total("skipped_batches"),
+            "partitions": PARTITIONS, "wall_seconds": round(wall, 3),
+            "records_per_s": rate(records, wall),
+            "peak_rss_mib": [c.peak_rss_mib for c in children],
+            "stored_record_ids": stored, "stored_record_ids_single": stored_single,
+            "rebalances": sum(len(p.assigned) for p in parsed), "warnings": warnings,
+            "children": [{
+                "records": p.caught_up.get("records"), "applied": p.caught_up.get("applied"),
+                "retries": p.caught_up.get("retries"), "batches": p.caught_up.get("batches"),
+                "assignments": len(p.assigned), "revocations": p.revoked,
+                "started_s": round(c.spawned_at - spawned, 3),
+                "first_assigned_s": round(p.assigned[0] - spawned, 3) if p.assigned else None,
+                "exited_s": round(c.exited_at - spawned, 3),
+            } for p, c in zip(parsed, children, strict=True)],
+            "how": f"{consumers} leadflow consume --until-idle subprocesses started together "
+                   "in one new consumer group on the same topic, into a fresh database; "
+                   "wall = first spawn to last exit; steady = first 'partitions assigned' of "
+                   "either to the last 'batch committed' of either (debug logs); records = "
+                   "sum of both processes' totals",
+        }
+        figures.update(steady_figures(
+            records, sorted(at for p in parsed for at in p.assigned),
+            sorted(commit for p in parsed for commit in p.commits), spawned, exited))
+        self.results["e2e_parallel"] = figures
+        if stored != stored_single:
+            raise RuntimeError(
+                f"applied records differ: {stored} in the two-consumer store, {stored_single} "
+                "in the single-consumer store (leadflow_record_ids)")
 
     # ---------------------------------------------------------------- 4. projections
 
@@ -636,9 +791,7 @@ class Bench:
 
     def stored_events(self) -> None:
         """Stored events per applied record: the event model's cost (issue: <= 1.1)."""
-        with psycopg.connect(self.e2e_url) as conn:
-            row = conn.execute("SELECT count(*) FROM leadflow_events").fetchone()
-        events = int(row[0]) if row else 0
+        events = count_rows(self.e2e_url, "leadflow_events")
         applied = self.results["e2e"].get("applied") or 0
         self.results["stored_events_per_record"] = round(events / applied, 3) if applied else None
         self.results["stored_events"] = events
@@ -851,6 +1004,7 @@ class Bench:
         ceiling = dig(r, "ceiling.records_per_s")
         r["peak_rss_mib"] = {
             "consumer": dig(r, "e2e.peak_rss_mib"),
+            "consumers_parallel": dig(r, "e2e_parallel.peak_rss_mib"),
             "projector": dig(r, "projection.catch_up.peak_rss_mib"),
             "rebuild": dig(r, "projection.rebuild.peak_rss_mib"),
             "sqlite_ingest": dig(r, "sqlite_ingest.peak_rss_mib"),
@@ -863,8 +1017,12 @@ class Bench:
             "e2e_steady_vs_naive": ratio(steady, naive),
             "e2e_steady_vs_ceiling": ratio(steady, ceiling),
             "apply_batch_vs_naive": ratio(dig(r, "apply_batch.records_per_s"), naive),
+            "parallel_scaling": ratio(dig(r, "e2e_parallel.records_per_s"), e2e),
+            "parallel_steady_scaling": ratio(dig(r, "e2e_parallel.steady_records_per_s"),
+                                             steady),
             "note": "e2e = wall clock of the consumer process (start-up included); steady = "
-                    "first partition assignment to last committed batch",
+                    "first partition assignment to last committed batch; parallel_scaling = "
+                    "two consumers in one group (first spawn to last exit) vs one",
         }
         targets = []
         for key, label, path, op, threshold, unit in TARGETS:
@@ -936,6 +1094,7 @@ def render(results: dict[str, Any], path: Path) -> None:
     table.add_column("measure")
     table.add_column("figure", justify="right")
     table.add_column("detail")
+    parallel_rss = " / ".join(fmt(v) for v in dig(r, "peak_rss_mib.consumers_parallel") or [])
     rows: list[tuple[str, str, str]] = [
         ("publish (validate + produce)", fmt(dig(r, "publish.lines_per_s"), "lines/s"),
          f"{fmt(dig(r, 'publish.sent'))} sent in {fmt(dig(r, 'publish.seconds'), 's')}"),
@@ -945,6 +1104,16 @@ def render(results: dict[str, Any], path: Path) -> None:
         ("end to end, steady state", fmt(dig(r, "e2e.steady_records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'e2e.steady_seconds'), 's')} from assignment to last commit; "
          f"start-up {fmt(dig(r, 'e2e.startup_seconds'), 's')}"),
+        ("end to end, two consumers (wall)", fmt(dig(r, "e2e_parallel.records_per_s"),
+                                                 "rec/s"),
+         f"{fmt(dig(r, 'e2e_parallel.records'))} records in "
+         f"{fmt(dig(r, 'e2e_parallel.wall_seconds'), 's')}, one group; steady "
+         f"{fmt(dig(r, 'e2e_parallel.steady_records_per_s'), 'rec/s')}, "
+         f"{fmt(dig(r, 'e2e_parallel.retries'))} retries"),
+        ("ratio two consumers / one", fmt(dig(r, "ratios.parallel_scaling"), "x"),
+         f"steady {fmt(dig(r, 'ratios.parallel_steady_scaling'), 'x')}; stored records "
+         f"{fmt(dig(r, 'e2e_parallel.stored_record_ids'))} vs "
+         f"{fmt(dig(r, 'e2e_parallel.stored_record_ids_single'))}"),
         ("naive eventsourcing baseline", fmt(dig(r, "naive.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'naive.records'))} records, get/change/save per record"),
         ("apply_batch in process (PG)", fmt(dig(r, "apply_batch.records_per_s"), "rec/s"),
@@ -976,6 +1145,7 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"({dig(r, 'sqlite_ingest.sample_note') or '-'})"),
         ("peak RSS consumer / projector", f"{fmt(dig(r, 'peak_rss_mib.consumer'))} / "
          f"{fmt(dig(r, 'peak_rss_mib.projector'), 'MiB')}",
+         f"two consumers {parallel_rss or '-'}, "
          f"rebuild {fmt(dig(r, 'peak_rss_mib.rebuild'), 'MiB')}, sqlite ingest "
          f"{fmt(dig(r, 'peak_rss_mib.sqlite_ingest'), 'MiB')}"),
         ("ratio e2e / naive", fmt(dig(r, "ratios.e2e_vs_naive"), "x"),
