@@ -173,7 +173,7 @@ def _record_topics() -> tuple[list[str], tuple[type, ...]]:
     from leadflow.domain import Interest, Lead
     from leadflow.store.fold import envelope_topics
 
-    kinds = (Lead.TouchpointScored, Lead.DispositionRecorded,  # type: ignore[attr-defined]
+    kinds = (Lead.TouchpointScored, Lead.DispositionRecorded,
              Interest.TouchpointNoted)  # type: ignore[attr-defined]
     topics = [get_topic(k) for k in kinds]
     envelopes = {t for topic in topics for t in envelope_topics(topic.rsplit(".", 1)[0])}

@@ -55,9 +55,8 @@ class LifecycleEvent(BaseModel):
     links: dict[str, Any] = Field(default_factory=dict)
 
 
-# The @event decorator creates these classes at import time; mypy cannot see them.
-STAGE_CHANGED: type[Any] = Lead.StageChanged  # type: ignore[attr-defined]
-OWNER_ASSIGNED: type[Any] = Lead.OwnerAssigned  # type: ignore[attr-defined]
+STAGE_CHANGED: type[Any] = Lead.StageChanged
+OWNER_ASSIGNED: type[Any] = Lead.OwnerAssigned
 RELAYED_EVENT_CLASSES = (STAGE_CHANGED, OWNER_ASSIGNED)
 
 
