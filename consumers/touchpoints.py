@@ -65,6 +65,7 @@ class ConsumeStats:
     dead_lettered: int = 0
     skipped_batches: int = 0
     retries: int = 0
+    splits: int = 0  # batches applied in halves after a write conflict
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -264,6 +265,19 @@ class TouchpointConsumer:
                     bound.warning("batch already applied; skipping", tracked=tracked)
                     self.stats.skipped_batches += 1
                     self.consumer.seek(tp, tracked + 1)
+                    return
+                if len(records) > 1:
+                    # Another writer changed what this batch read (an identity both registered,
+                    # a lead both appended to). Redoing all of it risks meeting that writer's
+                    # next commit again; halves commit sooner, each tracked at its own last
+                    # offset (still exactly once: the tracking position only moves forward).
+                    bound.warning("write conflict; applying the batch in halves",
+                                  records=len(records), error=str(exc))
+                    self.stats.retries += 1
+                    self.stats.splits += 1
+                    middle = len(records) // 2
+                    self.process(tp, records[:middle])
+                    self.process(tp, records[middle:])
                     return
                 bound.warning("write conflict; retrying with fresh aggregates",
                               attempt=attempt + 1, error=str(exc))

@@ -1,0 +1,87 @@
+"""A write conflict between two consumers of a group, on a real topic and database: the
+batch that meets it is applied in halves, and every record still applies exactly once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+
+from leadflow.config import Settings
+from leadflow.consumers import clients
+from leadflow.consumers.settings import KafkaSettings
+from leadflow.consumers.touchpoints import TouchpointConsumer
+from leadflow.contract import InboundRecord
+from leadflow.engine.app import LeadflowApp
+from leadflow.engine.views import BatchResult
+from tests.conftest import T0, Records, days
+from tests.integration.kafka_helpers import Pipeline, applied_event_ids
+from tests.integration.services import Services
+
+pytestmark = pytest.mark.integration
+
+
+class RacingApp(LeadflowApp):
+    """A writer whose first batch meets another writer's commit: after it decided and
+    before it commits, ``rival`` applies ``rival_records`` (as a second consumer would)."""
+
+    name = "leadflow"  # the same store (eventsourcing names the tables after the app)
+    rival: LeadflowApp | None = None
+    rival_records: Sequence[InboundRecord] = ()
+
+    def apply_batch(self, records: Sequence[InboundRecord], tracking: Any = None,
+                    before_commit: Callable[[BatchResult], None] | None = None
+                    ) -> BatchResult:
+        rival, self.rival = self.rival, None
+        if rival is None:
+            return super().apply_batch(records, tracking, before_commit)
+
+        def race(result: BatchResult) -> None:
+            rival.apply_batch(list(self.rival_records))
+            if before_commit is not None:
+                before_commit(result)
+
+        return super().apply_batch(records, tracking, race)
+
+
+@pytest.fixture
+def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipeline]:
+    pipeline = Pipeline(services, pg_url, topic_prefix)
+    pipeline.create_topics(partitions=1)
+    yield pipeline
+    pipeline.close()
+
+
+def test_a_batch_that_meets_a_write_conflict_is_applied_in_halves_exactly_once(
+        pipe: Pipeline, rec: Records) -> None:
+    # Eight people on the topic; the sixth is reached by a phone that another writer
+    # registers, for another record of that person, while this batch is being decided.
+    people = [rec("email_opened", f"p{i}@co{i}.io", at=T0 + days(1)) for i in range(8)]
+    people[5] = rec("email_opened", None, at=T0 + days(1),
+                    lead={"phone": "+14155550100", "external_id": "crm-5"})
+    rival_record = rec("form_submitted", "anna@acme.io", lead={"phone": "+14155550100"})
+    pipe.produce_raw(json.dumps(r.model_dump(mode="json", exclude_none=True)).encode()
+                     for r in people)
+    env = Settings(database_url=pipe.pg_url).eventsourcing_env({})
+    app, rival = RacingApp(env=dict(env)), LeadflowApp(env=dict(env))
+    app.rival, app.rival_records = rival, [rival_record]
+    settings = KafkaSettings.from_env(pipe.env())
+    kafka = clients.touchpoint_consumer(settings)
+    producer = clients.dead_letter_producer(settings)
+    try:
+        stats = TouchpointConsumer(app, settings, kafka, producer,
+                                   sleep=lambda _: None).run(until_idle=True)
+    finally:
+        kafka.close(autocommit=False)
+        producer.close()
+    assert stats.splits >= 1 and stats.applied == 8 and stats.dead_lettered == 0
+    ids = applied_event_ids(app)
+    assert sorted(ids) == sorted([r.event_id for r in people] + [rival_record.event_id])
+    # The phone's record landed on the rival's lead, with its CRM id: one person, one lead.
+    anna = app.lead("email:anna@acme.io")
+    assert app.lead("external_id:crm-5").lead_id == anna.lead_id
+    assert anna.touchpoints == 2
+    app.close()
+    rival.close()
