@@ -1,4 +1,4 @@
-"""The orjson transcoder writes and reads exactly the library's JSON format."""
+"""The orjson transcoder writes exactly the library's JSON format."""
 
 from __future__ import annotations
 
