@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from eventsourcing.domain import Aggregate, event
+from eventsourcing.domain import Aggregate, datetime_now_with_tzinfo, event
 
 from leadflow.domain import scoring
 from leadflow.domain.errors import LeadMergedError
@@ -43,6 +43,26 @@ class Lead(Aggregate):
     @staticmethod
     def create_id(primary_key: str) -> UUID:
         return lead_id_for(primary_key)
+
+    def _emit(self, event_class: type[Lead.Event], **fields: Any) -> None:
+        """``trigger_event`` without its generic costs, for the lead's explicit event classes.
+
+        The same event results: the next version, the library's timestamp, ``apply`` before
+        the version moves, appended to the pending events. Skipped: the dataclass constructor
+        (one frozen-attribute write per field) and the checks that cannot fail here (the
+        event is built for this aggregate at its next version; topics are registered at
+        import by ``stable_topics``).
+        """
+        version = self.version + 1
+        fields["originator_id"] = self.id
+        fields["originator_version"] = version
+        fields["timestamp"] = now = datetime_now_with_tzinfo()
+        new_event = object.__new__(event_class)
+        object.__setattr__(new_event, "__dict__", fields)
+        new_event.apply(self)
+        self.version = version
+        self.modified_on = now
+        self._pending_events.append(new_event)
 
     @event("Created")
     def __init__(
@@ -159,7 +179,7 @@ class Lead(Aggregate):
 
     def add_identity(self, key: str, occurred_at: datetime) -> None:
         if key not in self.identity_keys:
-            self.trigger_event(self.IdentityAdded, key=key, occurred_at=occurred_at)
+            self._emit(self.IdentityAdded, key=key, occurred_at=occurred_at)
 
     # The frequent events are explicit classes rather than @event methods: the decorator's
     # per-call argument handling cost as much as the event itself (measured: ~2x).
@@ -178,7 +198,7 @@ class Lead(Aggregate):
             return
         profile = {**self.profile, **new}
         fit = scoring.fit_awards(rules, profile)
-        self.trigger_event(
+        self._emit(
             self.ProfileUpdated, changes=new, fit=sum(p for _, p in fit),
             fit_awards=[list(a) for a in fit], occurred_at=occurred_at, event_id=event_id,
             rules_version=rules.version,
@@ -200,7 +220,7 @@ class Lead(Aggregate):
 
     def set_account(self, account_id: UUID, occurred_at: datetime) -> None:
         if self.account_id is None:
-            self.trigger_event(self.AccountSet, account_id=account_id, occurred_at=occurred_at)
+            self._emit(self.AccountSet, account_id=account_id, occurred_at=occurred_at)
 
     class AccountSet(Event):
         account_id: UUID
@@ -217,7 +237,7 @@ class Lead(Aggregate):
         value, as_of = self._with_awards(awards, occurred_at, rules)
         score = self.fit + value + scoring.expiring_total(
             [*self._expiring(), *(a for a in awards if a.expires_at)], as_of)
-        self.trigger_event(
+        self._emit(
             self.TouchpointScored,
             event_id=event_id, record_type=record_type, occurred_at=occurred_at,
             context=context, awards=[a.to_dict() for a in awards], engagement_value=value,
@@ -274,7 +294,7 @@ class Lead(Aggregate):
         """Points that come from outside the lead's own touchpoints (an account surge)."""
         award = Award(rule_id, points, occurred_at, cause)
         value, as_of = self._with_awards([award], occurred_at, rules)
-        self.trigger_event(self.Boosted, awards=[award.to_dict()], engagement_value=value,
+        self._emit(self.Boosted, awards=[award.to_dict()], engagement_value=value,
                            engagement_as_of=as_of, occurred_at=occurred_at, cause=cause,
                            rules_version=rules.version)
 
@@ -293,7 +313,7 @@ class Lead(Aggregate):
     def record_disposition(self, event_id: str, record_type: str, occurred_at: datetime,
                            actor: str | None, reason: str | None,
                            deal: dict[str, Any] | None, owner: str | None) -> None:
-        self.trigger_event(self.DispositionRecorded, event_id=event_id,
+        self._emit(self.DispositionRecorded, event_id=event_id,
                            record_type=record_type, occurred_at=occurred_at, actor=actor,
                            reason=reason, deal=deal, owner=owner)
 
@@ -317,7 +337,7 @@ class Lead(Aggregate):
             raise ValueError(f"unknown stage {to_stage!r}")
         if to_stage == self.stage and not links:
             return False
-        self.trigger_event(self.StageChanged, from_stage=self.stage, to_stage=to_stage,
+        self._emit(self.StageChanged, from_stage=self.stage, to_stage=to_stage,
                            occurred_at=occurred_at, actor=actor, reason=reason,
                            event_id=event_id, links=links or {})
         return True
@@ -353,7 +373,7 @@ class Lead(Aggregate):
 
     def assign_owner(self, owner: str | None, team: str | None, rule: str, strategy: str,
                      occurred_at: datetime, actor: str, reason: str | None) -> None:
-        self.trigger_event(self.OwnerAssigned, owner=owner, team=team, rule=rule,
+        self._emit(self.OwnerAssigned, owner=owner, team=team, rule=rule,
                            strategy=strategy, previous_owner=self.owner,
                            occurred_at=occurred_at, actor=actor, reason=reason)
 
@@ -395,7 +415,7 @@ class Lead(Aggregate):
         self.contacted_at = occurred_at
 
     def recount_load(self, rep: str | None, occurred_at: datetime) -> None:
-        self.trigger_event(self.LoadRecounted, rep=rep, occurred_at=occurred_at)
+        self._emit(self.LoadRecounted, rep=rep, occurred_at=occurred_at)
 
     class LoadRecounted(Event):
         rep: str | None
@@ -421,7 +441,7 @@ class Lead(Aggregate):
 
     def schedule_wake(self, at: datetime | None) -> None:
         if at != self.wake_at:
-            self.trigger_event(self.WakeScheduled, at=at)
+            self._emit(self.WakeScheduled, at=at)
 
     class WakeScheduled(Event):
         at: datetime | None

@@ -17,14 +17,10 @@ the stored bytes never mean something else: a float that is not finite (orjson w
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import orjson
 from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredError
-
-_NATIVE = (str, bool, type(None))
-_INT_RANGE = range(-(2**63), 2**64)
 
 
 class _Fallback(Exception):
@@ -41,24 +37,30 @@ class OrjsonTranscoder(JSONTranscoder):
             return super().encode(obj)
 
     def _tag(self, value: Any) -> Any:
+        # Scalars are handled inline, without a call each: this walk is the encoder's cost.
+        # A key that is no string, or an integer beyond 64 bits, makes orjson raise (caught
+        # in ``encode``); a float that is not finite is caught here (``x - x`` is 0.0 only
+        # for finite x), since orjson would write it as null.
         kind = type(value)
-        if kind in _NATIVE:
-            return value
         if kind is dict:
             out = {}
             for key, item in value.items():
-                if type(key) is not str:
-                    raise _Fallback
-                out[key] = self._tag(item)
+                item_kind = type(item)
+                if item_kind is str or item_kind is int or item_kind is bool or item is None:
+                    out[key] = item
+                elif item_kind is float:
+                    if item - item != 0.0:
+                        raise _Fallback
+                    out[key] = item
+                else:
+                    out[key] = self._tag(item)
             return out
         if kind is list or kind is tuple:
             return [self._tag(item) for item in value]
-        if kind is float:
-            if not math.isfinite(value):
-                raise _Fallback
+        if kind is str or kind is int or kind is bool or value is None:
             return value
-        if kind is int:
-            if value not in _INT_RANGE:
+        if kind is float:
+            if value - value != 0.0:
                 raise _Fallback
             return value
         transcoding = self.types.get(kind)
