@@ -129,19 +129,15 @@ def postgres_write(curs: Any, schema: str, books: Books) -> None:
             "SET engaged_at = GREATEST(e.engaged_at, excluded.engaged_at)",
             ([a for (a, _), _ in rows], [lead for (_, lead), _ in rows], [at for _, at in rows]),
             prepare=True)
-    added, put = books.counters_added(), books.counters_set()
-    if added:
-        curs.execute(
-            f"INSERT INTO {t}.{COUNTERS_TABLE} AS c (name, value) "
-            "SELECT * FROM unnest(%b::text[], %b::bigint[]) "
-            "ON CONFLICT (name) DO UPDATE SET value = c.value + excluded.value",
-            ([n for n, _ in added], [v for _, v in added]), prepare=True)
-    if put:
-        curs.execute(
-            f"INSERT INTO {t}.{COUNTERS_TABLE} (name, value) "
-            "SELECT * FROM unnest(%b::text[], %b::bigint[]) "
-            "ON CONFLICT (name) DO UPDATE SET value = excluded.value",
-            ([n for n, _ in put], [v for _, v in put]), prepare=True)
+    # Load is added (atomic whatever the order writers commit in); positions are set.
+    for counters, value in ((books.counters_added(), "c.value + excluded.value"),
+                            (books.counters_set(), "excluded.value")):
+        if counters:
+            curs.execute(
+                f"INSERT INTO {t}.{COUNTERS_TABLE} AS c (name, value) "
+                "SELECT * FROM unnest(%b::text[], %b::bigint[]) "
+                f"ON CONFLICT (name) DO UPDATE SET value = {value}",
+                ([n for n, _ in counters], [v for _, v in counters]), prepare=True)
 
 
 def postgres_identities(curs: Any, schema: str, keys: Sequence[str]) -> dict[str, Target]:
