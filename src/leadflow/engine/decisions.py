@@ -366,13 +366,14 @@ class RecordProcessor:
             self.unit.take(router, desired)
         lead.recount_load(desired, at)
 
-    def catch_up(self, lead: Lead, until: datetime) -> None:
-        """Record, at their exact times, the time-driven transitions due by ``until``."""
+    def catch_up(self, lead: Lead, until: datetime) -> tuple[datetime, str] | None:
+        """Record, at their exact times, the time-driven transitions due by ``until``; return
+        the lead's next due transition after them (None: none)."""
         rules = self.rules
         for _ in range(_MAX_TRANSITIONS_PER_CATCH_UP):
             due = lead.next_due(rules)
             if due is None or due[0] > until:
-                return
+                return due
             at, kind = due
             if kind == "decay":
                 lead.change_stage("recycled", at, "rule:recycle-on-decay", "score decayed")
@@ -388,6 +389,7 @@ class RecordProcessor:
                 )
             else:
                 lead.go_dormant(at, rules.lifecycle.dormant_after_days)
+        return lead.next_due(rules)
 
     def settle(self, lead: Lead, at: datetime,
                 clock_position: datetime | None = None) -> None:
@@ -397,8 +399,9 @@ class RecordProcessor:
             clock_position = self.clock().position
         if clock_position is not None:
             # A late record can make a transition due before the clock's position: do it now.
-            self.catch_up(lead, clock_position)
-        due = lead.next_due(self.rules)
+            due = self.catch_up(lead, clock_position)
+        else:
+            due = lead.next_due(self.rules)
         # Bookkeeping, not an event: the timer index row is written with the batch's events.
         self.unit.timers[lead.id] = due[0] if due is not None else None
 
