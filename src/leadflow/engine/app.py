@@ -127,7 +127,7 @@ class LeadflowApp(Application[UUID]):
         return migrate(self, progress)
 
     def construct_transcoder(self) -> Transcoder:
-        # The library's JSON format, written and read with orjson (store/transcoder.py).
+        # The library's JSON format, written with orjson (store/transcoder.py).
         transcoder = super().construct_transcoder()
         if type(transcoder) is not JSONTranscoder:
             return transcoder  # a transcoder chosen in the configuration is kept

@@ -176,15 +176,20 @@ class Unit:
         self.books.new_identities[key] = (target_id, is_interest)
         return identity
 
-    def repoint(self, identity: Identity, target_id: UUID, is_interest: bool) -> None:
+    def repoint(self, identity: Identity, target_id: UUID, is_interest: bool) -> Identity:
+        """Point a key elsewhere; returns its new row. The row is replaced, not changed in
+        place: the directory's cache holds committed rows only, whatever happens to this
+        unit afterwards."""
         if identity.target_id == target_id and identity.is_interest == is_interest:
-            return
-        identity.target_id, identity.is_interest = target_id, is_interest
+            return identity
+        key = identity.key
+        moved = self.identities[key] = Identity(key, target_id, is_interest)
         books = self.books
-        if identity.key in books.new_identities:
-            books.new_identities[identity.key] = (target_id, is_interest)
+        if key in books.new_identities:
+            books.new_identities[key] = (target_id, is_interest)
         else:
-            books.moved_identities[identity.key] = (target_id, is_interest)
+            books.moved_identities[key] = (target_id, is_interest)
+        return moved
 
     # ----------------------------------------------------------------- accounts, routing
 
