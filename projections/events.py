@@ -20,6 +20,7 @@ from leadflow.store.fold import envelope_topics
 
 # The events the read models follow, by stored topic: (is an account event, event name).
 _LEAD_EVENTS = ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "TouchpointScored",
+                "AccountSurged",
                 "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade", "DealOwnerSet",
                 "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed", "Unmerged",
                 "StateRestored")

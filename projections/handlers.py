@@ -174,6 +174,13 @@ class PageChanges:
                                    or at > account["last_engaged_at"]):
                 account["last_engaged_at"] = at
 
+    def _on_AccountSurged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        # A surge is recorded on the lead whose record set it off (stores before format 3:
+        # as an Account.Surged event, handled in _account).
+        account = self.accounts.get(str(e.account_id))
+        if account is not None:
+            self._surge(account, e)
+
     def _on_Boosted(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         self._awards(nid, row, e.awards, "boost", e.rules_version)
         row["engagement_value"] = e.engagement_value
@@ -277,11 +284,14 @@ class PageChanges:
                 "last_surge_at": None, "surge_window_days": None,
             }
             return
-        row = self.accounts[account_id]
         if kind == "Surged":
-            row["surges"] += 1
-            row["last_surge_at"] = e.occurred_at
-            row["surge_window_days"] = e.window_days
+            self._surge(self.accounts[account_id], e)
+
+    @staticmethod
+    def _surge(row: dict[str, Any], e: Any) -> None:
+        row["surges"] += 1
+        row["last_surge_at"] = e.occurred_at
+        row["surge_window_days"] = e.window_days
 
 
 def _number(value: Any) -> float:

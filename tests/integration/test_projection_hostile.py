@@ -158,11 +158,11 @@ def hostile_store(url: str) -> LeadflowApp:
         primary_key="external_id:CRM\u0000-1", campaign="spring\u0000", landing_page="@bad-utf8"))
     account = h.account(l1)
     h.edit(account, "Account.Created", lambda d: d.update(name="Ads\u0000 Inc"))
+    # The surge is recorded on the lead whose record set it off, in that record's row.
     surged = next(n.originator_id for n in app.recorder.select_notifications(1, 10_000)
-                  if n.topic.endswith("Account.Surged") or (
-                      is_envelope(n.topic) and n.topic.startswith("leadflow.domain:Account.")
-                      and any(name == "Surged" for name, _ in json.loads(n.state)["events"])))
-    h.edit(str(surged), "Account.Surged", lambda d: d.update(window_days=float("nan")))
+                  if is_envelope(n.topic) and n.topic.startswith("leadflow.domain:Lead.")
+                  and any(name == "AccountSurged" for name, _ in json.loads(n.state)["events"]))
+    h.edit(str(surged), "Lead.AccountSurged", lambda d: d.update(window_days=float("nan")))
     # A version gap: one of l3's touchpoints deleted by hand.
     h.store.delete(l3, h.version(l3, "Lead.TouchpointScored", nth=1))
     return app

@@ -472,6 +472,21 @@ def test_an_account_row_counts_its_peoples_touchpoints_and_surges(store: Store) 
     assert changes.last_event[str(ACCOUNT)] == 9
 
 
+def test_a_surge_recorded_on_the_lead_that_set_it_off_counts_on_its_account(
+        store: Store) -> None:
+    surged = T0 + days(3)
+    changes = project(
+        store("Created", ACCOUNT, account_key="domain:acme.io", name="Acme", occurred_at=T0),
+        store.created(),
+        store("AccountSet", LEAD, account_id=ACCOUNT, occurred_at=T0),
+        store("AccountSurged", LEAD, account_id=ACCOUNT, lead_ids=[LEAD, OTHER],
+              window_days=14.0, occurred_at=surged),
+    )
+    account = changes.accounts[str(ACCOUNT)]
+    assert (account["surges"], account["last_surge_at"], account["surge_window_days"]) == (
+        1, surged, 14.0)
+
+
 # ---------------------------------------------------------------- hostile values
 
 

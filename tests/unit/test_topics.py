@@ -34,6 +34,7 @@ STORED_TOPICS = [
     "leadflow.domain:Lead",
     "leadflow.domain:Lead.Absorbed",
     "leadflow.domain:Lead.AccountSet",
+    "leadflow.domain:Lead.AccountSurged",
     "leadflow.domain:Lead.Boosted",
     "leadflow.domain:Lead.Created",
     "leadflow.domain:Lead.DealOwnerSet",

@@ -12,6 +12,9 @@ from leadflow.domain.ids import (
     account_id_for,
 )
 
+#: The engagement-table row (in place of a lead id) that holds the account's latest surge.
+SURGE_ROW = UUID(int=0)
+
 
 class Account(Aggregate):
     """A company; several of its people engaging in a short window is a buying signal."""
@@ -42,8 +45,13 @@ class Account(Aggregate):
         return False
 
     def load_engagements(self, found: dict[UUID, datetime]) -> None:
-        """Merge the engagements the store holds (the later time wins)."""
+        """Merge the engagements the store holds (the later time wins); the row of
+        ``SURGE_ROW`` is the account's latest surge."""
         for lead_id, at in found.items():
+            if lead_id == SURGE_ROW:
+                if self.last_surge_at is None or at > self.last_surge_at:
+                    self.last_surge_at = at
+                continue
             key = str(lead_id)
             if key not in self.recent or at > self.recent[key]:
                 self.recent[key] = at
@@ -70,10 +78,14 @@ class Account(Aggregate):
         if sum(1 for t in self.recent.values() if since <= t <= at) < min_people:
             return []
         people = self.engaged_within(at, window)
-        self._surged(occurred_at=at, lead_ids=people, window_days=window.total_seconds() / 86400)
+        # Recorded on the lead whose record set it off (Lead.AccountSurged, in that record's
+        # row); the account keeps it as bookkeeping, for the one-surge-per-window rule.
+        self.last_surge_at = at
+        self.surges += 1
         return people
 
     @event("Surged")
     def _surged(self, occurred_at: datetime, lead_ids: list[UUID], window_days: float) -> None:
+        """Written by stores before format 3; read so that they replay (and migrate)."""
         self.last_surge_at = occurred_at
         self.surges += 1

@@ -310,6 +310,19 @@ class Lead(Aggregate):
             aggregate._apply_awards(self.awards, self.engagement_value, self.engagement_as_of)
             super().apply(aggregate)
 
+    def note_account_surge(self, account_id: UUID, lead_ids: list[UUID], window_days: float,
+                           occurred_at: datetime) -> None:
+        """This lead's record set off its account's surge (several of its people engaged in
+        a short window): recorded here, in the record's row, not as an account event."""
+        self._emit(self.AccountSurged, account_id=account_id, lead_ids=lead_ids,
+                   window_days=window_days, occurred_at=occurred_at)
+
+    class AccountSurged(Event):
+        account_id: UUID
+        lead_ids: list[UUID]
+        window_days: float
+        occurred_at: datetime
+
     def record_disposition(self, event_id: str, record_type: str, occurred_at: datetime,
                            actor: str | None, reason: str | None,
                            deal: dict[str, Any] | None, owner: str | None) -> None:

@@ -258,8 +258,11 @@ class RecordProcessor:
             return
         cfg = self.rules.accounts
         self.unit.engage(account, lead.id, at)
-        people = account.detect_surge(at, cfg.surge_min_people,
-                                      timedelta(days=cfg.surge_window_days))
+        window = timedelta(days=cfg.surge_window_days)
+        people = account.detect_surge(at, cfg.surge_min_people, window)
+        if people:
+            self.unit.surged(account)
+            lead.note_account_surge(account.id, people, window.total_seconds() / 86400, at)
         for person_id in people:
             person = self.live_lead(person_id)
             if person is not lead:

@@ -26,6 +26,7 @@ from leadflow.domain import (
     LeadflowError,
     Router,
 )
+from leadflow.domain.account import SURGE_ROW
 from leadflow.engine.unit import Unit
 from leadflow.engine.views import MigrationResult
 from leadflow.store.bookkeeping import Books
@@ -95,6 +96,7 @@ def migrate(app: LeadflowApp,
 # The @event decorator creates these classes at import time; mypy cannot see them.
 _REGISTERED: type[Any] = IdentityIndex.Registered  # type: ignore[attr-defined]
 _REPOINTED: type[Any] = IdentityIndex.Repointed  # type: ignore[attr-defined]
+_SURGED: type[Any] = Account.Surged  # type: ignore[attr-defined]
 
 
 def books_from_events(app: LeadflowApp, page: int = 5000) -> Books:
@@ -103,14 +105,16 @@ def books_from_events(app: LeadflowApp, page: int = 5000) -> Books:
     Router. Written as upserts and exact values, so a second run changes nothing."""
     books = Books()
     keys: dict[UUID, str] = {}
-    topics = [get_topic(_REGISTERED), get_topic(_REPOINTED), get_topic(Account.Engaged)]
+    topics = [get_topic(_REGISTERED), get_topic(_REPOINTED), get_topic(Account.Engaged),
+              get_topic(_SURGED)]
     start = 1
     while True:
         found = app.recorder.select_notifications(start, page, topics=topics)
         for notification in found:
             event: Any = app.mapper.to_domain_event(notification)
-            if isinstance(event, Account.Engaged):
-                pair = (event.originator_id, event.lead_id)
+            if isinstance(event, Account.Engaged | _SURGED):
+                lead_id = SURGE_ROW if isinstance(event, _SURGED) else event.lead_id
+                pair = (event.originator_id, lead_id)
                 if pair not in books.engagements or event.occurred_at > books.engagements[pair]:
                     books.engagements[pair] = event.occurred_at
                 continue

@@ -16,6 +16,7 @@ from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
 
 from leadflow.domain import Account, AggregateUnloadableError, Router
+from leadflow.domain.account import SURGE_ROW
 from leadflow.store.bookkeeping import Books, routing_state
 from leadflow.store.fold import Cause
 from leadflow.store.recorders import RecordIdIndex
@@ -204,6 +205,11 @@ class Unit:
     def engage(self, account: Account, lead_id: UUID, at: datetime) -> None:
         if account.engage(lead_id, at):
             self.books.engagements[(account.id, lead_id)] = at
+
+    def surged(self, account: Account) -> None:
+        """Keep the account's latest surge (``detect_surge`` set it) in the store."""
+        if account.last_surge_at is not None:
+            self.books.engagements[(account.id, SURGE_ROW)] = account.last_surge_at
 
     def router(self) -> Router:
         """The router, its load and rotation read from the store once per unit (another
