@@ -47,11 +47,13 @@ def _hold_per_record(_logger: Any, _method: str,
 
 
 @contextmanager
-def per_record_summary() -> Iterator[Counter[tuple[str, str]]]:
-    """Count per-record warnings instead of writing them, then log one summary per event.
+def per_record_summary(log_summary: bool = True) -> Iterator[Counter[tuple[str, str]]]:
+    """Count per-record warnings instead of writing them, then log one summary per event
+    (``log_summary=False``: the caller reports the counts itself).
 
     For the time a progress bar is drawn: hundreds of "record rejected" lines would scroll
     the bar away, and each of them is in the rejects file (or the dead-letter topic) anyway.
+    The bar shows the counts under itself while it runs.
     """
     global _held
     previous, _held = _held, Counter()
@@ -61,7 +63,7 @@ def per_record_summary() -> Iterator[Counter[tuple[str, str]]]:
     finally:
         _held = previous
         by_event: dict[str, Counter[str]] = {}
-        for (event, reason), count in held.items():
+        for (event, reason), count in (held.items() if log_summary else ()):
             by_event.setdefault(event, Counter())[reason] += count
         log = structlog.get_logger("leadflow")
         for event, reasons in sorted(by_event.items()):

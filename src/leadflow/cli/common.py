@@ -9,45 +9,50 @@ are imported inside the functions that need them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, NoReturn, TypeVar
-from uuid import UUID
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
 
 import click
-import structlog
-from eventsourcing.persistence import PersistenceError
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TaskProgressColumn,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.text import Text
 
 from leadflow.config import ConfigError, Settings
-from leadflow.contract.identity import (
-    InvalidIdentityError,
-    is_lead_id,
-    parse_identity_argument,
-)
-from leadflow.domain import LeadflowError, UnknownLeadError
-from leadflow.domain.ids import identity_key
-from leadflow.domain.rules import Rules, RulesError, load_rules
-from leadflow.engine.app import LeadflowApp, StoreVersionError
-from leadflow.logs import per_record_summary
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from leadflow.domain.rules import Rules
+    from leadflow.engine.app import LeadflowApp
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
 
-err_console = Console(stderr=True)
-log = structlog.get_logger("leadflow.cli")
+
+
+@functools.cache
+def err_console() -> Console:
+    """The console on stderr (rich is imported when something is first printed there)."""
+    from rich.console import Console
+
+    return Console(stderr=True)
+
+
+class _Log:
+    """``structlog.get_logger("leadflow.cli")``, imported on the first log call: commands
+    that never log (``--help``) do not pay for importing structlog."""
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        return getattr(structlog.get_logger("leadflow.cli"), name)
+
+
+log: Any = _Log()
 
 
 #: Passwords of the configured database: never printed, whatever message carries them.
@@ -64,8 +69,9 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """``error: <message>`` on one line (drivers' messages span several; the terminal's
     width does not wrap it), without the database password, and exit."""
     text = "; ".join(part.strip() for part in scrub(message).splitlines() if part.strip())
-    err_console.print("[bold red]error:[/] ", end="", highlight=False)
-    err_console.print(text, markup=False, highlight=False, soft_wrap=True)
+    console = err_console()
+    console.print("[bold red]error:[/] ", end="", highlight=False)
+    console.print(text, markup=False, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 
@@ -102,6 +108,8 @@ class Context:
         self._app: LeadflowApp | None = None
 
     def rules(self) -> Rules:
+        from leadflow.domain.rules import RulesError, load_rules
+
         try:
             return load_rules(self.rules_path)
         except RulesError as exc:
@@ -112,6 +120,10 @@ class Context:
         `rescore --apply` (``verify`` reads stored bytes only and must work on a store whose
         rule book is damaged); ``migrating=True`` opens a store in an older format."""
         if self._app is None:
+            from eventsourcing.persistence import PersistenceError
+
+            from leadflow.engine.app import LeadflowApp, StoreVersionError
+
             try:
                 env = self.settings.eventsourcing_env()
             except ConfigError as exc:
@@ -130,6 +142,8 @@ class Context:
     def _use_published_rules(self, app: LeadflowApp) -> None:
         """Rules published with `rescore --apply` win over the built-in defaults; an
         explicit rules file wins over both (with a warning when they differ)."""
+        from eventsourcing.persistence import PersistenceError
+
         from leadflow.domain.rules import parse_rules
 
         try:
@@ -185,6 +199,14 @@ def lookup(identity: str, find: Callable[[str], T]) -> T:
     A bare UUID is tried as a lead id first and then as an external id (CRMs use UUIDs
     too); ``lead:<uuid>`` and ``external_id:<uuid>`` each mean only one of them.
     """
+    from leadflow.contract.identity import (
+        InvalidIdentityError,
+        is_lead_id,
+        parse_identity_argument,
+    )
+    from leadflow.domain import LeadflowError, UnknownLeadError
+    from leadflow.domain.ids import identity_key
+
     try:
         key = parse_identity_argument(identity)
     except InvalidIdentityError as exc:
@@ -241,51 +263,111 @@ def check_rejects_path(source: str, rejects_path: Path) -> None:
                                  "overwrite it", param_hint="--rejects")
 
 
-class _RateColumn(ProgressColumn):
-    """Items per second, in the task's unit (events, leads, days)."""
+@functools.cache
+def _progress_parts() -> dict[str, Any]:
+    """rich's progress classes and leadflow's own columns, built on first use (rich is not
+    imported by commands that draw no bar)."""
+    from rich.console import RenderableType
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        Task,
+        TaskProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.text import Text
 
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        unit = task.fields.get("unit", "")
-        return Text("" if speed is None else f"{speed:,.0f} {unit}/s".replace(" /", "/"),
-                    style="progress.data.speed")
+    class RateColumn(ProgressColumn):
+        """Items per second, in the task's unit (events, leads, days)."""
+
+        def render(self, task: Task) -> Text:
+            speed = task.finished_speed or task.speed
+            unit = task.fields.get("unit", "")
+            return Text("" if speed is None else f"{speed:,.0f} {unit}/s".replace(" /", "/"),
+                        style="progress.data.speed")
+
+    class RecordsColumn(ProgressColumn):
+        """Records done and records per second (the bar itself follows the file's bytes)."""
+
+        def render(self, task: Task) -> Text:
+            records = int(task.fields.get("records", 0))
+            elapsed = task.finished_time if task.finished else task.elapsed
+            rate = f" ({records / elapsed:,.0f}/s)" if elapsed else ""
+            return Text(f"{records:,} records{rate}", style="progress.data.speed")
+
+    class HeldProgress(Progress):
+        """A progress bar with, under it, the per-record warnings counted so far.
+
+        Printed one by one they would scroll the bar away; counted here they stay in view
+        (and on screen once the bar is finished), by reason.
+        """
+
+        held: Counter[tuple[str, str]] | None = None
+
+        def get_renderables(self) -> Iterable[RenderableType]:
+            yield from super().get_renderables()
+            if self.held:
+                for line in held_lines(self.held):
+                    yield Text(line, style="yellow", overflow="fold")
+
+    return {"Progress": Progress, "HeldProgress": HeldProgress, "TextColumn": TextColumn,
+            "BarColumn": BarColumn, "TaskProgressColumn": TaskProgressColumn,
+            "MofNCompleteColumn": MofNCompleteColumn, "TimeElapsedColumn": TimeElapsedColumn,
+            "RateColumn": RateColumn, "RecordsColumn": RecordsColumn}
 
 
-class _RecordsColumn(ProgressColumn):
-    """Records done and records per second (the bar itself follows the file's bytes)."""
+#: How the per-record warnings counted under a bar are named there.
+_HELD_NAMES = {"record rejected": "rejected", "line not published": "not published",
+               "dead-lettered": "dead-lettered"}
 
-    def render(self, task: Task) -> Text:
-        records = int(task.fields.get("records", 0))
-        elapsed = task.finished_time if task.finished else task.elapsed
-        rate = f" ({records / elapsed:,.0f}/s)" if elapsed else ""
-        return Text(f"{records:,} records{rate}", style="progress.data.speed")
+
+def held_lines(held: Counter[tuple[str, str]]) -> list[str]:
+    """One line per kind of held-back warning: ``rejected 81: invalid_identity 24, ...``."""
+    by_event: dict[str, Counter[str]] = {}
+    for (event, reason), count in held.items():
+        by_event.setdefault(event, Counter())[reason] += count
+    return [f"{_HELD_NAMES.get(event, event)} {sum(reasons.values()):,}: "
+            + ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items()))
+            for event, reasons in sorted(by_event.items())]
 
 
 @contextlib.contextmanager
-def progress_bar(records: bool = False) -> Iterator[Progress]:
+def progress_bar(records: bool = False, log_summary: bool = True) -> Iterator[Progress]:
     """A progress bar on stderr when it is a terminal (``records``: for ingest, a bar over
     the input's bytes with the count of records beside it).
 
-    Log lines print above the bar; per-record warnings are counted while it is drawn and
-    summarised once after it (see ``leadflow.logs``).
+    Log lines print above the bar; per-record warnings are counted while it is drawn, shown
+    by reason under it, and summarised once after it (see ``leadflow.logs``; not with
+    ``log_summary=False``, for a caller that reports the counts itself).
     """
-    columns: tuple[ProgressColumn | str, ...] = (
-        (TextColumn("[bold]{task.description}"), BarColumn(), TaskProgressColumn(),
-         _RecordsColumn(), TimeElapsedColumn()) if records else
-        (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-         _RateColumn(), TimeElapsedColumn()))
-    # stdout is the command's output (JSON, JSONL with -o -): never redirected to the bar.
-    progress = Progress(*columns, console=err_console, disable=not err_console.is_terminal,
-                        redirect_stdout=False)
-    if progress.disable:
-        with progress:
+    from leadflow.logs import per_record_summary
+
+    parts = _progress_parts()
+    columns: tuple[Any, ...] = (
+        (parts["TextColumn"]("[bold]{task.description}"), parts["BarColumn"](),
+         parts["TaskProgressColumn"](), parts["RecordsColumn"](), parts["TimeElapsedColumn"]())
+        if records else
+        (parts["TextColumn"]("[bold]{task.description}"), parts["BarColumn"](),
+         parts["MofNCompleteColumn"](), parts["RateColumn"](), parts["TimeElapsedColumn"]()))
+    console = err_console()
+    if not console.is_terminal:
+        with parts["Progress"](*columns, console=console, disable=True) as progress:
             yield progress
         return
-    with per_record_summary(), progress:
-        yield progress
+    # stdout is the command's output (JSON, JSONL with -o -): never redirected to the bar.
+    progress = parts["HeldProgress"](*columns, console=console, redirect_stdout=False)
+    with per_record_summary(log_summary=log_summary) as held:
+        progress.held = held
+        with progress:
+            yield progress
 
 
 def out_console() -> Console:
+    from rich.console import Console
+
     # Piped output has no terminal width; keep tables readable instead of 80 columns.
     probe = Console()
     return probe if probe.is_terminal else Console(width=150)
