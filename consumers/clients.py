@@ -40,6 +40,21 @@ def publish_producer(settings: KafkaSettings) -> KafkaProducer:
                          linger_ms=20, batch_size=256 * 1024, client_id="leadflow-publish")
 
 
+def intake_producer(settings: KafkaSettings) -> KafkaProducer:
+    """``leadflow serve``: idempotent, every replica acknowledges, small lingering (a request
+    waits for its records' acknowledgements), and a bounded wait for metadata so a broker
+    that is gone fails a request in seconds rather than a minute."""
+    return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
+                         enable_idempotence=True, linger_ms=5, max_block_ms=10_000,
+                         client_id="leadflow-serve")
+
+
+def intake_probe(settings: KafkaSettings) -> KafkaAdminClient:
+    """``leadflow serve``'s readiness probe: a metadata round trip to the cluster."""
+    return KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers,
+                            client_id="leadflow-serve-probe", request_timeout_ms=5000)
+
+
 def relay_producer(settings: KafkaSettings) -> KafkaProducer:
     """The relay's producer for the lifecycle topic."""
     return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",

@@ -68,6 +68,8 @@ COMMANDS: dict[str, LazyCommand] = {
     "clock": LazyCommand("leadflow.cli.intake", "clock",
                          "Event-time clock: records time-driven transitions (decay, SLA, "
                          "dormancy)."),
+    "serve": LazyCommand("leadflow.cli.serve", "serve",
+                         "Serve the HTTP intake: contract-v1 records and Segment batches."),
     # analysts
     "project": LazyCommand("leadflow.cli.analysts", "project",
                            "Follow the event store and keep the analyst tables and views up "

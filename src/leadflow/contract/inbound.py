@@ -216,6 +216,11 @@ class InboundRecord(_Frozen):
             raise ValueError("converted needs a deal {id, amount, currency}")
         if self.type == "owner_assigned" and not self.owner:
             raise ValueError("owner_assigned needs owner (the rep id)")
+        if self.type == "identified" and not (self.lead.email or self.lead.phone
+                                              or self.lead.external_id):
+            # An anonymous visitor's profile has no person to land on (interest is scored
+            # engagement, not a profile): only a known person can be identified.
+            raise ValueError("identified needs a person identity: email, phone or external_id")
         return self
 
     @property

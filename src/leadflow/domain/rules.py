@@ -22,6 +22,14 @@ from leadflow.domain.vocabulary import TouchpointType
 
 RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
 ContextField = Literal["url", "form_id", "content_id", "landing_page", "source", "campaign"]
+#: A dotted path into a Segment message, from its root: ``properties.email_id``,
+#: ``context.campaign.source``, ``traits.company.name``.
+_SEGMENT_NAME = r"[A-Za-z_$][A-Za-z0-9_$-]*"
+SegmentPath = Annotated[str, Field(pattern=rf"^{_SEGMENT_NAME}(\.{_SEGMENT_NAME})*$",
+                                   max_length=200)]
+#: What a Segment trait can fill on the lead: its identities and its profile fields.
+TraitField = Literal["email", "phone", "first_name", "last_name", "company", "title", "industry",
+                     "employees", "annual_revenue", "country"]
 
 
 class _Strict(BaseModel):
@@ -271,6 +279,129 @@ class Routing(_Strict):
         return next(t for t in self.teams if t.id == team_id)
 
 
+def segment_event_key(name: str) -> str:
+    """How Segment event names are compared: case, spacing, ``_`` and ``-`` do not matter, so
+    ``Email Opened``, ``email_opened`` and ``EMAIL-OPENED`` are one event."""
+    return " ".join(name.replace("_", " ").replace("-", " ").lower().split())
+
+
+def _segment_value(message: Mapping[str, Any], path: str) -> Any:
+    value: Any = message
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+class SegmentCondition(_Strict):
+    """A test on a value of the message (``path``), compared as lower-case text."""
+
+    path: SegmentPath
+    equals: str | None = None
+    contains: str | None = None
+    prefix: str | None = None
+    in_: list[str] | None = Field(default=None, alias="in")
+
+    @model_validator(mode="after")
+    def _one_test(self) -> SegmentCondition:
+        tests = [self.equals, self.contains, self.prefix, self.in_]
+        if sum(t is not None for t in tests) != 1:
+            raise ValueError("a condition needs exactly one of equals, contains, prefix, in")
+        return self
+
+    def matches(self, message: Mapping[str, Any]) -> bool:
+        value = _segment_value(message, self.path)
+        if value is None or isinstance(value, (dict, list)):
+            return False
+        text = str(value).lower()
+        if self.equals is not None:
+            return text == self.equals.lower()
+        if self.contains is not None:
+            return self.contains.lower() in text
+        if self.prefix is not None:
+            return text.startswith(self.prefix.lower())
+        return text in {v.lower() for v in self.in_ or ()}
+
+
+class SegmentRule(_Strict):
+    """One Segment call mapped to a touchpoint: the first rule whose event names (``track``)
+    and conditions match decides the type; ``context`` paths (first with a value wins) and
+    ``context_defaults`` fill the touchpoint's context beside the mapping-wide ones."""
+
+    id: RuleId
+    type: TouchpointType
+    when: list[SegmentCondition] = Field(default_factory=list)
+    context: dict[ContextField, list[SegmentPath]] = Field(default_factory=dict)
+    context_defaults: dict[ContextField, Annotated[str, Field(min_length=1, max_length=500)]] = (
+        Field(default_factory=dict))
+    traits_from: list[SegmentPath] = Field(
+        default_factory=lambda: ["context.traits"],
+        description="objects read as traits (identities, profile), first value wins")
+    description: str = ""
+
+    def matches(self, message: Mapping[str, Any]) -> bool:
+        return all(c.matches(message) for c in self.when)
+
+
+class SegmentTrack(SegmentRule):
+    event: Annotated[list[Annotated[str, Field(min_length=1, max_length=200)]],
+                     Field(min_length=1)]
+
+
+class SegmentIdentify(_Strict):
+    """``identify`` calls: a person's identities and profile, recorded as ``identified``."""
+
+    enabled: bool = True
+    traits_from: list[SegmentPath] = Field(default_factory=lambda: ["traits", "context.traits"])
+
+
+def _builtin_segment() -> dict[str, Any]:
+    table = tomllib.loads(default_rules_text()).get("segment", {})
+    return table if isinstance(table, dict) else {}
+
+
+class SegmentMapping(_Strict):
+    """How Segment-spec messages (``identify``, ``track``, ``page``) become records.
+
+    ``userId`` becomes the lead's ``external_id`` (after ``user_id_prefix``),
+    ``anonymousId`` its ``anonymous_id``; traits found at ``traits`` paths (relative to each
+    rule's ``traits_from`` objects) give its email, phone and profile.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True,
+                              ignored_types=(cached_property,))
+
+    user_id_prefix: Annotated[str, Field(max_length=100)] = ""
+    context: dict[ContextField, list[SegmentPath]] = Field(default_factory=dict)
+    traits: dict[TraitField, list[SegmentPath]] = Field(
+        default_factory=lambda: dict(_builtin_segment().get("traits", {})))
+    identify: SegmentIdentify = Field(default_factory=SegmentIdentify)
+    track: list[SegmentTrack] = Field(default_factory=list)
+    page: list[SegmentRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> SegmentMapping:
+        ids = [r.id for r in self.track] + [r.id for r in self.page]
+        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        if duplicates:
+            raise ValueError(f"segment rule ids must be unique: {', '.join(duplicates)}")
+        return self
+
+    @cached_property
+    def track_by_event(self) -> dict[str, tuple[SegmentTrack, ...]]:
+        """Track rules per normalised event name, in file order."""
+        index: dict[str, list[SegmentTrack]] = {}
+        for rule in self.track:
+            for name in rule.event:
+                index.setdefault(segment_event_key(name), []).append(rule)
+        return {name: tuple(rules) for name, rules in index.items()}
+
+
+def _default_segment() -> SegmentMapping:
+    return SegmentMapping.model_validate(_builtin_segment())
+
+
 class Rules(_Strict):
     """A complete, validated rule set."""
 
@@ -282,12 +413,19 @@ class Rules(_Strict):
     lifecycle: Lifecycle = Field(default_factory=Lifecycle)
     accounts: Accounts = Field(default_factory=Accounts)
     routing: Routing = Field(default_factory=Routing)
+    #: Tracker intake (a file without ``[segment]`` gets the built-in mapping).
+    segment: SegmentMapping = Field(default_factory=_default_segment)
 
     @cached_property
     def version(self) -> str:
-        """Content hash: the same meaning gives the same version, whatever the formatting."""
-        canonical = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True,
-                               separators=(",", ":"))
+        """Content hash: the same meaning gives the same version, whatever the formatting.
+
+        The ``[segment]`` mapping is left out: it decides what record a tracker's message
+        becomes, and that record (type, context) is what is stored and scored, so a score is
+        reproduced from it and these rules alone; editing the mapping re-versions no score.
+        """
+        canonical = json.dumps(self.model_dump(mode="json", by_alias=True, exclude={"segment"}),
+                               sort_keys=True, separators=(",", ":"))
         return "r-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
     @cached_property

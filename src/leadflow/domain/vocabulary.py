@@ -40,8 +40,12 @@ DispositionType = Literal[
     "owner_assigned",
     "contacted",
 ]
-RecordType = Literal[TouchpointType, DispositionType]
+# A person told us who they are (a tracker's `identify`, a CRM sync): the record links its
+# identities and updates the profile, and is neither an engagement nor a sales decision.
+ProfileType = Literal["identified"]
+RecordType = Literal[TouchpointType, DispositionType, ProfileType]
 
 TOUCHPOINT_TYPES: frozenset[str] = frozenset(get_args(TouchpointType))
 DISPOSITION_TYPES: frozenset[str] = frozenset(get_args(DispositionType))
-RECORD_TYPES: frozenset[str] = TOUCHPOINT_TYPES | DISPOSITION_TYPES
+PROFILE_TYPES: frozenset[str] = frozenset(get_args(ProfileType))
+RECORD_TYPES: frozenset[str] = TOUCHPOINT_TYPES | DISPOSITION_TYPES | PROFILE_TYPES

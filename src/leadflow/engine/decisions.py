@@ -92,8 +92,10 @@ class RecordProcessor:
         self.update_profile(lead, rec, created)
         if rec.is_touchpoint:
             self.touch(lead, rec)
-        else:
+        elif rec.type in DISPOSITION_TYPES:
             self.disposition(lead, rec)
+        else:  # identified: the profile changed, and fit with it; no engagement to score
+            self.qualify(lead, rec.occurred_at, None)
         self.settle(lead, rec.occurred_at)
         return lead.id, False
 

@@ -1,0 +1,107 @@
+"""``leadflow serve``: the HTTP intake (contract-v1 records and Segment batches).
+
+Production mode (``LEADFLOW_KAFKA_BOOTSTRAP`` set, or ``--sink kafka``) produces each
+accepted record to the touchpoints topic and answers once the broker acknowledged it;
+embedded mode (``--sink store``, the default without Kafka) applies it to the store. The
+ASGI stack (Starlette, uvicorn) is imported here, inside the command, so other commands
+never pay for it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import click
+
+from leadflow.cli.common import Context, fail, kafka_call, kafka_settings, log, redact
+
+
+@click.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=click.IntRange(1, 65535), default=8080, show_default=True,
+              help="Port to listen on.")
+@click.option("--tokens-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="File of intake tokens, one a line (besides LEADFLOW_INTAKE_TOKENS).")
+@click.option("--no-auth", is_flag=True,
+              help="Accept requests without a token (only behind something that checks).")
+@click.option("--sink", type=click.Choice(["auto", "kafka", "store"]), default="auto",
+              show_default=True,
+              help="kafka: produce to the touchpoints topic; store: apply to the database; "
+                   "auto: kafka when LEADFLOW_KAFKA_BOOTSTRAP is set.")
+@click.option("--max-body-bytes", type=click.IntRange(1024, 256 << 20), default=4 << 20,
+              show_default=True, help="Largest request body (after gzip).")
+@click.option("--max-records", type=click.IntRange(1, 1_000_000), default=5000,
+              show_default=True, help="Most records (or Segment messages) in one request.")
+@click.pass_obj
+def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth: bool,
+          sink: str, max_body_bytes: int, max_records: int) -> None:
+    """Serve the HTTP intake: contract-v1 records and Segment batches.
+
+    POST /v1/records takes contract-v1 records (a JSON object, an array, or NDJSON);
+    POST /v1/batch takes the Segment HTTP API's batch (also /v1/identify, /v1/track,
+    /v1/page). Each record is validated by the contract and answered by index. Requests need
+    a token from LEADFLOW_INTAKE_TOKENS or --tokens-file (Bearer, or HTTP Basic with the
+    token as user name, as Segment SDKs send a write key). GET /healthz and /readyz for
+    orchestrators. SIGTERM/SIGINT finish the requests in flight and exit.
+    """
+    import uvicorn
+
+    from leadflow.config import ConfigError
+    from leadflow.intake.auth import Tokens, load_tokens
+    from leadflow.intake.http import IntakeConfig, Limits, create_app
+    from leadflow.intake.sinks import EngineSink, KafkaSink, Sink
+
+    tokens: Tokens | None = None
+    try:
+        found = load_tokens(os.environ.get("LEADFLOW_INTAKE_TOKENS"), tokens_file)
+    except ConfigError as exc:
+        fail(str(exc))
+    if no_auth:
+        if found:
+            fail("--no-auth with tokens configured: drop one of them")
+        log.warning("intake authentication is OFF (--no-auth): anyone who reaches the port "
+                    "can write records")
+    elif not found:
+        fail("no intake tokens: set LEADFLOW_INTAKE_TOKENS (comma-separated) or "
+             "--tokens-file, or pass --no-auth explicitly")
+    else:
+        tokens = Tokens(found)
+
+    rules = obj.rules()
+    use_kafka = sink == "kafka" or (sink == "auto" and bool(os.environ.get(
+        "LEADFLOW_KAFKA_BOOTSTRAP", "").strip()))
+    target: Sink
+    if use_kafka:
+        from leadflow.consumers import clients
+
+        settings = kafka_settings()
+        producer = kafka_call("producer", lambda: clients.intake_producer(settings))
+        # Fail at start, not on the first request, when the topic is missing.
+        if not kafka_call("topic metadata", lambda: producer.partitions_for(settings.topic)):
+            fail(f"topic {settings.topic} has no partitions; run `leadflow kafka "
+                 "create-topics`")
+        target = KafkaSink(producer, settings.topic, free_mail=rules.free_mail,
+                           admin=lambda: clients.intake_probe(settings))
+        where = f"kafka topic {settings.topic} at {settings.bootstrap}"
+    else:
+        app = obj.app()
+        target = EngineSink(app)
+        rules = app.rules  # the rules the engine scores with (published ones included)
+        where = f"store {redact(obj.settings.database_url)}"
+
+    config = IntakeConfig(
+        sink=target, mapping=rules.segment, tokens=tokens,
+        limits=Limits(max_body_bytes=max_body_bytes, max_records=max_records,
+                      max_record_bytes=obj.settings.max_record_bytes),
+        max_future_skew=obj.settings.max_future_skew)
+    server = uvicorn.Server(uvicorn.Config(
+        create_app(config), host=host, port=port, log_config=None, access_log=False,
+        lifespan="off", log_level="warning", timeout_graceful_shutdown=30))
+    log.info("intake starting", host=host, port=port, sink=target.mode, target=where,
+             auth="off" if tokens is None else f"{len(tokens)} tokens")
+    try:
+        server.run()
+    finally:
+        target.close()
+        log.info("intake stopped")
