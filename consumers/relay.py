@@ -24,6 +24,7 @@ from kafka.partitioner.default import murmur2
 from leadflow.consumers.settings import KafkaSettings
 from leadflow.contract.lifecycle import RELAYED_EVENT_CLASSES, to_lifecycle
 from leadflow.engine.app import LeadflowApp
+from leadflow.metrics import Health, RelayMetrics
 from leadflow.store.fold import envelope_topics
 
 log = structlog.get_logger(__name__)
@@ -48,13 +49,16 @@ def partition_for(key: bytes, partitions: int) -> int:
 
 class LifecycleRelay:
     def __init__(self, app: LeadflowApp, settings: KafkaSettings, producer: KafkaProducer,
-                 consumer_factory: Callable[[], KafkaConsumer], page_size: int = 500) -> None:
+                 consumer_factory: Callable[[], KafkaConsumer], page_size: int = 500,
+                 metrics: RelayMetrics | None = None, health: Health | None = None) -> None:
         self.app = app
         self.settings = settings
         self.producer = producer
         self.consumer_factory = consumer_factory
         self.page_size = page_size
         self.stats = RelayStats()
+        self.metrics = metrics if metrics is not None else RelayMetrics()
+        self.health = health if health is not None else Health()
         self._stop = threading.Event()
         self.tracking_name = f"relay:{settings.lifecycle_topic}"
         topics = [get_topic(cls) for cls in RELAYED_EVENT_CLASSES]
@@ -108,9 +112,11 @@ class LifecycleRelay:
                  partitions=n_partitions)
         try:
             while not self._stop.is_set():
+                self.health.beat()
                 page = recorder.select_notifications(position + 1, self.page_size,
                                                      topics=self.topics)
                 if not page:
+                    self.metrics.progress(position, position, caught_up=True)
                     if until_idle:
                         break
                     self._stop.wait(idle_sleep)
@@ -126,6 +132,7 @@ class LifecycleRelay:
                         partition = partition_for(key, n_partitions)
                         if (notification.id, seq) <= published.get(partition, (0, 0)):
                             self.stats.skipped_already_published += 1
+                            self.metrics.skipped.inc()
                             continue
                         futures.append(self.producer.send(
                             self.settings.lifecycle_topic, key=key, partition=partition,
@@ -141,6 +148,10 @@ class LifecycleRelay:
                 position = page[-1].id
                 recorder.insert_tracking(Tracking(self.tracking_name, position))
                 self.stats.position = position
+                self.metrics.published.inc(len(futures))
+                self.metrics.done.inc(len(page))
+                self.metrics.progress(position, int(recorder.max_notification_id() or 0),
+                                      caught_up=False)
                 log.info("relayed page", position=position, published=len(futures))
         finally:
             self.producer.flush(timeout=30)

@@ -40,6 +40,7 @@ from leadflow.contract import (
     parse_record,
 )
 from leadflow.engine.app import BatchResult, LeadflowApp
+from leadflow.metrics import ConsumerMetrics, Health
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +105,8 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
 
     def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
         log.info("partitions revoked", partitions=sorted(tp.partition for tp in revoked))
+        for tp in revoked:
+            self.owner.forget_partition(tp)
         # Another consumer may now write these leads: cached aggregates could go stale.
         self.owner.app.forget_cached_aggregates()
 
@@ -127,6 +130,8 @@ class TouchpointConsumer:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         sleep: Callable[[float], None] = time.sleep,
         max_record_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+        metrics: ConsumerMetrics | None = None,
+        health: Health | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
@@ -137,6 +142,13 @@ class TouchpointConsumer:
         self.clock = clock
         self.sleep = sleep
         self.stats = ConsumeStats()
+        self.metrics = metrics if metrics is not None else ConsumerMetrics()
+        self.health = health if health is not None else Health()
+        # Last tracked offset per partition (None: nothing tracked yet), for the lag gauges.
+        self._tracked: dict[TopicPartition, int | None] = {}
+        # Read by the readiness probe from the HTTP thread: the Kafka client is not
+        # thread-safe, this int is.
+        self.assigned_partitions = 0
         self._stop = threading.Event()
 
     # ------------------------------------------------------------------ control
@@ -156,9 +168,18 @@ class TouchpointConsumer:
     def subscribe(self) -> None:
         self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
 
+    def has_partitions(self) -> bool:
+        """Readiness: partitions are assigned (safe to call from another thread)."""
+        return self.assigned_partitions > 0
+
+    def forget_partition(self, tp: TopicPartition) -> None:
+        self._tracked.pop(tp, None)
+        self.metrics.forget_partition(tp.topic, tp.partition)
+
     def seek_to_tracked(self, tp: TopicPartition) -> None:
         position = self.app.process_recorder.max_tracking_id(
             tracking_name(tp.topic, tp.partition))
+        self._tracked[tp] = position
         if position is None:
             self.consumer.seek_to_beginning(tp)
             log.info("no tracked offset; from the beginning", topic=tp.topic,
@@ -178,7 +199,11 @@ class TouchpointConsumer:
             while not self._stop.is_set():
                 polled = self.consumer.poll(timeout_ms=poll_timeout_ms,
                                             max_records=self.settings.max_poll_records)
-                if self.consumer.assignment():
+                self.health.beat()
+                assignment = self.consumer.assignment() or set()
+                self.assigned_partitions = len(assignment)
+                self.metrics.assigned.set(len(assignment))
+                if assignment:
                     unassigned_since = time.monotonic()
                 elif time.monotonic() - unassigned_since > self.settings.rejoin_timeout_seconds:
                     log.error("no partitions assigned; stopping",
@@ -189,8 +214,10 @@ class TouchpointConsumer:
                         "the tracked offsets")
                 for tp, records in polled.items():
                     self.process(tp, records)
+                    self.health.beat()
                     if self._stop.is_set():
                         break
+                self._report_lag(assignment)
                 if until_idle and not polled and self._caught_up():
                     log.info("caught up; exiting", **self.stats.__dict__)
                     break
@@ -216,6 +243,12 @@ class TouchpointConsumer:
         except KafkaError as exc:
             log.error("consumer close failed at shutdown", error=str(exc))
 
+    def _report_lag(self, assignment: set[TopicPartition]) -> None:
+        # The highwater mark comes with every fetch response: no request to the broker here.
+        for tp in assignment:
+            self.metrics.partition_lag(tp.topic, tp.partition, self._tracked.get(tp),
+                                       self.consumer.highwater(tp))
+
     def _caught_up(self) -> bool:
         assignment = self.consumer.assignment()
         if not assignment:
@@ -227,6 +260,7 @@ class TouchpointConsumer:
         """Apply one partition's polled records as one batch, tracked at the last offset."""
         if not records:
             return
+        started = time.perf_counter()
         first, last = records[0].offset, records[-1].offset
         bound = log.bind(topic=tp.topic, partition=tp.partition, first_offset=first,
                          last_offset=last)
@@ -264,6 +298,7 @@ class TouchpointConsumer:
                     # Already applied (a redelivery after a rebalance): nothing to do.
                     bound.warning("batch already applied; skipping", tracked=tracked)
                     self.stats.skipped_batches += 1
+                    self._tracked[tp] = tracked
                     self.consumer.seek(tp, tracked + 1)
                     return
                 if len(records) > 1:
@@ -275,19 +310,26 @@ class TouchpointConsumer:
                                   records=len(records), error=str(exc))
                     self.stats.retries += 1
                     self.stats.splits += 1
+                    self.metrics.conflicts.inc()
+                    self.metrics.retries.labels("write_conflict").inc()
                     middle = len(records) // 2
                     self.process(tp, records[:middle])
                     self.process(tp, records[middle:])
                     return
                 bound.warning("write conflict; retrying with fresh aggregates",
                               attempt=attempt + 1, error=str(exc))
+                self.metrics.conflicts.inc()
+                self.metrics.retries.labels("write_conflict").inc()
                 self._backoff(attempt)
             except RETRYABLE as exc:
                 bound.warning("batch failed; retrying", attempt=attempt + 1,
                               error_class=type(exc).__name__, error=str(exc))
+                self.metrics.retries.labels("infrastructure").inc()
                 self._backoff(attempt)
             else:
                 self._count(result, dead, len(records))
+                self._tracked[tp] = last
+                self.metrics.batch_seconds.observe(time.perf_counter() - started)
                 self._commit_kafka_offset(tp, last)
                 bound.debug("batch committed", applied=result.applied,
                             duplicates=result.duplicates,
@@ -311,6 +353,10 @@ class TouchpointConsumer:
         self.stats.dead_lettered += len(dead) + len(result.rejected)
         for reason in [d.reason for d in dead] + [r.reason or "rejected" for r in result.rejected]:
             self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + 1
+            self.metrics.rejected.labels(reason).inc()
+        self.metrics.records.labels("applied").inc(result.applied)
+        self.metrics.records.labels("duplicate").inc(result.duplicates)
+        self.metrics.records.labels("rejected").inc(len(dead) + len(result.rejected))
 
     def _publish_dead_letters(self, letters: list[DeadLetter]) -> None:
         if not letters:
@@ -346,6 +392,8 @@ class TouchpointConsumer:
         self.producer.flush(timeout=30)
         for future in futures:
             future.get(timeout=30)  # raises the send's KafkaError, if any
+        for letter in letters:
+            self.metrics.dead_letters.labels(letter.reason).inc()
 
     def _commit_kafka_offset(self, tp: TopicPartition, last: int) -> None:
         # Only for lag monitoring; the tracking record in the database is authoritative.

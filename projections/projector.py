@@ -30,6 +30,7 @@ from eventsourcing.persistence import JSONTranscoder, Notification
 from eventsourcing.utils import get_topic
 
 from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
+from leadflow.metrics import Health, ProjectorMetrics
 from leadflow.projections.admin import analyst_roles, grant_select
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.events import ENVELOPES, KINDS, TOPICS, EventData, load_payload
@@ -92,11 +93,14 @@ class ProjectionStats:
 class Projector:
     """Maintains the read models of one leadflow database."""
 
-    def __init__(self, app: LeadflowApp, db: ProjectionDB, page_size: int = 2000) -> None:
+    def __init__(self, app: LeadflowApp, db: ProjectionDB, page_size: int = 2000,
+                 metrics: ProjectorMetrics | None = None, health: Health | None = None) -> None:
         self.app = app
         self.db = db
         self.page_size = page_size
         self.stats = ProjectionStats()
+        self.metrics = metrics if metrics is not None else ProjectorMetrics()
+        self.health = health if health is not None else Health()
         self._stop = threading.Event()
 
     def stop(self, *_: object) -> None:
@@ -298,9 +302,14 @@ class Projector:
         listener = self._listen() if not until_idle else None
         try:
             while not self._stop.is_set():
+                self.health.beat()
                 done = self.process_page()
+                newest = self.max_notification_id()
+                self.metrics.done.inc(done)
+                self.metrics.progress(self.stats.position or self.position(), newest,
+                                      caught_up=not done)
                 if progress:
-                    progress(self.stats.position, self.max_notification_id())
+                    progress(self.stats.position, newest)
                 if done:
                     continue
                 if until_idle:

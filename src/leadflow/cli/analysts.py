@@ -26,10 +26,13 @@ from leadflow.cli.common import (
     Context,
     check_writable,
     fail,
+    metrics_port_option,
+    new_health,
     out_console,
     parse_time,
     progress_bar,
     redact,
+    serving_metrics,
 )
 from leadflow.config import ConfigError
 from leadflow.runtime import tune_gc
@@ -75,16 +78,20 @@ def _projecting(obj: Context, rebuilding: bool = False) -> Iterator[None]:
              f"{type(exc).__name__}: {exc}")
 
 
-def run_projector(obj: Context, until_idle: bool) -> Any:
+def run_projector(obj: Context, until_idle: bool, metrics_port: int | None = None) -> Any:
+    from leadflow.metrics import ProjectorMetrics, new_registry
     from leadflow.projections.projector import Projector
 
     db = projection_db(obj)
-    projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
+    registry, health = new_registry(), new_health()
+    projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size,
+                          metrics=ProjectorMetrics(registry), health=health)
     tune_gc()
     if not until_idle:
         signal.signal(signal.SIGTERM, projector.stop)
         signal.signal(signal.SIGINT, projector.stop)
-    with _projecting(obj), progress_bar() as progress:
+    with _projecting(obj), serving_metrics(obj, metrics_port, registry, health), \
+            progress_bar() as progress:
         task = progress.add_task("project", total=None, unit="events")
         stats = projector.run(until_idle=until_idle, progress=lambda pos, top: progress.update(
             task, completed=pos, total=top))
@@ -93,14 +100,15 @@ def run_projector(obj: Context, until_idle: bool) -> Any:
 
 @click.command()
 @click.option("--until-idle", is_flag=True, help="Exit once every stored event is projected.")
+@metrics_port_option
 @click.pass_obj
-def project(obj: Context, until_idle: bool) -> None:
+def project(obj: Context, until_idle: bool, metrics_port: int | None) -> None:
     """Follow the event store and keep the analyst tables and views up to date.
 
     Each page of events and the tracking position commit in one transaction. PostgreSQL
     wakes the projector with LISTEN/NOTIFY; SQLite is polled.
     """
-    db, stats = run_projector(obj, until_idle)
+    db, stats = run_projector(obj, until_idle, metrics_port)
     db.close()
     click.echo(f"projected {stats.events} events in {stats.pages} pages; position "
                f"{stats.position}")

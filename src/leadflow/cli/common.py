@@ -24,11 +24,13 @@ from leadflow.config import ConfigError, Settings
 if TYPE_CHECKING:
     from uuid import UUID
 
+    from prometheus_client import CollectorRegistry
     from rich.console import Console
     from rich.progress import Progress
 
     from leadflow.domain.rules import Rules
     from leadflow.engine.app import LeadflowApp
+    from leadflow.metrics import Health
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
 
@@ -371,6 +373,49 @@ def out_console() -> Console:
     # Piped output has no terminal width; keep tables readable instead of 80 columns.
     probe = Console()
     return probe if probe.is_terminal else Console(width=150)
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def metrics_port_option(command: F) -> F:
+    """``--metrics-port`` / ``LEADFLOW_METRICS_PORT`` for a long-running command."""
+    option = click.option(
+        "--metrics-port", type=click.IntRange(0, 65535), default=None,
+        envvar="LEADFLOW_METRICS_PORT", show_envvar=False,
+        help="Serve /metrics (Prometheus), /healthz and /readyz on this port "
+             "(LEADFLOW_METRICS_PORT; LEADFLOW_METRICS_HOST, default 0.0.0.0). Off by default.")
+    return option(command)
+
+
+def new_health() -> Health:
+    from leadflow.metrics import Health, stall_seconds
+
+    try:
+        return Health(stall_seconds=stall_seconds())
+    except ConfigError as exc:
+        fail(str(exc))
+
+
+@contextlib.contextmanager
+def serving_metrics(obj: Context, port: int | None, registry: CollectorRegistry,
+                    health: Health) -> Iterator[None]:
+    """While the command runs: its metrics and health on ``port`` (nothing when None), with
+    a readiness check that the database answers."""
+    if port is None:
+        yield
+        return
+    from leadflow.metrics import MetricsServer, database_check, metrics_host
+
+    try:
+        health.add_check("database", database_check(obj.settings.database_url))
+        server = MetricsServer(registry, health, port, metrics_host()).start()
+    except ConfigError as exc:
+        fail(str(exc))
+    try:
+        yield
+    finally:
+        server.close()
 
 
 def kafka_settings() -> Any:

@@ -32,12 +32,15 @@ from leadflow.cli.common import (
     kafka_call,
     kafka_settings,
     log,
+    metrics_port_option,
+    new_health,
     open_for_writing,
     open_input,
     out_console,
     parse_time,
     progress_bar,
     redact,
+    serving_metrics,
 )
 from leadflow.contract import RecordRejected
 from leadflow.domain import STAGES
@@ -304,8 +307,9 @@ def publish(obj: Context, source: str, rejects_path: Path | None) -> None:
 @click.command()
 @click.option("--until-idle", is_flag=True,
               help="Exit once every assigned partition is caught up.")
+@metrics_port_option
 @click.pass_obj
-def consume(obj: Context, until_idle: bool) -> None:
+def consume(obj: Context, until_idle: bool, metrics_port: int | None) -> None:
     """Consume the touchpoints topic into the event store (exactly-once effect).
 
     Each poll's records of one partition are applied as one batch and committed with the
@@ -314,18 +318,23 @@ def consume(obj: Context, until_idle: bool) -> None:
     """
     from leadflow.consumers import clients
     from leadflow.consumers.touchpoints import ConsumerStoppedError, TouchpointConsumer
+    from leadflow.metrics import ConsumerMetrics, new_registry
 
     settings = kafka_settings()
     app = obj.app()
     tune_gc()
     consumer = kafka_call("consumer", lambda: clients.touchpoint_consumer(settings))
     producer = kafka_call("producer", lambda: clients.dead_letter_producer(settings))
+    registry, health = new_registry(), new_health()
     runner = TouchpointConsumer(app, settings, consumer, producer,
                                 max_future_skew=obj.settings.max_future_skew,
-                                max_record_bytes=obj.settings.max_record_bytes)
+                                max_record_bytes=obj.settings.max_record_bytes,
+                                metrics=ConsumerMetrics(registry), health=health)
+    health.add_check("partitions_assigned", runner.has_partitions)
     runner.install_signal_handlers()
     try:
-        stats = runner.run(until_idle=until_idle)
+        with serving_metrics(obj, metrics_port, registry, health):
+            stats = runner.run(until_idle=until_idle)
     except ConsumerStoppedError as exc:
         fail(str(exc))
     click.echo(f"consumed {stats.records} records in {stats.batches} batches: "
@@ -335,8 +344,9 @@ def consume(obj: Context, until_idle: bool) -> None:
 
 @click.command()
 @click.option("--until-idle", is_flag=True, help="Exit once every stored event is relayed.")
+@metrics_port_option
 @click.pass_obj
-def relay(obj: Context, until_idle: bool) -> None:
+def relay(obj: Context, until_idle: bool, metrics_port: int | None) -> None:
     """Publish lifecycle events (MQL, owner assigned, recycled, ...) to the lifecycle topic.
 
     Each message carries a stable event id; a restarted relay does not re-send what the
@@ -344,15 +354,19 @@ def relay(obj: Context, until_idle: bool) -> None:
     """
     from leadflow.consumers import clients
     from leadflow.consumers.relay import LifecycleRelay
+    from leadflow.metrics import RelayMetrics, new_registry
 
     settings = kafka_settings()
     app = obj.app()
     producer = kafka_call("producer", lambda: clients.relay_producer(settings))
+    registry, health = new_registry(), new_health()
     runner = LifecycleRelay(app, settings, producer,
-                            lambda: clients.relay_tail_consumer(settings))
+                            lambda: clients.relay_tail_consumer(settings),
+                            metrics=RelayMetrics(registry), health=health)
     signal.signal(signal.SIGTERM, runner.stop)
     signal.signal(signal.SIGINT, runner.stop)
-    stats = kafka_call("relay", lambda: runner.run(until_idle=until_idle))
+    with serving_metrics(obj, metrics_port, registry, health):
+        stats = kafka_call("relay", lambda: runner.run(until_idle=until_idle))
     click.echo(f"relayed {stats.published} lifecycle events "
                f"({stats.skipped_already_published} already published), position "
                f"{stats.position}")
