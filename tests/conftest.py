@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -15,6 +16,19 @@ from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.app import LeadflowApp
 
 T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+
+# The audit key every store of the test session signs its chain links with (a production
+# store must get one from outside the database: store/keys.py). Tests that start the CLI
+# pass it on; tests of the key handling itself remove it.
+TEST_AUDIT_KEY = "leadflow-test-audit-key-0123456789abcdef"
+os.environ.setdefault("LEADFLOW_AUDIT_KEY", TEST_AUDIT_KEY)
+
+
+def clean_env() -> dict[str, str]:
+    """The environment for a CLI the test starts: no LEADFLOW_* setting of the developer's
+    leaks in, except the session's audit key."""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("LEADFLOW_") or k == "LEADFLOW_AUDIT_KEY"}
 
 
 def days(n: float) -> timedelta:

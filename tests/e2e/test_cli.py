@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import clean_env
+
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
 
 
 def run(args: list[str], tmp_path: Path, stdin: str | None = None,
         env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+    full_env = clean_env()
     full_env.update({"LEADFLOW_DATABASE_URL": f"sqlite:///{tmp_path / 'lf.db'}",
                      "LEADFLOW_LOG_FORMAT": "json"})
     full_env.update(env or {})

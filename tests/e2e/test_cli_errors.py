@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import clean_env
 from tests.e2e.test_cli import LEADFLOW, line, run
 
 
@@ -315,10 +316,14 @@ def test_verify_and_rescore_get_past_rows_that_cannot_be_read(tmp_path: Path) ->
     result = run(["verify", "--json"], tmp_path)
     assert result.returncode == 4, result.stderr
     report = json.loads(result.stdout)
-    assert report["leads"] == 1  # fine@acme.io is still verified
-    (problem,) = report["problems"]
-    assert problem["lead_id"] is None
-    assert re.match(r"stored event \d+ \(Lead\.Created\) cannot be read", problem["problem"])
+    # fine@acme.io still verifies; the damaged lead's other rows are checked on their own.
+    assert report["leads"] == 2
+    moved = [p for p in report["problems"] if p["aggregate_id"] is None]
+    assert len(moved) == 1 and "originator id 'not-a-uuid', which is no UUID" in \
+        moved[0]["problem"]
+    rest = [p for p in report["problems"] if p["aggregate_id"] is not None]
+    assert {p["lead_id"] for p in rest} == {lead}
+    assert any("versions jump from 0" in p["problem"] for p in rest)
     backtest = run(["rescore", "--rules", str(candidate), "--json"], tmp_path)
     assert backtest.returncode == 0, backtest.stderr
     assert len(json.loads(backtest.stdout)["unloadable_leads"]) == 1
@@ -378,7 +383,7 @@ def test_a_progress_bar_counts_records_and_rejections_are_summarised_under_it(
              else '{"event_id": "broken"' for i in range(1500)]
     source = tmp_path / "in.jsonl"
     source.write_text("\n".join(lines) + "\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+    env = clean_env()
     env.update(LEADFLOW_DATABASE_URL=f"sqlite:///{tmp_path / 'lf.db'}", COLUMNS="120",
                TERM="xterm-256color")
     env.pop("NO_COLOR", None)

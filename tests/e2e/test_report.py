@@ -27,6 +27,7 @@ from leadflow.generator import generate
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.projector import Projector
 from leadflow.projections.report import render_report
+from tests.conftest import clean_env
 
 CHARTS = {"funnel", "cohorts", "velocity", "entries"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -147,7 +148,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 @pytest.fixture
 def report_file(populated: str, tmp_path: Path) -> Path:
     out = tmp_path / "report.html"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+    env = clean_env()
     env.update({"LEADFLOW_DATABASE_URL": populated, "LEADFLOW_LOG_FORMAT": "json"})
     result = subprocess.run([sys.executable, "-m", "leadflow.cli", "report", "--html", str(out)],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,

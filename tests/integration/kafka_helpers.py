@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -18,6 +17,7 @@ from kafka.admin import NewTopic
 from leadflow.config import Settings
 from leadflow.contract import InboundRecord, RecordRejected, parse_record
 from leadflow.engine.app import LeadflowApp
+from tests.conftest import clean_env
 from tests.integration.services import Services
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
@@ -45,7 +45,7 @@ class Pipeline:
         return f"{self.prefix}.lifecycle"
 
     def env(self, **extra: str) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+        env = clean_env()
         env.update({
             "LEADFLOW_DATABASE_URL": self.pg_url,
             "LEADFLOW_KAFKA_BOOTSTRAP": self.services.kafka_bootstrap,

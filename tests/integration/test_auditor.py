@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import pytest
 from leadflow.domain.rules import default_rules_text, parse_rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor
-from tests.conftest import T0, Records, days, make_app
+from tests.conftest import T0, Records, clean_env, days, make_app
 
 PHONE = "+442079460958"
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
@@ -109,7 +108,7 @@ def test_unmerge_after_merge_restores_both_leads(app: LeadflowApp, rec: Records)
 
 
 def run(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+    env = {**clean_env(),
            "LEADFLOW_DATABASE_URL": url}
     return subprocess.run([*LEADFLOW, *args], env=env, capture_output=True, text=True,
                           timeout=120, check=False)

@@ -10,7 +10,6 @@ An event that still cannot be projected stops the projector with one line naming
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -29,7 +28,7 @@ from leadflow.projections.db import ProjectionDB, from_db
 from leadflow.projections.projector import ProjectionFailedError, Projector
 from leadflow.projections.schema import RELAXED, TABLES, columns, tables_ddl
 from leadflow.store.fold import is_envelope
-from tests.conftest import T0, Records, days
+from tests.conftest import T0, Records, clean_env, days
 from tests.integration.test_verify import Store
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
@@ -254,7 +253,7 @@ def test_a_hostile_store_projects_and_rebuilds_identically_on_sqlite_and_postgre
 
 def test_the_commands_project_and_rebuild_a_hostile_store(db_url: str) -> None:
     hostile_store(db_url)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+    env = {**clean_env(),
            "LEADFLOW_DATABASE_URL": db_url, "LEADFLOW_PROJECTION_PAGE_SIZE": "4"}
     for command in (["project", "--until-idle"], ["rebuild"]):
         done = subprocess.run([*LEADFLOW, *command], env=env, capture_output=True, text=True,

@@ -27,7 +27,7 @@ from leadflow.projections import queries
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.projector import Projector
 from leadflow.projections.schema import TABLES
-from tests.conftest import T0, Records, days
+from tests.conftest import T0, Records, clean_env, days
 from tests.integration.kafka_helpers import wait_until
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
@@ -161,7 +161,7 @@ def test_a_projector_killed_mid_batch_resumes_without_double_counting(tmp_path: 
     url = f"sqlite:///{tmp_path / 'lf.db'}"
     app = engine(url)
     load_stream(app, leads=1500, seed=22)
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+    env = {**clean_env(),
            "LEADFLOW_DATABASE_URL": url, "LEADFLOW_PROJECTION_PAGE_SIZE": "50",
            "LEADFLOW_LOG_FORMAT": "json"}
     chaos = random.Random(7)
@@ -197,7 +197,7 @@ def test_a_projector_killed_mid_batch_resumes_without_double_counting(tmp_path: 
 def test_the_funnel_command_prints_json_and_csv(tmp_path: Path, rec: Records) -> None:
     url = f"sqlite:///{tmp_path / 'lf.db'}"
     engine(url).apply_batch(scenario(rec))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+    env = {**clean_env(),
            "LEADFLOW_DATABASE_URL": url}
 
     def run(*args: str) -> str:
@@ -234,7 +234,7 @@ def test_the_analyst_role_reads_views_but_cannot_write_or_read_the_event_store(
     role, url = analyst
     app = engine(url)
     app.apply_batch(scenario(rec))
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+    env = {**clean_env(),
            "LEADFLOW_DATABASE_URL": url}
     done = subprocess.run([*LEADFLOW, "db", "grant-analyst", role, "--password", "s3cret"],
                           env=env, capture_output=True, text=True, timeout=120, check=False)

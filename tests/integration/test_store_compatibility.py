@@ -5,7 +5,6 @@ same, verifies, takes new records and advances its clock with today's code."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 from leadflow.config import Settings
 from leadflow.engine.app import LeadflowApp, Outcome, StoreVersionError
 from leadflow.store.recorders import STORE_VERSION
-from tests.conftest import Records
+from tests.conftest import Records, clean_env
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
@@ -38,7 +37,7 @@ def test_a_format_1_store_is_refused_with_the_command_that_migrates_it(tmp_path:
     db = v1_store(tmp_path)
     with pytest.raises(StoreVersionError, match="run `leadflow db migrate`"):
         open_app(db)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+    env = clean_env()
     env["LEADFLOW_DATABASE_URL"] = f"sqlite:///{db}"
     shown = subprocess.run([*LEADFLOW, "lead", "show", "x@y.io"], capture_output=True,
                            text=True, env=env, check=False)

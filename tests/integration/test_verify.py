@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections.abc import Callable
@@ -16,7 +15,7 @@ import pytest
 
 from leadflow.config import Settings
 from leadflow.engine.app import LeadflowApp
-from tests.conftest import T0, Records, days
+from tests.conftest import T0, Records, clean_env, days
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
 
@@ -97,7 +96,7 @@ class Store:
 
 
 def verify(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")},
+    env = {**clean_env(),
            "LEADFLOW_DATABASE_URL": url}
     return subprocess.run([*LEADFLOW, "verify", *args, "--json"], env=env, capture_output=True,
                           text=True, timeout=120, check=False)
@@ -155,23 +154,47 @@ def garbage_payload(store: Store, lead: str) -> int:
 
 
 def resealed_non_json(store: Store, lead: str) -> int:
-    # The chain is no signature: anyone can recompute the links after an edit. A payload the
-    # engine cannot decode is still named.
+    # Re-linked with a key of the attacker's own: the link names a key nobody configured.
+    # A payload the engine cannot decode is named too.
     from leadflow.store import chain as audit
+    from leadflow.store.keys import Keyring
 
     *_, before, version = store.versions(lead)
     topic, _ = store.row(lead, version)
     previous = audit.unseal(store.row(lead, before)[1])[1]
     assert previous is not None
-    sealed, _ = audit.seal(previous, UUID(lead), version, topic, b'{"awards":[1,}')
+    forged = Keyring.of(["an-attackers-own-key-0123456789"], "the attacker")
+    sealed, _ = audit.seal(forged, previous, UUID(lead), version, topic, b'{"awards":[1,}')
     store.set_state(lead, version, topic, sealed)
     return version
 
 
+def rehashed_without_the_key(store: Store, lead: str) -> int:
+    # What worked against the unkeyed chain: edit a row and recompute every link after it
+    # as plain SHA-256. Without the key the links cannot be keyed, and an unkeyed link after
+    # keyed ones is a downgrade.
+    from leadflow.store import chain as audit
+
+    versions = store.versions(lead)
+    version = scored_version(store, lead)
+    previous = audit.unseal(store.row(lead, versions[versions.index(version) - 1])[1])[1]
+    assert previous is not None
+    for v in versions[versions.index(version):]:
+        topic, state = store.row(lead, v)
+        payload, _ = audit.unseal(state)
+        if v == version:
+            payload = payload.replace(b'"points":', b'"points":9', 1)
+        link = audit.unkeyed_link(previous, UUID(lead), v, topic, payload)
+        store.set_state(lead, v, topic, payload[:-1] + b',"chain":"' + link.encode() + b'"}')
+        previous = link
+    return version
+
+
 @pytest.mark.parametrize("tamper", [alter_payload, delete_event, swap_two, insert_one,
-                                    garbage_payload, resealed_non_json],
+                                    garbage_payload, resealed_non_json,
+                                    rehashed_without_the_key],
                          ids=["update-payload", "delete", "swap", "insert", "garbage",
-                              "resealed-non-json"])
+                              "resealed-non-json", "rehashed-without-key"])
 def test_verify_names_the_lead_and_position_of_each_kind_of_tampering(
         db_url: str, tamper: Callable[[Store, str], int]) -> None:
     app, lead, other = seeded(db_url)

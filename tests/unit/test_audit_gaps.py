@@ -23,7 +23,14 @@ from leadflow.domain import AggregateUnloadableError, Lead
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor
 from leadflow.store import chain as audit
+from leadflow.store.keys import Keyring
 from tests.conftest import T0, Records, days, make_app
+
+KEY = Keyring.of(["unit-test-audit-key-0123456789"], "the test")
+
+
+def verify_events(lead: Any, stored: list[StoredEvent], plain: Any = None) -> Any:
+    return audit.verify_events(lead, stored, plain, KEY)
 
 TOPIC = "leadflow.domain:Lead.TouchpointScored"
 
@@ -33,7 +40,7 @@ def chain(lead: UUID, payloads: list[bytes]) -> list[StoredEvent]:
     head = audit.genesis(lead)
     out = []
     for version, payload in enumerate(payloads, start=1):
-        sealed, head = audit.seal(head, lead, version, TOPIC, payload)
+        sealed, head = audit.seal(KEY, head, lead, version, TOPIC, payload)
         out.append(StoredEvent(lead, version, TOPIC, sealed))
     return out
 
@@ -46,7 +53,7 @@ def test_a_deleted_middle_event_is_a_gap_and_a_broken_link() -> None:
     lead = uuid4()
     stored = chain(lead, [b'{"x":1}', b'{"x":2}', b'{"x":3}', b'{"x":4}'])
     del stored[1]
-    result = audit.verify_events(lead, stored)
+    result = verify_events(lead, stored)
     assert not result.ok and result.events == 3
     assert at(2, result.problems) == ["versions jump from 1 to 3: stored events were deleted"]
     assert ["does not match" in p for p in at(3, result.problems)] == [True]
@@ -56,7 +63,7 @@ def test_a_deleted_middle_event_is_a_gap_and_a_broken_link() -> None:
 def test_a_deleted_first_event_is_a_gap() -> None:
     lead = uuid4()
     stored = chain(lead, [b'{"x":1}', b'{"x":2}'])[1:]
-    problems = audit.verify_events(lead, stored).problems
+    problems = verify_events(lead, stored).problems
     assert "versions jump from 0 to 2" in at(1, problems)[0]
 
 
@@ -68,7 +75,7 @@ def test_a_sealed_payload_that_is_no_json_is_a_problem(payload: bytes) -> None:
     # cannot load the event.
     lead = uuid4()
     stored = chain(lead, [b'{"x":1}', payload, b'{"x":3}'])
-    result = audit.verify_events(lead, stored)
+    result = verify_events(lead, stored)
     assert [p.version for p in result.problems] == [2]
     assert "payload is not valid JSON" in result.problems[0].problem
 
@@ -78,7 +85,7 @@ def test_a_sealed_json_value_that_is_no_object_is_a_problem() -> None:
     # seal() appends the link inside an object; a list gets its link appended as bytes.
     stored = chain(lead, [b'{"x":1}'])
     stored.append(StoredEvent(lead, 2, TOPIC, b"[1,2,3]"))
-    problems = audit.verify_events(lead, stored).problems
+    problems = verify_events(lead, stored).problems
     assert any("not an object" in p for p in at(2, problems))
 
 
@@ -86,14 +93,14 @@ def test_what_python_json_wrote_is_no_problem() -> None:
     # The engine's encoder wrote Infinity/NaN; the engine's decoder reads them back.
     lead = uuid4()
     stored = chain(lead, [b'{"annual_revenue":Infinity,"fit":NaN}'])
-    assert audit.verify_events(lead, stored).ok
+    assert verify_events(lead, stored).ok
 
 
 def test_garbage_bytes_without_a_link_are_problems_not_an_exception() -> None:
     lead = uuid4()
     stored = chain(lead, [b'{"x":1}'])
     stored.append(StoredEvent(lead, 2, TOPIC, b"\x00\x01\x02 garbage \xff"))
-    problems = at(2, audit.verify_events(lead, stored).problems)
+    problems = at(2, verify_events(lead, stored).problems)
     assert len(problems) == 2
     assert any("not valid JSON" in p for p in problems)
     assert any("no chain link" in p for p in problems)
@@ -105,7 +112,7 @@ def test_a_stored_value_that_is_not_bytes_is_a_problem(state: Any) -> None:
     lead = uuid4()
     stored = chain(lead, [b'{"x":1}', b'{"x":2}'])
     stored[0] = StoredEvent(lead, 1, TOPIC, state)
-    result = audit.verify_events(lead, stored)
+    result = verify_events(lead, stored)
     assert "payload cannot be read" in at(1, result.problems)[0]
 
 
@@ -114,7 +121,7 @@ def test_text_and_memoryview_payloads_are_read_as_their_bytes() -> None:
     stored = chain(lead, [b'{"x":1}', b'{"x":2}'])
     text = StoredEvent(lead, 1, TOPIC, stored[0].state.decode())  # type: ignore[arg-type]
     view = StoredEvent(lead, 2, TOPIC, memoryview(stored[1].state))  # type: ignore[arg-type]
-    result = audit.verify_events(lead, [text, view])
+    result = verify_events(lead, [text, view])
     assert result.ok, result.problems
 
 
@@ -123,9 +130,9 @@ def test_a_compressor_refusing_altered_bytes_is_a_problem() -> None:
     stored = [StoredEvent(e.originator_id, e.originator_version, e.topic,
                           zlib.compress(e.state)) for e in chain(lead, [b'{"x":1}', b'{"x":2}'])]
     stored[0] = StoredEvent(lead, 1, TOPIC, b"not zlib")
-    result = audit.verify_events(lead, stored, zlib.decompress)
+    result = verify_events(lead, stored, zlib.decompress)
     assert "payload cannot be read: error" in at(1, result.problems)[0]
-    assert audit.verify_events(lead, stored[1:], zlib.decompress).problems  # the gap
+    assert verify_events(lead, stored[1:], zlib.decompress).problems  # the gap
 
 
 # ----------------------------------------------------------------- the auditor's replays

@@ -32,6 +32,7 @@ from eventsourcing.persistence import (
 from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import get_topic
 
+from leadflow.config import ConfigError
 from leadflow.contract import InboundRecord
 from leadflow.domain import (
     Account,
@@ -63,6 +64,7 @@ from leadflow.store.bookkeeping import routing_state
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.fold import OPENED, FoldingEventStore
+from leadflow.store.keys import keyring_from_env
 from leadflow.store.recorders import (
     LeadflowPOPOProcessRecorder,
     RecordId,
@@ -102,7 +104,14 @@ class LeadflowApp(Application[UUID]):
                  *, migrating: bool = False) -> None:
         super().__init__(env)
         self.rules = rules or default_rules()
-        self.codec = EventCodec(self.mapper, self.recorder)
+        # The audit key signs every row's chain link (store/keys.py); never in the database.
+        try:
+            self.keyring = keyring_from_env(self.env, self.env.get("SQLITE_DBNAME"),
+                                            type(self.factory).__module__)
+        except ConfigError:
+            self.close()
+            raise
+        self.codec = EventCodec(self.mapper, self.recorder, self.keyring)
         self.directory = Directory(self.indexes)
         if not migrating:
             self._check_store_version()
@@ -555,9 +564,9 @@ class LeadflowApp(Application[UUID]):
                 cache.clear()
                 cache.full = False
 
-    def verify(self, lead_id: UUID) -> audit.LeadVerification:
-        """Recompute a lead's hash chain from its stored events (no cache, no domain)."""
-        return self.codec.verify(lead_id)
+    def verify(self, aggregate_id: UUID) -> audit.LeadVerification:
+        """Recompute an aggregate's keyed chain from its stored rows (no cache, no domain)."""
+        return self.codec.verify(aggregate_id)
 
     def _encode(self, unit: Unit) -> list[StoredEvent]:
         stored: list[StoredEvent] = []

@@ -146,6 +146,13 @@ def postgres_identities(curs: Any, schema: str, keys: Sequence[str]) -> dict[str
     return {row["key"]: (row["target_id"], row["is_interest"]) for row in curs.fetchall()}
 
 
+def postgres_identity_page(curs: Any, schema: str, after: str, limit: int
+                           ) -> list[tuple[str, UUID, bool]]:
+    curs.execute(f'SELECT key, target_id, is_interest FROM "{schema}".{IDENTITIES_TABLE} '
+                 "WHERE key > %s ORDER BY key LIMIT %s", (after, limit))
+    return [(r["key"], r["target_id"], bool(r["is_interest"])) for r in curs.fetchall()]
+
+
 def postgres_engagements(curs: Any, schema: str, account_ids: Sequence[UUID]
                          ) -> dict[UUID, dict[UUID, datetime]]:
     curs.execute(f'SELECT account_id, lead_id, engaged_at FROM "{schema}".{ENGAGEMENTS_TABLE} '
@@ -200,6 +207,12 @@ def sqlite_identities(c: Any, keys: Sequence[str]) -> dict[str, Target]:
         for key, target, interest in c.fetchall():
             out[key] = (UUID(target), bool(interest))
     return out
+
+
+def sqlite_identity_page(c: Any, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
+    c.execute(f"SELECT key, target_id, is_interest FROM {IDENTITIES_TABLE} WHERE key > ? "
+              "ORDER BY key LIMIT ?", (after, limit))
+    return [(key, UUID(target), bool(interest)) for key, target, interest in c.fetchall()]
 
 
 def sqlite_engagements(c: Any, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:

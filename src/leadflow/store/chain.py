@@ -1,13 +1,21 @@
-"""Tamper evidence: a hash chain over each lead's stored events.
+"""Tamper evidence: a keyed chain over every aggregate's stored rows.
 
-Every stored Lead event carries ``chain = sha256(previous link | lead id | version | topic |
-payload)``, where the payload is the exact stored JSON bytes of the event without its chain
-member, and the first link starts from a per-lead genesis value. The link is appended as the
-payload's last member (``…,"chain":"<hex>"}``), so sealing costs one hash and no second
-encoding, and ``verify`` needs nothing but the stored bytes: a direct SQL edit of a payload
-(even one that only re-spaces the JSON), a deleted, reordered or inserted event breaks the
-chain at a position it can name. The chain head of a lead is printed so an auditor can keep
-it elsewhere and detect the removal of the newest events too (``--expect-head``).
+Every stored row, whatever its aggregate (lead, account, interest, clock, rules…), carries
+``chain = <key id>:HMAC-SHA256(key, previous link | aggregate id | version | topic |
+payload)``, where the payload is the exact stored JSON bytes of the row without its chain
+member, the first link starts from a per-aggregate genesis value, and the key comes from
+outside the database (keys.py). The link is appended as the payload's last member
+(``…,"chain":"<kid>:<hex>"}``), so sealing costs one HMAC and no second encoding, and
+``verify`` needs nothing but the stored bytes and the key: an edit of a payload (even one
+that only re-spaces the JSON), a deleted, reordered or inserted row breaks the chain at a
+position it can name, and nobody without the key can re-link the rows after an edit.
+
+Links written before keyed chains (``"chain":"<hex>"``, plain SHA-256 of the same message)
+still verify, and are counted as *unkeyed*: anyone with write access could have recomputed
+them. A plain link after a keyed one in the same chain is reported (a downgrade).
+
+Chains end at each aggregate's newest row; removing newest rows, or a whole aggregate, is
+found against a checkpoint (audit.py), which anchors every chain head at a store position.
 
 ``verify_events`` never fails on a damaged store: a version gap, a payload that is no JSON
 object, garbage bytes or a stored value that is not bytes at all are each a ``Problem``.
@@ -19,7 +27,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
@@ -27,26 +35,32 @@ import orjson
 from eventsourcing.persistence import StoredEvent
 
 from leadflow.store import fold
+from leadflow.store.keys import Keyring
 
 GENESIS = "leadflow-chain-v2"
 # Whitespace-tolerant, so a re-formatted payload still yields its link and is reported once.
-_SEALED = re.compile(rb',?\s*"chain"\s*:\s*"([0-9a-f]{64})"\s*}\s*\Z')
+_SEALED = re.compile(rb',?\s*"chain"\s*:\s*"((?:[0-9a-f]{8}:)?[0-9a-f]{64})"\s*}\s*\Z')
 
 
-def genesis(lead_id: UUID) -> str:
-    return hashlib.sha256(f"{GENESIS}|{lead_id}".encode()).hexdigest()
+def genesis(aggregate_id: UUID) -> str:
+    return hashlib.sha256(f"{GENESIS}|{aggregate_id}".encode()).hexdigest()
 
 
-def link(previous: str, lead_id: UUID, version: int, topic: str, payload: bytes) -> str:
-    digest = hashlib.sha256(f"{previous}|{lead_id}|{version}|{topic}|".encode())
-    digest.update(payload)
-    return digest.hexdigest()
+def message(previous: str, aggregate_id: UUID, version: int, topic: str,
+            payload: bytes) -> bytes:
+    return f"{previous}|{aggregate_id}|{version}|{topic}|".encode() + payload
 
 
-def seal(previous: str, lead_id: UUID, version: int, topic: str,
+def unkeyed_link(previous: str, aggregate_id: UUID, version: int, topic: str,
+                 payload: bytes) -> str:
+    """The link of a store written before keyed chains (plain SHA-256)."""
+    return hashlib.sha256(message(previous, aggregate_id, version, topic, payload)).hexdigest()
+
+
+def seal(keyring: Keyring, previous: str, aggregate_id: UUID, version: int, topic: str,
          payload: bytes) -> tuple[bytes, str]:
-    """The payload (a JSON object's bytes) with its chain link appended, and the link."""
-    chain = link(previous, lead_id, version, topic, payload)
+    """The payload (a JSON object's bytes) with its keyed link appended, and the link."""
+    chain = keyring.sign(message(previous, aggregate_id, version, topic, payload))
     separator = b"" if payload == b"{}" else b","
     return payload[:-1] + separator + b'"chain":"' + chain.encode() + b'"}', chain
 
@@ -59,22 +73,41 @@ def unseal(state: bytes) -> tuple[bytes, str | None]:
     return state[:found.start()] + b"}", found.group(1).decode()
 
 
+def kind_of(topic: str) -> str:
+    """The aggregate class a stored row's topic names (``…:Account.Created`` -> Account)."""
+    if ":" not in topic:
+        return "?"
+    return topic.rpartition(":")[2].split(".", 1)[0] or "?"
+
+
 @dataclass(frozen=True)
 class Problem:
-    lead_id: UUID
+    lead_id: UUID | None
     version: int
     problem: str
+    aggregate: str = "Lead"
+    aggregate_id: UUID | None = None
 
     def as_dict(self) -> dict[str, Any]:
-        return {"lead_id": str(self.lead_id), "version": self.version, "problem": self.problem}
+        oid = self.aggregate_id or self.lead_id
+        return {"aggregate": self.aggregate, "aggregate_id": str(oid) if oid else None,
+                "lead_id": str(self.lead_id) if self.lead_id else None,
+                "version": self.version, "problem": self.problem}
 
 
 @dataclass(frozen=True)
 class LeadVerification:
+    """One aggregate's chain (the name is from when only leads were chained)."""
+
     lead_id: UUID
     events: int
     head: str | None
     problems: tuple[Problem, ...]
+    aggregate: str = "Lead"
+    version: int = 0  # the last event version the rows hold
+    unkeyed: int = 0
+    unknown_keys: frozenset[str] = field(default_factory=frozenset)
+    key_ids: frozenset[str] = field(default_factory=frozenset)  # every key id a link names
 
     @property
     def ok(self) -> bool:
@@ -93,36 +126,51 @@ def _stored_bytes(state: Any) -> bytes:
     raise ValueError(f"the stored payload is {type(state).__name__}, not bytes")
 
 
-def _not_json(payload: bytes) -> str | None:
-    """Why the payload is no JSON object the engine can decode (None: it is one)."""
+def parse(payload: bytes) -> tuple[Any, str | None]:
+    """The payload's JSON and why it is no JSON object the engine can decode (None: it
+    is one)."""
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
         try:  # what the engine's encoder can write and orjson refuses (Infinity, NaN, ...)
             data = json.loads(payload)
         except (ValueError, RecursionError) as exc:
-            return f"payload is not valid JSON ({' '.join(str(exc).split())[:120]})"
+            return None, f"payload is not valid JSON ({' '.join(str(exc).split())[:120]})"
     if not isinstance(data, dict):
-        return f"payload is a JSON {type(data).__name__}, not an object"
-    return None
+        return data, f"payload is a JSON {type(data).__name__}, not an object"
+    return data, None
 
 
-def verify_events(lead_id: UUID, stored: Sequence[StoredEvent],
-                  plain: Callable[[bytes], bytes] | None = None) -> LeadVerification:
-    """Recompute the chain over one lead's stored events (ordered by version).
+def verify_events(aggregate_id: UUID, stored: Sequence[StoredEvent],
+                  plain: Callable[[bytes], bytes] | None = None,
+                  keyring: Keyring | None = None,
+                  seen: Callable[[StoredEvent, dict[str, Any]], None] | None = None,
+                  ) -> LeadVerification:
+    """Recompute the chain over one aggregate's stored rows (ordered by version).
 
-    ``plain`` undoes the application's compressor/cipher, if one is configured. Whatever
-    the rows hold, the answer is a list of problems, never an exception.
+    ``plain`` undoes the application's compressor/cipher, if one is configured; without a
+    ``keyring`` only unkeyed links can be checked. ``seen`` is handed each row's decoded
+    payload (the whole-store check reads identities from it). Whatever the rows hold, the
+    answer is a list of problems, never an exception.
     """
+    kind = kind_of(stored[0].topic) if stored else "?"
+    lead = aggregate_id if kind == "Lead" else None
     problems: list[Problem] = []
-    previous = genesis(lead_id)
+
+    def problem(version: int, text: str) -> None:
+        problems.append(Problem(lead, version, text, kind, aggregate_id))
+
+    previous = genesis(aggregate_id)
     expected_version = 1
+    keyed = False
+    unkeyed = 0
+    unknown: set[str] = set()
+    kids: set[str] = set()
     for event in stored:
         version = event.originator_version
         if version != expected_version:
-            problems.append(Problem(lead_id, expected_version,
-                                    f"versions jump from {expected_version - 1} to {version}: "
-                                    "stored events were deleted"))
+            problem(expected_version, f"versions jump from {expected_version - 1} to "
+                                      f"{version}: stored events were deleted")
         expected_version = version + 1
         try:
             state = _stored_bytes(event.state)
@@ -130,29 +178,48 @@ def verify_events(lead_id: UUID, stored: Sequence[StoredEvent],
                 state = _stored_bytes(plain(state))
         # A cipher's or compressor's refusal of altered bytes (zlib.error is no ValueError).
         except Exception as exc:
-            problems.append(Problem(lead_id, version, "payload cannot be read: "
-                                    f"{type(exc).__name__}: {exc}"))
+            problem(version, f"payload cannot be read: {type(exc).__name__}: {exc}")
             continue
         payload, chain = unseal(state)
-        reason = _not_json(payload)
+        data, reason = parse(payload)
         if reason is not None:
-            problems.append(Problem(lead_id, version, f"{reason}: the event cannot be loaded"))
-        elif fold.is_envelope(event.topic):
-            # One row holding several events (fold.py): the next row starts after its last.
-            try:
-                expected_version = version + fold.event_count(payload)
-            except ValueError as exc:
-                problems.append(Problem(lead_id, version, f"envelope cannot be read: {exc}"))
+            problem(version, f"{reason}: the event cannot be loaded")
+        else:
+            if fold.is_envelope(event.topic):
+                # One row holding several events (fold.py): the next row starts after its last.
+                events = data.get("events")
+                if isinstance(events, list) and events:
+                    expected_version = version + len(events)
+                else:
+                    problem(version, "envelope cannot be read: the envelope holds no events")
+            if seen is not None:
+                seen(event, data)
         if chain is None:
-            problems.append(Problem(lead_id, version, "event carries no chain link: inserted "
-                                                      "outside leadflow"))
+            problem(version, "event carries no chain link: inserted outside leadflow")
             continue
-        recomputed = link(previous, lead_id, version, event.topic, payload)
+        kid, _, _ = chain.rpartition(":")
+        text = message(previous, aggregate_id, version, event.topic, payload)
+        if not kid:
+            unkeyed += 1
+            recomputed: str | None = hashlib.sha256(text).hexdigest()
+            if keyed:
+                problem(version, "unkeyed link after keyed ones: the chain was re-linked "
+                                 "without the audit key")
+        else:
+            keyed = True
+            kids.add(kid)
+            recomputed = keyring.check(kid, text) if keyring is not None else None
+            if recomputed is None:
+                unknown.add(kid)
+                problem(version, f"link made with audit key {kid}, which is not configured: "
+                                 "a wrong or missing key, or a forged link")
+                previous = chain
+                continue
         if recomputed != chain:
-            problems.append(Problem(lead_id, version,
-                                    "chain link does not match the stored payload: the event "
-                                    "was altered, reordered or inserted"))
+            problem(version, "chain link does not match the stored payload: the event was "
+                             "altered, reordered or inserted")
         # Continue from the stored link so one altered event is reported once, not onwards.
         previous = chain
     head = previous if stored else None
-    return LeadVerification(lead_id, len(stored), head, tuple(problems))
+    return LeadVerification(aggregate_id, len(stored), head, tuple(problems), kind,
+                            expected_version - 1, unkeyed, frozenset(unknown), frozenset(kids))

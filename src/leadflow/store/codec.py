@@ -8,7 +8,7 @@ out (and the reverse), so the domain never sees an encoding.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -18,16 +18,18 @@ from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
 from psycopg.sql import SQL, Identifier
 
-from leadflow.domain import Lead
 from leadflow.store import chain, fold
+from leadflow.store.keys import Keyring
 
 
 class EventCodec:
     """Encodes aggregates' pending events for the recorder, and reads stored events back."""
 
-    def __init__(self, mapper: Mapper[UUID], recorder: AggregateRecorder) -> None:
+    def __init__(self, mapper: Mapper[UUID], recorder: AggregateRecorder,
+                 keyring: Keyring) -> None:
         self.mapper = mapper
         self.recorder = recorder
+        self.keyring = keyring
         self._topics: dict[type, str] = {}
         self.expander = fold.Expander(mapper)
 
@@ -73,20 +75,20 @@ class EventCodec:
         """The aggregate's pending events as stored events, each encoded exactly once:
         one row per cause (``cuts``, see fold.py), a single event under its own topic.
 
-        Lead rows get their hash-chain link (see chain.py) appended to the encoded bytes,
-        so the tamper evidence costs one hash per row, not a second encoding.
+        Every row gets its keyed chain link (see chain.py) appended to the encoded bytes,
+        so the tamper evidence costs one HMAC per row, not a second encoding. The aggregate
+        remembers its head (``chain_head``: set by replaying a lead, by storing any
+        aggregate); one not yet known is read from its newest row.
         """
         pending = aggregate.collect_events()
         if not pending:
             return []
-        chained = isinstance(aggregate, Lead)
-        head: str | None = None
-        if chained:
-            lead = cast(Lead, aggregate)
-            if pending[0].originator_version == Lead.INITIAL_VERSION:
-                head = chain.genesis(lead.id)
-            else:
-                head = lead.chain_head or self.chain_head(lead.id)
+        head: str
+        if pending[0].originator_version == Aggregate.INITIAL_VERSION:
+            head = chain.genesis(aggregate.id)
+        else:
+            head = getattr(aggregate, "chain_head", None) or self.chain_head(aggregate.id)
+        keyring = self.keyring
         out: list[StoredEvent] = []
         for events, why in fold.split(pending, cuts):
             if len(events) == 1:
@@ -94,11 +96,11 @@ class EventCodec:
             else:
                 originator_id, version, topic, payload = self.encode_envelope(
                     events, why or cause)
-            if head is not None:
-                payload, head = chain.seal(head, originator_id, version, topic, payload)
+            payload, head = chain.seal(keyring, head, originator_id, version, topic, payload)
             out.append(StoredEvent(originator_id, version, topic, self.protect(payload)))
-        if chained:
-            cast(Lead, aggregate).chain_head = head
+        # An instance attribute on any aggregate (Lead declares it): the next commit of the
+        # cached aggregate chains on without reading its newest row back.
+        aggregate.chain_head = head  # type: ignore[attr-defined]
         return out
 
     def _topic(self, cls: type) -> str:
@@ -153,14 +155,17 @@ class EventCodec:
             payload = self.mapper.compressor.decompress(payload)
         return payload
 
-    def chain_head(self, lead_id: UUID) -> str:
-        stored = self.recorder.select_events(lead_id, desc=True, limit=1)
+    def chain_head(self, aggregate_id: UUID) -> str:
+        stored = self.recorder.select_events(aggregate_id, desc=True, limit=1)
         if not stored:
-            return chain.genesis(lead_id)
-        return chain.unseal(self.plain(stored[0].state))[1] or chain.genesis(lead_id)
+            return chain.genesis(aggregate_id)
+        return chain.unseal(self.plain(stored[0].state))[1] or chain.genesis(aggregate_id)
 
-    def verify(self, lead_id: UUID) -> chain.LeadVerification:
-        """Recompute a lead's hash chain from its stored events (no cache, no domain)."""
-        protected = self.mapper.cipher is not None or self.mapper.compressor is not None
-        return chain.verify_events(lead_id, self.recorder.select_events(lead_id),
-                                   self.plain if protected else None)
+    @property
+    def protected(self) -> bool:
+        return self.mapper.cipher is not None or self.mapper.compressor is not None
+
+    def verify(self, aggregate_id: UUID) -> chain.LeadVerification:
+        """Recompute an aggregate's chain from its stored rows (no cache, no domain)."""
+        return chain.verify_events(aggregate_id, self.recorder.select_events(aggregate_id),
+                                   self.plain if self.protected else None, self.keyring)

@@ -75,6 +75,10 @@ def _from_sqlite_time(text: str) -> datetime:
     return datetime.strptime(text, _SQLITE_TIME).replace(tzinfo=UTC)
 
 
+# (notification id, raw originator id, version, topic, state): one row of the events table.
+ScannedRow = tuple[int, Any, int, str, bytes]
+
+
 class RecordId(NamedTuple):
     """An applied record: its producer ``event_id``, content digest, and the lead (or
     ``None`` for anonymous interest) it was applied to."""
@@ -128,6 +132,17 @@ class RecordIdIndex(ABC):
     @abstractmethod
     def select_counters(self) -> dict[str, int]:
         """The routing counters (``load:<rep>``, ``cursor:<team>``)."""
+
+    @abstractmethod
+    def scan_events(self, after: tuple[Any, int] | None, limit: int) -> list[ScannedRow]:
+        """Up to ``limit`` rows of the events table in (originator id, version) order after
+        the (raw originator id, version) ``after``: the whole-store audit's read. The raw id
+        is as stored (a SQLite row edited by hand may hold one that is no UUID)."""
+
+    @abstractmethod
+    def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
+        """Up to ``limit`` identity rows (key, target, is_interest) with keys after ``after``,
+        in key order."""
 
 
 def record_ids_of(kwargs: dict[str, Any]) -> list[RecordId]:
@@ -205,6 +220,21 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
     def select_counters(self) -> dict[str, int]:
         with self.datastore.transaction(commit=False) as curs:
             return bookkeeping.postgres_counters(curs, self.datastore.schema)
+
+    def scan_events(self, after: tuple[Any, int] | None, limit: int) -> list[ScannedRow]:
+        table = Identifier(self.datastore.schema, self.events_table_name)
+        where = SQL("WHERE (originator_id, originator_version) > (%s, %s) " if after else "")
+        statement = SQL("SELECT notification_id, originator_id, originator_version, topic, "
+                        "state FROM {} {}ORDER BY originator_id, originator_version LIMIT %s"
+                        ).format(table, where)
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(statement, (*after, limit) if after else (limit,))
+            return [(r["notification_id"], r["originator_id"], r["originator_version"],
+                     r["topic"], bytes(r["state"])) for r in curs.fetchall()]
+
+    def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
+        with self.datastore.transaction(commit=False) as curs:
+            return bookkeeping.postgres_identity_page(curs, self.datastore.schema, after, limit)
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         if not event_ids:
@@ -374,6 +404,18 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
             c.execute(f"SELECT 1 FROM {self.events_table_name} LIMIT 1")
             return c.fetchone() is not None
 
+    def scan_events(self, after: tuple[Any, int] | None, limit: int) -> list[ScannedRow]:
+        where = "WHERE (originator_id, originator_version) > (?, ?) " if after else ""
+        with self.datastore.transaction(commit=False) as c:
+            c.execute("SELECT rowid, originator_id, originator_version, topic, state FROM "
+                      f"{self.events_table_name} {where}ORDER BY originator_id, "
+                      "originator_version LIMIT ?", (*after, limit) if after else (limit,))
+            return [(n, oid, v, t, st) for n, oid, v, t, st in c.fetchall()]
+
+    def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
+        with self.datastore.transaction(commit=False) as c:
+            return bookkeeping.sqlite_identity_page(c, after, limit)
+
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         out: dict[str, RecordId] = {}
         unique = list(dict.fromkeys(event_ids))
@@ -455,6 +497,20 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
 
     def has_events(self) -> bool:
         return bool(self._stored_events)
+
+    def scan_events(self, after: tuple[Any, int] | None, limit: int) -> list[ScannedRow]:
+        with self._database_lock:
+            rows = [(n, str(e.originator_id), e.originator_version, e.topic, e.state)
+                    for n, e in enumerate(self._stored_events, 1)]
+        rows.sort(key=lambda r: (r[1], r[2]))
+        if after is not None:
+            rows = [r for r in rows if (r[1], r[2]) > (str(after[0]), after[1])]
+        return rows[:limit]
+
+    def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
+        with self._record_ids_lock:
+            rows = sorted((k, t, i) for k, (t, i) in self._books.identities.items() if k > after)
+        return rows[:limit]
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         with self._record_ids_lock:

@@ -1,0 +1,135 @@
+"""The audit key: what makes the store's chain links an HMAC nobody without it can forge.
+
+A plain hash chain proves nothing against someone who can write the events table: they edit
+a row and recompute every link after it. Keyed links (HMAC-SHA256) can only be recomputed
+with the key, and the key is never in the database:
+
+- ``LEADFLOW_AUDIT_KEY``: one key, or several separated by commas — the first signs new
+  links, the others only verify links made before a rotation;
+- ``LEADFLOW_AUDIT_KEY_FILE``: a file with one key per line (``#`` comments allowed), the
+  first line signing; ``leadflow audit rotate-key`` puts a new key on top;
+- neither, with the embedded SQLite store: ``<database file>.audit-key`` beside it, created
+  with owner-only permissions on first use (and logged), so the two-command demo works;
+- neither, with PostgreSQL: an error naming both variables — a production store must not
+  sign with a key that sits next to it by accident;
+- the in-memory store (tests) signs with a key made for the process.
+
+Each link names its key by a *key id*: the first 8 hex digits of a hash of the key, so a
+rotated store keeps verifying with the old key, and a wrong key is reported as a wrong key
+(its id matches no link) rather than as tampering on every row.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from leadflow.config import ConfigError
+
+log = structlog.get_logger(__name__)
+
+KEY_ENV = "LEADFLOW_AUDIT_KEY"
+KEY_FILE_ENV = "LEADFLOW_AUDIT_KEY_FILE"
+MIN_KEY_BYTES = 16
+KEY_FILE_SUFFIX = ".audit-key"
+
+
+def key_id(key: bytes) -> str:
+    """A key's public name: reveals nothing usable about the key (one-way, 32 bits)."""
+    return hashlib.sha256(b"leadflow-audit-key-id|" + key).hexdigest()[:8]
+
+
+def new_key() -> str:
+    return secrets.token_hex(32)
+
+
+@dataclass(frozen=True)
+class Keyring:
+    """The signing key and the keys of earlier rotations, by key id."""
+
+    keys: Mapping[str, bytes]
+    current: str
+    source: str
+
+    @classmethod
+    def of(cls, texts: Sequence[str], source: str) -> Keyring:
+        keys: dict[str, bytes] = {}
+        for text in texts:
+            raw = text.strip().encode()
+            if len(raw) < MIN_KEY_BYTES:
+                raise ConfigError(f"audit key from {source} is too short: at least "
+                                  f"{MIN_KEY_BYTES} characters (`leadflow audit new-key` "
+                                  "prints a good one)")
+            keys.setdefault(key_id(raw), raw)
+        if not keys:
+            raise ConfigError(f"no audit key in {source}")
+        return cls(keys, key_id(texts[0].strip().encode()), source)
+
+    def sign(self, message: bytes) -> str:
+        """``<key id>:<HMAC-SHA256 hex>`` with the signing key."""
+        return f"{self.current}:" + hmac.digest(self.keys[self.current], message,
+                                                "sha256").hex()
+
+    def check(self, kid: str, message: bytes) -> str | None:
+        """The link ``message`` gets with key ``kid``; None when that key is not here."""
+        key = self.keys.get(kid)
+        if key is None:
+            return None
+        return f"{kid}:" + hmac.digest(key, message, "sha256").hex()
+
+
+def read_key_file(path: Path) -> list[str]:
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"audit key file {path} cannot be read: {exc.strerror}") from exc
+    return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+
+
+def write_key_file(path: Path, keys: Sequence[str]) -> None:
+    """Write ``keys`` (signing key first) readable by the owner only, atomically."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write("# leadflow audit keys: the first line signs new chain links; keep older\n"
+                  "# lines so links made before a rotation still verify. Keep a copy off\n"
+                  "# the database host: without it the chain cannot be checked.\n")
+        out.writelines(f"{key}\n" for key in keys)
+    os.replace(tmp, path)
+
+
+def default_key_file(database_file: str) -> Path:
+    return Path(database_file + KEY_FILE_SUFFIX)
+
+
+def keyring_from_env(env: Mapping[str, str], database_file: str | None,
+                     persistence: str) -> Keyring:
+    """The keyring the environment configures (see the module doc for the order)."""
+    text = env.get(KEY_ENV)
+    if text:
+        return Keyring.of([k for k in text.split(",") if k.strip()], KEY_ENV)
+    file = env.get(KEY_FILE_ENV)
+    if file:
+        return Keyring.of(read_key_file(Path(file)), f"{KEY_FILE_ENV}={file}")
+    if persistence.endswith("popo"):
+        return Keyring.of([new_key()], "a key made for this in-memory store")
+    if database_file and persistence.endswith("sqlite") and database_file != ":memory:" \
+            and not database_file.startswith("file:"):
+        path = default_key_file(database_file)
+        if not path.exists():
+            write_key_file(path, [new_key()])
+            log.warning("audit key created beside the SQLite store; keep a copy elsewhere, "
+                        "without it the chain cannot be verified", key_file=str(path))
+        return Keyring.of(read_key_file(path), str(path))
+    if persistence.endswith("sqlite"):
+        return Keyring.of([new_key()], "a key made for this in-memory SQLite store")
+    raise ConfigError(f"set {KEY_ENV} or {KEY_FILE_ENV}: the audit key that signs the event "
+                      "store's chain links must come from outside the database "
+                      "(`leadflow audit new-key` prints one)")
