@@ -28,6 +28,9 @@ class KafkaSettings:
     #: a consumer without partitions for this long (broker or group coordinator gone and not
     #: coming back to it) stops loudly so its supervisor restarts it from the tracked offsets.
     rejoin_timeout_seconds: float = 120.0
+    #: a topic of Segment-spec messages, consumed beside ``topic`` and mapped by the rules'
+    #: ``[segment]`` section (unset: none).
+    segment_topic: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> KafkaSettings:
@@ -49,6 +52,7 @@ class KafkaSettings:
                                                      cls.rejoin_timeout_seconds)),
                 session_timeout_ms=int(env.get("LEADFLOW_KAFKA_SESSION_TIMEOUT_MS",
                                                cls.session_timeout_ms)),
+                segment_topic=env.get("LEADFLOW_KAFKA_SEGMENT_TOPIC", "").strip() or None,
             )
         except ValueError as exc:
             raise ConfigError(f"LEADFLOW_KAFKA_* numeric setting is not a number: {exc}") from exc

@@ -39,6 +39,7 @@ from leadflow.contract import (
     RecordRejected,
     parse_record,
 )
+from leadflow.contract.segment import parse_raw as parse_segment
 from leadflow.engine.app import BatchResult, LeadflowApp
 from leadflow.metrics import ConsumerMetrics, Health
 
@@ -166,7 +167,9 @@ class TouchpointConsumer:
         signal.signal(signal.SIGINT, handler)
 
     def subscribe(self) -> None:
-        self.consumer.subscribe([self.settings.topic], listener=_Rebalance(self))
+        segment = self.settings.segment_topic
+        self.consumer.subscribe([self.settings.topic, *([segment] if segment else [])],
+                                listener=_Rebalance(self))
 
     def has_partitions(self) -> bool:
         """Readiness: partitions are assigned (safe to call from another thread)."""
@@ -270,9 +273,7 @@ class TouchpointConsumer:
         now = self.clock()
         for record in records:
             try:
-                parsed = parse_record(record.value, now=now,
-                                      max_future_skew=self.max_future_skew,
-                                      max_bytes=self.max_record_bytes)
+                parsed = self._parse(record, now)
             except RecordRejected as exc:
                 dead.append(DeadLetter(record, exc.reason, type(exc).__name__, exc.detail,
                                        exc.field))
@@ -340,6 +341,20 @@ class TouchpointConsumer:
             f"batch {tp.topic}:{tp.partition} offsets {first}-{last} failed "
             f"{self.settings.max_retries + 1} times; restart to resume from the tracked offset"
         )
+
+    def _parse(self, record: Any, now: datetime) -> InboundRecord:
+        """A contract-v1 record from either topic, or :class:`RecordRejected` (a Segment
+        message no rule maps too: ``SegmentUnmapped``, dead-lettered with its reason)."""
+        if record.topic != self.settings.segment_topic:
+            return parse_record(record.value, now=now, max_future_skew=self.max_future_skew,
+                                max_bytes=self.max_record_bytes)
+        # The broker's timestamp stands in for Segment's receivedAt: a message without a
+        # timestamp gets the same occurred_at on every redelivery.
+        received = datetime.fromtimestamp(record.timestamp / 1000, UTC) \
+            if isinstance(record.timestamp, int) and record.timestamp >= 0 else None
+        return parse_segment(record.value, self.app.rules.segment, received_at=received,
+                             now=now, max_future_skew=self.max_future_skew,
+                             max_bytes=self.max_record_bytes).record
 
     def _backoff(self, attempt: int) -> None:
         self.stats.retries += 1

@@ -88,7 +88,10 @@ def kafka() -> None:
 @click.option("--partitions", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--replication-factor", type=click.IntRange(1), default=1, show_default=True)
 def kafka_create_topics(partitions: int, replication_factor: int) -> None:
-    """Create the touchpoints, dead-letter and lifecycle topics if they do not exist."""
+    """Create the touchpoints, dead-letter and lifecycle topics if they do not exist.
+
+    Also the Segment topic when LEADFLOW_KAFKA_SEGMENT_TOPIC names one.
+    """
     from kafka.admin import NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
@@ -97,7 +100,8 @@ def kafka_create_topics(partitions: int, replication_factor: int) -> None:
     settings = kafka_settings()
     admin = kafka_call("admin", lambda: clients.admin_client(settings))
     existing = set(admin.list_topics())
-    wanted = [settings.topic, settings.dlq_topic, settings.lifecycle_topic]
+    wanted = [settings.topic, settings.dlq_topic, settings.lifecycle_topic,
+              *([settings.segment_topic] if settings.segment_topic else [])]
     missing = [t for t in wanted if t not in existing]
     if missing:
         # Created concurrently by another process: the goal is reached all the same.

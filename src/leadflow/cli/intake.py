@@ -89,7 +89,7 @@ def generate(obj: Context, leads: int, days: int, seed: int, start: str, output:
 
 
 def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
-               check_future: bool) -> IngestReport:
+               check_future: bool, segment: bool = False) -> IngestReport:
     app = obj.app()
     tune_gc()  # after start-up: the heap built so far is frozen out of the collector's way
     stream = open_input(source)
@@ -103,6 +103,7 @@ def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
             now=now, max_future_skew=obj.settings.max_future_skew,
             rejects=RejectsWriter(rejects), max_bytes=obj.settings.max_record_bytes,
             on_batch=lambda lines, done: progress.update(task, completed=done, records=lines),
+            segment=app.rules.segment if segment else None,
         )
     if report.rejected == 0:
         rejects_path.unlink(missing_ok=True)
@@ -119,24 +120,34 @@ def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
 @click.option("--allow-future/--reject-future", default=False,
               help="Accept records dated further ahead than LEADFLOW_MAX_FUTURE_SKEW_SECONDS.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--format", "input_format", type=click.Choice(["leadflow", "segment"]),
+              default="leadflow", show_default=True,
+              help="leadflow: contract-v1 records; segment: Segment-spec messages (identify, "
+                   "track, page) mapped by the rules' [segment] section.")
 @click.pass_obj
 def ingest(obj: Context, source: str, rejects_path: Path | None, batch_size: int | None,
-           allow_future: bool, as_json: bool) -> None:
+           allow_future: bool, as_json: bool, input_format: str) -> None:
     """Validate and apply a JSONL file (or - for stdin) in batches.
 
     Bad lines are reported with their line number and reason, written to the rejects
-    file, and the good lines still apply. Exit code 3 when anything was rejected.
+    file, and the good lines still apply. Exit code 3 when anything was rejected. With
+    --format segment, messages no rule maps are counted by event name (not rejected).
     """
     if rejects_path is None:
         rejects_path = Path("rejects.jsonl" if source == "-" else source + ".rejects.jsonl")
     check_rejects_path(source, rejects_path)
     report = run_ingest(obj, source, rejects_path, batch_size or obj.settings.batch_size,
-                        check_future=not allow_future)
+                        check_future=not allow_future, segment=input_format == "segment")
     if as_json:
         click.echo(json.dumps(report.as_dict()))
     else:
         click.echo(f"{report.lines} lines: {report.applied} applied, {report.duplicates} "
-                   f"duplicates ignored, {report.rejected} rejected")
+                   f"duplicates ignored, {report.rejected} rejected"
+                   + (f", {report.unmapped} unmapped" if input_format == "segment" else ""))
+        if report.unmapped:
+            events = ", ".join(f"{k!r}={v}" for k, v in report.unmapped_events.most_common(10))
+            click.echo(f"unmapped events (no [segment] rule): {events}"
+                       + (", ..." if len(report.unmapped_events) > 10 else ""))
         if report.rejected:
             reasons = ", ".join(f"{k}={v}" for k, v in sorted(report.reasons.items()))
             click.echo(f"rejected by reason: {reasons}; details in {rejects_path}")

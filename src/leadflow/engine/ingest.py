@@ -22,6 +22,9 @@ from leadflow.contract import (
     RecordRejected,
     parse_lines,
 )
+from leadflow.contract.segment import SegmentRecord, SegmentUnmapped
+from leadflow.contract.segment import parse_lines as parse_segment_lines
+from leadflow.domain.rules import SegmentMapping
 from leadflow.engine.app import LeadflowApp, Outcome
 
 log = structlog.get_logger(__name__)
@@ -36,6 +39,9 @@ class IngestReport:
     reasons: Counter[str] = field(default_factory=Counter)
     batches: int = 0
     max_occurred_at: datetime | None = None
+    #: Segment messages no ``[segment]`` rule maps, by event name (not errors: counted).
+    unmapped: int = 0
+    unmapped_events: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -44,6 +50,8 @@ class IngestReport:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "reasons": dict(sorted(self.reasons.items())),
+            "unmapped": self.unmapped,
+            "unmapped_events": dict(sorted(self.unmapped_events.items())),
             "batches": self.batches,
             "max_occurred_at": self.max_occurred_at.isoformat() if self.max_occurred_at else None,
         }
@@ -111,11 +119,14 @@ def ingest_lines(
     rejects: RejectsWriter,
     on_batch: Callable[[int, int], None] | None = None,
     max_bytes: int = DEFAULT_MAX_RECORD_BYTES,
+    segment: SegmentMapping | None = None,
 ) -> IngestReport:
     """Apply numbered lines in batches; ``on_batch(lines_done, bytes_done)`` reports progress.
 
     Each line is applied, a duplicate, or rejected on its own: neither a bad line nor a
-    record that fails to apply costs the other lines of its batch.
+    record that fails to apply costs the other lines of its batch. With ``segment`` the
+    lines are Segment-spec messages mapped by it; a message it does not map is counted in
+    ``unmapped`` (by event name), not rejected.
     """
     report = IngestReport()
     pending: list[tuple[int, bytes, InboundRecord]] = []
@@ -144,13 +155,22 @@ def ingest_lines(
             consumed_bytes += len(raw)
             yield line_no, raw
 
-    for line_no, text, record in parse_lines(counted(), now=now,
-                                             max_future_skew=max_future_skew,
-                                             max_bytes=max_bytes):
+    parsed: Iterator[tuple[int, bytes, InboundRecord | SegmentRecord | RecordRejected]] = (
+        parse_lines(counted(), now=now, max_future_skew=max_future_skew, max_bytes=max_bytes)
+        if segment is None else
+        parse_segment_lines(counted(), segment, now=now, max_future_skew=max_future_skew,
+                            max_bytes=max_bytes))
+    for line_no, text, outcome in parsed:
         report.lines += 1
-        if isinstance(record, RecordRejected):
-            _reject(report, rejects, line_no, record.reason, record.detail, text, record.field)
+        if isinstance(outcome, SegmentUnmapped):
+            report.unmapped += 1
+            report.unmapped_events[outcome.event] += 1
             continue
+        if isinstance(outcome, RecordRejected):
+            _reject(report, rejects, line_no, outcome.reason, outcome.detail, text,
+                    outcome.field)
+            continue
+        record = outcome.record if isinstance(outcome, SegmentRecord) else outcome
         if report.max_occurred_at is None or record.occurred_at > report.max_occurred_at:
             report.max_occurred_at = record.occurred_at
         pending.append((line_no, text, record))
