@@ -10,6 +10,7 @@ never pay for it.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import click
@@ -100,8 +101,15 @@ def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth:
         lifespan="off", log_level="warning", timeout_graceful_shutdown=30))
     log.info("intake starting", host=host, port=port, sink=target.mode, target=where,
              auth="off" if tokens is None else f"{len(tokens)} tokens")
+    stopping: list[str] = []
+    # uvicorn finishes the requests in flight on SIGTERM/SIGINT, restores the handlers it
+    # found and raises the signal again: these record it, so the sink is closed (the
+    # producer flushed, the store closed) and the command exits 0 instead of being killed.
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda received, _frame: stopping.append(
+            signal.Signals(received).name))
     try:
         server.run()
     finally:
         target.close()
-        log.info("intake stopped")
+        log.info("intake stopped", signal=stopping[0] if stopping else None)
