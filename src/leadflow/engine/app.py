@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import nullcontext
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
 import structlog
@@ -33,7 +33,6 @@ from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import get_topic
 
 from leadflow.config import ConfigError
-from leadflow.contract import InboundRecord
 from leadflow.domain import (
     Account,
     AggregateUnloadableError,
@@ -72,6 +71,10 @@ from leadflow.store.recorders import (
     recorder_topic_for,
 )
 from leadflow.store.transcoder import OrjsonTranscoder
+
+if TYPE_CHECKING:
+    # Annotations only: the contract's pydantic models load when records are parsed.
+    from leadflow.contract import InboundRecord
 
 log = structlog.get_logger(__name__)
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
-from leadflow.contract import InboundRecord
 from leadflow.domain import (
     STAGE_RANK,
     WORKING_STAGES,
@@ -31,6 +30,10 @@ from leadflow.domain.routing import choose_owner
 from leadflow.domain.rules import Rules
 from leadflow.domain.vocabulary import DISPOSITION_TYPES
 from leadflow.engine.unit import Identity, Unit
+
+if TYPE_CHECKING:
+    # Annotations only: the contract's pydantic models load when records are parsed.
+    from leadflow.contract import InboundRecord
 
 # Guard against a rules file that would make a lead bounce between owners forever.
 _MAX_TRANSITIONS_PER_CATCH_UP = 64
