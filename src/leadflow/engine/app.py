@@ -32,7 +32,6 @@ from eventsourcing.persistence import (
 from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import get_topic
 
-from leadflow.config import ConfigError
 from leadflow.domain import (
     Account,
     AggregateUnloadableError,
@@ -105,15 +104,14 @@ class LeadflowApp(Application[UUID]):
 
     def __init__(self, env: dict[str, str] | None = None, rules: Rules | None = None,
                  *, migrating: bool = False) -> None:
+        # The audit key signs every row's chain link (store/keys.py); never in the database.
+        # Read before connecting, so a store without one is refused before anything opens.
+        config = self.construct_env(self.name, env)
+        self.keyring = keyring_from_env(
+            config, config.get("SQLITE_DBNAME"),
+            config.get("PERSISTENCE_MODULE") or "eventsourcing.popo")
         super().__init__(env)
         self.rules = rules or default_rules()
-        # The audit key signs every row's chain link (store/keys.py); never in the database.
-        try:
-            self.keyring = keyring_from_env(self.env, self.env.get("SQLITE_DBNAME"),
-                                            type(self.factory).__module__)
-        except ConfigError:
-            self.close()
-            raise
         self.codec = EventCodec(self.mapper, self.recorder, self.keyring)
         self.directory = Directory(self.indexes)
         if not migrating:

@@ -51,26 +51,67 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used (unreadable, altered, or another key's)."""
 
 
-def identity_names(kind: str, topic: str, data: dict[str, Any]) -> Iterator[str]:
-    """The identity keys a stored row's events give their aggregate (a lead's Created,
-    IdentityAdded and Absorbed events; an interest's anonymous id as its key's tail)."""
-    if fold.is_envelope(topic):
-        items = data.get("events")
-        pairs = [(i[0], i[1]) for i in items if isinstance(i, list) and len(i) == 2
-                 and isinstance(i[1], dict)] if isinstance(items, list) else []
-    else:
-        pairs = [(topic.rpartition(".")[2], data)]
-    for name, fields in pairs:
-        if kind == "Lead":
-            if name == "Created" and isinstance(fields.get("primary_key"), str):
-                yield fields["primary_key"]
-            elif name == "IdentityAdded" and isinstance(fields.get("key"), str):
-                yield fields["key"]
-            elif name == "Absorbed" and isinstance(fields.get("identity_keys"), list):
-                yield from (k for k in fields["identity_keys"] if isinstance(k, str))
-        elif kind == "Interest" and name == "Created" \
-                and isinstance(fields.get("anonymous_id"), str):
-            yield "*:" + fields["anonymous_id"]
+ANONYMOUS = "anonymous_id:"
+
+
+def _pairs(topic: str, data: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(event name, fields) of each event a stored row holds."""
+    if not fold.is_envelope(topic):
+        return [(topic.rpartition(".")[2], data)]
+    items = data.get("events")
+    if not isinstance(items, list):
+        return []
+    return [(i[0], i[1]) for i in items
+            if isinstance(i, list) and len(i) == 2 and isinstance(i[1], dict)]
+
+
+def _uuid(value: Any) -> UUID | None:
+    """A UUID field as the transcoder stores it (tagged) or as text."""
+    if isinstance(value, dict):
+        value = value.get("_data_")
+    try:
+        return UUID(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+@dataclass
+class Refs:
+    """What an aggregate's events say about other rows: the identity keys it holds (a
+    lead's Created, IdentityAdded and Absorbed; an interest's anonymous id), the accounts
+    it names, and whether it ended merged into another lead."""
+
+    keys: set[str] = field(default_factory=set)
+    accounts: set[UUID] = field(default_factory=set)
+    merged: bool = False
+
+    def read(self, kind: str, topic: str, data: dict[str, Any]) -> None:
+        for name, fields in _pairs(topic, data):
+            if kind == "Lead":
+                if name == "Created" and isinstance(fields.get("primary_key"), str):
+                    self.keys.add(fields["primary_key"])
+                elif name == "IdentityAdded" and isinstance(fields.get("key"), str):
+                    self.keys.add(fields["key"])
+                elif name == "Absorbed" and isinstance(fields.get("identity_keys"), list):
+                    self.keys.update(k for k in fields["identity_keys"] if isinstance(k, str))
+                elif name == "MergedInto":
+                    self.merged = True
+                elif name == "Unmerged":
+                    self.merged = False
+                if name in ("Created", "AccountSet"):
+                    account = _uuid(fields.get("account_id"))
+                    if account is not None:
+                        self.accounts.add(account)
+            elif kind == "Interest" and name == "Created" \
+                    and isinstance(fields.get("anonymous_id"), str):
+                self.keys.add(ANONYMOUS + fields["anonymous_id"])
+
+
+def identity_names(kind: str, topic: str, data: dict[str, Any]) -> set[str]:
+    """The identity keys one stored row gives its aggregate."""
+    refs = Refs()
+    refs.read(kind, topic, data)
+    return refs.keys
 
 
 @dataclass
@@ -144,7 +185,7 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
     a damaged store: what is wrong is a problem in the report."""
     position = recorder.max_notification_id() or 0
     report = StoreReport(position, position if anchor is None else anchor)
-    names: dict[UUID, set[str]] = {}
+    refs: dict[UUID, Refs] = {}
     kinds: dict[UUID, str] = {}
 
     for raw, group in _groups(recorder, page):
@@ -159,17 +200,17 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
             continue
         kind = chain.kind_of(group[0][1].topic)
         kinds[oid] = kind
-        mine: set[str] = set()
+        mine = Refs()
 
         def seen(event: StoredEvent, data: dict[str, Any], kind: str = kind,
-                 mine: set[str] = mine) -> None:
-            mine.update(identity_names(kind, event.topic, data))
+                 mine: Refs = mine) -> None:
+            mine.read(kind, event.topic, data)
 
         result = chain.verify_events(
             oid, [StoredEvent(oid, e.originator_version, e.topic, e.state) for _, e in group],
             plain, keyring, seen if kind in ("Lead", "Interest") else None)
-        if mine:
-            names[oid] = mine
+        if mine.keys or mine.accounts:
+            refs[oid] = mine
         _account(report, result)
         anchored = [e for nid, e in group if nid <= report.anchor]
         if anchored:
@@ -177,7 +218,7 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
             report.heads[str(oid)] = (kind, _last_version(anchored[-1], plain), head)
         if progress:
             progress(len(group))
-    _check_identities(recorder, report, kinds, names, page)
+    _check_references(recorder, report, kinds, refs, page)
     return report
 
 
@@ -212,34 +253,45 @@ def _last_version(event: StoredEvent, plain: Plain) -> int:
                                        else 0)
 
 
-def _check_identities(recorder: RecordIdIndex, report: StoreReport, kinds: dict[UUID, str],
-                      names: dict[UUID, set[str]], page: int) -> None:
+def _check_references(recorder: RecordIdIndex, report: StoreReport, kinds: dict[UUID, str],
+                      refs: dict[UUID, Refs], page: int) -> None:
+    """Identity rows against the events, both ways, and the accounts leads name."""
+    present: set[str] = set()
     after = ""
     while True:
         rows = recorder.scan_identities(after, page)
         for key, target, is_interest in rows:
+            present.add(key)
             report.identities += 1
             kind = kinds.get(target)
-            what = "interest" if is_interest else "lead"
-            lead = None if is_interest else target
+            named = refs[target].keys if target in refs else set()
             if kind is None:
+                what = "interest" if is_interest else "lead"
                 problem = (f"identity {key} points at {what} {target}, which has no stored "
                            "events: the lead was deleted, or the identity row edited")
-            elif is_interest:
-                tail = "*:" + key.split(":", 1)[-1]
-                problem = "" if tail in names.get(target, ()) else (
-                    f"identity {key} points at interest {target}, whose events name another "
-                    "anonymous id: the identity row was edited")
-            elif kind != "Lead" or key not in names.get(target, ()):
+            elif key in named and kind == ("Interest" if is_interest else "Lead"):
+                continue
+            else:
                 problem = (f"identity {key} points at {kind} {target}, whose events never "
                            "name it: the identity row was edited")
-            else:
-                problem = ""
-            if problem:
-                report.problems.append(Problem(lead, 0, problem, "Identity", target).as_dict())
+            lead = None if is_interest else target
+            report.problems.append(Problem(lead, 0, problem, "Identity", target).as_dict())
         if len(rows) < page:
-            return
+            break
         after = rows[-1][0]
+    for oid, mine in sorted(refs.items()):
+        kind = kinds[oid]
+        lead = oid if kind == "Lead" else None
+        if not mine.merged:  # a merged lead's keys moved to the lead it joined
+            for key in sorted(mine.keys - present):
+                report.problems.append(Problem(
+                    lead, 0, f"{kind} {oid} holds identity {key}, which has no identity row: "
+                             "the row was deleted", "Identity", oid).as_dict())
+        for account in sorted(mine.accounts):
+            if kinds.get(account) != "Account":
+                report.problems.append(Problem(
+                    lead, 0, f"lead {oid} belongs to account {account}, which has no stored "
+                             "events: the account was deleted", "Account", account).as_dict())
 
 
 # -- checkpoints -------------------------------------------------------------------------
