@@ -94,8 +94,10 @@ COMMANDS: dict[str, LazyCommand] = {
                            "Why the score is what it is: each record, rule, original points and "
                            "decayed value."),
     "verify": LazyCommand("leadflow.cli.auditors", "verify",
-                          "Check that no stored lead event was altered, deleted, reordered or "
+                          "Check that no stored row was altered, deleted, reordered or "
                           "inserted."),
+    "audit": LazyCommand("leadflow.cli.auditors", "audit",
+                         "Audit keys and checkpoints that anchor the store's chains."),
     "rescore": LazyCommand("leadflow.cli.auditors", "rescore",
                            "Backtest a rules file on the recorded history without writing "
                            "anything."),
