@@ -25,6 +25,8 @@ PER_RECORD_EVENTS = frozenset({"record rejected", "line not published", "dead-le
 
 # (event, reason) -> count while per_record_summary() is active; None when it is not.
 _held: Counter[tuple[str, str]] | None = None
+# Warnings kept for the caller while held_warnings() is active; None when it is not.
+_notes: list[MutableMapping[str, Any]] | None = None
 
 
 class _CurrentStderr:
@@ -43,7 +45,24 @@ def _hold_per_record(_logger: Any, _method: str,
     if held is not None and event_dict.get("event") in PER_RECORD_EVENTS:
         held[(str(event_dict["event"]), str(event_dict.get("reason") or "-"))] += 1
         raise structlog.DropEvent
+    notes = _notes
+    if notes is not None and _method == "warning":
+        notes.append(dict(event_dict))
+        raise structlog.DropEvent
     return event_dict
+
+
+@contextmanager
+def held_warnings() -> Iterator[list[MutableMapping[str, Any]]]:
+    """Keep warnings (not errors) for the caller to show with its result instead of writing
+    them while it works: for a command whose screen must hold only progress bars until the
+    result (``demo``). Per-record warnings are still counted under a progress bar."""
+    global _notes
+    previous, _notes = _notes, []
+    try:
+        yield _notes
+    finally:
+        _notes = previous
 
 
 @contextmanager

@@ -148,7 +148,8 @@ def test_generate_is_deterministic_for_a_seed(tmp_path: Path) -> None:
 def test_demo_prints_stages_top_leads_and_owners(tmp_path: Path) -> None:
     result = run(["demo", "--leads", "300", "--days", "60"], tmp_path)
     assert result.returncode == 0, result.stderr
-    for heading in ("Leads per stage", "Top leads by score", "Owners", "clock advanced"):
+    for heading in ("Funnel:", "from previous", "Top leads by score", "why (points now)",
+                    "Owners", "advanced to"):
         assert heading in result.stdout
 
 

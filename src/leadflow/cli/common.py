@@ -280,6 +280,7 @@ def _progress_parts() -> dict[str, Any]:
         TextColumn,
         TimeElapsedColumn,
     )
+    from rich.table import Column
     from rich.text import Text
 
     class RateColumn(ProgressColumn):
@@ -318,7 +319,9 @@ def _progress_parts() -> dict[str, Any]:
     return {"Progress": Progress, "HeldProgress": HeldProgress, "TextColumn": TextColumn,
             "BarColumn": BarColumn, "TaskProgressColumn": TaskProgressColumn,
             "MofNCompleteColumn": MofNCompleteColumn, "TimeElapsedColumn": TimeElapsedColumn,
-            "RateColumn": RateColumn, "RecordsColumn": RecordsColumn}
+            # Never wrapped under the bar: the bar gives way on a narrow terminal instead.
+            "RateColumn": lambda: RateColumn(table_column=Column(no_wrap=True)),
+            "RecordsColumn": lambda: RecordsColumn(table_column=Column(no_wrap=True))}
 
 
 #: How the per-record warnings counted under a bar are named there.

@@ -8,6 +8,7 @@ dormancy), and ``demo`` runs the whole embedded path once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import sys
@@ -15,7 +16,7 @@ import tempfile
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import click
 from rich.console import Console
@@ -28,6 +29,7 @@ from leadflow.cli.common import (
     EXIT_REJECTED,
     Context,
     check_rejects_path,
+    err_console,
     fail,
     kafka_call,
     kafka_settings,
@@ -46,6 +48,8 @@ from leadflow.contract import RecordRejected
 from leadflow.domain import STAGES
 from leadflow.engine.app import LeadflowApp, LeadView
 from leadflow.engine.ingest import IngestReport, RejectsWriter, ingest_lines, numbered_lines
+from leadflow.logs import held_warnings
+from leadflow.projections.schema import FUNNEL as FUNNEL_STAGES
 from leadflow.runtime import tune_gc
 
 # ---------------------------------------------------------------- embedded path (files)
@@ -89,15 +93,19 @@ def generate(obj: Context, leads: int, days: int, seed: int, start: str, output:
 
 
 def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
-               check_future: bool, segment: bool = False) -> IngestReport:
+               check_future: bool, segment: bool = False,
+               quiet: bool = False) -> IngestReport:
+    """Apply a file to the store with a progress bar; ``quiet``: the caller reports the
+    result (the rejects by reason included), so no summary is logged."""
     app = obj.app()
     tune_gc()  # after start-up: the heap built so far is frozen out of the collector's way
     stream = open_input(source)
     total = None if source == "-" else Path(source).stat().st_size
     now = datetime.now(UTC) if check_future else None
     with stream, open_for_writing(rejects_path, "the rejects file") as rejects, \
-            progress_bar(records=True) as progress:
-        task = progress.add_task(f"ingest {source}", total=total, records=0)
+            progress_bar(records=True, log_summary=not quiet) as progress:
+        task = progress.add_task(f"ingest {'stdin' if source == '-' else Path(source).name}",
+                                 total=total, records=0)
         report = ingest_lines(
             app, numbered_lines(stream, obj.settings.max_record_bytes), batch_size=batch_size,
             now=now, max_future_skew=obj.settings.max_future_skew,
@@ -107,7 +115,8 @@ def run_ingest(obj: Context, source: str, rejects_path: Path, batch_size: int,
         )
     if report.rejected == 0:
         rejects_path.unlink(missing_ok=True)
-    log.info("ingest finished", source=source, **report.as_dict())
+    (log.debug if quiet else log.info)("ingest finished", source=source,
+                                        **report.as_dict())
     return report
 
 
@@ -170,70 +179,127 @@ def demo(obj: Context, leads: int, days: int, seed: int, fresh: bool) -> None:
         for suffix in ("", "-wal", "-shm"):
             Path(url[len("sqlite:///"):] + suffix).unlink(missing_ok=True)
     start = datetime(2026, 1, 1, tzinfo=UTC)
-    with tempfile.TemporaryDirectory(prefix="leadflow-demo-") as tmp:
-        stream = Path(tmp) / "stream.jsonl"
-        with stream.open("w", encoding="utf-8") as out:
-            for line in generate_stream(leads=leads, days=days, seed=seed, start=start):
-                out.write(line + "\n")
-        report = run_ingest(obj, str(stream), Path(tmp) / "rejects.jsonl",
-                            obj.settings.batch_size, check_future=True)
-    app = obj.app()
-    end = report.max_occurred_at or start
-    clock = app.advance_clock(end)
-    projected = None
-    if not url.startswith(("memory", "popo")):
-        db, projected = run_projector(obj, until_idle=True)
-        db.close()
+    # On a terminal nothing but progress bars is drawn until the result: the warnings met on
+    # the way (a new audit key, ...) are shown with it. Piped, the log keeps every event.
+    holding: contextlib.AbstractContextManager[list[Any]] = (
+        held_warnings() if err_console().is_terminal else contextlib.nullcontext([]))
+    with holding as notes:
+        with tempfile.TemporaryDirectory(prefix="leadflow-demo-") as tmp:
+            stream = Path(tmp) / "stream.jsonl"
+            with stream.open("w", encoding="utf-8") as out:
+                for line in generate_stream(leads=leads, days=days, seed=seed, start=start):
+                    out.write(line + "\n")
+            report = run_ingest(obj, str(stream), Path(tmp) / "rejects.jsonl",
+                                obj.settings.batch_size, check_future=True, quiet=True)
+        app = obj.app()
+        end = report.max_occurred_at or start
+        clock = app.advance_clock(end)
+        reached: dict[str, int] | None = None
+        projected = None
+        if not url.startswith(("memory", "popo")):
+            from leadflow.projections.queries import funnel as funnel_query
+
+            db, projected = run_projector(obj, until_idle=True)
+            try:
+                reached = {row.stage: row.count for row in funnel_query(db).stages}
+            finally:
+                db.close()
     console = out_console()
-    console.print(f"[bold]leadflow demo[/] on {escape(redact(url))}: {report.lines} records "
-                  f"for {leads} leads over {days} days; {report.applied} applied, "
-                  f"{report.duplicates} duplicates ignored, {report.rejected} rejected "
-                  f"({', '.join(f'{k}={v}' for k, v in sorted(report.reasons.items()))})")
-    console.print(f"clock advanced to {end.isoformat()}: {clock.woken} leads woken, "
-                  f"{clock.events} events recorded")
+    # A grid wraps long values inside their column, under their label: readable in 80 columns.
+    facts = Table.grid(padding=(0, 1))
+    facts.add_column(style="bold", no_wrap=True)
+    facts.add_column()
+    facts.add_row("records", f"{report.lines:,} for {leads:,} leads over {days} days into "
+                  f"{escape(redact(url))}")
+    facts.add_row("applied", f"{report.applied:,} ({report.duplicates:,} duplicates ignored)")
+    facts.add_row("rejected", f"{report.rejected:,}" + "".join(
+        f"{', ' if i else ': '}{k} {v:,}" for i, (k, v) in enumerate(sorted(
+            report.reasons.items()))))
+    facts.add_row("clock", f"advanced to {end.date()} (event time): {clock.woken:,} leads "
+                  f"woken, {clock.events:,} events recorded")
     if projected is not None:
-        console.print(f"analyst read models up to date: {projected.events} events projected "
-                      "(try `leadflow funnel --by source` or `leadflow report --html "
-                      "report.html`)")
-    _print_summary(console, app, end)
+        facts.add_row("read models", f"up to date ({projected.events:,} events); try "
+                      "`leadflow funnel --by source` or `leadflow report --html report.html`")
+    for note in notes:
+        details = ", ".join(f"{k}={v}" for k, v in note.items()
+                            if k not in ("event", "timestamp", "level"))
+        facts.add_row("note", escape(str(note.get("event", ""))
+                                     + (f" ({details})" if details else "")))
+    console.print("[bold]leadflow demo[/]")
+    console.print(facts, highlight=False)
+    _print_summary(console, app, end, reached)
 
 
-def _print_summary(console: Console, app: LeadflowApp, at: datetime) -> None:
+def _reached_from_views(views: list[LeadView]) -> dict[str, int]:
+    """Leads that reached each funnel stage, from the leads' transitions (the read models'
+    rule: a lead counts for every stage up to the furthest it reached)."""
+    order = {stage: i for i, stage in enumerate(FUNNEL_STAGES)}
+    counts: Counter[str] = Counter()
+    for v in views:
+        furthest = max((order[t["to"]] for t in v.transitions if t.get("to") in order),
+                       default=0)
+        counts.update(FUNNEL_STAGES[:furthest + 1])
+    return dict(counts)
+
+
+def _print_summary(console: Console, app: LeadflowApp, at: datetime,
+                   reached: dict[str, int] | None) -> None:
+    """What ops people look at, readable in 80 columns: the funnel with its conversion, the
+    top leads with the rules that put them there, and the owners' load."""
+    from rich import box
+
     views: list[LeadView] = []
     for lead_id in app.lead_ids():
         if app.resolve(lead_id) == lead_id:
             views.append(app.lead(lead_id, at=at))
-    stages: Counter[str] = Counter(v.stage_now for v in views)
-    table = Table(title=f"Leads per stage ({len(views)} live leads)")
-    table.add_column("stage")
-    table.add_column("leads", justify="right")
+    if reached is None:
+        reached = _reached_from_views(views)
+    now: Counter[str] = Counter(v.stage_now for v in views)
+    table = Table(title=f"Funnel: {len(views):,} live leads, event time to {at.date()}",
+                  box=box.SIMPLE_HEAD, title_justify="left")
+    for col in ("stage", "reached", "from previous", "in stage now"):
+        table.add_column(col, justify="left" if col == "stage" else "right")
+    previous: int | None = None
+    for stage in FUNNEL_STAGES:
+        count = reached.get(stage, 0)
+        conversion = f"{100 * count / previous:.1f}%" if previous else ""
+        table.add_row(stage, f"{count:,}", conversion, f"{now.get(stage, 0):,}",
+                      end_section=stage == FUNNEL_STAGES[-1])
+        previous = count
     for stage in STAGES:
-        table.add_row(stage, str(stages.get(stage, 0)))
-    table.add_row("dormant (flag)", str(sum(v.dormant for v in views)))
+        if stage not in FUNNEL_STAGES:
+            table.add_row(f"{stage} (side exit)", "", "", f"{now.get(stage, 0):,}")
+    table.add_row("dormant (flag)", "", "", f"{sum(v.dormant for v in views):,}")
     console.print(table)
 
     top = sorted(views, key=lambda v: -v.score)[:10]
-    table = Table(title=f"Top leads by score at {at.date().isoformat()}")
-    for col in ("lead", "stage", "owner", "fit", "engagement", "score", "top rules"):
-        table.add_column(col, justify="right" if col in ("fit", "engagement", "score") else "left")
+    table = Table(title=f"Top leads by score at {at.date()}, and why", box=box.SIMPLE_HEAD,
+                  title_justify="left")
+    # Widths that add up to 78 columns with the padding: only the lead is cut (with an
+    # ellipsis), never the stage, owner or score.
+    table.add_column("lead", no_wrap=True, overflow="ellipsis", max_width=24)
+    table.add_column("stage", no_wrap=True, min_width=12)
+    table.add_column("owner", no_wrap=True, min_width=5)
+    table.add_column("score", justify="right", no_wrap=True, min_width=5)
+    table.add_column("why (points now)", no_wrap=True, overflow="ellipsis", min_width=20)
     for v in top:
         strongest = sorted((c for c in v.breakdown if c.value), key=lambda c: -c.value)[:3]
-        rules = ", ".join(f"{c.rule} {c.value:.1f}" for c in strongest)
-        table.add_row(v.primary_key, v.stage_now, v.owner or ("pool" if v.in_pool else "-"),
-                      f"{v.fit:.1f}", f"{v.engagement:.1f}", f"{v.score:.1f}", rules)
+        why = "\n".join(f"{c.rule} {c.value:.1f}" for c in strongest)
+        table.add_row(v.primary_key.removeprefix("email:"), v.stage_now,
+                      v.owner or ("pool" if v.in_pool else "-"), f"{v.score:.1f}", why)
     console.print(table)
 
     load = app.rep_load()
     owned: Counter[str] = Counter(v.owner for v in views if v.owner)
-    table = Table(title="Owners")
+    table = Table(title="Owners", box=box.SIMPLE_HEAD, title_justify="left")
     for col in ("rep", "open leads (load)", "leads owned", "customers"):
         table.add_column(col, justify="left" if col == "rep" else "right")
     customers: Counter[str] = Counter(v.owner for v in views
                                       if v.owner and v.stage_now == "customer")
     for rep in sorted(set(load) | set(owned)):
-        table.add_row(rep, str(load.get(rep, 0)), str(owned.get(rep, 0)),
-                      str(customers.get(rep, 0)))
-    table.add_row("pool (unassigned)", str(sum(v.in_pool for v in views)), "-", "-")
+        table.add_row(rep, f"{load.get(rep, 0):,}", f"{owned.get(rep, 0):,}",
+                      f"{customers.get(rep, 0):,}")
+    table.add_row("pool (unassigned)", f"{sum(v.in_pool for v in views):,}", "-", "-")
     console.print(table)
 
 
