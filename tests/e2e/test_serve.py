@@ -101,3 +101,15 @@ def test_ingest_format_segment_maps_a_file_of_messages_and_counts_the_unmapped(
     again = leadflow(tmp_path, "ingest", "--format", "segment", str(source))
     assert "0 applied, 6 duplicates ignored, 1 rejected, 1 unmapped" in again.stdout
     assert "'Account Created'=1" in again.stdout
+
+
+def test_rules_check_validates_the_segment_section(tmp_path: Path) -> None:
+    good = leadflow(tmp_path, "rules", "show-default")
+    (tmp_path / "mine.toml").write_text(good.stdout)
+    checked = leadflow(tmp_path, "rules", "check", "mine.toml")
+    assert checked.returncode == 0 and "10 Segment track and 1 page mappings" in checked.stdout
+    (tmp_path / "bad.toml").write_text(good.stdout.replace('type = "trial_started"\ncontext',
+                                                           'type = "trial_begun"\ncontext'))
+    refused = leadflow(tmp_path, "rules", "check", "bad.toml")
+    assert refused.returncode == 1
+    assert "segment.track.5.type" in refused.stderr and "Traceback" not in refused.stderr

@@ -307,3 +307,8 @@ def _check_never_500(path: str, body: bytes, content_type: str) -> None:
         assert "error" in payload or all(r["status"] == "rejected" for r in payload["results"])
     else:
         assert {"accepted", "duplicates", "rejected", "unmapped", "results"} <= set(payload)
+
+
+def test_a_leading_byte_order_mark_is_ignored_as_the_contract_ignores_it(intake: Intake) -> None:
+    body = b"\xef\xbb\xbf" + json.dumps([record("bom1")]).encode()
+    assert intake.post("/v1/records", content=body).json()["accepted"] == 1

@@ -129,7 +129,8 @@ def rules_check(file: str) -> None:
     click.echo(f"{file}: ok, version {loaded.version} ({loaded.label}); "
                f"{len(s.engagement)} engagement rules, {len(s.fit)} fit rules, MQL at "
                f"{s.mql_threshold:g}, half-life {s.half_life_days:g} days, "
-               f"{len(loaded.routing.rules)} routing rules")
+               f"{len(loaded.routing.rules)} routing rules, {len(loaded.segment.track)} Segment "
+               f"track and {len(loaded.segment.page)} page mappings")
 
 
 @rules.command("show-default")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -156,6 +156,7 @@ class EngineSink:
         self.app = app
         self.ready_timeout = ready_timeout
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="leadflow-writer")
+        self._probe: Future[None] | None = None
 
     def submit(self, items: Sequence[Submission]) -> list[SinkOutcome]:
         return self._writer.submit(self._apply, items).result()
@@ -188,8 +189,11 @@ class EngineSink:
             # One indexed read: the store answers (and its tables exist).
             self.app.process_recorder.max_tracking_id("leadflow-serve-readiness")
 
+        # A probe still queued behind a long write is waited for again, not queued twice.
+        if self._probe is None or self._probe.done():
+            self._probe = self._writer.submit(probe)
         try:
-            self._writer.submit(probe).result(timeout=self.ready_timeout)
+            self._probe.result(timeout=self.ready_timeout)
         except FutureTimeout:
             return f"the store did not answer within {self.ready_timeout:g}s"
         except INFRASTRUCTURE_ERRORS as exc:
