@@ -297,3 +297,15 @@ def test_documents_are_loaded_with_the_contracts_bounds(data: bytes, reason: str
     with pytest.raises(RecordRejected) as caught:
         load_json(data)
     assert caught.value.reason == reason
+
+
+def test_a_full_name_trait_gives_first_and_last_names_but_a_property_name_does_not() -> None:
+    assert mapped(SPEC_IDENTIFY).record.lead.profile() == {"first_name": "Peter",
+                                                           "last_name": "Gibbons"}
+    both = copy.deepcopy(SPEC_IDENTIFY)
+    both["traits"]["firstName"] = "Pete"
+    assert mapped(both).record.lead.profile() == {"first_name": "Pete"}
+    form = {"type": "track", "event": "Form Submitted", "userId": "u1",
+            "timestamp": "2026-03-01T00:00:00Z",
+            "properties": {"name": "Contact us", "email": "f@initech.com"}}
+    assert mapped(form).record.lead.profile() == {}

@@ -48,7 +48,7 @@ from leadflow.domain.rules import SegmentMapping, SegmentRule, segment_event_key
 #: Segment's calls; the last three carry nothing a lead's record can hold.
 CALLS = ("identify", "track", "page", "screen", "group", "alias")
 _UNSUPPORTED = frozenset({"screen", "group", "alias"})
-_TEXT_TRAITS = ("email", "first_name", "last_name", "title", "company", "industry")
+_TEXT_TRAITS = ("email", "first_name", "last_name", "name", "title", "company", "industry")
 _COUNTRY = re.compile(r"^[A-Za-z]{2}$")
 #: Record fields and the message fields they came from when not a mapped path.
 _FIXED_PROVENANCE = {"event_id": "messageId", "occurred_at": "timestamp", "type": "type",
@@ -183,7 +183,23 @@ class _Mapper:
         for field_name, paths in self.mapping.traits.items():
             self.trait(lead, field_name, [(f"{where}.{path}", _get(source, path))
                                           for where, source in sources for path in paths])
+        self.split_name(lead)
         return lead
+
+    def split_name(self, lead: dict[str, Any]) -> None:
+        """Segment's reserved trait ``name`` (the full name) gives the first and last names
+        a message does not give on their own: the first word, and the rest. A ``name`` among
+        a track call's properties names the thing (a form, a product), not the person."""
+        full = lead.pop("name", None)
+        where = self.provenance.pop("lead.name", "name")
+        if not isinstance(full, str) or "first_name" in lead or "last_name" in lead \
+                or where.startswith("properties."):
+            return
+        first, _, last = full.strip().partition(" ")
+        for name, value in (("first_name", first), ("last_name", last.strip())):
+            if value:
+                lead[name] = value
+                self.provenance[f"lead.{name}"] = where
 
     def trait(self, lead: dict[str, Any], name: str,
               candidates: Sequence[tuple[str, Any]]) -> None:

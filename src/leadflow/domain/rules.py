@@ -28,8 +28,8 @@ _SEGMENT_NAME = r"[A-Za-z_$][A-Za-z0-9_$-]*"
 SegmentPath = Annotated[str, Field(pattern=rf"^{_SEGMENT_NAME}(\.{_SEGMENT_NAME})*$",
                                    max_length=200)]
 #: What a Segment trait can fill on the lead: its identities and its profile fields.
-TraitField = Literal["email", "phone", "first_name", "last_name", "company", "title", "industry",
-                     "employees", "annual_revenue", "country"]
+TraitField = Literal["email", "phone", "first_name", "last_name", "name", "company", "title",
+                     "industry", "employees", "annual_revenue", "country"]
 
 
 class _Strict(BaseModel):
