@@ -4,6 +4,7 @@ served on a real socket."""
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
 import urllib.error
@@ -163,3 +164,40 @@ def test_the_stall_setting_is_checked() -> None:
     for bad in ("soon", "0", "-1"):
         with pytest.raises(ConfigError, match="LEADFLOW_METRICS_STALL_SECONDS"):
             stall_seconds({"LEADFLOW_METRICS_STALL_SECONDS": bad})
+
+
+def _exposed_names() -> set[str]:
+    """Every series name leadflow's metrics can expose (counters end in _total, histograms
+    in _bucket, _count and _sum)."""
+    registry = new_registry(process=False)
+    ConsumerMetrics(registry)
+    ProjectorMetrics(registry)
+    RelayMetrics(registry)
+    HttpMetrics(registry)
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                "gauge": ("",)}
+    return {family.name + suffix for family in registry.collect()
+            for suffix in suffixes[family.type]}
+
+
+def test_the_grafana_dashboard_queries_only_metrics_leadflow_exposes() -> None:
+    root = Path(__file__).resolve().parents[2]
+    dashboard = json.loads((root / "ops" / "grafana" / "leadflow.json").read_text())
+    exprs = [target["expr"] for panel in dashboard["panels"]
+             for target in panel.get("targets", [])]
+    used = {name for expr in exprs for name in re.findall(r"\bleadflow_[a-z_]+", expr)}
+    exposed = _exposed_names()
+    assert used and used <= exposed, used - exposed
+    # Every leadflow metric has a panel.
+    families = {name.removesuffix("_total").removesuffix("_bucket") for name in used}
+    assert {n.removesuffix("_total").removesuffix("_bucket").removesuffix("_count")
+            .removesuffix("_sum") for n in exposed} <= families
+
+
+def test_the_readme_names_every_metric() -> None:
+    root = Path(__file__).resolve().parents[2]
+    readme = (root / "README.md").read_text()
+    names = {name for name in _exposed_names() if not name.endswith(("_count", "_sum"))}
+    for name in names:
+        family = name.removesuffix("_bucket")  # a histogram is named by its family
+        assert f"`{family}`" in readme, family
