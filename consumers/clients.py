@@ -40,13 +40,14 @@ def publish_producer(settings: KafkaSettings) -> KafkaProducer:
                          linger_ms=20, batch_size=256 * 1024, client_id="leadflow-publish")
 
 
-def intake_producer(settings: KafkaSettings) -> KafkaProducer:
+def intake_producer(settings: KafkaSettings, batch_bytes: int = 16384) -> KafkaProducer:
     """``leadflow serve``: idempotent, every replica acknowledges, small lingering (a request
     waits for its records' acknowledgements), and a bounded wait for metadata so a broker
-    that is gone fails a request in seconds rather than a minute."""
+    that is gone fails a request in seconds rather than a minute. ``batch_bytes`` is kept
+    under the topic's message limit: the broker refuses a batch over it whole."""
     return KafkaProducer(bootstrap_servers=settings.bootstrap_servers, acks="all",
                          enable_idempotence=True, linger_ms=5, max_block_ms=10_000,
-                         client_id="leadflow-serve")
+                         batch_size=batch_bytes, client_id="leadflow-serve")
 
 
 def intake_probe(settings: KafkaSettings) -> KafkaAdminClient:

@@ -4,13 +4,14 @@ consumed into PostgreSQL; and Segment messages on a Kafka topic of their own."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
-from kafka.admin import NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
 
 from leadflow.contract import parse_record
 from tests.intake_server import ServeProcess
@@ -107,3 +108,45 @@ def test_segment_messages_on_their_own_topic_are_mapped_and_the_unmappable_dead_
     again = pipe.run("consume", "--until-idle", LEADFLOW_KAFKA_SEGMENT_TOPIC=segment_topic)
     assert again.returncode == 0 and "0 applied" in again.stdout
     assert len(pipe.read_all(pipe.dlq)) == 2
+
+
+def test_a_record_over_the_topics_message_limit_is_rejected_alone_and_later_ones_go(
+        pipe: Pipeline, services: Services, tmp_path: Path) -> None:
+    small_topic = f"{pipe.prefix}.small"
+    admin = KafkaAdminClient(bootstrap_servers=services.kafka_bootstrap)
+    admin.create_topics([NewTopic(small_topic, 1, 1,
+                                  topic_configs={"max.message.bytes": "1200"})])
+    env = pipe.env(LEADFLOW_INTAKE_TOKENS=TOKEN, LEADFLOW_KAFKA_TOPIC=small_topic)
+
+    def opened(event_id: str, reason_length: int = 0) -> dict[str, object]:
+        record: dict[str, object] = {
+            "event_id": event_id, "type": "disqualified" if reason_length else "email_opened",
+            "occurred_at": "2026-03-02T09:00:00Z", "lead": {"email": "s@globex.com"}}
+        if reason_length:
+            record["reason"] = "r" * reason_length
+        return record
+
+    try:
+        with ServeProcess(env, tmp_path / "serve.log") as server:
+            def post(record: dict[str, object]) -> dict[str, object]:
+                answer = httpx.post(f"{server.url}/v1/records", json=record, timeout=60,
+                                    headers={"Authorization": f"Bearer {TOKEN}"})
+                result: dict[str, object] = answer.json()["results"][0]
+                return result
+
+            # Over the limit serve read at start: refused before it is sent.
+            assert post(opened("big", 1900))["reason"] == "record_too_large"
+            assert post(opened("s1"))["status"] == "accepted"
+            # The limit lowered behind serve's back: the broker refuses, the producer
+            # (which would refuse everything after that) is replaced, later records go.
+            admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, small_topic,
+                                                configs={"max.message.bytes": "400"})])
+            time.sleep(2)
+            refused = post(opened("mid", 400))
+            assert (refused["status"], refused["reason"]) == ("rejected", "record_too_large")
+            assert post(opened("s2"))["status"] == "accepted"
+    finally:
+        admin.close()
+    sent = [json.loads(m.value)["event_id"] for m in pipe.read_all(small_topic)]
+    assert sent == ["s1", "s2"]
+    assert "replacing the producer" in (tmp_path / "serve.log").read_text()

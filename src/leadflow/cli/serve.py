@@ -75,15 +75,24 @@ def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth:
     target: Sink
     if use_kafka:
         from leadflow.consumers import clients
+        from leadflow.intake.sinks import RECORD_OVERHEAD, topic_message_limit
 
         settings = kafka_settings()
-        producer = kafka_call("producer", lambda: clients.intake_producer(settings))
-        # Fail at start, not on the first request, when the topic is missing.
-        if not kafka_call("topic metadata", lambda: producer.partitions_for(settings.topic)):
-            fail(f"topic {settings.topic} has no partitions; run `leadflow kafka "
-                 "create-topics`")
-        target = KafkaSink(producer, settings.topic, free_mail=rules.free_mail,
-                           admin=lambda: clients.intake_probe(settings))
+        probe = kafka_call("admin", lambda: clients.intake_probe(settings))
+        try:
+            message_limit = kafka_call("topic config", lambda: topic_message_limit(
+                probe, settings.topic))
+        finally:
+            probe.close()
+        if message_limit is None:  # fail at start, not on the first request
+            fail(f"topic {settings.topic} does not exist; run `leadflow kafka create-topics`")
+        limit: int = message_limit
+        # A batch of records never exceeds what the topic takes in one message.
+        batch_bytes = min(16384, max(128, limit - RECORD_OVERHEAD))
+        target = kafka_call("producer", lambda: KafkaSink(
+            lambda: clients.intake_producer(settings, batch_bytes), settings.topic,
+            max_message_bytes=limit, free_mail=rules.free_mail,
+            admin=lambda: clients.intake_probe(settings)))
         where = f"kafka topic {settings.topic} at {settings.bootstrap}"
     else:
         app = obj.app()

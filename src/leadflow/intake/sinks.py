@@ -62,47 +62,81 @@ class Sink(Protocol):
         """Release clients; pending records are flushed first."""
 
 
+#: What a record costs in a Kafka record batch beside its key and value: the batch header
+#: (61 bytes) and the record's own varint-framed fields, with room to spare.
+RECORD_OVERHEAD = 128
+
+
+def topic_message_limit(admin: KafkaAdminClient, topic: str) -> int | None:
+    """The topic's ``max.message.bytes`` (the broker's default when the topic sets none), or
+    None when the topic does not exist. Raises ``KafkaError`` when the cluster fails."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    described = admin.describe_configs(
+        [ConfigResource(ConfigResourceType.TOPIC, topic, configs={"max.message.bytes": None})],
+        config_filter="all")
+    entry = described.get("topic", {}).get(topic, {}).get("max.message.bytes")
+    return int(entry["value"]) if entry else None
+
+
 class KafkaSink:
     """Produces each record to the touchpoints topic, keyed as ``leadflow publish`` keys it.
 
     ``submit`` waits for every record's acknowledgement: a record is never answered
     ``accepted`` before every in-sync replica has it.
+
+    A record larger than the topic's ``max.message.bytes`` is rejected before it is sent:
+    the broker would refuse it, and kafka-python's idempotent producer then refuses every
+    later record of that partition. Should the broker refuse one all the same (the topic's
+    limit lowered since start), the producer is replaced.
     """
 
     mode = "kafka"
 
-    def __init__(self, producer: KafkaProducer, topic: str, *,
+    def __init__(self, producer: Callable[[], KafkaProducer], topic: str, *,
+                 max_message_bytes: int,
                  free_mail: frozenset[str] | None = None,
                  admin: Callable[[], KafkaAdminClient] | None = None,
                  ack_timeout: float = 30.0) -> None:
-        self.producer = producer
+        self._producer_factory = producer
+        self.producer = producer()
         self.topic = topic
+        self.max_message_bytes = max_message_bytes
         self.free_mail = free_mail
         self.ack_timeout = ack_timeout
         self._admin_factory = admin
         self._admin: KafkaAdminClient | None = None
         self._admin_lock = threading.Lock()
+        self._producer_lock = threading.Lock()
 
     def submit(self, items: Sequence[Submission]) -> list[SinkOutcome]:
         from kafka.errors import KafkaError, MessageSizeTooLargeError
 
         from leadflow.consumers.publish import partition_key
 
+        producer = self.producer
         outcomes: list[SinkOutcome | None] = [None] * len(items)
         futures: list[tuple[int, Any]] = []
+        refused = False
         try:
             for index, item in enumerate(items):
                 key = partition_key(item.record, self.free_mail).encode()
-                try:
-                    futures.append((index, self.producer.send(self.topic, key=key,
-                                                              value=item.raw)))
-                except MessageSizeTooLargeError as exc:
-                    outcomes[index] = _too_large(exc)
+                size = len(key) + len(item.raw) + RECORD_OVERHEAD
+                if size > self.max_message_bytes:
+                    outcomes[index] = SinkOutcome(
+                        "rejected", "record_too_large",
+                        f"{size:,} bytes as a Kafka message; the topic {self.topic} takes at "
+                        f"most {self.max_message_bytes:,} (max.message.bytes)")
+                    continue
+                futures.append((index, producer.send(self.topic, key=key, value=item.raw)))
             for index, future in futures:
                 try:
                     future.get(timeout=self.ack_timeout)
                 except MessageSizeTooLargeError as exc:
-                    outcomes[index] = _too_large(exc)
+                    refused = True
+                    outcomes[index] = SinkOutcome("rejected", "record_too_large",
+                                                  f"the broker refuses a message this large "
+                                                  f"({exc})")
                 else:
                     outcomes[index] = SinkOutcome("accepted")
         except KafkaError as exc:
@@ -110,7 +144,19 @@ class KafkaSink:
                       error_class=type(exc).__name__, error=str(exc))
             raise SinkUnavailable(f"Kafka did not acknowledge the records "
                                   f"({type(exc).__name__})") from exc
+        finally:
+            if refused:
+                self._replace(producer)
         return [o if o is not None else SinkOutcome("accepted") for o in outcomes]
+
+    def _replace(self, broken: KafkaProducer) -> None:
+        with self._producer_lock:
+            if self.producer is not broken:
+                return  # another request replaced it already
+            log.warning("kafka refused a message as too large; replacing the producer",
+                        topic=self.topic)
+            self.producer = self._producer_factory()
+        broken.close(timeout=self.ack_timeout)
 
     def ready(self) -> str | None:
         from kafka.errors import KafkaError
@@ -135,11 +181,6 @@ class KafkaSink:
         with self._admin_lock:
             if self._admin is not None:
                 self._admin.close()
-
-
-def _too_large(exc: Exception) -> SinkOutcome:
-    return SinkOutcome("rejected", "record_too_large",
-                       f"the broker refuses a message this large ({exc})")
 
 
 class EngineSink:
