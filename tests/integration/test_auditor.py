@@ -63,9 +63,12 @@ def test_history_as_of_and_explain_agree_with_live_state(app: LeadflowApp,
 
     history = auditor.history(survivor)
     assert {e.lead_id for e in history} == {survivor, *live.merged_from}
-    assert [e.type for e in history].count("TouchpointScored") == 6
+    # One entry per stored row: a record's row names the record as received.
+    assert sum("TouchpointScored" in e.events for e in history) == 6
     last = history[-1]
-    assert last.event_id == "new-rules-1" and last.rules_version == app.rules.version
+    assert last.cause["kind"] == "record" and last.cause["event_id"] == "new-rules-1"
+    assert last.type == last.cause["type"] and last.rules_version == app.rules.version
+    assert all(e.chain == "ok" for e in history)
     assert last.points[0]["points"] == 4
     assert last.score_after == pytest.approx(app.lead(survivor, at=T0 + days(3)).score)
 
@@ -165,7 +168,7 @@ def test_rescore_reports_nothing_for_the_current_rules_and_the_predicted_leads_f
                                   "lead": {"email": "new@d.io"}}) + "\n")
     assert run(url, "ingest", str(source)).returncode == 0
     history = json.loads(run(url, "history", "new@d.io", "--json").stdout)
-    scored = [e for e in history if e["type"] == "TouchpointScored"]
+    scored = [e for e in history if "TouchpointScored" in e["events"]]
     assert scored[0]["rules_version"] == new_version  # scoring from now on uses it
     assert json.loads(run(url, "lead", "show", "hot@a.io", "--json").stdout)["stage"]
 
@@ -182,7 +185,11 @@ def test_cli_history_as_of_and_explain_print_json(tmp_path: Path, rec: Records) 
                                "--json").stdout)
     assert explained["engagement"][0]["rule"] == "pricing-page"
     listed = json.loads(run(url, "history", "x@y.io", "--json").stdout)
-    assert listed[0]["type"] == "Created"
+    first = listed[0]
+    assert first["events"][0] == "Created" and first["type"] == "page_viewed"
+    assert first["cause"]["context"]["url"] == "/pricing" and first["chain"] == "ok"
+    assert first["points"][0]["rule"] == "pricing-page" and first["points"][0]["rules_version"]
+    assert first["stage"] == [None, "new"]
     unknown = run(url, "history", "nobody@y.io")
     assert unknown.returncode == 1 and "no lead known" in unknown.stderr
     not_merged = run(url, "unmerge", "x@y.io")

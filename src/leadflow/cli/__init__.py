@@ -85,7 +85,7 @@ COMMANDS: dict[str, LazyCommand] = {
     # auditors
     "lead": LazyCommand("leadflow.cli.auditors", "lead", "Look at one lead."),
     "history": LazyCommand("leadflow.cli.auditors", "history",
-                           "Every stored event of a lead (and of leads merged into it), in "
+                           "Every stored row of a lead (and of leads merged into it), in "
                            "recorded order."),
     "as-of": LazyCommand("leadflow.cli.auditors", "as_of",
                          "Stage, owner and score at event time TIME, as known at record time "

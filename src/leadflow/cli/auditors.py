@@ -103,39 +103,71 @@ def lead_show(obj: Context, identity: str, at_text: str | None, as_json: bool) -
 
 @click.command()
 @click.argument("identity")
+@click.option("--all", "all_events", is_flag=True,
+              help="Also show plumbing events (scheduling hints) hidden by default.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @click.pass_obj
-def history(obj: Context, identity: str, as_json: bool) -> None:
-    """Every stored event of a lead (and of leads merged into it), in recorded order.
+def history(obj: Context, identity: str, all_events: bool, as_json: bool) -> None:
+    """Every stored row of a lead (and of leads merged into it), in recorded order.
 
-    Event time and record time, type, actor, reason, score before -> after with the points
-    of each rule and the rules version, stage and owner changes.
+    Per row: record time and event time, the cause (the record as received: type,
+    event_id, context, source/campaign, actor; or the clock, a merge, a person), score
+    before -> after with the points of each rule and the rules version, stage and owner
+    changes (the pool shown as pool), and the row's chain status.
     """
     from leadflow.engine.auditor import Auditor
 
     app = obj.app()
     lead_id = resolve(app, identity)
     with _replaying(f"lead {lead_id} or of a lead merged into it"):
-        entries = Auditor(app).history(lead_id)
+        entries = Auditor(app).history(lead_id, all_events)
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in entries]))
         return
     table = Table(title=f"History of {identity}")
-    for col in ("recorded", "event time", "lead:v", "type", "actor", "score", "points",
-                "stage", "owner", "reason"):
+    for col in ("recorded", "event time", "lead:v", "cause", "score", "points", "stage",
+                "owner", "chain"):
         table.add_column(col)
     for e in entries:
         points = ", ".join(f"{p['rule']} {p['points']:+g}" for p in e.points)
         table.add_row(
             e.recorded_at.strftime("%Y-%m-%d %H:%M:%S"),
             e.occurred_at.isoformat() if e.occurred_at else "-",
-            f"{str(e.lead_id)[:8]}:{e.version}", e.type, _fmt(e.actor),
+            f"{str(e.lead_id)[:8]}:{e.version}" + (f"-{e.last_version}"
+                                                   if e.last_version != e.version else ""),
+            _cause_text(e.cause, e.events),
             f"{_fmt(e.score_before)} -> {_fmt(e.score_after)}",
             points + (f" ({e.rules_version})" if e.rules_version and points else ""),
             f"{_fmt(e.stage[0])} -> {e.stage[1]}" if e.stage else "",
             f"{_fmt(e.owner[0])} -> {_fmt(e.owner[1])}" if e.owner else "",
-            _fmt(e.reason))
+            e.chain)
     out_console().print(table)
+
+
+def _cause_text(cause: dict[str, Any], events: tuple[str, ...]) -> str:
+    """One cell: what made the row, then the events it holds."""
+    kind = cause.get("kind")
+    if kind == "record":
+        parts = [str(cause.get("type") or "record"), str(cause.get("event_id") or "")]
+        context = cause.get("context") or {}
+        parts += [f"{k}={v}" for k, v in context.items() if v is not None]
+        if cause.get("actor"):
+            parts.append(f"by {cause['actor']}")
+        text = " ".join(p for p in parts if p)
+    elif kind == "clock":
+        text = "clock " + " ".join(str(cause[k]) for k in ("at", "actor", "event")
+                                   if cause.get(k))
+    elif kind == "merge":
+        text = f"merge ({cause.get('event')} {cause.get('lead')})"
+    elif kind == "surge":
+        text = f"surge of {cause.get('by')}"
+    elif kind == "person":
+        text = " ".join(str(cause[k]) for k in ("command", "actor", "reason")
+                        if cause.get(k))
+        text = f"person: {text}"
+    else:
+        text = str(kind)
+    return f"{text} [{', '.join(events)}]"
 
 
 @click.command("as-of")
@@ -165,6 +197,8 @@ def as_of(obj: Context, identity: str, time_text: str, known_text: str, as_json:
                f"{_fmt(result['stage'])}, owner {_fmt(result['owner'])}, score "
                f"{_fmt(result['score'])} (fit {_fmt(result['fit'])} + engagement "
                f"{_fmt(result['engagement'])})")
+    if result.get("records"):
+        click.echo(f"records used: {', '.join(result['records'])}")
 
 
 def _lead_known_by(auditor: Any, key: str, known_at: datetime) -> UUID:

@@ -231,17 +231,21 @@ class Lead(Aggregate):
             super().apply(aggregate)
 
     def record_touchpoint(self, event_id: str, record_type: str, occurred_at: datetime,
-                          context: dict[str, Any], rules: Rules) -> list[Award]:
+                          context: dict[str, Any], rules: Rules,
+                          actor: str | None = None) -> list[Award]:
         awards = scoring.score_touchpoint(rules, record_type, context, occurred_at, event_id,
                                           self.rule_counts, self.rule_totals)
         value, as_of = self._with_awards(awards, occurred_at, rules)
         score = self.fit + value + scoring.expiring_total(
             [*self._expiring(), *(a for a in awards if a.expires_at)], as_of)
+        fields: dict[str, Any] = {}
+        if actor is not None:  # the record's actor, as received (most records have none)
+            fields["actor"] = actor
         self._emit(
             self.TouchpointScored,
             event_id=event_id, record_type=record_type, occurred_at=occurred_at,
             context=context, awards=[a.to_dict() for a in awards], engagement_value=value,
-            engagement_as_of=as_of, score=score, rules_version=rules.version,
+            engagement_as_of=as_of, score=score, rules_version=rules.version, **fields,
         )
         return awards
 
@@ -269,6 +273,8 @@ class Lead(Aggregate):
         engagement_as_of: datetime
         score: float
         rules_version: str
+        # ``actor`` (who did it, as the record said) is stored only when the record had one:
+        # read it with ``__dict__.get("actor")``.
 
         def apply(self, aggregate: Any) -> None:
             lead: Lead = aggregate

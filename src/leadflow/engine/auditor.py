@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
@@ -30,6 +29,8 @@ from leadflow.domain import (
 )
 from leadflow.domain.ids import interest_id_for
 from leadflow.engine.app import LeadflowApp
+from leadflow.engine.history import HistoryRow
+from leadflow.engine.history import rows as history_rows
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, unloadable
 from leadflow.store.fold import OPENED
 
@@ -59,37 +60,6 @@ def event_time(event: Any) -> datetime | None:
 def record_time(event: Any) -> datetime:
     stamp: datetime = event.timestamp
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class HistoryEntry:
-    lead_id: UUID
-    version: int
-    type: str
-    occurred_at: datetime | None
-    recorded_at: datetime
-    actor: str | None
-    reason: str | None
-    event_id: str | None
-    score_before: float | None
-    score_after: float
-    points: tuple[dict[str, Any], ...]
-    rules_version: str | None
-    stage: tuple[str | None, str] | None
-    owner: tuple[str | None, str | None] | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "lead_id": str(self.lead_id), "version": self.version, "type": self.type,
-            "occurred_at": self.occurred_at.isoformat() if self.occurred_at else None,
-            "recorded_at": self.recorded_at.isoformat(), "actor": self.actor,
-            "reason": self.reason, "event_id": self.event_id,
-            "score_before": finite(self.score_before), "score_after": finite(self.score_after),
-            "points": list(self.points),
-            "rules_version": self.rules_version,
-            "stage": list(self.stage) if self.stage else None,
-            "owner": list(self.owner) if self.owner else None,
-        }
 
 
 class Auditor:
@@ -152,53 +122,15 @@ class Auditor:
 
     # ----------------------------------------------------------------- history
 
-    def history(self, lead_id: UUID) -> list[HistoryEntry]:
-        entries: list[HistoryEntry] = []
+    def history(self, lead_id: UUID, all_events: bool = False) -> list[HistoryRow]:
+        """Every stored row of the lead and of leads merged into it, in recorded order (see
+        ``engine.history``)."""
+        entries: list[HistoryRow] = []
         for member in self.family(lead_id):
-            entries += self._lead_history(member)
+            with unloadable(member):
+                entries += history_rows(self, member, all_events)
         entries.sort(key=lambda e: (e.recorded_at, str(e.lead_id), e.version))
         return entries
-
-    def _lead_history(self, lead_id: UUID) -> list[HistoryEntry]:
-        events = self.events(lead_id)
-        with unloadable(lead_id):
-            return self._replayed_history(lead_id, events)
-
-    def _replayed_history(self, lead_id: UUID, events: list[Any]) -> list[HistoryEntry]:
-        out = []
-        lead: Lead | None = None
-        for event in events:
-            name = type(event).__name__
-            if name == "WakeScheduled":
-                lead = event.mutate(lead)
-                continue  # scheduling hints are plumbing, not history
-            when = event_time(event) or (lead.horizon if lead else record_time(event))
-            before = lead.score_at(when, self.half_life) if lead else None
-            stage_before = lead.stage if lead else None
-            owner_before = lead.owner if lead else None
-            lead = event.mutate(lead)
-            assert lead is not None
-            awards = event.__dict__.get("awards") or []
-            if name == "Absorbed":
-                awards = []
-            points = tuple({"rule": a["rule"], "points": a["points"],
-                            "event_id": a["event_id"]} for a in awards)
-            if name in ("ProfileUpdated", "Absorbed"):
-                points += tuple({"rule": r, "points": p, "kind": "fit"}
-                                for r, p in event.fit_awards)
-            stage = (stage_before, lead.stage) if lead.stage != stage_before else None
-            owner = (owner_before, lead.owner) if lead.owner != owner_before or \
-                name == "OwnerAssigned" else None
-            out.append(HistoryEntry(
-                lead_id=lead_id, version=event.originator_version, type=name,
-                occurred_at=event_time(event), recorded_at=record_time(event),
-                actor=event.__dict__.get("actor"), reason=event.__dict__.get("reason"),
-                event_id=event.__dict__.get("event_id") or event.__dict__.get("cause"),
-                score_before=before, score_after=lead.score_at(when, self.half_life),
-                points=points, rules_version=event.__dict__.get("rules_version"),
-                stage=stage, owner=owner,
-            ))
-        return out
 
     # ----------------------------------------------------------------- as of
 
@@ -254,10 +186,12 @@ class Auditor:
                     "note": "the lead did not exist yet at that event time, as known then"}
         fit = self._fit_at(lead_id, at, known_at)
         engagement = sum(a.value_at(at, self.half_life) for a in lead.awards)
+        # The records whose points make the engagement at ``at``, as known then.
+        used = sorted({a.event_id for a in lead.awards if a.at <= at})
         return {"lead_id": str(lead_id), "at": at.isoformat(), "known_at": known_at.isoformat(),
                 "stage": lead.stage_on(at), "owner": lead.owner_on(at),
                 "score": finite(fit + engagement), "fit": finite(fit, None),
-                "engagement": finite(engagement)}
+                "engagement": finite(engagement), "records": used}
 
     def _fit_at(self, lead_id: UUID, at: datetime, known_at: datetime) -> float:
         fit = 0.0
@@ -310,6 +244,7 @@ class Auditor:
                 "fit_total": finite(lead.fit, None), "engagement": contributions,
                 "engagement_total": finite(engagement),
                 "score": finite(lead.fit + engagement),
+                "records": sorted({c["event_id"] for c in contributions}),
                 "half_life_days": self.app.rules.scoring.half_life_days}
 
     # ----------------------------------------------------------------- rescore

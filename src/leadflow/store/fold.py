@@ -101,9 +101,13 @@ class Expander:
 
     def expand(self, stored: StoredEvent) -> list[Any]:
         """The domain events a stored row holds (one, or an envelope's), in version order."""
+        return self.open(stored)[1]
+
+    def open(self, stored: StoredEvent) -> tuple[Cause | None, list[Any]]:
+        """A row's cause (None: a single event, stored without one) and its events."""
         topic = stored.topic
         if not is_envelope(topic):
-            return [self.mapper.to_domain_event(stored)]
+            return None, [self.mapper.to_domain_event(stored)]
         data: dict[str, Any] = self.mapper.transcoder.decode(self.plain(stored.state))
         events = data.get("events")
         if not isinstance(events, list) or not events:
@@ -132,7 +136,8 @@ class Expander:
         if chain is not None:
             # The row's tamper-evidence link: replaying its last event moves the lead's head.
             out[-1].__dict__["chain"] = chain
-        return out
+        cause = data.get("cause")
+        return cause if isinstance(cause, dict) else None, out
 
     def expand_all(self, rows: Iterable[StoredEvent]) -> Iterator[Any]:
         for row in rows:

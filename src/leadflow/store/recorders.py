@@ -134,6 +134,10 @@ class RecordIdIndex(ABC):
         """The routing counters (``load:<rep>``, ``cursor:<team>``)."""
 
     @abstractmethod
+    def max_notification_id(self) -> int | None:
+        """The events table's highest notification id (the library's recorders have it)."""
+
+    @abstractmethod
     def scan_events(self, after: tuple[Any, int] | None, limit: int) -> list[ScannedRow]:
         """Up to ``limit`` rows of the events table in (originator id, version) order after
         the (raw originator id, version) ``after``: the whole-store audit's read. The raw id
