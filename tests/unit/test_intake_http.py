@@ -312,3 +312,21 @@ def _check_never_500(path: str, body: bytes, content_type: str) -> None:
 def test_a_leading_byte_order_mark_is_ignored_as_the_contract_ignores_it(intake: Intake) -> None:
     body = b"\xef\xbb\xbf" + json.dumps([record("bom1")]).encode()
     assert intake.post("/v1/records", content=body).json()["accepted"] == 1
+
+
+def test_every_answer_is_observed_by_route_template_never_by_raw_path() -> None:
+    seen: list[tuple[str, str, int]] = []
+    app = LeadflowApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    config = IntakeConfig(sink=EngineSink(app), mapping=default_rules().segment,
+                          tokens=Tokens([TOKEN]), clock=lambda: NOW,
+                          observe=lambda method, route, status, seconds: seen.append(
+                              (method, route, status)))
+    client = TestClient(create_app(config), raise_server_exceptions=False)
+    client.get("/healthz")
+    client.post("/v1/records", json=record("o1"), headers=BEARER)
+    client.post("/v1/records", json=record("o2"))
+    client.get("/wp-admin/../../etc/passwd")
+    client.post("/v1/batch", json={"batch": [{"type": "track"}]}, headers=BEARER)
+    assert seen == [("GET", "/healthz", 200), ("POST", "/v1/records", 200),
+                    ("POST", "/v1/records", 401), ("GET", "unmatched", 404),
+                    ("POST", "/v1/batch", 422)]

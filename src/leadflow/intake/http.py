@@ -32,9 +32,11 @@ import anyio.to_thread
 import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from leadflow.contract import DEFAULT_MAX_RECORD_BYTES, RecordRejected, parse_lines, parse_record
 from leadflow.contract.segment import SegmentUnmapped, parse_message
@@ -72,6 +74,10 @@ class IntakeConfig:
     max_future_skew: timedelta = timedelta(minutes=5)
     ready_timeout: float = 5.0
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+    #: Called once per answered request with (method, route, status, seconds): the route is
+    #: one of the app's paths or ``unmatched``, never the raw path (for metrics: a client
+    #: must not be able to create series).
+    observe: Callable[[str, str, int, float], None] | None = None
 
 
 class ClientError(Exception):
@@ -411,6 +417,36 @@ async def _internal(request: Request, exc: Exception) -> Response:
     return _error(500, "internal_error", "the intake failed; see its log")
 
 
+class _Observed:
+    """ASGI middleware: every answered request to ``observe`` (see :class:`IntakeConfig`)."""
+
+    def __init__(self, app: ASGIApp, observe: Callable[[str, str, int, float], None],
+                 routes: frozenset[str]) -> None:
+        self.app = app
+        self.observe = observe
+        self.routes = routes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # unless a response starts: an error answered outside this middleware
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            path = scope.get("path", "")
+            self.observe(scope.get("method", "?"), path if path in self.routes else "unmatched",
+                         status, time.perf_counter() - started)
+
+
 def create_app(config: IntakeConfig) -> Starlette:
     """The ASGI application for ``config``."""
     intake = IntakeApp(config)
@@ -421,6 +457,9 @@ def create_app(config: IntakeConfig) -> Starlette:
         Route("/healthz", intake.healthz, methods=["GET"]),
         Route("/readyz", intake.readyz, methods=["GET"]),
     ]
-    return Starlette(routes=routes, exception_handlers={
+    middleware = [] if config.observe is None else [
+        Middleware(_Observed, observe=config.observe,
+                   routes=frozenset(route.path for route in routes))]
+    return Starlette(routes=routes, middleware=middleware, exception_handlers={
         ClientError: _client_error, HTTPException: _http_error,
         SinkUnavailable: _unavailable, Exception: _internal})
