@@ -41,6 +41,10 @@ def test_serve_refuses_to_start_without_tokens_unless_told_no_auth(tmp_path: Pat
     refused = leadflow(tmp_path, "serve", LEADFLOW_INTAKE_TOKENS="")
     assert refused.returncode == 1
     assert "no intake tokens" in refused.stderr and "Traceback" not in refused.stderr
+    missing = leadflow(tmp_path, "serve", "--tokens-file", "nope.txt", LEADFLOW_INTAKE_TOKENS="")
+    assert missing.returncode == 1 and "cannot read the tokens file" in missing.stderr
+    both = leadflow(tmp_path, "serve", "--no-auth")
+    assert both.returncode == 1 and "--no-auth with tokens configured" in both.stderr
     env = env_for(tmp_path, LEADFLOW_INTAKE_TOKENS="")
     with ServeProcess(env, tmp_path / "serve.log", "--no-auth") as server:
         answer = httpx.post(f"{server.url}/v1/records", timeout=30, json={
