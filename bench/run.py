@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
+import hashlib
 import io
 import itertools
 import json
@@ -46,6 +47,7 @@ import random
 import re
 import shutil
 import sqlite3
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -91,6 +93,7 @@ from leadflow.engine.app import LeadflowApp  # noqa: E402
 from leadflow.generator import generate  # noqa: E402
 from leadflow.projections.db import ProjectionDB  # noqa: E402
 from leadflow.projections.queries import funnel  # noqa: E402
+from leadflow.store.keys import Keyring  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 6
@@ -116,6 +119,8 @@ TARGETS: tuple[tuple[str, str, str, str, float, str], ...] = (
     ("funnel_p50", "funnel p50", "queries.funnel.p50_ms", "<=", 50, "ms"),
     ("lead_show_p50", "lead show p50 (cold)", "queries.lead_show.cold_p50_ms", "<=", 20, "ms"),
     ("consumer_rss", "consumer peak RSS", "peak_rss_mib.consumer", "<=", 1024, "MiB"),
+    ("chain_cost", "ingest with keyed links vs unkeyed", "chain_cost.keyed_vs_unkeyed", "<=",
+     1.05, "x"),
 )
 
 
@@ -408,6 +413,13 @@ class NaiveLeads(Application[UUID]):
 # --------------------------------------------------------------------------- the run
 
 
+class UnkeyedRing(Keyring):
+    """The chain as it was before keyed links: plain SHA-256 (the chain_cost baseline)."""
+
+    def sign(self, message: bytes) -> str:
+        return hashlib.sha256(message).hexdigest()
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, services: Services, work: Path) -> None:
         self.args = args
@@ -452,6 +464,7 @@ class Bench:
             if "consume" not in self.results["errors"]:
                 self.step("consume_parallel", self.consume_parallel)
                 self.step("stored_events", self.stored_events)
+                self.step("verify", self.verify)
                 self.step("project", self.project)
                 self.step("rebuild", self.rebuild)
                 self.step("rescore", self.rescore)
@@ -459,6 +472,7 @@ class Bench:
         self.step("naive", self.naive)
         self.step("apply_batch", self.apply_batch)
         self.step("sqlite_ingest", self.sqlite_ingest)
+        self.step("chain_cost", self.chain_cost)
         self.step("startup", self.startup)
         self.results["versions"] = self.versions()
         self.summarise()
@@ -904,6 +918,68 @@ class Bench:
                    "and validated before timing",
         }
 
+    def verify(self) -> None:
+        """`leadflow verify` over the whole e2e store: every row's keyed link, the identity
+        rows against the events (issue 13: the bench reports verify throughput)."""
+        pipe = self.pipeline
+        assert pipe is not None
+        child = run_child([*LEADFLOW, "verify", "--json"], pipe.env(), self.work / "verify.log")
+        child.check("leadflow verify", ok=(0,))
+        report = json.loads(child.stdout)
+        self.results["verify"] = {
+            "ok": report["ok"], "rows": report["rows"], "events": report["events"],
+            "aggregates": report["aggregates"], "identities": report["identities"],
+            "seconds": round(child.seconds, 3), "events_per_s": rate(report["events"],
+                                                                      child.seconds),
+            "rows_per_s": rate(report["rows"], child.seconds),
+            "peak_rss_mib": child.peak_rss_mib,
+            "how": "leadflow verify --json subprocess over the e2e PostgreSQL store, process "
+                   "start to exit (keyed chains of every aggregate + identity table check)",
+        }
+
+    def chain_cost(self) -> None:
+        """Ingest with keyed links (HMAC) against the same ingest with the old unkeyed
+        SHA-256 links, in process on SQLite files, alternating runs (issue 13: within 5 %)."""
+        records = self.sample
+        size = self.args.batch_size
+
+        def once(keyed: bool, n: int) -> float:
+            path = self.work / f"chain-{'keyed' if keyed else 'plain'}-{n}.db"
+            path.unlink(missing_ok=True)
+            app = leadflow_app(f"sqlite:///{path}")
+            if not keyed:
+                app.codec.keyring = UnkeyedRing(app.keyring.keys, app.keyring.current,
+                                                "bench: unkeyed baseline")
+            try:
+                begin = time.perf_counter()
+                for i in range(0, len(records), size):
+                    app.apply_batch(records[i:i + size])
+                return time.perf_counter() - begin
+            finally:
+                app.close()
+                path.unlink(missing_ok=True)
+
+        times: dict[bool, list[float]] = {True: [], False: []}
+        pairs = 5
+        with progress() as bar:
+            task = bar.add_task("chain cost (keyed vs unkeyed)", total=2 * pairs)
+            for n in range(pairs):
+                for keyed in ((True, False) if n % 2 == 0 else (False, True)):
+                    times[keyed].append(once(keyed, n))
+                    bar.advance(task)
+        # The fastest run of each is the least disturbed by the rest of the machine; the
+        # median of the pairwise ratios shows the spread the pairing leaves.
+        self.results["chain_cost"] = {
+            "records": len(records), "keyed_seconds": [round(t, 3) for t in times[True]],
+            "unkeyed_seconds": [round(t, 3) for t in times[False]],
+            "keyed_vs_unkeyed": round(min(times[True]) / min(times[False]), 4),
+            "pairwise_median": round(statistics.median(
+                k / u for k, u in zip(times[True], times[False], strict=True)), 4),
+            "how": f"LeadflowApp.apply_batch in process on fresh SQLite files, the naive "
+                   f"sample; {pairs} alternating pairs; ratio of the fastest runs (1.00 = no "
+                   "cost), pairwise_median = median of the per-pair ratios",
+        }
+
     def apply_batch(self) -> None:
         url = self.fresh_database("batch")
         app = leadflow_app(url)
@@ -954,7 +1030,8 @@ class Bench:
                     sample.write(line)
         db_path = self.work / "embedded.db"
         db_path.unlink(missing_ok=True)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")
+               or k == "LEADFLOW_AUDIT_KEY"}
         env.update(LEADFLOW_DATABASE_URL=f"sqlite:///{db_path}", LEADFLOW_LOG_FORMAT="json")
         with progress() as bar:
             task = bar.add_task("sqlite ingest", total=None)
@@ -1186,6 +1263,12 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"{fmt(dig(r, 'projection.rebuild.replay_events_per_s'), 'ev/s')}"),
         ("stored events per record", fmt(dig(r, "stored_events_per_record")),
          f"{fmt(dig(r, 'stored_events'))} events for {fmt(dig(r, 'e2e.applied'))} records"),
+        ("verify (whole store)", fmt(dig(r, "verify.events_per_s"), "ev/s"),
+         f"{fmt(dig(r, 'verify.rows'))} rows, {fmt(dig(r, 'verify.aggregates'))} aggregates "
+         f"in {fmt(dig(r, 'verify.seconds'), 's')}"),
+        ("ingest, keyed vs unkeyed links", fmt(dig(r, "chain_cost.keyed_vs_unkeyed"), "x"),
+         f"{fmt(dig(r, 'chain_cost.records'))} records in process on SQLite, fastest of 5; "
+         f"pairwise median {fmt(dig(r, 'chain_cost.pairwise_median'), 'x')}"),
         ("rescore (backtest)", fmt(dig(r, "rescore.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'rescore.leads'))} leads in {fmt(dig(r, 'rescore.seconds'), 's')}"),
         ("funnel query p50 / p95", f"{fmt(dig(r, 'queries.funnel.p50_ms'))} / "

@@ -22,12 +22,12 @@ rotated store keeps verifying with the old key, and a wrong key is reported as a
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -72,17 +72,34 @@ class Keyring:
             raise ConfigError(f"no audit key in {source}")
         return cls(keys, key_id(texts[0].strip().encode()), source)
 
+    def __post_init__(self) -> None:
+        # HMAC-SHA256 (RFC 2104) with the padded-key hashes computed once: a link then costs
+        # two hash copies and updates (~1.7 µs), as little as a plain SHA-256 of the row,
+        # where ``hmac.digest`` re-derives the pads on every call (~5 µs).
+        pads: dict[str, tuple[Any, Any]] = {}
+        for kid, key in self.keys.items():
+            block = (hashlib.sha256(key).digest() if len(key) > 64 else key).ljust(64, b"\0")
+            pads[kid] = (hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+                         hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+        object.__setattr__(self, "_pads", pads)
+
+    def _mac(self, kid: str, message: bytes) -> str:
+        inner_pad, outer_pad = self._pads[kid]  # type: ignore[attr-defined]
+        inner = inner_pad.copy()
+        inner.update(message)
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        return f"{kid}:{outer.hexdigest()}"
+
     def sign(self, message: bytes) -> str:
         """``<key id>:<HMAC-SHA256 hex>`` with the signing key."""
-        return f"{self.current}:" + hmac.digest(self.keys[self.current], message,
-                                                "sha256").hex()
+        return self._mac(self.current, message)
 
     def check(self, kid: str, message: bytes) -> str | None:
         """The link ``message`` gets with key ``kid``; None when that key is not here."""
-        key = self.keys.get(kid)
-        if key is None:
+        if kid not in self.keys:
             return None
-        return f"{kid}:" + hmac.digest(key, message, "sha256").hex()
+        return self._mac(kid, message)
 
 
 def read_key_file(path: Path) -> list[str]:
