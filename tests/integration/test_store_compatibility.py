@@ -51,6 +51,26 @@ def test_a_format_1_store_is_refused_with_the_command_that_migrates_it(tmp_path:
                            env=env, check=False)
     assert again.returncode == 0 and again.stdout == migrated.stdout  # idempotent
 
+    # The old rows verify: leads' plain SHA-256 links and the other aggregates' unlinked
+    # rows are counted, not reported; a row without a link written after the migration is.
+    verified = subprocess.run([*LEADFLOW, "verify", "--json"], capture_output=True,
+                              text=True, env=env, check=False)
+    assert verified.returncode == 0, verified.stdout
+    report = json.loads(verified.stdout)
+    assert report["unkeyed_links"] > 0 and report["unchained_rows"] > 0
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        oid, topic, state = conn.execute(
+            "SELECT originator_id, topic, state FROM stored_events WHERE topic LIKE "
+            "'%Account.Created' LIMIT 1").fetchone()
+        conn.execute("INSERT INTO stored_events VALUES (?, 99, ?, ?)", (oid, topic, state))
+    forged = subprocess.run([*LEADFLOW, "verify", "--json"], capture_output=True, text=True,
+                            env=env, check=False)
+    assert forged.returncode == 4
+    assert any(p["version"] == 99 and "no chain link" in p["problem"]
+               for p in json.loads(forged.stdout)["problems"])
+
 
 def test_a_migrated_store_answers_the_same_and_goes_on(tmp_path: Path, rec: Records) -> None:
     db = v1_store(tmp_path)

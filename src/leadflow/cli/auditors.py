@@ -297,6 +297,10 @@ def verify(obj: Context, identity: str | None, expect_head: str | None,
             click.echo(f"note: {report['unkeyed_links']} links were written before keyed chains "
                        "(plain SHA-256): anyone with write access could recompute them; a "
                        "checkpoint anchors them from now on")
+        if report.get("unchained_rows"):
+            click.echo(f"note: {report['unchained_rows']} rows of aggregates other than "
+                       "leads were written before every aggregate was chained (before `db "
+                       "migrate` to format 4): nothing links them; a checkpoint anchors them")
         if identity and report["heads"]:
             for head in report["heads"].values():
                 click.echo(f"chain head {head}")
@@ -446,6 +450,7 @@ def _verify_store(app: LeadflowApp, checkpoint_path: Path | None) -> dict[str, A
         "ok": not problems, "aggregates": report.aggregates, "leads": leads,
         "rows": report.rows, "events": report.events, "identities": report.identities,
         "position": report.position, "unkeyed_links": report.unkeyed,
+        "unchained_rows": report.unchained,
         "key_ids": sorted(report.key_ids),
         "digest": store_audit.store_digest(app.keyring, report.anchor, report.heads),
         "checkpoint": {"position": data["position"], "digest": data["digest"]} if data else None,

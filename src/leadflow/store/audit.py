@@ -42,6 +42,9 @@ from leadflow.store.keys import Keyring
 from leadflow.store.recorders import RecordIdIndex
 
 CHECKPOINT_FORMAT = "leadflow-checkpoint/1"
+#: Metadata key: the notification id up to which only lead rows were chained (set by
+#: ``db migrate`` when it brings an older store to format 4; 0 for a store born chained).
+CHAINED_SINCE = "chained_since"
 PAGE = 5000
 
 Plain = Callable[[bytes], bytes] | None
@@ -125,6 +128,7 @@ class StoreReport:
     rows: int = 0
     events: int = 0
     unkeyed: int = 0
+    unchained: int = 0
     identities: int = 0
     problems: list[dict[str, Any]] = field(default_factory=list)
     heads: dict[str, tuple[str, int, str]] = field(default_factory=dict)
@@ -185,6 +189,9 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
     a damaged store: what is wrong is a problem in the report."""
     position = recorder.max_notification_id() or 0
     report = StoreReport(position, position if anchor is None else anchor)
+    # Rows up to here were written before every aggregate was chained (a store migrated to
+    # format 4): a lead's rows were always chained, the other aggregates' were not.
+    chained_since = int(recorder.meta(CHAINED_SINCE) or 0)
     refs: dict[UUID, Refs] = {}
     kinds: dict[UUID, str] = {}
 
@@ -206,9 +213,11 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
                  mine: Refs = mine) -> None:
             mine.read(kind, event.topic, data)
 
+        legacy = frozenset(e.originator_version for nid, e in group
+                           if nid <= chained_since) if kind != "Lead" else frozenset()
         result = chain.verify_events(
             oid, [StoredEvent(oid, e.originator_version, e.topic, e.state) for _, e in group],
-            plain, keyring, seen if kind in ("Lead", "Interest") else None)
+            plain, keyring, seen if kind in ("Lead", "Interest") else None, legacy)
         if mine.keys or mine.accounts:
             refs[oid] = mine
         _account(report, result)
@@ -226,6 +235,7 @@ def _account(report: StoreReport, result: LeadVerification) -> None:
     report.aggregates += 1
     report.events += result.version
     report.unkeyed += result.unkeyed
+    report.unchained += result.unchained
     report.unknown_keys |= result.unknown_keys
     report.problems += [p.as_dict() for p in result.problems]
     report.key_ids |= result.key_ids

@@ -108,6 +108,7 @@ class LeadVerification:
     unkeyed: int = 0
     unknown_keys: frozenset[str] = field(default_factory=frozenset)
     key_ids: frozenset[str] = field(default_factory=frozenset)  # every key id a link names
+    unchained: int = 0  # rows from before the store chained this aggregate (migrated)
 
     @property
     def ok(self) -> bool:
@@ -145,13 +146,16 @@ def verify_events(aggregate_id: UUID, stored: Sequence[StoredEvent],
                   plain: Callable[[bytes], bytes] | None = None,
                   keyring: Keyring | None = None,
                   seen: Callable[[StoredEvent, dict[str, Any]], None] | None = None,
+                  unchained_ok: frozenset[int] = frozenset(),
                   ) -> LeadVerification:
     """Recompute the chain over one aggregate's stored rows (ordered by version).
 
     ``plain`` undoes the application's compressor/cipher, if one is configured; without a
     ``keyring`` only unkeyed links can be checked. ``seen`` is handed each row's decoded
-    payload (the whole-store check reads identities from it). Whatever the rows hold, the
-    answer is a list of problems, never an exception.
+    payload (the whole-store check reads identities from it). ``unchained_ok`` are versions
+    of rows written before the store chained that aggregate (a migrated store): counted,
+    not reported. Whatever the rows hold, the answer is a list of problems, never an
+    exception.
     """
     kind = kind_of(stored[0].topic) if stored else "?"
     lead = aggregate_id if kind == "Lead" else None
@@ -163,7 +167,7 @@ def verify_events(aggregate_id: UUID, stored: Sequence[StoredEvent],
     previous = genesis(aggregate_id)
     expected_version = 1
     keyed = False
-    unkeyed = 0
+    unkeyed = unchained = 0
     unknown: set[str] = set()
     kids: set[str] = set()
     for event in stored:
@@ -195,7 +199,10 @@ def verify_events(aggregate_id: UUID, stored: Sequence[StoredEvent],
             if seen is not None:
                 seen(event, data)
         if chain is None:
-            problem(version, "event carries no chain link: inserted outside leadflow")
+            if version in unchained_ok:
+                unchained += 1
+            else:
+                problem(version, "event carries no chain link: inserted outside leadflow")
             continue
         kid, _, _ = chain.rpartition(":")
         text = message(previous, aggregate_id, version, event.topic, payload)
@@ -222,4 +229,5 @@ def verify_events(aggregate_id: UUID, stored: Sequence[StoredEvent],
         previous = chain
     head = previous if stored else None
     return LeadVerification(aggregate_id, len(stored), head, tuple(problems), kind,
-                            expected_version - 1, unkeyed, frozenset(unknown), frozenset(kids))
+                            expected_version - 1, unkeyed, frozenset(unknown), frozenset(kids),
+                            unchained)

@@ -60,7 +60,9 @@ META_TABLE = "leadflow_meta"
 #: per record (store/fold.py); identity index, account engagements and routing counters are
 #: bookkeeping tables (store/bookkeeping.py), not IdentityIndex, Account.Engaged and Router
 #: load events.
-STORE_VERSION = 3
+#: Format 4: every aggregate's rows are chained with keyed links (store/chain.py); a store
+#: migrated from an older format records where keyed chaining of all aggregates began.
+STORE_VERSION = 4
 
 _SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -110,12 +112,21 @@ class RecordIdIndex(ABC):
         """Timers with ``after < due <= until`` (and after ``cursor``), in (due, lead) order."""
 
     @abstractmethod
-    def store_version(self) -> int | None:
-        """The format version recorded in the store; None when none is."""
+    def meta(self, key: str) -> str | None:
+        """A value of the store's metadata table (format version, keyed-chain start)."""
 
     @abstractmethod
+    def set_meta(self, key: str, value: str) -> None:
+        """Record a value of the store's metadata table."""
+
+    def store_version(self) -> int | None:
+        """The format version recorded in the store; None when none is."""
+        value = self.meta("store_version")
+        return int(value) if value is not None else None
+
     def set_store_version(self, version: int) -> None:
         """Record the store's format version."""
+        self.set_meta("store_version", str(version))
 
     @abstractmethod
     def has_events(self) -> bool:
@@ -256,18 +267,18 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             curs.execute(self.select_due_statement, (low, until, key[0], key[1], limit))
             return [(row["due_at"], row["lead_id"]) for row in curs.fetchall()]
 
-    def store_version(self) -> int | None:
+    def meta(self, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(SQL("SELECT value FROM {} WHERE key = 'store_version'").format(
-                self.meta_table))
+            curs.execute(SQL("SELECT value FROM {} WHERE key = %s").format(self.meta_table),
+                         (key,))
             row = curs.fetchone()
-        return int(row["value"]) if row else None
+        return str(row["value"]) if row else None
 
-    def set_store_version(self, version: int) -> None:
+    def set_meta(self, key: str, value: str) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(SQL("INSERT INTO {} VALUES ('store_version', %s) ON CONFLICT (key) "
+            curs.execute(SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) "
                              "DO UPDATE SET value = excluded.value").format(self.meta_table),
-                         (str(version),))
+                         (key, value))
 
     def has_events(self) -> bool:
         with self.datastore.transaction(commit=False) as curs:
@@ -392,16 +403,15 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
                       (low, _sqlite_time(until), key[0], key[0], key[1], limit))
             return [(_from_sqlite_time(at), UUID(lead)) for at, lead in c.fetchall()]
 
-    def store_version(self) -> int | None:
+    def meta(self, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as c:
-            c.execute(f"SELECT value FROM {META_TABLE} WHERE key = 'store_version'")
+            c.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?", (key,))
             row = c.fetchone()
-        return int(row[0]) if row else None
+        return str(row[0]) if row else None
 
-    def set_store_version(self, version: int) -> None:
+    def set_meta(self, key: str, value: str) -> None:
         with self.datastore.transaction(commit=True) as c:
-            c.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES ('store_version', ?)",
-                      (str(version),))
+            c.execute(f"INSERT OR REPLACE INTO {META_TABLE} VALUES (?, ?)", (key, value))
 
     def has_events(self) -> bool:
         with self.datastore.transaction(commit=False) as c:
@@ -468,7 +478,7 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         self._record_ids: dict[str, RecordId] = {}
         self._record_ids_lock = threading.Lock()
         self._timers: dict[UUID, datetime] = {}
-        self._version: int | None = None
+        self._meta: dict[str, str] = {}
         self._books = bookkeeping.MemoryBooks()
 
     def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
@@ -493,11 +503,11 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
                          and (cursor is None or (at, lead) > cursor))
         return due[:limit]
 
-    def store_version(self) -> int | None:
-        return self._version
+    def meta(self, key: str) -> str | None:
+        return self._meta.get(key)
 
-    def set_store_version(self, version: int) -> None:
-        self._version = version
+    def set_meta(self, key: str, value: str) -> None:
+        self._meta[key] = value
 
     def has_events(self) -> bool:
         return bool(self._stored_events)
