@@ -16,6 +16,7 @@ from leadflow.consumers.touchpoints import TouchpointConsumer
 from leadflow.contract import InboundRecord
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.views import BatchResult
+from leadflow.metrics import ConsumerMetrics
 from tests.conftest import T0, Records, days
 from tests.integration.kafka_helpers import Pipeline, applied_event_ids
 from tests.integration.services import Services
@@ -70,13 +71,21 @@ def test_a_batch_that_meets_a_write_conflict_is_applied_in_halves_exactly_once(
     settings = KafkaSettings.from_env(pipe.env())
     kafka = clients.touchpoint_consumer(settings)
     producer = clients.dead_letter_producer(settings)
+    metrics = ConsumerMetrics()
     try:
-        stats = TouchpointConsumer(app, settings, kafka, producer,
-                                   sleep=lambda _: None).run(until_idle=True)
+        stats = TouchpointConsumer(app, settings, kafka, producer, sleep=lambda _: None,
+                                   metrics=metrics).run(until_idle=True)
     finally:
         kafka.close(autocommit=False)
         producer.close()
     assert stats.splits >= 1 and stats.applied == 8 and stats.dead_lettered == 0
+    # The metrics say so too: each conflict is one retry of its batch (in halves here).
+    value = metrics.registry.get_sample_value
+    conflicts = value("leadflow_consumer_write_conflicts_total")
+    assert conflicts == value("leadflow_consumer_batch_retries_total",
+                              {"cause": "write_conflict"}) >= stats.splits
+    assert value("leadflow_consumer_batch_retries_total", {"cause": "infrastructure"}) == 0
+    assert value("leadflow_consumer_records_total", {"outcome": "applied"}) == 8
     ids = applied_event_ids(app)
     assert sorted(ids) == sorted([r.event_id for r in people] + [rival_record.event_id])
     # The phone's record landed on the rival's lead, with its CRM id: one person, one lead.
