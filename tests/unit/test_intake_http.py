@@ -330,3 +330,31 @@ def test_every_answer_is_observed_by_route_template_never_by_raw_path() -> None:
     assert seen == [("GET", "/healthz", 200), ("POST", "/v1/records", 200),
                     ("POST", "/v1/records", 401), ("GET", "unmatched", 404),
                     ("POST", "/v1/batch", 422)]
+
+
+def test_browsers_of_the_allowed_origins_may_post_and_others_may_not() -> None:
+    app = LeadflowApp(env={"PERSISTENCE_MODULE": "eventsourcing.popo"})
+    config = IntakeConfig(sink=EngineSink(app), mapping=default_rules().segment,
+                          tokens=Tokens([TOKEN]), clock=lambda: NOW,
+                          cors_origins=("https://www.initech.com",))
+    client = TestClient(create_app(config), raise_server_exceptions=False)
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization, content-type"}
+    allowed = client.options("/v1/batch", headers={"Origin": "https://www.initech.com",
+                                                   **preflight})
+    assert allowed.status_code == 200
+    assert allowed.headers["access-control-allow-origin"] == "https://www.initech.com"
+    assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
+    other = client.options("/v1/batch", headers={"Origin": "https://evil.example",
+                                                 **preflight})
+    assert other.status_code == 400
+    posted = client.post("/v1/batch", json={"batch": journey()[:1]},
+                         headers={"Origin": "https://www.initech.com", **BEARER})
+    assert posted.headers["access-control-allow-origin"] == "https://www.initech.com"
+    assert posted.json()["accepted"] == 1
+    unauthenticated = client.post("/v1/batch", json={"batch": journey()[:1]},
+                                  headers={"Origin": "https://www.initech.com"})
+    assert unauthenticated.status_code == 401
+    without = Intake().client.options("/v1/batch", headers={
+        "Origin": "https://www.initech.com", **preflight})
+    assert without.status_code == 405  # no CORS configured: no preflight answered

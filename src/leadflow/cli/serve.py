@@ -34,9 +34,13 @@ from leadflow.cli.common import Context, fail, kafka_call, kafka_settings, log, 
               show_default=True, help="Largest request body (after gzip).")
 @click.option("--max-records", type=click.IntRange(1, 1_000_000), default=5000,
               show_default=True, help="Most records (or Segment messages) in one request.")
+@click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
+              help="An origin (https://www.example.com) whose pages may post from a browser, "
+                   "e.g. with analytics.js; repeat it, or * for any. None by default.")
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth: bool,
-          sink: str, max_body_bytes: int, max_records: int) -> None:
+          sink: str, max_body_bytes: int, max_records: int,
+          cors_origins: tuple[str, ...]) -> None:
     """Serve the HTTP intake: contract-v1 records and Segment batches.
 
     POST /v1/records takes contract-v1 records (a JSON object, an array, or NDJSON);
@@ -104,7 +108,7 @@ def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth:
         sink=target, mapping=rules.segment, tokens=tokens,
         limits=Limits(max_body_bytes=max_body_bytes, max_records=max_records,
                       max_record_bytes=obj.settings.max_record_bytes),
-        max_future_skew=obj.settings.max_future_skew)
+        max_future_skew=obj.settings.max_future_skew, cors_origins=cors_origins)
     server = uvicorn.Server(uvicorn.Config(
         create_app(config), host=host, port=port, log_config=None, access_log=False,
         lifespan="off", log_level="warning", timeout_graceful_shutdown=30))

@@ -33,6 +33,7 @@ import structlog
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -78,6 +79,9 @@ class IntakeConfig:
     #: one of the app's paths or ``unmatched``, never the raw path (for metrics: a client
     #: must not be able to create series).
     observe: Callable[[str, str, int, float], None] | None = None
+    #: Origins whose pages may post from a browser (Segment's analytics.js and the like
+    #: send cross-origin requests with a preflight); ``*`` for any. None by default.
+    cors_origins: tuple[str, ...] = ()
 
 
 class ClientError(Exception):
@@ -460,6 +464,12 @@ def create_app(config: IntakeConfig) -> Starlette:
     middleware = [] if config.observe is None else [
         Middleware(_Observed, observe=config.observe,
                    routes=frozenset(route.path for route in routes))]
+    if config.cors_origins:
+        # Preflights are answered before authentication (browsers send them without
+        # credentials); the requests that follow still need a token.
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["POST"],
+            allow_headers=["Authorization", "Content-Type", "Content-Encoding"], max_age=600))
     return Starlette(routes=routes, middleware=middleware, exception_handlers={
         ClientError: _client_error, HTTPException: _http_error,
         SinkUnavailable: _unavailable, Exception: _internal})
