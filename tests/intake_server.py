@@ -9,7 +9,9 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
+import anyio
 import httpx
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
@@ -67,3 +69,31 @@ class ServeProcess:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop()
+
+
+class ASGIClient:
+    """A synchronous httpx client that calls an ASGI app in process (no socket): for tests
+    of the intake's HTTP contract that need no server process. An error the app does not
+    answer itself comes back as the 500 the server would send."""
+
+    def __init__(self, app: Any) -> None:
+        self.transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+
+    def request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        async def call() -> httpx.Response:
+            async with httpx.AsyncClient(transport=self.transport,
+                                         base_url="http://intake.test") as client:
+                response = await client.request(method, url, **kwargs)
+                await response.aread()
+                return response
+
+        return anyio.run(call)
+
+    def get(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("GET", url, **kwargs)
+
+    def post(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("POST", url, **kwargs)
+
+    def options(self, url: str, **kwargs: Any) -> httpx.Response:
+        return self.request("OPTIONS", url, **kwargs)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from starlette.testclient import TestClient
 
 from leadflow.config import Settings
 from leadflow.domain.rules import default_rules
@@ -16,7 +15,7 @@ from leadflow.engine.app import LeadflowApp
 from leadflow.intake.http import IntakeConfig, create_app
 from leadflow.intake.sinks import EngineSink
 from tests.conftest import clean_env
-from tests.intake_server import LEADFLOW, free_port
+from tests.intake_server import LEADFLOW, ASGIClient, free_port
 from tests.integration.services import Services
 
 pytestmark = pytest.mark.integration
@@ -32,9 +31,8 @@ def test_a_store_that_goes_away_gets_503_with_retry_after_and_readyz_says_why(
     settings = Settings(database_url=pg_url, aggregate_cache_size=0)
     app = LeadflowApp(env=settings.eventsourcing_env({}))
     sink = EngineSink(app, ready_timeout=60)
-    client = TestClient(create_app(IntakeConfig(sink=sink, mapping=default_rules().segment,
-                                                tokens=None, ready_timeout=60)),
-                        raise_server_exceptions=False)
+    client = ASGIClient(create_app(IntakeConfig(sink=sink, mapping=default_rules().segment,
+                                                tokens=None, ready_timeout=60)))
     assert client.post("/v1/records", json=record("f1")).json()["accepted"] == 1
     name = pg_url.rsplit("/", 1)[1]
     with psycopg.connect(services.postgres_url, autocommit=True) as conn:

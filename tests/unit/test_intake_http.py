@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from starlette.testclient import TestClient
 
 from leadflow.domain.rules import default_rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.intake.auth import Tokens, load_tokens, parse_tokens, presented_token
 from leadflow.intake.http import IntakeConfig, Limits, create_app
 from leadflow.intake.sinks import EngineSink
+from tests.intake_server import ASGIClient
 from tests.segment_spec import JOURNEY_AT, JOURNEY_EMAIL, JOURNEY_SCORE, SPEC_BATCH, journey
 
 TOKEN = "wk_test_0123456789"
@@ -42,7 +42,7 @@ class Intake:
         config = IntakeConfig(sink=EngineSink(self.app), mapping=default_rules().segment,
                               tokens=Tokens([TOKEN, "other-token"]),
                               limits=limits or Limits(), clock=lambda: NOW)
-        self.client = TestClient(create_app(config), raise_server_exceptions=False)
+        self.client = ASGIClient(create_app(config))
 
     def written(self) -> int:
         return self.app.recorder.max_notification_id() or 0
@@ -321,7 +321,7 @@ def test_every_answer_is_observed_by_route_template_never_by_raw_path() -> None:
                           tokens=Tokens([TOKEN]), clock=lambda: NOW,
                           observe=lambda method, route, status, seconds: seen.append(
                               (method, route, status)))
-    client = TestClient(create_app(config), raise_server_exceptions=False)
+    client = ASGIClient(create_app(config))
     client.get("/healthz")
     client.post("/v1/records", json=record("o1"), headers=BEARER)
     client.post("/v1/records", json=record("o2"))
@@ -337,7 +337,7 @@ def test_browsers_of_the_allowed_origins_may_post_and_others_may_not() -> None:
     config = IntakeConfig(sink=EngineSink(app), mapping=default_rules().segment,
                           tokens=Tokens([TOKEN]), clock=lambda: NOW,
                           cors_origins=("https://www.initech.com",))
-    client = TestClient(create_app(config), raise_server_exceptions=False)
+    client = ASGIClient(create_app(config))
     preflight = {"Access-Control-Request-Method": "POST",
                  "Access-Control-Request-Headers": "authorization, content-type"}
     allowed = client.options("/v1/batch", headers={"Origin": "https://www.initech.com",
