@@ -9,24 +9,23 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from functools import lru_cache
+from functools import cache, lru_cache
 from uuid import UUID
 
-import phonenumbers
 from email_validator import EmailNotValidError, validate_email
 
 from leadflow.domain.ids import IDENTITY_KINDS, identity_key
 
-# Numbers that reach a company rather than a person (seed 002: a switchboard is interest,
-# not a lead). Toll-free and shared-cost lines are company lines by construction.
-_NON_PERSONAL_TYPES = frozenset(
-    {
-        phonenumbers.PhoneNumberType.TOLL_FREE,
-        phonenumbers.PhoneNumberType.PREMIUM_RATE,
-        phonenumbers.PhoneNumberType.SHARED_COST,
-        phonenumbers.PhoneNumberType.UAN,
-    }
-)
+
+@cache
+def _non_personal_types() -> frozenset[int]:
+    """Numbers that reach a company rather than a person (seed 002: a switchboard is
+    interest, not a lead). Toll-free and shared-cost lines are company lines by construction.
+    """
+    import phonenumbers
+
+    types = phonenumbers.PhoneNumberType
+    return frozenset({types.TOLL_FREE, types.PREMIUM_RATE, types.SHARED_COST, types.UAN})
 
 
 class InvalidIdentityError(ValueError):
@@ -70,13 +69,17 @@ def _refuse_lookalikes(value: str, normalized: str) -> None:
 @lru_cache(maxsize=65536)
 def normalise_phone(value: str, default_region: str | None = None) -> str:
     """E.164 form of a person's phone number; international format unless a region is given."""
+    # Imported here: its data modules take ~30 ms to load, and a command that reads no phone
+    # (`lead show anna@acme.io`) need not pay for them.
+    import phonenumbers
+
     try:
         number = phonenumbers.parse(value.strip(), default_region)
     except phonenumbers.NumberParseException as exc:
         raise InvalidIdentityError(f"invalid phone {value!r}: {exc}") from exc
     if not phonenumbers.is_valid_number(number):
         raise InvalidIdentityError(f"invalid phone {value!r}: not a valid number")
-    if phonenumbers.number_type(number) in _NON_PERSONAL_TYPES:
+    if phonenumbers.number_type(number) in _non_personal_types():
         raise InvalidIdentityError(
             f"invalid phone {value!r}: toll-free/shared-cost numbers reach a company, not a person"
         )
