@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 from uuid import uuid4
 
 from eventsourcing.persistence import StoredEvent
+from hypothesis import given
+from hypothesis import strategies as st
 
 from leadflow.store import chain as audit
 from leadflow.store.keys import Keyring
@@ -52,3 +55,37 @@ def test_an_event_without_a_link_is_reported_as_inserted_outside_leadflow() -> N
     stored.append(StoredEvent(lead, 2, "t:E", b'{"context":{"chain":"' + b"0" * 64 + b'"}}'))
     problems = verify_events(lead, stored).problems
     assert len(problems) == 1 and "no chain link" in problems[0].problem
+
+
+_REFERENCE = re.compile(rb',?\s*"chain"\s*:\s*"((?:[0-9a-f]{8}:)?[0-9a-f]{64})"\s*}\s*\Z')
+
+
+def _reference_unseal(state: bytes) -> tuple[bytes, str | None]:
+    """What unseal must answer: the whole-payload search it replaced (slow, obviously
+    right)."""
+    found = _REFERENCE.search(state)
+    if found is None:
+        return state, None
+    return state[:found.start()] + b"}", found.group(1).decode()
+
+
+_LINK = st.from_regex(r"\A(?:[0-9a-f]{8}:)?[0-9a-f]{64}\Z", fullmatch=True)
+_SPACE = st.sampled_from(["", " ", "\n", " \t "])
+
+
+@given(st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=20), max_size=4),
+       _LINK, _SPACE, _SPACE, st.booleans())
+def test_unseal_matches_the_reference_on_sealed_and_re_spaced_payloads(
+        body: dict[str, object], link: str, before: str, after: str, chained: bool) -> None:
+    payload = json.dumps(body, separators=(",", ":")).encode()
+    if chained:
+        member = f'{before}"chain"{before}:{after}"{link}"{after}'
+        sep = "," if body else ""
+        payload = payload[:-1] + f"{sep}{member}}}{after}".encode()
+    assert audit.unseal(payload) == _reference_unseal(payload)
+
+
+@given(st.binary(max_size=200) | st.text(alphabet='{}",:chain 0123456789abcdef',
+                                         max_size=160).map(str.encode))
+def test_unseal_matches_the_reference_on_any_bytes(state: bytes) -> None:
+    assert audit.unseal(state) == _reference_unseal(state)

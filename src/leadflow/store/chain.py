@@ -39,7 +39,10 @@ from leadflow.store.keys import Keyring
 
 GENESIS = "leadflow-chain-v2"
 # Whitespace-tolerant, so a re-formatted payload still yields its link and is reported once.
-_SEALED = re.compile(rb',?\s*"chain"\s*:\s*"((?:[0-9a-f]{8}:)?[0-9a-f]{64})"\s*}\s*\Z')
+# Matched from the last "chain" member only: a search over the whole payload tried the
+# pattern at every byte (~140 µs for a 1 KiB row, most of verify's time).
+_SEALED = re.compile(rb'"chain"\s*:\s*"((?:[0-9a-f]{8}:)?[0-9a-f]{64})"\s*}\s*\Z')
+_BEFORE = b" \t\r\n"
 
 
 def genesis(aggregate_id: UUID) -> str:
@@ -67,10 +70,15 @@ def seal(keyring: Keyring, previous: str, aggregate_id: UUID, version: int, topi
 
 def unseal(state: bytes) -> tuple[bytes, str | None]:
     """The payload without its chain member, and the link it carried (None: no link)."""
-    found = _SEALED.search(state)
+    start = state.rfind(b'"chain"')
+    found = _SEALED.match(state, start) if start >= 0 else None
     if found is None:
         return state, None
-    return state[:found.start()] + b"}", found.group(1).decode()
+    # The member's separator: whitespace and one comma before it (none when it is alone).
+    cut = len(state[:start].rstrip(_BEFORE))
+    if cut and state[cut - 1:cut] == b",":
+        cut -= 1
+    return state[:cut] + b"}", found.group(1).decode()
 
 
 def kind_of(topic: str) -> str:
