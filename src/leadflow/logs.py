@@ -20,6 +20,8 @@ from typing import Any, TextIO, cast
 
 import structlog
 
+from leadflow.redaction import mask_personal_data
+
 #: Events logged once per input record; held back while a progress bar is on screen.
 PER_RECORD_EVENTS = frozenset({"record rejected", "line not published", "dead-lettered"})
 
@@ -113,6 +115,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            mask_personal_data,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),

@@ -69,8 +69,14 @@ def scrub(text: str) -> str:
 
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """``error: <message>`` on one line (drivers' messages span several; the terminal's
-    width does not wrap it), without the database password, and exit."""
-    text = "; ".join(part.strip() for part in scrub(message).splitlines() if part.strip())
+    width does not wrap it), without the database password, and exit.
+
+    Emails and phones in it are masked (``leadflow.redaction``): stderr is where
+    supervisors and cron collect logs, and the operator knows what they typed."""
+    from leadflow.redaction import mask_text
+
+    text = "; ".join(part.strip() for part in mask_text(scrub(message)).splitlines()
+                     if part.strip())
     console = err_console()
     console.print("[bold red]error:[/] ", end="", highlight=False)
     console.print(text, markup=False, highlight=False, soft_wrap=True)
