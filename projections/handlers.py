@@ -19,6 +19,7 @@ from typing import Any
 from leadflow.projections.db import to_int, to_real, to_text
 from leadflow.projections.events import KINDS
 from leadflow.projections.schema import FUNNEL
+from leadflow.redaction import mask_text
 
 RANK = {stage: i for i, stage in enumerate(FUNNEL)}
 LEAD_COLUMNS = (
@@ -33,6 +34,13 @@ LEAD_COLUMNS = (
 )
 ACCOUNT_COLUMNS = ("account_id", "account_key", "name", "engagements", "surges",
                    "last_engaged_at", "last_surge_at", "surge_window_days")
+
+
+def free_text(value: Any) -> Any:
+    """A reason or URL as the analysts' tables hold it: a person's email or phone typed into
+    it (a rep's note, ``?email=`` in a landing page) masked, since those tables are read
+    without access to personal data. The event store keeps the text as it came."""
+    return mask_text(value) if isinstance(value, str) else value
 
 
 def size_band(employees: Any) -> str:
@@ -100,7 +108,7 @@ class PageChanges:
         row.update(
             lead_id=lead_id, primary_key=e.primary_key, identities=json.dumps([e.primary_key]),
             created_at=e.created_at, source=e.source, campaign=e.campaign,
-            landing_page=e.landing_page,
+            landing_page=free_text(e.landing_page),
             account_id=str(e.account_id) if e.account_id else None, stage="new",
             stage_at=e.created_at, in_pool=False, fit=0.0, fit_awards="{}",
             engagement_value=0.0, half_life_days=self.half_life_days, touchpoints=0,
@@ -196,11 +204,11 @@ class PageChanges:
             row["last_touch_at"] = e.last_touch_at
 
     def _on_StageChanged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
-        to, at = e.to_stage, e.occurred_at
-        row["stage"], row["stage_at"], row["stage_reason"] = to, at, e.reason
+        to, at, reason = e.to_stage, e.occurred_at, free_text(e.reason)
+        row["stage"], row["stage_at"], row["stage_reason"] = to, at, reason
         self.transitions.append((nid, self.seq("t", nid), row["lead_id"], e.from_stage, to,
                                  at, row["owner"], row["source"], row["campaign"], e.actor,
-                                 e.reason))
+                                 reason))
         self._count(to, at, row)
         if to in RANK:
             # Reaching a stage means passing every funnel stage before it.
@@ -208,7 +216,7 @@ class PageChanges:
                 if row[f"reached_{stage}_at"] is None:
                     row[f"reached_{stage}_at"] = at
         if to in ("disqualified", "recycled", "lost"):
-            row[f"{to}_at"], row[f"{to}_reason"] = at, e.reason
+            row[f"{to}_at"], row[f"{to}_reason"] = at, reason
         if to in ("recycled", "disqualified"):
             row.update(owner=None, team=None, in_pool=False, contacted_at=None)
         links = e.links or {}
@@ -266,7 +274,8 @@ class PageChanges:
             engagement_value=state["eng_value"], engagement_as_of=state["eng_as_of"],
             touchpoints=state["touchpoints"], last_touch_at=state["last_touch_at"],
             dormant=state["dormant"], stage=state["stage"], stage_at=state["stage_at"],
-            stage_reason=state["stage_reason"], owner=state["owner"], team=state["team"],
+            stage_reason=free_text(state["stage_reason"]), owner=state["owner"],
+            team=state["team"],
             in_pool=state["in_pool"], contacted_at=state["contacted_at"],
             deal_owner=state["deal_owner"],
             account_id=str(state["account_id"]) if state["account_id"] else None,

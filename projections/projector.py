@@ -31,10 +31,17 @@ from eventsourcing.utils import get_topic
 
 from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
 from leadflow.metrics import Health, ProjectorMetrics
-from leadflow.projections.admin import analyst_roles, grant_select
+from leadflow.projections.admin import analyst_grants, grant_select
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.events import ENVELOPES, KINDS, TOPICS, EventData, load_payload
-from leadflow.projections.schema import RELAXED, TABLES, drop_views_ddl, tables_ddl, views_ddl
+from leadflow.projections.schema import (
+    PERSONAL_COLUMNS,
+    RELAXED,
+    TABLES,
+    drop_views_ddl,
+    tables_ddl,
+    views_ddl,
+)
 from leadflow.projections.writer import Page, RowFailed
 from leadflow.store.recorders import SCHEMA_LOCK_KEY
 
@@ -118,9 +125,10 @@ class Projector:
         with self.db.transaction():
             self._lock_schema()
             self.db.executescript(tables_ddl(self.db.dialect))
+            split = self._split_personal()
             swapped = self._relax_not_null()
-            if swapped or self.position(VIEWS_NAME) != views_version:
-                readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
+            if split or swapped or self.position(VIEWS_NAME) != views_version:
+                readers = analyst_grants(self.db) if self.db.dialect == "postgres" else {}
                 self.db.executescript(drop_views_ddl())
                 self.db.executescript(views)
                 if readers:
@@ -131,6 +139,37 @@ class Projector:
             self.db.execute(
                 "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [TRACKING_NAME])
+
+    def _split_personal(self) -> bool:
+        """Move the personal columns of a ``lead_state`` made by an older leadflow into
+        ``lead_personal`` and drop them from ``lead_state`` (returns True: views were dropped).
+
+        Analyst roles keep reading ``lead_state`` and lose the personal columns with it;
+        ``lead_personal`` is granted to none of them (``db grant-analyst
+        --with-personal-data`` does). On PostgreSQL a dropped column's values stay in the
+        table's pages until they are rewritten (``VACUUM FULL lead_state``; see the README's
+        Privacy section). Runs once: afterwards the columns are gone and nothing is done.
+        """
+        if self.db.dialect == "postgres":
+            rows = self.db.query(
+                "SELECT column_name AS name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = 'lead_state'")
+        else:
+            rows = self.db.query("PRAGMA table_info(lead_state)")
+        present = [c for c in PERSONAL_COLUMNS if c in {r["name"] for r in rows}]
+        if not present:
+            return False
+        log.info("moving personal columns out of lead_state", columns=present)
+        self.db.executescript(drop_views_ddl())
+        names = ", ".join(present)
+        self.db.execute(f"INSERT INTO lead_personal (lead_id, {names}) "
+                        # WHERE: SQLite would read ON CONFLICT as a join's ON.
+                        f"SELECT lead_id, {names} FROM lead_state WHERE true "
+                        "ON CONFLICT (lead_id) DO NOTHING")
+        self.db.execute("DROP INDEX IF EXISTS lead_state_primary_key")
+        for column in present:
+            self.db.execute(f"ALTER TABLE lead_state DROP COLUMN {column}")
+        return True
 
     def _relax_not_null(self) -> bool:
         """Drop NOT NULL from the ``RELAXED`` columns of tables made by an older leadflow.
@@ -399,7 +438,7 @@ class Projector:
         with self.db.transaction():
             state.write_state(fresh=True)
             self._lock_schema()  # after the bulk write: hold it only for the swap's DDL
-            readers = analyst_roles(self.db) if self.db.dialect == "postgres" else []
+            readers = analyst_grants(self.db) if self.db.dialect == "postgres" else {}
             self.db.executescript(drop_views_ddl())
             for table in TABLES:
                 self.db.execute(f"DROP TABLE {table}")

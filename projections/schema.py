@@ -13,8 +13,14 @@ from functools import cache
 
 from leadflow.projections.db import Dialect
 
-TABLES = ("lead_state", "stage_transitions", "funnel_daily", "score_ledger", "owner_load",
-          "account_state")
+TABLES = ("lead_state", "lead_personal", "stage_transitions", "funnel_daily", "score_ledger",
+          "owner_load", "account_state")
+#: Tables holding a person's personal data (identities, job title): granted to an analyst role
+#: only with ``db grant-analyst --with-personal-data``; every other read model is keyed by
+#: lead id and holds none (free text that may carry an email or phone is masked).
+PERSONAL_TABLES = ("lead_personal",)
+#: The columns of ``lead_personal`` besides ``lead_id``; ``lead_state`` has none of them.
+PERSONAL_COLUMNS = ("primary_key", "identities", "title")
 VIEWS = ("leads_by_status", "leads_by_source", "leads_by_owner", "lead_funnel_facts",
          "funnel_by_cohort", "funnel_by_cohort_dimension", "lead_step_durations", "velocity",
          "scores_now", "score_ledger_resolved")
@@ -39,11 +45,9 @@ def tables_ddl(dialect: Dialect, suffix: str = "") -> str:
     return f"""
 CREATE TABLE IF NOT EXISTS lead_state{s} (
     lead_id TEXT PRIMARY KEY,
-    primary_key TEXT NOT NULL,
-    identities TEXT NOT NULL,
     created_at {t['ts']} NOT NULL,
     source TEXT, campaign TEXT, landing_page TEXT,
-    country TEXT, company TEXT, industry TEXT, employees INTEGER, title TEXT,
+    country TEXT, company TEXT, industry TEXT, employees INTEGER,
     segment TEXT,
     account_id TEXT,
     stage TEXT NOT NULL, stage_at {t['ts']} NOT NULL, stage_reason TEXT,
@@ -68,7 +72,14 @@ CREATE INDEX IF NOT EXISTS lead_state{s}_owner ON lead_state{s} (owner)
 ;
 CREATE INDEX IF NOT EXISTS lead_state{s}_created ON lead_state{s} (created_at)
 ;
-CREATE INDEX IF NOT EXISTS lead_state{s}_primary_key ON lead_state{s} (primary_key)
+CREATE TABLE IF NOT EXISTS lead_personal{s} (
+    lead_id TEXT PRIMARY KEY,
+    primary_key TEXT NOT NULL,
+    identities TEXT NOT NULL,
+    title TEXT
+)
+;
+CREATE INDEX IF NOT EXISTS lead_personal{s}_primary_key ON lead_personal{s} (primary_key)
 ;
 CREATE TABLE IF NOT EXISTS stage_transitions{s} (
     notification_id {t['big']} NOT NULL,
@@ -276,7 +287,7 @@ SELECT step, MIN(step_order) AS step_order, MAX(n) AS leads,
 FROM ranked GROUP BY step
 ;
 CREATE VIEW scores_now AS
-SELECT l.lead_id, l.primary_key, l.stage, l.owner, l.fit,
+SELECT l.lead_id, l.stage, l.owner, l.fit,
        l.engagement_value * POWER(2.0, -{_seconds_since(dialect, 'l.engagement_as_of')}
                                   / (l.half_life_days * 86400.0))
        + COALESCE((SELECT SUM(e.points) FROM score_ledger e

@@ -1,8 +1,9 @@
 """Loading the rows a page of events touches, and writing its changes back in one go.
 
-``Page`` is a ``handlers.PageChanges`` that reads the ``lead_state`` and ``account_state``
-rows it will change before the handlers run, and afterwards writes every changed row:
-leads, accounts, transitions, ledger, funnel counts and owner load. Every value passes
+``Page`` is a ``handlers.PageChanges`` that reads the ``lead_state`` (with its
+``lead_personal``) and ``account_state`` rows it will change before the handlers run, and
+afterwards writes every changed row: leads (split between the two lead tables), accounts,
+transitions, ledger, funnel counts and owner load. Every value passes
 through the converters of ``db.clean_rows``, identically on SQLite and PostgreSQL.
 """
 
@@ -15,9 +16,13 @@ from typing import Any
 
 from leadflow.projections.db import ProjectionDB, RowRejected, clean_rows, from_db
 from leadflow.projections.handlers import ACCOUNT_COLUMNS, LEAD_COLUMNS, PageChanges
-from leadflow.projections.schema import columns
+from leadflow.projections.schema import PERSONAL_COLUMNS, columns
 
 OPEN_STAGES = frozenset({"new", "mql", "sql", "opportunity"})
+# A lead's row in memory holds every column; lead_state gets the ones without personal data,
+# lead_personal the rest, both keyed by lead_id.
+STATE_COLUMNS = tuple(c for c in LEAD_COLUMNS if c not in PERSONAL_COLUMNS)
+PERSONAL_ROW = ("lead_id", *PERSONAL_COLUMNS)
 TS_COLUMNS = ("created_at", "stage_at", "contacted_at", "engagement_as_of", "last_touch_at",
               "reached_mql_at", "reached_sql_at", "reached_opportunity_at",
               "reached_customer_at", "disqualified_at", "recycled_at", "lost_at")
@@ -41,10 +46,15 @@ class Page(PageChanges):
                     row[col] = from_db(row[col])
                 row["in_pool"] = bool(row["in_pool"])
                 row["dormant"] = bool(row["dormant"])
+                row.update(dict.fromkeys(PERSONAL_COLUMNS))
                 self.leads[row["lead_id"]] = row
                 self.before[row["lead_id"]] = _load_key(row)
                 if row["account_id"]:  # its touchpoints count as the account's engagements
                     account_ids.add(row["account_id"])
+            for row in self.db.query(
+                    f"SELECT * FROM lead_personal{self.s} WHERE lead_id IN ({marks})", chunk):
+                if row["lead_id"] in self.leads:
+                    self.leads[row["lead_id"]].update(row)
         for chunk in _chunks(sorted(account_ids), 500):
             marks = ",".join(["%s"] * len(chunk))
             for row in self.db.query(
@@ -69,7 +79,7 @@ class Page(PageChanges):
 
     def _rejected(self, table: str, exc: RowRejected) -> RowFailed:
         row, names = exc.row, [c.name for c in columns()[table]]
-        if table in ("lead_state", "account_state"):
+        if table in ("lead_state", "lead_personal", "account_state"):
             oid = str(row[0])
             return RowFailed(self.last_event.get(oid, 0), oid, str(exc))
         if table in ("stage_transitions", "score_ledger"):
@@ -124,14 +134,16 @@ class Page(PageChanges):
         """
         s, db = self.s, self.db
         if fresh:
-            self._copy("lead_state", LEAD_COLUMNS, self.leads.values())
+            self._copy("lead_state", STATE_COLUMNS, self.leads.values())
+            self._copy("lead_personal", PERSONAL_ROW, self.leads.values())
             self._copy("account_state", ACCOUNT_COLUMNS, self.accounts.values())
             db.copy_rows(f"funnel_daily{s}", self._counts("funnel_daily", self.funnel))
             open_load: Counter[tuple[str, str]] = Counter(
                 key for key in map(_load_key, self.leads.values()) if key is not None)
             db.copy_rows(f"owner_load{s}", self._counts("owner_load", open_load))
             return
-        self._upsert("lead_state", LEAD_COLUMNS, self.leads.values())
+        self._upsert("lead_state", STATE_COLUMNS, self.leads.values())
+        self._upsert("lead_personal", PERSONAL_ROW, self.leads.values())
         db.executemany(
             f"INSERT INTO funnel_daily{s} VALUES (%s, %s, %s, %s, %s) "
             f"ON CONFLICT (day, stage, source, campaign) DO UPDATE "

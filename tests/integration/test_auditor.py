@@ -209,7 +209,8 @@ def test_unmerge_recomputes_the_read_models_of_both_leads(tmp_path: Path, rec: R
     def rows() -> list[tuple[Any, ...]]:
         Projector(app, db).run(until_idle=True)
         return sorted(tuple(r[c] for c in columns)
-                      for r in db.query("SELECT * FROM lead_state"))
+                      for r in db.query("SELECT s.*, p.identities FROM lead_state s "
+                                        "JOIN lead_personal p ON p.lead_id = s.lead_id"))
 
     app.apply_batch([rec("form_submitted", None, lead={"phone": PHONE, "title": "CEO"})])
     app.apply_batch([rec("trial_started", "r@are.io", at=T0 + days(1), lead={"country": "US"}),

@@ -200,7 +200,10 @@ def lead_id(email: str) -> str:
 
 
 def lead_row(db: ProjectionDB, email: str) -> dict[str, Any]:
-    return db.query("SELECT * FROM lead_state WHERE lead_id = %s", [lead_id(email)])[0]
+    # The lead's whole row: its personal columns are kept apart, in lead_personal.
+    return db.query("SELECT s.*, p.primary_key, p.identities, p.title FROM lead_state s "
+                    "JOIN lead_personal p ON p.lead_id = s.lead_id WHERE s.lead_id = %s",
+                    [lead_id(email)])[0]
 
 
 def check_sanitised(db: ProjectionDB) -> None:

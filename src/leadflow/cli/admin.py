@@ -57,26 +57,86 @@ def db_migrate(obj: Context) -> None:
                                             "(see `leadflow verify`)" if result.unloadable else ""))
 
 
+ANALYST_PASSWORD_ENV = "LEADFLOW_ANALYST_PASSWORD"
+
+
+def _refuse_password_in_argv(ctx: click.Context, param: click.Parameter,
+                             value: str | None) -> None:
+    # Kept as a hidden option so the refusal names the alternatives instead of click's
+    # "no such option"; the value itself is never echoed.
+    if value is not None:
+        raise click.UsageError(
+            "--password is not accepted: a password in the arguments shows in `ps` and the "
+            "shell's history. Type it at the prompt, pipe it with --password-stdin, or set "
+            f"{ANALYST_PASSWORD_ENV}", ctx=ctx)
+
+
+def _analyst_password(role: str, from_stdin: bool) -> str | None:
+    """The password to set, or None to keep the role's: from stdin (``--password-stdin``),
+    else ``LEADFLOW_ANALYST_PASSWORD``, else a hidden, confirmed prompt on a terminal."""
+    import os
+    import sys
+
+    if from_stdin:
+        text = sys.stdin.read()
+        # One trailing line break is how `echo` and files end; the rest is the password.
+        password = text[:-2] if text.endswith("\r\n") else text.removesuffix("\n")
+        if not password:
+            raise click.UsageError("--password-stdin: stdin held no password")
+        return password
+    from_env = os.environ.get(ANALYST_PASSWORD_ENV)
+    if from_env is not None:
+        if not from_env:
+            raise click.UsageError(f"{ANALYST_PASSWORD_ENV} is set but empty")
+        return from_env
+    if sys.stdin.isatty():
+        typed: str = click.prompt(f"Password for role {role} (empty: keep the current one)",
+                                  hide_input=True, confirmation_prompt=True, default="",
+                                  show_default=False, err=True)
+        return typed or None
+    return None
+
+
 @db.command("grant-analyst")
 @click.argument("role")
-@click.option("--password", default=None, help="Set (or change) the role's login password.")
+@click.option("--password-stdin", "password_stdin", is_flag=True,
+              help="Read the role's login password from stdin (one line).")
+@click.option("--with-personal-data", "with_personal", is_flag=True,
+              help="Also SELECT on lead_personal (identities, job titles). Without it, a "
+                   "grant made before is taken back.")
+@click.option("--password", hidden=True, expose_value=False, callback=_refuse_password_in_argv,
+              help="Refused: use the prompt, --password-stdin or LEADFLOW_ANALYST_PASSWORD.")
 @click.pass_obj
-def db_grant_analyst(obj: Context, role: str, password: str | None) -> None:
+def db_grant_analyst(obj: Context, role: str, password_stdin: bool,
+                     with_personal: bool) -> None:
     """PostgreSQL: a ROLE that can SELECT the analyst tables and views and nothing else.
 
-    No access to the event store, no writes, no CREATE. Re-run safely; a rebuild keeps
+    The read models it sees are keyed by lead id and hold no personal data; with
+    --with-personal-data it also reads lead_personal. No access to the event store, no
+    writes, no CREATE, no temporary tables, no large objects. Re-run safely; a rebuild keeps
     the grants.
+
+    The login password (set or changed; left as it is when none is given) comes from
+    --password-stdin, else LEADFLOW_ANALYST_PASSWORD, else a hidden prompt on a terminal;
+    never from the arguments, which other users see in `ps`.
     """
     from leadflow.projections.admin import grant_analyst
     from leadflow.projections.projector import Projector
 
+    password = _analyst_password(role, password_stdin)
     database = projection_db(obj)
     if database.dialect != "postgres":
         fail("grant-analyst needs LEADFLOW_DATABASE_URL=postgresql://…; SQLite has no roles")
     Projector(obj.app(), database).setup()
-    grant_analyst(database, role, password)
+    result = grant_analyst(database, role, password, with_personal)
     database.close()
-    click.echo(f"role {role} can read the analyst tables and views, and nothing else")
+    what = ("the analyst tables and views, personal data included" if with_personal else
+            "the analyst tables and views without personal data")
+    password_note = ("password set" if result.password_set else
+                     "password unchanged (none given)")
+    click.echo(f"role {role} can read {what}, and nothing else; {password_note}")
+    for note in result.notes:
+        click.echo(f"warning: role {role}: {note}", err=True)
 
 
 @click.group()
