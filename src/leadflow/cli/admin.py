@@ -144,15 +144,28 @@ def kafka() -> None:
     """Kafka topics used by leadflow."""
 
 
+#: Default retention of the input topics (touchpoints, Segment) and the dead letters: a week
+#: to replay or inspect, no longer. The event store, not Kafka, is the system of record.
+DEFAULT_RETENTION_HOURS = 168
+
+
 @kafka.command("create-topics")
 @click.option("--partitions", type=click.IntRange(1), default=6, show_default=True)
 @click.option("--replication-factor", type=click.IntRange(1), default=1, show_default=True)
-def kafka_create_topics(partitions: int, replication_factor: int) -> None:
+@click.option("--retention-hours", type=click.IntRange(0), default=DEFAULT_RETENTION_HOURS,
+              show_default=True,
+              help="How long the touchpoints, Segment and dead-letter topics keep records "
+                   "(retention.ms), set on existing topics too; 0 leaves it as it is.")
+def kafka_create_topics(partitions: int, replication_factor: int, retention_hours: int) -> None:
     """Create the touchpoints, dead-letter and lifecycle topics if they do not exist.
 
-    Also the Segment topic when LEADFLOW_KAFKA_SEGMENT_TOPIC names one.
+    Also the Segment topic when LEADFLOW_KAFKA_SEGMENT_TOPIC names one. The input topics and
+    the dead letters hold people's emails and phones as sent, which erasing a person in the
+    store cannot reach: they keep them --retention-hours, then the broker deletes them.
+    Replays come from the event store, never from Kafka. The lifecycle topic (lead ids and
+    stages, for CRMs) keeps the broker's retention.
     """
-    from kafka.admin import NewTopic
+    from kafka.admin import ConfigResource, ConfigResourceType, NewTopic
     from kafka.errors import TopicAlreadyExistsError
 
     from leadflow.consumers import clients
@@ -160,16 +173,36 @@ def kafka_create_topics(partitions: int, replication_factor: int) -> None:
     settings = kafka_settings()
     admin = kafka_call("admin", lambda: clients.admin_client(settings))
     existing = set(admin.list_topics())
-    wanted = [settings.topic, settings.dlq_topic, settings.lifecycle_topic,
-              *([settings.segment_topic] if settings.segment_topic else [])]
+    transient = [settings.topic, settings.dlq_topic,
+                 *([settings.segment_topic] if settings.segment_topic else [])]
+    wanted = [*transient[:2], settings.lifecycle_topic, *transient[2:]]
+    retention = ({"retention.ms": str(retention_hours * 3_600_000)} if retention_hours
+                 else None)
     missing = [t for t in wanted if t not in existing]
     if missing:
         # Created concurrently by another process: the goal is reached all the same.
         with contextlib.suppress(TopicAlreadyExistsError):
-            admin.create_topics([NewTopic(t, partitions, replication_factor) for t in missing])
+            admin.create_topics([
+                NewTopic(t, partitions, replication_factor,
+                         topic_configs=retention if t in transient else None)
+                for t in missing])
+    kept = [t for t in transient if t not in missing]
+    if retention and kept:
+        # Incremental (kafka-python uses IncrementalAlterConfigs where the broker has it):
+        # the topics' other settings stay as they are.
+        answer = kafka_call("admin", lambda: admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, t, configs=retention) for t in kept]))
+        refused = [f"{name}: {result}" for by_name in answer.values()
+                   for name, result in by_name.items()
+                   if getattr(result, "errno", 0) not in (0, None)]
+        if refused:
+            admin.close()
+            fail(f"cannot set retention.ms on {'; '.join(refused)}")
     admin.close()
     for topic in wanted:
-        click.echo(f"{topic}: {'created' if topic in missing else 'exists'}")
+        kept_for = (f", records kept {retention_hours} h" if retention and topic in transient
+                    else "")
+        click.echo(f"{topic}: {'created' if topic in missing else 'exists'}{kept_for}")
 
 
 @click.group()
