@@ -129,10 +129,11 @@ def test_a_record_whose_events_cannot_be_stored_is_rejected_alone(
     original = Lead.record_touchpoint
 
     def record_touchpoint(self: Lead, eid: str, record_type: str, at: Any,
-                          context: dict[str, Any], rules: Any) -> None:
+                          context: dict[str, Any], rules: Any, actor: str | None = None
+                          ) -> None:
         if eid == "unstorable":  # a value no JSON encoder takes, in the event's state
             context = {**context, "form_id": object()}
-        original(self, eid, record_type, at, context, rules)
+        original(self, eid, record_type, at, context, rules, actor)
 
     monkeypatch.setattr(Lead, "record_touchpoint", record_touchpoint)
     result = app.apply_batch([rec("email_opened", "bob@bravo.io", event_id="b1"),
