@@ -41,6 +41,7 @@ _EMAIL = re.compile(
 _PHONE = re.compile(
     r"(?<![\w+*\-./])(?:\+\s?|\(\+?)?\d(?:[ \t.\-/()]{0,2}\d)+\)?(?![\w*]|[-.]\w)"
 )
+_UUID = re.compile(r"\d{8}-\d{4}-\d{4}-\d{4}-\d{12}\Z")
 _DATE = re.compile(r"\(?\d{4}-\d{1,2}-\d{1,2}(?!\d)|\d{1,2}/\d{1,2}/\d{2,4}\Z")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}\Z")
 _DECIMAL = re.compile(r"\d+\.\d+\Z")
@@ -54,8 +55,8 @@ def _mask_email(match: re.Match[str]) -> str:
         # The address's last character is one that also ends words ("{@acme.io", an email
         # whose local part is all symbols): mask what is certain. A lone "@" stays.
         return f"***@{domain}" if domain else match.group(0)
-    if not local.strip("*"):  # already masked, or a password redacted as ***
-        return match.group(0)
+    if local == "***" or (len(local) == 4 and local.endswith("***")):
+        return match.group(0)  # already masked, or a URL's password redacted as ***
     return f"{local[0]}***@{domain}"
 
 
@@ -66,7 +67,7 @@ def _mask_phone(match: re.Match[str]) -> str:
         return run
     international = run.lstrip("(").startswith("+")
     if not international:
-        if _DATE.match(run) or _IPV4.match(run) or _DECIMAL.match(run):
+        if _DATE.match(run) or any(p.match(run) for p in (_IPV4, _DECIMAL, _UUID)):
             return run
         grouped = any(not c.isdigit() for c in run)
         text, start, end = match.string, match.start(), match.end()

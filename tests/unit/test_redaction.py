@@ -57,7 +57,9 @@ def survives(secret: str, masked: str) -> bool:
 def test_no_generated_email_survives_the_processor_in_any_context(
         email: str, context: str) -> None:
     local = email.rpartition("@")[0]
-    assume(local.strip("*") and not local.endswith("***"))  # already looks masked
+    # Masks end in "***@": an address whose local part holds "*" ("x*@acme.io") would be
+    # found in its own mask, or looks masked already ("a***@acme.io") and is left as it is.
+    assume("*" not in local)
     text = context.format(email, email)
     out = mask_personal_data(None, "warning", {"event": "record rejected", "detail": text,
                                                text: [text, {"nested": (text,)}]})
@@ -102,6 +104,7 @@ def test_emails_and_phones_are_masked_keeping_the_domain_and_the_ends(
 @pytest.mark.parametrize("text", [
     "2026-03-02T09:00:00.123456+00:00", "2026-03-02 09:00:00+00:00", "line 1048576 of 2000000",
     "127.0.0.1:41093", "10.200.100.250", "lead 12345678-1234-5678-9abc-123456789012",
+    "no lead with id 00000000-0000-0000-0000-000000000001",
     "duration 1234567.891", "evt-20260302090000", "postgresql://leadflow:***@db:5432/leadflow",
     "rejected 81: invalid_identity 24, malformed_json 3",
 ])
