@@ -116,9 +116,9 @@ def project(obj: Context, until_idle: bool, metrics_port: int | None) -> None:
 
 @click.command()
 @click.option("--projection", "name", default="all", show_default=True,
-              help="all, or a table name (lead_state, stage_transitions, funnel_daily, "
-                   "score_ledger, owner_load, account_state): the tables are rebuilt together "
-                   "because they share one tracking position.")
+              help="all, or a table name (lead_state, lead_personal, stage_transitions, "
+                   "funnel_daily, score_ledger, owner_load, account_state): the tables are "
+                   "rebuilt together because they share one tracking position.")
 @click.pass_obj
 def rebuild(obj: Context, name: str) -> None:
     """Replay every event into fresh tables and swap them in at once.
