@@ -1,7 +1,7 @@
 """Prometheus metrics and health endpoints for leadflow's long-running commands.
 
-``consume``, ``project`` and ``relay`` (and ``serve``) expose, on ``--metrics-port`` /
-``LEADFLOW_METRICS_PORT`` (off by default; ``LEADFLOW_METRICS_HOST``, default ``0.0.0.0``):
+``consume``, ``project`` and ``relay`` expose, on ``--metrics-port`` / ``LEADFLOW_METRICS_PORT``
+(off by default; ``LEADFLOW_METRICS_HOST``, default ``0.0.0.0``):
 
 - ``GET /metrics``: the process's metrics in Prometheus' text format;
 - ``GET /healthz``: liveness, 200 while the command's loop keeps turning (503 once it has not
@@ -12,9 +12,10 @@
 Each process keeps its metrics in its own ``CollectorRegistry`` (never prometheus_client's
 global one), so tests and several roles in one process do not see each other's numbers.
 
-API, for a command that wants metrics (``serve`` included)::
+API, for any command that wants metrics (``serve``'s HTTP requests: ``HttpMetrics``)::
 
-    from leadflow.metrics import Health, HttpMetrics, MetricsServer, new_registry
+    from leadflow.metrics import (Health, HttpMetrics, MetricsServer, database_check,
+                                  new_registry)
 
     registry = new_registry()                     # process metrics included
     http = HttpMetrics(registry)                  # or ConsumerMetrics, ProjectorMetrics, ...
