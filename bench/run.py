@@ -841,7 +841,7 @@ class Bench:
         try:
             leads = int(db.query("SELECT count(*) AS n FROM lead_state")[0]["n"])
             keys = [str(r["primary_key"]) for r in
-                    db.query("SELECT primary_key FROM lead_state ORDER BY primary_key")]
+                    db.query("SELECT primary_key FROM lead_personal ORDER BY primary_key")]
             timings = []
             for _ in range(self.args.funnel_calls):
                 begin = time.perf_counter()
@@ -879,7 +879,7 @@ class Bench:
                 "warm_p95_ms": round(percentile(warm, 95), 2),
                 "how": "LeadflowApp.lead(key, at=now) in process on a fresh app (CLI "
                        "settings, aggregate cache on): one cold call per random "
-                       "lead_state.primary_key, then the same keys again (warm)",
+                       "lead_personal.primary_key, then the same keys again (warm)",
             },
         }
 
