@@ -259,7 +259,7 @@ def rows_of(db: ProjectionDB) -> list[tuple[str, ...]]:
 
 
 def test_a_lead_state_of_an_older_leadflow_gives_its_personal_columns_to_lead_personal(
-        db_url: str, rec: Records) -> None:
+        db_url: str, rec: Records, request: pytest.FixtureRequest) -> None:
     projected(db_url, rec)
     db = ProjectionDB(db_url)
     before = rows_of(db)
@@ -280,6 +280,12 @@ def test_a_lead_state_of_an_older_leadflow_gives_its_personal_columns_to_lead_pe
     if db.dialect == "postgres":  # an analyst who could read every email through lead_state
         role = f"old_reader_{uuid.uuid4().hex[:8]}"
         db.execute(f"CREATE ROLE {role} LOGIN")
+
+        def drop_role() -> None:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
+        request.addfinalizer(drop_role)
         db.execute(f"GRANT SELECT ON lead_state TO {role}")
     Projector(engine(db_url), db).setup()
     assert rows_of(db) == before
@@ -292,11 +298,59 @@ def test_a_lead_state_of_an_older_leadflow_gives_its_personal_columns_to_lead_pe
         assert db.query("SELECT has_table_privilege(%s, 'lead_state', 'SELECT') AS s, "
                         "has_table_privilege(%s, 'lead_personal', 'SELECT') AS p",
                         [role, role]) == [{"s": True, "p": False}]
-        db.execute(f"DROP OWNED BY {role}")
-        db.execute(f"DROP ROLE {role}")
     else:
         columns = {r["name"] for r in db.query("PRAGMA table_info(lead_state)")}
         assert not columns & set(PERSONAL_COLUMNS)
     Projector(engine(db_url), db).rebuild()
     assert rows_of(db) == before
     db.close()
+
+
+@pytest.fixture
+def owner_database(pg_url: str) -> Iterator[tuple[str, str]]:
+    """A database owned by a role that is no superuser (as a managed PostgreSQL gives): the
+    URL logging in as that role, and the name of the analyst role the test may create."""
+    owner = f"owner_{uuid.uuid4().hex[:8]}"
+    analyst = f"analyst_of_{owner}"
+    name = f"{urlparse(pg_url).path.lstrip('/')}_owned"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN CREATEROLE PASSWORD 'owner-pw'")
+                     .format(sql.Identifier(owner)))
+        conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(name),
+                                                                   sql.Identifier(owner)))
+    parsed = urlparse(pg_url)
+    yield urlunparse(parsed._replace(netloc=f"{owner}:owner-pw@{parsed.hostname}:{parsed.port}",
+                                     path=f"/{name}")), analyst
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)")
+                     .format(sql.Identifier(name)))
+        for role in (analyst, owner):
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_run_by_a_database_owner_that_is_no_superuser_it_says_what_it_could_not_revoke(
+        owner_database: tuple[str, str], rec: Records) -> None:
+    url, role = owner_database
+    projected(url, rec)
+    done = grant(url, role, env={"LEADFLOW_ANALYST_PASSWORD": "pw-owned"})
+    assert done.returncode == 0, done.stderr
+    # Temporary tables: the owner may revoke them from PUBLIC. Creating large objects: only a
+    # superuser may take that away, and the command says so.
+    assert "can still create (not read) large objects" in done.stderr
+    assert "temporary" not in done.stderr
+    with psycopg.connect(url, autocommit=True) as conn:
+        kept = conn.execute("SELECT lo_from_bytea(0, 'owner data'::bytea)").fetchone()
+        assert kept is not None
+    with psycopg.connect(login(url, role, "pw-owned"), autocommit=True) as conn:
+        assert queries_work(conn)
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TEMP TABLE kept (x int)")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT lo_get(%s)", [kept[0]])
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM lead_personal")
+
+
+def queries_work(conn: psycopg.Connection[Any]) -> bool:
+    stages = dict(conn.execute("SELECT stage, leads FROM leads_by_status").fetchall())
+    return stages.get("customer") == 1
