@@ -39,7 +39,7 @@ _EMAIL = re.compile(
 # A candidate phone: optional "+" or "(", a digit, then digits joined by at most two
 # separators each. Not glued to a word, a UUID's hex or a masked value before or after.
 _PHONE = re.compile(
-    r"(?<![\w+*\-./])(?:\+\s?|\(\+?)?\d(?:[ \t.\-/()]{0,2}\d)+\)?(?![\w*]|[-.]\w)"
+    r"(?<![\w+*\-./])(?:\+\s?|\(\+?)?\d(?:[ \t.\-/()]{0,2}\d)+(?![\w*]|[-.]\w)"
 )
 _UUID = re.compile(r"\d{8}-\d{4}-\d{4}-\d{4}-\d{12}\Z")
 _DATE = re.compile(r"\(?\d{4}-\d{1,2}-\d{1,2}(?!\d)|\d{1,2}/\d{1,2}/\d{2,4}\Z")
@@ -75,7 +75,9 @@ def _mask_phone(match: re.Match[str]) -> str:
                   and text[end] == text[start - 1])
         if not (grouped or quoted):
             return run
-    head = "+" + "".join(digits[:2]) if international else ""
+    # A "(" that opened text around the number ("(+44 20 …)") is not the number's.
+    opened = "(" if run.startswith("(") and ")" not in run else ""
+    head = opened + ("+" + "".join(digits[:2]) if international else "")
     hidden = len(digits) - 2 - (2 if international else 0)
     return f"{head}{'*' * hidden}{''.join(digits[-2:])}"
 

@@ -575,3 +575,37 @@ def test_pages_written_to_sqlite_add_up_funnel_counts_and_owner_load_across_page
     assert [r["to_stage"] for r in sqlite.query(
         "SELECT to_stage FROM stage_transitions WHERE lead_id = %s "
         "ORDER BY notification_id", [str(LEAD)])] == ["new", "mql", "customer"]
+
+
+def test_an_email_or_phone_typed_into_a_reason_or_landing_page_is_masked_in_every_row(
+        store: Store) -> None:
+    at = T0 + days(2)
+    changes = project(
+        store.created(landing_page="/lp?email=anna.smith%40acme.io&utm_source=ads"),
+        store.stage("lost", at, reason="Anna (anna.smith@acme.io, +44 20 7946 0958) chose X"),
+    )
+
+    row = changes.leads[str(LEAD)]
+    masked = "Anna (a***@acme.io, +44********58) chose X"
+    assert row["landing_page"] == "/lp?email=a***@acme.io&utm_source=ads"
+    assert (row["stage_reason"], row["lost_reason"]) == (masked, masked)
+    assert named("stage_transitions", changes.transitions)[-1]["reason"] == masked
+
+
+def test_a_lead_is_written_as_a_row_without_personal_data_and_one_with_it(
+        sqlite: ProjectionDB, store: Store) -> None:
+    write_page(sqlite, store.created(LEAD),
+               store("IdentityAdded", LEAD, key="phone:+442079460958"),
+               store("ProfileUpdated", LEAD, changes={"title": "CEO", "country": "GB"},
+                     fit=5.0, fit_awards=[["country-target", 5.0]], rules_version="v1",
+                     event_id="e1", occurred_at=T0))
+    # Read back and changed again: the personal columns survive a page that does not set them.
+    write_page(sqlite, store.stage("mql", T0 + days(1), LEAD))
+
+    state = sqlite.query("SELECT * FROM lead_state")
+    personal = sqlite.query("SELECT * FROM lead_personal")
+    assert not {"primary_key", "identities", "title"} & set(state[0])
+    assert (state[0]["stage"], state[0]["country"]) == ("mql", "GB")
+    assert personal == [{"lead_id": str(LEAD), "primary_key": "email:0a@example.com",
+                         "identities": '["email:0a@example.com", "phone:+442079460958"]',
+                         "title": "CEO"}]

@@ -150,3 +150,12 @@ def test_configured_logging_masks_events_context_and_exceptions(
     assert line["identities"] == ["email:b***@acme.io", "phone:+14*******00"]
     assert line["requested_by"] == "o***@acme.io"
     assert "+44********58" in line["exception"]
+
+
+@pytest.mark.parametrize(("text", "masked"), [
+    ("Anna (+44 20 7946 0958) called", "Anna (+44********58) called"),
+    ("Anna (anna@acme.io, +44 20 7946 0958)", "Anna (a***@acme.io, +44********58)"),
+    ("[(415) 555-0100]", "[********00]"),
+])
+def test_brackets_around_a_number_stay_around_its_mask(text: str, masked: str) -> None:
+    assert mask_text(text) == masked
