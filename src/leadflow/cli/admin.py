@@ -113,8 +113,9 @@ def db_grant_analyst(obj: Context, role: str, password_stdin: bool,
 
     The read models it sees are keyed by lead id and hold no personal data; with
     --with-personal-data it also reads lead_personal. No access to the event store, no
-    writes, no CREATE, no temporary tables, no large objects. Re-run safely; a rebuild keeps
-    the grants.
+    writes, no CREATE, no temporary tables, no large objects to read (nor to create, when
+    run by a superuser; stderr says what could not be revoked). Re-run safely; a rebuild
+    keeps the grants.
 
     The login password (set or changed; left as it is when none is given) comes from
     --password-stdin, else LEADFLOW_ANALYST_PASSWORD, else a hidden prompt on a terminal;
@@ -123,10 +124,10 @@ def db_grant_analyst(obj: Context, role: str, password_stdin: bool,
     from leadflow.projections.admin import grant_analyst
     from leadflow.projections.projector import Projector
 
-    password = _analyst_password(role, password_stdin)
     database = projection_db(obj)
     if database.dialect != "postgres":
         fail("grant-analyst needs LEADFLOW_DATABASE_URL=postgresql://…; SQLite has no roles")
+    password = _analyst_password(role, password_stdin)
     Projector(obj.app(), database).setup()
     result = grant_analyst(database, role, password, with_personal)
     database.close()
