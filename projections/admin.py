@@ -137,8 +137,8 @@ def _revoke_large_objects(db: ProjectionDB, role: str) -> list[str]:
         conn.execute(sql.SQL("REVOKE EXECUTE ON FUNCTION {} FROM {}").format(functions, ident))
     else:
         notes.append("it can still create (not read) large objects: revoking EXECUTE on "
-                     "the lo_* creating functions needs a superuser (see the README's "
-                     "Privacy section)")
+                     "the lo_* creating functions needs a superuser (see docs/analytics.md, "
+                     "Personal data)")
     return notes
 
 

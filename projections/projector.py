@@ -146,9 +146,9 @@ class Projector:
 
         Analyst roles keep reading ``lead_state`` and lose the personal columns with it;
         ``lead_personal`` is granted to none of them (``db grant-analyst
-        --with-personal-data`` does). On PostgreSQL a dropped column's values stay in the
-        table's pages until they are rewritten (``VACUUM FULL lead_state``; see the README's
-        Privacy section). Runs once: afterwards the columns are gone and nothing is done.
+        --with-personal-data`` does). A dropped column's values stay in the database file
+        until its pages are rewritten (``VACUUM FULL lead_state``, SQLite's ``VACUUM``; see
+        docs/analytics.md, Personal data). Runs once: afterwards the columns are gone.
         """
         if self.db.dialect == "postgres":
             rows = self.db.query(
