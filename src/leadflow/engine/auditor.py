@@ -12,9 +12,8 @@ never the library's own errors; ``leadflow verify`` says what was changed.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 from uuid import UUID
 
@@ -32,34 +31,10 @@ from leadflow.engine.app import LeadflowApp
 from leadflow.engine.history import HistoryRow
 from leadflow.engine.history import rows as history_rows
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, unloadable
+from leadflow.engine.views import finite, record_time
 from leadflow.store.fold import OPENED
 
 _SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
-
-
-def finite(value: Any, digits: int | None = 4) -> float | None:
-    """A number for a JSON answer: rounded (``digits``), None when it is no finite number
-    (a damaged store can hold ``Infinity``, which JSON cannot)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError, OverflowError):
-        return None
-    if not math.isfinite(number):
-        return None
-    return number if digits is None else round(number, digits)
-
-
-def event_time(event: Any) -> datetime | None:
-    for name in ("occurred_at", "created_at", "at"):
-        value = event.__dict__.get(name)
-        if isinstance(value, datetime):
-            return value
-    return None
-
-
-def record_time(event: Any) -> datetime:
-    stamp: datetime = event.timestamp
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
 
 
 class Auditor:
@@ -128,7 +103,7 @@ class Auditor:
         entries: list[HistoryRow] = []
         for member in self.family(lead_id):
             with unloadable(member):
-                entries += history_rows(self, member, all_events)
+                entries += history_rows(self.app, member, self.half_life, all_events)
         entries.sort(key=lambda e: (e.recorded_at, str(e.lead_id), e.version))
         return entries
 

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from uuid import UUID
 
 from leadflow.domain import Lead
+from leadflow.engine.views import finite, record_time
 from leadflow.store import chain
-
-if TYPE_CHECKING:
-    from leadflow.engine.auditor import Auditor
 
 PLUMBING = frozenset({"WakeScheduled", "LoadRecounted"})
 _SCORED = ("TouchpointScored", "Boosted", "InterestAbsorbed")
@@ -64,8 +62,6 @@ class HistoryRow:
         return str(self.cause.get("type") or self.events[0] if self.events else "-")
 
     def as_dict(self) -> dict[str, Any]:
-        from leadflow.engine.auditor import finite
-
         return {
             "lead_id": str(self.lead_id), "version": self.version,
             "last_version": self.last_version, "type": self.type,
@@ -152,16 +148,16 @@ def _owner(lead: Lead | None) -> str | None:
     return lead.owner
 
 
-def rows(auditor: Auditor, lead_id: UUID, all_events: bool = False) -> list[HistoryRow]:
-    """One lead's stored rows as history entries (see the module doc)."""
-    app = auditor.app
+def rows(app: Any, lead_id: UUID, half_life: float,
+         all_events: bool = False) -> list[HistoryRow]:
+    """One lead's stored rows as history entries (see the module doc); ``app`` is the
+    LeadflowApp, ``half_life`` the engagement half-life in seconds."""
     stored = list(app.recorder.select_events(lead_id))
     verdict = chain.verify_events(lead_id, stored, app.codec.plain if app.codec.protected
                                   else None, app.keyring)
     problems: dict[int, list[str]] = {}
     for p in verdict.problems:
         problems.setdefault(p.version, []).append(p.problem)
-    half_life = auditor.half_life
     out: list[HistoryRow] = []
     lead: Lead | None = None
     for row in stored:
@@ -201,7 +197,7 @@ def rows(auditor: Auditor, lead_id: UUID, all_events: bool = False) -> list[Hist
         after = lead.score_at(when, half_life) if when else None
         out.append(HistoryRow(
             lead_id=lead_id, version=first, last_version=last,
-            recorded_at=_recorded(events[-1]), occurred_at=max(times) if times else None,
+            recorded_at=record_time(events[-1]), occurred_at=max(times) if times else None,
             cause=_cause(cause, events), events=tuple(type(e).__name__ for e in shown),
             score_before=before, score_after=after, points=tuple(points),
             rules_version=versions[-1] if versions else None,
@@ -212,9 +208,3 @@ def rows(auditor: Auditor, lead_id: UUID, all_events: bool = False) -> list[Hist
                             for p in problems.get(v, [])) or "ok",
         ))
     return out
-
-
-def _recorded(event: Any) -> datetime:
-    from leadflow.engine.auditor import record_time
-
-    return record_time(event)

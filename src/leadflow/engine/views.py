@@ -3,8 +3,9 @@ never live aggregates)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 from uuid import UUID
@@ -129,3 +130,21 @@ class MigrationResult:
     timers: int
     unloadable: tuple[UUID, ...]
     version: int
+
+
+def finite(value: Any, digits: int | None = 4) -> float | None:
+    """A number for a JSON answer: rounded (``digits``), None when it is no finite number
+    (a damaged store can hold ``Infinity``, which JSON cannot)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
+    if not math.isfinite(number):
+        return None
+    return number if digits is None else round(number, digits)
+
+
+def record_time(event: Any) -> datetime:
+    """When leadflow stored the event (its ``timestamp``), in UTC."""
+    stamp: datetime = event.timestamp
+    return stamp if stamp.tzinfo else stamp.replace(tzinfo=UTC)
