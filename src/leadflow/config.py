@@ -20,6 +20,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote, urlparse
 
 DEFAULT_DATABASE_URL = "sqlite:///leadflow.db"
+DEFAULT_CIPHER_TOPIC = "eventsourcing.cryptography:AESCipher"
 
 
 class ConfigError(ValueError):
@@ -87,6 +88,10 @@ class Settings:
         for key, value in env.items():
             if key.startswith(passthrough):
                 out[key] = value
+        if env.get("CIPHER_KEY") and not env.get("CIPHER_TOPIC"):
+            # Encryption at rest of the whole store: the library's default cipher needs
+            # pycryptodome; leadflow ships `cryptography` (AES-GCM) and uses that one.
+            out["CIPHER_TOPIC"] = DEFAULT_CIPHER_TOPIC
         return out
 
 

@@ -45,7 +45,13 @@ from leadflow.domain import (
 )
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.decisions import RecordProcessor
-from leadflow.engine.migration import StoreVersionError, check_store_version, migrate
+from leadflow.engine.migration import (
+    StoreCipherError,
+    StoreVersionError,
+    check_cipher,
+    check_store_version,
+    migrate,
+)
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Directory, Unit, unloadable
 from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
@@ -128,7 +134,8 @@ class LeadflowApp(Application[UUID]):
     def _check_store_version(self) -> None:
         try:
             check_store_version(self.indexes)
-        except StoreVersionError:
+            check_cipher(self.indexes, self.mapper.cipher)
+        except (StoreVersionError, StoreCipherError):
             self.close()
             raise
 

@@ -19,6 +19,7 @@ from uuid import UUID
 
 import structlog
 from eventsourcing.application import AggregateNotFoundError
+from eventsourcing.persistence import Cipher
 from eventsourcing.utils import get_topic
 
 from leadflow.domain import (
@@ -68,6 +69,47 @@ def check_store_version(indexes: RecordIdIndex) -> None:
         f"this event store was written in format {version or 1} by an earlier leadflow; "
         f"run `leadflow db migrate` once to bring it to format {STORE_VERSION} (it keeps "
         "every event and builds the timer index and the bookkeeping tables)")
+
+
+#: Metadata: a value the store's cipher encrypted when the store was created ("" when it was
+#: created without one), so a store opened with a wrong, missing or needless key is named.
+CIPHER_CHECK = "cipher_check"
+_CHECK_PLAINTEXT = b"leadflow-cipher-check"
+
+
+class StoreCipherError(LeadflowError):
+    """The store is encrypted at rest and the configured cipher key does not open it (or
+    the other way round)."""
+
+    reason = "store_cipher"
+
+
+def check_cipher(indexes: RecordIdIndex, cipher: Cipher | None) -> None:
+    """Refuse to work on a store whose encryption at rest does not match the configuration:
+    without it, every row would read as garbage and be reported as damage."""
+    check = indexes.meta(CIPHER_CHECK)
+    if check is None:
+        if indexes.has_events():
+            return  # a store from before the check: nothing to compare with
+        check = cipher.encrypt(_CHECK_PLAINTEXT).hex() if cipher else ""
+        indexes.set_meta(CIPHER_CHECK, check)
+        return
+    if not check:
+        if cipher is not None:
+            raise StoreCipherError(
+                "this event store is not encrypted at rest, but CIPHER_KEY is set: unset it "
+                "(an existing store is not re-encrypted)")
+        return
+    if cipher is None:
+        raise StoreCipherError("this event store is encrypted at rest: set CIPHER_KEY (and "
+                               "CIPHER_TOPIC if it was not the default AES-GCM cipher)")
+    try:
+        opened = cipher.decrypt(bytes.fromhex(check))
+    except Exception as exc:  # the cipher's refusal (cryptography's InvalidTag, ...)
+        raise StoreCipherError("CIPHER_KEY is not the key this event store was encrypted "
+                               f"with ({type(exc).__name__})") from exc
+    if opened != _CHECK_PLAINTEXT:
+        raise StoreCipherError("CIPHER_KEY is not the key this event store was encrypted with")
 
 
 def migrate(app: LeadflowApp,
