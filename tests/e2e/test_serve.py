@@ -117,3 +117,33 @@ def test_rules_check_validates_the_segment_section(tmp_path: Path) -> None:
     refused = leadflow(tmp_path, "rules", "check", "bad.toml")
     assert refused.returncode == 1
     assert "segment.track.5.type" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_serve_counts_its_requests_by_route_and_status_on_its_metrics_port(
+        tmp_path: Path) -> None:
+    from tests.intake_server import free_port
+
+    metrics_port = free_port()
+    with ServeProcess(env_for(tmp_path), tmp_path / "serve.log",
+                      "--metrics-port", str(metrics_port)) as server:
+        metrics = f"http://127.0.0.1:{metrics_port}"
+        assert httpx.post(f"{server.url}/v1/batch", json={"batch": journey()},
+                          timeout=30).status_code == 401
+        for _ in range(2):
+            assert httpx.post(f"{server.url}/v1/batch", json={"batch": journey()},
+                              auth=(TOKEN, ""), timeout=30).status_code == 200
+        assert httpx.get(f"{server.url}/no/such/path", timeout=30).status_code == 404
+        text = httpx.get(f"{metrics}/metrics", timeout=30).text
+        ready = httpx.get(f"{metrics}/readyz", timeout=30)
+        live = httpx.get(f"{metrics}/healthz", timeout=30)
+    samples = {line.split(" ")[0]: float(line.split(" ")[1]) for line in text.splitlines()
+               if line.startswith("leadflow_http_requests_total{")}
+    assert samples['leadflow_http_requests_total{method="POST",route="/v1/batch",'
+                   'status="401"}'] == 1
+    assert samples['leadflow_http_requests_total{method="POST",route="/v1/batch",'
+                   'status="200"}'] == 2
+    # A client's made-up path is one series, not one per path.
+    assert samples['leadflow_http_requests_total{method="GET",route="unmatched",'
+                   'status="404"}'] == 1
+    assert 'leadflow_http_request_duration_seconds_count{route="/v1/batch"} 3.0' in text
+    assert ready.status_code == 200 and live.status_code == 200

@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from leadflow.cli.common import Context, fail, kafka_call, kafka_settings, log, redact
+
+if TYPE_CHECKING:
+    from leadflow.metrics import MetricsServer
 
 
 @click.command()
@@ -37,10 +41,13 @@ from leadflow.cli.common import Context, fail, kafka_call, kafka_settings, log, 
 @click.option("--cors-origin", "cors_origins", multiple=True, metavar="ORIGIN",
               help="An origin (https://www.example.com) whose pages may post from a browser, "
                    "e.g. with analytics.js; repeat it, or * for any. None by default.")
+@click.option("--metrics-port", type=click.IntRange(1, 65535), envvar="LEADFLOW_METRICS_PORT",
+              default=None, help="Serve /metrics (HTTP requests by route and status), "
+                                 "/healthz and /readyz on this port, apart from the intake's.")
 @click.pass_obj
 def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth: bool,
           sink: str, max_body_bytes: int, max_records: int,
-          cors_origins: tuple[str, ...]) -> None:
+          cors_origins: tuple[str, ...], metrics_port: int | None) -> None:
     """Serve the HTTP intake: contract-v1 records and Segment batches.
 
     POST /v1/records takes contract-v1 records (a JSON object, an array, or NDJSON);
@@ -104,11 +111,29 @@ def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth:
         rules = app.rules  # the rules the engine scores with (published ones included)
         where = f"store {redact(obj.settings.database_url)}"
 
+    metrics: MetricsServer | None = None
+    observe = None
+    if metrics_port is not None:
+        # On a port of its own: the intake's port may face the internet, the metrics not.
+        from leadflow.metrics import Health, HttpMetrics, MetricsServer, metrics_host, new_registry
+
+        registry = new_registry()
+        observe = HttpMetrics(registry).observe
+        # No loop to stall (uvicorn answers or the process is gone): live while it runs;
+        # ready when the sink takes records, as /readyz on the intake port says.
+        health = Health(stall_seconds=float("inf"))
+        health.add_check(target.mode, lambda: target.ready() is None)
+        try:
+            metrics = MetricsServer(registry, health, metrics_port, metrics_host()).start()
+        except ConfigError as exc:
+            target.close()
+            fail(str(exc))
     config = IntakeConfig(
         sink=target, mapping=rules.segment, tokens=tokens,
         limits=Limits(max_body_bytes=max_body_bytes, max_records=max_records,
                       max_record_bytes=obj.settings.max_record_bytes),
-        max_future_skew=obj.settings.max_future_skew, cors_origins=cors_origins)
+        max_future_skew=obj.settings.max_future_skew, cors_origins=cors_origins,
+        observe=observe)
     server = uvicorn.Server(uvicorn.Config(
         create_app(config), host=host, port=port, log_config=None, access_log=False,
         lifespan="off", log_level="warning", timeout_graceful_shutdown=30))
@@ -124,5 +149,7 @@ def serve(obj: Context, host: str, port: int, tokens_file: Path | None, no_auth:
     try:
         server.run()
     finally:
+        if metrics is not None:
+            metrics.close()
         target.close()
         log.info("intake stopped", signal=stopping[0] if stopping else None)
