@@ -11,10 +11,10 @@ Parsing is a boundary concern: :func:`parse_record` turns raw bytes into a valid
 from __future__ import annotations
 
 import unicodedata
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AwareDatetime,
@@ -329,6 +329,9 @@ def parse_record(
     return record
 
 
+T = TypeVar("T")
+
+
 def parse_lines(
     lines: Iterable[tuple[int, bytes | str]],
     *,
@@ -340,14 +343,21 @@ def parse_lines(
 
     Blank lines are skipped; the raw bytes are the line without its line ending.
     """
+    return parse_numbered(lines, lambda data: parse_record(
+        data, now=now, max_future_skew=max_future_skew, max_bytes=max_bytes))
+
+
+def parse_numbered(lines: Iterable[tuple[int, bytes | str]], parse: Callable[[bytes], T]
+                   ) -> Iterator[tuple[int, bytes, T | RecordRejected]]:
+    """Numbered lines -> (line number, raw bytes, ``parse(raw)`` or its RecordRejected), for
+    every line format (contract v1, Segment): blank lines skipped, line endings dropped."""
     for line_no, raw in lines:
         data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
         data = data.rstrip(b"\r\n")
         if not data.strip():
             continue
         try:
-            yield line_no, data, parse_record(data, now=now, max_future_skew=max_future_skew,
-                                              max_bytes=max_bytes)
+            yield line_no, data, parse(data)
         except RecordRejected as exc:
             yield line_no, data, exc
 

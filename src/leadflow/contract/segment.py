@@ -40,6 +40,7 @@ from leadflow.contract.inbound import (
     InboundRecord,
     RecordRejected,
     decode_record,
+    parse_numbered,
     parse_record,
 )
 from leadflow.contract.wire import dump_json, load_json
@@ -378,13 +379,5 @@ def parse_lines(
 ) -> Iterator[tuple[int, bytes, SegmentRecord | RecordRejected]]:
     """Numbered lines of Segment messages -> (line number, raw bytes, mapped record or the
     rejection, :class:`SegmentUnmapped` included). Blank lines are skipped."""
-    for line_no, raw in lines:
-        data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
-        data = data.rstrip(b"\r\n")
-        if not data.strip():
-            continue
-        try:
-            yield line_no, data, parse_raw(data, mapping, now=now,
-                                           max_future_skew=max_future_skew, max_bytes=max_bytes)
-        except RecordRejected as exc:
-            yield line_no, data, exc
+    return parse_numbered(lines, lambda data: parse_raw(
+        data, mapping, now=now, max_future_skew=max_future_skew, max_bytes=max_bytes))

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from functools import cached_property
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -36,6 +36,42 @@ class _Strict(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
+class _TextTest(Protocol):
+    """What a condition tests a value with: exactly one of the four is set (read-only, as
+    the frozen models have them)."""
+
+    @property
+    def equals(self) -> str | None: ...
+    @property
+    def contains(self) -> str | None: ...
+    @property
+    def prefix(self) -> str | None: ...
+    @property
+    def in_(self) -> list[str] | None: ...
+
+
+_T = TypeVar("_T", bound=_TextTest)
+
+
+def _one_test(condition: _T) -> _T:
+    tests = [condition.equals, condition.contains, condition.prefix, condition.in_]
+    if sum(t is not None for t in tests) != 1:
+        raise ValueError("a condition needs exactly one of equals, contains, prefix, in")
+    return condition
+
+
+def _text_test(condition: _TextTest, value: str) -> bool:
+    """The condition's test on ``value``, compared as lower-case text."""
+    text = value.lower()
+    if condition.equals is not None:
+        return text == condition.equals.lower()
+    if condition.contains is not None:
+        return condition.contains.lower() in text
+    if condition.prefix is not None:
+        return text.startswith(condition.prefix.lower())
+    return text in {v.lower() for v in condition.in_ or ()}
+
+
 class Condition(_Strict):
     """A test on one context field of a touchpoint."""
 
@@ -47,24 +83,11 @@ class Condition(_Strict):
 
     @model_validator(mode="after")
     def _one_test(self) -> Condition:
-        tests = [self.equals, self.contains, self.prefix, self.in_]
-        if sum(t is not None for t in tests) != 1:
-            raise ValueError("a condition needs exactly one of equals, contains, prefix, in")
-        return self
+        return _one_test(self)
 
     def matches(self, context: Mapping[str, Any]) -> bool:
         value = context.get(self.field)
-        if value is None:
-            return False
-        text = str(value).lower()
-        if self.equals is not None:
-            return text == self.equals.lower()
-        if self.contains is not None:
-            return self.contains.lower() in text
-        if self.prefix is not None:
-            return text.startswith(self.prefix.lower())
-        assert self.in_ is not None  # guaranteed by _one_test
-        return text in {v.lower() for v in self.in_}
+        return value is not None and _text_test(self, str(value))
 
 
 class Band(_Strict):
@@ -305,23 +328,13 @@ class SegmentCondition(_Strict):
 
     @model_validator(mode="after")
     def _one_test(self) -> SegmentCondition:
-        tests = [self.equals, self.contains, self.prefix, self.in_]
-        if sum(t is not None for t in tests) != 1:
-            raise ValueError("a condition needs exactly one of equals, contains, prefix, in")
-        return self
+        return _one_test(self)
 
     def matches(self, message: Mapping[str, Any]) -> bool:
         value = _segment_value(message, self.path)
         if value is None or isinstance(value, (dict, list)):
             return False
-        text = str(value).lower()
-        if self.equals is not None:
-            return text == self.equals.lower()
-        if self.contains is not None:
-            return self.contains.lower() in text
-        if self.prefix is not None:
-            return text.startswith(self.prefix.lower())
-        return text in {v.lower() for v in self.in_ or ()}
+        return _text_test(self, str(value))
 
 
 class SegmentRule(_Strict):
