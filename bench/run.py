@@ -45,6 +45,7 @@ import platform
 import pstats
 import random
 import re
+import secrets
 import shutil
 import sqlite3
 import statistics
@@ -1366,6 +1367,10 @@ def services_already_running() -> bool:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    # Every store signs its chain links with an audit key from outside the database
+    # (PostgreSQL refuses to start without one); the bench's stores are throwaway, so is the
+    # key, unless one is configured. Every child process inherits it.
+    os.environ.setdefault("LEADFLOW_AUDIT_KEY", secrets.token_hex(32))
     if services_already_running():
         # Reused, so left running: someone else (a test session) may be using them.
         os.environ["LEADFLOW_KEEP_SERVICES"] = "1"
