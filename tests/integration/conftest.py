@@ -9,6 +9,7 @@ from urllib.parse import urlparse, urlunparse
 import psycopg
 import pytest
 
+from tests.integration.kafka_helpers import Pipeline
 from tests.integration.services import Services, ServicesUnavailableError, provide_services
 
 
@@ -37,3 +38,14 @@ def pg_url(services: Services) -> Iterator[str]:
 @pytest.fixture
 def topic_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipeline]:
+    """A pipeline (CLI processes on its own topics) over a fresh database, initialised; test
+    modules that need other topics or settings define their own."""
+    pipeline = Pipeline(services, pg_url, topic_prefix)
+    result = pipeline.run("db", "init")
+    assert result.returncode == 0, result.stderr
+    yield pipeline
+    pipeline.close()

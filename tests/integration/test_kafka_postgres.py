@@ -12,7 +12,6 @@ import random
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,15 +29,6 @@ from tests.integration.kafka_helpers import (
 from tests.integration.services import Services
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipeline]:
-    pipeline = Pipeline(services, pg_url, topic_prefix)
-    result = pipeline.run("db", "init")
-    assert result.returncode == 0, result.stderr
-    yield pipeline
-    pipeline.close()
 
 
 def write_stream(path: Path, leads: int, days: int, seed: int) -> list[str]:

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,18 +16,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.kafka_helpers import Pipeline, log_tail, wait_until
-from tests.integration.services import Services
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipeline]:
-    pipeline = Pipeline(services, pg_url, topic_prefix)
-    result = pipeline.run("db", "init")
-    assert result.returncode == 0, result.stderr
-    yield pipeline
-    pipeline.close()
 
 
 def free_port() -> int:
