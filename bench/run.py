@@ -122,6 +122,9 @@ TARGETS: tuple[tuple[str, str, str, str, float, str], ...] = (
     ("consumer_rss", "consumer peak RSS", "peak_rss_mib.consumer", "<=", 1024, "MiB"),
     ("chain_cost", "ingest with keyed links vs unkeyed", "chain_cost.keyed_vs_unkeyed", "<=",
      1.05, "x"),
+    # Issue 15 item 4: the whole `leadflow lead show EMAIL` process on the embedded store.
+    ("lead_show_startup", "lead show start-up (process, SQLite)", "startup.lead_show.median_s",
+     "<=", 0.2, "s"),
 )
 
 
@@ -1032,7 +1035,7 @@ class Bench:
         db_path = self.work / "embedded.db"
         db_path.unlink(missing_ok=True)
         env = {k: v for k, v in os.environ.items() if not k.startswith("LEADFLOW_")
-               or k == "LEADFLOW_AUDIT_KEY"}
+               or k in ("LEADFLOW_AUDIT_KEY", "LEADFLOW_MASTER_KEY")}
         env.update(LEADFLOW_DATABASE_URL=f"sqlite:///{db_path}", LEADFLOW_LOG_FORMAT="json")
         with progress() as bar:
             task = bar.add_task("sqlite ingest", total=None)
@@ -1371,6 +1374,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # (PostgreSQL refuses to start without one); the bench's stores are throwaway, so is the
     # key, unless one is configured. Every child process inherits it.
     os.environ.setdefault("LEADFLOW_AUDIT_KEY", secrets.token_hex(32))
+    os.environ.setdefault("LEADFLOW_MASTER_KEY", secrets.token_hex(32))
     if services_already_running():
         # Reused, so left running: someone else (a test session) may be using them.
         os.environ["LEADFLOW_KEEP_SERVICES"] = "1"

@@ -45,6 +45,9 @@ class ProjectionDB:
             self._sqlite = sqlite3.connect(path, isolation_level=None, timeout=30,
                                            check_same_thread=False)
             self._sqlite.execute("PRAGMA journal_mode=WAL")
+            # Overwritten, not just unlinked: a forgotten person's email must not linger in
+            # the free space of the pages an update or delete left (leadflow forget).
+            self._sqlite.execute("PRAGMA secure_delete=ON")
             self._pg: psycopg.Connection[Any] | None = None
         elif parsed.scheme in ("postgresql", "postgres"):
             self.dialect = "postgres"

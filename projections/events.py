@@ -23,7 +23,7 @@ _LEAD_EVENTS = ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "Tou
                 "AccountSurged",
                 "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade", "DealOwnerSet",
                 "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed", "Unmerged",
-                "StateRestored")
+                "StateRestored", "Forgotten")
 # Account.Engaged (stores before format 3) is not followed: an account's engagements are
 # its people's touchpoints, counted from the lead events, whatever the store's format.
 _ACCOUNT_EVENTS = ("Created", "Surged")
@@ -36,6 +36,8 @@ KINDS: dict[str, tuple[bool, str]] = {
 ENVELOPES = frozenset(t for agg in (Lead, Account)
                       for t in envelope_topics(get_topic(agg.Created).rsplit(".", 1)[0]))
 TOPICS = [*KINDS, *sorted(ENVELOPES)]
+#: Topics of rows that may hold a lead's sealed personal values (store/personal.py).
+LEAD_TOPICS = frozenset(t for t in TOPICS if t.partition(":")[2].startswith("Lead."))
 
 
 _JSON = json.JSONDecoder(parse_int=lambda digits: int(digits) if len(digits) <= 4000

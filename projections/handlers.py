@@ -16,6 +16,7 @@ from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
+from leadflow.domain.privacy import public_url
 from leadflow.projections.db import to_int, to_real, to_text
 from leadflow.projections.events import KINDS
 from leadflow.projections.schema import FUNNEL
@@ -41,6 +42,11 @@ def free_text(value: Any) -> Any:
     it (a rep's note, ``?email=`` in a landing page) masked, since those tables are read
     without access to personal data. The event store keeps the text as it came."""
     return mask_text(value) if isinstance(value, str) else value
+
+
+def _forget_row(row: dict[str, Any]) -> None:
+    row.update(primary_key=None, identities="[]", title=None,
+               landing_page=public_url(row["landing_page"]) if row["landing_page"] else None)
 
 
 def size_band(employees: Any) -> str:
@@ -106,7 +112,9 @@ class PageChanges:
     def _created(self, nid: int, lead_id: str, e: Any) -> None:
         row: dict[str, Any] = dict.fromkeys(LEAD_COLUMNS)
         row.update(
-            lead_id=lead_id, primary_key=e.primary_key, identities=json.dumps([e.primary_key]),
+            lead_id=lead_id, primary_key=e.primary_key,
+            # A forgotten person's Created event reads with no identity (store/personal.py).
+            identities=json.dumps([e.primary_key] if e.primary_key is not None else []),
             created_at=e.created_at, source=e.source, campaign=e.campaign,
             landing_page=free_text(e.landing_page),
             account_id=str(e.account_id) if e.account_id else None, stage="new",
@@ -126,7 +134,7 @@ class PageChanges:
 
     def _on_IdentityAdded(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         identities = json.loads(row["identities"])
-        if e.key not in identities:
+        if e.key is not None and e.key not in identities:
             identities.append(e.key)
         row["identities"] = json.dumps(identities)
 
@@ -256,6 +264,15 @@ class PageChanges:
         row["last_touch_at"] = e.last_touch_at
         if e.last_touch_at is not None:
             row["dormant"] = False
+
+    def _on_Forgotten(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        """The person was erased: their personal columns are emptied (here and on every
+        lead merged into theirs); the rows stay in every count."""
+        for lead_id in map(str, e.data_keys):
+            other = self.leads.get(lead_id, row if lead_id == row["lead_id"] else None)
+            if other is not None:
+                _forget_row(other)
+        _forget_row(row)
 
     def _on_Unmerged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         row["merged_into"] = None

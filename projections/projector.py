@@ -33,7 +33,14 @@ from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
 from leadflow.metrics import Health, ProjectorMetrics
 from leadflow.projections.admin import analyst_grants, grant_select
 from leadflow.projections.db import ProjectionDB
-from leadflow.projections.events import ENVELOPES, KINDS, TOPICS, EventData, load_payload
+from leadflow.projections.events import (
+    ENVELOPES,
+    KINDS,
+    LEAD_TOPICS,
+    TOPICS,
+    EventData,
+    load_payload,
+)
 from leadflow.projections.schema import (
     PERSONAL_COLUMNS,
     RELAXED,
@@ -43,12 +50,22 @@ from leadflow.projections.schema import (
     views_ddl,
 )
 from leadflow.projections.writer import Page, RowFailed
+from leadflow.store.personal import PII
 from leadflow.store.recorders import SCHEMA_LOCK_KEY
 
 log = structlog.get_logger(__name__)
 
 TRACKING_NAME = "analytics"
 VIEWS_NAME = "views-checksum"
+
+
+def _forgotten_set(events: list[tuple[int, str, Any]]) -> set[str]:
+    """Leads merged into a forgotten lead: their rows are emptied with the lead's."""
+    out: set[str] = set()
+    for _, topic, event in events:
+        if KINDS[topic][1] == "Forgotten":
+            out.update(str(i) for i in event.data_keys)
+    return out
 
 
 def _accounts_set(events: list[tuple[int, str, Any]]) -> set[str]:
@@ -257,7 +274,8 @@ class Projector:
                     return 0
                 page = Page(self.db, suffix, self.app.rules.scoring.half_life_days)
                 events = self._decode(notifications)
-                page.load({str(e.originator_id) for _, t, e in events if not KINDS[t][0]},
+                page.load({str(e.originator_id) for _, t, e in events if not KINDS[t][0]}
+                          | _forgotten_set(events),
                           {str(e.originator_id) for _, t, e in events if KINDS[t][0]}
                           | _accounts_set(events))
                 self._apply(page, events)
@@ -268,6 +286,10 @@ class Projector:
                     "DO UPDATE SET position = excluded.position", [name, last])
         except RowFailed as exc:
             raise self._failed(exc) from exc
+        if self.db.dialect == "sqlite" and _forgotten_set(events):
+            # A person was forgotten: their rows were overwritten (secure_delete), and the
+            # older page images in SQLite's write-ahead log go too.
+            self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.stats.pages += 1
         self.stats.events += len(events)
         self.stats.position = last
@@ -290,6 +312,10 @@ class Projector:
                 return out
             names = transcoder.names
             cipher, compressor = mapper.cipher, mapper.compressor
+            vault = self.app.vault
+            # Personal values are sealed per person (store/personal.py): the page's data
+            # keys are read in one query; a forgotten person's values read as placeholders.
+            vault.preload(n.originator_id for n in notifications if n.topic in LEAD_TOPICS)
             for n in notifications:
                 state = n.state
                 if cipher:
@@ -307,8 +333,12 @@ class Projector:
                     for name, sub in data["events"]:
                         topic = f"{prefix}.{name}"
                         if topic in KINDS:
+                            if PII in sub:
+                                vault.open(topic.partition(":")[2], n.originator_id, sub)
                             out.append((n.id, topic, EventData(n.originator_id, sub, names)))
                     continue
+                if PII in data:
+                    vault.open(n.topic.partition(":")[2], n.originator_id, data)
                 out.append((n.id, n.topic, EventData(n.originator_id, data, names)))
         except Exception as exc:
             assert n is not None

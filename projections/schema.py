@@ -29,7 +29,8 @@ FUNNEL = ("new", "mql", "sql", "opportunity", "customer")
 # values could be non-finite or out of range (which are written as NULL); ``setup`` relaxes
 # tables created before then.
 RELAXED = {"lead_state": ("fit", "engagement_value", "touchpoints"),
-           "score_ledger": ("points",)}
+           "score_ledger": ("points",),
+           "lead_personal": ("primary_key",)}  # NULL once the person is forgotten
 
 
 def _types(dialect: Dialect) -> dict[str, str]:
@@ -74,7 +75,7 @@ CREATE INDEX IF NOT EXISTS lead_state{s}_created ON lead_state{s} (created_at)
 ;
 CREATE TABLE IF NOT EXISTS lead_personal{s} (
     lead_id TEXT PRIMARY KEY,
-    primary_key TEXT NOT NULL,
+    primary_key TEXT,
     identities TEXT NOT NULL,
     title TEXT
 )

@@ -22,13 +22,17 @@ T0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 # pass it on; tests of the key handling itself remove it.
 TEST_AUDIT_KEY = "leadflow-test-audit-key-0123456789abcdef"
 os.environ.setdefault("LEADFLOW_AUDIT_KEY", TEST_AUDIT_KEY)
+# Likewise the master key that wraps every person's data key (store/personal.py).
+TEST_MASTER_KEY = "leadflow-test-master-key-0123456789abcdef"
+os.environ.setdefault("LEADFLOW_MASTER_KEY", TEST_MASTER_KEY)
+SESSION_KEYS = ("LEADFLOW_AUDIT_KEY", "LEADFLOW_MASTER_KEY")
 
 
 def clean_env() -> dict[str, str]:
     """The environment for a CLI the test starts: no LEADFLOW_* setting of the developer's
-    leaks in, except the session's audit key."""
+    leaks in, except the session's audit and master keys."""
     return {k: v for k, v in os.environ.items()
-            if not k.startswith("LEADFLOW_") or k == "LEADFLOW_AUDIT_KEY"}
+            if not k.startswith("LEADFLOW_") or k in SESSION_KEYS}
 
 
 def days(n: float) -> timedelta:

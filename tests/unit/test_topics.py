@@ -42,6 +42,7 @@ STORED_TOPICS = [
     "leadflow.domain:Lead.Event",
     "leadflow.domain:Lead.FirstContactMade",
     "leadflow.domain:Lead.FirstContactSlaBreached",
+    "leadflow.domain:Lead.Forgotten",
     "leadflow.domain:Lead.IdentityAdded",
     "leadflow.domain:Lead.InterestAbsorbed",
     "leadflow.domain:Lead.LoadRecounted",

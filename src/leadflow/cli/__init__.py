@@ -6,6 +6,7 @@ Commands are grouped by who runs them, one module each:
 - ``analysts``: read models, funnel, report (project, rebuild, funnel, report);
 - ``auditors``: one lead and the store's integrity (lead show, history, as-of, explain,
   verify, rescore, unmerge);
+- ``privacy``: erasing a person (forget) and the master key (privacy rotate-master-key);
 - ``admin``: setting up (db init, db grant-analyst, kafka create-topics, rules, schemas);
 - ``common``: the context, one-line errors, times, files and progress bars they share.
 
@@ -103,6 +104,12 @@ COMMANDS: dict[str, LazyCommand] = {
                            "anything."),
     "unmerge": LazyCommand("leadflow.cli.auditors", "unmerge",
                            "Undo the merge that brought IDENTITY's lead into another lead."),
+    # privacy
+    "forget": LazyCommand("leadflow.cli.privacy", "forget",
+                          "Erase the person known by IDENTITY (email:…, phone:…, "
+                          "external_id:…, or a lead id)."),
+    "privacy": LazyCommand("leadflow.cli.privacy", "privacy",
+                           "Master key for personal data (see the README's Privacy section)."),
     # admin
     "db": LazyCommand("leadflow.cli.admin", "db", "Database administration."),
     "kafka": LazyCommand("leadflow.cli.admin", "kafka", "Kafka topics used by leadflow."),

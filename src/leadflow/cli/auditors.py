@@ -439,7 +439,7 @@ def _verify_store(app: LeadflowApp, checkpoint_path: Path | None) -> dict[str, A
         report = store_audit.verify_store(
             app.indexes, app.keyring, app.codec.plain if app.codec.protected else None,
             anchor=data["position"] if data else None,
-            progress=lambda n: progress.advance(task, n))
+            progress=lambda n: progress.advance(task, n), vault=app.vault)
     if report.wrong_key:
         _wrong_key(app, report.unknown_keys)
     problems = list(report.problems)
@@ -469,7 +469,7 @@ def _verify_identity(app: LeadflowApp, identity: str, expect_head: str | None
     names: set[str] = set()
 
     def seen(event: Any, data: dict[str, Any]) -> None:
-        names.update(identity_names("Lead", event.topic, data))
+        names.update(identity_names("Lead", event.topic, data, app.vault, lead_id))
 
     result = _verify_one(app, lead_id, seen)
     if result.unknown_keys and result.key_ids == result.unknown_keys:
@@ -495,7 +495,8 @@ def _verify_target(app: LeadflowApp, key: str) -> UUID:
     lead keeps its own chain), an identity the lead its row points at."""
     if is_lead_id(key):
         return UUID(key)
-    found = app.indexes.select_identities([key]).get(key)
+    hashed = app.vault.lookup(key)  # the table is keyed by keyed hashes
+    found = app.indexes.select_identities([hashed]).get(hashed)
     if found is None:
         raise UnknownLeadError(f"no lead known by {key!r}")
     target, is_interest = found

@@ -285,7 +285,7 @@ def _print_summary(console: Console, app: LeadflowApp, at: datetime,
     for v in top:
         strongest = sorted((c for c in v.breakdown if c.value), key=lambda c: -c.value)[:3]
         why = "\n".join(f"{c.rule} {c.value:.1f}" for c in strongest)
-        table.add_row(v.primary_key.removeprefix("email:"), v.stage_now,
+        table.add_row((v.primary_key or "(forgotten)").removeprefix("email:"), v.stage_now,
                       v.owner or ("pool" if v.in_pool else "-"), f"{v.score:.1f}", why)
     console.print(table)
 

@@ -22,7 +22,9 @@ from leadflow.domain.clock import Clock, TimerBucket, day_of
 from leadflow.domain.errors import (
     AggregateUnloadableError,
     LeadflowError,
+    LeadForgottenError,
     LeadMergedError,
+    PersonalDataError,
     UnknownLeadError,
     UnknownRepError,
 )
@@ -71,6 +73,6 @@ __all__ = [
     "AGGREGATES", "DISPOSITION_TYPES", "DORMANCY_STAGES", "QUALIFIABLE_STAGES", "RECORD_TYPES",
     "SLA_STAGES", "STAGES", "STAGE_RANK", "TOPIC_MODULE", "TOUCHPOINT_TYPES", "WORKING_STAGES",
     "Account", "AggregateUnloadableError", "Clock", "IdentityIndex", "Interest", "Lead",
-    "LeadMergedError", "LeadflowError", "Router", "RuleBook", "TimerBucket", "UnknownLeadError",
-    "UnknownRepError", "day_of", "stable_topics",
+    "LeadForgottenError", "LeadMergedError", "LeadflowError", "PersonalDataError", "Router",
+    "RuleBook", "TimerBucket", "UnknownLeadError", "UnknownRepError", "day_of", "stable_topics",
 ]

@@ -23,6 +23,18 @@ class LeadMergedError(LeadflowError):
     reason = "lead_merged"
 
 
+class PersonalDataError(LeadflowError):
+    """A person's data cannot be handled as asked (e.g. shredding values never encrypted)."""
+
+    reason = "personal_data"
+
+
+class LeadForgottenError(LeadflowError):
+    """The lead's person was erased (``leadflow forget``): nothing personal can be added."""
+
+    reason = "lead_forgotten"
+
+
 class AggregateUnloadableError(LeadflowError):
     """Stored events that cannot be turned back into an aggregate (a version gap, an
     undecodable payload): the store was damaged outside leadflow. ``verify`` reports it; the

@@ -1,5 +1,10 @@
-"""Aggregate ids: identity keys (``kind:value``) and the ``uuid5`` ids derived from them, so
-the same person always maps to the same index, on every replay."""
+"""Aggregate ids and identity keys (``kind:value``).
+
+A lead's (and an anonymous interest's) id is derived from the event id of the record that
+created it, never from a person's email or phone: anyone can compute ``uuid5`` of an
+address, so such an id would tell that the person was there even after ``forget``. Ids stay
+replay-stable (the same records make the same ids); identities are found through the
+identity table, keyed by an HMAC of the identity (store/personal.py)."""
 
 from __future__ import annotations
 
@@ -27,12 +32,18 @@ def identity_index_id(key: str) -> UUID:
     return uuid5(NS_IDENTITY, key)
 
 
-def lead_id_for(key: str) -> UUID:
-    """A lead's id is derived from the first identity it was created with: replay-stable."""
-    return uuid5(NS_LEAD, key)
+def lead_id_for(origin: str) -> UUID:
+    """The id of the lead the record with event id ``origin`` created."""
+    return uuid5(NS_LEAD, "record:" + origin)
 
 
-def interest_id_for(anonymous_id: str) -> UUID:
+def interest_id_for(origin: str) -> UUID:
+    """The id of the anonymous interest the record with event id ``origin`` created."""
+    return uuid5(NS_INTEREST, "record:" + origin)
+
+
+def legacy_interest_id(anonymous_id: str) -> UUID:
+    """An interest's id in stores written before format 5 (``uuid5`` of the cookie)."""
     return uuid5(NS_INTEREST, anonymous_id)
 
 

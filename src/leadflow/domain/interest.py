@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, event
 
@@ -17,11 +17,13 @@ class Interest(Aggregate):
     """Anonymous attention (a cookie): kept until a record links it to a person."""
 
     @staticmethod
-    def create_id(anonymous_id: str) -> UUID:
-        return interest_id_for(anonymous_id)
+    def create_id(origin: str | None = None) -> UUID:
+        # From the creating record's event id (see ids.py); one made by hand gets a random id.
+        return interest_id_for(origin) if origin else uuid4()
 
     @event("Created")
-    def __init__(self, anonymous_id: str, occurred_at: datetime) -> None:
+    def __init__(self, anonymous_id: str | None, occurred_at: datetime,
+                 origin: str | None = None) -> None:
         self.anonymous_id = anonymous_id
         self.touchpoints: list[dict[str, Any]] = []
         self.seen: set[str] = set()

@@ -5,15 +5,16 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, datetime_now_with_tzinfo, event
 
 from leadflow.domain import scoring
-from leadflow.domain.errors import LeadMergedError
+from leadflow.domain.errors import LeadForgottenError, LeadMergedError
 from leadflow.domain.ids import (
     lead_id_for,
 )
+from leadflow.domain.privacy import PERSONAL_PROFILE_FIELDS, public_url
 from leadflow.domain.rules import Rules
 from leadflow.domain.scoring import Award
 from leadflow.domain.vocabulary import (
@@ -41,8 +42,10 @@ class Lead(Aggregate):
                 aggregate.chain_head = chain
 
     @staticmethod
-    def create_id(primary_key: str) -> UUID:
-        return lead_id_for(primary_key)
+    def create_id(origin: str | None = None) -> UUID:
+        # From the creating record's event id, never from the email (see ids.py); a lead
+        # made by hand (tests, tools) gets a random id.
+        return lead_id_for(origin) if origin else uuid4()
 
     def _emit(self, event_class: type[Lead.Event], **fields: Any) -> None:
         """``trigger_event`` without its generic costs, for the lead's explicit event classes.
@@ -67,15 +70,17 @@ class Lead(Aggregate):
     @event("Created")
     def __init__(
         self,
-        primary_key: str,
+        primary_key: str | None,
         created_at: datetime,
         source: str | None,
         campaign: str | None,
         landing_page: str | None,
         account_id: UUID | None,
+        origin: str | None = None,
     ) -> None:
+        # None once the person is forgotten (the value was encrypted with a deleted key).
         self.primary_key = primary_key
-        self.identity_keys: list[str] = [primary_key]
+        self.identity_keys: list[str] = [primary_key] if primary_key is not None else []
         self.created_at = created_at
         self.source = source
         self.campaign = campaign
@@ -113,8 +118,11 @@ class Lead(Aggregate):
         self.wake_at: datetime | None = None
         self.merged_into: UUID | None = None
         self.merged_from: list[UUID] = []
+        # Anonymous interests absorbed (their data keys are shredded with the lead's).
+        self.interests: list[UUID] = []
         # Newest tamper-evidence link (set at commit and on replay, see audit.py).
         self.chain_head: str | None = None
+        self.forgotten = False
 
     # ----- queries on state (pure) -----
 
@@ -188,7 +196,8 @@ class Lead(Aggregate):
         occurred_at: datetime
 
         def apply(self, aggregate: Any) -> None:
-            aggregate.identity_keys.append(self.key)
+            if self.key is not None:  # None: forgotten
+                aggregate.identity_keys.append(self.key)
             super().apply(aggregate)
 
     def update_profile(self, changes: Mapping[str, Any], occurred_at: datetime, event_id: str,
@@ -505,7 +514,7 @@ class Lead(Aggregate):
                   seen: list[str], touchpoints: int, last_touch_at: datetime | None,
                   occurred_at: datetime, event_id: str, rules_version: str) -> None:
         self.merged_from.append(lead_id)
-        for key in identity_keys:
+        for key in identity_keys:  # empty once the person is forgotten
             if key not in self.identity_keys:
                 self.identity_keys.append(key)
         for data in awards:
@@ -553,8 +562,9 @@ class Lead(Aggregate):
         self.seen = set(state["seen"])
         self.fit_awards = [(str(r), float(p)) for r, p in state["fit_awards"]]
 
-    def absorb_interest(self, anonymous_id: str, touchpoints: list[dict[str, Any]],
-                        occurred_at: datetime, rules: Rules) -> None:
+    def absorb_interest(self, anonymous_id: str | None, touchpoints: list[dict[str, Any]],
+                        occurred_at: datetime, rules: Rules,
+                        interest_id: UUID | None = None) -> None:
         """Score an anonymous visitor's earlier touchpoints now that we know who it was."""
         awards: list[Award] = []
         counts, totals = dict(self.rule_counts), dict(self.rule_totals)
@@ -573,16 +583,42 @@ class Lead(Aggregate):
             anonymous_id=anonymous_id, event_ids=[tp["event_id"] for tp in touchpoints],
             awards=[a.to_dict() for a in awards], engagement_value=value,
             engagement_as_of=as_of, last_touch_at=last, occurred_at=occurred_at,
-            rules_version=rules.version,
+            rules_version=rules.version, interest_id=interest_id,
         )
 
     @event("InterestAbsorbed")
-    def _interest_absorbed(self, anonymous_id: str, event_ids: list[str],
+    def _interest_absorbed(self, anonymous_id: str | None, event_ids: list[str],
                            awards: list[dict[str, Any]], engagement_value: float,
                            engagement_as_of: datetime, last_touch_at: datetime | None,
-                           occurred_at: datetime, rules_version: str) -> None:
+                           occurred_at: datetime, rules_version: str,
+                           interest_id: UUID | None = None) -> None:
         self.seen.update(event_ids)
+        if interest_id is not None:
+            self.interests = [*getattr(self, "interests", []), interest_id]
         self._apply_awards(awards, engagement_value, engagement_as_of)
         self.touchpoints += len(event_ids)
         if last_touch_at and (self.last_touch_at is None or last_touch_at > self.last_touch_at):
             self.last_touch_at = last_touch_at
+
+    # ----- privacy
+
+    def forget(self, occurred_at: datetime, actor: str, reason: str,
+               data_keys: list[UUID]) -> None:
+        """The person asked to be erased: their data keys (``data_keys``: this lead's, the
+        merged leads' and absorbed interests') are deleted in the same transaction, so
+        their personal values can never be read again. The lead stays in every count."""
+        if self.forgotten:
+            raise LeadForgottenError(f"lead {self.id} is already forgotten")
+        self._forgotten(occurred_at=occurred_at, actor=actor, reason=reason,
+                        data_keys=data_keys)
+
+    @event("Forgotten")
+    def _forgotten(self, occurred_at: datetime, actor: str, reason: str,
+                   data_keys: list[UUID]) -> None:
+        self.forgotten = True
+        self.primary_key = None
+        self.identity_keys = []
+        self.profile = {k: v for k, v in self.profile.items()
+                        if k not in PERSONAL_PROFILE_FIELDS}
+        if self.landing_page:
+            self.landing_page = public_url(self.landing_page)

@@ -38,6 +38,8 @@ from leadflow.domain import (
     Clock,
     Lead,
     LeadflowError,
+    LeadForgottenError,
+    PersonalDataError,
     RuleBook,
     UnknownLeadError,
     UnknownRepError,
@@ -57,6 +59,7 @@ from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
     BatchResult,
     ClockResult,
+    ForgetResult,
     LeadView,
     MigrationResult,
     Outcome,
@@ -69,6 +72,7 @@ from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.fold import OPENED, FoldingEventStore
 from leadflow.store.keys import keyring_from_env
+from leadflow.store.personal import Vault, master_keys_from_env, personal_data_plain
 from leadflow.store.recorders import (
     LeadflowPOPOProcessRecorder,
     RecordId,
@@ -113,13 +117,16 @@ class LeadflowApp(Application[UUID]):
         # The audit key signs every row's chain link (store/keys.py); never in the database.
         # Read before connecting, so a store without one is refused before anything opens.
         config = self.construct_env(self.name, env)
-        self.keyring = keyring_from_env(
-            config, config.get("SQLITE_DBNAME"),
-            config.get("PERSISTENCE_MODULE") or "eventsourcing.popo")
+        persistence = config.get("PERSISTENCE_MODULE") or "eventsourcing.popo"
+        self.keyring = keyring_from_env(config, config.get("SQLITE_DBNAME"), persistence)
+        # The master key wraps each person's data key (store/personal.py); same rules.
+        self.master_keys = master_keys_from_env(config, config.get("SQLITE_DBNAME"),
+                                                persistence)
+        self.personal_plain = personal_data_plain(config)
         super().__init__(env)
         self.rules = rules or default_rules()
-        self.codec = EventCodec(self.mapper, self.recorder, self.keyring)
-        self.directory = Directory(self.indexes)
+        self.codec = EventCodec(self.mapper, self.recorder, self.keyring, self.vault)
+        self.directory = Directory(self.indexes, self.vault.lookup)
         if not migrating:
             self._check_store_version()
         cache = self.repository.cache
@@ -154,8 +161,10 @@ class LeadflowApp(Application[UUID]):
         return fast
 
     def construct_event_store(self) -> EventStore[UUID]:
-        # Reads envelopes (one row per cause, store/fold.py) as the events they hold.
-        return FoldingEventStore(self.mapper, self.recorder)
+        # Reads envelopes (one row per cause, store/fold.py) as the events they hold, with
+        # personal values decrypted by the vault (made here: it needs the recorder).
+        self.vault = Vault(self.master_keys, self.recorder, plain=self.personal_plain)
+        return FoldingEventStore(self.mapper, self.recorder, self.vault)
 
     def construct_recorder(self) -> ProcessRecorder:
         # A process recorder can commit a tracking position with the events (Kafka offsets);
@@ -375,11 +384,82 @@ class LeadflowApp(Application[UUID]):
         Returns (survivor id, restored lead id).
         """
         unit = self._unit()
-        unit.cause = {"command": "unmerge", "actor": actor, "identity": key}
+        # The cause is stored readable: it names no identity (that is personal data).
+        unit.cause = {"command": "unmerge", "actor": actor}
         survivor, restored = unmerge(self._decide(unit), key, at, actor,
                                      lambda lead_id: list(self.events.get(lead_id)))
         self._commit(unit, None)
         return survivor, restored
+
+    def forget(self, key_or_id: str | UUID, reason: str, actor: str,
+               at: datetime) -> ForgetResult:
+        """Erase a person (GDPR art. 17): crypto-shred their lead.
+
+        One transaction: the data keys of the lead, of every lead merged into it and of the
+        anonymous interests they absorbed are deleted, their identity rows too, and a
+        ``Forgotten`` event (who, when, why: nothing personal) is recorded on the lead. The
+        stored rows are not touched, so the chain still verifies; the lead keeps its stage,
+        score and owner in every count. A new record with the same email starts a new lead.
+        """
+        if self.vault.plain:
+            raise PersonalDataError(
+                "personal data in this store is not encrypted (LEADFLOW_PERSONAL_DATA=plain): "
+                "nothing can be shredded")
+        lead_id = self.resolve(key_or_id)
+        unit = self._unit()
+        unit.cause = {"command": "forget", "actor": actor}
+        lead = unit.get(Lead, lead_id)
+        assert lead is not None  # resolve found it
+        if lead.forgotten:
+            raise LeadForgottenError(f"lead {lead_id} is already forgotten")
+        members = self._family(unit, lead)
+        keys = sorted({k for m in members for k in m.identity_keys})
+        shredded = sorted({m.id for m in members}
+                          | {i for m in members for i in getattr(m, "interests", [])},
+                          key=str)
+        unreadable = [str(m.id) for m in members if not self.vault.has_key(m.id)]
+        if unreadable:
+            raise PersonalDataError(
+                f"lead(s) {', '.join(unreadable)} were stored before per-person encryption "
+                "(store format < 5, or LEADFLOW_PERSONAL_DATA=plain): their personal values "
+                "sit readable in immutable rows and cannot be shredded; nothing was changed")
+        for key in keys:
+            unit.drop_identity(key)
+        unit.books.dropped_data_keys.update(shredded)
+        lead.forget(at, actor, reason, shredded)
+        self._commit(unit, None)
+        self.recorder_erase_freed_pages()
+        log.info("person forgotten", lead_id=str(lead_id), leads=len(members),
+                 data_keys=len(shredded), identities=len(keys))
+        return ForgetResult(lead_id, tuple(m.id for m in members), len(shredded), len(keys))
+
+    def _family(self, unit: Unit, lead: Lead) -> list[Lead]:
+        """The lead and every lead merged into it, at any depth."""
+        members: list[Lead] = []
+        todo = [lead.id]
+        seen: set[UUID] = set()
+        while todo:
+            member_id = todo.pop()
+            if member_id in seen:
+                continue
+            seen.add(member_id)
+            member = unit.get(Lead, member_id)
+            if member is None:
+                continue
+            members.append(member)
+            todo += member.merged_from
+        return members
+
+    def recorder_erase_freed_pages(self) -> None:
+        """SQLite keeps deleted rows' bytes in free pages and in its write-ahead log until
+        they are reused: the data keys ``forget`` deleted are overwritten (``secure_delete``
+        zeroed them as they were deleted) and the log truncated. PostgreSQL: the README's
+        Privacy section says what VACUUM and backups do."""
+        datastore = getattr(self.recorder, "datastore", None)
+        if datastore is None or hasattr(datastore, "schema"):
+            return
+        with datastore.transaction(commit=False) as cursor:
+            cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def publish_rules(self, rules: Rules, text: str, at: datetime, actor: str) -> bool:
         """Record a rules version for live scoring from now on (history is not rewritten)."""
@@ -475,6 +555,7 @@ class LeadflowApp(Application[UUID]):
             account_id=lead.account_id, dormant=lead.dormant, touchpoints=lead.touchpoints,
             last_touch_at=lead.last_touch_at, merged_from=tuple(lead.merged_from),
             transitions=tuple(dict(t) for t in lead.transitions), profile=dict(lead.profile),
+            forgotten=getattr(lead, "forgotten", False),
         )
 
     def lead_ids(self, batch: int = 1000) -> Iterator[UUID]:
@@ -560,6 +641,8 @@ class LeadflowApp(Application[UUID]):
         """Drop every cached aggregate and identity row (after a failed batch, or when another
         writer moved on)."""
         self.directory.clear()
+        self.vault.rolled_back()
+        self.vault.clear()
         cache = self.repository.cache
         if cache is None:
             return
@@ -597,6 +680,8 @@ class LeadflowApp(Application[UUID]):
         """
         if stored is None:
             stored = self._encode(unit)
+        # Data keys made for new leads and interests are stored with their first rows.
+        unit.books.new_data_keys.update(self.vault.new_keys())
         if not stored and tracking is None and not unit.timers and not unit.books:
             return
         try:
@@ -606,6 +691,8 @@ class LeadflowApp(Application[UUID]):
             # Aggregates in the cache may hold the uncommitted changes: forget them all.
             self.forget_cached_aggregates()
             raise
+        self.vault.committed()
+        self.vault.shredded(unit.books.dropped_data_keys)
         self.directory.remember(i for i in unit.identities.values() if i is not None)
         cache = self.repository.cache
         if cache is not None and not self.repository.fastforward:
@@ -654,6 +741,7 @@ class LeadflowApp(Application[UUID]):
         return RecordResult(index, event_id, Outcome.APPLIED, lead_id)
 
 
-__all__ = ["INFRASTRUCTURE_ERRORS", "BatchResult", "ClockResult", "LeadView", "LeadflowApp",
+__all__ = ["INFRASTRUCTURE_ERRORS", "BatchResult", "ClockResult", "ForgetResult", "LeadView",
+           "LeadflowApp",
            "MigrationResult", "NotMergedError", "Outcome", "RecordResult", "RuleContribution",
            "StoreVersionError", "record_digest"]

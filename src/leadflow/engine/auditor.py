@@ -26,7 +26,7 @@ from leadflow.domain import (
     Lead,
     UnknownLeadError,
 )
-from leadflow.domain.ids import interest_id_for
+from leadflow.domain.ids import legacy_interest_id
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.history import HistoryRow
 from leadflow.engine.history import rows as history_rows
@@ -237,7 +237,12 @@ class Auditor:
                                     "occurred_at": event.occurred_at,
                                     "context": event.context})
                     elif name == "InterestAbsorbed":
-                        interest_id = interest_id_for(event.anonymous_id)
+                        # Named by the event since format 5; before, derived from the cookie.
+                        interest_id = getattr(event, "interest_id", None)
+                        if interest_id is None:
+                            if event.anonymous_id is None:
+                                continue  # forgotten, and stored before format 5
+                            interest_id = legacy_interest_id(event.anonymous_id)
                         interest = self.replay(self.events(interest_id, "interest"),
                                                "interest")
                         if isinstance(interest, Interest):

@@ -137,7 +137,7 @@ class RecordProcessor:
             return self.unit.add(Lead(
                 primary_key=person_keys[0], created_at=at, source=rec.context.source,
                 campaign=rec.context.campaign, landing_page=rec.context.landing_page,
-                account_id=None,
+                account_id=None, origin=rec.event_id,
             )), True
         leads.sort(key=lambda candidate: (candidate.created_at, str(candidate.id)))
         lead = leads[0]
@@ -161,7 +161,7 @@ class RecordProcessor:
                     # its records); the identity row below points the cookie at the lead, so
                     # the interest is never consulted again and needs no event of its own.
                     lead.absorb_interest(interest.anonymous_id, interest.touchpoints, at,
-                                         self.rules)
+                                         self.rules, interest_id=interest.id)
                 self.unit.repoint(index, lead.id, False)  # anonymous interest now a person
             elif index.target_id != lead.id:
                 self.unit.repoint(index, lead.id, False)  # merged
@@ -197,7 +197,8 @@ class RecordProcessor:
         anonymous_id = key.split(":", 1)[1]
         interest = self.unit.get(Interest, index.target_id) if index is not None else None
         if interest is None:
-            interest = self.unit.add(Interest(anonymous_id=anonymous_id, occurred_at=at))
+            interest = self.unit.add(Interest(anonymous_id=anonymous_id, occurred_at=at,
+                                              origin=rec.event_id))
             self.unit.register(key, interest.id, True)
         if rec.event_id in interest.seen:
             return None, True

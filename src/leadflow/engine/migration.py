@@ -6,7 +6,10 @@ with the events) instead of TimerBucket events. Format 3 stores one row per reco
 bookkeeping tables (store/bookkeeping.py) instead of IdentityIndex, Account.Engaged and
 Router load events. Format 4 chains every aggregate's rows with keyed links; ``migrate``
 records where that began, so the older unlinked rows of accounts, interests and the clock
-are counted by ``verify``, not reported. ``migrate`` builds all of it from the stored
+are counted by ``verify``, not reported. Format 5 keys the identity table by keyed hashes
+and encrypts personal values per person (store/personal.py): ``migrate`` re-keys the
+identity table; rows written before stay as they are (their personal values readable, and
+``forget`` refuses those leads, naming why). ``migrate`` builds all of it from the stored
 events — which stay as they are, so every record keeps its record time — and records the
 format; run again, it rebuilds.
 """
@@ -68,7 +71,8 @@ def check_store_version(indexes: RecordIdIndex) -> None:
     raise StoreVersionError(
         f"this event store was written in format {version or 1} by an earlier leadflow; "
         f"run `leadflow db migrate` once to bring it to format {STORE_VERSION} (it keeps "
-        "every event and builds the timer index and the bookkeeping tables)")
+        "every event and builds the timer index and the bookkeeping tables, and re-keys the "
+        "identity table by keyed hashes)")
 
 
 #: Metadata: a value the store's cipher encrypted when the store was created ("" when it was
@@ -136,12 +140,30 @@ def migrate(app: LeadflowApp,
         if progress:
             progress(min(start + MIGRATE_CHUNK, len(lead_ids)), len(lead_ids))
     app.recorder.insert_events([], books=books_from_events(app))
+    app.recorder.insert_events([], books=hashed_identities(app))
     if app.indexes.meta(CHAINED_SINCE) is None:
         # Rows so far were written when only leads were chained: verify counts the other
         # aggregates' unlinked rows up to here instead of reporting them.
         app.indexes.set_meta(CHAINED_SINCE, str(app.indexes.max_notification_id() or 0))
     app.indexes.set_store_version(STORE_VERSION)
     return MigrationResult(len(lead_ids), timed, tuple(unloadable), STORE_VERSION)
+
+
+def hashed_identities(app: LeadflowApp, page: int = 5000) -> Books:
+    """The identity table of a format-3/4 store (keyed by ``email:…`` itself) re-keyed by
+    keyed hashes: each plain row is deleted and its hash inserted. Hashed rows (hex, no
+    ``:``) are left alone, so a second run changes nothing."""
+    books = Books()
+    after = ""
+    while True:
+        rows = app.indexes.scan_identities(after, page)
+        for key, target, is_interest in rows:
+            if ":" in key:
+                books.dropped_identities.add(key)
+                books.moved_identities[app.vault.lookup(key)] = (target, is_interest)
+        if len(rows) < page:
+            return books
+        after = rows[-1][0]
 
 
 # The @event decorator creates these classes at import time; mypy cannot see them.
@@ -173,7 +195,8 @@ def books_from_events(app: LeadflowApp, page: int = 5000) -> Books:
                 keys[event.originator_id] = event.key
             key = keys.get(event.originator_id)
             if key is not None:
-                books.moved_identities[key] = (event.target_id, event.is_interest)
+                books.moved_identities[app.vault.lookup(key)] = (event.target_id,
+                                                                 event.is_interest)
         if len(found) < page:
             break
         start = found[-1].id + 1

@@ -4,7 +4,7 @@ saved together in one transaction at its end."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TypeVar
@@ -66,20 +66,25 @@ class Identity:
 class Directory:
     """The process's cache of the identity index, over the store's ``leadflow_identities``.
 
+    The table is keyed by ``hasher(key)`` (a keyed hash, store/personal.py), never by the
+    email or phone; the engine speaks identity keys, this class translates.
     Only committed rows are cached (``remember`` after a commit); ``clear`` when a batch
     failed or another writer may have moved a key.
     """
 
-    def __init__(self, store: RecordIdIndex) -> None:
+    def __init__(self, store: RecordIdIndex, hasher: Callable[[str], str]) -> None:
         self.store = store
+        self.hasher = hasher
         self.cache: dict[str, Identity] = {}
 
     def lookup(self, keys: Iterable[str]) -> dict[str, Identity]:
         cache = self.cache
         found = {k: cache[k] for k in keys if k in cache}
-        missing = [k for k in keys if k not in found]
+        missing = {self.hasher(k): k for k in keys if k not in found}
         if missing:
-            for key, (target, interest) in self.store.select_identities(missing).items():
+            for hashed, (target, interest) in self.store.select_identities(
+                    list(missing)).items():
+                key = missing[hashed]
                 found[key] = cache[key] = Identity(key, target, interest)
         return found
 
@@ -174,7 +179,7 @@ class Unit:
     def register(self, key: str, target_id: UUID, is_interest: bool) -> Identity:
         identity = Identity(key, target_id, is_interest)
         self.identities[key] = identity
-        self.books.new_identities[key] = (target_id, is_interest)
+        self.books.new_identities[self.directory.hasher(key)] = (target_id, is_interest)
         return identity
 
     def repoint(self, identity: Identity, target_id: UUID, is_interest: bool) -> Identity:
@@ -186,11 +191,18 @@ class Unit:
         key = identity.key
         moved = self.identities[key] = Identity(key, target_id, is_interest)
         books = self.books
-        if key in books.new_identities:
-            books.new_identities[key] = (target_id, is_interest)
+        hashed = self.directory.hasher(key)
+        if hashed in books.new_identities:
+            books.new_identities[hashed] = (target_id, is_interest)
         else:
-            books.moved_identities[key] = (target_id, is_interest)
+            books.moved_identities[hashed] = (target_id, is_interest)
         return moved
+
+    def drop_identity(self, key: str) -> None:
+        """Delete an identity's row (``forget``): its key will find nothing, ever again."""
+        self.identities[key] = None
+        self.directory.cache.pop(key, None)
+        self.books.dropped_identities.add(self.directory.hasher(key))
 
     # ----------------------------------------------------------------- accounts, routing
 

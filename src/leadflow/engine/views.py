@@ -57,7 +57,7 @@ class RuleContribution:
 @dataclass(frozen=True, slots=True)
 class LeadView:
     lead_id: UUID
-    primary_key: str
+    primary_key: str | None  # None once the person is forgotten
     identities: tuple[str, ...]
     at: datetime
     stage: str | None
@@ -79,11 +79,13 @@ class LeadView:
     merged_from: tuple[UUID, ...]
     transitions: tuple[dict[str, Any], ...]
     profile: dict[str, Any] = field(default_factory=dict)
+    forgotten: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
             "lead_id": str(self.lead_id),
             "primary_key": self.primary_key,
+            "forgotten": self.forgotten,
             "identities": list(self.identities),
             "at": self.at.isoformat(),
             "stage": self.stage,
@@ -120,6 +122,21 @@ class ClockResult:
     woken: int
     events: int
     unloadable: tuple[UUID, ...] = ()  # leads skipped: their stored events cannot be loaded
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetResult:
+    """What ``LeadflowApp.forget`` did: the lead, the leads merged into it (all forgotten
+    with it), data keys deleted, identity rows deleted."""
+
+    lead_id: UUID
+    leads: tuple[UUID, ...]
+    data_keys: int
+    identities: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"lead_id": str(self.lead_id), "leads": [str(i) for i in self.leads],
+                "data_keys": self.data_keys, "identities": self.identities}
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,6 +39,7 @@ from eventsourcing.persistence import StoredEvent
 from leadflow.store import chain, fold
 from leadflow.store.chain import LeadVerification, Problem
 from leadflow.store.keys import Keyring
+from leadflow.store.personal import PII, Vault
 from leadflow.store.recorders import RecordIdIndex
 
 CHECKPOINT_FORMAT = "leadflow-checkpoint/1"
@@ -87,9 +88,21 @@ class Refs:
     keys: set[str] = field(default_factory=set)
     accounts: set[UUID] = field(default_factory=set)
     merged: bool = False
+    # Rows whose personal values do not decrypt with the aggregate's data key.
+    undecryptable: list[str] = field(default_factory=list)
 
-    def read(self, kind: str, topic: str, data: dict[str, Any]) -> None:
-        for name, fields in _pairs(topic, data):
+    def read(self, kind: str, topic: str, data: dict[str, Any], vault: Vault | None = None,
+             oid: UUID | None = None) -> None:
+        for name, stored in _pairs(topic, data):
+            fields = stored
+            if vault is not None and oid is not None and PII in stored:
+                # Identity keys are sealed with the person's data key (store/personal.py);
+                # once forgotten, the event names none (its placeholders are read).
+                fields = dict(stored)
+                try:
+                    vault.open(f"{kind}.{name}", oid, fields)
+                except ValueError as exc:
+                    self.undecryptable.append(str(exc))
             if kind == "Lead":
                 if name == "Created" and isinstance(fields.get("primary_key"), str):
                     self.keys.add(fields["primary_key"])
@@ -110,10 +123,11 @@ class Refs:
                 self.keys.add(ANONYMOUS + fields["anonymous_id"])
 
 
-def identity_names(kind: str, topic: str, data: dict[str, Any]) -> set[str]:
+def identity_names(kind: str, topic: str, data: dict[str, Any], vault: Vault | None = None,
+                   oid: UUID | None = None) -> set[str]:
     """The identity keys one stored row gives its aggregate."""
     refs = Refs()
-    refs.read(kind, topic, data)
+    refs.read(kind, topic, data, vault, oid)
     return refs.keys
 
 
@@ -184,9 +198,15 @@ def _groups(recorder: RecordIdIndex, page: int
 
 def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
                  anchor: int | None = None, page: int = PAGE,
-                 progress: Callable[[int], None] | None = None) -> StoreReport:
+                 progress: Callable[[int], None] | None = None,
+                 vault: Vault | None = None) -> StoreReport:
     """Check every stored row and the identity table (see the module doc). Never raises on
-    a damaged store: what is wrong is a problem in the report."""
+    a damaged store: what is wrong is a problem in the report.
+
+    With a ``vault``, identity keys sealed in the events are read with each person's data
+    key and compared with the identity table's keyed hashes."""
+    if vault is not None:
+        vault.preload_all()
     position = recorder.max_notification_id() or 0
     report = StoreReport(position, position if anchor is None else anchor)
     # Rows up to here were written before every aggregate was chained (a store migrated to
@@ -210,8 +230,8 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
         mine = Refs()
 
         def seen(event: StoredEvent, data: dict[str, Any], kind: str = kind,
-                 mine: Refs = mine) -> None:
-            mine.read(kind, event.topic, data)
+                 mine: Refs = mine, oid: UUID = oid) -> None:
+            mine.read(kind, event.topic, data, vault, oid)
 
         legacy = frozenset(e.originator_version for nid, e in group
                            if nid <= chained_since) if kind != "Lead" else frozenset()
@@ -220,6 +240,9 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
             plain, keyring, seen if kind in ("Lead", "Interest") else None, legacy)
         if mine.keys or mine.accounts:
             refs[oid] = mine
+        for reason in mine.undecryptable:
+            report.problems.append(Problem(oid if kind == "Lead" else None, 0, reason, kind,
+                                           oid).as_dict())
         _account(report, result)
         anchored = [e for nid, e in group if nid <= report.anchor]
         if anchored:
@@ -227,7 +250,8 @@ def verify_store(recorder: RecordIdIndex, keyring: Keyring, plain: Plain = None,
             report.heads[str(oid)] = (kind, _last_version(anchored[-1], plain), head)
         if progress:
             progress(len(group))
-    _check_references(recorder, report, kinds, refs, page)
+    _check_references(recorder, report, kinds, refs, page,
+                      vault.lookup if vault is not None else None)
     return report
 
 
@@ -264,8 +288,17 @@ def _last_version(event: StoredEvent, plain: Plain) -> int:
 
 
 def _check_references(recorder: RecordIdIndex, report: StoreReport, kinds: dict[UUID, str],
-                      refs: dict[UUID, Refs], page: int) -> None:
-    """Identity rows against the events, both ways, and the accounts leads name."""
+                      refs: dict[UUID, Refs], page: int,
+                      hasher: Callable[[str], str] | None) -> None:
+    """Identity rows against the events, both ways, and the accounts leads name.
+
+    The identity table is keyed by ``hasher(key)`` (store/personal.py); problems name the
+    hash, never the email or phone."""
+    def name(key: str) -> str:
+        return hasher(key) if hasher is not None else key
+
+    for mine in refs.values():
+        mine.keys = {name(k) for k in mine.keys}
     present: set[str] = set()
     after = ""
     while True:

@@ -15,6 +15,13 @@ aggregates:
   order two writers commit in does not matter.
 - ``leadflow_counters``: the router's per-rep load (``load:<rep>``, added atomically:
   ``value = value + delta``) and round-robin positions (``cursor:<team>``, set).
+- ``leadflow_data_keys``: each lead's (and anonymous interest's) data key, wrapped by the
+  master key (store/personal.py), inserted with the aggregate's first row and deleted by
+  ``forget`` — the one table that is not derived from the events: deleting a row is what
+  makes that person's values unreadable forever.
+
+Identity keys in ``leadflow_identities`` are keyed hashes (store/personal.py), never the
+email or phone itself.
 
 Rows are written in key order, so two writers never wait on each other in opposite orders.
 """
@@ -30,6 +37,7 @@ from uuid import UUID
 IDENTITIES_TABLE = "leadflow_identities"
 ENGAGEMENTS_TABLE = "leadflow_engagements"
 COUNTERS_TABLE = "leadflow_counters"
+DATA_KEYS_TABLE = "leadflow_data_keys"
 
 _SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
 
@@ -55,10 +63,14 @@ class Books:
     load: dict[str, int] = field(default_factory=dict)  # rep -> change of its load
     cursors: dict[str, int] = field(default_factory=dict)  # team -> next position
     exact: dict[str, int] = field(default_factory=dict)  # counter -> value (db migrate)
+    new_data_keys: dict[UUID, bytes] = field(default_factory=dict)  # id -> wrapped key
+    dropped_data_keys: set[UUID] = field(default_factory=set)  # forget
+    dropped_identities: set[str] = field(default_factory=set)  # forget
 
     def __bool__(self) -> bool:
         return bool(self.new_identities or self.moved_identities or self.engagements
-                    or self.load or self.cursors or self.exact)
+                    or self.load or self.cursors or self.exact or self.new_data_keys
+                    or self.dropped_data_keys or self.dropped_identities)
 
     def counters_added(self) -> list[tuple[str, int]]:
         return sorted((f"load:{rep}", delta) for rep, delta in self.load.items() if delta)
@@ -98,11 +110,24 @@ def postgres_ddl(schema: str) -> list[str]:
         "PRIMARY KEY (account_id, lead_id))",
         f'CREATE TABLE IF NOT EXISTS "{schema}".{COUNTERS_TABLE} (name text PRIMARY KEY, '
         "value bigint NOT NULL)",
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{DATA_KEYS_TABLE} (aggregate_id uuid '
+        "PRIMARY KEY, wrapped bytea NOT NULL)",
     ]
 
 
 def postgres_write(curs: Any, schema: str, books: Books) -> None:
     t = f'"{schema}"'
+    if books.new_data_keys:
+        ids = sorted(books.new_data_keys)
+        curs.execute(f"INSERT INTO {t}.{DATA_KEYS_TABLE} (aggregate_id, wrapped) "
+                     "SELECT * FROM unnest(%b::uuid[], %b::bytea[])",
+                     (ids, [books.new_data_keys[i] for i in ids]), prepare=True)
+    if books.dropped_data_keys:
+        curs.execute(f"DELETE FROM {t}.{DATA_KEYS_TABLE} WHERE aggregate_id = ANY(%s)",
+                     (sorted(books.dropped_data_keys),))
+    if books.dropped_identities:
+        curs.execute(f"DELETE FROM {t}.{IDENTITIES_TABLE} WHERE key = ANY(%s)",
+                     (sorted(books.dropped_identities),))
     if books.new_identities:
         # A plain INSERT: a key another writer registered meanwhile is a conflict (retried).
         keys = sorted(books.new_identities)
@@ -163,6 +188,19 @@ def postgres_engagements(curs: Any, schema: str, account_ids: Sequence[UUID]
     return out
 
 
+def postgres_data_keys(curs: Any, schema: str, ids: Sequence[UUID]) -> dict[UUID, bytes]:
+    curs.execute(f'SELECT aggregate_id, wrapped FROM "{schema}".{DATA_KEYS_TABLE} '
+                 "WHERE aggregate_id = ANY(%s)", (list(ids),), prepare=True)
+    return {row["aggregate_id"]: bytes(row["wrapped"]) for row in curs.fetchall()}
+
+
+def postgres_add_data_key(curs: Any, schema: str, aggregate_id: UUID, wrapped: bytes) -> None:
+    """Insert a key unless one is there (the identity lookup key: first writer wins)."""
+    curs.execute(f'INSERT INTO "{schema}".{DATA_KEYS_TABLE} (aggregate_id, wrapped) '
+                 "VALUES (%s, %s) ON CONFLICT (aggregate_id) DO NOTHING",
+                 (aggregate_id, wrapped))
+
+
 def postgres_counters(curs: Any, schema: str) -> dict[str, int]:
     curs.execute(f'SELECT name, value FROM "{schema}".{COUNTERS_TABLE}')
     return {row["name"]: int(row["value"]) for row in curs.fetchall()}
@@ -179,11 +217,23 @@ SQLITE_DDL = [
     "WITHOUT ROWID",
     f"CREATE TABLE IF NOT EXISTS {COUNTERS_TABLE} (name TEXT PRIMARY KEY, "
     "value INTEGER NOT NULL) WITHOUT ROWID",
+    f"CREATE TABLE IF NOT EXISTS {DATA_KEYS_TABLE} (aggregate_id TEXT PRIMARY KEY, "
+    "wrapped BLOB NOT NULL) WITHOUT ROWID",
 ]
 
 
 def sqlite_write(c: Any, books: Books) -> None:
     """Raises sqlite3.IntegrityError for a new identity key that is already registered."""
+    if books.dropped_data_keys:
+        # forget: the deleted keys' bytes are overwritten with zeros, not left in free space
+        # (the application truncates the write-ahead log after the commit).
+        c.execute("PRAGMA secure_delete=ON")
+    c.executemany(f"INSERT INTO {DATA_KEYS_TABLE} VALUES (?, ?)",
+                  [(i.hex, w) for i, w in sorted(books.new_data_keys.items())])
+    c.executemany(f"DELETE FROM {DATA_KEYS_TABLE} WHERE aggregate_id = ?",
+                  [(i.hex,) for i in sorted(books.dropped_data_keys)])
+    c.executemany(f"DELETE FROM {IDENTITIES_TABLE} WHERE key = ?",
+                  [(k,) for k in sorted(books.dropped_identities)])
     c.executemany(f"INSERT INTO {IDENTITIES_TABLE} VALUES (?, ?, ?)",
                   [(k, t.hex, int(i)) for k, (t, i) in sorted(books.new_identities.items())])
     c.executemany(f"INSERT OR REPLACE INTO {IDENTITIES_TABLE} VALUES (?, ?, ?)",
@@ -227,6 +277,23 @@ def sqlite_engagements(c: Any, account_ids: Sequence[UUID]) -> dict[UUID, dict[U
     return out
 
 
+def sqlite_data_keys(c: Any, ids: Sequence[UUID]) -> dict[UUID, bytes]:
+    out: dict[UUID, bytes] = {}
+    unique = [i.hex for i in dict.fromkeys(ids)]
+    for start in range(0, len(unique), 500):
+        chunk = unique[start:start + 500]
+        c.execute(f"SELECT aggregate_id, wrapped FROM {DATA_KEYS_TABLE} "
+                  f"WHERE aggregate_id IN ({','.join('?' * len(chunk))})", chunk)
+        for aggregate_id, wrapped in c.fetchall():
+            out[UUID(aggregate_id)] = bytes(wrapped)
+    return out
+
+
+def sqlite_add_data_key(c: Any, aggregate_id: UUID, wrapped: bytes) -> None:
+    c.execute(f"INSERT OR IGNORE INTO {DATA_KEYS_TABLE} VALUES (?, ?)",
+              (aggregate_id.hex, wrapped))
+
+
 def sqlite_counters(c: Any) -> dict[str, int]:
     c.execute(f"SELECT name, value FROM {COUNTERS_TABLE}")
     return {name: int(value) for name, value in c.fetchall()}
@@ -242,11 +309,17 @@ class MemoryBooks:
     identities: dict[str, Target] = field(default_factory=dict)
     engagements: dict[UUID, dict[UUID, datetime]] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
+    data_keys: dict[UUID, bytes] = field(default_factory=dict)
 
     def conflicts(self, books: Books) -> list[str]:
         return [k for k in books.new_identities if k in self.identities]
 
     def write(self, books: Books) -> None:
+        self.data_keys.update(books.new_data_keys)
+        for aggregate_id in books.dropped_data_keys:
+            self.data_keys.pop(aggregate_id, None)
+        for key in books.dropped_identities:
+            self.identities.pop(key, None)
         self.identities.update(books.new_identities)
         self.identities.update(books.moved_identities)
         for (account, lead), at in books.engagements.items():

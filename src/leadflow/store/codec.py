@@ -20,18 +20,23 @@ from psycopg.sql import SQL, Identifier
 
 from leadflow.store import chain, fold
 from leadflow.store.keys import Keyring
+from leadflow.store.personal import Vault
 
 
 class EventCodec:
-    """Encodes aggregates' pending events for the recorder, and reads stored events back."""
+    """Encodes aggregates' pending events for the recorder, and reads stored events back.
+
+    Personal values are sealed with their aggregate's data key as each event is encoded,
+    and opened as rows are expanded (store/personal.py)."""
 
     def __init__(self, mapper: Mapper[UUID], recorder: AggregateRecorder,
-                 keyring: Keyring) -> None:
+                 keyring: Keyring, vault: Vault) -> None:
         self.mapper = mapper
         self.recorder = recorder
         self.keyring = keyring
+        self.vault = vault
         self._topics: dict[type, str] = {}
-        self.expander = fold.Expander(mapper)
+        self.expander = fold.Expander(mapper, vault)
 
     def select_many(self, ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
         """Every stored event of many aggregates, by aggregate, in version order."""
@@ -67,6 +72,8 @@ class EventCodec:
                 found = list(recorder.select_events(aggregate_id))
                 if found:
                     out[aggregate_id] = found
+        # Their data keys in one query too, before the rows are expanded.
+        self.vault.preload(out)
         return out
 
     def stored(self, aggregate: Aggregate,
@@ -117,7 +124,9 @@ class EventCodec:
         class_version = getattr(cls, "class_version", 1)
         if class_version > 1:
             state["class_version"] = class_version
-        return originator_id, version, self._topic(cls), state
+        topic = self._topic(cls)
+        self.vault.seal(topic.partition(":")[2], originator_id, state)
+        return originator_id, version, topic, state
 
     def encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:
         originator_id, version, topic, state = self._state(event)

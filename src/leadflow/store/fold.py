@@ -29,12 +29,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import orjson
 from eventsourcing.persistence import EventStore, Mapper, StoredEvent
 from eventsourcing.utils import resolve_topic
+
+from leadflow.store.personal import PII, Vault
 
 RECORDED = ".Recorded"
 OPENED = ".Opened"
@@ -85,11 +87,29 @@ def split(pending: Sequence[Any], cuts: Sequence[tuple[int, Cause]]
 
 
 class Expander:
-    """Stored rows back to domain events, envelopes opened."""
+    """Stored rows back to domain events, envelopes opened, personal values decrypted (when
+    the person's data key is still there, see store/personal.py)."""
 
-    def __init__(self, mapper: Mapper[UUID]) -> None:
+    def __init__(self, mapper: Mapper[UUID], vault: Vault) -> None:
         self.mapper = mapper
+        self.vault = vault
         self._classes: dict[str, Any] = {}
+
+    def _class(self, topic: str) -> Any:
+        cls = self._classes.get(topic)
+        if cls is None:
+            cls = self._classes[topic] = resolve_topic(topic)
+        return cls
+
+    def _event(self, cls: Any, state: dict[str, Any]) -> Any:
+        class_version = getattr(cls, "class_version", 1)
+        from_version = state.pop("class_version", 1)
+        while from_version < class_version:
+            getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
+            from_version += 1
+        event = object.__new__(cls)
+        object.__setattr__(event, "__dict__", state)
+        return event
 
     def plain(self, state: bytes) -> bytes:
         mapper = self.mapper
@@ -106,9 +126,15 @@ class Expander:
     def open(self, stored: StoredEvent) -> tuple[Cause | None, list[Any]]:
         """A row's cause (None: a single event, stored without one) and its events."""
         topic = stored.topic
-        if not is_envelope(topic):
-            return None, [self.mapper.to_domain_event(stored)]
         data: dict[str, Any] = self.mapper.transcoder.decode(self.plain(stored.state))
+        vault = self.vault
+        originator_id = cast(UUID, stored.originator_id)
+        if not is_envelope(topic):
+            if PII in data:
+                vault.open(topic.partition(":")[2], originator_id, data)
+            data["originator_id"] = stored.originator_id
+            data["originator_version"] = stored.originator_version
+            return None, [self._event(self._class(topic), data)]
         events = data.get("events")
         if not isinstance(events, list) or not events:
             raise ValueError(f"envelope {topic} at version {stored.originator_version} of "
@@ -118,19 +144,11 @@ class Expander:
         out: list[Any] = []
         for name, state in events:
             full = f"{prefix}.{name}"
-            cls = self._classes.get(full)
-            if cls is None:
-                cls = self._classes[full] = resolve_topic(full)
+            if PII in state:
+                vault.open(full.partition(":")[2], originator_id, state)
             state["originator_id"] = stored.originator_id
             state["originator_version"] = version
-            class_version = getattr(cls, "class_version", 1)
-            from_version = state.pop("class_version", 1)
-            while from_version < class_version:
-                getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)
-                from_version += 1
-            event = object.__new__(cls)
-            object.__setattr__(event, "__dict__", state)
-            out.append(event)
+            out.append(self._event(self._class(full), state))
             version += 1
         chain = data.get("chain")
         if chain is not None:
@@ -152,9 +170,9 @@ class FoldingEventStore(EventStore[UUID]):
     events of a row beyond ``lte`` are dropped. ``limit`` counts rows.
     """
 
-    def __init__(self, mapper: Mapper[UUID], recorder: Any) -> None:
+    def __init__(self, mapper: Mapper[UUID], recorder: Any, vault: Vault) -> None:
         super().__init__(mapper, recorder)
-        self.expander = Expander(mapper)
+        self.expander = Expander(mapper, vault)
 
     def get(self, originator_id: UUID, *, gt: int | None = None, lte: int | None = None,
             desc: bool = False, limit: int | None = None) -> Iterator[Any]:

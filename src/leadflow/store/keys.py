@@ -102,22 +102,26 @@ class Keyring:
         return self._mac(kid, message)
 
 
-def read_key_file(path: Path) -> list[str]:
+def read_key_file(path: Path, what: str = "audit key") -> list[str]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        raise ConfigError(f"audit key file {path} cannot be read: {exc.strerror}") from exc
+        raise ConfigError(f"{what} file {path} cannot be read: {exc.strerror}") from exc
     return [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
 
 
-def write_key_file(path: Path, keys: Sequence[str]) -> None:
+AUDIT_KEY_FILE_HEADER = (
+    "# leadflow audit keys: the first line signs new chain links; keep older\n"
+    "# lines so links made before a rotation still verify. Keep a copy off\n"
+    "# the database host: without it the chain cannot be checked.\n")
+
+
+def write_key_file(path: Path, keys: Sequence[str], header: str = AUDIT_KEY_FILE_HEADER) -> None:
     """Write ``keys`` (signing key first) readable by the owner only, atomically."""
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write("# leadflow audit keys: the first line signs new chain links; keep older\n"
-                  "# lines so links made before a rotation still verify. Keep a copy off\n"
-                  "# the database host: without it the chain cannot be checked.\n")
+        out.write(header)
         out.writelines(f"{key}\n" for key in keys)
     os.replace(tmp, path)
 

@@ -1,0 +1,51 @@
+"""Which fields of which events are a person's personal data.
+
+A domain decision, kept in one place: the store (store/personal.py) encrypts exactly these
+values with the person's data key before an event is stored, and ``leadflow forget``
+makes them unreadable forever by deleting that key. Everything else stays readable for
+projections and audits: types, times, points, rules, stages, owners, sources, campaigns,
+the company (an account is a company, not a person) and reasons.
+
+Paths are dotted (``changes.first_name``: the ``first_name`` entry of the ``changes``
+dict). A path ending in ``~`` is a URL: its scheme, host and path stay readable (page
+rules such as ``/pricing`` match them, before and after a forget) and only its query and
+fragment, where trackers put emails and ids, are personal.
+
+Judgements, stated: the job title is personal (with the company it names one person);
+company, industry, size, revenue and country are facts about the company; a reason is a
+short disposition code an analyst reports on ("budget", "no-response") and stays readable
+— producers must not put personal data in it (the README says so); event ids are the
+producer's keys and stay readable.
+"""
+
+from __future__ import annotations
+
+#: Profile fields that are personal (the others describe the company).
+PERSONAL_PROFILE_FIELDS: tuple[str, ...] = ("first_name", "last_name", "title")
+
+_PROFILE = PERSONAL_PROFILE_FIELDS
+_CONTEXT = ("url~", "landing_page~")
+
+#: Event (``Aggregate.Event`` qualname) -> the paths of its personal values.
+PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
+    "Lead.Created": ("primary_key", "landing_page~"),
+    "Lead.IdentityAdded": ("key",),
+    "Lead.ProfileUpdated": tuple(f"changes.{f}" for f in _PROFILE),
+    "Lead.TouchpointScored": tuple(f"context.{f}" for f in _CONTEXT),
+    "Lead.Absorbed": ("identity_keys", *(f"profile.{f}" for f in _PROFILE)),
+    "Lead.InterestAbsorbed": ("anonymous_id",),
+    "Lead.StateRestored": ("state.primary_key", "state.identity_keys", "state.landing_page~",
+                           *(f"state.profile.{f}" for f in _PROFILE)),
+    "Interest.Created": ("anonymous_id",),
+    "Interest.TouchpointNoted": tuple(f"context.{f}" for f in _CONTEXT),
+}
+
+
+def public_url(url: str) -> str:
+    """A URL without its query and fragment: what stays readable of it."""
+    cut = len(url)
+    for mark in ("?", "#"):
+        at = url.find(mark)
+        if at != -1:
+            cut = min(cut, at)
+    return url[:cut]

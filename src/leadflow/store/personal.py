@@ -1,0 +1,444 @@
+"""Personal data encrypted per person, so a person can be erased from an immutable store.
+
+Crypto-shredding: each lead (and each anonymous interest) gets its own random 256-bit
+*data key*. Before an event is stored, the values domain/privacy.py names personal (email,
+phone, external and anonymous ids, names, title, URL queries) are taken out of its state
+and stored beside the readable rest as one AES-GCM blob (``"pii"``) under that key.
+Data keys sit in ``leadflow_data_keys``, each wrapped (AES-GCM) by the *master key*, which
+is never in the database. ``leadflow forget`` deletes the data keys of a person's leads:
+their rows stay byte for byte as they were (so the keyed chain still verifies: it covers
+the ciphertext), but the personal values in them can never be read again.
+
+Identity lookups use keyed hashes: ``leadflow_identities`` holds HMAC-SHA256(lookup key,
+``email:…``), not the email, and forget deletes the person's rows. The lookup key is random,
+made once per store and kept wrapped by the master key in the same table, so rotating the
+master key re-wraps keys and never re-hashes the identity table.
+
+The master key:
+
+- ``LEADFLOW_MASTER_KEY``: one key, or ``NEW,OLD`` after a rotation (the first wraps new
+  keys; ``leadflow privacy rotate-master-key`` re-wraps every key with it);
+- ``LEADFLOW_MASTER_KEY_FILE``: one key per line, the first one wrapping;
+- neither, with the embedded SQLite store: ``<database file>.master-key`` beside it,
+  created with owner-only permissions (and logged);
+- neither, with PostgreSQL: an error naming both variables.
+
+``LEADFLOW_PERSONAL_DATA=plain`` stores personal values unencrypted: the bench's baseline
+for the cost of encryption, never a production setting (``forget`` refuses such leads).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import os
+import secrets
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import orjson
+import structlog
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from leadflow.config import ConfigError
+from leadflow.domain.ids import singleton_id
+from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
+from leadflow.store import bookkeeping
+from leadflow.store.keys import MIN_KEY_BYTES, read_key_file, write_key_file
+
+log = structlog.get_logger(__name__)
+
+MASTER_KEY_ENV = "LEADFLOW_MASTER_KEY"
+MASTER_KEY_FILE_ENV = "LEADFLOW_MASTER_KEY_FILE"
+MASTER_KEY_FILE_SUFFIX = ".master-key"
+PERSONAL_DATA_ENV = "LEADFLOW_PERSONAL_DATA"
+PII = "pii"
+#: The identity lookup key's row in the data-key table (no aggregate has this id).
+LOOKUP_KEY_ROW = singleton_id("identity-lookup-key")
+
+_MASTER_FILE_HEADER = (
+    "# leadflow master key: wraps every person's data key. The first line wraps new keys;\n"
+    "# keep older lines until `leadflow privacy rotate-master-key` has run. Keep a copy\n"
+    "# off the database host: without it no personal value in the store can be read.\n")
+
+# Subkeys of these dicts are deleted when sealed (a profile without a name); other
+# personal values are replaced by an empty placeholder (None, []), so events keep their
+# shape when the values are gone.
+_DICTS_BY_KEY = frozenset({"changes", "profile"})
+# The data-key cache is bounded: beyond this many aggregates it starts over.
+_CACHE_MAX = 200_000
+
+
+def _derive(raw: bytes) -> tuple[str, AESGCM]:
+    kid = hashlib.sha256(b"leadflow-master-key-id|" + raw).hexdigest()[:8]
+    return kid, AESGCM(hashlib.sha256(b"leadflow-master-key|" + raw).digest())
+
+
+class MasterKeys:
+    """The wrapping key and the keys of earlier rotations, by key id (8 hex digits)."""
+
+    def __init__(self, texts: Sequence[str], source: str) -> None:
+        self.source = source
+        self.keys: dict[str, AESGCM] = {}
+        current = ""
+        for text in texts:
+            raw = text.strip().encode()
+            if len(raw) < MIN_KEY_BYTES:
+                raise ConfigError(f"master key from {source} is too short: at least "
+                                  f"{MIN_KEY_BYTES} characters (`leadflow audit new-key` "
+                                  "prints a good one)")
+            kid, aead = _derive(raw)
+            self.keys.setdefault(kid, aead)
+            current = current or kid
+        if not current:
+            raise ConfigError(f"no master key in {source}")
+        self.current = current
+
+    def wrap(self, aggregate_id: UUID, key: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return (self.current.encode() + nonce
+                + self.keys[self.current].encrypt(nonce, key, _wrap_aad(aggregate_id)))
+
+    def key_id_of(self, wrapped: bytes) -> str:
+        return wrapped[:8].decode("ascii", "replace")
+
+    def unwrap(self, aggregate_id: UUID, wrapped: bytes) -> bytes:
+        kid = self.key_id_of(wrapped)
+        aead = self.keys.get(kid)
+        if aead is None:
+            raise ConfigError(
+                f"the data key of {aggregate_id} is wrapped by master key {kid}, which is not "
+                f"among the configured ones ({self.source}): set {MASTER_KEY_ENV} to this "
+                "store's master key (after a rotation, NEW,OLD)")
+        try:
+            return aead.decrypt(wrapped[8:20], wrapped[20:], _wrap_aad(aggregate_id))
+        except InvalidTag as exc:
+            raise ValueError(f"the data key of {aggregate_id} does not unwrap: its row was "
+                             "altered or copied from another aggregate") from exc
+
+
+def _wrap_aad(aggregate_id: UUID) -> bytes:
+    return b"leadflow-data-key|" + aggregate_id.bytes
+
+
+def master_keys_from_env(env: Mapping[str, str], database_file: str | None,
+                         persistence: str) -> MasterKeys:
+    """The master keys the environment configures (see the module doc for the order)."""
+    text = env.get(MASTER_KEY_ENV)
+    if text:
+        return MasterKeys([k for k in text.split(",") if k.strip()], MASTER_KEY_ENV)
+    file = env.get(MASTER_KEY_FILE_ENV)
+    if file:
+        return MasterKeys(read_key_file(Path(file), "master key"),
+                          f"{MASTER_KEY_FILE_ENV}={file}")
+    if persistence.endswith("popo"):
+        return MasterKeys([secrets.token_hex(32)], "a key made for this in-memory store")
+    if database_file and persistence.endswith("sqlite") and database_file != ":memory:" \
+            and not database_file.startswith("file:"):
+        path = Path(database_file + MASTER_KEY_FILE_SUFFIX)
+        if not path.exists():
+            write_key_file(path, [secrets.token_hex(32)], _MASTER_FILE_HEADER)
+            log.warning("master key created beside the SQLite store; keep a copy elsewhere, "
+                        "without it no personal value can be read", key_file=str(path))
+        return MasterKeys(read_key_file(path, "master key"), str(path))
+    if persistence.endswith("sqlite"):
+        return MasterKeys([secrets.token_hex(32)], "a key made for this in-memory SQLite store")
+    raise ConfigError(f"set {MASTER_KEY_ENV} or {MASTER_KEY_FILE_ENV}: the master key that "
+                      "wraps every person's data key must come from outside the database "
+                      "(`leadflow audit new-key` prints one)")
+
+
+def personal_data_plain(env: Mapping[str, str]) -> bool:
+    """Whether ``LEADFLOW_PERSONAL_DATA`` asks for unencrypted personal values (the bench's
+    baseline); anything but ``encrypted`` (the default) and ``plain`` is refused."""
+    mode = (env.get(PERSONAL_DATA_ENV) or "encrypted").strip().lower()
+    if mode not in ("encrypted", "plain"):
+        raise ConfigError(f"{PERSONAL_DATA_ENV} must be 'encrypted' (the default) or 'plain', "
+                          f"not {mode!r}")
+    return mode == "plain"
+
+
+def rotate_master_key_file(path: Path, new: str) -> list[str]:
+    """Put ``new`` on top of a master key file, keeping the older keys (for re-wrapping)."""
+    keys = [new, *(k for k in read_key_file(path, "master key") if k != new)]
+    write_key_file(path, keys, _MASTER_FILE_HEADER)
+    return keys
+
+
+class KeyTable:
+    """``leadflow_data_keys`` of the recorder's database (PostgreSQL, SQLite or memory)."""
+
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
+        self.memory: bookkeeping.MemoryBooks | None = getattr(recorder, "_books", None)
+        datastore = getattr(recorder, "datastore", None)
+        self.schema: str | None = getattr(datastore, "schema", None)
+
+    def select(self, ids: Sequence[UUID]) -> dict[UUID, bytes]:
+        if not ids:
+            return {}
+        if self.memory is not None:
+            known = self.memory.data_keys
+            return {i: known[i] for i in ids if i in known}
+        with self.recorder.datastore.transaction(commit=False) as cursor:
+            if self.schema is not None:
+                return bookkeeping.postgres_data_keys(cursor, self.schema, ids)
+            return bookkeeping.sqlite_data_keys(cursor, ids)
+
+    def select_all(self) -> list[UUID]:
+        """The ids of every aggregate with a data key."""
+        if self.memory is not None:
+            return list(self.memory.data_keys)
+        table = bookkeeping.DATA_KEYS_TABLE
+        with self.recorder.datastore.transaction(commit=False) as cursor:
+            if self.schema is not None:
+                cursor.execute(f'SELECT aggregate_id FROM "{self.schema}".{table}')
+                return [row["aggregate_id"] for row in cursor.fetchall()]
+            cursor.execute(f"SELECT aggregate_id FROM {table}")
+            return [UUID(row[0]) for row in cursor.fetchall()]
+
+    def add_if_absent(self, aggregate_id: UUID, wrapped: bytes) -> None:
+        if self.memory is not None:
+            self.memory.data_keys.setdefault(aggregate_id, wrapped)
+            return
+        with self.recorder.datastore.transaction(commit=True) as cursor:
+            if self.schema is not None:
+                bookkeeping.postgres_add_data_key(cursor, self.schema, aggregate_id, wrapped)
+            else:
+                bookkeeping.sqlite_add_data_key(cursor, aggregate_id, wrapped)
+
+    def rewrap_all(self, master: MasterKeys) -> int:
+        """Re-wrap every data key with the master key's current key; returns how many."""
+        if self.memory is not None:
+            rows = list(self.memory.data_keys.items())
+            for aggregate_id, wrapped in rows:
+                self.memory.data_keys[aggregate_id] = master.wrap(
+                    aggregate_id, master.unwrap(aggregate_id, wrapped))
+            return len(rows)
+        table = bookkeeping.DATA_KEYS_TABLE
+        params: list[tuple[bytes, Any]]
+        with self.recorder.datastore.transaction(commit=True) as cursor:
+            if self.schema is not None:
+                table = f'"{self.schema}".{table}'
+                cursor.execute(f"SELECT aggregate_id, wrapped FROM {table} FOR UPDATE")
+                rows = [(r["aggregate_id"], bytes(r["wrapped"])) for r in cursor.fetchall()]
+                update = f"UPDATE {table} SET wrapped = %s WHERE aggregate_id = %s"
+                params = [(master.wrap(i, master.unwrap(i, w)), i) for i, w in rows]
+            else:
+                cursor.execute(f"SELECT aggregate_id, wrapped FROM {table}")
+                rows = [(UUID(i), bytes(w)) for i, w in cursor.fetchall()]
+                update = f"UPDATE {table} SET wrapped = ? WHERE aggregate_id = ?"
+                params = [(master.wrap(i, master.unwrap(i, w)), i.hex) for i, w in rows]
+            cursor.executemany(update, params)
+        return len(rows)
+
+
+class Vault:
+    """Seals and opens events' personal values with their aggregate's data key, and hashes
+    identity keys for the identity table.
+
+    Data keys made for new aggregates are *pending* until the transaction that stores the
+    aggregate's first row commits (``new_keys`` hands them to the bookkeeping written with
+    the events; ``committed``/``rolled_back`` settle them), so a failed batch never leaves a
+    key the store does not hold.
+    """
+
+    def __init__(self, master: MasterKeys, recorder: Any, *, plain: bool = False) -> None:
+        self.master = master
+        self.table = KeyTable(recorder)
+        self.plain = plain
+        self._keys: dict[UUID, AESGCM | None] = {}
+        self._pending: dict[UUID, tuple[bytes, AESGCM]] = {}
+        self._lookup: tuple[Any, Any] | None = None
+        self._hashes: dict[str, str] = {}
+
+    # ----------------------------------------------------------------- data keys
+
+    def preload(self, ids: Iterable[UUID | str]) -> None:
+        """Read and unwrap the data keys of many aggregates in one query."""
+        keys = self._keys
+        missing = [i for i in dict.fromkeys(map(_uuid, ids))
+                   if i not in keys and i not in self._pending]
+        if not missing:
+            return
+        if len(keys) + len(missing) > _CACHE_MAX:
+            keys.clear()
+        found = self.table.select(missing)
+        master = self.master
+        for aggregate_id in missing:
+            wrapped = found.get(aggregate_id)
+            keys[aggregate_id] = (AESGCM(master.unwrap(aggregate_id, wrapped))
+                                  if wrapped is not None else None)
+
+    def preload_all(self) -> None:
+        """Every data key of the store, unwrapped (a whole-store check reads them all)."""
+        self.preload(self.table.select_all())
+
+    def _cipher(self, aggregate_id: UUID, create: bool) -> AESGCM | None:
+        pending = self._pending.get(aggregate_id)
+        if pending is not None:
+            return pending[1]
+        if aggregate_id not in self._keys:
+            self.preload([aggregate_id])
+        cipher = self._keys[aggregate_id]
+        if cipher is None and create:
+            key = AESGCM.generate_key(bit_length=256)
+            cipher = AESGCM(key)
+            self._pending[aggregate_id] = (self.master.wrap(aggregate_id, key), cipher)
+        return cipher
+
+    def has_key(self, aggregate_id: UUID) -> bool:
+        return self._cipher(aggregate_id, create=False) is not None
+
+    def new_keys(self) -> dict[UUID, bytes]:
+        """The wrapped keys made since the last commit, for the transaction's bookkeeping."""
+        return {i: wrapped for i, (wrapped, _) in self._pending.items()}
+
+    def committed(self) -> None:
+        for aggregate_id, (_, cipher) in self._pending.items():
+            self._keys[aggregate_id] = cipher
+        self._pending.clear()
+
+    def rolled_back(self) -> None:
+        self._pending.clear()
+
+    def shredded(self, ids: Iterable[UUID]) -> None:
+        """The keys of ``ids`` were deleted (``forget`` committed)."""
+        for aggregate_id in ids:
+            self._keys[aggregate_id] = None
+
+    def clear(self) -> None:
+        """Forget cached keys (another process may have deleted some)."""
+        self._keys.clear()
+        self._hashes.clear()
+
+    # ----------------------------------------------------------------- events
+
+    def seal(self, name: str, aggregate_id: UUID, state: dict[str, Any]) -> None:
+        """Move event ``name``'s personal values out of ``state`` (a fresh dict of the
+        event's fields, about to be encoded) into its sealed blob."""
+        spec = PERSONAL_FIELDS.get(name)
+        if spec is None or self.plain:
+            return
+        secret: dict[str, Any] = {}
+        for path in spec:
+            _take(state, path, secret)
+        if not secret:
+            return
+        cipher = self._cipher(aggregate_id, create=True)
+        assert cipher is not None
+        nonce = os.urandom(12)
+        state[PII] = base64.b64encode(
+            nonce + cipher.encrypt(nonce, orjson.dumps(secret), _aad(name, aggregate_id))
+        ).decode("ascii")
+
+    def open(self, name: str, aggregate_id: UUID | str, state: dict[str, Any]) -> bool:
+        """Put event ``name``'s sealed personal values back into its decoded ``state``;
+        False when they cannot be read any more (the person was forgotten): the state then
+        keeps its placeholders."""
+        blob = state.pop(PII, None)
+        if blob is None:
+            return True
+        aggregate_id = _uuid(aggregate_id)
+        cipher = self._cipher(aggregate_id, create=False)
+        if cipher is None:
+            return False
+        try:
+            raw = base64.b64decode(blob)
+            values = orjson.loads(cipher.decrypt(raw[:12], raw[12:], _aad(name, aggregate_id)))
+        except (InvalidTag, ValueError, TypeError) as exc:
+            raise ValueError(f"the personal data of {name} on {aggregate_id} does not "
+                             "decrypt: the row was altered or moved") from exc
+        for path, value in values.items():
+            _put(state, path, value)
+        return True
+
+    # ----------------------------------------------------------------- identities
+
+    def lookup(self, identity_key: str) -> str:
+        """The identity table's key for ``identity_key``: HMAC-SHA256 with the store's
+        lookup key, 128 bits in hex. Without the key, an email cannot be tested against it."""
+        found = self._hashes.get(identity_key)
+        if found is not None:
+            return found
+        if self._lookup is None:
+            self._lookup = _pads(self._lookup_key())
+        inner_pad, outer_pad = self._lookup
+        inner = inner_pad.copy()
+        inner.update(identity_key.encode())
+        outer = outer_pad.copy()
+        outer.update(inner.digest())
+        digest: str = outer.hexdigest()[:32]
+        if len(self._hashes) > _CACHE_MAX:
+            self._hashes.clear()
+        self._hashes[identity_key] = digest
+        return digest
+
+    def _lookup_key(self) -> bytes:
+        found = self.table.select([LOOKUP_KEY_ROW]).get(LOOKUP_KEY_ROW)
+        if found is None:
+            # Two processes starting on a new store at once: the first insert wins, and
+            # both read back the one that won.
+            self.table.add_if_absent(LOOKUP_KEY_ROW,
+                                     self.master.wrap(LOOKUP_KEY_ROW, secrets.token_bytes(32)))
+            found = self.table.select([LOOKUP_KEY_ROW])[LOOKUP_KEY_ROW]
+        return self.master.unwrap(LOOKUP_KEY_ROW, found)
+
+
+def _uuid(value: UUID | str) -> UUID:
+    return value if isinstance(value, UUID) else UUID(str(value))
+
+
+def _aad(name: str, aggregate_id: UUID) -> bytes:
+    return name.encode() + b"|" + aggregate_id.bytes
+
+
+def _pads(key: bytes) -> tuple[Any, Any]:
+    # HMAC-SHA256 with the padded-key hashes computed once (as store/keys.py's Keyring).
+    block = key.ljust(64, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in block)),
+            hashlib.sha256(bytes(b ^ 0x5C for b in block)))
+
+
+def _take(state: dict[str, Any], path: str, secret: dict[str, Any]) -> None:
+    """Move the value at ``path`` into ``secret``; dicts on the way are copied first (they
+    are the live event's own)."""
+    url = path.endswith("~")
+    parts = (path[:-1] if url else path).split(".")
+    parent = state
+    for part in parts[:-1]:
+        child = parent.get(part)
+        if not isinstance(child, dict):
+            return
+        parent[part] = child = dict(child)
+        parent = child
+    leaf = parts[-1]
+    value = parent.get(leaf)
+    if value is None or value in ([], ""):
+        return
+    if url:
+        if isinstance(value, str):
+            public = public_url(value)
+            if public != value:
+                secret[path] = value
+                parent[leaf] = public
+        return
+    secret[path] = value
+    if len(parts) > 1 and parts[-2] in _DICTS_BY_KEY:
+        del parent[leaf]
+    else:
+        parent[leaf] = [] if isinstance(value, list) else None
+
+
+def _put(state: dict[str, Any], path: str, value: Any) -> None:
+    parts = (path[:-1] if path.endswith("~") else path).split(".")
+    parent = state
+    for part in parts[:-1]:
+        child = parent.get(part)
+        if not isinstance(child, dict):
+            child = parent[part] = {}
+        parent = child
+    parent[parts[-1]] = value
