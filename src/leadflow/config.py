@@ -21,6 +21,9 @@ from urllib.parse import quote, unquote, urlparse
 
 DEFAULT_DATABASE_URL = "sqlite:///leadflow.db"
 DEFAULT_CIPHER_TOPIC = "eventsourcing.cryptography:AESCipher"
+#: The library's PostgreSQL recorder with a binary column-array batch insert, in a module of
+#: its own (it imports psycopg; a process on SQLite never imports it).
+POSTGRES_RECORDER_TOPIC = "leadflow.store.postgres:LeadflowPostgresProcessRecorder"
 
 
 class ConfigError(ValueError):
@@ -115,8 +118,8 @@ def database_env(url: str) -> dict[str, str]:
             # Fail fast when the server is down: eventsourcing retries each call 10 times and
             # the consumer adds its own bounded retries on top (library default: 30 s each).
             "POSTGRES_CONNECT_TIMEOUT": "5",
-            # The library's recorder with a binary column-array batch insert (storage.py).
-            "PROCESS_RECORDER_TOPIC": "leadflow.store.recorders:LeadflowPostgresProcessRecorder",
+            # The library's recorder with a binary column-array batch insert (store/postgres.py).
+            "PROCESS_RECORDER_TOPIC": POSTGRES_RECORDER_TOPIC,
         }
     raise ConfigError(
         f"LEADFLOW_DATABASE_URL {redact_url(url)!r}: unsupported scheme; use sqlite:///PATH, "

@@ -1,21 +1,9 @@
-"""Faster persistence for eventsourcing's PostgreSQL process recorder.
+"""leadflow's process recorders: eventsourcing's, per database, plus the indexes below.
 
-The library inserts a batch as ``unnest(%s::stored_event_type[])``: psycopg dumps that array
-of composite values in *text* format, escaping every payload with a regular expression in
-Python, which the profile showed as the largest single cost of a 1,000-record batch. Here the
-same rows go as four column arrays (``uuid[]``, ``bigint[]``, ``text[]``, ``bytea[]``) that
-psycopg dumps in binary, with no per-value escaping. Everything else is the library's: the
-table lock that keeps notification ids in commit order, the NOTIFY, the tracking insert in the
-same transaction, and retries. The new notification ids are not fetched back (no ``RETURNING``):
-leadflow never uses them, and turning each into a row dict cost as much as the insert.
-
-Creating the tables is serialised between processes with an advisory lock: every process that
-opens the store runs the library's idempotent DDL, and PostgreSQL fails two sessions that run
-``CREATE OR REPLACE FUNCTION`` (or create the same type) at the same moment with "tuple
-concurrently updated" — a consumer of a group started beside another, or beside any CLI call,
-died at start-up that way.
-
-Selected with eventsourcing's own ``PROCESS_RECORDER_TOPIC`` setting (see ``config.py``).
+The SQLite and in-memory recorders are here; the PostgreSQL one, with its faster batch insert,
+is in ``leadflow.store.postgres`` (it imports psycopg, which only a PostgreSQL store needs).
+Each is selected with eventsourcing's own ``PROCESS_RECORDER_TOPIC`` setting (see
+``config.py`` and ``recorder_topic_for``).
 
 Every leadflow recorder (PostgreSQL, SQLite, in-memory) also keeps the **record-id index**:
 one row per applied inbound record, ``event_id -> (digest of the record's content, lead)``,
@@ -35,15 +23,11 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
 
-import psycopg
-from eventsourcing.persistence import IntegrityError, OperationalError, StoredEvent
+from eventsourcing.persistence import IntegrityError, StoredEvent
 from eventsourcing.popo import POPOProcessRecorder
-from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
-from psycopg import Cursor
-from psycopg.rows import DictRow
-from psycopg.sql import SQL, Composed, Identifier
 
+from leadflow.config import POSTGRES_RECORDER_TOPIC
 from leadflow.store import bookkeeping
 from leadflow.store.bookkeeping import Target
 
@@ -166,204 +150,6 @@ def record_ids_of(kwargs: dict[str, Any]) -> list[RecordId]:
 
 def timers_of(kwargs: dict[str, Any]) -> dict[UUID, datetime | None]:
     return dict(kwargs.get("timers") or {})
-
-
-class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
-    """``PostgresProcessRecorder`` whose batch insert sends column arrays in binary."""
-
-    def __init__(
-        self,
-        datastore: PostgresDatastore,
-        *,
-        events_table_name: str = "stored_events",
-        tracking_table_name: str = "notification_tracking",
-    ) -> None:
-        super().__init__(datastore, events_table_name=events_table_name,
-                         tracking_table_name=tracking_table_name)
-        id_type = self.datastore.originator_id_type  # "uuid" or "text"
-        self.insert_columns_statement = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
-        ).format(schema=Identifier(self.datastore.schema),
-                 table=Identifier(self.events_table_name),
-                 id_type=SQL(id_type))  # a fixed type name from the datastore, not user input
-        ids_table = Identifier(self.datastore.schema, RECORD_IDS_TABLE)
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {} (event_id text PRIMARY KEY, digest bytea NOT NULL, "
-            "lead_id uuid)").format(ids_table))
-        self.insert_record_ids_statement = SQL(
-            "INSERT INTO {} (event_id, digest, lead_id) "
-            "SELECT * FROM unnest(%b::text[], %b::bytea[], %b::uuid[])").format(ids_table)
-        self.select_record_ids_statement = SQL(
-            "SELECT event_id, digest, lead_id FROM {} WHERE event_id = ANY(%s)").format(ids_table)
-        timers = Identifier(self.datastore.schema, TIMERS_TABLE)
-        meta = Identifier(self.datastore.schema, META_TABLE)
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {} (lead_id uuid PRIMARY KEY, "
-            "due_at timestamptz NOT NULL)").format(timers))
-        self.sql_create_statements.append(SQL(
-            "CREATE INDEX IF NOT EXISTS {} ON {} (due_at, lead_id)").format(
-            Identifier(TIMERS_TABLE + "_due"), timers))
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value text NOT NULL)")
-            .format(meta))
-        self.upsert_timers_statement = SQL(
-            "INSERT INTO {} (lead_id, due_at) SELECT * FROM unnest(%b::uuid[], "
-            "%b::timestamptz[]) ON CONFLICT (lead_id) DO UPDATE SET due_at = excluded.due_at"
-        ).format(timers)
-        self.delete_timers_statement = SQL("DELETE FROM {} WHERE lead_id = ANY(%b::uuid[])"
-                                           ).format(timers)
-        self.select_due_statement = SQL(
-            "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
-            "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
-        self.meta_table = meta
-        for ddl in bookkeeping.postgres_ddl(self.datastore.schema):
-            self.sql_create_statements.append(Composed([SQL(ddl)]))
-
-    def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
-        if not keys:
-            return {}
-        with self.datastore.transaction(commit=False) as curs:
-            return bookkeeping.postgres_identities(curs, self.datastore.schema, keys)
-
-    def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
-        if not account_ids:
-            return {}
-        with self.datastore.transaction(commit=False) as curs:
-            return bookkeeping.postgres_engagements(curs, self.datastore.schema, account_ids)
-
-    def select_counters(self) -> dict[str, int]:
-        with self.datastore.transaction(commit=False) as curs:
-            return bookkeeping.postgres_counters(curs, self.datastore.schema)
-
-    def scan_events(self, after: tuple[Any, int] | None, limit: int) -> list[ScannedRow]:
-        table = Identifier(self.datastore.schema, self.events_table_name)
-        where = SQL("WHERE (originator_id, originator_version) > (%s, %s) " if after else "")
-        statement = SQL("SELECT notification_id, originator_id, originator_version, topic, "
-                        "state FROM {} {}ORDER BY originator_id, originator_version LIMIT %s"
-                        ).format(table, where)
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(statement, (*after, limit) if after else (limit,))
-            return [(r["notification_id"], r["originator_id"], r["originator_version"],
-                     r["topic"], bytes(r["state"])) for r in curs.fetchall()]
-
-    def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
-        with self.datastore.transaction(commit=False) as curs:
-            return bookkeeping.postgres_identity_page(curs, self.datastore.schema, after, limit)
-
-    def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
-        if not event_ids:
-            return {}
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_record_ids_statement, (list(event_ids),), prepare=True)
-            return {row["event_id"]: RecordId(row["event_id"], bytes(row["digest"]),
-                                              row["lead_id"]) for row in curs.fetchall()}
-
-    def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
-                   limit: int) -> list[Due]:
-        low = after or _EPOCH
-        key = cursor or (low, _NIL)
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_due_statement, (low, until, key[0], key[1], limit))
-            return [(row["due_at"], row["lead_id"]) for row in curs.fetchall()]
-
-    def meta(self, key: str) -> str | None:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(SQL("SELECT value FROM {} WHERE key = %s").format(self.meta_table),
-                         (key,))
-            row = curs.fetchone()
-        return str(row["value"]) if row else None
-
-    def set_meta(self, key: str, value: str) -> None:
-        with self.datastore.transaction(commit=True) as curs:
-            curs.execute(SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) "
-                             "DO UPDATE SET value = excluded.value").format(self.meta_table),
-                         (key, value))
-
-    def has_events(self) -> bool:
-        with self.datastore.transaction(commit=False) as curs:
-            curs.execute(SQL("SELECT 1 FROM {}.{} LIMIT 1").format(
-                Identifier(self.datastore.schema), Identifier(self.events_table_name)))
-            return curs.fetchone() is not None
-
-    def _insert_events(self, curs: Cursor[DictRow], stored_events: Sequence[StoredEvent],
-                       **kwargs: Any) -> None:
-        timers = timers_of(kwargs)
-        books = bookkeeping.books_of(kwargs)
-        if stored_events or timers or books is not None or kwargs.get("tracking"):
-            # The library runs this before it locks the events table; take that lock first,
-            # so every writer takes its locks in one order (events table, then the index and
-            # bookkeeping tables). A writer holding rows of those tables while waiting for the
-            # events table deadlocked with a starting process's idempotent DDL (CREATE INDEX
-            # IF NOT EXISTS takes the tables' SHARE locks in the other order).
-            self._lock_table(curs)
-        super()._insert_events(curs, stored_events, **kwargs)  # the tracking record
-        if timers:
-            gone = [lead for lead, due in timers.items() if due is None]
-            due = [(lead, at) for lead, at in timers.items() if at is not None]
-            if gone:
-                curs.execute(self.delete_timers_statement, (gone,), prepare=True)
-            if due:
-                curs.execute(self.upsert_timers_statement,
-                             ([lead for lead, _ in due], [at for _, at in due]), prepare=True)
-        if books is not None:
-            bookkeeping.postgres_write(curs, self.datastore.schema, books)
-        ids = record_ids_of(kwargs)
-        if ids:
-            # A primary-key violation (the same event_id applied by another writer at the same
-            # moment) aborts the whole transaction as an IntegrityError: the batch is retried
-            # and then sees the other writer's row.
-            curs.execute(self.insert_record_ids_statement,
-                         ([r.event_id for r in ids], [r.digest for r in ids],
-                          [r.lead_id for r in ids]), prepare=True)
-
-    def create_table(self) -> None:
-        # The lock is held by a connection of its own for the whole of the library's DDL,
-        # which spans several transactions (each CREATE TYPE has its own) on pool connections:
-        # a pool of one connection could not lend a second one while the first held the lock.
-        pool = self.datastore.pool
-        given = pool.kwargs() if callable(pool.kwargs) else pool.kwargs  # psycopg_pool allows both
-        kwargs = {k: v for k, v in (given or {}).items() if k != "row_factory"}
-        if pool.get_password_func is not None:  # as the pool does for each new connection
-            kwargs["password"] = pool.get_password_func()
-        try:
-            conn = psycopg.connect(**kwargs, autocommit=True,
-                                   connect_timeout=max(1, int(pool.timeout)))
-        except psycopg.OperationalError as exc:  # the library's error, as its pool would raise
-            raise OperationalError(str(exc)) from exc
-        with conn:
-            conn.execute("SELECT pg_advisory_lock(%s)", [SCHEMA_LOCK_KEY])
-            # Closing the connection releases the lock, also when the DDL fails.
-            super().create_table()
-
-    def _insert_stored_events(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        **_: Any,
-    ) -> None:
-        self._lock_table(curs)
-        self._notify_channel(curs)
-        # unnest() of several arrays yields their elements side by side, in array order, so
-        # notification ids follow the order of stored_events as with the library's insert.
-        curs.execute(
-            self.insert_columns_statement,
-            (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
-            ),
-            prepare=True,
-        )
-
-    def _fetch_ids_after_insert_events(
-        self,
-        curs: Cursor[DictRow],
-        stored_events: Sequence[StoredEvent],
-        **_: Any,
-    ) -> Sequence[int] | None:
-        return None
 
 
 class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
@@ -557,9 +343,23 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         return out
 
 
+#: The leadflow process recorder of each eventsourcing persistence module, by topic. The
+#: PostgreSQL one lives in ``leadflow.store.postgres``: importing it imports psycopg, which a
+#: process on the embedded SQLite store (``lead show``) has no use for.
+_TOPICS = {"eventsourcing.postgres": POSTGRES_RECORDER_TOPIC,
+           "eventsourcing.sqlite": f"{__name__}:LeadflowSQLiteProcessRecorder"}
+
+
 def recorder_topic_for(module: str) -> str | None:
     """The leadflow process recorder for an eventsourcing persistence module, by topic."""
-    topics = {"eventsourcing.postgres": f"{__name__}:LeadflowPostgresProcessRecorder",
-              "eventsourcing.sqlite": f"{__name__}:LeadflowSQLiteProcessRecorder"}
-    return topics.get(module)
+    return _TOPICS.get(module)
+
+
+def __getattr__(name: str) -> Any:
+    # The PostgreSQL recorder's earlier topic (leadflow.store.recorders:...) keeps working.
+    if name == "LeadflowPostgresProcessRecorder":
+        from leadflow.store.postgres import LeadflowPostgresProcessRecorder
+
+        return LeadflowPostgresProcessRecorder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
