@@ -6,19 +6,27 @@ While a bar is drawn, per-record warnings (one per rejected line or dead letter)
 printed one by one either: ``per_record_summary()`` counts them by reason and the caller logs
 one summary when the bar is gone. Where no bar is drawn (stderr is not a terminal: JSON logs
 that operators grep) every event is written.
+
+structlog is imported by the first module that logs, not here: importing it (its console
+renderer imports rich, its stdlib module asyncio) costs more than the rest of ``lead show``'s
+start-up. ``configure_logging`` checks the settings at once and applies them to structlog as
+soon as it is imported, by whichever module imports it; ``get_logger`` is
+``structlog.get_logger`` for a module that would rather not import it until it logs.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
 from collections import Counter
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
+from types import ModuleType
 from typing import Any, TextIO, cast
-
-import structlog
 
 from leadflow.redaction import mask_personal_data
 
@@ -46,12 +54,18 @@ def _hold_per_record(_logger: Any, _method: str,
     held = _held
     if held is not None and event_dict.get("event") in PER_RECORD_EVENTS:
         held[(str(event_dict["event"]), str(event_dict.get("reason") or "-"))] += 1
-        raise structlog.DropEvent
+        raise _drop_event()
     notes = _notes
     if notes is not None and _method == "warning":
         notes.append(dict(event_dict))
-        raise structlog.DropEvent
+        raise _drop_event()
     return event_dict
+
+
+def _drop_event() -> BaseException:
+    import structlog
+
+    return structlog.DropEvent()
 
 
 @contextmanager
@@ -86,13 +100,41 @@ def per_record_summary(log_summary: bool = True) -> Iterator[Counter[tuple[str, 
         by_event: dict[str, Counter[str]] = {}
         for (event, reason), count in (held.items() if log_summary else ()):
             by_event.setdefault(event, Counter())[reason] += count
-        log = structlog.get_logger("leadflow")
+        log = get_logger("leadflow")
         for event, reasons in sorted(by_event.items()):
             log.warning(f"{event} (summary)", count=sum(reasons.values()),
                         by_reason=dict(sorted(reasons.items())))
 
 
+class _LazyLogger:
+    """``structlog.get_logger(name)``, imported on first use."""
+
+    def __init__(self, name: str | None) -> None:
+        self._name = name
+        self._logger: Any = None
+
+    def __getattr__(self, attribute: str) -> Any:
+        if self._logger is None:
+            import structlog
+
+            self._logger = structlog.get_logger(self._name)
+        return getattr(self._logger, attribute)
+
+
+def get_logger(name: str | None = None) -> Any:
+    """``structlog.get_logger(name)`` without importing structlog before the first log call
+    (configured then, see ``configure_logging``)."""
+    return _LazyLogger(name)
+
+
+#: (level, format) given to configure_logging, applied when structlog is imported.
+_settings: tuple[int, str] | None = None
+
+
 def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
+    """Check the level and format now (a bad one is an error at start-up) and configure
+    structlog with them: at once when it is imported already, otherwise the moment it is."""
+    global _settings
     level_name = (level or os.environ.get("LEADFLOW_LOG_LEVEL", "INFO")).upper()
     numeric = logging.getLevelName(level_name)
     if not isinstance(numeric, int):
@@ -102,6 +144,42 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     )).lower()
     if fmt not in ("console", "json"):
         raise ValueError(f"unknown log format {fmt!r} (LEADFLOW_LOG_FORMAT): use console or json")
+    _settings = (numeric, fmt)
+    if "structlog" in sys.modules:
+        _apply_settings()
+    elif not any(isinstance(finder, _ConfigureOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _ConfigureOnImport())
+
+
+class _ConfigureOnImport(MetaPathFinder):
+    """Applies the settings right after structlog's module has run, for whoever imports it
+    first; then steps out of the import system."""
+
+    def find_spec(self, fullname: str, path: Sequence[str] | None,
+                  target: ModuleType | None = None) -> ModuleSpec | None:
+        if fullname != "structlog":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(fullname)
+        loader: Any = spec.loader if spec is not None else None
+        if loader is None or not hasattr(loader, "exec_module"):
+            return spec
+        run_module = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            run_module(module)
+            _apply_settings()
+
+        loader.exec_module = exec_module
+        return spec
+
+
+def _apply_settings() -> None:
+    import structlog
+
+    if _settings is None:
+        return
+    numeric, fmt = _settings
     renderer: structlog.types.Processor = (
         structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
         if fmt == "console"
