@@ -10,7 +10,6 @@ from datetime import datetime
 from typing import TypeVar
 from uuid import UUID
 
-import psycopg
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
@@ -25,9 +24,12 @@ A = TypeVar("A", bound=Aggregate)
 
 #: Failures of the database or the machine, not of a record: they abort the batch and are
 #: raised (the consumer retries, then stops loudly). Any other exception while applying a
-#: record is that record's fault ("poison") and only costs that record.
+#: record is that record's fault ("poison") and only costs that record. psycopg's errors
+#: need no entry: eventsourcing's PostgreSQL datastore, through which every statement of
+#: the store goes, turns each into a PersistenceError — and not importing psycopg keeps
+#: the embedded store's commands (``lead show``) quick to start.
 INFRASTRUCTURE_ERRORS: tuple[type[BaseException], ...] = (
-    PersistenceError, psycopg.Error, sqlite3.Error, OSError, MemoryError)
+    PersistenceError, sqlite3.Error, OSError, MemoryError)
 
 
 _KINDS = {"Lead": "lead", "IdentityIndex": "identity index", "Interest": "interest",

@@ -7,20 +7,26 @@ out (and the reverse), so the domain never sees an encoding.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from typing import Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent
-from eventsourcing.postgres import PostgresAggregateRecorder
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
-from psycopg.sql import SQL, Identifier
 
 from leadflow.store import chain, fold
 from leadflow.store.keys import Keyring
 from leadflow.store.personal import Vault
+
+
+def _is_postgres(recorder: Any) -> bool:
+    """An eventsourcing PostgreSQL recorder (without importing eventsourcing.postgres, which
+    imports psycopg: if it is not loaded, the recorder cannot be one of its)."""
+    module = sys.modules.get("eventsourcing.postgres")
+    return module is not None and isinstance(recorder, module.PostgresAggregateRecorder)
 
 
 class EventCodec:
@@ -42,7 +48,11 @@ class EventCodec:
         """Every stored event of many aggregates, by aggregate, in version order."""
         recorder: Any = self.recorder
         out: dict[UUID, list[StoredEvent]] = {}
-        if isinstance(recorder, PostgresAggregateRecorder):
+        if _is_postgres(recorder):
+            # Imported here: only a PostgreSQL store needs psycopg (start-up of the embedded
+            # store's commands).
+            from psycopg.sql import SQL, Identifier
+
             statement = SQL("SELECT originator_id, originator_version, topic, state FROM {}.{} "
                             "WHERE originator_id = ANY(%s) "
                             "ORDER BY originator_id, originator_version").format(
