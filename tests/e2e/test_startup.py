@@ -66,10 +66,8 @@ def test_lead_show_startup_imports_no_pydantic_kafka_or_projections(
                                                       "leadflow.store.postgres"))] == []
 
 
-@pytest.mark.xfail(strict=True, reason="still imported at the top of leadflow/store/codec.py "
-                   "(eventsourcing.postgres, psycopg.sql) and leadflow/engine/unit.py "
-                   "(psycopg, for INFRASTRUCTURE_ERRORS): remove this mark when they are not")
 def test_lead_show_startup_on_the_embedded_store_imports_no_psycopg(
         show_modules: list[str]) -> None:
+    # Only a PostgreSQL store needs it (leadflow.store.postgres, codec's PostgreSQL read).
     assert _imported(show_modules, "psycopg", "psycopg_binary", "psycopg_pool",
                      "eventsourcing.postgres") == []
