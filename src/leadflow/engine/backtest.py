@@ -4,21 +4,43 @@
 have become MQL under the current rules and under a candidate, compared with what the
 recorded history says happened next (SQL, customer). It only reads the store; publishing a
 candidate is ``LeadflowApp.publish_rules``.
+
+How it stays fast (issue 12: ~10,000 -> see the README's Performance section). Each lead's
+events are read in bulk with the Auditor (``preload``: one query per ``PRELOAD`` leads, each
+row decoded once) and, instead of replaying a whole ``Lead`` aggregate, folded into the few
+things a backtest needs (``_fold``): its key, creation time, profile, stage, the stages it
+reached, whether it is merged away, and its touchpoints. Anything the fold does not know for
+sure (an event class it does not handle, a missing field, a version gap, a lead that
+absorbed another lead or anonymous interest) goes the general way, exactly as before: the
+Auditor's replay and ``touchpoints``. Anonymous interests are read ahead in bulk too
+(``_Reader``). The scoring itself runs on rules compiled once per rule set (``_Compiled``),
+with the same arithmetic, in the same order, as ``leadflow.domain.scoring``, so every score
+and MQL moment is bit-for-bit the one the domain's functions give
+(tests/unit/test_backtest_fast.py compares both on generated stores).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import dataclasses
+import gc
+import inspect
+import multiprocessing
+import os
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, NamedTuple, cast
+from uuid import UUID
 
 import structlog
+from eventsourcing.domain import decorated_funcs
 from eventsourcing.persistence import PersistenceError
+from eventsourcing.utils import resolve_topic
 
-from leadflow.domain import STAGES, Lead, scoring
-from leadflow.domain.rules import Rules
-from leadflow.domain.scoring import Award
+from leadflow.domain import STAGES, Lead
+from leadflow.domain.rules import EngagementRule, FitRule, Rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor, stored_lead_ids
 
@@ -26,6 +48,9 @@ log = structlog.get_logger(__name__)
 
 #: Leads whose events are read in one query during a backtest.
 PRELOAD = 500
+
+#: A touchpoint as the scoring loop reads it: (occurred_at, event_id, type, context).
+Touch = tuple[datetime, str, str, Mapping[str, Any]]
 
 
 def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None = None,
@@ -35,50 +60,482 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
 
     The result is ``compare``'s report plus ``unloadable_leads``: leads whose stored events
     cannot be read or loaded are left out and named, never the end of the backtest (only
-    the database failing is). ``progress(done, total)`` is called as each lead is taken up.
+    the database failing is). ``progress(done, total)`` is called as leads are taken up (a
+    few hundred at a time).
+
+    On a store other processes can open (a SQLite file, PostgreSQL) with enough leads, the
+    leads are split in contiguous parts read by forked worker processes (``_workers``) while
+    this process reads the first part; the parts' results are then taken in lead order, so
+    the report is the one a single process makes. A part whose worker fails in any way is
+    read again here.
     """
-    auditor = Auditor(app)
     old, new = Backtest(app.rules), Backtest(candidate)
-    outcomes: dict[str, set[str]] = {"sql": set(), "customer": set()}
-    stages: dict[str, str] = {}
     lead_ids, unreadable = stored_lead_ids(app)
     unloadable = [str(p["lead_id"]) for p in unreadable]
     total = len(lead_ids)
     if progress is not None:
         progress(0, total)
-    for done, lead_id in enumerate(lead_ids, 1):
-        if progress is not None:
-            progress(done, total)
-        if (done - 1) % PRELOAD == 0:
-            auditor.preload(lead_ids[done - 1:done - 1 + PRELOAD])
+    parts = _split(lead_ids, _workers(app, total))
+    job = _Job(app.rules, candidate, since)
+    with _fewer_collections():
+        helpers = [_Helper.start(app, job, part) for part in parts[1:]]
         try:
-            # Each lead's events are read (in bulk) and decoded once, for its state and its
-            # touchpoints alike.
-            lead: Any = auditor.replay(auditor.events(lead_id))
-            if not isinstance(lead, Lead) or lead.merged_into is not None:
+            def step(done: int) -> None:
+                if progress is not None:
+                    progress(done + sum(h.done for h in helpers if h), total)
+
+            results = [job.run(app, parts[0] if parts else [], step)]
+            for helper, part in zip(helpers, parts[1:], strict=True):
+                got = helper.wait(lambda: step(len(parts[0]))) if helper else None
+                results.append(got if got is not None else job.run(app, part))
+        finally:
+            for helper in helpers:
+                if helper:
+                    helper.stop()
+    if progress is not None:
+        progress(total, total)
+    outcomes: dict[str, set[str]] = {"sql": set(), "customer": set()}
+    stages: dict[str, str] = {}
+    for part_results in results:
+        for found in part_results:
+            if found is None:
                 continue
-            if since is not None and lead.created_at < since:
+            if isinstance(found, _Left):
+                unloadable.append(found.lead)
+                log.warning("lead left out of the backtest: its stored events cannot be "
+                            "loaded", lead=found.lead, error=found.error)
                 continue
-            touchpoints = auditor.touchpoints(lead_id)
-        except PersistenceError:
-            raise
-        except Exception as exc:  # a damaged lead is left out, not the whole backtest
-            unloadable.append(str(lead_id))
-            log.warning("lead left out of the backtest: its stored events cannot be "
-                        "loaded", lead=str(lead_id), error=f"{type(exc).__name__}: {exc}")
-            continue
-        key = lead.primary_key
-        old.simulate(key, lead.profile, touchpoints)
-        new.simulate(key, lead.profile, touchpoints)
-        reached = set(lead.first_reached)
-        if reached & {"sql", "opportunity", "customer"}:
-            outcomes["sql"].add(key)
-        if "customer" in reached:
-            outcomes["customer"].add(key)
-        stages[key] = lead.stage
+            key = found.key
+            old.mql_at[key] = found.mql_current
+            new.mql_at[key] = found.mql_new
+            if found.sql:
+                outcomes["sql"].add(key)
+            if found.customer:
+                outcomes["customer"].add(key)
+            stages[key] = found.stage
     result = compare(old, new, outcomes, stages)
     result["unloadable_leads"] = unloadable
     return result
+
+
+class _Left(NamedTuple):
+    """A lead left out: its stored events cannot be loaded."""
+
+    lead: str
+    error: str
+
+
+class _Done(NamedTuple):
+    """A lead backtested: its MQL moment under the current and the new rules, its recorded
+    stage, whether it reached SQL (or later) and customer."""
+
+    key: str
+    mql_current: datetime | None
+    mql_new: datetime | None
+    stage: str
+    sql: bool
+    customer: bool
+
+
+#: One lead's result; None for a lead not backtested (merged away, before ``since``).
+Result = _Done | _Left | None
+
+
+class _Job:
+    """The backtest of one part of the leads (in this process or a worker)."""
+
+    def __init__(self, current: Rules, candidate: Rules, since: datetime | None) -> None:
+        self.current, self.candidate, self.since = current, candidate, since
+
+    def run(self, app: Any, lead_ids: Sequence[UUID],
+            step: Callable[[int], None] | None = None) -> list[Result]:
+        old, new = _Compiled(self.current), _Compiled(self.candidate)
+        both = (old.threshold, new.threshold) if old.same_scores(new) else None
+        reader = _Reader(app)
+        out: list[Result] = []
+        for start in range(0, len(lead_ids), PRELOAD):
+            chunk = lead_ids[start:start + PRELOAD]
+            for lead_id, found in zip(chunk, _read_chunk(reader, chunk, self.since),
+                                      strict=True):
+                if found is None:
+                    out.append(None)
+                elif isinstance(found, Exception):
+                    out.append(_Left(str(lead_id), f"{type(found).__name__}: {found}"))
+                else:
+                    key, profile, touches, stage, reached = found
+                    if both is not None:
+                        current, candidate = old.mql_at(profile, touches, both)
+                    else:
+                        current = old.mql_at(profile, touches)[0]
+                        candidate = new.mql_at(profile, touches)[0]
+                    out.append(_Done(key, current, candidate, stage,
+                                     bool(reached & _SQL_OR_LATER), "customer" in reached))
+            if step is not None:
+                step(len(out))
+        return out
+
+
+#: Leads a worker process is worth starting for.
+MIN_LEADS_PER_WORKER = 2_000
+#: Most worker processes (this one included).
+MAX_WORKERS = 8
+
+
+def _cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _workers(app: Any, leads: int) -> int:
+    """How many processes read the leads: one unless other processes can open the store
+    (not an in-memory one) and fork is there, and the leads are many."""
+    env = getattr(app, "env", None) or {}
+    module = env.get("PERSISTENCE_MODULE", "")
+    if module == "eventsourcing.sqlite":
+        name = env.get("SQLITE_DBNAME", "")
+        shared = bool(name) and ":memory:" not in name and "mode=memory" not in name
+    else:
+        shared = module == "eventsourcing.postgres"
+    if not shared or not sys.platform.startswith("linux"):  # fork: safe on Linux
+        return 1
+    return max(1, min(_cpus(), MAX_WORKERS, leads // MIN_LEADS_PER_WORKER))
+
+
+def _split(items: Sequence[UUID], parts: int) -> list[Sequence[UUID]]:
+    size = -(-len(items) // parts) if items else 0
+    return [items[i:i + size] for i in range(0, len(items), size)] if size else []
+
+
+class _Helper:
+    """A forked worker process backtesting one part of the leads with its own app (its own
+    database connections: none of this process's is used in it)."""
+
+    def __init__(self, process: Any, conn: Any, counter: Any) -> None:
+        self.process, self.conn, self.counter = process, conn, counter
+
+    @classmethod
+    def start(cls, app: Any, job: _Job, part: Sequence[UUID]) -> _Helper | None:
+        """The worker for ``part``, started; None when none can be (this process reads the
+        part then)."""
+        context = multiprocessing.get_context("fork")
+        for stream in (sys.stdout, sys.stderr):  # nothing written yet is written twice
+            with contextlib.suppress(Exception):
+                stream.flush()
+        try:
+            receive, send = context.Pipe(duplex=False)
+            counter = context.RawValue("q", 0)
+            process = context.Process(target=_work, args=(dict(app.env), job, list(part),
+                                                          send, counter), daemon=True)
+            process.start()
+        except Exception as exc:  # e.g. in a daemon process, which may have no children
+            log.info("backtest worker not started; its leads are read in the main process",
+                     error=f"{type(exc).__name__}: {exc}")
+            return None
+        send.close()
+        return cls(process, receive, counter)
+
+    @property
+    def done(self) -> int:
+        return int(self.counter.value)
+
+    def wait(self, tick: Callable[[], None]) -> list[Result] | None:
+        """The part's results; None when the worker failed (the part is then read here)."""
+        try:
+            while not self.conn.poll(0.2):
+                tick()
+                if not self.process.is_alive() and not self.conn.poll():
+                    return None
+            kind, payload = self.conn.recv()
+        except (EOFError, OSError):
+            return None
+        if kind != "ok":
+            log.info("backtest worker failed; its leads are read in the main process",
+                     error=payload)
+            return None
+        return cast(list[Result], payload)
+
+    def stop(self) -> None:
+        self.conn.close()
+        if self.process.is_alive():
+            self.process.terminate()
+        self.process.join()
+
+
+def _work(env: dict[str, str], job: _Job, part: list[UUID], conn: Any, counter: Any) -> None:
+    """A worker process: its own app on the same store, the job, the results sent back."""
+    try:
+        app = LeadflowApp(env=env, rules=job.current)
+        try:
+            def step(done: int) -> None:
+                counter.value = done
+
+            results = job.run(app, part, step)
+        finally:
+            app.close()
+        conn.send(("ok", results))
+    except BaseException as exc:  # told to the parent, which then reads the part itself
+        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
+    finally:
+        conn.close()
+
+
+_SQL_OR_LATER = frozenset({"sql", "opportunity", "customer"})
+
+#: What a backtest takes from one lead: key, profile, touchpoints in order, stage, the
+#: stages it ever reached.
+Found = tuple[str, dict[str, Any], list[Touch], str, set[str]]
+#: The same from the lead's own events, its touchpoints (None) left to the Auditor.
+Folded = tuple[str, dict[str, Any], list[Touch] | None, str, set[str]]
+
+
+# ------------------------------------------------------------------------- reading leads
+
+
+class _Reader(Auditor):
+    """The Auditor, with anonymous interests read ahead in bulk.
+
+    ``touchpoints`` reads the interests a lead absorbed one by one. While ``collecting``, an
+    interest not read ahead is noted in ``missing`` and taken as empty (the caller then reads
+    the noted ones in one query and asks again); an interest asked for once more after that
+    is read as the Auditor reads it, so one that cannot be read is named as before.
+    """
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self._bulk = Auditor(app)
+        self.ahead: dict[UUID, list[Any]] = {}
+        self.tried: set[UUID] = set()
+        self.missing: list[UUID] = []
+        self.collecting = False
+
+    def events(self, lead_id: UUID, kind: str = "lead") -> list[Any]:
+        if kind != "lead":
+            found = self.ahead.get(lead_id)
+            if found is not None:
+                return found
+            if self.collecting and lead_id not in self.tried:
+                self.missing.append(lead_id)
+                return []
+        return super().events(lead_id, kind)
+
+    def read_ahead(self, ids: Sequence[UUID], kind: str) -> None:
+        """Read ``ids`` (interests) in one query; one that cannot be read is left to be read
+        (and named) where it is asked for."""
+        fresh = [i for i in dict.fromkeys(ids) if i not in self.tried]
+        self.tried.update(fresh)
+        self._bulk.preload(fresh)
+        for aggregate_id in fresh:
+            try:
+                self.ahead[aggregate_id] = self._bulk.events(aggregate_id, kind)
+            except PersistenceError:
+                raise
+            except Exception:  # damaged: read again, and named, where it is asked for
+                continue
+
+    def forget(self) -> None:
+        self.ahead, self.tried, self.missing = {}, set(), []
+
+
+def _read_chunk(reader: _Reader, chunk: Sequence[UUID], since: datetime | None
+                ) -> list[Found | Exception | None]:
+    """What the backtest takes from each lead of ``chunk``, in order: None for a lead it
+    skips (merged away, created before ``since``), the error for one that cannot be loaded."""
+    reader.preload(chunk)
+    reader.forget()
+    out: list[Found | Exception | None] = []
+    gather: list[tuple[int, Folded]] = []  # leads whose touchpoints the Auditor gathers
+    for lead_id in chunk:
+        try:
+            folded = _fold(reader.events(lead_id), since)
+        except PersistenceError:
+            raise
+        except Exception:  # whatever the fold is not sure of: the general way, below
+            folded = _GENERAL
+        if folded is _GENERAL:
+            out.append(_general(reader, lead_id, since))
+        elif isinstance(folded, tuple) and folded[2] is None:
+            gather.append((len(out), folded))
+            out.append(None)
+        else:
+            out.append(folded)  # type: ignore[arg-type]  # a tuple with its touchpoints
+    if gather:
+        _gather(reader, chunk, gather, out)
+    return out
+
+
+def _general(reader: _Reader, lead_id: UUID, since: datetime | None
+             ) -> Found | Exception | None:
+    """One lead, read exactly as the backtest always did: its replayed aggregate and the
+    Auditor's touchpoints (merged leads and absorbed interests included)."""
+    try:
+        lead: Any = reader.replay(reader.events(lead_id))
+        if not isinstance(lead, Lead) or lead.merged_into is not None:
+            return None
+        if since is not None and lead.created_at < since:
+            return None
+        touches = _touches(reader.touchpoints(lead_id))
+    except PersistenceError:
+        raise
+    except Exception as exc:  # a damaged lead is left out, not the whole backtest
+        return exc
+    key: Any = lead.primary_key
+    return key, lead.profile, touches, lead.stage, set(lead.first_reached)
+
+
+def _gather(reader: _Reader, chunk: Sequence[UUID], leads: list[tuple[int, Folded]],
+            out: list[Found | Exception | None]) -> None:
+    """The touchpoints of the leads of ``chunk`` that absorbed a lead or anonymous interest,
+    as the Auditor gathers them (``touchpoints``), with the interests they name read in one
+    query: a first pass notes them, a second asks again for the leads that named any."""
+    reader.collecting = True
+    reader.missing = []
+    try:
+        waiting = []
+        for position, folded in leads:
+            asked = len(reader.missing)
+            out[position] = _with_touches(reader, chunk[position], folded)
+            if len(reader.missing) > asked:
+                waiting.append((position, folded))
+        if waiting:
+            reader.read_ahead(reader.missing, "interest")
+            for position, folded in waiting:  # each interest is read ahead or tried now
+                out[position] = _with_touches(reader, chunk[position], folded)
+    finally:
+        reader.collecting = False
+        reader.missing = []
+
+
+def _with_touches(reader: _Reader, lead_id: UUID, folded: Folded) -> Found | Exception:
+    try:
+        touches = _touches(reader.touchpoints(lead_id))
+    except PersistenceError:
+        raise
+    except Exception as exc:  # a damaged lead is left out, not the whole backtest
+        return exc
+    key, profile, _, stage, reached = folded
+    return key, profile, touches, stage, reached
+
+
+def _touches(touchpoints: Sequence[dict[str, Any]]) -> list[Touch]:
+    return [(tp["occurred_at"], tp["event_id"], tp["type"], tp["context"])
+            for tp in touchpoints]
+
+
+# The fold: what a backtest needs of a lead, from its events, without the aggregate.
+
+class _Marker:
+    pass
+
+
+_GENERAL = _Marker()
+
+def _event(name: str) -> type:
+    """A lead event class (the ones made by ``@event`` are not known to the type checker)."""
+    cls: type = getattr(Lead, name)
+    return cls
+
+
+_CREATED = _event("Created")
+_TOUCHED = _event("TouchpointScored")
+_STAGE = _event("StageChanged")
+_PROFILE = _event("ProfileUpdated")
+_MERGED = _event("MergedInto")
+_UNMERGED = _event("Unmerged")
+_ABSORBED = _event("Absorbed")
+#: Events after which the Auditor gathers the touchpoints (other leads', interests').
+_ABSORBING = (_ABSORBED, _event("InterestAbsorbed"))
+#: Events that change nothing a backtest reads (replayed, they only change other state).
+_OTHERS = ("IdentityAdded", "AccountSet", "Boosted", "AccountSurged", "DispositionRecorded",
+           "OwnerAssigned", "LoadRecounted", "WakeScheduled", "FirstContactSlaBreached",
+           "FirstContactMade", "DealOwnerSet", "WentDormant")
+
+
+def _fields_needed(cls: type) -> frozenset[str]:
+    """The fields an event of ``cls`` must hold for its replay not to fail: all its
+    dataclass fields but the ones its decorated method gives a default."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    method = Lead.__init__ if cls is _CREATED else decorated_funcs.get(cls)
+    if method is not None:
+        names -= {p.name for p in inspect.signature(method).parameters.values()
+                  if p.default is not inspect.Parameter.empty}
+    return frozenset(names)
+
+
+_NEEDED: dict[type, frozenset[str]] = {
+    cls: _fields_needed(cls)
+    for cls in (_CREATED, _TOUCHED, _STAGE, _PROFILE, _MERGED, _UNMERGED, *_ABSORBING,
+                *(getattr(Lead, name, None) for name in _OTHERS)) if cls is not None
+}
+_LEAD_TOPICS: dict[str, bool] = {}
+
+
+def _is_lead_topic(topic: str) -> bool:
+    known = _LEAD_TOPICS.get(topic)
+    if known is None:
+        known = _LEAD_TOPICS[topic] = resolve_topic(topic) is Lead
+    return known
+
+
+def _fold(events: Sequence[Any], since: datetime | None) -> Folded | _Marker | None:
+    """A lead's backtest input from its events alone, as replaying them gives it; None for a
+    lead the backtest skips; no touchpoints (None) for one that absorbed another lead or an
+    interest (they are the Auditor's to gather); ``_GENERAL`` (or any exception) for
+    anything else the fold is not sure of."""
+    needed = _NEEDED
+    first = events[0]
+    data = first.__dict__
+    if type(first) is not _CREATED or not needed[_CREATED] <= data.keys() or \
+            not _is_lead_topic(data["originator_topic"]):
+        return _GENERAL
+    version = data["originator_version"]
+    key, created_at = data["primary_key"], data["created_at"]
+    stage = "new"
+    reached = {"new"}
+    profile: dict[str, Any] = {}
+    merged = False
+    absorbed = False
+    touches: list[Touch] = []
+    for event in events[1:]:
+        cls = type(event)
+        data = event.__dict__
+        version += 1
+        wants = needed.get(cls)
+        if wants is None or data["originator_version"] != version or \
+                not wants <= data.keys():
+            return _GENERAL
+        if cls is _TOUCHED:
+            touches.append((data["occurred_at"], data["event_id"], data["record_type"],
+                            data["context"]))
+        elif cls is _STAGE:
+            stage = data["to_stage"]
+            reached.add(stage)
+        elif cls is _PROFILE:
+            profile.update(data["changes"])
+        elif cls is _MERGED:
+            merged = data["survivor_id"] is not None
+        elif cls is _UNMERGED:
+            merged = False
+        elif cls in _ABSORBING:
+            absorbed = True
+            if cls is _ABSORBED:
+                if type(data["profile"]) is not dict:
+                    return _GENERAL
+                profile = dict(data["profile"])
+    if merged or (since is not None and created_at < since):
+        return None
+    if absorbed:
+        return key, profile, None, stage, reached
+    touches.sort(key=_when)
+    return key, profile, touches, stage, reached
+
+
+def _when(touch: Touch) -> tuple[datetime, str]:
+    return touch[0], touch[1]
+
+
+# ------------------------------------------------------------------------- scoring
 
 
 @dataclass
@@ -87,33 +544,204 @@ class Backtest:
 
     rules: Rules
     mql_at: dict[str, datetime | None] = field(default_factory=dict)
+    _compiled: _Compiled | None = field(default=None, repr=False, compare=False)
 
     def simulate(self, lead_key: str, profile: dict[str, Any],
                  touchpoints: Sequence[dict[str, Any]]) -> None:
-        fit = sum(p for _, p in scoring.fit_awards(self.rules, profile))
-        value, as_of = 0.0, None
-        expiring: list[Award] = []
+        """``run`` for touchpoints as the Auditor gives them (dicts, in order)."""
+        self.run(lead_key, profile, _touches(touchpoints))
+
+    def run(self, lead_key: str, profile: Mapping[str, Any],
+            touches: Sequence[Touch]) -> None:
+        """When the lead would have become MQL under these rules: the first touchpoint after
+        which its score (fit + engagement, as ``leadflow.domain.scoring`` computes it) reaches
+        the threshold; None when none does."""
+        compiled = self._compiled
+        if compiled is None:
+            compiled = self._compiled = _Compiled(self.rules)
+        self.mql_at[lead_key] = compiled.mql_at(profile, touches)[0]
+
+
+def _decay(value: float, as_of: datetime, when: datetime, half_life_s: float) -> float:
+    # scoring.decayed for an as_of that is set
+    if value == 0.0:
+        return value
+    seconds = (when - as_of).total_seconds()
+    if seconds <= 0:
+        return value
+    return value * float(2.0 ** (-seconds / half_life_s))
+
+
+class _Test:
+    """A compiled engagement condition (``rules.Condition``): lower-case text tests."""
+
+    __slots__ = ("among", "contains", "equals", "field", "prefix")
+
+    def __init__(self, field: str, equals: str | None, contains: str | None,
+                 prefix: str | None, among: frozenset[str] | None) -> None:
+        self.field, self.equals, self.contains = field, equals, contains
+        self.prefix, self.among = prefix, among
+
+    def matches(self, context: Mapping[str, Any]) -> bool:
+        value = context.get(self.field)
+        if value is None:
+            return False
+        text = str(value).lower()
+        if self.equals is not None:
+            return text == self.equals
+        if self.contains is not None:
+            return self.contains in text
+        if self.prefix is not None:
+            return text.startswith(self.prefix)
+        return self.among is not None and text in self.among
+
+
+class _Rule:
+    """A compiled engagement rule: what ``scoring.score_touchpoint`` reads of it."""
+
+    __slots__ = ("cap", "expires", "id", "points", "rule", "tests")
+
+    def __init__(self, rule: EngagementRule) -> None:
+        self.id = rule.id
+        self.tests = tuple(
+            _Test(c.field, _lower(c.equals), _lower(c.contains), _lower(c.prefix),
+                  frozenset(v.lower() for v in c.in_ or ()) if c.in_ is not None else None)
+            for c in rule.when)
+        self.points = rule.points  # None: banded (``rule.band_total``)
+        self.rule = rule
+        self.cap = rule.cap
+        self.expires = (timedelta(days=rule.expires_after_days)
+                        if rule.expires_after_days else None)
+
+
+def _lower(text: str | None) -> str | None:
+    return None if text is None else text.lower()
+
+
+class _Compiled:
+    """One rule set, compiled for the backtest's scoring loop."""
+
+    def __init__(self, rules: Rules) -> None:
+        self.rules = rules
+        self.threshold = rules.scoring.mql_threshold
+        self.half_life = rules.half_life_seconds
+        self.by_type = {kind: tuple(_Rule(r) for r in engagement)
+                        for kind, engagement in rules.engagement_by_type.items()}
+        # Per profile field, its fit rules in file order (with their place in the file) and
+        # what they give each value seen so far: a field's first matching rule wins.
+        fields: dict[str, list[tuple[int, FitRule]]] = {}
+        for index, rule in enumerate(rules.scoring.fit):
+            fields.setdefault(rule.field, []).append((index, rule))
+        self.fit_fields: list[tuple[str, tuple[tuple[int, FitRule], ...],
+                                    dict[Any, tuple[int, float] | None]]] = [
+            (name, tuple(ranked), {}) for name, ranked in fields.items()]
+
+    def same_scores(self, other: _Compiled) -> bool:
+        """Whether ``other`` scores every lead the same at every moment (only the thresholds
+        may differ): one pass over a lead's touchpoints then serves both."""
+        a, b = self.rules, other.rules
+        return (a.scoring.engagement == b.scoring.engagement and a.scoring.fit == b.scoring.fit
+                and a.half_life_seconds == b.half_life_seconds
+                and self.threshold == self.threshold and other.threshold == other.threshold)
+
+    def fit(self, profile: Mapping[str, Any]) -> float:
+        """``sum(p for _, p in scoring.fit_awards(rules, profile))``: each field's winning
+        rule remembered by the field's value (and its type), the points added in file order."""
+        won: list[tuple[int, float]] = []
+        for name, ranked, memo in self.fit_fields:
+            value = profile.get(name)
+            try:
+                # A float by its repr: -0.0 == 0.0, but a text rule reads "-0.0".
+                key: Any = (float, repr(value)) if type(value) is float else (type(value), value)
+                known = memo.get(key, _UNSEEN)
+            except TypeError:  # a value that cannot be a key
+                key, known = None, _UNSEEN
+            if known is _UNSEEN:
+                hit = next(((index, float(rule.points)) for index, rule in ranked
+                            if rule.matches(profile)), None)
+                if key is not None:
+                    memo[key] = hit
+            else:
+                hit = cast(tuple[int, float] | None, known)
+            if hit is not None:
+                won.append(hit)
+        won.sort()
+        total: float = 0
+        for _, points in won:
+            total += points
+        return total
+
+    def mql_at(self, profile: Mapping[str, Any], touches: Sequence[Touch],
+               thresholds: Sequence[float] | None = None) -> list[datetime | None]:
+        """When the lead's score first reaches each of ``thresholds`` (the rule set's own by
+        default): the loop of ``scoring.score_touchpoint``, ``add_decaying``, ``decayed`` and
+        ``expiring_total`` over its touchpoints, operation for operation."""
+        if thresholds is None:
+            thresholds = (self.threshold,)
+        found: list[datetime | None] = [None] * len(thresholds)
+        if not touches:
+            return found
+        # Lowest first: a score that reaches one threshold reaches every lower one.
+        pending = sorted(range(len(thresholds)), key=thresholds.__getitem__)
+        lowest = thresholds[pending[0]]
+        fit = self.fit(profile)
+        half_life, by_type = self.half_life, self.by_type
+        value = 0.0
+        as_of: datetime | None = None
+        expiring: list[tuple[float, datetime, datetime]] = []
         counts: dict[str, int] = {}
         totals: dict[str, float] = {}
-        half_life = self.rules.half_life_seconds
-        for tp in touchpoints:
-            for award in scoring.score_touchpoint(self.rules, tp["type"], tp["context"],
-                                                  tp["occurred_at"], tp["event_id"], counts,
-                                                  totals):
-                counts[award.rule] = counts.get(award.rule, 0) + 1
-                totals[award.rule] = totals.get(award.rule, 0.0) + award.points
-                if award.expires_at is None:
-                    value, as_of = scoring.add_decaying(value, as_of, award.points, award.at,
-                                                        half_life)
+        for at, _, kind, context in touches:
+            for rule in by_type.get(kind, ()):
+                if rule.tests and not all(t.matches(context) for t in rule.tests):
+                    continue
+                rule_id = rule.id
+                count = counts.get(rule_id, 0) + 1
+                given = totals.get(rule_id, 0.0)
+                points = rule.points
+                if points is None:
+                    points = rule.rule.band_total(count) - given
+                cap = rule.cap
+                if cap is not None and given + points > cap:
+                    points = max(0.0, cap - given)
+                points = float(points)
+                counts[rule_id] = count
+                totals[rule_id] = given + points
+                if rule.expires is None:
+                    if as_of is None:
+                        value, as_of = points, at
+                    else:
+                        horizon = at if at > as_of else as_of  # max(as_of, at)
+                        value = _decay(value, as_of, horizon, half_life) + points * float(
+                            2.0 ** (-(horizon - at).total_seconds() / half_life))
+                        as_of = horizon
                 else:
-                    expiring.append(award)
-            when = max(tp["occurred_at"], as_of) if as_of else tp["occurred_at"]
-            score = fit + scoring.decayed(value, as_of, when, half_life) + \
-                scoring.expiring_total(expiring, when)
-            if score >= self.rules.scoring.mql_threshold:
-                self.mql_at[lead_key] = when
-                return
-        self.mql_at[lead_key] = None
+                    expiring.append((points, at, at + rule.expires))
+            if as_of is None:
+                when = at
+                score = fit + value
+            else:
+                when = as_of if as_of > at else at  # max(occurred_at, as_of)
+                score = fit + _decay(value, as_of, when, half_life)
+            if expiring:
+                alive: float = 0
+                for points, since, until in expiring:
+                    if since <= when < until:
+                        alive += points
+                score = score + alive
+            if score >= lowest:
+                while pending and score >= thresholds[pending[0]]:
+                    found[pending.pop(0)] = when
+                if not pending:
+                    break
+                lowest = thresholds[pending[0]]
+        return found
+
+
+_UNSEEN = object()
+
+
+# ------------------------------------------------------------------------- the report
 
 
 def quality(predicted: dict[str, datetime | None], outcome: set[str]) -> dict[str, float | None]:
@@ -157,3 +785,34 @@ def compare(old: Backtest, new: Backtest, outcomes: dict[str, set[str]],
             for outcome, keys in outcomes.items()
         },
     }
+
+
+# ------------------------------------------------------------------------- the collector
+
+
+@contextlib.contextmanager
+def _fewer_collections() -> Iterator[None]:
+    """During the loop: the heap built so far frozen out of the collector's sight and young
+    collections rarer (as ``leadflow.runtime.tune_gc`` does for the long-running commands,
+    with the same ``LEADFLOW_GC_GEN0_THRESHOLD``); put back as it was afterwards. The loop
+    allocates a lead's decoded events and drops them a moment later, almost none in cycles.
+    """
+    from leadflow.runtime import DEFAULT_GEN0_THRESHOLD
+
+    try:
+        gen0 = int(os.environ.get("LEADFLOW_GC_GEN0_THRESHOLD", str(DEFAULT_GEN0_THRESHOLD)))
+    except ValueError:
+        gen0 = DEFAULT_GEN0_THRESHOLD
+    before = gc.get_threshold()
+    if gen0 <= 0 or before[0] >= gen0:
+        yield
+        return
+    frozen = gc.get_freeze_count() > 0
+    gc.freeze()
+    gc.set_threshold(gen0, before[1], before[2])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
+        if not frozen:
+            gc.unfreeze()
