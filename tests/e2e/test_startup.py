@@ -71,3 +71,12 @@ def test_lead_show_startup_on_the_embedded_store_imports_no_psycopg(
     # Only a PostgreSQL store needs it (leadflow.store.postgres, codec's PostgreSQL read).
     assert _imported(show_modules, "psycopg", "psycopg_binary", "psycopg_pool",
                      "eventsourcing.postgres") == []
+
+
+@pytest.mark.xfail(strict=True, reason="imported at the top of leadflow/engine/app.py, "
+                   "engine/migration.py, store/keys.py and store/personal.py; with "
+                   "`log = leadflow.logs.get_logger(__name__)` there it is not (structlog is "
+                   "then configured when first imported): remove this mark then")
+def test_lead_show_startup_imports_no_structlog(show_modules: list[str]) -> None:
+    # structlog brings rich's traceback module and asyncio; lead show logs nothing.
+    assert _imported(show_modules, "structlog") == []
