@@ -22,7 +22,6 @@ import pytest
 from eventsourcing.persistence import StoredEvent
 
 from leadflow.config import Settings
-from leadflow.domain import Lead
 from leadflow.engine.app import LeadflowApp
 from leadflow.projections.db import ProjectionDB, from_db
 from leadflow.projections.projector import ProjectionFailedError, Projector
@@ -85,7 +84,7 @@ class Hostile:
         self.store = Store(url, app)
 
     def lead(self, email: str) -> str:
-        assert str(self.app.resolve(f"email:{email}")) == lead_id(email)
+        _LEAD_IDS[email] = str(self.app.resolve(f"email:{email}"))
         return lead_id(email)
 
     def find(self, oid: str, topic_end: str, nth: int = 0) -> tuple[int, int | None]:
@@ -153,8 +152,9 @@ def hostile_store(url: str) -> LeadflowApp:
     # Two spellings that the text column holds alike: one funnel row, also for a COPY.
     h.edit(l3, "Lead.Created", lambda d: d.update(source="organic\u0000"))
     h.edit(l4, "Lead.Created", lambda d: d.update(source=f"organic{FFFD}"))
-    h.edit(l6, "Lead.Created", lambda d: d.update(
-        primary_key="external_id:CRM\u0000-1", campaign="spring\u0000", landing_page="@bad-utf8"))
+    # As a store written before per-person encryption held them: in the clear (no "pii").
+    h.edit(l6, "Lead.Created", lambda d: (d.pop("pii", None), d.update(
+        primary_key="external_id:CRM\u0000-1", campaign="spring\u0000", landing_page="@bad-utf8")))
     account = h.account(l1)
     h.edit(account, "Account.Created", lambda d: d.update(name="Ads\u0000 Inc"))
     # The surge is recorded on the lead whose record set it off, in that record's row.
@@ -194,9 +194,13 @@ def dump(db: ProjectionDB) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
+# Lead ids by email, noted while the store was built (ids come from the creating record's
+# event id; the engine itself need not be able to load an edited lead later).
+_LEAD_IDS: dict[str, str] = {}
+
+
 def lead_id(email: str) -> str:
-    # Not app.resolve: the engine itself need not be able to load an edited lead.
-    return str(Lead.create_id(f"email:{email}"))
+    return _LEAD_IDS[email]
 
 
 def lead_row(db: ProjectionDB, email: str) -> dict[str, Any]:
@@ -323,10 +327,11 @@ def handler_fails(app: LeadflowApp, lead: UUID) -> tuple[str, bytes]:
 
 
 def required_value_missing(app: LeadflowApp, lead: UUID) -> tuple[str, bytes]:
-    # A lead created without its primary key (NOT NULL in lead_state).
+    # A lead created without its creation time (NOT NULL in lead_state). (A primary key of
+    # null is no longer hostile: a forgotten person's Created event reads that way.)
     created = {"timestamp": {"_type_": "datetime_iso", "_data_": T0.isoformat()},
-               "originator_topic": "leadflow.domain:Lead", "primary_key": None,
-               "created_at": {"_type_": "datetime_iso", "_data_": T0.isoformat()},
+               "originator_topic": "leadflow.domain:Lead", "primary_key": "email:x@y.io",
+               "created_at": None,
                "source": "x", "campaign": None, "landing_page": None, "account_id": None}
     return "leadflow.domain:Lead.Created", json.dumps(created).encode()
 

@@ -81,6 +81,8 @@ def test_a_migrated_store_answers_the_same_and_goes_on(tmp_path: Path, rec: Reco
     app = open_app(db)
     try:
         views = {str(i): app.lead(i).to_json() for i in app.lead_ids()}
+        # Views gained "forgotten" (issue 14) after the expected views were recorded.
+        assert all(v.pop("forgotten") is False for v in views.values())
         assert json.loads(json.dumps(views, sort_keys=True)) == expected
         assert all(app.verify(i).ok for i in app.lead_ids())
         some = next(v for v in expected.values() if v["primary_key"].startswith("email:"))

@@ -46,7 +46,14 @@ class Seeded:
 
 
 class Attack(Store):
-    """The Store of test_verify plus what these attacks need."""
+    """The Store of test_verify plus what these attacks need. Identity rows are keyed by
+    keyed hashes (store/personal.py): the attacks name identities, the rows get their
+    hashes (an attacker without the lookup key could only copy or invent hashes, which
+    verify finds the same way)."""
+
+    def __init__(self, url: str, app: LeadflowApp) -> None:
+        super().__init__(url, app)
+        self.hashed = app.vault.lookup
 
     def ids(self, topic_suffix: str) -> list[str]:
         rows = self._run(f"SELECT DISTINCT originator_id FROM {self.table} WHERE topic LIKE %s",
@@ -55,18 +62,20 @@ class Attack(Store):
 
     def identity(self, key: str) -> str:
         return str(uuid.UUID(str(self._run(
-            "SELECT target_id FROM leadflow_identities WHERE key = %s", [key])[0][0])))
+            "SELECT target_id FROM leadflow_identities WHERE key = %s",
+            [self.hashed(key)])[0][0])))
 
     def point_identity(self, key: str, target: str) -> None:
         self._run("UPDATE leadflow_identities SET target_id = %s WHERE key = %s",
-                  [self.oid(target), key])
+                  [self.oid(target), self.hashed(key)])
 
     def delete_identity(self, key: str) -> None:
-        self._run("DELETE FROM leadflow_identities WHERE key = %s", [key])
+        self._run("DELETE FROM leadflow_identities WHERE key = %s", [self.hashed(key)])
 
     def add_identity(self, key: str, target: str) -> None:
         self._run("INSERT INTO leadflow_identities (key, target_id, is_interest) "
-                  "VALUES (%s, %s, %s)", [key, self.oid(target), False if self.pg else 0])
+                  "VALUES (%s, %s, %s)",
+                  [self.hashed(key), self.oid(target), False if self.pg else 0])
 
     def delete_aggregate(self, oid: str) -> None:
         self._run(f"DELETE FROM {self.table} WHERE originator_id = %s", [self.oid(oid)])

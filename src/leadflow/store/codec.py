@@ -135,7 +135,8 @@ class EventCodec:
         if class_version > 1:
             state["class_version"] = class_version
         topic = self._topic(cls)
-        self.vault.seal(topic.partition(":")[2], originator_id, state)
+        self.vault.seal(topic.partition(":")[2], originator_id, state,
+                        first=version == Aggregate.INITIAL_VERSION)
         return originator_id, version, topic, state
 
     def encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:

@@ -317,10 +317,12 @@ class Vault:
 
     # ----------------------------------------------------------------- events
 
-    def seal(self, name: str, aggregate_id: UUID, state: dict[str, Any]) -> None:
+    def seal(self, name: str, aggregate_id: UUID, state: dict[str, Any],
+             first: bool = False) -> None:
         """Move event ``name``'s personal values out of ``state`` (a fresh dict of the
-        event's fields, about to be encoded) into its sealed blob."""
-        spec = PERSONAL_FIELDS.get(name)
+        event's fields, about to be encoded) into its sealed blob. ``first``: the event
+        creates the aggregate, which then has no key yet (none is looked up)."""
+        spec = _SPEC.get(name)
         if spec is None or self.plain:
             return
         secret: dict[str, Any] = {}
@@ -328,6 +330,8 @@ class Vault:
             _take(state, path, secret)
         if not secret:
             return
+        if first and aggregate_id not in self._pending:
+            self._keys.setdefault(aggregate_id, None)  # known: none stored yet
         cipher = self._cipher(aggregate_id, create=True)
         assert cipher is not None
         nonce = os.urandom(12)
@@ -403,31 +407,50 @@ def _pads(key: bytes) -> tuple[Any, Any]:
             hashlib.sha256(bytes(b ^ 0x5C for b in block)))
 
 
-def _take(state: dict[str, Any], path: str, secret: dict[str, Any]) -> None:
+class _Path:
+    """A personal field's path (domain/privacy.py), parsed once."""
+
+    __slots__ = ("delete", "name", "parts", "url")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.url = name.endswith("~")
+        self.parts = tuple((name[:-1] if self.url else name).split("."))
+        self.delete = len(self.parts) > 1 and self.parts[-2] in _DICTS_BY_KEY
+
+
+_SPEC: dict[str, tuple[_Path, ...]] = {
+    name: tuple(map(_Path, paths)) for name, paths in PERSONAL_FIELDS.items()}
+
+
+def _take(state: dict[str, Any], path: _Path, secret: dict[str, Any]) -> None:
     """Move the value at ``path`` into ``secret``; dicts on the way are copied first (they
-    are the live event's own)."""
-    url = path.endswith("~")
-    parts = (path[:-1] if url else path).split(".")
+    are the live event's own), and only when there is something to take."""
+    parts = path.parts
+    node: Any = state
+    for part in parts:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    value = node
+    if value in ([], ""):
+        return
+    public: str | None = None
+    if path.url:
+        if not isinstance(value, str):
+            return
+        public = public_url(value)
+        if public == value:
+            return
     parent = state
     for part in parts[:-1]:
-        child = parent.get(part)
-        if not isinstance(child, dict):
-            return
-        parent[part] = child = dict(child)
+        parent[part] = child = dict(parent[part])
         parent = child
     leaf = parts[-1]
-    value = parent.get(leaf)
-    if value is None or value in ([], ""):
-        return
-    if url:
-        if isinstance(value, str):
-            public = public_url(value)
-            if public != value:
-                secret[path] = value
-                parent[leaf] = public
-        return
-    secret[path] = value
-    if len(parts) > 1 and parts[-2] in _DICTS_BY_KEY:
+    secret[path.name] = value
+    if public is not None:
+        parent[leaf] = public
+    elif path.delete:
         del parent[leaf]
     else:
         parent[leaf] = [] if isinstance(value, list) else None

@@ -1,0 +1,161 @@
+"""The vault (store/personal.py): personal values sealed per person and opened back exactly,
+placeholders once the key is gone, refusals for altered or moved blobs, keyed identity
+hashes, and the master key's wrapping, rotation and refusals."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+from uuid import UUID, uuid4
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from leadflow.config import ConfigError
+from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
+from leadflow.engine.app import LeadflowApp
+from leadflow.store.personal import (
+    PII,
+    MasterKeys,
+    Vault,
+    master_keys_from_env,
+    personal_data_plain,
+)
+from leadflow.store.recorders import LeadflowPOPOProcessRecorder
+from tests.conftest import T0, Records
+
+TEXT = st.text(min_size=1, max_size=40)
+
+
+def vault() -> Vault:
+    return Vault(MasterKeys(["unit-test-master-key-0123456789"], "test"),
+                 LeadflowPOPOProcessRecorder())
+
+
+def committed(v: Vault) -> Vault:
+    """Store the pending keys as a commit would."""
+    v.table.memory.data_keys.update(v.new_keys())  # type: ignore[union-attr]
+    v.committed()
+    return v
+
+
+STATES = st.fixed_dictionaries({
+    "primary_key": TEXT.map(lambda t: f"email:{t}"),
+    "landing_page": st.one_of(st.none(), TEXT.map(lambda t: f"https://x.example/p?{t}")),
+    "source": TEXT,
+    "changes": st.dictionaries(st.sampled_from(["first_name", "last_name", "title",
+                                                "company", "country"]), TEXT),
+    "context": st.dictionaries(st.sampled_from(["url", "landing_page", "source"]),
+                               TEXT.map(lambda t: f"https://a.example/{t}")),
+    "identity_keys": st.lists(TEXT, max_size=4),
+})
+
+
+@settings(max_examples=150, deadline=None)
+@given(state=STATES, name=st.sampled_from(sorted(PERSONAL_FIELDS)))
+def test_sealed_values_open_back_exactly_and_the_live_event_is_untouched(
+        state: dict[str, Any], name: str) -> None:
+    v = vault()
+    aggregate_id = uuid4()
+    live = copy.deepcopy(state)
+    sealed = dict(state)
+    v.seal(name, aggregate_id, sealed, first=True)
+    assert state == live  # nested dicts were copied before anything was taken out
+    stored = json.loads(json.dumps(sealed, default=str))  # what the store keeps
+    committed(v)
+    assert v.open(name, aggregate_id, stored)
+    assert stored == json.loads(json.dumps(state, default=str))
+
+
+def test_personal_values_leave_the_readable_part_and_placeholders_stay_after_forget() -> None:
+    v = vault()
+    lead = uuid4()
+    created = {"primary_key": "email:anna@acme.example", "created_at": "t",
+               "landing_page": "https://acme.example/lp?email=anna@acme.example",
+               "source": "google"}
+    v.seal("Lead.Created", lead, created, first=True)
+    text = json.dumps(created)
+    assert "anna" not in text and created["source"] == "google"
+    assert created["landing_page"] == "https://acme.example/lp" and PII in created
+    profile = {"changes": {"first_name": "Anna", "company": "Acme", "title": "CEO"}}
+    v.seal("Lead.ProfileUpdated", lead, profile)
+    assert profile["changes"] == {"company": "Acme"}
+    committed(v)
+    v.shredded([lead])
+    opened = dict(created)
+    assert not v.open("Lead.Created", lead, opened)
+    assert opened["primary_key"] is None and PII not in opened
+    assert opened["landing_page"] == "https://acme.example/lp"
+
+
+def test_a_blob_moved_to_another_event_or_aggregate_is_refused() -> None:
+    v = vault()
+    a, b = uuid4(), uuid4()
+    state = {"key": "email:x@acme.example"}
+    v.seal("Lead.IdentityAdded", a, state, first=True)
+    v.seal("Lead.IdentityAdded", b, {"key": "email:y@acme.example"}, first=True)
+    committed(v)
+    with pytest.raises(ValueError, match="does not decrypt"):
+        v.open("Lead.IdentityAdded", b, dict(state))
+    with pytest.raises(ValueError, match="does not decrypt"):
+        v.open("Lead.Created", a, dict(state))
+
+
+def test_identity_hashes_are_keyed_stable_and_reveal_nothing() -> None:
+    one, other = vault(), vault()
+    h = one.lookup("email:anna@acme.example")
+    assert h == one.lookup("email:anna@acme.example") and len(h) == 32
+    assert "anna" not in h and h != other.lookup("email:anna@acme.example")
+
+
+def test_master_keys_wrap_rotate_and_name_a_wrong_key(tmp_path: Path) -> None:
+    old = MasterKeys(["old-master-key-0123456789"], "test")
+    aggregate_id = uuid4()
+    wrapped = old.wrap(aggregate_id, b"k" * 32)
+    both = MasterKeys(["new-master-key-0123456789", "old-master-key-0123456789"], "test")
+    assert both.unwrap(aggregate_id, wrapped) == b"k" * 32
+    rewrapped = both.wrap(aggregate_id, both.unwrap(aggregate_id, wrapped))
+    assert both.key_id_of(rewrapped) == both.current != old.current
+    with pytest.raises(ConfigError, match="not among the configured"):
+        old.unwrap(aggregate_id, rewrapped)
+    with pytest.raises(ValueError, match="does not unwrap"):
+        both.unwrap(UUID(int=1), rewrapped)
+    with pytest.raises(ConfigError, match="too short"):
+        MasterKeys(["short"], "test")
+    with pytest.raises(ConfigError, match="LEADFLOW_MASTER_KEY"):
+        master_keys_from_env({}, None, "eventsourcing.postgres")
+    made = master_keys_from_env({}, str(tmp_path / "x.db"), "eventsourcing.sqlite")
+    key_file = tmp_path / "x.db.master-key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert master_keys_from_env({}, str(tmp_path / "x.db"), "eventsourcing.sqlite"
+                                ).current == made.current
+    with pytest.raises(ConfigError, match="LEADFLOW_PERSONAL_DATA"):
+        personal_data_plain({"LEADFLOW_PERSONAL_DATA": "off"})
+
+
+def test_public_url_keeps_scheme_host_and_path() -> None:
+    assert public_url("https://a.example/p/q?x=1#f") == "https://a.example/p/q"
+    assert public_url("https://a.example/p#f?x") == "https://a.example/p"
+    assert public_url("/pricing") == "/pricing"
+
+
+def test_forget_in_memory_keeps_the_lead_and_its_score(rec: Records) -> None:
+    app = LeadflowApp()
+    app.apply_batch([rec("form_submitted", "anna@acme.example",
+                         lead={"first_name": "Anna"}, at=T0),
+                     rec("email_clicked", "bob@acme.example", at=T0)])
+    before = app.lead("email:anna@acme.example", at=T0)
+    result = app.forget("email:anna@acme.example", "request 7", "dpo", T0)
+    assert result.lead_id == before.lead_id and result.identities == 1
+    after = app.lead(before.lead_id, at=T0)
+    assert after.forgotten and after.primary_key is None and after.identities == ()
+    assert "first_name" not in after.profile and after.score == before.score
+    # A fresh process (no cache) replays the same state from the stored events.
+    app.forget_cached_aggregates()
+    replayed = app.lead(before.lead_id, at=T0)
+    assert (replayed.primary_key, replayed.score, replayed.stage_now) == (
+        None, before.score, before.stage_now)
+    assert app.lead("email:bob@acme.example", at=T0).primary_key == "email:bob@acme.example"
