@@ -73,10 +73,6 @@ def test_lead_show_startup_on_the_embedded_store_imports_no_psycopg(
                      "eventsourcing.postgres") == []
 
 
-@pytest.mark.xfail(strict=True, reason="imported at the top of leadflow/engine/app.py, "
-                   "engine/migration.py, store/keys.py and store/personal.py; with "
-                   "`log = leadflow.logs.get_logger(__name__)` there it is not (structlog is "
-                   "then configured when first imported): remove this mark then")
 def test_lead_show_startup_imports_no_structlog(show_modules: list[str]) -> None:
     # structlog brings rich's traceback module and asyncio; lead show logs nothing.
     assert _imported(show_modules, "structlog") == []

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
-import structlog
 from eventsourcing.application import (
     AggregateNotFoundError,
     Application,
@@ -66,6 +65,7 @@ from leadflow.engine.views import (
     RecordResult,
     RuleContribution,
 )
+from leadflow.logs import get_logger
 from leadflow.store import chain as audit
 from leadflow.store.bookkeeping import routing_state
 from leadflow.store.cache import SpillingLRUCache
@@ -85,7 +85,7 @@ if TYPE_CHECKING:
     # Annotations only: the contract's pydantic models load when records are parsed.
     from leadflow.contract import InboundRecord
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)  # structlog imported on the first log call
 
 #: Timer index rows read (and committed) at a time by ``advance_clock``.
 CLOCK_PAGE = 1000

@@ -20,7 +20,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import structlog
 from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Cipher
 from eventsourcing.utils import get_topic
@@ -36,6 +35,7 @@ from leadflow.domain import (
 from leadflow.domain.account import SURGE_ROW
 from leadflow.engine.unit import Unit
 from leadflow.engine.views import MigrationResult
+from leadflow.logs import get_logger
 from leadflow.store.audit import CHAINED_SINCE
 from leadflow.store.bookkeeping import Books
 from leadflow.store.recorders import STORE_VERSION, RecordIdIndex
@@ -43,7 +43,7 @@ from leadflow.store.recorders import STORE_VERSION, RecordIdIndex
 if TYPE_CHECKING:  # the application imports this module
     from leadflow.engine.app import LeadflowApp
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)  # structlog imported on the first log call
 
 #: Leads loaded (and their timers written) at a time by ``migrate``.
 MIGRATE_CHUNK = 1000

@@ -29,11 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from leadflow.config import ConfigError
+from leadflow.logs import get_logger
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)  # structlog imported on the first log call
 
 KEY_ENV = "LEADFLOW_AUDIT_KEY"
 KEY_FILE_ENV = "LEADFLOW_AUDIT_KEY_FILE"

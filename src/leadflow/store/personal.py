@@ -39,17 +39,17 @@ from typing import Any
 from uuid import UUID
 
 import orjson
-import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from leadflow.config import ConfigError
 from leadflow.domain.ids import singleton_id
 from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
+from leadflow.logs import get_logger
 from leadflow.store import bookkeeping
 from leadflow.store.keys import MIN_KEY_BYTES, read_key_file, write_key_file
 
-log = structlog.get_logger(__name__)
+log = get_logger(__name__)  # structlog imported on the first log call
 
 MASTER_KEY_ENV = "LEADFLOW_MASTER_KEY"
 MASTER_KEY_FILE_ENV = "LEADFLOW_MASTER_KEY_FILE"
