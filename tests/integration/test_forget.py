@@ -209,3 +209,37 @@ def test_forget_names_what_it_cannot_do(tmp_path: Path) -> None:
     refused = run(["forget", "bob@other.example", "--reason", "x"], plain)
     assert refused.returncode == 1 and "before per-person encryption" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+def test_master_key_rotation_rewraps_every_key_and_a_wrong_key_is_named(
+        tmp_path: Path) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(json.dumps(LINES[4]) + "\n")
+    old, new = "old-master-key-for-rotation-0123", "new-master-key-for-rotation-4567"
+    ok(run(["ingest", str(source)], tmp_path, env={"LEADFLOW_MASTER_KEY": old}))
+    wrong = run(["lead", "show", "bob@other.example"], tmp_path,
+                env={"LEADFLOW_MASTER_KEY": new})
+    assert wrong.returncode == 1 and "not among the configured" in wrong.stderr
+    assert "Traceback" not in wrong.stderr
+    before = data_keys("sqlite", tmp_path)
+    rotated = ok(run(["privacy", "rotate-master-key"], tmp_path,
+                     env={"LEADFLOW_MASTER_KEY": f"{new},{old}"}))
+    assert "2 key(s) re-wrapped" in rotated.stdout  # Bob's lead and the lookup key
+    assert sorted(data_keys("sqlite", tmp_path)) != sorted(before)
+    shown_new = json.loads(ok(run(["lead", "show", "bob@other.example", "--json"], tmp_path,
+                                  env={"LEADFLOW_MASTER_KEY": new})).stdout)
+    assert shown_new["profile"]["first_name"] == "Bob"
+    stale = run(["lead", "show", "bob@other.example"], tmp_path,
+                env={"LEADFLOW_MASTER_KEY": old})
+    assert stale.returncode == 1 and "not among the configured" in stale.stderr
+    # With a key file (the embedded default): a new key goes on top, the old one stays.
+    (tmp_path / "f").mkdir()
+    ok(run(["ingest", str(source)], tmp_path / "f",
+           env={"LEADFLOW_MASTER_KEY": ""}))
+    key_file = tmp_path / "f" / "lf.db.master-key"
+    first = [k for k in key_file.read_text().splitlines() if not k.startswith("#")]
+    ok(run(["privacy", "rotate-master-key"], tmp_path / "f", env={"LEADFLOW_MASTER_KEY": ""}))
+    keys = [k for k in key_file.read_text().splitlines() if not k.startswith("#")]
+    assert keys[1:] == first and len(keys) == 2
+    ok(run(["lead", "show", "bob@other.example"], tmp_path / "f",
+           env={"LEADFLOW_MASTER_KEY": ""}))

@@ -622,3 +622,6 @@ class Lead(Aggregate):
                         if k not in PERSONAL_PROFILE_FIELDS}
         if self.landing_page:
             self.landing_page = public_url(self.landing_page)
+        # Reasons were sealed too (domain/privacy.py): as a replay would read them.
+        self.stage_reason = None
+        self.transitions = [{**t, "reason": None} for t in self.transitions]

@@ -12,10 +12,12 @@ rules such as ``/pricing`` match them, before and after a forget) and only its q
 fragment, where trackers put emails and ids, are personal.
 
 Judgements, stated: the job title is personal (with the company it names one person);
-company, industry, size, revenue and country are facts about the company; a reason is a
-short disposition code an analyst reports on ("budget", "no-response") and stays readable
-— producers must not put personal data in it (the README says so); event ids are the
-producer's keys and stay readable.
+company, industry, size, revenue and country are facts about the company. Reasons (of a
+disposition, a stage change, an owner change) are free text a rep or a CRM typed, so they
+are sealed too: after a forget, the lead's lost/disqualified reasons read as empty while
+its counts stay. Form and content ids name a form or an asset, event ids are the
+producer's keys: they stay readable. Not sealed, a stated limit: the transition reasons
+inside an unmerge's ``StateRestored`` snapshot (its ``transitions`` list).
 """
 
 from __future__ import annotations
@@ -34,8 +36,11 @@ PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {
     "Lead.TouchpointScored": tuple(f"context.{f}" for f in _CONTEXT),
     "Lead.Absorbed": ("identity_keys", *(f"profile.{f}" for f in _PROFILE)),
     "Lead.InterestAbsorbed": ("anonymous_id",),
+    "Lead.DispositionRecorded": ("reason",),
+    "Lead.StageChanged": ("reason",),
+    "Lead.OwnerAssigned": ("reason",),
     "Lead.StateRestored": ("state.primary_key", "state.identity_keys", "state.landing_page~",
-                           *(f"state.profile.{f}" for f in _PROFILE)),
+                           "state.stage_reason", *(f"state.profile.{f}" for f in _PROFILE)),
     "Interest.Created": ("anonymous_id",),
     "Interest.TouchpointNoted": tuple(f"context.{f}" for f in _CONTEXT),
 }
