@@ -43,6 +43,13 @@ def test_the_builtin_rules_are_read_without_pydantic_and_equal_its_reading() -> 
     assert default_rules().version == read.version
 
 
+def test_the_builtin_rules_text_is_the_package_resource() -> None:
+    from importlib import resources
+
+    assert default_rules_text() == (resources.files("leadflow.domain")
+                                    .joinpath("default_rules.toml").read_text(encoding="utf-8"))
+
+
 def test_reading_the_builtin_rules_imports_no_pydantic() -> None:
     code = ("import sys; from leadflow.domain.rules import default_rules\n"
             "print(default_rules().version, any(m.startswith('pydantic') for m in sys.modules))")

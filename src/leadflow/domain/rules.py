@@ -24,7 +24,6 @@ import re
 import tomllib
 from collections.abc import Callable, Mapping
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, Self, TypeVar
 
@@ -836,8 +835,16 @@ def load_rules(path: str | Path | None = None) -> Rules:
 
 
 def default_rules_text() -> str:
-    return (resources.files("leadflow.domain").joinpath("default_rules.toml")
-            .read_text(encoding="utf-8"))
+    # The file beside this module, in every install that has one; importlib.resources (whose
+    # readers import tempfile, shutil and more: ~5 ms of lead show's start-up) only where the
+    # package is no directory (a zip import).
+    try:
+        return Path(__file__).with_name("default_rules.toml").read_text(encoding="utf-8")
+    except OSError:
+        from importlib import resources
+
+        return (resources.files("leadflow.domain").joinpath("default_rules.toml")
+                .read_text(encoding="utf-8"))
 
 
 _DEFAULT: Rules | None = None
