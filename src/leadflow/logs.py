@@ -17,18 +17,18 @@ soon as it is imported, by whichever module imports it; ``get_logger`` is
 from __future__ import annotations
 
 import importlib.util
-import logging
 import os
 import sys
 from collections import Counter
 from collections.abc import Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
-from importlib.abc import MetaPathFinder
-from importlib.machinery import ModuleSpec
-from types import ModuleType
-from typing import Any, TextIO, cast
+from typing import TYPE_CHECKING, Any, TextIO, cast
 
 from leadflow.redaction import mask_personal_data
+
+if TYPE_CHECKING:
+    from importlib.machinery import ModuleSpec
+    from types import ModuleType
 
 #: Events logged once per input record; held back while a progress bar is on screen.
 PER_RECORD_EVENTS = frozenset({"record rejected", "line not published", "dead-lettered"})
@@ -136,7 +136,7 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
     structlog with them: at once when it is imported already, otherwise the moment it is."""
     global _settings
     level_name = (level or os.environ.get("LEADFLOW_LOG_LEVEL", "INFO")).upper()
-    numeric = logging.getLevelName(level_name)
+    numeric = _level_number(level_name)
     if not isinstance(numeric, int):
         raise ValueError(f"unknown log level {level_name!r}")
     fmt = (fmt or os.environ.get("LEADFLOW_LOG_FORMAT") or (
@@ -151,9 +151,23 @@ def configure_logging(level: str | None = None, fmt: str | None = None) -> None:
         sys.meta_path.insert(0, _ConfigureOnImport())
 
 
-class _ConfigureOnImport(MetaPathFinder):
-    """Applies the settings right after structlog's module has run, for whoever imports it
-    first; then steps out of the import system."""
+def _level_number(name: str) -> Any:
+    """``logging.getLevelName(name)``: the number of a level name, else a string. The standard
+    library's logging is imported only when something logs: until it is, no level can have
+    been added to its standard ones."""
+    logging = sys.modules.get("logging")
+    if logging is not None:
+        return logging.getLevelName(name)
+    return _STANDARD_LEVELS.get(name, f"Level {name}")
+
+
+_STANDARD_LEVELS = {"CRITICAL": 50, "FATAL": 50, "ERROR": 40, "WARN": 30, "WARNING": 30,
+                    "INFO": 20, "DEBUG": 10, "NOTSET": 0}
+
+
+class _ConfigureOnImport:
+    """A meta path finder that applies the settings right after structlog's module has run,
+    for whoever imports it first; then steps out of the import system."""
 
     def find_spec(self, fullname: str, path: Sequence[str] | None,
                   target: ModuleType | None = None) -> ModuleSpec | None:
