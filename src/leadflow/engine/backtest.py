@@ -790,12 +790,21 @@ def compare(old: Backtest, new: Backtest, outcomes: dict[str, set[str]],
 # ------------------------------------------------------------------------- the collector
 
 
+#: The young generation's threshold during a backtest: above what one chunk of leads keeps
+#: alive (their decoded events, until the chunk is done; ~100,000 objects for 500 leads).
+#: CPython counts allocations net of deallocations, so with a lower threshold every chunk's
+#: events are walked and promoted again and again: measured on 20,001 leads (226,235
+#: records, SQLite), 1.02 s of collections in one backtest at 50,000, 0.05 s at 1,000,000.
+BACKTEST_GEN0_THRESHOLD = 1_000_000
+
+
 @contextlib.contextmanager
 def _fewer_collections() -> Iterator[None]:
     """During the loop: the heap built so far frozen out of the collector's sight and young
-    collections rarer (as ``leadflow.runtime.tune_gc`` does for the long-running commands,
-    with the same ``LEADFLOW_GC_GEN0_THRESHOLD``); put back as it was afterwards. The loop
-    allocates a lead's decoded events and drops them a moment later, almost none in cycles.
+    collections rare (``BACKTEST_GEN0_THRESHOLD``); put back as it was afterwards. As for
+    the long-running commands (``leadflow.runtime.tune_gc``), ``LEADFLOW_GC_GEN0_THRESHOLD=0``
+    leaves CPython's settings alone (and a larger value is taken). Cycles are still
+    collected; the loop makes almost none.
     """
     from leadflow.runtime import DEFAULT_GEN0_THRESHOLD
 
@@ -804,9 +813,10 @@ def _fewer_collections() -> Iterator[None]:
     except ValueError:
         gen0 = DEFAULT_GEN0_THRESHOLD
     before = gc.get_threshold()
-    if gen0 <= 0 or before[0] >= gen0:
+    if gen0 <= 0:
         yield
         return
+    gen0 = max(gen0, BACKTEST_GEN0_THRESHOLD, before[0])
     frozen = gc.get_freeze_count() > 0
     gc.freeze()
     gc.set_threshold(gen0, before[1], before[2])
