@@ -6,6 +6,7 @@ Commands are grouped by who runs them, one module each:
 - ``analysts``: read models, funnel, report (project, rebuild, funnel, report);
 - ``auditors``: one lead and the store's integrity (lead show, history, as-of, explain,
   verify, rescore, unmerge);
+- ``dedupe``: duplicates a person decides on (dedupe suggest, dedupe reject, merge);
 - ``privacy``: erasing a person (forget) and the master key (privacy rotate-master-key);
 - ``admin``: setting up (db init, db grant-analyst, kafka create-topics, rules, schemas);
 - ``common``: the context, one-line errors, times, files and progress bars they share.
@@ -104,6 +105,13 @@ COMMANDS: dict[str, LazyCommand] = {
                            "anything."),
     "unmerge": LazyCommand("leadflow.cli.auditors", "unmerge",
                            "Undo the merge that brought IDENTITY's lead into another lead."),
+    # duplicates a person decides on
+    "dedupe": LazyCommand("leadflow.cli.dedupe", "dedupe",
+                          "Duplicate suggestions: pairs of leads that are probably one "
+                          "person."),
+    "merge": LazyCommand("leadflow.cli.dedupe", "merge",
+                         "Merge two leads on a person's decision (undo with `leadflow "
+                         "unmerge`)."),
     # privacy
     "forget": LazyCommand("leadflow.cli.privacy", "forget",
                           "Erase the person known by IDENTITY (email:…, phone:…, "

@@ -44,6 +44,7 @@ from leadflow.domain import (
     UnknownRepError,
     day_of,
 )
+from leadflow.domain.duplicates import DuplicatePair, SameLeadError
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.decisions import RecordProcessor
 from leadflow.engine.migration import (
@@ -70,7 +71,7 @@ from leadflow.store import chain as audit
 from leadflow.store.bookkeeping import routing_state
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
-from leadflow.store.fold import OPENED, FoldingEventStore
+from leadflow.store.fold import OPENED, FoldingEventStore, envelope_topics
 from leadflow.store.keys import keyring_from_env
 from leadflow.store.personal import Vault, master_keys_from_env, personal_data_plain
 from leadflow.store.recorders import (
@@ -391,6 +392,55 @@ class LeadflowApp(Application[UUID]):
         self._commit(unit, None)
         return survivor, restored
 
+    def merge(self, key_a: str | UUID, key_b: str | UUID, reason: str, actor: str,
+              at: datetime) -> tuple[UUID, UUID]:
+        """Merge two leads on a person's decision (``leadflow merge``).
+
+        As an automatic merge (``RecordProcessor.merge``): the older lead absorbs the newer
+        one, identities are repointed, the rep load synced, in one transaction; undone by
+        ``unmerge``. The rows' cause names the command, actor and reason, and the pair's
+        ``DuplicatePair`` records the decision. Returns (survivor id, merged lead id).
+        """
+        ids = self.resolve(key_a), self.resolve(key_b)
+        if ids[0] == ids[1]:
+            raise SameLeadError(f"{key_a} and {key_b} are one lead already ({ids[0]})")
+        unit = self._unit()
+        # Readable, as forget's: the reason must name no person (the help says so).
+        unit.cause = {"command": "merge", "actor": actor, "reason": reason}
+        leads = [cast(Lead, unit.get(Lead, i)) for i in ids]  # resolve found them
+        for lead in leads:
+            if lead.forgotten:
+                raise LeadForgottenError(f"lead {lead.id} is forgotten: nothing to merge")
+        survivor, loser = sorted(leads, key=lambda lead: (lead.created_at, str(lead.id)))
+        pair = unit.get(DuplicatePair, DuplicatePair.create_id(*ids)) \
+            or unit.add(DuplicatePair(*ids))
+        decide = self._decide(unit)
+        decide.catch_up(survivor, at)
+        decide.catch_up(loser, at)
+        decide.merge(survivor, loser, at, f"merge:{pair.id}")
+        pair.confirm(survivor.id, loser.id, actor, reason, at)
+        decide.qualify(survivor, at, None)
+        decide.settle(survivor, at)
+        self._commit(unit, None)
+        log.info("leads merged by a person", survivor=str(survivor.id), merged=str(loser.id),
+                 actor=actor)
+        return survivor.id, loser.id
+
+    def reject_duplicate(self, key_a: str | UUID, key_b: str | UUID, reason: str,
+                         actor: str, at: datetime) -> tuple[UUID, UUID]:
+        """Record that two leads are two people (``leadflow dedupe reject``): the pair is
+        not suggested again. Returns the pair's lead ids."""
+        ids = self.resolve(key_a), self.resolve(key_b)
+        if ids[0] == ids[1]:
+            raise SameLeadError(f"{key_a} and {key_b} are one lead ({ids[0]})")
+        unit = self._unit()
+        unit.cause = {"command": "dedupe reject", "actor": actor, "reason": reason}
+        pair = unit.get(DuplicatePair, DuplicatePair.create_id(*ids)) \
+            or unit.add(DuplicatePair(*ids))
+        pair.reject(actor, reason, at)
+        self._commit(unit, None)
+        return pair.lead_a, pair.lead_b
+
     def forget(self, key_or_id: str | UUID, reason: str, actor: str,
                at: datetime) -> ForgetResult:
         """Erase a person (GDPR art. 17): crypto-shred their lead.
@@ -570,6 +620,45 @@ class LeadflowApp(Application[UUID]):
             for notification in page:
                 yield UUID(str(notification.originator_id))
             start = page[-1].id + 1
+
+    def replay_leads(self, lead_ids: list[UUID]) -> list[Lead]:
+        """Many leads replayed from their stored events in one query (personal values
+        opened), for bulk readers such as duplicate suggestions; not cached. Leads whose
+        events cannot be loaded are left out (``verify`` names them)."""
+        out: list[Lead] = []
+        expand = self.codec.expander.expand
+        for aggregate_id, rows in self.codec.select_many(lead_ids).items():
+            lead: Any = None
+            try:
+                for row in rows:
+                    for item in expand(row):
+                        lead = item.mutate(lead)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                log.warning("lead cannot be loaded; left out", lead_id=str(aggregate_id),
+                            error=f"{type(exc).__name__}: {exc}")
+                continue
+            if isinstance(lead, Lead):
+                out.append(lead)
+        return out
+
+    def rejected_pairs(self, batch: int = 1000) -> list[tuple[UUID, UUID]]:
+        """Pairs of leads people said are two people (``dedupe reject``), still standing."""
+        prefix = get_topic(DuplicatePair)
+        topics = [*envelope_topics(prefix), *(get_topic(getattr(DuplicatePair, name))
+                                              for name in ("Created", "Rejected", "Confirmed"))]
+        pairs: dict[UUID, Any] = {}
+        start = 1
+        while True:
+            page = self.recorder.select_notifications(start, batch, topics=topics)
+            if not page:
+                break
+            for notification in page:
+                for item in self.codec.expander.expand(notification):
+                    pairs[item.originator_id] = item.mutate(pairs.get(item.originator_id))
+            start = page[-1].id + 1
+        return [(p.lead_a, p.lead_b) for p in pairs.values() if p.rejected is not None]
 
     def rep_load(self) -> dict[str, int]:
         """Leads each rep is working, from the store's routing counters (a rep who had leads

@@ -1,0 +1,470 @@
+"""Duplicate suggestions: pairs of live leads that are probably one person, with a score in
+[0, 1] and the reasons for it.
+
+No shared identity key links them (that would have merged them already): the evidence is
+fuzzy. Every lead becomes a ``Person`` (normalised names, organisations, email local parts,
+phone digits, external id cores); a *blocking index* groups people who share a cheap key
+(an organisation and a name token, a phone's last nine digits, an external id's core), and
+only people in one block are compared, so 100,000 leads cost seconds, never all pairs.
+Comparisons use rapidfuzz (Jaro-Winkler for names, Indel ratio for email local parts).
+
+Each reason carries a weight (the chance, roughly, that it alone means one person); the
+score combines them as independent evidence (``1 - Π(1 - w)``) and is cut down when the
+first or last names clearly differ. Two leads at different organisations are only
+suggested on a phone or external id, never on a name: namesakes at other companies are no
+duplicates. Forgotten leads have no names or identities and are never suggested; pairs a
+person rejected (``dedupe reject``) are left out.
+
+People's data is read through the engine (stored events replayed, personal values opened
+with each person's data key), never from raw rows.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from time import perf_counter
+from typing import Any
+from uuid import UUID
+
+from rapidfuzz import fuzz
+from rapidfuzz.distance import JaroWinkler
+
+from leadflow.domain import Lead
+
+#: People per block beyond which the block is not compared pair by pair (a very common
+#: token at a big company): its pairs would cost O(n²) and say little.
+MAX_BLOCK = 200
+#: Default least score a suggestion must reach.
+DEFAULT_MIN_SCORE = 0.5
+
+# Weights of the reasons (see the module doc).
+W_SAME_NAME = 0.9
+W_SIMILAR_NAME = 0.75
+W_SAME_NAME_ONLY = 0.4
+W_EMAIL_SAME = 0.8
+W_EMAIL_NAME = 0.7
+W_EMAIL_ALIKE = 0.55
+W_PHONE = 0.85
+W_EXTERNAL_ID = 0.8
+# The score is multiplied by this when first or last names clearly differ.
+NAME_CONFLICT = 0.3
+
+_COMPANY_SUFFIXES = frozenset({"inc", "llc", "ltd", "gmbh", "ag", "corp", "co", "sa", "plc",
+                               "ooo", "oao"})
+_PHONE_CHARS = re.compile(r"^[+\d\s().\-/]+$")
+_SYSTEM_PREFIX = re.compile(r"^([a-z][a-z0-9]*)[:/|_\-\s]+(.+)$")
+_PHONE_DIGITS = 9  # trailing digits compared: the subscriber number without country/trunk
+
+
+def normalise_name(text: object) -> str:
+    """Lower case, accents and punctuation removed (``Müller-Lüdenscheidt`` ->
+    ``muller ludenscheidt``)."""
+    if not isinstance(text, str):
+        return ""
+    decomposed = unicodedata.normalize("NFKD", text.casefold())
+    letters = "".join(ch if ch.isalpha() else " " for ch in decomposed
+                      if not unicodedata.combining(ch))
+    return " ".join(letters.split())
+
+
+def normalise_company(text: object) -> str:
+    """As accounts key companies: words lower-cased, legal suffixes (Inc, GmbH…) dropped."""
+    if not isinstance(text, str):
+        return ""
+    words = "".join(ch.lower() if ch.isalnum() else " " for ch in text).split()
+    while words and words[-1] in _COMPANY_SUFFIXES:
+        words.pop()
+    return " ".join(words)
+
+
+def local_tokens(local: str) -> tuple[str, ...]:
+    """An email local part's words: ``a.schmidt+news`` -> ``("a", "schmidt")``."""
+    return tuple(normalise_name(local.split("+", 1)[0]).split())
+
+
+def phone_signature(value: str) -> str | None:
+    """The last nine digits of something written like a phone number (None otherwise)."""
+    if not _PHONE_CHARS.match(value):
+        return None
+    digits = "".join(ch for ch in value if ch.isdigit())
+    return digits[-_PHONE_DIGITS:] if len(digits) >= _PHONE_DIGITS else None
+
+
+def external_core(value: str) -> str | None:
+    """An external id without its system prefix (``sf:00Q5e0001`` -> ``00q5e0001``), when what
+    is left is long enough to identify someone (six characters or more, with a digit)."""
+    text = value.strip().lower()
+    match = _SYSTEM_PREFIX.match(text)
+    core = match.group(2) if match else text
+    core = "".join(ch for ch in core if ch.isalnum())
+    if len(core) >= 6 and any(ch.isdigit() for ch in core):
+        return core
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Person:
+    """What duplicate matching knows of one live lead (normalised)."""
+
+    lead_id: UUID
+    created_at: datetime
+    primary_key: str | None
+    first: str
+    last: str
+    display_name: str
+    company: str  # normalised
+    company_name: str  # as received
+    orgs: frozenset[str]
+    emails: tuple[tuple[str, str], ...]  # (local part, domain)
+    phones: frozenset[str]  # last nine digits of phone identities
+    phone_like: frozenset[str]  # last nine digits of external ids written like phones
+    external: frozenset[str]  # external id values as received
+    cores: frozenset[str]  # external ids without their system prefix
+
+    def name_tokens(self) -> set[str]:
+        tokens = {t for t in (*self.first.split(), *self.last.split()) if len(t) >= 2}
+        for local, _ in self.emails:
+            tokens.update(t for t in local_tokens(local) if len(t) >= 2)
+        return tokens
+
+
+def person_of(lead_id: UUID, created_at: datetime, primary_key: str | None,
+              identity_keys: Iterable[str], profile: Mapping[str, Any],
+              free_mail: frozenset[str]) -> Person:
+    """A lead's matching features from its identity keys and profile."""
+    emails: list[tuple[str, str]] = []
+    phones: set[str] = set()
+    phone_like: set[str] = set()
+    external: set[str] = set()
+    cores: set[str] = set()
+    orgs: set[str] = set()
+    for key in identity_keys:
+        kind, _, value = key.partition(":")
+        if kind == "email":
+            local, _, domain = value.rpartition("@")
+            emails.append((local, domain))
+            if domain not in free_mail:
+                orgs.add("domain:" + domain)
+        elif kind == "phone":
+            signature = phone_signature(value)
+            if signature:
+                phones.add(signature)
+        elif kind == "external_id":
+            external.add(value)
+            core = external_core(value)
+            if core:
+                cores.add(core)
+            stripped = _SYSTEM_PREFIX.match(value.strip().lower())
+            signature = phone_signature(stripped.group(2) if stripped else value)
+            if signature:
+                phone_like.add(signature)
+    company = normalise_company(profile.get("company"))
+    if company:
+        orgs.add("company:" + company)
+    first = normalise_name(profile.get("first_name"))
+    last = normalise_name(profile.get("last_name"))
+    display = " ".join(str(profile[f]) for f in ("first_name", "last_name")
+                       if isinstance(profile.get(f), str))
+    company_name = profile.get("company")
+    return Person(lead_id, created_at, primary_key, first, last, display, company,
+                  company_name if isinstance(company_name, str) else "",
+                  frozenset(orgs), tuple(emails), frozenset(phones), frozenset(phone_like),
+                  frozenset(external), frozenset(cores))
+
+
+def block_keys(person: Person) -> set[str]:
+    """The blocking index keys of a person: people sharing none are never compared."""
+    keys: set[str] = set()
+    tokens = person.name_tokens()
+    for org in person.orgs:
+        keys.update(f"n|{org}|{token}" for token in tokens)
+    if person.first and person.last:
+        # Same full name anywhere: compared, but never suggested on the name alone across
+        # organisations (see score_pair).
+        keys.add(f"fn|{person.first}|{person.last}")
+    keys.update(f"p|{digits}" for digits in person.phones | person.phone_like)
+    keys.update(f"x|{core}" for core in person.cores)
+    return keys
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    code: str
+    detail: str
+    weight: float
+
+    def to_json(self) -> dict[str, Any]:
+        return {"code": self.code, "detail": self.detail, "weight": self.weight}
+
+
+@dataclass(frozen=True, slots=True)
+class Suggestion:
+    """Two live leads that are probably one person; ``a`` is the older (a merge keeps it)."""
+
+    a: Person
+    b: Person
+    score: float
+    reasons: tuple[Reason, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        def side(p: Person) -> dict[str, Any]:
+            return {"lead_id": str(p.lead_id), "primary_key": p.primary_key,
+                    "name": p.display_name or None, "company": p.company_name or None}
+        return {"lead_a": str(self.a.lead_id), "lead_b": str(self.b.lead_id),
+                "score": round(self.score, 4), "reasons": [r.to_json() for r in self.reasons],
+                "a": side(self.a), "b": side(self.b)}
+
+
+def _names_agree(x: str, y: str, threshold: float) -> bool | None:
+    """True alike, False clearly different, None unknown (one missing). A lone initial
+    agrees with a name starting with it."""
+    if not x or not y:
+        return None
+    if x == y:
+        return True
+    if len(x) == 1 or len(y) == 1:
+        return x[0] == y[0]
+    return JaroWinkler.normalized_similarity(x, y) >= threshold
+
+
+def _explained(tokens: tuple[str, ...], first: str, last: str) -> bool:
+    """Every word of a local part is the person's first or last name (or its initial), and
+    at least one is a whole name (``a.schmidt``, ``anna``, ``annaschmidt``)."""
+    names = [n for n in (*first.split(), *last.split()) if n]
+    if not tokens or not names:
+        return False
+    whole = False
+    for token in tokens:
+        if token in names or token == first.replace(" ", "") + last.replace(" ", ""):
+            whole = True
+        elif len(token) == 1:
+            if not any(n[0] == token for n in names):
+                return False
+        elif any(JaroWinkler.normalized_similarity(token, n) >= 0.9 for n in names):
+            whole = True
+        else:
+            return False
+    return whole
+
+
+def _email_reasons(a: Person, b: Person, first: str, last: str) -> list[Reason]:
+    best: Reason | None = None
+    for local_a, domain_a in a.emails:
+        for local_b, domain_b in b.emails:
+            if domain_a != domain_b or local_a == local_b:
+                continue
+            tokens_a, tokens_b = local_tokens(local_a), local_tokens(local_b)
+            compact_a, compact_b = "".join(tokens_a), "".join(tokens_b)
+            found: Reason | None = None
+            if compact_a and compact_a == compact_b:
+                found = Reason("email_alike", f"{local_a}@ and {local_b}@{domain_a} differ only "
+                               "in separators", W_EMAIL_SAME)
+            elif first and _explained(tokens_a, first, last) \
+                    and _explained(tokens_b, first, last):
+                found = Reason("email_fits_name", f"{local_a}@ and {local_b}@{domain_a} both "
+                               f"fit the name {first} {last}".rstrip(), W_EMAIL_NAME)
+            elif min(len(compact_a), len(compact_b)) >= 4 \
+                    and fuzz.ratio(compact_a, compact_b) >= 88:
+                found = Reason("email_alike", f"{local_a}@ and {local_b}@{domain_a} are alike",
+                               W_EMAIL_ALIKE)
+            if found is not None and (best is None or found.weight > best.weight):
+                best = found
+    return [best] if best is not None else []
+
+
+def score_pair(a: Person, b: Person) -> Suggestion | None:
+    """How likely ``a`` and ``b`` are one person, and why (None: no reason at all)."""
+    if a.created_at > b.created_at or (a.created_at == b.created_at
+                                       and str(a.lead_id) > str(b.lead_id)):
+        a, b = b, a
+    reasons: list[Reason] = []
+    shared_phone = (a.phones | a.phone_like) & (b.phones | b.phone_like)
+    if shared_phone:
+        digits = sorted(shared_phone)[0]
+        reasons.append(Reason("same_phone", f"the same phone number in another format "
+                              f"(…{digits[-4:]})", W_PHONE))
+    shared_core = a.cores & b.cores
+    if shared_core and a.external != b.external:
+        reasons.append(Reason("same_external_id", f"the same external id in another system "
+                              f"({sorted(shared_core)[0]})", W_EXTERNAL_ID))
+    same_org = bool(a.orgs & b.orgs) or bool(
+        a.company and b.company and fuzz.ratio(a.company, b.company) >= 92)
+    strong = bool(reasons)
+    if a.orgs and b.orgs and not same_org and not strong:
+        return None  # namesakes (or colleagues' lookalikes) at different organisations
+    first_agree = _names_agree(a.first, b.first, 0.85)
+    last_agree = _names_agree(a.last, b.last, 0.88)
+    conflict = first_agree is False or last_agree is False
+    if same_org and not conflict and a.first and a.last and b.first and b.last:
+        org = sorted(a.orgs & b.orgs)[0].partition(":")[2] if a.orgs & b.orgs else a.company
+        if (a.first, a.last) == (b.first, b.last):
+            reasons.append(Reason("same_name_and_company",
+                                  f"the same name {a.first} {a.last} at {org}", W_SAME_NAME))
+        else:
+            similarity = JaroWinkler.normalized_similarity(f"{a.first} {a.last}",
+                                                           f"{b.first} {b.last}")
+            if similarity >= 0.9:
+                reasons.append(Reason("similar_name_and_company",
+                                      f"similar names {a.first} {a.last} / {b.first} "
+                                      f"{b.last} at {org} ({similarity:.2f})",
+                                      W_SIMILAR_NAME))
+    elif (not same_org and not conflict and a.first and a.last
+          and (a.first, a.last) == (b.first, b.last)):
+        # No organisation in common: the name alone is weak evidence.
+        reasons.append(Reason("same_name", f"the same name {a.first} {a.last} (no shared "
+                              "organisation)", W_SAME_NAME_ONLY))
+    if not conflict:
+        # The name the local parts must fit: either lead's (they agree).
+        first = a.first if len(a.first) > len(b.first) else b.first
+        last = a.last or b.last
+        reasons += _email_reasons(a, b, first, last)
+    if not reasons:
+        return None
+    remaining = 1.0
+    for reason in reasons:
+        remaining *= 1.0 - reason.weight
+    score = 1.0 - remaining
+    if conflict:
+        score *= NAME_CONFLICT
+        reasons.append(Reason("names_differ", f"different names {a.display_name or '?'} / "
+                              f"{b.display_name or '?'}", -NAME_CONFLICT))
+    return Suggestion(a, b, score, tuple(reasons))
+
+
+@dataclass
+class Stats:
+    """How the suggestion run went (for ``--json`` and the bench)."""
+
+    leads: int = 0
+    blocks: int = 0
+    oversized_blocks: int = 0
+    compared: int = 0
+    rejected_pairs: int = 0
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"leads": self.leads, "blocks": self.blocks,
+                "oversized_blocks": self.oversized_blocks, "compared": self.compared,
+                "rejected_pairs": self.rejected_pairs,
+                "seconds": {k: round(v, 3) for k, v in self.timings.items()}}
+
+
+def candidate_pairs(people: list[Person], stats: Stats | None = None
+                    ) -> Iterator[tuple[int, int]]:
+    """Index pairs of people who share a block (each pair once)."""
+    blocks: dict[str, list[int]] = defaultdict(list)
+    for index, person in enumerate(people):
+        for key in block_keys(person):
+            blocks[key].append(index)
+    seen: set[tuple[int, int]] = set()
+    for members in blocks.values():
+        if len(members) < 2:
+            continue
+        if stats is not None:
+            stats.blocks += 1
+        if len(members) > MAX_BLOCK:
+            if stats is not None:
+                stats.oversized_blocks += 1
+            continue
+        for i, left in enumerate(members):
+            for right in members[i + 1:]:
+                pair = (left, right) if left < right else (right, left)
+                if pair not in seen:
+                    seen.add(pair)
+                    yield pair
+
+
+def suggest(people: list[Person], rejected: set[frozenset[UUID]],
+            min_score: float = DEFAULT_MIN_SCORE, stats: Stats | None = None
+            ) -> list[Suggestion]:
+    """Pairs of ``people`` scoring at least ``min_score``, best first, without the
+    ``rejected`` pairs."""
+    out: list[Suggestion] = []
+    compared = 0
+    for left, right in candidate_pairs(people, stats):
+        a, b = people[left], people[right]
+        if frozenset((a.lead_id, b.lead_id)) in rejected:
+            continue
+        compared += 1
+        found = score_pair(a, b)
+        if found is not None and found.score >= min_score:
+            out.append(found)
+    if stats is not None:
+        stats.compared = compared
+        stats.leads = len(people)
+    out.sort(key=lambda s: (-s.score, str(s.a.lead_id), str(s.b.lead_id)))
+    return out
+
+
+# ----------------------------------------------------------------- reading the store
+
+
+def read_people(lead_ids: Iterable[UUID], load_page: Callable[[list[UUID]], Iterable[Lead]],
+                free_mail: frozenset[str], page: int = 1000
+                ) -> tuple[list[Person], dict[UUID, UUID]]:
+    """The live, not forgotten leads as people, and where each merged lead went.
+
+    ``load_page`` replays a page of leads (``LeadflowApp.replay_leads``).
+    """
+    people: list[Person] = []
+    merged: dict[UUID, UUID] = {}
+    batch: list[UUID] = []
+
+    def flush() -> None:
+        for lead in load_page(batch):
+            if lead.merged_into is not None:
+                merged[lead.id] = lead.merged_into
+            elif not lead.forgotten and lead.identity_keys:
+                people.append(person_of(lead.id, lead.created_at, lead.primary_key,
+                                        lead.identity_keys, lead.profile, free_mail))
+        batch.clear()
+
+    for lead_id in lead_ids:
+        batch.append(lead_id)
+        if len(batch) >= page:
+            flush()
+    if batch:
+        flush()
+    return people, merged
+
+
+def live_id(lead_id: UUID, merged: Mapping[UUID, UUID]) -> UUID:
+    """The lead a (possibly merged) lead id stands for now."""
+    for _ in range(32):
+        target = merged.get(lead_id)
+        if target is None:
+            return lead_id
+        lead_id = target
+    return lead_id
+
+
+def live_rejections(pairs: Iterable[tuple[UUID, UUID]], merged: Mapping[UUID, UUID]
+                    ) -> set[frozenset[UUID]]:
+    """Rejected pairs in terms of today's live leads: a lead merged since stands for the
+    lead it went into (still not the other person)."""
+    out: set[frozenset[UUID]] = set()
+    for lead_a, lead_b in pairs:
+        a, b = live_id(lead_a, merged), live_id(lead_b, merged)
+        if a != b:
+            out.add(frozenset((a, b)))
+    return out
+
+
+def suggest_in_store(app: Any, min_score: float = DEFAULT_MIN_SCORE,
+                     stats: Stats | None = None) -> list[Suggestion]:
+    """Suggestions over every live lead of ``app`` (a ``LeadflowApp``), without the pairs
+    people rejected."""
+    stats = stats if stats is not None else Stats()
+    started = perf_counter()
+    people, merged = read_people(app.lead_ids(), app.replay_leads, app.rules.free_mail)
+    loaded = perf_counter()
+    rejected = live_rejections(app.rejected_pairs(), merged)
+    stats.rejected_pairs = len(rejected)
+    found = suggest(people, rejected, min_score, stats)
+    stats.timings = {"load": loaded - started, "match": perf_counter() - loaded}
+    return found
