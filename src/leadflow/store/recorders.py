@@ -46,7 +46,9 @@ META_TABLE = "leadflow_meta"
 #: load events.
 #: Format 4: every aggregate's rows are chained with keyed links (store/chain.py); a store
 #: migrated from an older format records where keyed chaining of all aggregates began.
-STORE_VERSION = 4
+#: Format 5: identity rows keyed by keyed hashes, personal values encrypted per person
+#: (store/personal.py), data keys in ``leadflow_data_keys``.
+STORE_VERSION = 5
 
 _SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
