@@ -121,6 +121,9 @@ TARGETS: tuple[tuple[str, str, str, str, float, str], ...] = (
     ("consumer_rss", "consumer peak RSS", "peak_rss_mib.consumer", "<=", 1024, "MiB"),
     ("chain_cost", "ingest with keyed links vs unkeyed", "chain_cost.keyed_vs_unkeyed", "<=",
      1.05, "x"),
+    # Issue 14 item 5: personal values encrypted per person vs stored in the clear.
+    ("privacy_cost", "ingest with personal data encrypted vs plain",
+     "privacy_cost.encrypted_vs_plain", "<=", 1.15, "x"),
     # Issue 15 item 4: the whole `leadflow lead show EMAIL` process on the embedded store.
     ("lead_show_startup", "lead show start-up (process, SQLite)", "startup.lead_show.median_s",
      "<=", 0.2, "s"),
@@ -476,6 +479,7 @@ class Bench:
         self.step("apply_batch", self.apply_batch)
         self.step("sqlite_ingest", self.sqlite_ingest)
         self.step("chain_cost", self.chain_cost)
+        self.step("privacy_cost", self.privacy_cost)
         self.step("startup", self.startup)
         self.results["versions"] = self.versions()
         self.summarise()
@@ -940,19 +944,20 @@ class Bench:
                    "start to exit (keyed chains of every aggregate + identity table check)",
         }
 
-    def chain_cost(self) -> None:
-        """Ingest with keyed links (HMAC) against the same ingest with the old unkeyed
-        SHA-256 links, in process on SQLite files, alternating runs (issue 13: within 5 %)."""
+    def paired_ingest(self, key: str, label: str, variant: Callable[[LeadflowApp], None],
+                      baseline: Callable[[LeadflowApp], None]) -> dict[str, Any]:
+        """Ingest the naive sample in process on fresh SQLite files, ``variant``-configured
+        apps against ``baseline``-configured ones, in 5 alternating pairs; the ratio of the
+        fastest runs (the least disturbed by the rest of the machine) and the median of the
+        pairwise ratios (the spread the pairing leaves)."""
         records = self.sample
         size = self.args.batch_size
 
-        def once(keyed: bool, n: int) -> float:
-            path = self.work / f"chain-{'keyed' if keyed else 'plain'}-{n}.db"
+        def once(setup: Callable[[LeadflowApp], None], name: str, n: int) -> float:
+            path = self.work / f"{key}-{name}-{n}.db"
             path.unlink(missing_ok=True)
             app = leadflow_app(f"sqlite:///{path}")
-            if not keyed:
-                app.codec.keyring = UnkeyedRing(app.keyring.keys, app.keyring.current,
-                                                "bench: unkeyed baseline")
+            setup(app)
             try:
                 begin = time.perf_counter()
                 for i in range(0, len(records), size):
@@ -965,22 +970,57 @@ class Bench:
         times: dict[bool, list[float]] = {True: [], False: []}
         pairs = 5
         with progress() as bar:
-            task = bar.add_task("chain cost (keyed vs unkeyed)", total=2 * pairs)
+            task = bar.add_task(label, total=2 * pairs)
             for n in range(pairs):
-                for keyed in ((True, False) if n % 2 == 0 else (False, True)):
-                    times[keyed].append(once(keyed, n))
+                for first in ((True, False) if n % 2 == 0 else (False, True)):
+                    times[first].append(once(variant if first else baseline,
+                                             "variant" if first else "baseline", n))
                     bar.advance(task)
-        # The fastest run of each is the least disturbed by the rest of the machine; the
-        # median of the pairwise ratios shows the spread the pairing leaves.
-        self.results["chain_cost"] = {
-            "records": len(records), "keyed_seconds": [round(t, 3) for t in times[True]],
-            "unkeyed_seconds": [round(t, 3) for t in times[False]],
-            "keyed_vs_unkeyed": round(min(times[True]) / min(times[False]), 4),
+        return {
+            "records": len(records),
+            "seconds": [round(t, 3) for t in times[True]],
+            "baseline_seconds": [round(t, 3) for t in times[False]],
+            "ratio": round(min(times[True]) / min(times[False]), 4),
             "pairwise_median": round(statistics.median(
-                k / u for k, u in zip(times[True], times[False], strict=True)), 4),
-            "how": f"LeadflowApp.apply_batch in process on fresh SQLite files, the naive "
-                   f"sample; {pairs} alternating pairs; ratio of the fastest runs (1.00 = no "
+                v / b for v, b in zip(times[True], times[False], strict=True)), 4),
+        }
+
+    def chain_cost(self) -> None:
+        """Ingest with keyed links (HMAC) against the same ingest with the old unkeyed
+        SHA-256 links (issue 13: within 5 %)."""
+        def unkeyed(app: LeadflowApp) -> None:
+            app.codec.keyring = UnkeyedRing(app.keyring.keys, app.keyring.current,
+                                            "bench: unkeyed baseline")
+
+        paired = self.paired_ingest("chain", "chain cost (keyed vs unkeyed)", lambda app: None,
+                                    unkeyed)
+        self.results["chain_cost"] = {
+            "records": paired["records"], "keyed_seconds": paired["seconds"],
+            "unkeyed_seconds": paired["baseline_seconds"],
+            "keyed_vs_unkeyed": paired["ratio"], "pairwise_median": paired["pairwise_median"],
+            "how": "LeadflowApp.apply_batch in process on fresh SQLite files, the naive "
+                   "sample; 5 alternating pairs; ratio of the fastest runs (1.00 = no "
                    "cost), pairwise_median = median of the per-pair ratios",
+        }
+
+    def privacy_cost(self) -> None:
+        """Ingest with personal values encrypted per person (the default) against the same
+        ingest storing them in the clear (issue 14: under 15 %)."""
+        def plain(app: LeadflowApp) -> None:
+            app.vault.plain = True
+
+        paired = self.paired_ingest("privacy", "privacy cost (encrypted vs plain)",
+                                    lambda app: None,
+                                    plain)
+        self.results["privacy_cost"] = {
+            "records": paired["records"], "encrypted_seconds": paired["seconds"],
+            "plain_seconds": paired["baseline_seconds"],
+            "encrypted_vs_plain": paired["ratio"],
+            "pairwise_median": paired["pairwise_median"],
+            "how": "LeadflowApp.apply_batch in process on fresh SQLite files, the naive "
+                   "sample; personal values sealed with per-person AES-GCM data keys against "
+                   "LEADFLOW_PERSONAL_DATA=plain; 5 alternating pairs; ratio of the fastest "
+                   "runs, pairwise_median = median of the per-pair ratios",
         }
 
     def apply_batch(self) -> None:
@@ -1284,6 +1324,10 @@ def render(results: dict[str, Any], path: Path) -> None:
         ("verify (whole store)", fmt(dig(r, "verify.events_per_s"), "ev/s"),
          f"{fmt(dig(r, 'verify.rows'))} rows, {fmt(dig(r, 'verify.aggregates'))} aggregates "
          f"in {fmt(dig(r, 'verify.seconds'), 's')}"),
+        ("ingest, personal data encrypted vs plain",
+         fmt(dig(r, "privacy_cost.encrypted_vs_plain"), "x"),
+         f"{fmt(dig(r, 'privacy_cost.records'))} records in process on SQLite, fastest of 5; "
+         f"pairwise median {fmt(dig(r, 'privacy_cost.pairwise_median'), 'x')}"),
         ("ingest, keyed vs unkeyed links", fmt(dig(r, "chain_cost.keyed_vs_unkeyed"), "x"),
          f"{fmt(dig(r, 'chain_cost.records'))} records in process on SQLite, fastest of 5; "
          f"pairwise median {fmt(dig(r, 'chain_cost.pairwise_median'), 'x')}"),
