@@ -838,7 +838,8 @@ class Bench:
             "records_per_s": rate(records, child.seconds), "peak_rss_mib": child.peak_rss_mib,
             "how": "leadflow rescore --json subprocess over the e2e PostgreSQL store, a candidate "
                    "with the MQL threshold at 45; records = applied records of the stream, "
-                   "process start to exit",
+                   "process start to exit; the leads are split among one process per core "
+                   "(forked workers, engine/backtest.py), so the figure scales with cores",
         }
 
     # ---------------------------------------------------------------- 5. queries

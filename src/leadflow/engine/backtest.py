@@ -190,7 +190,7 @@ def _cpus() -> int:
 
 def _workers(app: Any, leads: int) -> int:
     """How many processes read the leads: one unless other processes can open the store
-    (not an in-memory one) and fork is there, and the leads are many."""
+    (not an in-memory one), this is Linux (the workers are forked) and the leads are many."""
     env = getattr(app, "env", None) or {}
     module = env.get("PERSISTENCE_MODULE", "")
     if module == "eventsourcing.sqlite":
@@ -265,19 +265,21 @@ class _Helper:
 
 def _work(env: dict[str, str], job: _Job, part: list[UUID], conn: Any, counter: Any) -> None:
     """A worker process: its own app on the same store, the job, the results sent back."""
+    message: tuple[str, Any]
     try:
         app = LeadflowApp(env=env, rules=job.current)
         try:
             def step(done: int) -> None:
                 counter.value = done
 
-            results = job.run(app, part, step)
+            message = ("ok", job.run(app, part, step))
         finally:
             app.close()
-        conn.send(("ok", results))
     except BaseException as exc:  # told to the parent, which then reads the part itself
-        conn.send(("failed", f"{type(exc).__name__}: {exc}"))
-    finally:
+        message = ("failed", f"{type(exc).__name__}: {exc}")
+    with contextlib.suppress(Exception):  # the parent is gone (interrupted): nothing to tell
+        conn.send(message)
+    with contextlib.suppress(Exception):
         conn.close()
 
 
@@ -353,13 +355,17 @@ def _read_chunk(reader: _Reader, chunk: Sequence[UUID], since: datetime | None
             raise
         except Exception:  # whatever the fold is not sure of: the general way, below
             folded = _GENERAL
-        if folded is _GENERAL:
+        if isinstance(folded, _Marker):
             out.append(_general(reader, lead_id, since))
-        elif isinstance(folded, tuple) and folded[2] is None:
-            gather.append((len(out), folded))
+        elif folded is None:
             out.append(None)
         else:
-            out.append(folded)  # type: ignore[arg-type]  # a tuple with its touchpoints
+            key, profile, touches, stage, reached = folded
+            if touches is None:
+                gather.append((len(out), folded))
+                out.append(None)
+            else:
+                out.append((key, profile, touches, stage, reached))
     if gather:
         _gather(reader, chunk, gather, out)
     return out
