@@ -41,7 +41,7 @@ def test_names_lose_case_accents_and_punctuation() -> None:
     assert normalise_name("Müller-Lüdenscheidt") == "muller ludenscheidt"
     assert normalise_name(None) == ""
     assert local_tokens("a.schmidt+news") == ("a", "schmidt")
-    assert local_tokens("anna_schmidt2") == ("anna", "schmidt")
+    assert local_tokens("anna_schmidt2") == ("anna", "schmidt", "2")
 
 
 def test_phone_and_external_id_signatures() -> None:
@@ -66,7 +66,24 @@ def test_email_local_parts_that_fit_one_name_are_alike() -> None:
     a = person("email:anna@acme.example", first_name="Anna", last_name="Schmidt")
     b = person("email:a.schmidt@acme.example", minutes=1)
     assert codes(a, b) == {"email_fits_name"}
-    assert "n|domain:acme.example|schmidt" in block_keys(a) & block_keys(b)
+    assert ("n", "domain:acme.example", "schmidt") in block_keys(a) & block_keys(b)
+
+
+def test_an_address_with_the_surname_links_harder_than_a_first_name_alone() -> None:
+    named = person("email:anna.schmidt@acme.example", first_name="Anna", last_name="Schmidt")
+    assert codes(named, person("email:aschmidt@acme.example")) == {"email_fits_name"}
+    found = score_pair(named, person("email:anna@acme.example"))
+    assert found is not None and found.score < 0.5  # any Anna at Acme could be anna@
+
+
+def test_numbered_mailboxes_of_namesake_colleagues_are_told_apart() -> None:
+    a = person("email:jo.miller@initech.example", first_name="Jo", last_name="Miller",
+               company="Initech")
+    b = person("email:jo.miller2@initech.example", first_name="Jo", last_name="Miller",
+               company="Initech")
+    found = score_pair(a, b)
+    assert found is not None and found.score < 0.5
+    assert "distinct_mailboxes" in {r.code for r in found.reasons}
 
 
 def test_other_colleagues_at_the_same_company_are_not_alike() -> None:
@@ -120,7 +137,7 @@ def test_an_oversized_block_is_skipped_and_counted() -> None:
     crowd = [person(f"email:info{i}@big.example") for i in range(MAX_BLOCK + 1)]
     stats = Stats()
     assert list(candidate_pairs(crowd, stats)) == []
-    assert stats.oversized_blocks == 1
+    assert stats.oversized_blocks >= 1
 
 
 def test_rejected_pairs_follow_merges_and_are_left_out() -> None:

@@ -27,12 +27,13 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import pairwise
 from time import perf_counter
 from typing import Any
 from uuid import UUID
 
 from rapidfuzz import fuzz
-from rapidfuzz.distance import JaroWinkler
+from rapidfuzz.distance import JaroWinkler, Levenshtein
 
 from leadflow.domain import Lead
 
@@ -48,14 +49,19 @@ W_SIMILAR_NAME = 0.75
 W_SAME_NAME_ONLY = 0.4
 W_EMAIL_SAME = 0.8
 W_EMAIL_NAME = 0.7
+W_EMAIL_FIRST_NAME = 0.45
 W_EMAIL_ALIKE = 0.55
 W_PHONE = 0.85
 W_EXTERNAL_ID = 0.8
-# The score is multiplied by this when first or last names clearly differ.
+# The score is multiplied by this when first or last names clearly differ...
 NAME_CONFLICT = 0.3
+# ... and by this when both have mailboxes at one domain that nothing links.
+DISTINCT_MAILBOXES = 0.5
 
 _COMPANY_SUFFIXES = frozenset({"inc", "llc", "ltd", "gmbh", "ag", "corp", "co", "sa", "plc",
                                "ooo", "oao"})
+_ASCII_WORDS = re.compile(r"[a-z]+")
+_LOCAL_WORDS = re.compile(r"[^\W\d_]+|\d+")
 _PHONE_CHARS = re.compile(r"^[+\d\s().\-/]+$")
 _SYSTEM_PREFIX = re.compile(r"^([a-z][a-z0-9]*)[:/|_\-\s]+(.+)$")
 _PHONE_DIGITS = 9  # trailing digits compared: the subscriber number without country/trunk
@@ -66,6 +72,8 @@ def normalise_name(text: object) -> str:
     ``muller ludenscheidt``)."""
     if not isinstance(text, str):
         return ""
+    if text.isascii():
+        return " ".join(_ASCII_WORDS.findall(text.lower()))
     decomposed = unicodedata.normalize("NFKD", text.casefold())
     letters = "".join(ch if ch.isalpha() else " " for ch in decomposed
                       if not unicodedata.combining(ch))
@@ -83,8 +91,13 @@ def normalise_company(text: object) -> str:
 
 
 def local_tokens(local: str) -> tuple[str, ...]:
-    """An email local part's words: ``a.schmidt+news`` -> ``("a", "schmidt")``."""
-    return tuple(normalise_name(local.split("+", 1)[0]).split())
+    """An email local part's words and numbers: ``a.schmidt2+news`` -> ``("a", "schmidt",
+    "2")``."""
+    base = local.split("+", 1)[0].casefold()
+    if not base.isascii():
+        decomposed = unicodedata.normalize("NFKD", base)
+        base = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
+    return tuple(_LOCAL_WORDS.findall(base))
 
 
 def phone_signature(value: str) -> str | None:
@@ -126,11 +139,10 @@ class Person:
     external: frozenset[str]  # external id values as received
     cores: frozenset[str]  # external ids without their system prefix
 
-    def name_tokens(self) -> set[str]:
-        tokens = {t for t in (*self.first.split(), *self.last.split()) if len(t) >= 2}
-        for local, _ in self.emails:
-            tokens.update(t for t in local_tokens(local) if len(t) >= 2)
-        return tokens
+    @property
+    def named(self) -> bool:
+        """First and last name known."""
+        return bool(self.first and self.last)
 
 
 def person_of(lead_id: UUID, created_at: datetime, primary_key: str | None,
@@ -177,18 +189,39 @@ def person_of(lead_id: UUID, created_at: datetime, primary_key: str | None,
                   frozenset(external), frozenset(cores))
 
 
-def block_keys(person: Person) -> set[str]:
-    """The blocking index keys of a person: people sharing none are never compared."""
-    keys: set[str] = set()
-    tokens = person.name_tokens()
+def block_keys(person: Person) -> set[tuple[str, ...]]:
+    """The blocking index keys of a person: people sharing none are never compared.
+
+    Within an organisation: the last name, the first name with the last name's initial,
+    and the words of email local parts (``a.schmidt`` -> ``schmidt``; a nameless person's
+    words stand for names). Keys of kind ``w`` (a first name alone) are weak: people in
+    such a block are compared only with its nameless members (see ``candidate_pairs``).
+    """
+    keys: set[tuple[str, ...]] = set()
+    first, last = person.first, person.last
+    word_lists = [[t for t in local_tokens(local) if not t.isdigit()]
+                  for local, _ in person.emails]
     for org in person.orgs:
-        keys.update(f"n|{org}|{token}" for token in tokens)
-    if person.first and person.last:
+        if person.named:
+            keys.add(("n", org, last))
+            keys.add(("n", org, first, last[0]))
+            keys.add(("w", org, first))
+            for words in word_lists:
+                keys.update(("n", org, t) for t in words
+                            if len(t) >= 3 and t not in (first, last))
+            continue
+        if first:
+            keys.add(("w", org, first))
+        for words in word_lists:
+            keys.update(("n", org, t) for t in words if len(t) >= 2)
+            keys.update(("w", org, t) for t in words if len(t) >= 2)
+            keys.update(("n", org, x, y[0]) for x, y in pairwise(words))
+    if person.named:
         # Same full name anywhere: compared, but never suggested on the name alone across
         # organisations (see score_pair).
-        keys.add(f"fn|{person.first}|{person.last}")
-    keys.update(f"p|{digits}" for digits in person.phones | person.phone_like)
-    keys.update(f"x|{core}" for core in person.cores)
+        keys.add(("fn", first, last))
+    keys.update(("p", digits) for digits in person.phones | person.phone_like)
+    keys.update(("x", core) for core in person.cores)
     return keys
 
 
@@ -220,27 +253,37 @@ class Suggestion:
                 "a": side(self.a), "b": side(self.b)}
 
 
-def _names_agree(x: str, y: str, threshold: float) -> bool | None:
+def _names_agree(x: str, y: str) -> bool | None:
     """True alike, False clearly different, None unknown (one missing). A lone initial
-    agrees with a name starting with it."""
+    agrees with a name starting with it; names of four letters or more agree one typo
+    apart (Levenshtein distance 1) or when Jaro-Winkler says they are very close."""
     if not x or not y:
         return None
     if x == y:
         return True
     if len(x) == 1 or len(y) == 1:
         return x[0] == y[0]
-    return JaroWinkler.normalized_similarity(x, y) >= threshold
+    if min(len(x), len(y)) >= 4 and Levenshtein.distance(x, y) <= 1:
+        return True
+    return JaroWinkler.normalized_similarity(x, y) >= 0.93
 
 
 def _explained(tokens: tuple[str, ...], first: str, last: str) -> bool:
     """Every word of a local part is the person's first or last name (or its initial), and
-    at least one is a whole name (``a.schmidt``, ``anna``, ``annaschmidt``)."""
+    at least one is a whole name (``a.schmidt``, ``anna``, ``annaschmidt``, ``aschmidt``);
+    a number (``anna.schmidt2``) is not explained: it tells two mailboxes apart."""
     names = [n for n in (*first.split(), *last.split()) if n]
     if not tokens or not names:
         return False
+    f, la = first.replace(" ", ""), last.replace(" ", "")
+    joined = {f + la, la + f}
+    if f and la:
+        joined |= {f[0] + la, la + f[0], f + la[0]}
     whole = False
     for token in tokens:
-        if token in names or token == first.replace(" ", "") + last.replace(" ", ""):
+        if token.isdigit():
+            return False
+        if token in names or token in joined:
             whole = True
         elif len(token) == 1:
             if not any(n[0] == token for n in names):
@@ -252,29 +295,51 @@ def _explained(tokens: tuple[str, ...], first: str, last: str) -> bool:
     return whole
 
 
-def _email_reasons(a: Person, b: Person, first: str, last: str) -> list[Reason]:
+def _has_last(tokens: tuple[str, ...], first: str, last: str) -> bool:
+    la = last.replace(" ", "")
+    if not la:
+        return False
+    return any(t == la or t in last.split() or (first and t in (first[0] + la, la + first[0],
+                                                                first.replace(" ", "") + la))
+               for t in tokens)
+
+
+def _email_reasons(a: Person, b: Person, first: str, last: str) -> tuple[list[Reason], bool]:
+    """The best email reason, and whether the two have distinct mailboxes at one domain
+    that nothing links (evidence of two people)."""
     best: Reason | None = None
+    distinct = False
     for local_a, domain_a in a.emails:
         for local_b, domain_b in b.emails:
             if domain_a != domain_b or local_a == local_b:
                 continue
             tokens_a, tokens_b = local_tokens(local_a), local_tokens(local_b)
-            compact_a, compact_b = "".join(tokens_a), "".join(tokens_b)
+            words_a = "".join(t for t in tokens_a if not t.isdigit())
+            words_b = "".join(t for t in tokens_b if not t.isdigit())
+            numbers_a = [t for t in tokens_a if t.isdigit()]
+            numbers_b = [t for t in tokens_b if t.isdigit()]
             found: Reason | None = None
-            if compact_a and compact_a == compact_b:
-                found = Reason("email_alike", f"{local_a}@ and {local_b}@{domain_a} differ only "
-                               "in separators", W_EMAIL_SAME)
+            where = f"{local_a}@ and {local_b}@{domain_a}"
+            if numbers_a != numbers_b:
+                pass  # anna.schmidt@ and anna.schmidt2@: two mailboxes, two people
+            elif words_a and words_a == words_b:
+                found = Reason("email_alike", f"{where} differ only in separators",
+                               W_EMAIL_SAME)
             elif first and _explained(tokens_a, first, last) \
                     and _explained(tokens_b, first, last):
-                found = Reason("email_fits_name", f"{local_a}@ and {local_b}@{domain_a} both "
-                               f"fit the name {first} {last}".rstrip(), W_EMAIL_NAME)
-            elif min(len(compact_a), len(compact_b)) >= 4 \
-                    and fuzz.ratio(compact_a, compact_b) >= 88:
-                found = Reason("email_alike", f"{local_a}@ and {local_b}@{domain_a} are alike",
-                               W_EMAIL_ALIKE)
-            if found is not None and (best is None or found.weight > best.weight):
+                # Strong when the surname is in the address of each side without a name.
+                strong = all(_has_last(tokens, first, last)
+                             for person, tokens in ((a, tokens_a), (b, tokens_b))
+                             if not person.named)
+                found = Reason("email_fits_name", f"{where} both fit the name {first} {last}",
+                               W_EMAIL_NAME if strong else W_EMAIL_FIRST_NAME)
+            elif min(len(words_a), len(words_b)) >= 4 and fuzz.ratio(words_a, words_b) >= 88:
+                found = Reason("email_alike", f"{where} are alike", W_EMAIL_ALIKE)
+            if found is None:
+                distinct = True
+            elif best is None or found.weight > best.weight:
                 best = found
-    return [best] if best is not None else []
+    return ([best] if best is not None else []), distinct and best is None
 
 
 def score_pair(a: Person, b: Person) -> Suggestion | None:
@@ -297,32 +362,29 @@ def score_pair(a: Person, b: Person) -> Suggestion | None:
     strong = bool(reasons)
     if a.orgs and b.orgs and not same_org and not strong:
         return None  # namesakes (or colleagues' lookalikes) at different organisations
-    first_agree = _names_agree(a.first, b.first, 0.85)
-    last_agree = _names_agree(a.last, b.last, 0.88)
-    conflict = first_agree is False or last_agree is False
-    if same_org and not conflict and a.first and a.last and b.first and b.last:
-        org = sorted(a.orgs & b.orgs)[0].partition(":")[2] if a.orgs & b.orgs else a.company
+    conflict = _names_agree(a.first, b.first) is False \
+        or _names_agree(a.last, b.last) is False
+    if same_org and not conflict and a.named and b.named:
+        shared = sorted(a.orgs & b.orgs)
+        org = shared[0].partition(":")[2] if shared else a.company
         if (a.first, a.last) == (b.first, b.last):
             reasons.append(Reason("same_name_and_company",
                                   f"the same name {a.first} {a.last} at {org}", W_SAME_NAME))
         else:
-            similarity = JaroWinkler.normalized_similarity(f"{a.first} {a.last}",
-                                                           f"{b.first} {b.last}")
-            if similarity >= 0.9:
-                reasons.append(Reason("similar_name_and_company",
-                                      f"similar names {a.first} {a.last} / {b.first} "
-                                      f"{b.last} at {org} ({similarity:.2f})",
-                                      W_SIMILAR_NAME))
-    elif (not same_org and not conflict and a.first and a.last
-          and (a.first, a.last) == (b.first, b.last)):
+            reasons.append(Reason("similar_name_and_company",
+                                  f"similar names {a.first} {a.last} / {b.first} {b.last} "
+                                  f"at {org}", W_SIMILAR_NAME))
+    elif not same_org and not conflict and a.named and (a.first, a.last) == (b.first, b.last):
         # No organisation in common: the name alone is weak evidence.
         reasons.append(Reason("same_name", f"the same name {a.first} {a.last} (no shared "
                               "organisation)", W_SAME_NAME_ONLY))
+    distinct = False
     if not conflict:
         # The name the local parts must fit: either lead's (they agree).
         first = a.first if len(a.first) > len(b.first) else b.first
-        last = a.last or b.last
-        reasons += _email_reasons(a, b, first, last)
+        last = a.last if len(a.last) > len(b.last) else b.last
+        found, distinct = _email_reasons(a, b, first, last)
+        reasons += found
     if not reasons:
         return None
     remaining = 1.0
@@ -333,6 +395,10 @@ def score_pair(a: Person, b: Person) -> Suggestion | None:
         score *= NAME_CONFLICT
         reasons.append(Reason("names_differ", f"different names {a.display_name or '?'} / "
                               f"{b.display_name or '?'}", -NAME_CONFLICT))
+    if distinct and not strong:
+        score *= DISTINCT_MAILBOXES
+        reasons.append(Reason("distinct_mailboxes", "each has its own mailbox at the same "
+                              "domain, and nothing links them", -DISTINCT_MAILBOXES))
     return Suggestion(a, b, score, tuple(reasons))
 
 
@@ -357,22 +423,31 @@ class Stats:
 def candidate_pairs(people: list[Person], stats: Stats | None = None
                     ) -> Iterator[tuple[int, int]]:
     """Index pairs of people who share a block (each pair once)."""
-    blocks: dict[str, list[int]] = defaultdict(list)
+    blocks: dict[tuple[str, ...], list[int]] = defaultdict(list)
     for index, person in enumerate(people):
         for key in block_keys(person):
             blocks[key].append(index)
     seen: set[tuple[int, int]] = set()
-    for members in blocks.values():
+    for key, members in blocks.items():
         if len(members) < 2:
             continue
+        if key[0] == "w":
+            # A first name alone links only people whose name is not known.
+            lefts = [m for m in members if not people[m].named]
+            if not lefts:
+                continue
+        else:
+            lefts = members
         if stats is not None:
             stats.blocks += 1
         if len(members) > MAX_BLOCK:
             if stats is not None:
                 stats.oversized_blocks += 1
             continue
-        for i, left in enumerate(members):
-            for right in members[i + 1:]:
+        for left in lefts:
+            for right in members:
+                if left == right:
+                    continue
                 pair = (left, right) if left < right else (right, left)
                 if pair not in seen:
                     seen.add(pair)
