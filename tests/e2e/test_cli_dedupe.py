@@ -95,6 +95,10 @@ def test_a_rejected_pair_is_not_suggested_again(tmp_path: Path) -> None:
     again = run(["dedupe", "reject", "+4915112345678", "jo.miller@initech.example",
                  "--reason", "again", "--actor", "maria"], tmp_path)
     assert again.returncode == 1 and "already rejected" in again.stderr
+    decisions = json.loads(run(["dedupe", "decisions", "--json"], tmp_path).stdout)
+    jo = {lead_id(tmp_path, "jo.miller@initech.example"), lead_id(tmp_path, "+4915112345678")}
+    assert [({d["lead_a"], d["lead_b"]}, d["rejected"]["actor"], d["rejected"]["reason"])
+            for d in decisions] == [(jo, "maria", "two people, rep called both")]
     assert run(["verify"], tmp_path).returncode == 0
 
 
@@ -115,6 +119,10 @@ def test_a_confirmed_merge_is_recorded_as_a_persons_decision_and_unmerges(
     assert {"kind": "person", "command": "merge", "actor": "maria",
             "reason": "one person per CRM ticket 12"} in causes
     assert ANNA not in suggested(tmp_path)
+    decisions = json.loads(run(["dedupe", "decisions", "--json"], tmp_path).stdout)
+    assert [d["confirmed"] | {"at": None} for d in decisions] == [
+        {"survivor": anna, "merged": alias, "actor": "maria",
+         "reason": "one person per CRM ticket 12", "at": None}]
 
     unmerged = run(["unmerge", "a.schmidt@acme.example"], tmp_path)
     assert unmerged.returncode == 0, unmerged.stderr

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from typing import Any
 
 import click
 
-from leadflow.cli.common import Context, fail, lookup, out_console
+from leadflow.cli.common import Context, fail, lookup, out_console, progress_bar
 
 
 def _checked(text: str, option: str) -> str:
@@ -44,7 +45,10 @@ def suggest(obj: Context, min_score: float, limit: int, as_json: bool) -> None:
 
     app = obj.app()
     stats = Stats()
-    found = suggest_in_store(app, min_score, stats)
+    with progress_bar() as progress:
+        task = progress.add_task("reading leads", total=None)
+        found = suggest_in_store(app, min_score, stats,
+                                 progress=lambda n: progress.advance(task, n))
     shown = found[:limit] if limit else found
     if as_json:
         click.echo(json.dumps({"min_score": min_score, "total": len(found),
@@ -116,3 +120,38 @@ def merge(obj: Context, lead_a: str, lead_b: str, reason: str, actor: str,
         click.echo(json.dumps({"survivor": str(survivor), "merged": str(merged)}))
         return
     click.echo(f"lead {merged} merged into lead {survivor}")
+
+
+@dedupe.command("decisions")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
+@click.pass_obj
+def decisions(obj: Context, as_json: bool) -> None:
+    """What people decided about pairs of leads: rejections and confirmed merges.
+
+    One entry per pair: the standing rejection (who, when, why) and the last merge a
+    person confirmed. Each decision is an event of the pair (DuplicatePair) in the store.
+    """
+    app = obj.app()
+    found = app.duplicate_decisions()
+
+    def when(decision: dict[str, Any] | None) -> dict[str, Any] | None:
+        if decision is None:
+            return None
+        return {k: (v.isoformat() if isinstance(v, datetime) else str(v) if k in (
+            "survivor", "merged") else v) for k, v in decision.items()}
+
+    rows: list[dict[str, Any]] = [
+        {"lead_a": str(d["lead_a"]), "lead_b": str(d["lead_b"]),
+         "rejected": when(d["rejected"]), "confirmed": when(d["confirmed"])}
+        for d in found]
+    if as_json:
+        click.echo(json.dumps(rows))
+        return
+    for row in rows:
+        for kind in ("rejected", "confirmed"):
+            decision = row[kind]
+            if decision is not None:
+                click.echo(f"{row['lead_a']} {row['lead_b']}: {kind} by {decision['actor']} "
+                           f"at {decision['at']}: {decision['reason']}")
+    if not rows:
+        click.echo("no decisions recorded")

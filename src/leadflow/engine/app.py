@@ -643,8 +643,10 @@ class LeadflowApp(Application[UUID]):
                 out.append(lead)
         return out
 
-    def rejected_pairs(self, batch: int = 1000) -> list[tuple[UUID, UUID]]:
-        """Pairs of leads people said are two people (``dedupe reject``), still standing."""
+    def duplicate_decisions(self, batch: int = 1000) -> list[dict[str, Any]]:
+        """What people decided about pairs of leads (``dedupe reject``, ``merge``), one
+        entry per pair: its leads, and the standing rejection and last confirmation (who,
+        when, why), from the ``DuplicatePair`` events."""
         prefix = get_topic(DuplicatePair)
         topics = [*envelope_topics(prefix), *(get_topic(getattr(DuplicatePair, name))
                                               for name in ("Created", "Rejected", "Confirmed"))]
@@ -658,7 +660,13 @@ class LeadflowApp(Application[UUID]):
                 for item in self.codec.expander.expand(notification):
                     pairs[item.originator_id] = item.mutate(pairs.get(item.originator_id))
             start = page[-1].id + 1
-        return [(p.lead_a, p.lead_b) for p in pairs.values() if p.rejected is not None]
+        return [{"lead_a": p.lead_a, "lead_b": p.lead_b, "rejected": p.rejected,
+                 "confirmed": p.confirmed} for p in pairs.values()]
+
+    def rejected_pairs(self) -> list[tuple[UUID, UUID]]:
+        """Pairs of leads people said are two people (``dedupe reject``), still standing."""
+        return [(d["lead_a"], d["lead_b"]) for d in self.duplicate_decisions()
+                if d["rejected"] is not None]
 
     def rep_load(self) -> dict[str, int]:
         """Leads each rep is working, from the store's routing counters (a rep who had leads

@@ -480,11 +480,13 @@ def suggest(people: list[Person], rejected: set[frozenset[UUID]],
 
 
 def read_people(lead_ids: Iterable[UUID], load_page: Callable[[list[UUID]], Iterable[Lead]],
-                free_mail: frozenset[str], page: int = 1000
+                free_mail: frozenset[str], page: int = 1000,
+                progress: Callable[[int], None] | None = None
                 ) -> tuple[list[Person], dict[UUID, UUID]]:
     """The live, not forgotten leads as people, and where each merged lead went.
 
-    ``load_page`` replays a page of leads (``LeadflowApp.replay_leads``).
+    ``load_page`` replays a page of leads (``LeadflowApp.replay_leads``); ``progress`` is
+    told how many leads were read after each page.
     """
     people: list[Person] = []
     merged: dict[UUID, UUID] = {}
@@ -497,6 +499,8 @@ def read_people(lead_ids: Iterable[UUID], load_page: Callable[[list[UUID]], Iter
             elif not lead.forgotten and lead.identity_keys:
                 people.append(person_of(lead.id, lead.created_at, lead.primary_key,
                                         lead.identity_keys, lead.profile, free_mail))
+        if progress is not None:
+            progress(len(batch))
         batch.clear()
 
     for lead_id in lead_ids:
@@ -531,12 +535,14 @@ def live_rejections(pairs: Iterable[tuple[UUID, UUID]], merged: Mapping[UUID, UU
 
 
 def suggest_in_store(app: Any, min_score: float = DEFAULT_MIN_SCORE,
-                     stats: Stats | None = None) -> list[Suggestion]:
+                     stats: Stats | None = None,
+                     progress: Callable[[int], None] | None = None) -> list[Suggestion]:
     """Suggestions over every live lead of ``app`` (a ``LeadflowApp``), without the pairs
-    people rejected."""
+    people rejected; ``progress`` as for ``read_people``."""
     stats = stats if stats is not None else Stats()
     started = perf_counter()
-    people, merged = read_people(app.lead_ids(), app.replay_leads, app.rules.free_mail)
+    people, merged = read_people(app.lead_ids(), app.replay_leads, app.rules.free_mail,
+                                 progress=progress)
     loaded = perf_counter()
     rejected = live_rejections(app.rejected_pairs(), merged)
     stats.rejected_pairs = len(rejected)
