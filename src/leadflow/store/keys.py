@@ -59,17 +59,11 @@ class Keyring:
 
     @classmethod
     def of(cls, texts: Sequence[str], source: str) -> Keyring:
+        raws = key_bytes(texts, source, "audit key")
         keys: dict[str, bytes] = {}
-        for text in texts:
-            raw = text.strip().encode()
-            if len(raw) < MIN_KEY_BYTES:
-                raise ConfigError(f"audit key from {source} is too short: at least "
-                                  f"{MIN_KEY_BYTES} characters (`leadflow audit new-key` "
-                                  "prints a good one)")
+        for raw in raws:
             keys.setdefault(key_id(raw), raw)
-        if not keys:
-            raise ConfigError(f"no audit key in {source}")
-        return cls(keys, key_id(texts[0].strip().encode()), source)
+        return cls(keys, key_id(raws[0]), source)
 
     def __post_init__(self) -> None:
         # HMAC-SHA256 (RFC 2104) with the padded-key hashes computed once: a link then costs
@@ -129,27 +123,65 @@ def default_key_file(database_file: str) -> Path:
     return Path(database_file + KEY_FILE_SUFFIX)
 
 
+@dataclass(frozen=True)
+class KeySource:
+    """Where one kind of key comes from (the audit key here; the master key in
+    store/personal.py): the same order for both, see the module doc."""
+
+    what: str  # "audit key"
+    env: str
+    file_env: str
+    suffix: str  # of the default key file beside an embedded SQLite store
+    header: str
+    lost: str  # what cannot be done without the key, for the warning and the error
+    purpose: str
+
+
+AUDIT_KEYS = KeySource("audit key", KEY_ENV, KEY_FILE_ENV, KEY_FILE_SUFFIX,
+                       AUDIT_KEY_FILE_HEADER, "the chain cannot be verified",
+                       "the audit key that signs the event store's chain links")
+
+
+def key_texts(source: KeySource, env: Mapping[str, str], database_file: str | None,
+              persistence: str) -> tuple[list[str], str]:
+    """The configured keys (the first one in use) and where they came from."""
+    text = env.get(source.env)
+    if text:
+        return [k for k in text.split(",") if k.strip()], source.env
+    file = env.get(source.file_env)
+    if file:
+        return read_key_file(Path(file), source.what), f"{source.file_env}={file}"
+    if persistence.endswith("popo"):
+        return [new_key()], "a key made for this in-memory store"
+    if database_file and persistence.endswith("sqlite") and database_file != ":memory:" \
+            and not database_file.startswith("file:"):
+        path = Path(database_file + source.suffix)
+        if not path.exists():
+            write_key_file(path, [new_key()], source.header)
+            log.warning(f"{source.what} created beside the SQLite store; keep a copy "
+                        f"elsewhere, without it {source.lost}", key_file=str(path))
+        return read_key_file(path, source.what), str(path)
+    if persistence.endswith("sqlite"):
+        return [new_key()], "a key made for this in-memory SQLite store"
+    raise ConfigError(f"set {source.env} or {source.file_env}: {source.purpose} must come "
+                      "from outside the database (`leadflow audit new-key` prints one)")
+
+
+def key_bytes(texts: Sequence[str], source: str, what: str) -> list[bytes]:
+    """Each key's bytes; a key too short to be one is refused, naming where it came from."""
+    out = []
+    for text in texts:
+        raw = text.strip().encode()
+        if len(raw) < MIN_KEY_BYTES:
+            raise ConfigError(f"{what} from {source} is too short: at least {MIN_KEY_BYTES} "
+                              "characters (`leadflow audit new-key` prints a good one)")
+        out.append(raw)
+    if not out:
+        raise ConfigError(f"no {what} in {source}")
+    return out
+
+
 def keyring_from_env(env: Mapping[str, str], database_file: str | None,
                      persistence: str) -> Keyring:
     """The keyring the environment configures (see the module doc for the order)."""
-    text = env.get(KEY_ENV)
-    if text:
-        return Keyring.of([k for k in text.split(",") if k.strip()], KEY_ENV)
-    file = env.get(KEY_FILE_ENV)
-    if file:
-        return Keyring.of(read_key_file(Path(file)), f"{KEY_FILE_ENV}={file}")
-    if persistence.endswith("popo"):
-        return Keyring.of([new_key()], "a key made for this in-memory store")
-    if database_file and persistence.endswith("sqlite") and database_file != ":memory:" \
-            and not database_file.startswith("file:"):
-        path = default_key_file(database_file)
-        if not path.exists():
-            write_key_file(path, [new_key()])
-            log.warning("audit key created beside the SQLite store; keep a copy elsewhere, "
-                        "without it the chain cannot be verified", key_file=str(path))
-        return Keyring.of(read_key_file(path), str(path))
-    if persistence.endswith("sqlite"):
-        return Keyring.of([new_key()], "a key made for this in-memory SQLite store")
-    raise ConfigError(f"set {KEY_ENV} or {KEY_FILE_ENV}: the audit key that signs the event "
-                      "store's chain links must come from outside the database "
-                      "(`leadflow audit new-key` prints one)")
+    return Keyring.of(*key_texts(AUDIT_KEYS, env, database_file, persistence))

@@ -47,7 +47,13 @@ from leadflow.domain.ids import singleton_id
 from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
 from leadflow.logs import get_logger
 from leadflow.store import bookkeeping
-from leadflow.store.keys import MIN_KEY_BYTES, read_key_file, write_key_file
+from leadflow.store.keys import (
+    KeySource,
+    key_bytes,
+    key_texts,
+    read_key_file,
+    write_key_file,
+)
 
 log = get_logger(__name__)  # structlog imported on the first log call
 
@@ -83,19 +89,10 @@ class MasterKeys:
     def __init__(self, texts: Sequence[str], source: str) -> None:
         self.source = source
         self.keys: dict[str, AESGCM] = {}
-        current = ""
-        for text in texts:
-            raw = text.strip().encode()
-            if len(raw) < MIN_KEY_BYTES:
-                raise ConfigError(f"master key from {source} is too short: at least "
-                                  f"{MIN_KEY_BYTES} characters (`leadflow audit new-key` "
-                                  "prints a good one)")
-            kid, aead = _derive(raw)
+        derived = [_derive(raw) for raw in key_bytes(texts, source, "master key")]
+        for kid, aead in derived:
             self.keys.setdefault(kid, aead)
-            current = current or kid
-        if not current:
-            raise ConfigError(f"no master key in {source}")
-        self.current = current
+        self.current = derived[0][0]
 
     def wrap(self, aggregate_id: UUID, key: bytes) -> bytes:
         nonce = os.urandom(12)
@@ -124,31 +121,16 @@ def _wrap_aad(aggregate_id: UUID) -> bytes:
     return b"leadflow-data-key|" + aggregate_id.bytes
 
 
+MASTER_KEYS = KeySource("master key", MASTER_KEY_ENV, MASTER_KEY_FILE_ENV,
+                        MASTER_KEY_FILE_SUFFIX, _MASTER_FILE_HEADER,
+                        "no personal value can be read",
+                        "the master key that wraps every person's data key")
+
+
 def master_keys_from_env(env: Mapping[str, str], database_file: str | None,
                          persistence: str) -> MasterKeys:
     """The master keys the environment configures (see the module doc for the order)."""
-    text = env.get(MASTER_KEY_ENV)
-    if text:
-        return MasterKeys([k for k in text.split(",") if k.strip()], MASTER_KEY_ENV)
-    file = env.get(MASTER_KEY_FILE_ENV)
-    if file:
-        return MasterKeys(read_key_file(Path(file), "master key"),
-                          f"{MASTER_KEY_FILE_ENV}={file}")
-    if persistence.endswith("popo"):
-        return MasterKeys([secrets.token_hex(32)], "a key made for this in-memory store")
-    if database_file and persistence.endswith("sqlite") and database_file != ":memory:" \
-            and not database_file.startswith("file:"):
-        path = Path(database_file + MASTER_KEY_FILE_SUFFIX)
-        if not path.exists():
-            write_key_file(path, [secrets.token_hex(32)], _MASTER_FILE_HEADER)
-            log.warning("master key created beside the SQLite store; keep a copy elsewhere, "
-                        "without it no personal value can be read", key_file=str(path))
-        return MasterKeys(read_key_file(path, "master key"), str(path))
-    if persistence.endswith("sqlite"):
-        return MasterKeys([secrets.token_hex(32)], "a key made for this in-memory SQLite store")
-    raise ConfigError(f"set {MASTER_KEY_ENV} or {MASTER_KEY_FILE_ENV}: the master key that "
-                      "wraps every person's data key must come from outside the database "
-                      "(`leadflow audit new-key` prints one)")
+    return MasterKeys(*key_texts(MASTER_KEYS, env, database_file, persistence))
 
 
 def personal_data_plain(env: Mapping[str, str]) -> bool:
