@@ -241,8 +241,10 @@ def one_process(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def three_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Chunks of 37 leads dealt to this process and two workers: a dozen chunks each.
     monkeypatch.setattr(backtest, "MIN_LEADS_PER_WORKER", 10)
     monkeypatch.setattr(backtest, "_cpus", lambda: 3)
+    monkeypatch.setattr(backtest, "PRELOAD", 37)
 
 
 PROCESSES: dict[str, Callable[[pytest.MonkeyPatch], None]] = {
@@ -305,6 +307,23 @@ def test_progress_reaches_the_total(app: LeadflowApp, monkeypatch: pytest.Monkey
     total = len(stored_lead_ids(app)[0])
     assert calls[0] == (0, total) and calls[-1] == (total, total)
     assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls))
+
+
+def test_the_workers_read_their_chunks(app: LeadflowApp,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    three_processes(monkeypatch)
+    received: list[int] = []
+    wait = backtest._Helper.wait
+
+    def spy(helper: Any, tick: Callable[[], None]) -> Any:
+        got = wait(helper, tick)
+        received.append(-1 if got is None else sum(len(chunk) for chunk in got))
+        return got
+
+    monkeypatch.setattr(backtest._Helper, "wait", spy)
+    candidate = candidates()["every-kind"]
+    assert run_backtest(app, candidate) == reference_backtest(app, candidate)
+    assert len(received) == 2 and all(n > 100 for n in received)
 
 
 def test_a_worker_that_fails_has_its_part_read_in_the_main_process(

@@ -64,9 +64,10 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
     few hundred at a time).
 
     On a store other processes can open (a SQLite file, PostgreSQL) with enough leads, the
-    leads are split in contiguous parts read by forked worker processes (``_workers``) while
-    this process reads the first part; the parts' results are then taken in lead order, so
-    the report is the one a single process makes. A part whose worker fails in any way is
+    leads' chunks (``PRELOAD`` leads each) are dealt round-robin to this process and forked
+    worker processes (``_workers``): older leads have longer histories, so contiguous halves
+    would not be equal work. The chunks' results are then taken in lead order, so the report
+    is the one a single process makes. The chunks of a worker that fails in any way are
     read again here.
     """
     old, new = Backtest(app.rules), Backtest(candidate)
@@ -75,19 +76,25 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
     total = len(lead_ids)
     if progress is not None:
         progress(0, total)
-    parts = _split(lead_ids, _workers(app, total))
+    chunks = [lead_ids[i:i + PRELOAD] for i in range(0, total, PRELOAD)]
+    processes = _workers(app, total)
+    dealt = [chunks[p::processes] for p in range(processes)]
     job = _Job(app.rules, candidate, since)
     with _fewer_collections():
-        helpers = [_Helper.start(app, job, part) for part in parts[1:]]
+        helpers = [_Helper.start(app, job, hand) for hand in dealt[1:]]
         try:
+            mine = 0
+
             def step(done: int) -> None:
+                nonlocal mine
+                mine = done
                 if progress is not None:
                     progress(done + sum(h.done for h in helpers if h), total)
 
-            results = [job.run(app, parts[0] if parts else [], step)]
-            for helper, part in zip(helpers, parts[1:], strict=True):
-                got = helper.wait(lambda: step(len(parts[0]))) if helper else None
-                results.append(got if got is not None else job.run(app, part))
+            results = [job.run(app, dealt[0], step)]
+            for helper, hand in zip(helpers, dealt[1:], strict=True):
+                got = helper.wait(lambda: step(mine)) if helper else None
+                results.append(got if got is not None else job.run(app, hand))
         finally:
             for helper in helpers:
                 if helper:
@@ -96,8 +103,8 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
         progress(total, total)
     outcomes: dict[str, set[str]] = {"sql": set(), "customer": set()}
     stages: dict[str, str] = {}
-    for part_results in results:
-        for found in part_results:
+    for index in range(len(chunks)):  # in lead order: chunk i went to process i % processes
+        for found in results[index % processes][index // processes]:
             if found is None:
                 continue
             if isinstance(found, _Left):
@@ -142,19 +149,22 @@ Result = _Done | _Left | None
 
 
 class _Job:
-    """The backtest of one part of the leads (in this process or a worker)."""
+    """The backtest of some of the leads (in this process or a worker)."""
 
     def __init__(self, current: Rules, candidate: Rules, since: datetime | None) -> None:
         self.current, self.candidate, self.since = current, candidate, since
 
-    def run(self, app: Any, lead_ids: Sequence[UUID],
-            step: Callable[[int], None] | None = None) -> list[Result]:
+    def run(self, app: Any, chunks: Sequence[Sequence[UUID]],
+            step: Callable[[int], None] | None = None) -> list[list[Result]]:
+        """Each chunk's results, lead by lead; ``step(leads done)`` after each chunk."""
         old, new = _Compiled(self.current), _Compiled(self.candidate)
         both = (old.threshold, new.threshold) if old.same_scores(new) else None
         reader = _Reader(app)
-        out: list[Result] = []
-        for start in range(0, len(lead_ids), PRELOAD):
-            chunk = lead_ids[start:start + PRELOAD]
+        results: list[list[Result]] = []
+        done = 0
+        for chunk in chunks:
+            out: list[Result] = []
+            results.append(out)
             for lead_id, found in zip(chunk, _read_chunk(reader, chunk, self.since),
                                       strict=True):
                 if found is None:
@@ -170,9 +180,10 @@ class _Job:
                         candidate = new.mql_at(profile, touches)[0]
                     out.append(_Done(key, current, candidate, stage,
                                      bool(reached & _SQL_OR_LATER), "customer" in reached))
+            done += len(chunk)
             if step is not None:
-                step(len(out))
-        return out
+                step(done)
+        return results
 
 
 #: Leads a worker process is worth starting for.
@@ -203,22 +214,17 @@ def _workers(app: Any, leads: int) -> int:
     return max(1, min(_cpus(), MAX_WORKERS, leads // MIN_LEADS_PER_WORKER))
 
 
-def _split(items: Sequence[UUID], parts: int) -> list[Sequence[UUID]]:
-    size = -(-len(items) // parts) if items else 0
-    return [items[i:i + size] for i in range(0, len(items), size)] if size else []
-
-
 class _Helper:
-    """A forked worker process backtesting one part of the leads with its own app (its own
+    """A forked worker process backtesting some of the leads with its own app (its own
     database connections: none of this process's is used in it)."""
 
     def __init__(self, process: Any, conn: Any, counter: Any) -> None:
         self.process, self.conn, self.counter = process, conn, counter
 
     @classmethod
-    def start(cls, app: Any, job: _Job, part: Sequence[UUID]) -> _Helper | None:
-        """The worker for ``part``, started; None when none can be (this process reads the
-        part then)."""
+    def start(cls, app: Any, job: _Job, chunks: Sequence[Sequence[UUID]]) -> _Helper | None:
+        """The worker for ``chunks``, started; None when none can be (this process reads
+        them then)."""
         context = multiprocessing.get_context("fork")
         for stream in (sys.stdout, sys.stderr):  # nothing written yet is written twice
             with contextlib.suppress(Exception):
@@ -226,8 +232,8 @@ class _Helper:
         try:
             receive, send = context.Pipe(duplex=False)
             counter = context.RawValue("q", 0)
-            process = context.Process(target=_work, args=(dict(app.env), job, list(part),
-                                                          send, counter), daemon=True)
+            process = context.Process(target=_work, args=(dict(app.env), job, chunks, send,
+                                                          counter), daemon=True)
             process.start()
         except Exception as exc:  # e.g. in a daemon process, which may have no children
             log.info("backtest worker not started; its leads are read in the main process",
@@ -240,8 +246,8 @@ class _Helper:
     def done(self) -> int:
         return int(self.counter.value)
 
-    def wait(self, tick: Callable[[], None]) -> list[Result] | None:
-        """The part's results; None when the worker failed (the part is then read here)."""
+    def wait(self, tick: Callable[[], None]) -> list[list[Result]] | None:
+        """The chunks' results; None when the worker failed (they are then read here)."""
         try:
             while not self.conn.poll(0.2):
                 tick()
@@ -254,7 +260,7 @@ class _Helper:
             log.info("backtest worker failed; its leads are read in the main process",
                      error=payload)
             return None
-        return cast(list[Result], payload)
+        return cast(list[list[Result]], payload)
 
     def stop(self) -> None:
         self.conn.close()
@@ -263,7 +269,8 @@ class _Helper:
         self.process.join()
 
 
-def _work(env: dict[str, str], job: _Job, part: list[UUID], conn: Any, counter: Any) -> None:
+def _work(env: dict[str, str], job: _Job, chunks: Sequence[Sequence[UUID]], conn: Any,
+          counter: Any) -> None:
     """A worker process: its own app on the same store, the job, the results sent back."""
     message: tuple[str, Any]
     try:
@@ -272,10 +279,10 @@ def _work(env: dict[str, str], job: _Job, part: list[UUID], conn: Any, counter: 
             def step(done: int) -> None:
                 counter.value = done
 
-            message = ("ok", job.run(app, part, step))
+            message = ("ok", job.run(app, chunks, step))
         finally:
             app.close()
-    except BaseException as exc:  # told to the parent, which then reads the part itself
+    except BaseException as exc:  # told to the parent, which then reads the chunks itself
         message = ("failed", f"{type(exc).__name__}: {exc}")
     with contextlib.suppress(Exception):  # the parent is gone (interrupted): nothing to tell
         conn.send(message)
