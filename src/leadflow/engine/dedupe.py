@@ -21,10 +21,12 @@ with each person's data key), never from raw rows.
 
 from __future__ import annotations
 
+import gc
 import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import pairwise
@@ -502,14 +504,30 @@ def read_people(lead_ids: Iterable[UUID], load_page: Callable[[list[UUID]], Iter
         if progress is not None:
             progress(len(batch))
         batch.clear()
+        gc.freeze()  # the people kept so far: never rescanned by the collector
 
-    for lead_id in lead_ids:
-        batch.append(lead_id)
-        if len(batch) >= page:
+    with _collector_quiet():
+        for lead_id in lead_ids:
+            batch.append(lead_id)
+            if len(batch) >= page:
+                flush()
+        if batch:
             flush()
-    if batch:
-        flush()
     return people, merged
+
+
+@contextmanager
+def _collector_quiet() -> Iterator[None]:
+    """Reading every lead keeps one small object per lead alive and makes many short-lived
+    ones: without this the cyclic collector rescans the survivors again and again (a third
+    of the reading time at 100,000 leads). Frozen objects are handed back at the end."""
+    threshold = gc.get_threshold()
+    gc.set_threshold(50_000, *threshold[1:])
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 def live_id(lead_id: UUID, merged: Mapping[UUID, UUID]) -> UUID:
@@ -541,11 +559,13 @@ def suggest_in_store(app: Any, min_score: float = DEFAULT_MIN_SCORE,
     people rejected; ``progress`` as for ``read_people``."""
     stats = stats if stats is not None else Stats()
     started = perf_counter()
-    people, merged = read_people(app.lead_ids(), app.replay_leads, app.rules.free_mail,
-                                 progress=progress)
-    loaded = perf_counter()
-    rejected = live_rejections(app.rejected_pairs(), merged)
-    stats.rejected_pairs = len(rejected)
-    found = suggest(people, rejected, min_score, stats)
+    with _collector_quiet():
+        people, merged = read_people(app.lead_ids(), app.replay_leads, app.rules.free_mail,
+                                     progress=progress)
+        loaded = perf_counter()
+        gc.freeze()
+        rejected = live_rejections(app.rejected_pairs(), merged)
+        stats.rejected_pairs = len(rejected)
+        found = suggest(people, rejected, min_score, stats)
     stats.timings = {"load": loaded - started, "match": perf_counter() - loaded}
     return found
