@@ -113,6 +113,9 @@ def test_same_external_id_in_another_system() -> None:
     a = person("external_id:sf:00Q5e0001")
     b = person("external_id:hubspot-00Q5E0001", minutes=1)
     assert codes(a, b) == {"same_external_id"}
+    # Long numeric ids are not counted twice (as a phone too).
+    assert codes(person("external_id:sf:100012345678"),
+                 person("external_id:hs:100012345678")) == {"same_external_id"}
 
 
 def test_different_first_names_cut_the_score() -> None:

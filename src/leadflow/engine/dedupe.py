@@ -5,15 +5,17 @@ No shared identity key links them (that would have merged them already): the evi
 fuzzy. Every lead becomes a ``Person`` (normalised names, organisations, email local parts,
 phone digits, external id cores); a *blocking index* groups people who share a cheap key
 (an organisation and a name token, a phone's last nine digits, an external id's core), and
-only people in one block are compared, so 100,000 leads cost seconds, never all pairs.
-Comparisons use rapidfuzz (Jaro-Winkler for names, Indel ratio for email local parts).
+only people in one block are compared, never all pairs: matching 100,000 leads takes
+seconds (reading them from the store takes longer, see the README). Comparisons use
+rapidfuzz (Levenshtein and Jaro-Winkler for names, Indel ratio for email local parts).
 
 Each reason carries a weight (the chance, roughly, that it alone means one person); the
 score combines them as independent evidence (``1 - Π(1 - w)``) and is cut down when the
-first or last names clearly differ. Two leads at different organisations are only
-suggested on a phone or external id, never on a name: namesakes at other companies are no
-duplicates. Forgotten leads have no names or identities and are never suggested; pairs a
-person rejected (``dedupe reject``) are left out.
+first or last names clearly differ, or when each has its own mailbox at one domain. Two
+leads at different organisations are only suggested on a phone or external id, never on a
+name: namesakes at other companies are no duplicates. Forgotten leads have no names or
+identities and are never suggested; pairs a person rejected (``dedupe reject``) are left
+out.
 
 People's data is read through the engine (stored events replayed, personal values opened
 with each person's data key), never from raw rows.
@@ -350,7 +352,8 @@ def score_pair(a: Person, b: Person) -> Suggestion | None:
                                        and str(a.lead_id) > str(b.lead_id)):
         a, b = b, a
     reasons: list[Reason] = []
-    shared_phone = (a.phones | a.phone_like) & (b.phones | b.phone_like)
+    # A phone on one side at least (two external ids alike are the external id's reason).
+    shared_phone = (a.phones & (b.phones | b.phone_like)) | (b.phones & a.phone_like)
     if shared_phone:
         digits = sorted(shared_phone)[0]
         reasons.append(Reason("same_phone", f"the same phone number in another format "
