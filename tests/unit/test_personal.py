@@ -159,3 +159,22 @@ def test_forget_in_memory_keeps_the_lead_and_its_score(rec: Records) -> None:
     assert (replayed.primary_key, replayed.score, replayed.stage_now) == (
         None, before.score, before.stage_now)
     assert app.lead("email:bob@acme.example", at=T0).primary_key == "email:bob@acme.example"
+
+
+def test_an_anonymous_visitor_is_forgotten_with_their_interest(rec: Records) -> None:
+    app = LeadflowApp()
+    app.apply_batch([rec("page_viewed", None, lead={"anonymous_id": "cookie-9"},
+                         context={"url": "https://a.example/pricing?email=x@y.example"})])
+    result = app.forget("anonymous_id:cookie-9", "visitor request", "dpo", T0)
+    assert (result.data_keys, result.identities, result.leads) == (1, 1, ())
+    again = app.forget  # the cookie now names nothing
+    with pytest.raises(Exception, match="no lead known"):
+        again("anonymous_id:cookie-9", "again", "dpo", T0)
+    app.forget_cached_aggregates()
+    interest: Any = app.repository.get(result.lead_id)
+    assert interest.anonymous_id is None
+    assert interest.touchpoints[0]["context"]["url"] == "https://a.example/pricing"
+    # A later record with the same cookie starts afresh.
+    app.apply_batch([rec("page_viewed", None, lead={"anonymous_id": "cookie-9"})])
+    assert app.directory.lookup(["anonymous_id:cookie-9"])["anonymous_id:cookie-9"].target_id \
+        != result.lead_id

@@ -29,6 +29,7 @@ STORED_TOPICS = [
     "leadflow.domain:Interest",
     "leadflow.domain:Interest.Created",
     "leadflow.domain:Interest.Event",
+    "leadflow.domain:Interest.Forgotten",
     "leadflow.domain:Interest.LinkedToLead",
     "leadflow.domain:Interest.TouchpointNoted",
     "leadflow.domain:Lead",

@@ -30,6 +30,9 @@ def forget(obj: Context, identity: str, reason: str, actor: str, as_json: bool) 
     in every count, funnel and score, `verify` still passes, and a new record with the same
     email starts a new lead. Run `leadflow project` to clear the analyst tables' copy.
 
+    An anonymous visitor never linked to a person (anonymous_id:…) is forgotten the same
+    way: their interest's data key and identity row are deleted.
+
     It cannot reach the Kafka topics, the dead-letter topic or rejects files (they hold
     records as sent) nor backups: see the README's Privacy section.
 

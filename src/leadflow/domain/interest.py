@@ -11,6 +11,7 @@ from eventsourcing.domain import Aggregate, event
 from leadflow.domain.ids import (
     interest_id_for,
 )
+from leadflow.domain.privacy import public_url
 
 
 class Interest(Aggregate):
@@ -47,3 +48,15 @@ class Interest(Aggregate):
     @event("LinkedToLead")
     def _linked(self, lead_id: UUID, occurred_at: datetime) -> None:
         self.linked_lead = lead_id
+
+    def forget(self, occurred_at: datetime, actor: str, reason: str) -> None:
+        """The visitor asked to be erased: their data key is deleted with this event."""
+        self._forgotten(occurred_at=occurred_at, actor=actor, reason=reason)
+
+    @event("Forgotten")
+    def _forgotten(self, occurred_at: datetime, actor: str, reason: str) -> None:
+        self.anonymous_id = None
+        self.touchpoints = [{**tp, "context": {**tp["context"], **{
+            k: public_url(v) for k, v in tp["context"].items()
+            if k in ("url", "landing_page") and isinstance(v, str)}}}
+            for tp in self.touchpoints]

@@ -35,6 +35,7 @@ from leadflow.domain import (
     Account,
     AggregateUnloadableError,
     Clock,
+    Interest,
     Lead,
     LeadflowError,
     LeadForgottenError,
@@ -455,6 +456,10 @@ class LeadflowApp(Application[UUID]):
             raise PersonalDataError(
                 "personal data in this store is not encrypted (LEADFLOW_PERSONAL_DATA=plain): "
                 "nothing can be shredded")
+        if isinstance(key_or_id, str) and key_or_id.startswith("anonymous_id:"):
+            index = self.directory.lookup([key_or_id]).get(key_or_id)
+            if index is not None and index.is_interest:
+                return self._forget_interest(key_or_id, index.target_id, reason, actor, at)
         lead_id = self.resolve(key_or_id)
         unit = self._unit()
         unit.cause = {"command": "forget", "actor": actor}
@@ -482,6 +487,27 @@ class LeadflowApp(Application[UUID]):
         log.info("person forgotten", lead_id=str(lead_id), leads=len(members),
                  data_keys=len(shredded), identities=len(keys))
         return ForgetResult(lead_id, tuple(m.id for m in members), len(shredded), len(keys))
+
+    def _forget_interest(self, key: str, interest_id: UUID, reason: str, actor: str,
+                         at: datetime) -> ForgetResult:
+        """An anonymous visitor never linked to a person: their cookie id and the URL
+        queries they left are shredded with the interest's data key."""
+        unit = self._unit()
+        unit.cause = {"command": "forget", "actor": actor}
+        interest = unit.get(Interest, interest_id)
+        if interest is None:
+            raise UnknownLeadError(f"no anonymous interest {interest_id}")
+        if not self.vault.has_key(interest_id):
+            raise PersonalDataError(
+                f"anonymous interest {interest_id} was stored before per-person encryption: "
+                "its values cannot be shredded; nothing was changed")
+        unit.drop_identity(key)
+        unit.books.dropped_data_keys.add(interest_id)
+        interest.forget(at, actor, reason)
+        self._commit(unit, None)
+        self.recorder_erase_freed_pages()
+        log.info("anonymous visitor forgotten", interest_id=str(interest_id))
+        return ForgetResult(interest_id, (), 1, 1)
 
     def _family(self, unit: Unit, lead: Lead) -> list[Lead]:
         """The lead and every lead merged into it, at any depth."""
