@@ -8,7 +8,8 @@ corporate patterns, free-mail addresses, phones) with ``--planted`` share of peo
 came twice under another identity (an alias email at the same company without a name, a
 phone lead with the same name and company, a CRM id holding their phone in another format),
 ingests it into a fresh embedded SQLite store (``leadflow ingest``, timed), then times
-``leadflow dedupe suggest --json --limit 0`` as a process (start to exit) and reports the
+``leadflow dedupe suggest --json --limit 0`` as a process (start to exit, and its CPU
+time) and reports the
 command's own split (replaying the leads through the engine vs blocking and scoring), the
 pairs compared and how many planted pairs were found. Nothing is asserted.
 """
@@ -127,18 +128,22 @@ def main() -> None:
     subprocess.run([*leadflow, "ingest", str(source)], env=env, check=True,
                    capture_output=True)
     ingest_s = time.perf_counter() - started
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
     done = subprocess.run([*leadflow, "dedupe", "suggest", "--json", "--limit", "0"], env=env,
                           check=True, capture_output=True, text=True)
     suggest_s = time.perf_counter() - started
-    peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    suggest_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    peak_mib = after.ru_maxrss / 1024  # the largest child: ingest or suggest
     out = json.loads(done.stdout)
     found = {frozenset((s["a"]["primary_key"], s["b"]["primary_key"]))
              for s in out["suggestions"]}
     hits = sum(frozenset(p) in found for p in pairs)
     result = {"leads": args.leads, "records": len(lines), "planted_pairs": len(pairs),
               "ingest_seconds": round(ingest_s, 2),
-              "suggest_seconds": round(suggest_s, 2), "suggest_stats": out["stats"],
+              "suggest_seconds": round(suggest_s, 2),
+              "suggest_cpu_seconds": round(suggest_cpu, 2), "suggest_stats": out["stats"],
               "suggestions": out["total"], "planted_found": hits,
               "peak_rss_mib_children": round(peak_mib)}
     print(json.dumps(result, indent=2))
