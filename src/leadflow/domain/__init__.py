@@ -1,7 +1,7 @@
 """The pure domain: aggregates, scoring, rules and routing. No I/O, no clock, no environment.
 
 One module per aggregate (``lead``, ``interest``, ``identity_index``, ``account``, ``router``,
-``clock``, ``rulebook``), the vocabulary (stages and record types) written once in
+``clock``, ``rulebook``, ``duplicates``), the vocabulary (stages and record types) written once in
 ``vocabulary``, the domain's errors in ``errors``, id derivation in ``ids``. Modules here
 import nothing of leadflow outside ``domain``.
 
@@ -19,6 +19,7 @@ from eventsourcing.domain import Aggregate
 
 from leadflow.domain.account import Account
 from leadflow.domain.clock import Clock, TimerBucket, day_of
+from leadflow.domain.duplicates import DuplicatePair
 from leadflow.domain.errors import (
     AggregateUnloadableError,
     LeadflowError,
@@ -49,7 +50,7 @@ from leadflow.domain.vocabulary import (
 TOPIC_MODULE = "leadflow.domain"
 
 AGGREGATES: tuple[type[Aggregate], ...] = (Lead, Interest, IdentityIndex, Account, Router,
-                                           Clock, TimerBucket, RuleBook)
+                                           Clock, TimerBucket, RuleBook, DuplicatePair)
 
 
 def stable_topics(aggregate: type[Aggregate], module: str = TOPIC_MODULE) -> None:
@@ -72,7 +73,8 @@ for _aggregate in AGGREGATES:
 __all__ = [
     "AGGREGATES", "DISPOSITION_TYPES", "DORMANCY_STAGES", "QUALIFIABLE_STAGES", "RECORD_TYPES",
     "SLA_STAGES", "STAGES", "STAGE_RANK", "TOPIC_MODULE", "TOUCHPOINT_TYPES", "WORKING_STAGES",
-    "Account", "AggregateUnloadableError", "Clock", "IdentityIndex", "Interest", "Lead",
-    "LeadForgottenError", "LeadMergedError", "LeadflowError", "PersonalDataError", "Router",
-    "RuleBook", "TimerBucket", "UnknownLeadError", "UnknownRepError", "day_of", "stable_topics",
+    "Account", "AggregateUnloadableError", "Clock", "DuplicatePair", "IdentityIndex",
+    "Interest", "Lead", "LeadForgottenError", "LeadMergedError", "LeadflowError",
+    "PersonalDataError", "Router", "RuleBook", "TimerBucket", "UnknownLeadError",
+    "UnknownRepError", "day_of", "stable_topics",
 ]
