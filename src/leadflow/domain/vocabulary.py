@@ -49,3 +49,9 @@ TOUCHPOINT_TYPES: frozenset[str] = frozenset(get_args(TouchpointType))
 DISPOSITION_TYPES: frozenset[str] = frozenset(get_args(DispositionType))
 PROFILE_TYPES: frozenset[str] = frozenset(get_args(ProfileType))
 RECORD_TYPES: frozenset[str] = TOUCHPOINT_TYPES | DISPOSITION_TYPES | PROFILE_TYPES
+
+# The store's metadata key naming the notification id up to which only lead rows were
+# chained (set by ``db migrate`` when it brings an older store to format 4; 0 for a store
+# born chained). Here, not in store/audit.py which reads it, so that opening a store (the
+# format check in engine/migration.py) does not import the whole-store audit.
+CHAINED_SINCE = "chained_since"

@@ -33,10 +33,10 @@ from leadflow.domain import (
     Router,
 )
 from leadflow.domain.account import SURGE_ROW
+from leadflow.domain.vocabulary import CHAINED_SINCE
 from leadflow.engine.unit import Unit
 from leadflow.engine.views import MigrationResult
 from leadflow.logs import get_logger
-from leadflow.store.audit import CHAINED_SINCE
 from leadflow.store.bookkeeping import Books
 from leadflow.store.recorders import STORE_VERSION, RecordIdIndex
 

@@ -36,6 +36,7 @@ from uuid import UUID
 
 from eventsourcing.persistence import StoredEvent
 
+from leadflow.domain.vocabulary import CHAINED_SINCE
 from leadflow.store import chain, fold
 from leadflow.store.chain import LeadVerification, Problem
 from leadflow.store.keys import Keyring
@@ -43,9 +44,6 @@ from leadflow.store.personal import PII, Vault
 from leadflow.store.recorders import RecordIdIndex
 
 CHECKPOINT_FORMAT = "leadflow-checkpoint/1"
-#: Metadata key: the notification id up to which only lead rows were chained (set by
-#: ``db migrate`` when it brings an older store to format 4; 0 for a store born chained).
-CHAINED_SINCE = "chained_since"
 PAGE = 5000
 
 Plain = Callable[[bytes], bytes] | None
