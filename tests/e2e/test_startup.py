@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -30,16 +31,29 @@ with open(sys.argv_out, "w") as out:
 
 
 @pytest.fixture(scope="module")
-def show_modules(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str]]:
+    """A small embedded store (its directory) and the environment that reads it."""
     work = tmp_path_factory.mktemp("startup")
     env = clean_env()
+    for name in ("FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "NO_COLOR"):
+        env.pop(name, None)
     env.update(LEADFLOW_DATABASE_URL=f"sqlite:///{work / 'lf.db'}", LEADFLOW_LOG_FORMAT="json")
-    record = {"event_id": "e1", "type": "content_downloaded",
-              "occurred_at": "2026-03-02T09:00:00Z", "lead": {"email": "x@acme.io"}}
+    records = [{"event_id": "e1", "type": "content_downloaded",
+                "occurred_at": "2026-03-02T09:00:00Z", "lead": {"email": "x@acme.io"}},
+               {"event_id": "e2", "type": "form_submitted",
+                "occurred_at": "2026-03-02T10:00:00Z",
+                "lead": {"email": "x@acme.io", "title": "VP Marketing"}}]
     ingest = subprocess.run([sys.executable, "-m", "leadflow.cli", "ingest", "-"],
-                            input=json.dumps(record) + "\n", capture_output=True, text=True,
-                            cwd=work, env=env, timeout=300, check=False)
+                            input="".join(json.dumps(r) + "\n" for r in records),
+                            capture_output=True, text=True, cwd=work, env=env, timeout=300,
+                            check=False)
     assert ingest.returncode == 0, ingest.stderr
+    return work, env
+
+
+@pytest.fixture(scope="module")
+def show_modules(store: tuple[Path, dict[str, str]]) -> list[str]:
+    work, env = store
     out = work / "modules.json"
     code = SHOW.replace("sys.argv_out", repr(str(out)))
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -76,3 +90,30 @@ def test_lead_show_startup_on_the_embedded_store_imports_no_psycopg(
 def test_lead_show_startup_imports_no_structlog(show_modules: list[str]) -> None:
     # structlog brings rich's traceback module and asyncio; lead show logs nothing.
     assert _imported(show_modules, "structlog") == []
+
+
+def test_lead_show_startup_imports_no_rich_email_validator_or_store_audit(
+        show_modules: list[str]) -> None:
+    # Piped output is written without rich (cli/common.py plain_output); a plain ASCII
+    # address is normalised without email-validator (contract/identity.py); the format
+    # check reads CHAINED_SINCE from domain/vocabulary.py, not the whole-store audit.
+    assert _imported(show_modules, "rich", "email_validator", "idna") == []
+    assert "leadflow.store.audit" not in show_modules
+
+
+@pytest.mark.parametrize("identity", ["x@acme.io", "X@Acme.IO", "email:x@acme.io"])
+def test_lead_show_piped_prints_what_rich_prints(store: tuple[Path, dict[str, str]],
+                                                 identity: str) -> None:
+    # TTY_COMPATIBLE=0 makes the command leave the output to rich (which prints to a file as
+    # to a non-terminal): the two must be the same bytes.
+    work, env = store
+    command = [sys.executable, "-m", "leadflow.cli", "lead", "show", identity, "--at",
+               "2026-03-03T12:00:00Z"]
+    plain = subprocess.run(command, capture_output=True, cwd=work, env=env, timeout=300,
+                           check=False)
+    by_rich = subprocess.run(command, capture_output=True, cwd=work,
+                             env={**env, "TTY_COMPATIBLE": "0"}, timeout=300, check=False)
+    assert plain.returncode == by_rich.returncode == 0, plain.stderr + by_rich.stderr
+    assert plain.stdout == by_rich.stdout
+    assert plain.stdout.startswith(b"email:x@acme.io lead ")
+    assert "\u2503 rule ".encode() in plain.stdout

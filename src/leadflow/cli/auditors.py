@@ -13,12 +13,11 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from uuid import UUID
 
 import click
 from eventsourcing.persistence import PersistenceError
-from rich.table import Table
 
 from leadflow.cli.common import (
     EXIT_OK,
@@ -28,8 +27,10 @@ from leadflow.cli.common import (
     lookup,
     out_console,
     parse_time,
+    plain_output,
     progress_bar,
     resolve,
+    write_output,
 )
 from leadflow.contract.identity import is_lead_id
 from leadflow.domain import LeadflowError, UnknownLeadError
@@ -87,17 +88,31 @@ def lead_show(obj: Context, identity: str, at_text: str | None, as_json: bool) -
     if as_json:
         click.echo(json.dumps(view.to_json()))
         return
+    lines = [f"[bold]{view.primary_key}[/] lead {view.lead_id}",
+             f"at {view.at.isoformat()}: stage [bold]{view.stage}[/] (now {view.stage_now}), "
+             f"owner {view.owner or ('pool' if view.in_pool else '-')}, "
+             f"score [bold]{view.score:.2f}[/] = fit {view.fit:.2f} + engagement "
+             f"{view.engagement:.2f}"]
+    columns: list[tuple[str, Literal["left", "right"]]] = [
+        (col, "left" if col in ("rule", "kind") else "right")
+        for col in ("rule", "kind", "count", "points", "value now")]
+    rows = [(c.rule, c.kind, str(c.count), f"{c.points:g}", f"{c.value:.2f}")
+            for c in view.breakdown]
+    # Piped, the text rich would print is written without rich (start-up, issue 15).
+    plain = plain_output(lines, columns, rows)
+    if plain is not None:
+        write_output(plain)
+        return
+    from rich.table import Table
+
     console = out_console()
-    console.print(f"[bold]{view.primary_key}[/] lead {view.lead_id}")
-    console.print(f"at {view.at.isoformat()}: stage [bold]{view.stage}[/] (now {view.stage_now}), "
-                  f"owner {view.owner or ('pool' if view.in_pool else '-')}, "
-                  f"score [bold]{view.score:.2f}[/] = fit {view.fit:.2f} + engagement "
-                  f"{view.engagement:.2f}")
+    for line in lines:
+        console.print(line)
     table = Table()
-    for col in ("rule", "kind", "count", "points", "value now"):
-        table.add_column(col, justify="left" if col in ("rule", "kind") else "right")
-    for c in view.breakdown:
-        table.add_row(c.rule, c.kind, str(c.count), f"{c.points:g}", f"{c.value:.2f}")
+    for col, justify in columns:
+        table.add_column(col, justify=justify)
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
 
 
@@ -124,6 +139,8 @@ def history(obj: Context, identity: str, all_events: bool, as_json: bool) -> Non
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in entries]))
         return
+    from rich.table import Table
+
     table = Table(title=f"History of {identity}")
     for col in ("recorded", "event time", "lead:v", "cause", "score", "points", "stage",
                 "owner", "chain"):
@@ -236,6 +253,8 @@ def explain(obj: Context, identity: str, at_text: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(result))
         return
+    from rich.table import Table
+
     console = out_console()
     console.print(f"{identity} at {result['at']}: score {result['score']:.2f} = fit "
                   f"{result['fit_total']:.2f} + engagement {result['engagement_total']:.2f} "

@@ -1,6 +1,6 @@
 """What every command group shares: the context (settings, the application), one-line
 errors (``fail``), how arguments are read (times, identities), files, progress bars and the
-output console.
+output console (and ``plain_output``: piped, what rich would print, written without rich).
 
 Nothing here connects to anything at import time; heavy modules (Kafka, the projections)
 are imported inside the functions that need them.
@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
@@ -376,12 +378,105 @@ def progress_bar(records: bool = False, log_summary: bool = True) -> Iterator[Pr
             yield progress
 
 
+#: The width of output that is not a terminal's (``out_console``).
+PIPED_WIDTH = 150
+
+
 def out_console() -> Console:
     from rich.console import Console
 
     # Piped output has no terminal width; keep tables readable instead of 80 columns.
     probe = Console()
-    return probe if probe.is_terminal else Console(width=150)
+    return probe if probe.is_terminal else Console(width=PIPED_WIDTH)
+
+
+# rich's emoji codes (rich/_emoji_replace.py): ``:name:`` is replaced when rich knows the name.
+_EMOJI_CODE = re.compile(r"(:(\S*?)(?:(?:\-)(emoji|text))?:)")
+# The markup tags ``plain_output`` takes: rich prints the text between them unchanged.
+_TAGS = re.compile(r"\[(?:bold|/)\]")
+
+
+def _piped_stdout() -> bool:
+    """Whether rich would write to stdout as to a file: no terminal, nothing forcing one
+    (FORCE_COLOR, TTY_COMPATIBLE), no notebook or IDLE, a UTF-8 stream, not Windows."""
+    environ = os.environ
+    if os.name == "nt" or any(name in environ for name in (
+            "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "JUPYTER_COLUMNS",
+            "JUPYTER_LINES")) or "IPython" in sys.modules or "idlelib" in sys.modules:
+        return False
+    stream = sys.stdout
+    try:
+        if stream is None or stream.isatty():
+            return False
+    except (AttributeError, ValueError):
+        return False
+    return (getattr(stream, "encoding", None) or "utf-8").lower().startswith("utf")
+
+
+def _plain_text(text: str) -> bool:
+    """Text rich prints as it is: printable ASCII (one cell a character), no markup or
+    escapes, and no ``:name:`` rich might take for an emoji (two digits, as in a time's
+    ``:00:``, name none)."""
+    return (text.isascii() and text.isprintable() and not any(c in text for c in "[]\\")
+            and all(len(m.group(2)) == 2 and m.group(2).isdigit()
+                    for m in _EMOJI_CODE.finditer(text)))
+
+
+def plain_output(lines: Sequence[str], columns: Sequence[tuple[str, str]],
+                 rows: Sequence[Sequence[str]]) -> list[str] | None:
+    """What ``out_console().print`` writes, one string a call, for ``lines`` (rich markup
+    whose only tags are ``[bold]`` and ``[/]``) followed by a ``rich.table.Table()`` of
+    ``columns`` ((header, "left" or "right")) and ``rows``, when stdout is not a terminal
+    and rich would print them unchanged (no styles there): the lines fit in
+    ``PIPED_WIDTH`` columns and need no wrapping, the table needs no shrinking.
+
+    None when rich must draw them (a terminal: colours and its width; anything else).
+    Written without importing rich, which costs a short command like ``lead show`` a third
+    of its start-up; ``tests/unit/test_plain_output.py`` compares it with rich.
+    """
+    if not _piped_stdout():
+        return None
+    out: list[str] = []
+    for markup in lines:
+        pieces = _TAGS.split(markup)
+        text = "".join(pieces)
+        if len(text) > PIPED_WIDTH or not all(_plain_text(piece) for piece in pieces):
+            return None
+        out.append(text + "\n")
+    cells = [[header for header, _ in columns], *rows]
+    if not all(_plain_text(cell) for row in cells for cell in row):
+        return None
+    widths = [max(len(row[i]) for row in cells) + 2 for i in range(len(columns))]
+    if sum(widths) + len(widths) + 1 > PIPED_WIDTH:
+        return None
+
+    def row_text(row: Sequence[str], edge: str) -> str:
+        return edge + edge.join(
+            " " + (cell.ljust(width - 2) if justify == "left" else cell.rjust(width - 2)) + " "
+            for cell, width, (_, justify) in zip(row, widths, columns, strict=True)) + edge
+
+    def rule(left: str, line: str, cross: str, right: str) -> str:
+        return left + cross.join(line * width for width in widths) + right
+
+    table = [rule("\u250f", "\u2501", "\u2533", "\u2513"), row_text(cells[0], "\u2503"),
+             rule("\u2521", "\u2501", "\u2547", "\u2529"),
+             *(row_text(row, "\u2502") for row in rows),
+             rule("\u2514", "\u2500", "\u2534", "\u2518")]
+    out.append("\n".join(table) + "\n")
+    return out
+
+
+def write_output(parts: Sequence[str]) -> None:
+    """Write ``plain_output``'s strings as rich's ``Console.print`` does: each written and
+    flushed; a closed pipe (``| head``) ends the command with code 1 and nothing more."""
+    try:
+        for part in parts:
+            sys.stdout.write(part)
+            sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(1) from None
 
 
 F = TypeVar("F", bound=Callable[..., Any])
