@@ -84,7 +84,8 @@ def shows(draw: st.DrawFn) -> tuple[list[str], list[tuple[str, ...]]]:
              f"at {at.isoformat()}: stage [bold]{draw(TEXT)}[/] (now {draw(TEXT)}), owner "
              f"{draw(TEXT)}, score [bold]{draw(NUMBER)}[/] = fit {draw(NUMBER)} + engagement "
              f"{draw(NUMBER)}"]
-    rows = draw(st.lists(st.tuples(TEXT, TEXT, NUMBER, NUMBER, NUMBER), max_size=6))
+    rows: list[tuple[str, ...]] = draw(st.lists(st.tuples(TEXT, TEXT, NUMBER, NUMBER, NUMBER),
+                                                max_size=6))
     return lines, rows
 
 
