@@ -10,6 +10,8 @@ Parsing is a boundary concern: :func:`parse_record` turns raw bytes into a valid
 
 from __future__ import annotations
 
+import math
+import re
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -21,8 +23,10 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PlainValidator,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -125,6 +129,64 @@ class LeadRef(_Frozen):
         return out
 
 
+#: Custom properties (``context.properties``): at most this many, keys of at most
+#: ``MAX_PROPERTY_KEY`` characters matching ``PROPERTY_KEY``, values scalars (text of at most
+#: 500 characters without control characters, integers within +-2^53, finite numbers,
+#: booleans). Rules test them as ``field = "properties.<key>"``.
+MAX_PROPERTIES = 50
+MAX_PROPERTY_KEY = 64
+PROPERTY_KEY = r"^[A-Za-z0-9_][A-Za-z0-9_-]*$"
+_MAX_PROPERTY_INT = 2**53
+_CONTROLS = re.compile(r"[\u0000-\u001f\u007f-\u009f]")
+
+
+def _property_value(value: Any) -> bool | int | float | str:
+    """A property's value: a scalar within the contract's bounds (the same reason codes as
+    the other fields: value_too_long, forbidden_character, number_out_of_range)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        if abs(value) > _MAX_PROPERTY_INT:
+            raise PydanticCustomError("less_than_equal", "an integer property must lie within "
+                                      "+-2^53 (9007199254740992)")
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise PydanticCustomError("finite_number", "a number property must be finite")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            raise PydanticCustomError("string_too_short", "a text property must not be empty")
+        if len(text) > 500:
+            raise PydanticCustomError("string_too_long",
+                                      "a text property must have at most 500 characters")
+        if _CONTROLS.search(text):
+            raise PydanticCustomError("string_pattern_mismatch",
+                                      "a text property must not hold control characters")
+        return text
+    raise PydanticCustomError("property_type", "a property is text, a number or a boolean "
+                              "(not a list, an object or null)")
+
+
+PropertyKey = Annotated[str, Field(min_length=1, max_length=MAX_PROPERTY_KEY,
+                                   pattern=PROPERTY_KEY)]
+_PROPERTY_VALUE_SCHEMA: dict[str, Any] = {"anyOf": [
+    {"type": "boolean"},
+    {"type": "integer", "minimum": -_MAX_PROPERTY_INT, "maximum": _MAX_PROPERTY_INT},
+    {"type": "number"},
+    {"type": "string", "minLength": 1, "maxLength": 500, "pattern": _NO_CONTROLS},
+]}
+PropertyValue = Annotated[bool | int | float | str, PlainValidator(_property_value),
+                          WithJsonSchema(_PROPERTY_VALUE_SCHEMA)]
+Properties = Annotated[
+    dict[PropertyKey, PropertyValue], Field(max_length=MAX_PROPERTIES),
+    WithJsonSchema({"type": "object", "maxProperties": MAX_PROPERTIES,
+                    "propertyNames": {"minLength": 1, "maxLength": MAX_PROPERTY_KEY,
+                                      "pattern": PROPERTY_KEY},
+                    "additionalProperties": _PROPERTY_VALUE_SCHEMA})]
+
+
 class Context(_Frozen):
     """Where the touchpoint happened; used by scoring rules and segment reports."""
 
@@ -134,6 +196,14 @@ class Context(_Frozen):
     content_id: ShortText | None = None
     form_id: ShortText | None = None
     landing_page: ShortText | None = None
+    properties: Properties | None = Field(
+        default=None,
+        description=f"Custom properties, as trackers send them: at most {MAX_PROPERTIES} "
+                    f"keys of 1-{MAX_PROPERTY_KEY} characters (letters, digits, _ and -), "
+                    "scalar values (text of at most 500 characters, integers within "
+                    "+-2^53, finite numbers, booleans). Rules test them as "
+                    "field = \"properties.<key>\". Scoring facts (product, plan, region), "
+                    "not personal data: they are stored readable.")
 
 
 class Deal(_Frozen):
@@ -395,6 +465,15 @@ def _reason(err: Any) -> str:
         return "schema_violation"
     if loc == ("type",) and kind == "literal_error" and isinstance(err.get("input"), str):
         return "unknown_type"
+    if loc[:2] == ("context", "properties"):
+        if kind == "too_long" and len(loc) == 2:
+            return "value_too_long"  # more than MAX_PROPERTIES properties
+        if loc[-1:] == ("[key]",) and kind == "string_pattern_mismatch":
+            # A key may only hold letters, digits, _ and -: a control or invisible character
+            # is named as such, anything else (a space, a dot) is the schema's.
+            key = err.get("input")
+            return "forbidden_character" if isinstance(key, str) and any(
+                _forbidden(ch) for ch in key) else "schema_violation"
     if kind == "string_pattern_mismatch":
         # Every text field's pattern only excludes characters; the country and currency
         # codes have shape patterns of their own.

@@ -17,6 +17,7 @@ from leadflow.domain import Lead
 LifecycleType = Literal[
     "lead.mql_reached", "lead.sql_reached", "lead.owner_assigned", "lead.sent_to_pool",
     "lead.recycled", "lead.disqualified", "lead.converted", "lead.won", "lead.lost",
+    "lead.score_threshold_crossed",
 ]
 
 _STAGE_TYPES: dict[str, LifecycleType] = {
@@ -53,11 +54,23 @@ class LifecycleEvent(BaseModel):
     rule: str | None = None
     strategy: str | None = None
     links: dict[str, Any] = Field(default_factory=dict)
+    model: str | None = Field(default=None, description=(
+        "lead.score_threshold_crossed: the named scoring model ([models.<id>] in the rules)."))
+    direction: Literal["up", "down"] | None = Field(default=None, description=(
+        "lead.score_threshold_crossed: up when the model's score reached its threshold, "
+        "down when it fell below it."))
+    score: float | None = Field(default=None, description=(
+        "lead.score_threshold_crossed: the model's score at the crossing."))
+    threshold: float | None = Field(default=None, description=(
+        "lead.score_threshold_crossed: the model's threshold."))
+    rules_version: str | None = Field(default=None, description=(
+        "lead.score_threshold_crossed: the rules version that scored it."))
 
 
 STAGE_CHANGED: type[Any] = Lead.StageChanged
 OWNER_ASSIGNED: type[Any] = Lead.OwnerAssigned
-RELAYED_EVENT_CLASSES = (STAGE_CHANGED, OWNER_ASSIGNED)
+MODEL_THRESHOLD_CROSSED: type[Any] = Lead.ModelThresholdCrossed
+RELAYED_EVENT_CLASSES = (STAGE_CHANGED, OWNER_ASSIGNED, MODEL_THRESHOLD_CROSSED)
 
 
 def to_lifecycle(event: Any) -> LifecycleEvent | None:
@@ -82,6 +95,11 @@ def to_lifecycle(event: Any) -> LifecycleEvent | None:
         kind = "lead.owner_assigned" if event.owner else "lead.sent_to_pool"
         return LifecycleEvent(type=kind, owner=event.owner, team=event.team, actor=event.actor,
                               reason=event.reason, rule=event.rule, strategy=event.strategy,
+                              **common)
+    if isinstance(event, MODEL_THRESHOLD_CROSSED):
+        return LifecycleEvent(type="lead.score_threshold_crossed", model=event.model,
+                              direction=event.direction, score=round(event.score, 4),
+                              threshold=event.threshold, rules_version=event.rules_version,
                               **common)
     return None
 

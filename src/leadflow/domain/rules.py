@@ -35,6 +35,14 @@ if TYPE_CHECKING:
     from leadflow.domain.vocabulary import TouchpointType
 
 ContextField = Literal["url", "form_id", "content_id", "landing_page", "source", "campaign"]
+CONTEXT_FIELDS = ("url", "form_id", "content_id", "landing_page", "source", "campaign")
+#: What a rule's condition may test: a context field, or a custom property of the record
+#: (``properties.<key>``, ``context.properties`` in the inbound contract).
+CONDITION_FIELD = (r"(url|form_id|content_id|landing_page|source|campaign"
+                   r"|properties\.[A-Za-z0-9_][A-Za-z0-9_-]{0,63})")
+_CONDITION_FIELD_RE = re.compile(CONDITION_FIELD)
+#: A model's id (``[models.<id>]``): a rule id without dots (a dot would nest the table).
+MODEL_ID = r"[a-z0-9][a-z0-9_-]{0,63}"
 #: What a Segment trait can fill on the lead: its identities and its profile fields.
 TraitField = Literal["email", "phone", "first_name", "last_name", "name", "company", "title",
                      "industry", "employees", "annual_revenue", "country"]
@@ -102,6 +110,24 @@ def check_thresholds(scoring: _M) -> _M:
     if duplicates:
         raise ValueError(f"rule ids must be unique: {', '.join(duplicates)}")
     return scoring
+
+
+def check_condition_field(field: str) -> str:
+    """A condition's field: a context field or ``properties.<key>``; anything else is named."""
+    if _CONDITION_FIELD_RE.fullmatch(field) is None:
+        raise ValueError(f"unknown field {field!r}: a condition tests one of "
+                         f"{', '.join(CONTEXT_FIELDS)} or properties.<key> (a custom property "
+                         "of the record: letters, digits, _ and -)")
+    return field
+
+
+def check_model(model: _M) -> _M:
+    ids = ([r.id for r in getattr(model, "engagement")]  # noqa: B009
+           + [r.id for r in getattr(model, "fit")])  # noqa: B009
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"rule ids must be unique within a model: {', '.join(duplicates)}")
+    return model
 
 
 def check_references(routing: _M) -> _M:
@@ -249,6 +275,15 @@ _TRAIT_FIELD = _choice(frozenset(("email", "phone", "first_name", "last_name", "
 _STRINGS = _list(_text())
 
 
+def _condition_field(value: Any) -> str:
+    if type(value) is not str or _CONDITION_FIELD_RE.fullmatch(value) is None:
+        raise _UNSURE
+    return value
+
+
+_MODEL_ID = _text(MODEL_ID)
+
+
 class _Record:
     """A frozen record of validated values, as the pydantic model of the same name in
     ``rules_schema`` holds them (fields in the same order, under the same names)."""
@@ -371,21 +406,33 @@ _OPTIONAL_STRINGS = _optional(_STRINGS)
 
 
 class Condition(_Record):
-    """A test on one context field of a touchpoint."""
+    """A test on one context field of a touchpoint, or on one of its custom properties
+    (``properties.<key>``; a boolean reads as ``true``/``false``, a number as written)."""
 
-    field: ContextField
+    field: str
     equals: str | None
     contains: str | None
     prefix: str | None
     in_: list[str] | None
 
-    _FIELDS = (_Field("field", _CONTEXT_FIELD), _Field("equals", _OPTIONAL_TEXT, None),
+    _FIELDS = (_Field("field", _condition_field), _Field("equals", _OPTIONAL_TEXT, None),
                _Field("contains", _OPTIONAL_TEXT, None), _Field("prefix", _OPTIONAL_TEXT, None),
                _Field("in_", _OPTIONAL_STRINGS, None, key="in"))
     _CHECK = one_test
 
+    @cached_property
+    def _property(self) -> str | None:
+        return self.field[11:] if self.field.startswith("properties.") else None
+
     def matches(self, context: Mapping[str, Any]) -> bool:
-        value = context.get(self.field)
+        key = self._property
+        if key is None:
+            value = context.get(self.field)
+        else:
+            properties = context.get("properties")
+            value = properties.get(key) if isinstance(properties, Mapping) else None
+            if isinstance(value, bool):
+                value = "true" if value else "false"
         return value is not None and _text_test(self, str(value))
 
 
@@ -495,6 +542,40 @@ class Scoring(_Record):
                _Field("engagement", _list(_record(EngagementRule)), factory=list),
                _Field("fit", _list(_record(FitRule)), factory=list))
     _CHECK = check_thresholds
+
+
+class Model(_Record):
+    """A named scoring model beside the primary one (``[scoring]``): its own engagement
+    and fit rules, half-life and threshold. It records its own points and threshold
+    crossings; the lifecycle stays driven by ``[scoring]``."""
+
+    threshold: float
+    half_life_days: float
+    engagement: list[EngagementRule]
+    fit: list[FitRule]
+    description: str
+
+    _FIELDS = (_Field("threshold", _number()),
+               _Field("half_life_days", _number(gt=0), 30),
+               _Field("engagement", _list(_record(EngagementRule)), factory=list),
+               _Field("fit", _list(_record(FitRule)), factory=list),
+               _Field("description", _text(), ""))
+    _CHECK = check_model
+
+    @cached_property
+    def half_life_seconds(self) -> float:
+        return self.half_life_days * 86400.0
+
+    @cached_property
+    def engagement_by_type(self) -> dict[str, tuple[EngagementRule, ...]]:
+        return _by_type(self.engagement)
+
+
+def _by_type(rules: list[EngagementRule]) -> dict[str, tuple[EngagementRule, ...]]:
+    index: dict[str, list[EngagementRule]] = {}
+    for rule in rules:
+        index.setdefault(rule.type, []).append(rule)
+    return {kind: tuple(found) for kind, found in index.items()}
 
 
 class AutoSql(_Record):
@@ -749,6 +830,8 @@ class Rules(_Record):
     routing: Routing
     #: Tracker intake (a file without ``[segment]`` gets the built-in mapping).
     segment: SegmentMapping
+    #: Named models beside the primary one (``[scoring]``), by id, in file order.
+    models: dict[str, Model]
 
     _FIELDS = (_Field("label", _text(), "custom"),
                _Field("scoring", _record(Scoring), factory=lambda: _build(Scoring, {})),
@@ -756,7 +839,8 @@ class Rules(_Record):
                _Field("accounts", _record(Accounts), factory=lambda: _build(Accounts, {})),
                _Field("routing", _record(Routing), factory=lambda: _build(Routing, {})),
                _Field("segment", _record(SegmentMapping),
-                      factory=lambda: _build(SegmentMapping, builtin_segment())))
+                      factory=lambda: _build(SegmentMapping, builtin_segment())),
+               _Field("models", _mapping(_MODEL_ID, _record(Model)), factory=dict))
 
     @cached_property
     def version(self) -> str:
@@ -768,6 +852,8 @@ class Rules(_Record):
         """
         data = _data(self)
         del data["segment"]
+        if not data["models"]:
+            del data["models"]  # a file without models keeps the version it always had
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "r-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -779,10 +865,7 @@ class Rules(_Record):
     def engagement_by_type(self) -> dict[str, tuple[EngagementRule, ...]]:
         """Engagement rules per record type, in file order: a touchpoint only tests the rules
         written for its type (most rule sets have one or two per type)."""
-        index: dict[str, list[EngagementRule]] = {}
-        for rule in self.scoring.engagement:
-            index.setdefault(rule.type, []).append(rule)
-        return {kind: tuple(rules) for kind, rules in index.items()}
+        return _by_type(self.scoring.engagement)
 
     @cached_property
     def free_mail(self) -> frozenset[str]:

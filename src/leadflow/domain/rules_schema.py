@@ -12,12 +12,16 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
 from leadflow.domain.rules import (
+    CONDITION_FIELD,
+    MODEL_ID,
     builtin_segment,
     check_band_order,
+    check_condition_field,
     check_fit_test,
+    check_model,
     check_references,
     check_segment_ids,
     check_thresholds,
@@ -26,7 +30,13 @@ from leadflow.domain.rules import (
 from leadflow.domain.vocabulary import TouchpointType
 
 RuleId = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+ModelId = Annotated[str, Field(pattern=rf"^{MODEL_ID}$")]
 ContextField = Literal["url", "form_id", "content_id", "landing_page", "source", "campaign"]
+#: A condition's field: a context field or ``properties.<key>`` (an unknown one is named).
+ConditionField = Annotated[str, AfterValidator(check_condition_field), WithJsonSchema({
+    "type": "string", "pattern": f"^{CONDITION_FIELD}$",
+    "description": "a context field (url, form_id, content_id, landing_page, source, "
+                   "campaign) or properties.<key>, a custom property of the record"})]
 #: A dotted path into a Segment message, from its root: ``properties.email_id``,
 #: ``context.campaign.source``, ``traits.company.name``.
 _SEGMENT_NAME = r"[A-Za-z_$][A-Za-z0-9_$-]*"
@@ -42,9 +52,10 @@ class _Strict(BaseModel):
 
 
 class Condition(_Strict):
-    """A test on one context field of a touchpoint."""
+    """A test on one context field of a touchpoint, or on one of its custom properties
+    (``properties.<key>``; a boolean reads as ``true``/``false``, a number as written)."""
 
-    field: ContextField
+    field: ConditionField
     equals: str | None = None
     contains: str | None = None
     prefix: str | None = None
@@ -107,6 +118,22 @@ class Scoring(_Strict):
     @model_validator(mode="after")
     def _thresholds(self) -> Scoring:
         return check_thresholds(self)
+
+
+class Model(_Strict):
+    """A named scoring model beside the primary one (``[scoring]``): its own engagement
+    and fit rules, half-life and threshold. It records its own points and threshold
+    crossings; the lifecycle stays driven by ``[scoring]``."""
+
+    threshold: float
+    half_life_days: Annotated[float, Field(gt=0)] = 30
+    engagement: list[EngagementRule] = Field(default_factory=list)
+    fit: list[FitRule] = Field(default_factory=list)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _unique(self) -> Model:
+        return check_model(self)
 
 
 class AutoSql(_Strict):
@@ -247,3 +274,5 @@ class Rules(_Strict):
     routing: Routing = Field(default_factory=Routing)
     #: Tracker intake (a file without ``[segment]`` gets the built-in mapping).
     segment: SegmentMapping = Field(default_factory=_default_segment)
+    #: Named models beside the primary one (``[scoring]``), by id, in file order.
+    models: dict[ModelId, Model] = Field(default_factory=dict)

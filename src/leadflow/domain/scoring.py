@@ -10,12 +10,12 @@ Awards from rules that *expire* instead of decaying count fully until ``t + wind
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from leadflow.domain.rules import Rules
+from leadflow.domain.rules import FitRule, Model, Rules
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,7 +99,7 @@ def expiring_total(awards: Iterable[Award], when: datetime) -> float:
 
 
 def score_touchpoint(
-    rules: Rules,
+    rules: Rules | Model,
     record_type: str,
     context: Mapping[str, Any],
     at: datetime,
@@ -110,6 +110,7 @@ def score_touchpoint(
     """Awards every matching engagement rule gives this touchpoint.
 
     ``counts``/``totals`` are per-rule matches and raw points so far, for bands and caps.
+    ``rules`` is the rule set (its primary model, ``[scoring]``) or one named model.
     """
     awards: list[Award] = []
     for rule in rules.engagement_by_type.get(record_type, ()):
@@ -135,9 +136,15 @@ def score_touchpoint(
 def fit_awards(rules: Rules, profile: Mapping[str, Any]) -> list[tuple[str, float]]:
     """Fit points (no decay). Within a field the first matching rule wins, so a CEO does not
     also collect the manager points."""
+    return fit_awards_of(rules.scoring.fit, profile)
+
+
+def fit_awards_of(fit_rules: Sequence[FitRule],
+                  profile: Mapping[str, Any]) -> list[tuple[str, float]]:
+    """Fit points of ``fit_rules`` (the primary model's or a named model's)."""
     out: list[tuple[str, float]] = []
     seen_fields: set[str] = set()
-    for rule in rules.scoring.fit:
+    for rule in fit_rules:
         if rule.field in seen_fields:
             continue
         if rule.matches(profile):

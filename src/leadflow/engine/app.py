@@ -47,6 +47,7 @@ from leadflow.domain import (
 )
 from leadflow.domain.duplicates import DuplicatePair, SameLeadError
 from leadflow.domain.rules import Rules, default_rules
+from leadflow.domain.scoring import Award
 from leadflow.engine.decisions import RecordProcessor
 from leadflow.engine.migration import (
     StoreCipherError,
@@ -63,6 +64,7 @@ from leadflow.engine.views import (
     ForgetResult,
     LeadView,
     MigrationResult,
+    ModelScore,
     Outcome,
     RecordResult,
     RuleContribution,
@@ -621,6 +623,7 @@ class LeadflowApp(Application[UUID]):
         breakdown += [RuleContribution(rule, "engagement", v[0], v[1], counts[rule])
                       for rule, v in sorted(per_rule.items(), key=lambda kv: -kv[1][1])]
         engagement = lead.engagement_at(when, half_life)
+        models = _model_scores(lead, self.rules, when) if self.rules.models else {}
         return LeadView(
             lead_id=lead.id, primary_key=lead.primary_key,
             identities=tuple(lead.identity_keys), at=when, stage=lead.stage_on(when),
@@ -631,7 +634,7 @@ class LeadflowApp(Application[UUID]):
             account_id=lead.account_id, dormant=lead.dormant, touchpoints=lead.touchpoints,
             last_touch_at=lead.last_touch_at, merged_from=tuple(lead.merged_from),
             transitions=tuple(dict(t) for t in lead.transitions), profile=dict(lead.profile),
-            forgotten=getattr(lead, "forgotten", False),
+            forgotten=getattr(lead, "forgotten", False), models=models,
         )
 
     def lead_ids(self, batch: int = 1000) -> Iterator[UUID]:
@@ -862,6 +865,33 @@ class LeadflowApp(Application[UUID]):
         known[event_id] = RecordId(event_id, digest, lead_id)
         applied.append(known[event_id])
         return RecordResult(index, event_id, Outcome.APPLIED, lead_id)
+
+
+def _model_scores(lead: Lead, rules: Rules, when: datetime) -> dict[str, ModelScore]:
+    """Each named model's score of ``lead`` at event time ``when``, with its breakdown."""
+    scores: dict[str, ModelScore] = {}
+    for model_id, model in rules.models.items():
+        state = lead.model_states.get(model_id)
+        half_life = model.half_life_seconds
+        per_rule: dict[str, list[float]] = {}
+        counts: dict[str, int] = {}
+        for data in state["awards"] if state else ():
+            award = Award.from_dict(data)
+            if award.at > when:
+                continue
+            entry = per_rule.setdefault(award.rule, [0.0, 0.0])
+            entry[0] += award.points
+            entry[1] += award.value_at(when, half_life)
+            counts[award.rule] = counts.get(award.rule, 0) + 1
+        breakdown = [RuleContribution(str(rule), "fit", float(points), float(points), 1)
+                     for rule, points in (state["fit_awards"] if state else ())]
+        breakdown += [RuleContribution(rule, "engagement", v[0], v[1], counts[rule])
+                      for rule, v in sorted(per_rule.items(), key=lambda kv: -kv[1][1])]
+        fit = float(state["fit"]) if state else 0.0
+        engagement = lead.model_engagement_at(model_id, when, half_life)
+        scores[model_id] = ModelScore(fit=fit, engagement=engagement, score=fit + engagement,
+                                      threshold=model.threshold, breakdown=tuple(breakdown))
+    return scores
 
 
 __all__ = ["INFRASTRUCTURE_ERRORS", "BatchResult", "ClockResult", "ForgetResult", "LeadView",

@@ -97,6 +97,7 @@ class RecordProcessor:
             self.touch(lead, rec)
         elif rec.type in DISPOSITION_TYPES:
             self.disposition(lead, rec)
+            self.check_models(lead)  # a merge may have brought points
         else:  # identified: the profile changed, and fit with it; no engagement to score
             self.qualify(lead, rec.occurred_at, None)
         self.settle(lead, rec.occurred_at)
@@ -280,8 +281,15 @@ class RecordProcessor:
             if person is not lead:
                 self.settle(person, at)
 
+    def check_models(self, lead: Lead) -> None:
+        """The named models' threshold crossings after new points (a record, a merge).
+        Only the primary model (``[scoring]``) moves the lifecycle."""
+        if self.rules.models:
+            lead.check_models(self.rules, lead.horizon)
+
     def qualify(self, lead: Lead, at: datetime, record_type: str | None) -> None:
         rules = self.rules
+        self.check_models(lead)
         when = lead.horizon
         score = lead.score_at(when, rules.half_life_seconds)
         threshold = rules.scoring.mql_threshold
@@ -388,6 +396,10 @@ class RecordProcessor:
             if kind == "decay":
                 lead.change_stage("recycled", at, "rule:recycle-on-decay", "score decayed")
                 self.sync_load(lead, at)
+            elif kind.startswith("model:"):
+                # A named model's score decayed below its threshold (the lifecycle follows
+                # the primary model only: nothing else changes).
+                lead.cross_model_threshold(kind[6:], "down", at, rules)
             elif kind == "sla":
                 breached = cast(str, lead.owner)
                 lead.note_sla_breach(breached, at)

@@ -54,7 +54,13 @@ def unmerge(proc: RecordProcessor, key: str, at: datetime, actor: str,
     recomputed.eng_value, recomputed.eng_as_of = value, as_of or horizon
     fit = scoring.fit_awards(proc.rules, recomputed.profile)  # likewise for fit
     recomputed.fit_awards, recomputed.fit = fit, sum(p for _, p in fit)
+    recomputed.refold_models(proc.rules)  # the named models' points and fit likewise
+    above = [m for m, state in survivor.model_states.items() if state["above"]]
     survivor.restore(recomputed, loser.id, at, actor)
+    for model_id in above:  # a named model the merged points had taken above its threshold
+        restored = survivor.model_states.get(model_id)
+        if model_id in proc.rules.models and not (restored and restored["above"]):
+            survivor.cross_model_threshold(model_id, "down", at, proc.rules)
     loser.unmerge(survivor.id, at, actor)
     # Re-derive the automatic decisions (MQL threshold, routing) from the restored score.
     proc.qualify(survivor, at, None)
@@ -82,12 +88,18 @@ def _without_merge(events: list[Any], loser_id: UUID) -> list[Any]:
     touchpoints stay; the engine re-derives the automatic ones from the restored state.
     """
     out: list[Any] = []
-    merged = False
+    merged = absorbed = False
     for event in events:
         name = type(event).__name__
         if name == "Absorbed" and event.lead_id == loser_id:
-            merged = True
+            merged = absorbed = True
             continue
+        if absorbed and name == "ModelsScored":
+            absorbed = False  # the named models' share of the merge (Lead.absorb)
+            continue
+        absorbed = False
+        if merged and name == "ModelThresholdCrossed":
+            continue  # re-derived from the restored points, as the MQL threshold is
         if merged and (
             name in ("AccountSet", "LoadRecounted", "FirstContactSlaBreached", "WakeScheduled")
             or (name in ("StageChanged", "OwnerAssigned")

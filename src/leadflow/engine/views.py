@@ -54,6 +54,28 @@ class RuleContribution:
     count: int
 
 
+def _breakdown_json(breakdown: tuple[RuleContribution, ...]) -> list[dict[str, Any]]:
+    return [{"rule": c.rule, "kind": c.kind, "points": c.points, "value": round(c.value, 4),
+             "count": c.count} for c in breakdown]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelScore:
+    """A named model's score of a lead at the view's time (the primary model's is the
+    view's own ``score``)."""
+
+    fit: float
+    engagement: float
+    score: float
+    threshold: float
+    breakdown: tuple[RuleContribution, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"score": round(self.score, 4), "fit": round(self.fit, 4),
+                "engagement": round(self.engagement, 4), "threshold": self.threshold,
+                "breakdown": _breakdown_json(self.breakdown)}
+
+
 @dataclass(frozen=True, slots=True)
 class LeadView:
     lead_id: UUID
@@ -80,6 +102,8 @@ class LeadView:
     transitions: tuple[dict[str, Any], ...]
     profile: dict[str, Any] = field(default_factory=dict)
     forgotten: bool = False
+    #: The named models' scores (``[models.<id>]``), by id; empty when the rules have none.
+    models: dict[str, ModelScore] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -96,11 +120,7 @@ class LeadView:
             "fit": round(self.fit, 4),
             "engagement": round(self.engagement, 4),
             "score": round(self.score, 4),
-            "breakdown": [
-                {"rule": c.rule, "kind": c.kind, "points": c.points, "value": round(c.value, 4),
-                 "count": c.count}
-                for c in self.breakdown
-            ],
+            "breakdown": _breakdown_json(self.breakdown),
             "created_at": self.created_at.isoformat(),
             "source": self.source,
             "campaign": self.campaign,
@@ -113,6 +133,8 @@ class LeadView:
                 {**t, "at": t["at"].isoformat()} for t in self.transitions
             ],
             "profile": self.profile,
+            **({"models": {model_id: m.to_json() for model_id, m in self.models.items()}}
+               if self.models else {}),
         }
 
 
