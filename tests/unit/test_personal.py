@@ -178,3 +178,18 @@ def test_an_anonymous_visitor_is_forgotten_with_their_interest(rec: Records) -> 
     app.apply_batch([rec("page_viewed", None, lead={"anonymous_id": "cookie-9"})])
     assert app.directory.lookup(["anonymous_id:cookie-9"])["anonymous_id:cookie-9"].target_id \
         != result.lead_id
+
+
+def test_custom_properties_are_sealed_whole_and_come_back() -> None:
+    v = vault()
+    lead = uuid4()
+    live = {"event_id": "e1", "context": {"source": "ads", "url": "https://a.example/p",
+                                          "properties": {"product": "b", "note": "x@y.io"}}}
+    state = dict(live)
+    v.seal("Lead.TouchpointScored", lead, state, first=True)
+    assert state["context"] == {"source": "ads", "url": "https://a.example/p"}
+    assert "properties" in live["context"]  # type: ignore[operator]
+    committed(v)
+    stored = json.loads(json.dumps(state))
+    assert v.open("Lead.TouchpointScored", lead, stored)
+    assert stored == live

@@ -15,7 +15,8 @@ Judgements, stated: the job title is personal (with the company it names one per
 company, industry, size, revenue and country are facts about the company. Reasons (of a
 disposition, a stage change, an owner change) are free text a rep or a CRM typed, so they
 are sealed too: after a forget, the lead's lost/disqualified reasons read as empty while
-its counts stay. Form and content ids name a form or an asset, event ids are the
+its counts stay. A record's custom ``context.properties`` are sealed whole (a producer may
+put anything there). Form and content ids name a form or an asset, event ids are the
 producer's keys: they stay readable. Not sealed, a stated limit: the transition reasons
 inside an unmerge's ``StateRestored`` snapshot (its ``transitions`` list).
 """
@@ -26,7 +27,9 @@ from __future__ import annotations
 PERSONAL_PROFILE_FIELDS: tuple[str, ...] = ("first_name", "last_name", "title")
 
 _PROFILE = PERSONAL_PROFILE_FIELDS
-_CONTEXT = ("url~", "landing_page~")
+# Custom properties (issue 16) are whatever a producer sends: sealed whole, as they may
+# carry anything; scoring already happened when the record was applied.
+_CONTEXT = ("url~", "landing_page~", "properties")
 
 #: Event (``Aggregate.Event`` qualname) -> the paths of its personal values.
 PERSONAL_FIELDS: dict[str, tuple[str, ...]] = {

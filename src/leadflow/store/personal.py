@@ -73,7 +73,7 @@ _MASTER_FILE_HEADER = (
 # Subkeys of these dicts are deleted when sealed (a profile without a name); other
 # personal values are replaced by an empty placeholder (None, []), so events keep their
 # shape when the values are gone.
-_DICTS_BY_KEY = frozenset({"changes", "profile"})
+_DICTS_BY_KEY = frozenset({"changes", "profile", "context"})
 # The data-key cache is bounded: beyond this many aggregates it starts over.
 _CACHE_MAX = 200_000
 
