@@ -61,6 +61,27 @@ def load_payload(state: bytes | str) -> dict[str, Any]:
     return data
 
 
+#: Values ``_untag`` returns as they are (what orjson makes besides text, objects, arrays).
+_DEEP = frozenset({str, dict, list})
+#: Stored times already parsed (a touchpoint's time is also its engagement's and awards').
+_TIMES: dict[str, datetime] = {}
+_TIMES_MAX = 1 << 16
+
+
+def _time(text: str) -> datetime:
+    try:
+        return _TIMES[text]
+    except KeyError:
+        pass
+    decoded = datetime.fromisoformat(text)
+    if decoded.tzinfo is None:
+        decoded = decoded.replace(tzinfo=UTC)
+    if len(_TIMES) >= _TIMES_MAX:
+        _TIMES.clear()
+    _TIMES[text] = decoded  # datetimes are immutable: one object serves every reader
+    return decoded
+
+
 class EventData:
     """A stored event's fields, read straight from its JSON without building the event.
 
@@ -70,29 +91,55 @@ class EventData:
     out without the characters PostgreSQL text cannot hold (see ``db.clean_text``), so keys
     the handlers aggregate by (source, owner) are already what the tables will hold; times
     without a zone are taken as UTC.
-    """
 
-    __slots__ = ("_data", "_names", "_read", "originator_id")
+    A field is untagged on its first read and kept in the instance's ``__dict__``, so every
+    later read of it is a plain attribute lookup (``__getattr__`` runs only on a miss).
+    """
 
     def __init__(self, originator_id: Any, data: dict[str, Any],
                  names: dict[str, Transcoding]) -> None:
         self.originator_id = originator_id
         self._data = data
         self._names = names
-        self._read: dict[str, Any] = {}
 
     def __getattr__(self, name: str) -> Any:
-        # Handlers read some fields several times (times, awards): untag each once.
-        try:
-            return self._read[name]
-        except KeyError:
-            pass
+        if name in ("_data", "_names"):  # not set yet (a copy being built)
+            raise AttributeError(name)
         try:
             value = self._data[name]
         except KeyError:
             raise AttributeError(name) from None
-        self._read[name] = value = self._untag(value)
+        kind = type(value)
+        if kind is dict and len(value) == 2 and value.get("_type_") == "datetime_iso" \
+                and type(text := value.get("_data_")) is str:
+            value = _TIMES.get(text) or _time(text)  # the most frequent field: a time
+        elif kind in _DEEP:
+            value = self._untag(value)
+        self.__dict__[name] = value
         return value
+
+    def _take(self, names: tuple[str, ...]) -> list[Any]:
+        """The fields ``names``, in order, as reading each attribute would give them (one
+        call for all: the frequent events' handlers read several)."""
+        data, got = self._data, self.__dict__
+        out = []
+        for name in names:
+            if name in got:
+                out.append(got[name])
+                continue
+            try:
+                value = data[name]
+            except KeyError:
+                raise AttributeError(name) from None
+            kind = type(value)
+            if kind is dict and len(value) == 2 and value.get("_type_") == "datetime_iso" \
+                    and type(text := value.get("_data_")) is str:
+                value = _TIMES.get(text) or _time(text)
+            elif kind in _DEEP:
+                value = self._untag(value)
+            got[name] = value
+            out.append(value)
+        return out
 
     def _untag(self, value: Any) -> Any:
         kind = type(value)
@@ -103,14 +150,27 @@ class EventData:
                 tag, data = value["_type_"], value["_data_"]
                 if tag == "datetime_iso" and type(data) is str:
                     # The most frequent tag: parsed here, without the generic transcoding.
-                    decoded = datetime.fromisoformat(data)
-                    return decoded if decoded.tzinfo is not None else \
-                        decoded.replace(tzinfo=UTC)
+                    return _time(data)
                 decoded = self._names[tag].decode(self._untag(data))
                 if isinstance(decoded, datetime) and decoded.tzinfo is None:
                     return decoded.replace(tzinfo=UTC)
                 return decoded
-            return {k: self._untag(v) for k, v in value.items()}  # keys reach no column
+            untag = self._untag
+            # Keys reach no column. Plain values (numbers, ASCII text) inline, without a call.
+            return {k: v if type(v) not in _DEEP
+                    or (type(v) is str and v.isascii() and "\x00" not in v) else untag(v)
+                    for k, v in value.items()}
         if kind is list:
-            return [self._untag(v) for v in value]
+            untag = self._untag
+            return [v if type(v) not in _DEEP
+                    or (type(v) is str and v.isascii() and "\x00" not in v) else untag(v)
+                    for v in value]
         return value
+
+
+def fields(event: Any, names: tuple[str, ...]) -> list[Any]:
+    """An event's fields ``names``, in order: ``EventData._take``, or the attributes of an
+    event the library decoded (a store whose transcoder is not JSON)."""
+    if type(event) is EventData:
+        return event._take(names)
+    return [getattr(event, name) for name in names]

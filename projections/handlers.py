@@ -17,11 +17,14 @@ from types import SimpleNamespace
 from typing import Any
 
 from leadflow.domain.privacy import public_url
-from leadflow.projections.db import to_int, to_real, to_text
-from leadflow.projections.events import KINDS
+from leadflow.projections.db import INT_RANGE, to_int, to_real, to_text
+from leadflow.projections.events import KINDS, fields
 from leadflow.projections.schema import FUNNEL
 from leadflow.redaction import mask_text
 
+INT_LO, INT_HI = INT_RANGE
+_TOUCHPOINT_FIELDS = ("awards", "rules_version", "engagement_value", "engagement_as_of",
+                      "occurred_at")
 RANK = {stage: i for i, stage in enumerate(FUNNEL)}
 LEAD_COLUMNS = (
     "lead_id", "primary_key", "identities", "created_at", "source", "campaign", "landing_page",
@@ -85,6 +88,7 @@ class PageChanges:
         # Rows one stored event already gave each append-only table: an envelope (one row
         # per record, store/fold.py) holds several events of one notification id.
         self._seqs: dict[tuple[str, int], int] = {}
+        self._dispatch = self._dispatch_table()
 
     def seq(self, table: str, nid: int) -> int:
         """The next row number of ``table`` for notification ``nid`` (0, 1, ...)."""
@@ -94,20 +98,31 @@ class PageChanges:
         return seq
 
     def apply(self, nid: int, topic: str, event: Any) -> None:
-        is_account, kind = KINDS[topic]
+        # One dict lookup per event finds what to do (no name built, no getattr).
+        kind, handler = self._dispatch[topic]
         self.last_event[lead_id := str(event.originator_id)] = nid
-        if is_account:
-            self._account(lead_id, kind, event)
+        if kind is not None:
+            if kind == "Created":
+                self._created(nid, lead_id, event)
+                return
+            row = self.leads.get(lead_id)
+            if row is None:
+                raise RuntimeError(f"projection has no row for lead {lead_id} (event {nid})")
+            if handler is not None:
+                handler(self, nid, row, event)
             return
-        if kind == "Created":
-            self._created(nid, lead_id, event)
-            return
-        row = self.leads.get(lead_id)
-        if row is None:
-            raise RuntimeError(f"projection has no row for lead {lead_id} (event {nid})")
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is not None:
-            handler(nid, row, event)
+        self._account(lead_id, KINDS[topic][1], event)
+
+    @classmethod
+    def _dispatch_table(cls) -> dict[str, tuple[str | None, Any]]:
+        """Each followed topic's (lead event name, or None for an account event; handler).
+
+        The handlers are the class's functions (called with the instance), so the table
+        holds no bound method: a page's changes make no reference cycle.
+        """
+        return {topic: (None, None) if is_account
+                else (kind, getattr(cls, f"_on_{kind}", None))
+                for topic, (is_account, kind) in KINDS.items()}
 
     def _created(self, nid: int, lead_id: str, e: Any) -> None:
         row: dict[str, Any] = dict.fromkeys(LEAD_COLUMNS)
@@ -165,10 +180,16 @@ class PageChanges:
 
     def _awards(self, nid: int, row: dict[str, Any], awards: list[dict[str, Any]], kind: str,
                 rules_version: str) -> None:
+        if not awards:
+            return
+        key = ("l", nid)  # the ledger's row numbers of this notification, as ``seq`` counts
+        seq = self._seqs.get(key, 0)
+        lead_id, append = row["lead_id"], self.ledger.append
         for award in awards:
-            self.ledger.append((nid, self.seq("l", nid), row["lead_id"], award["event_id"], kind,
-                                award["rule"], rules_version, award["points"], award["at"],
-                                award.get("expires_at")))
+            append((nid, seq, lead_id, award["event_id"], kind, award["rule"], rules_version,
+                    award["points"], award["at"], award.get("expires_at")))
+            seq += 1
+        self._seqs[key] = seq
 
     def _touch(self, row: dict[str, Any], at: datetime | None) -> None:
         if at is not None and (row["last_touch_at"] is None or at > row["last_touch_at"]):
@@ -176,16 +197,23 @@ class PageChanges:
             row["dormant"] = False
 
     def _on_TouchpointScored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
-        self._awards(nid, row, e.awards, "engagement", e.rules_version)
-        row["engagement_value"] = e.engagement_value
-        row["engagement_as_of"] = e.engagement_as_of
-        row["touchpoints"] = _plus(row["touchpoints"], 1)
-        self._touch(row, e.occurred_at)
-        account = self.accounts.get(row["account_id"]) if row["account_id"] else None
+        # The most frequent event: its fields read in one call, ``_touch`` and ``_plus``
+        # inline for the common case.
+        awards, rules_version, value, as_of, at = fields(e, _TOUCHPOINT_FIELDS)
+        self._awards(nid, row, awards, "engagement", rules_version)
+        row["engagement_value"] = value
+        row["engagement_as_of"] = as_of
+        count = row["touchpoints"]
+        row["touchpoints"] = count + 1 if type(count) is int and INT_LO <= count < INT_HI \
+            else _plus(count, 1)
+        if at is not None and (row["last_touch_at"] is None or at > row["last_touch_at"]):
+            row["last_touch_at"] = at
+            row["dormant"] = False
+        account_id = row["account_id"]
+        account = self.accounts.get(account_id) if account_id else None
         if account is not None:
             # An engagement of the account: a touchpoint of one of its people.
             account["engagements"] = _plus(account["engagements"], 1)
-            at = e.occurred_at
             if at is not None and (account["last_engaged_at"] is None
                                    or at > account["last_engaged_at"]):
                 account["last_engaged_at"] = at

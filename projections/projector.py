@@ -17,10 +17,12 @@ stops the projector with ``ProjectionFailedError`` naming it; its page is not co
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +59,20 @@ log = structlog.get_logger(__name__)
 
 TRACKING_NAME = "analytics"
 VIEWS_NAME = "views-checksum"
+
+
+#: Each followed topic's name in the vault's terms ("Lead.Created"): what a sealed blob of
+#: its payload is bound to (store/personal.py).
+_AGGREGATE_EVENT = {topic: topic.partition(":")[2] for topic in KINDS}
+#: Per envelope topic, each inner event name met so far: (its topic, its vault name), or
+#: None for one the read models do not follow.
+_ENVELOPE_EVENTS: dict[str, dict[str, tuple[str, str] | None]] = {t: {} for t in ENVELOPES}
+
+
+def _followed(envelope_topic: str, name: str) -> tuple[str, str] | None:
+    """The topic of an envelope's inner event ``name`` and its vault name, if followed."""
+    topic = f"{envelope_topic.rsplit('.', 1)[0]}.{name}"
+    return (topic, _AGGREGATE_EVENT[topic]) if topic in KINDS else None
 
 
 def _forgotten_set(events: list[tuple[int, str, Any]]) -> set[str]:
@@ -316,6 +332,7 @@ class Projector:
             # Personal values are sealed per person (store/personal.py): the page's data
             # keys are read in one query; a forgotten person's values read as placeholders.
             vault.preload(n.originator_id for n in notifications if n.topic in LEAD_TOPICS)
+            append, loads = out.append, orjson.loads
             for n in notifications:
                 state = n.state
                 if cipher:
@@ -323,23 +340,34 @@ class Projector:
                 if compressor:
                     state = compressor.decompress(state)
                 try:
-                    data = orjson.loads(state)
+                    data = loads(state)
                 except orjson.JSONDecodeError:
                     data = load_payload(state)
                 if type(data) is not dict:
                     data = load_payload(state)  # raises: no JSON object
-                if n.topic in ENVELOPES:
-                    prefix = n.topic.rsplit(".", 1)[0]
+                # One text id per stored row (an envelope holds several events of it).
+                oid = str(n.originator_id)
+                inner = _ENVELOPE_EVENTS.get(n.topic)
+                if inner is not None:
                     for name, sub in data["events"]:
-                        topic = f"{prefix}.{name}"
-                        if topic in KINDS:
-                            if PII in sub:
-                                vault.open(topic.partition(":")[2], n.originator_id, sub)
-                            out.append((n.id, topic, EventData(n.originator_id, sub, names)))
+                        found = inner.get(name) if type(name) is str else None
+                        if found is None:
+                            if type(name) is not str or name in inner:
+                                continue  # an event the read models do not follow
+                            found = _followed(n.topic, name)
+                            if len(inner) < 256:  # no more names than the domain has
+                                inner[name] = found
+                            if found is None:
+                                continue
+                        topic, aggregate_event = found
+                        if PII in sub:
+                            vault.open(aggregate_event, n.originator_id, sub)
+                        append((n.id, topic, EventData(oid, sub, names)))
                     continue
                 if PII in data:
-                    vault.open(n.topic.partition(":")[2], n.originator_id, data)
-                out.append((n.id, n.topic, EventData(n.originator_id, data, names)))
+                    vault.open(_AGGREGATE_EVENT.get(n.topic) or n.topic.partition(":")[2],
+                               n.originator_id, data)
+                append((n.id, n.topic, EventData(oid, data, names)))
         except Exception as exc:
             assert n is not None
             raise ProjectionFailedError(n.id, n.originator_id, n.topic,
@@ -432,6 +460,12 @@ class Projector:
         total = self.max_notification_id()
         started = time.monotonic()
         state = Page(self.db, suffix, self.app.rules.scoring.half_life_days)
+        # The replay makes millions of short-lived objects and keeps every lead's row, and
+        # makes no reference cycles: the cycle collector would only rescan the growing
+        # rows (a tenth of the replay's CPU). Reference counting frees the rest; the
+        # collector runs again once the tables are swapped in.
+        collecting = gc.isenabled()
+        gc.disable()
         try:
             position = self._replay(state, page_size, total, progress)
             if self._stop.is_set():
@@ -440,6 +474,9 @@ class Projector:
             self._swap(state, position)
         except RowFailed as exc:
             raise self._failed(exc) from exc
+        finally:
+            if collecting:
+                gc.enable()
         log.info("rebuild swapped in", events=self.stats.events, position=position,
                  seconds=round(time.monotonic() - started, 2))
         return self.stats
@@ -447,21 +484,27 @@ class Projector:
     def _replay(self, state: Page, page_size: int, total: int,
                 progress: Callable[[int, int], None] | None) -> int:
         position = 0
-        while not self._stop.is_set():
-            notifications = self.app.recorder.select_notifications(
-                position + 1, page_size, topics=TOPICS)
-            if not notifications:
-                break
-            events = self._decode(notifications)
-            self._apply(state, events)
-            with self.db.transaction():
-                state.write_appends()
-            position = notifications[-1].id
-            self.stats.pages += 1
-            self.stats.events += len(events)
-            self.stats.position = position
-            if progress:
-                progress(position, total)
+        select = self.app.recorder.select_notifications
+        # The next page is read (on the event store's own connection) while this one is
+        # projected: the database's work and the transfer overlap the decoding.
+        with ThreadPoolExecutor(1, thread_name_prefix="rebuild-read") as reader:
+            ahead = reader.submit(select, position + 1, page_size, topics=TOPICS)
+            while not self._stop.is_set():
+                notifications = ahead.result()
+                if not notifications:
+                    break
+                ahead = reader.submit(select, notifications[-1].id + 1, page_size,
+                                      topics=TOPICS)
+                events = self._decode(notifications)
+                self._apply(state, events)
+                with self.db.transaction():
+                    state.write_appends()
+                position = notifications[-1].id
+                self.stats.pages += 1
+                self.stats.events += len(events)
+                self.stats.position = position
+                if progress:
+                    progress(position, total)
         return position
 
     def _swap(self, state: Page, position: int) -> None:

@@ -104,7 +104,7 @@ class Page(PageChanges):
         self.db.copy_rows(f"{table}{self.s}",
                           self._rows(table, ([row[c] for c in columns] for row in rows),
                                      columns),
-                          columns)
+                          columns, [kind for _, kind, _ in _kinds(table, columns)])
 
     def _counts(self, table: str, counts: Counter[Any]) -> list[list[Any]]:
         """Keyed counts as rows, keys merged once converted (two stored spellings that the
@@ -122,9 +122,10 @@ class Page(PageChanges):
 
     def write_appends(self) -> None:
         """The append-only rows (transitions, ledger), by COPY on PostgreSQL."""
-        self.db.copy_rows(f"stage_transitions{self.s}",
-                          self._rows("stage_transitions", self.transitions))
-        self.db.copy_rows(f"score_ledger{self.s}", self._rows("score_ledger", self.ledger))
+        for table, rows in (("stage_transitions", self.transitions),
+                            ("score_ledger", self.ledger)):
+            self.db.copy_rows(f"{table}{self.s}", self._rows(table, rows),
+                              kinds=[kind for _, kind, _ in _kinds(table, None)])
         self.transitions, self.ledger = [], []
 
     def write_state(self, fresh: bool = False) -> None:
