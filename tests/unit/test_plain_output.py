@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from leadflow.cli import common
-from leadflow.cli.common import PIPED_WIDTH, plain_output
+from leadflow.cli.common import PIPED_WIDTH, markup_escape, plain_output
 
 Justify = Literal["left", "right"]
 COLUMNS: list[tuple[str, Justify]] = [("rule", "left"), ("kind", "left"), ("count", "right"),
@@ -66,7 +66,15 @@ RISKY = st.one_of(
 
 @st.composite
 def texts(draw: st.DrawFn) -> str:
-    return draw(RISKY if draw(st.integers(0, 29)) == 0 else SAFE)
+    # Escaped as lead show escapes the values it puts into its markup.
+    return markup_escape(draw(RISKY if draw(st.integers(0, 29)) == 0 else SAFE))
+
+
+@given(st.one_of(st.text(max_size=20), st.sampled_from(["[/]", "a\\", "\\[b]", "[x]y\\"])))
+def test_markup_escape_is_richs(text: str) -> None:
+    from rich.markup import escape
+
+    assert markup_escape(text) == escape(text)
 
 
 TEXT = texts()

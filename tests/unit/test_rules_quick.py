@@ -126,8 +126,8 @@ def test_a_changed_file_is_read_as_pydantic_reads_it_or_left_to_pydantic(
                 parent[f"{path[-1]}_extra"] = copy.deepcopy(value)
             else:
                 parent.append(copy.deepcopy(value))
-        except (KeyError, IndexError, TypeError):
-            continue
+        except (KeyError, IndexError, TypeError, AttributeError):
+            continue  # the path no longer leads to a container (an earlier change)
     try:
         read = quick._build(Rules, copy.deepcopy(data))
     except quick._Unsure:

@@ -25,6 +25,7 @@ from leadflow.cli.common import (
     fail,
     log,
     lookup,
+    markup_escape,
     out_console,
     parse_time,
     plain_output,
@@ -88,9 +89,10 @@ def lead_show(obj: Context, identity: str, at_text: str | None, as_json: bool) -
     if as_json:
         click.echo(json.dumps(view.to_json()))
         return
-    lines = [f"[bold]{view.primary_key}[/] lead {view.lead_id}",
-             f"at {view.at.isoformat()}: stage [bold]{view.stage}[/] (now {view.stage_now}), "
-             f"owner {view.owner or ('pool' if view.in_pool else '-')}, "
+    e = markup_escape
+    lines = [f"[bold]{e(str(view.primary_key))}[/] lead {view.lead_id}",
+             f"at {view.at.isoformat()}: stage [bold]{e(str(view.stage))}[/] (now "
+             f"{e(view.stage_now)}), owner {e(view.owner or ('pool' if view.in_pool else '-'))}, "
              f"score [bold]{view.score:.2f}[/] = fit {view.fit:.2f} + engagement "
              f"{view.engagement:.2f}"]
     columns: list[tuple[str, Literal["left", "right"]]] = [

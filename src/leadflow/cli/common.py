@@ -422,6 +422,19 @@ def _plain_text(text: str) -> bool:
                     for m in _EMOJI_CODE.finditer(text)))
 
 
+_MARKUP_LIKE = re.compile(r"(\\*)(\[[a-z#/@][^[]*?])")
+
+
+def markup_escape(text: str) -> str:
+    """``rich.markup.escape`` (the same rules), without importing rich: a value put into
+    markup (an external id ``[/]``, an owner) prints as itself instead of being read as a
+    tag — or failing as one."""
+    text = _MARKUP_LIKE.sub(lambda m: f"{m.group(1)}{m.group(1)}\\{m.group(2)}", text)
+    if text.endswith("\\") and not text.endswith("\\\\"):
+        return text + "\\"
+    return text
+
+
 def plain_output(lines: Sequence[str], columns: Sequence[tuple[str, str]],
                  rows: Sequence[Sequence[str]]) -> list[str] | None:
     """What ``out_console().print`` writes, one string a call, for ``lines`` (rich markup
