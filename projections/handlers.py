@@ -48,8 +48,12 @@ def free_text(value: Any) -> Any:
 
 
 def _forget_row(row: dict[str, Any]) -> None:
+    # As a rebuild reads the person's events: identities, title, URL query and the typed
+    # reasons were sealed with the deleted key (domain/privacy.py).
     row.update(primary_key=None, identities="[]", title=None,
-               landing_page=public_url(row["landing_page"]) if row["landing_page"] else None)
+               landing_page=public_url(row["landing_page"]) if row["landing_page"] else None,
+               stage_reason=None, disqualified_reason=None, recycled_reason=None,
+               lost_reason=None)
 
 
 def size_band(employees: Any) -> str:
@@ -81,6 +85,8 @@ class PageChanges:
         self.accounts: dict[str, dict[str, Any]] = {}
         self.transitions: list[tuple[Any, ...]] = []
         self.ledger: list[tuple[Any, ...]] = []
+        # Leads forgotten in this page -> the Forgotten event's notification id.
+        self.forgotten: dict[str, int] = {}
         self.funnel: Counter[tuple[str, str, str, str]] = Counter()
         # The newest event applied to each lead and account row, to name it if the row
         # cannot be written.
@@ -296,11 +302,15 @@ class PageChanges:
     def _on_Forgotten(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         """The person was erased: their personal columns are emptied (here and on every
         lead merged into theirs); the rows stay in every count."""
-        for lead_id in map(str, e.data_keys):
-            other = self.leads.get(lead_id, row if lead_id == row["lead_id"] else None)
+        ids = {row["lead_id"], *map(str, e.data_keys)}
+        for lead_id in ids:
+            other = self.leads.get(lead_id)
             if other is not None:
                 _forget_row(other)
-        _forget_row(row)
+            # Their transitions' reasons so far: those of this page here, the stored ones by
+            # the writer (``forgotten``: up to this event).
+            self.forgotten[lead_id] = nid
+        self.transitions = [(*t[:10], None) if t[2] in ids else t for t in self.transitions]
 
     def _on_Unmerged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         row["merged_into"] = None

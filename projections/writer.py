@@ -127,6 +127,12 @@ class Page(PageChanges):
             self.db.copy_rows(f"{table}{self.s}", self._rows(table, rows),
                               kinds=[kind for _, kind, _ in _kinds(table, None)])
         self.transitions, self.ledger = [], []
+        # A forgotten person's earlier transitions: their reasons were sealed with the
+        # deleted key, so a rebuild reads none (handlers._forget_row does the lead's row).
+        for lead_id, nid in sorted(self.forgotten.items()):
+            self.db.execute(f"UPDATE stage_transitions{self.s} SET reason = NULL "
+                            "WHERE lead_id = %s AND notification_id < %s", [lead_id, nid])
+        self.forgotten = {}
 
     def write_state(self, fresh: bool = False) -> None:
         """The keyed rows: leads, accounts, funnel counts and owner load.
