@@ -655,22 +655,36 @@ class LeadflowApp(Application[UUID]):
         opened), for bulk readers such as duplicate suggestions; not cached. Leads whose
         events cannot be loaded are left out (``verify`` names them)."""
         out: list[Lead] = []
+        stored = self.codec.select_many(lead_ids)
+        for aggregate_id, lead, exc in self._replayed(stored, list(stored)):
+            if exc is not None:
+                log.warning("lead cannot be loaded; left out", lead_id=str(aggregate_id),
+                            error=f"{type(exc).__name__}: {exc}")
+            elif isinstance(lead, Lead):
+                out.append(lead)
+        return out
+
+    def _replayed(self, stored: dict[UUID, list[StoredEvent]], ids: Sequence[UUID]
+                  ) -> Iterator[tuple[UUID, Any, Exception | None]]:
+        """Each of ``ids`` with stored rows, replayed: (id, aggregate, None), or (id, None,
+        why) when its rows cannot be decoded or replayed (a store edited outside leadflow).
+        Failures of the database or the machine are raised."""
         expand = self.codec.expander.expand
-        for aggregate_id, rows in self.codec.select_many(lead_ids).items():
-            lead: Any = None
+        for aggregate_id in ids:
+            rows = stored.get(aggregate_id)
+            if not rows:
+                continue
+            aggregate: Any = None
             try:
                 for row in rows:
-                    for item in expand(row):
-                        lead = item.mutate(lead)
+                    for event in expand(row):
+                        aggregate = event.mutate(aggregate)
             except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as exc:
-                log.warning("lead cannot be loaded; left out", lead_id=str(aggregate_id),
-                            error=f"{type(exc).__name__}: {exc}")
+                yield aggregate_id, None, exc
                 continue
-            if isinstance(lead, Lead):
-                out.append(lead)
-        return out
+            yield aggregate_id, aggregate, None
 
     def duplicate_decisions(self, batch: int = 1000) -> list[dict[str, Any]]:
         """What people decided about pairs of leads (``dedupe reject``, ``merge``), one
@@ -741,20 +755,9 @@ class LeadflowApp(Application[UUID]):
         if not wanted:
             return
         stored = self.codec.select_many(wanted)
-        expand = self.codec.expander.expand
-        for aggregate_id in wanted:
-            events = stored.get(aggregate_id)
-            if not events:
-                unit.absent.add(aggregate_id)
-                continue
-            aggregate: Any = None
-            try:
-                for item in events:
-                    for event in expand(item):
-                        aggregate = event.mutate(aggregate)
-            except INFRASTRUCTURE_ERRORS:
-                raise
-            except Exception as exc:
+        unit.absent.update(i for i in wanted if not stored.get(i))
+        for aggregate_id, aggregate, exc in self._replayed(stored, wanted):
+            if exc is not None:
                 # A version gap or an undecodable payload (the store was edited outside
                 # leadflow): only the records that need this aggregate are refused.
                 unit.unloadable[aggregate_id] = exc
