@@ -218,6 +218,22 @@ class KeyTable:
         return len(rows)
 
 
+class _DataKey:
+    """One aggregate's data key: the AEAD, and a short id of the key that every blob sealed
+    with it starts with — so a blob sealed with a key since deleted (a forgotten person; a
+    later event may have given the aggregate a new key) reads as gone, not as tampering."""
+
+    __slots__ = ("aead", "kid")
+
+    def __init__(self, key: bytes) -> None:
+        self.aead = AESGCM(key)
+        self.kid = hashlib.sha256(b"leadflow-data-key-id|" + key).digest()[:4]
+
+
+#: The sealed blob's format: version byte, key id (4), nonce (12), AES-GCM ciphertext.
+_BLOB_V1 = 1
+
+
 class Vault:
     """Seals and opens events' personal values with their aggregate's data key, and hashes
     identity keys for the identity table.
@@ -232,8 +248,8 @@ class Vault:
         self.master = master
         self.table = KeyTable(recorder)
         self.plain = plain
-        self._keys: dict[UUID, AESGCM | None] = {}
-        self._pending: dict[UUID, tuple[bytes, AESGCM]] = {}
+        self._keys: dict[UUID, _DataKey | None] = {}
+        self._pending: dict[UUID, tuple[bytes, _DataKey]] = {}
         self._lookup: tuple[Any, Any] | None = None
         self._hashes: dict[str, str] = {}
 
@@ -252,14 +268,14 @@ class Vault:
         master = self.master
         for aggregate_id in missing:
             wrapped = found.get(aggregate_id)
-            keys[aggregate_id] = (AESGCM(master.unwrap(aggregate_id, wrapped))
+            keys[aggregate_id] = (_DataKey(master.unwrap(aggregate_id, wrapped))
                                   if wrapped is not None else None)
 
     def preload_all(self) -> None:
         """Every data key of the store, unwrapped (a whole-store check reads them all)."""
         self.preload(self.table.select_all())
 
-    def _cipher(self, aggregate_id: UUID, create: bool) -> AESGCM | None:
+    def _cipher(self, aggregate_id: UUID, create: bool) -> _DataKey | None:
         pending = self._pending.get(aggregate_id)
         if pending is not None:
             return pending[1]
@@ -268,7 +284,7 @@ class Vault:
         cipher = self._keys[aggregate_id]
         if cipher is None and create:
             key = AESGCM.generate_key(bit_length=256)
-            cipher = AESGCM(key)
+            cipher = _DataKey(key)
             self._pending[aggregate_id] = (self.master.wrap(aggregate_id, key), cipher)
         return cipher
 
@@ -318,7 +334,8 @@ class Vault:
         assert cipher is not None
         nonce = os.urandom(12)
         state[PII] = base64.b64encode(
-            nonce + cipher.encrypt(nonce, orjson.dumps(secret), _aad(name, aggregate_id))
+            bytes((_BLOB_V1,)) + cipher.kid + nonce
+            + cipher.aead.encrypt(nonce, orjson.dumps(secret), _aad(name, aggregate_id))
         ).decode("ascii")
 
     def open(self, name: str, aggregate_id: UUID | str, state: dict[str, Any]) -> bool:
@@ -330,11 +347,14 @@ class Vault:
             return True
         aggregate_id = _uuid(aggregate_id)
         cipher = self._cipher(aggregate_id, create=False)
-        if cipher is None:
-            return False
         try:
             raw = base64.b64decode(blob)
-            values = orjson.loads(cipher.decrypt(raw[:12], raw[12:], _aad(name, aggregate_id)))
+            if raw[:1] != bytes((_BLOB_V1,)):
+                raise ValueError("unknown format")
+            if cipher is None or raw[1:5] != cipher.kid:
+                return False  # sealed with a key that was deleted: the person is forgotten
+            values = orjson.loads(cipher.aead.decrypt(raw[5:17], raw[17:],
+                                                      _aad(name, aggregate_id)))
         except (InvalidTag, ValueError, TypeError) as exc:
             raise ValueError(f"the personal data of {name} on {aggregate_id} does not "
                              "decrypt: the row was altered or moved") from exc
