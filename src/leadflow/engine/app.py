@@ -640,14 +640,18 @@ class LeadflowApp(Application[UUID]):
     def lead_ids(self, batch: int = 1000) -> Iterator[UUID]:
         """Every lead ever created (merged ones included), from the notification log."""
         created = get_topic(Lead.Created)
-        topics = [created, created.rsplit(".", 1)[0] + OPENED]
+        for notification in self.notifications([created, created.rsplit(".", 1)[0] + OPENED],
+                                               batch):
+            yield UUID(str(notification.originator_id))
+
+    def notifications(self, topics: Sequence[str], batch: int = 1000) -> Iterator[Any]:
+        """Every stored row with one of ``topics``, in recorded order, read in pages."""
         start = 1
         while True:
-            page = self.recorder.select_notifications(start, batch, topics=topics)
+            page = self.recorder.select_notifications(start, batch, topics=list(topics))
             if not page:
                 return
-            for notification in page:
-                yield UUID(str(notification.originator_id))
+            yield from page
             start = page[-1].id + 1
 
     def replay_leads(self, lead_ids: list[UUID]) -> list[Lead]:
@@ -694,15 +698,9 @@ class LeadflowApp(Application[UUID]):
         topics = [*envelope_topics(prefix), *(get_topic(getattr(DuplicatePair, name))
                                               for name in ("Created", "Rejected", "Confirmed"))]
         pairs: dict[UUID, Any] = {}
-        start = 1
-        while True:
-            page = self.recorder.select_notifications(start, batch, topics=topics)
-            if not page:
-                break
-            for notification in page:
-                for item in self.codec.expander.expand(notification):
-                    pairs[item.originator_id] = item.mutate(pairs.get(item.originator_id))
-            start = page[-1].id + 1
+        for notification in self.notifications(topics, batch):
+            for item in self.codec.expander.expand(notification):
+                pairs[item.originator_id] = item.mutate(pairs.get(item.originator_id))
         return [{"lead_a": p.lead_a, "lead_b": p.lead_b, "rejected": p.rejected,
                  "confirmed": p.confirmed} for p in pairs.values()]
 
