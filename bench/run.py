@@ -444,6 +444,10 @@ class Bench:
     # ---------------------------------------------------------------- orchestration
 
     def step(self, name: str, action: Callable[[], None]) -> None:
+        only = self.args.only
+        # generate and publish feed every other step; --only skips the rest.
+        if only and name not in only and name not in ("generate", "publish"):
+            return
         say(f"[bold]{name}[/]")
         try:
             action()
@@ -1422,6 +1426,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--profile", action="store_true",
                         help="cProfile the in-process apply_batch and print the top functions")
+    parser.add_argument("--only", type=lambda text: [s for s in text.split(",") if s],
+                        default=[], metavar="STEP,…",
+                        help="run only these steps (plus generate and publish), e.g. "
+                             "consume,consume_parallel while working on the consumer; the "
+                             "result file then lacks the other figures")
     parser.add_argument("--keep", action="store_true",
                         help="keep the databases, topics and work dir (logs, stream)")
     parser.add_argument("-v", "--verbose", action="store_true", help="tracebacks on errors")

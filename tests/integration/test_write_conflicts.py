@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from leadflow.config import Settings
 from leadflow.consumers import clients
@@ -94,3 +95,35 @@ def test_a_batch_that_meets_a_write_conflict_is_applied_in_halves_exactly_once(
     assert anna.touchpoints == 2
     app.close()
     rival.close()
+
+
+def test_a_write_conflict_forgets_only_what_the_failed_batch_touched(
+        pg_url: str, rec: Records) -> None:
+    # A writer's cache holds two leads; another writer appends to one of them. The next
+    # batch that writes the stale one fails its commit: that lead (and its identity rows) is
+    # forgotten and reloaded on the retry, while the untouched lead stays cached. Wiping the
+    # whole cache on every conflict made two consumers reload their working sets each time.
+    env = Settings(database_url=pg_url).eventsourcing_env({})
+    app, rival = LeadflowApp(env=dict(env)), LeadflowApp(env=dict(env))
+    try:
+        app.apply_batch([rec("form_submitted", "anna@acme.io", at=T0),
+                         rec("form_submitted", "bob@beta.io", at=T0)])
+        anna, bob = app.resolve("email:anna@acme.io"), app.resolve("email:bob@beta.io")
+        cache = app.repository.cache
+        assert cache is not None and anna in cache and bob in cache
+        cached_bob = cache.get(bob)
+        rival.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(1))])
+        late = [rec("email_clicked", "anna@acme.io", at=T0 + days(2))]
+        with pytest.raises(IntegrityError):
+            app.apply_batch(late)
+        assert anna not in cache and "email:anna@acme.io" not in app.directory.cache
+        assert bob in cache and cache.get(bob) is cached_bob
+        result = app.apply_batch(late)
+        assert result.applied == 1
+        # The retry read the rival's touchpoint: all three on one lead, the chain intact.
+        assert app.lead("email:anna@acme.io").touchpoints == 3
+        assert app.lead("email:bob@beta.io").touchpoints == 1
+        assert not app.verify(anna).problems
+    finally:
+        app.close()
+        rival.close()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
@@ -764,6 +764,20 @@ class LeadflowApp(Application[UUID]):
             if cache is not None:
                 cache.put(aggregate_id, aggregate)
 
+    def forget_unit(self, unit: Unit) -> None:
+        """Forget what one failed unit of work read or changed: its aggregates (cached, and
+        their data keys) and its identity rows."""
+        self.vault.rolled_back()
+        self.vault.forget(unit.touched)
+        cache = self.repository.cache
+        if cache is not None:
+            for aggregate_id in unit.touched:
+                with suppress(KeyError):
+                    cache.get(aggregate_id, evict=True)
+        directory = self.directory.cache
+        for key in unit.identities:
+            directory.pop(key, None)
+
     def forget_cached_aggregates(self) -> None:
         """Drop every cached aggregate and identity row (after a failed batch, or when another
         writer moved on)."""
@@ -815,8 +829,13 @@ class LeadflowApp(Application[UUID]):
             self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,
                                         timers=unit.timers, books=unit.books)
         except BaseException:
-            # Aggregates in the cache may hold the uncommitted changes: forget them all.
-            self.forget_cached_aggregates()
+            # The cached aggregates this unit touched hold its uncommitted changes, or are
+            # stale (a write conflict: another writer appended to them); so may its identity
+            # rows. Only those are forgotten: everything else in the cache is as committed,
+            # and any of it another writer changed meanwhile fails the next commit that
+            # writes it (optimistic concurrency) and is forgotten then. Wiping the whole
+            # cache here made every conflict of two consumers reload their working sets.
+            self.forget_unit(unit)
             raise
         self.vault.committed()
         self.vault.shredded(unit.books.dropped_data_keys)

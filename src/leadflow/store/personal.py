@@ -308,6 +308,13 @@ class Vault:
         for aggregate_id in ids:
             self._keys[aggregate_id] = None
 
+    def forget(self, ids: Iterable[UUID]) -> None:
+        """Forget the cached keys of ``ids`` (a failed batch may have assumed they had none,
+        while another writer stored one)."""
+        keys = self._keys
+        for aggregate_id in ids:
+            keys.pop(aggregate_id, None)
+
     def clear(self) -> None:
         """Forget cached keys (another process may have deleted some)."""
         self._keys.clear()
