@@ -15,8 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from leadflow.config import ConfigError
-from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
 from leadflow.domain import Lead
+from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
 from leadflow.engine.app import LeadflowApp
 from leadflow.store.personal import (
     PII,

@@ -194,6 +194,11 @@ class LeadflowApp(Application[UUID]):
         return recorder
 
     @property
+    def shared_store(self) -> bool:
+        """Several processes write the store (see ``RecordIdIndex.shared``)."""
+        return self.record_ids.shared
+
+    @property
     def process_recorder(self) -> ProcessRecorder:
         return cast(ProcessRecorder, self.recorder)
 
@@ -733,14 +738,16 @@ class LeadflowApp(Application[UUID]):
         Whatever this misses (merge chains, surge colleagues) is still loaded on demand.
         """
         keys, accounts = self._decide(unit).batch_candidates(records)
-        unit.prefetch_identities(keys)
+        shared = self.shared_store
+        unit.prefetch_identities(keys, fresh=shared)
         self._load_into(unit, accounts | {i.target_id for i in unit.identities.values()
-                                          if i is not None})
+                                          if i is not None}, revalidate=shared)
         unit.fill_accounts([a for a in unit.touched.values() if isinstance(a, Account)])
 
-    def _load_into(self, unit: Unit, ids: set[UUID]) -> None:
+    def _load_into(self, unit: Unit, ids: set[UUID], revalidate: bool = False) -> None:
         cache = self.repository.cache
         wanted: list[UUID] = []
+        cached: list[UUID] = []
         for aggregate_id in ids:
             if aggregate_id in unit.touched or aggregate_id in unit.absent:
                 continue
@@ -748,7 +755,21 @@ class LeadflowApp(Application[UUID]):
                     isinstance(cache, SpillingLRUCache) and aggregate_id in cache.spilled)):
                 # Through the repository, so the cache's configured semantics hold.
                 unit.touched[aggregate_id] = self.repository.get(aggregate_id)
+                cached.append(aggregate_id)
             else:
+                wanted.append(aggregate_id)
+        if revalidate and cached and cache is not None:
+            # Another writer may have appended to cached aggregates since they were cached
+            # (a lead reached from two partitions). Deciding on a stale copy would fail the
+            # commit (optimistic concurrency) and cost the whole batch a redo: one query
+            # finds them, and they are read again now instead.
+            touched = unit.touched
+            for aggregate_id in self.record_ids.select_moved_on(
+                    [(i, touched[i].version) for i in cached]):
+                del touched[aggregate_id]
+                with suppress(KeyError):
+                    cache.get(aggregate_id, evict=True)
+                self.vault.forget([aggregate_id])
                 wanted.append(aggregate_id)
         if not wanted:
             return

@@ -79,15 +79,21 @@ class Directory:
         self.hasher = hasher
         self.cache: dict[str, Identity] = {}
 
-    def lookup(self, keys: Iterable[str]) -> dict[str, Identity]:
+    def lookup(self, keys: Iterable[str], fresh: bool = False) -> dict[str, Identity]:
+        """The rows of ``keys`` (a key without one is absent). ``fresh``: read them all from
+        the store, as another writer may have moved or deleted cached ones."""
         cache = self.cache
-        found = {k: cache[k] for k in keys if k in cache}
+        found = {} if fresh else {k: cache[k] for k in keys if k in cache}
         missing = {self.hasher(k): k for k in keys if k not in found}
         if missing:
             for hashed, (target, interest) in self.store.select_identities(
                     list(missing)).items():
                 key = missing[hashed]
                 found[key] = cache[key] = Identity(key, target, interest)
+            if fresh:
+                for key in missing.values():
+                    if key not in found:
+                        cache.pop(key, None)  # deleted (``forget``) by another process
         return found
 
     def remember(self, identities: Iterable[Identity]) -> None:
@@ -166,10 +172,10 @@ class Unit:
 
     # ----------------------------------------------------------------- identity index
 
-    def prefetch_identities(self, keys: Iterable[str]) -> None:
+    def prefetch_identities(self, keys: Iterable[str], fresh: bool = False) -> None:
         wanted = [k for k in dict.fromkeys(keys) if k not in self.identities]
         if wanted:
-            found = self.directory.lookup(wanted)
+            found = self.directory.lookup(wanted, fresh)
             for key in wanted:
                 self.identities[key] = found.get(key)
 

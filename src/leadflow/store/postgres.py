@@ -73,6 +73,14 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         ).format(schema=Identifier(self.datastore.schema),
                  table=Identifier(self.events_table_name),
                  id_type=SQL(id_type))  # a fixed type name from the datastore, not user input
+        # One primary-key probe per aggregate (LATERAL ... LIMIT 1 keeps the planner from
+        # scanning the events table to hash-join a thousand ids).
+        self.select_moved_on_statement = SQL(
+            "SELECT c.id FROM unnest(%b::{id_type}[], %b::bigint[]) AS c(id, v), LATERAL "
+            "(SELECT 1 FROM {schema}.{table} e WHERE e.originator_id = c.id "
+            "AND e.originator_version > c.v LIMIT 1) AS later"
+        ).format(schema=Identifier(self.datastore.schema),
+                 table=Identifier(self.events_table_name), id_type=SQL(id_type))
         ids_table = Identifier(self.datastore.schema, RECORD_IDS_TABLE)
         self.sql_create_statements.append(SQL(
             "CREATE TABLE IF NOT EXISTS {} (event_id text PRIMARY KEY, digest bytea NOT NULL, "
@@ -105,6 +113,16 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         self.meta_table = meta
         for ddl in bookkeeping.postgres_ddl(self.datastore.schema):
             self.sql_create_statements.append(Composed([SQL(ddl)]))
+
+    shared = True
+
+    def select_moved_on(self, versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
+        if not versions:
+            return []
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_moved_on_statement,
+                         ([i for i, _ in versions], [v for _, v in versions]), prepare=True)
+            return [row["id"] for row in curs.fetchall()]
 
     def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
         if not keys:

@@ -105,6 +105,16 @@ class RecordIdIndex(ABC):
     def set_meta(self, key: str, value: str) -> None:
         """Record a value of the store's metadata table."""
 
+    #: Whether several processes write this store at once (PostgreSQL: the consumers of a
+    #: group, beside CLI commands). Their caches are then checked against the store when a
+    #: batch starts (``select_moved_on``, fresh identity rows); an embedded store has one
+    #: writer and trusts its cache.
+    shared: bool = False
+
+    def select_moved_on(self, versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
+        """Which of these aggregates have stored rows after the given version."""
+        raise NotImplementedError(f"{type(self).__name__} has one writer (shared is False)")
+
     def store_version(self) -> int | None:
         """The format version recorded in the store; None when none is."""
         value = self.meta("store_version")
