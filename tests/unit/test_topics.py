@@ -53,6 +53,7 @@ STORED_TOPICS = [
     "leadflow.domain:Lead.InterestAbsorbed",
     "leadflow.domain:Lead.LoadRecounted",
     "leadflow.domain:Lead.MergedInto",
+    "leadflow.domain:Lead.ModelBackfilled",
     "leadflow.domain:Lead.ModelThresholdCrossed",
     "leadflow.domain:Lead.ModelsScored",
     "leadflow.domain:Lead.OwnerAssigned",

@@ -35,7 +35,7 @@ from leadflow.cli.common import (
 )
 from leadflow.contract.identity import is_lead_id
 from leadflow.domain import LeadflowError, UnknownLeadError
-from leadflow.domain.rules import RulesError, load_rules
+from leadflow.domain.rules import Rules, RulesError, load_rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.store.chain import LeadVerification, Problem
 
@@ -241,26 +241,38 @@ def _lead_known_by(auditor: Any, key: str, known_at: datetime) -> UUID:
 @click.command()
 @click.argument("identity")
 @click.option("--at", "at_text", default="now", show_default=True, help="Event time.")
+@click.option("--model", "model", default=None, metavar="ID",
+              help="A named model ([models.<id>] of the rules) instead of the primary one.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 @click.pass_obj
-def explain(obj: Context, identity: str, at_text: str, as_json: bool) -> None:
-    """Why the score is what it is: each record, rule, original points and decayed value."""
+def explain(obj: Context, identity: str, at_text: str, model: str | None,
+            as_json: bool) -> None:
+    """Why the score is what it is: each record, rule, original points and decayed value.
+
+    With --model ID, the same for a named model: the points it recorded (a backfill by
+    `rescore --apply` included), its half-life and threshold.
+    """
     from leadflow.engine.auditor import Auditor
 
     at = parse_time(at_text, "--at")
     app = obj.app()
+    if model is not None:
+        known_model(app.rules, model, "--model")
     lead_id = resolve(app, identity)
     with _replaying(f"lead {lead_id} or of a lead merged into it"):
-        result = Auditor(app).explain(lead_id, at)
+        result = Auditor(app).explain(lead_id, at, model)
     if as_json:
         click.echo(json.dumps(result))
         return
     from rich.table import Table
 
     console = out_console()
-    console.print(f"{identity} at {result['at']}: score {result['score']:.2f} = fit "
-                  f"{result['fit_total']:.2f} + engagement {result['engagement_total']:.2f} "
-                  f"(half-life {result['half_life_days']:g} days)")
+    which = (f"model {markup_escape(model)} (threshold {result['threshold']:g}): "
+             if model is not None else "")
+    console.print(f"{markup_escape(identity)} at {result['at']}: {which}score "
+                  f"{result['score']:.2f} = fit {result['fit_total']:.2f} + engagement "
+                  f"{result['engagement_total']:.2f} (half-life {result['half_life_days']:g} "
+                  "days)")
     fit_table = Table(title="Fit (no decay)")
     fit_table.add_column("rule")
     fit_table.add_column("points", justify="right")
@@ -274,6 +286,15 @@ def explain(obj: Context, identity: str, at_text: str, as_json: bool) -> None:
         table.add_row(row["event_id"], row["occurred_at"], row["rule"], f"{row['points']:g}",
                       f"{row['value']:.2f}", _fmt(row["expires_at"]), _fmt(row["rules_version"]))
     console.print(table)
+
+
+def known_model(rules: Rules, model: str, option: str) -> None:
+    """Refuse a model id the rules do not define (exit 2, as other usage errors), naming
+    the ones they do."""
+    if model not in rules.models:
+        known = ", ".join(rules.models) if rules.models else "none"
+        raise click.BadParameter(f"unknown model {model!r}; the rules ({rules.version}) "
+                                 f"define these named models: {known}", param_hint=option)
 
 
 @click.command()
@@ -548,45 +569,71 @@ def _verify_one(app: LeadflowApp, lead_id: UUID,
 @click.option("--rules", "candidate", type=click.Path(), required=True,
               help="The rules file to backtest against the current rules.")
 @click.option("--from", "start", default=None, help="Only leads created on/after this date.")
+@click.option("--model", "model", default=None, metavar="ID",
+              help="Backtest this named model of the rules file ([models.<id>]) instead of "
+                   "the primary one; with --apply, backfill it even if unchanged.")
 @click.option("--apply", "apply_rules", is_flag=True,
-              help="Publish the new rules version for scoring from now on.")
+              help="Publish the new rules version for scoring from now on, and backfill the "
+                   "named models it adds or changes.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report.")
 @click.pass_obj
-def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
-            as_json: bool) -> None:
+def rescore(obj: Context, candidate: str, start: str | None, model: str | None,
+            apply_rules: bool, as_json: bool) -> None:
     """Backtest a rules file on the recorded history without writing anything.
 
     Per lead and in total: who would become MQL earlier, later or never; MQL counts under
     both rule sets; and, against the recorded outcomes, each rule set's precision and recall
-    for predicting SQL and customers. --apply then publishes the new version (an event);
-    history is never rewritten.
+    for predicting SQL and customers. --model ID does the same for a named model: when each
+    lead first crosses its threshold, and its score, under the current and the new
+    definition. --apply then publishes the new version (an event) and backfills each named
+    model it adds or changes (a ModelBackfilled event on each lead it changes); history is
+    never rewritten.
     """
+    from leadflow.engine.backfill import backfill, changed_models
     from leadflow.engine.backtest import run_backtest
 
     try:
         new_rules = load_rules(candidate)
     except RulesError as exc:
         fail(str(exc))
+    if model is not None:
+        known_model(new_rules, model, "--model")
     app = obj.app()
     since = parse_time(start, "--from") if start else None
     with progress_bar() as progress:
         task = progress.add_task("rescore", total=None, unit="leads")
-        result = run_backtest(app, new_rules, since=since, progress=lambda done, total:
+        result = run_backtest(app, new_rules, since=since, model=model,
+                              progress=lambda done, total:
                               progress.update(task, completed=done, total=total))
     unloadable = result["unloadable_leads"]
     if apply_rules:
         text = Path(candidate).read_text(encoding="utf-8")
+        models = changed_models(app.rules, new_rules)
+        if model is not None and model not in models:
+            models = (*models, model)
         app.publish_rules(new_rules, text, datetime.now(UTC), "cli")
         result["applied"] = new_rules.version
+        with progress_bar() as progress:
+            task = progress.add_task("backfill", total=None, unit="leads")
+            filled = backfill(app, models, "cli", lambda done, total:
+                              progress.update(task, completed=done, total=total))
+        result["backfill"] = filled.to_json()
     if as_json:
         click.echo(json.dumps(result))
         return
     changes = result["changes"]
-    click.echo(f"backtest {result['current_version']} -> {result['new_version']} over "
-               f"{result['leads']} leads: {changes['earlier']} MQL earlier, {changes['later']} "
-               f"later, {changes['never']} never, {changes['newly']} newly MQL, "
-               f"{changes['same']} unchanged")
-    click.echo(f"MQLs: {result['mql_count']['current']} -> {result['mql_count']['new']}")
+    moment, what = ("crossed", f"model {model} threshold") if model else ("mql", "MQL")
+    click.echo(f"backtest {result['current_version']} -> {result['new_version']}"
+               f"{f' (model {model})' if model else ''} over {result['leads']} leads: "
+               f"{changes['earlier']} {what} earlier, {changes['later']} later, "
+               f"{changes['never']} never, {changes['newly']} newly, {changes['same']} "
+               "unchanged")
+    counts = result[f"{moment}_count"]
+    click.echo(f"{'crossing ' + what if model else 'MQLs'}: {counts['current']} -> "
+               f"{counts['new']}")
+    if model:
+        click.echo(f"scores: {result['scores']['changed']} changed ({result['scores']['higher']}"
+                   f" higher, {result['scores']['lower']} lower)")
     if unloadable:
         click.echo(f"{len(unloadable)} leads left out: their stored events cannot be loaded "
                    "(run `leadflow verify`)")
@@ -595,10 +642,16 @@ def rescore(obj: Context, candidate: str, start: str | None, apply_rules: bool,
                    f"{_fmt(q['new']['precision'])}, recall {_fmt(q['current']['recall'])} -> "
                    f"{_fmt(q['new']['recall'])}")
     for row in result["changed_leads"][:50]:
-        click.echo(f"  {row['lead']}: {row['change']} ({_fmt(row['mql_at_current'])} -> "
-                   f"{_fmt(row['mql_at_new'])})")
+        scores = (f", score {_fmt(row['score_current'])} -> {_fmt(row['score_new'])}"
+                  if model else "")
+        click.echo(f"  {row['lead']}: {row['change']} ({_fmt(row[f'{moment}_at_current'])} -> "
+                   f"{_fmt(row[f'{moment}_at_new'])}{scores})")
     if apply_rules:
         click.echo(f"published rules version {new_rules.version} for scoring from now on")
+        filled_json = result["backfill"]
+        if filled_json["models"]:
+            click.echo(f"backfilled {', '.join(filled_json['models'])} on "
+                       f"{filled_json['leads']} of {filled_json['scanned']} leads")
 
 
 @click.command()

@@ -330,6 +330,14 @@ class Lead(Aggregate):
             model = rules.models.get(model_id)
             if model is None:
                 continue
+            # Only the lead's own records' points: a backfill recorded after the merge held
+            # the merged lead's too (that lead's own backfill keeps them).
+            state["awards"] = [a for a in state["awards"] if a["event_id"] in self.seen]
+            state["counts"], state["totals"] = {}, {}
+            for data in state["awards"]:
+                rule = data["rule"]
+                state["counts"][rule] = state["counts"].get(rule, 0) + 1
+                state["totals"][rule] = state["totals"].get(rule, 0.0) + data["points"]
             value, as_of = 0.0, None
             for data in state["awards"]:
                 if data.get("expires_at") is None:
@@ -383,6 +391,71 @@ class Lead(Aggregate):
             state = aggregate._model_state(self.model)
             state["above"] = self.direction == "up"
             state["crossed_at"] = self.occurred_at
+            super().apply(aggregate)
+
+    def backfill_model(self, model_id: str, rules: Rules,
+                       touchpoints: Sequence[tuple[str, str, datetime, Mapping[str, Any]]],
+                       until: datetime, actor: str) -> bool:
+        """Score this lead's whole recorded history (``touchpoints``: event id, type, time,
+        context, in time order; merged leads' and absorbed interests' included) with the
+        named model ``model_id`` of ``rules``, a model added or changed by a rules
+        publication: one ``ModelBackfilled`` event holds its points, fit and crossings up to
+        ``until``, and stands for the model's state from then on. Nothing earlier is
+        rewritten. Returns False (nothing recorded) when the lead's state already is that."""
+        replay = scoring.replay_model(rules.models[model_id], self.profile, touchpoints,
+                                      self.created_at, until)
+        awards = [a.to_dict() for a in replay.awards]
+        crossings = [{"direction": d, "at": at, "score": score}
+                     for d, at, score in replay.crossings]
+        state = self.model_states.get(model_id)
+        last = replay.crossings[-1] if replay.crossings else None
+        if state is None and not awards and not replay.fit_awards and last is None:
+            return False
+        if state is not None and state["awards"] == awards and state["fit_awards"] == [
+                list(a) for a in replay.fit_awards] and state["above"] == bool(
+                last and last[0] == "up"):
+            return False
+        self._emit(self.ModelBackfilled, model=model_id, rules_version=rules.version,
+                   awards=awards, fit=replay.fit,
+                   fit_awards=[list(a) for a in replay.fit_awards],
+                   engagement_value=replay.value, engagement_as_of=replay.as_of,
+                   crossings=crossings, occurred_at=until, actor=actor)
+        return True
+
+    class ModelBackfilled(Event):
+        """A named model's points for the lead's whole recorded history, computed when a
+        rules publication (``rescore --apply``) added or changed the model: its ``awards``,
+        ``fit``/``fit_awards``, decaying engagement and its threshold ``crossings``
+        (direction, at, score) up to ``occurred_at``; ``actor`` published the rules. It
+        replaces the model's state; the events before it stay as they were recorded."""
+
+        model: str
+        rules_version: str
+        awards: list[dict[str, Any]]
+        fit: float
+        fit_awards: list[list[Any]]
+        engagement_value: float
+        engagement_as_of: datetime | None
+        crossings: list[dict[str, Any]]
+        occurred_at: datetime
+        actor: str  # who published the rules
+
+        def apply(self, aggregate: Any) -> None:
+            lead: Lead = aggregate
+            lead.model_states.pop(self.model, None)
+            state = lead._model_state(self.model)
+            for data in self.awards:
+                state["awards"].append(data)
+                rule = data["rule"]
+                state["counts"][rule] = state["counts"].get(rule, 0) + 1
+                state["totals"][rule] = state["totals"].get(rule, 0.0) + data["points"]
+            state["value"] = self.engagement_value
+            state["as_of"] = self.engagement_as_of
+            state["fit"] = self.fit
+            state["fit_awards"] = [[str(r), float(p)] for r, p in self.fit_awards]
+            if self.crossings:
+                state["above"] = self.crossings[-1]["direction"] == "up"
+                state["crossed_at"] = self.crossings[-1]["at"]
             super().apply(aggregate)
 
     # ----- commands (decide, then record) -----

@@ -187,3 +187,72 @@ def first_time_below(
             return None
         seg_start = seg_end
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class ModelReplay:
+    """A named model's points for a lead's whole recorded history (a backfill): its awards
+    and fit, its decaying engagement ``(value, as_of)``, and each threshold crossing
+    ``(direction, at, score)`` in order."""
+
+    awards: list[Award]
+    fit_awards: list[tuple[str, float]]
+    value: float
+    as_of: datetime | None
+    crossings: list[tuple[str, datetime, float]]
+
+    @property
+    def fit(self) -> float:
+        return sum(p for _, p in self.fit_awards)
+
+
+def replay_model(model: Model, profile: Mapping[str, Any],
+                 touchpoints: Sequence[tuple[str, str, datetime, Mapping[str, Any]]],
+                 start: datetime, until: datetime) -> ModelReplay:
+    """``model``'s points for ``touchpoints`` (event id, type, time, context; in time order),
+    with its fit for ``profile`` counted from ``start`` (the lead's creation: the profile as
+    it is now stands for the lead's whole history), and its threshold crossings up to
+    ``until``: up or down at a record (as ``Lead.check_models`` finds them live), down by
+    decay or expiry at its exact time (as the clock finds it, ``first_time_below``)."""
+    fit_awards = fit_awards_of(model.fit, profile)
+    fit = sum(p for _, p in fit_awards)
+    half_life, threshold = model.half_life_seconds, model.threshold
+    value, as_of = 0.0, None
+    awards: list[Award] = []
+    expiring: list[Award] = []
+    counts: dict[str, int] = {}
+    totals: dict[str, float] = {}
+    crossings: list[tuple[str, datetime, float]] = []
+    last = start
+
+    def decays_below(before: datetime) -> None:
+        """A crossing down by decay or expiry from ``last`` to ``before``, if any."""
+        if crossings and crossings[-1][0] == "up":
+            below = first_time_below(threshold, fit, value, as_of, expiring,
+                                     max(last, as_of or last), half_life)
+            if below is not None and below <= before:
+                score = fit + decayed(value, as_of, below, half_life) + expiring_total(
+                    expiring, below)
+                crossings.append(("down", below, score))
+
+    if fit >= threshold:
+        crossings.append(("up", start, fit))
+    for event_id, kind, at, context in touchpoints:
+        decays_below(at)
+        for award in score_touchpoint(model, kind, context, at, event_id, counts, totals):
+            counts[award.rule] = counts.get(award.rule, 0) + 1
+            totals[award.rule] = totals.get(award.rule, 0.0) + award.points
+            awards.append(award)
+            if award.expires_at is None:
+                value, as_of = add_decaying(value, as_of, award.points, award.at, half_life)
+            else:
+                expiring.append(award)
+        last = max(last, at)
+        score = fit + decayed(value, as_of, last, half_life) + expiring_total(expiring, last)
+        above = bool(crossings) and crossings[-1][0] == "up"
+        if not above and score >= threshold:
+            crossings.append(("up", last, score))
+        elif above and score < threshold:
+            crossings.append(("down", last, score))
+    decays_below(until)
+    return ModelReplay(awards, fit_awards, value, as_of, crossings)

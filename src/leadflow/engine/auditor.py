@@ -12,7 +12,7 @@ never the library's own errors; ``leadflow verify`` says what was changed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -27,6 +27,7 @@ from leadflow.domain import (
     UnknownLeadError,
 )
 from leadflow.domain.ids import legacy_interest_id
+from leadflow.domain.scoring import Award
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.history import HistoryRow
 from leadflow.engine.history import rows as history_rows
@@ -34,7 +35,24 @@ from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, unloadable
 from leadflow.engine.views import finite, record_time
 from leadflow.store.fold import OPENED
 
-_SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed", "Absorbed")
+#: The events that record the primary model's points (with their rules version).
+_SCORE_EVENTS = ("TouchpointScored", "Boosted", "InterestAbsorbed")
+
+
+def _awards_of(event: Any, model: str | None) -> Iterator[tuple[dict[str, Any], str]]:
+    """The awards ``event`` recorded for the primary model (``model`` None) or a named
+    model, each with the rules version that gave it."""
+    name = type(event).__name__
+    if model is None:
+        if name in _SCORE_EVENTS:
+            for award in event.awards:
+                yield award, event.rules_version
+    elif name == "ModelsScored":
+        for award in event.models.get(model, {}).get("awards", ()):
+            yield award, event.rules_version
+    elif name == "ModelBackfilled" and event.model == model:
+        for award in event.awards:
+            yield award, event.rules_version
 
 
 class Auditor:
@@ -182,30 +200,48 @@ class Auditor:
 
     # ----------------------------------------------------------------- explain
 
-    def explain(self, lead_id: UUID, at: datetime) -> dict[str, Any]:
+    def explain(self, lead_id: UUID, at: datetime, model: str | None = None
+                ) -> dict[str, Any]:
+        """Each point of the lead's score at ``at``: the record, the rule, its rules version,
+        its original points and decayed value. ``model`` names a named model
+        (``[models.<id>]`` of the app's rules) instead of the primary one: its points as the
+        lead recorded them (``ModelsScored``, and a ``rescore --apply`` backfill)."""
         lead = self.replay(self.events(lead_id))
         if not isinstance(lead, Lead):
             raise AggregateUnloadableError(lead_id, "lead", TypeError(
                 f"its events make {type(lead).__name__}, not a lead"))
         versions: dict[str, str] = {}
-        for member in self.family(lead_id):
+        # Merged leads first, the lead itself last: its own newer events (a backfill that
+        # recomputed the merged points) name the version that gave each point now.
+        for member in reversed(self.family(lead_id)):
             events = self.events(member)
             with unloadable(member):
                 for event in events:
-                    if type(event).__name__ in _SCORE_EVENTS[:3]:
-                        for award in event.awards:
-                            versions[award["event_id"]] = event.rules_version
+                    for award, version in _awards_of(event, model):
+                        versions[award["event_id"]] = version
         with unloadable(lead_id):
-            return self._explain(lead_id, lead, at, versions)
+            if model is None:
+                return self._explain(lead_id, at, versions, lead.awards, lead.fit_awards,
+                                     lead.fit, self.app.rules.scoring.half_life_days)
+            definition = self.app.rules.models[model]
+            state = lead.model_states.get(model) or {"awards": [], "fit_awards": [],
+                                                     "fit": 0.0}
+            result = self._explain(
+                lead_id, at, versions, [Award.from_dict(a) for a in state["awards"]],
+                [(str(r), float(p)) for r, p in state["fit_awards"]], float(state["fit"]),
+                definition.half_life_days)
+            return {**result, "model": model, "threshold": definition.threshold}
 
-    def _explain(self, lead_id: UUID, lead: Lead, at: datetime,
-                 versions: dict[str, str]) -> dict[str, Any]:
+    def _explain(self, lead_id: UUID, at: datetime, versions: dict[str, str],
+                 awards: Sequence[Award], fit_awards: Sequence[tuple[str, float]],
+                 fit_total: float, half_life_days: float) -> dict[str, Any]:
         contributions: list[dict[str, Any]] = []
         engagement = 0.0
-        for award in sorted(lead.awards, key=lambda a: (a.at, a.event_id, a.rule)):
+        half_life = half_life_days * 86400.0
+        for award in sorted(awards, key=lambda a: (a.at, a.event_id, a.rule)):
             if award.at > at:
                 continue
-            value = award.value_at(at, self.half_life)
+            value = award.value_at(at, half_life)
             engagement += value
             contributions.append({
                 "event_id": award.event_id, "rule": award.rule, "points": award.points,
@@ -214,13 +250,13 @@ class Auditor:
                 "value": finite(value),
                 "rules_version": versions.get(award.event_id),
             })
-        fit = [{"rule": r, "points": p} for r, p in lead.fit_awards]
+        fit = [{"rule": r, "points": p} for r, p in fit_awards]
         return {"lead_id": str(lead_id), "at": at.isoformat(), "fit": fit,
-                "fit_total": finite(lead.fit, None), "engagement": contributions,
+                "fit_total": finite(fit_total, None), "engagement": contributions,
                 "engagement_total": finite(engagement),
-                "score": finite(lead.fit + engagement),
+                "score": finite(fit_total + engagement),
                 "records": sorted({c["event_id"] for c in contributions}),
-                "half_life_days": self.app.rules.scoring.half_life_days}
+                "half_life_days": half_life_days}
 
     # ----------------------------------------------------------------- rescore
 

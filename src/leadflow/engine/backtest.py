@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import gc
 import inspect
+import math
 import multiprocessing
 import os
 import sys
@@ -40,9 +41,10 @@ from eventsourcing.persistence import PersistenceError
 from eventsourcing.utils import resolve_topic
 
 from leadflow.domain import STAGES, Lead
-from leadflow.domain.rules import EngagementRule, FitRule, Rules
+from leadflow.domain.rules import EngagementRule, FitRule, Model, Rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor, stored_lead_ids
+from leadflow.engine.views import finite
 
 log = structlog.get_logger(__name__)
 
@@ -54,9 +56,15 @@ Touch = tuple[datetime, str, str, Mapping[str, Any]]
 
 
 def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None = None,
-                 progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
+                 progress: Callable[[int, int], None] | None = None,
+                 model: str | None = None) -> dict[str, Any]:
     """Backtest ``candidate`` against the app's current rules over every live lead (created
     at or after ``since``, when given); writes nothing.
+
+    ``model`` backtests one named model (``[models.<id>]`` of ``candidate``) instead of the
+    primary one, against the current rules' model of that id (none: a new model, which no
+    lead has crossed yet): when each lead first reaches the model's threshold, and its score
+    after its last touchpoint, under both (``compare`` with ``moment="crossed"``).
 
     The result is ``compare``'s report plus ``unloadable_leads``: leads whose stored events
     cannot be read or loaded are left out and named, never the end of the backtest (only
@@ -72,6 +80,7 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
     """
     old, new = Backtest(app.rules), Backtest(candidate)
     lead_ids, unreadable = stored_lead_ids(app)
+    scores: dict[str, tuple[float | None, float | None]] = {}
     unloadable = [str(p["lead_id"]) for p in unreadable]
     total = len(lead_ids)
     if progress is not None:
@@ -79,7 +88,7 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
     chunks = [lead_ids[i:i + PRELOAD] for i in range(0, total, PRELOAD)]
     processes = _workers(app, total)
     dealt = [chunks[p::processes] for p in range(processes)]
-    job = _Job(app.rules, candidate, since)
+    job = _Job(app.rules, candidate, since, model)
     with _fewer_collections():
         helpers = [_Helper.start(app, job, hand) for hand in dealt[1:]]
         try:
@@ -120,7 +129,16 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
             if found.customer:
                 outcomes["customer"].add(key)
             stages[key] = found.stage
-    result = compare(old, new, outcomes, stages)
+            if model is not None:
+                scores[key] = (found.score_current, found.score_new)
+    if model is None:
+        result = compare(old, new, outcomes, stages)
+    else:
+        result = compare(old, new, outcomes, stages, moment="crossed", scores=scores)
+        current = app.rules.models.get(model)
+        result["model"] = model
+        result["threshold"] = {"current": current.threshold if current else None,
+                               "new": candidate.models[model].threshold}
     result["unloadable_leads"] = unloadable
     return result
 
@@ -134,7 +152,9 @@ class _Left(NamedTuple):
 
 class _Done(NamedTuple):
     """A lead backtested: its MQL moment under the current and the new rules, its recorded
-    stage, whether it reached SQL (or later) and customer."""
+    stage, whether it reached SQL (or later) and customer; for a named model's backtest,
+    the moments it first reaches the model's threshold and its score after its last
+    touchpoint under both (None: no such model, or no touchpoint)."""
 
     key: str
     mql_current: datetime | None
@@ -142,6 +162,8 @@ class _Done(NamedTuple):
     stage: str
     sql: bool
     customer: bool
+    score_current: float | None = None
+    score_new: float | None = None
 
 
 #: One lead's result; None for a lead not backtested (merged away, before ``since``).
@@ -151,14 +173,50 @@ Result = _Done | _Left | None
 class _Job:
     """The backtest of some of the leads (in this process or a worker)."""
 
-    def __init__(self, current: Rules, candidate: Rules, since: datetime | None) -> None:
+    def __init__(self, current: Rules, candidate: Rules, since: datetime | None,
+                 model: str | None = None) -> None:
         self.current, self.candidate, self.since = current, candidate, since
+        self.model = model
 
     def run(self, app: Any, chunks: Sequence[Sequence[UUID]],
             step: Callable[[int], None] | None = None) -> list[list[Result]]:
         """Each chunk's results, lead by lead; ``step(leads done)`` after each chunk."""
+        if self.model is not None:
+            return self._run(app, chunks, step, self._model_lead())
         old, new = _Compiled(self.current), _Compiled(self.candidate)
         both = (old.threshold, new.threshold) if old.same_scores(new) else None
+
+        def lead(found: Found) -> _Done:
+            key, profile, touches, stage, reached = found
+            if both is not None:
+                current, candidate = old.mql_at(profile, touches, both)
+            else:
+                current = old.mql_at(profile, touches)[0]
+                candidate = new.mql_at(profile, touches)[0]
+            return _Done(key, current, candidate, stage, bool(reached & _SQL_OR_LATER),
+                         "customer" in reached)
+
+        return self._run(app, chunks, step, lead)
+
+    def _model_lead(self) -> Callable[[Found], _Done]:
+        """A lead's backtest for the named model ``self.model``."""
+        assert self.model is not None
+        current = self.current.models.get(self.model)
+        old = _Compiled(current) if current is not None else None
+        new = _Compiled(self.candidate.models[self.model])
+
+        def lead(found: Found) -> _Done:
+            key, profile, touches, stage, reached = found
+            before, score_before = old.crossing(profile, touches) if old else (None, None)
+            after, score_after = new.crossing(profile, touches)
+            return _Done(key, before, after, stage, bool(reached & _SQL_OR_LATER),
+                         "customer" in reached, score_before, score_after)
+
+        return lead
+
+    def _run(self, app: Any, chunks: Sequence[Sequence[UUID]],
+             step: Callable[[int], None] | None,
+             lead: Callable[[Found], _Done]) -> list[list[Result]]:
         reader = _Reader(app)
         results: list[list[Result]] = []
         done = 0
@@ -172,14 +230,7 @@ class _Job:
                 elif isinstance(found, Exception):
                     out.append(_Left(str(lead_id), f"{type(found).__name__}: {found}"))
                 else:
-                    key, profile, touches, stage, reached = found
-                    if both is not None:
-                        current, candidate = old.mql_at(profile, touches, both)
-                    else:
-                        current = old.mql_at(profile, touches)[0]
-                        candidate = new.mql_at(profile, touches)[0]
-                    out.append(_Done(key, current, candidate, stage,
-                                     bool(reached & _SQL_OR_LATER), "customer" in reached))
+                    out.append(lead(found))
             done += len(chunk)
             if step is not None:
                 step(done)
@@ -462,7 +513,8 @@ _ABSORBING = (_ABSORBED, _event("InterestAbsorbed"))
 #: Events that change nothing a backtest reads (replayed, they only change other state).
 _OTHERS = ("IdentityAdded", "AccountSet", "Boosted", "AccountSurged", "DispositionRecorded",
            "OwnerAssigned", "LoadRecounted", "WakeScheduled", "FirstContactSlaBreached",
-           "FirstContactMade", "DealOwnerSet", "WentDormant")
+           "FirstContactMade", "DealOwnerSet", "WentDormant", "ModelsScored",
+           "ModelThresholdCrossed", "ModelBackfilled")
 
 
 def _fields_needed(cls: type) -> frozenset[str]:
@@ -588,15 +640,23 @@ def _decay(value: float, as_of: datetime, when: datetime, half_life_s: float) ->
 class _Test:
     """A compiled engagement condition (``rules.Condition``): lower-case text tests."""
 
-    __slots__ = ("among", "contains", "equals", "field", "prefix")
+    __slots__ = ("among", "contains", "equals", "field", "prefix", "property")
 
     def __init__(self, field: str, equals: str | None, contains: str | None,
                  prefix: str | None, among: frozenset[str] | None) -> None:
         self.field, self.equals, self.contains = field, equals, contains
         self.prefix, self.among = prefix, among
+        # ``properties.<key>``: the record's custom property (``Condition.matches``).
+        self.property = field[11:] if field.startswith("properties.") else None
 
     def matches(self, context: Mapping[str, Any]) -> bool:
-        value = context.get(self.field)
+        if self.property is None:
+            value = context.get(self.field)
+        else:
+            properties = context.get("properties")
+            value = properties.get(self.property) if isinstance(properties, Mapping) else None
+            if isinstance(value, bool):
+                value = "true" if value else "false"
         if value is None:
             return False
         text = str(value).lower()
@@ -632,18 +692,24 @@ def _lower(text: str | None) -> str | None:
 
 
 class _Compiled:
-    """One rule set, compiled for the backtest's scoring loop."""
+    """One rule set's primary model, or one named model, compiled for the backtest's
+    scoring loop."""
 
-    def __init__(self, rules: Rules) -> None:
+    def __init__(self, rules: Rules | Model) -> None:
         self.rules = rules
-        self.threshold = rules.scoring.mql_threshold
+        if isinstance(rules, Model):
+            self.threshold = rules.threshold
+            self.engagement, self.fit_rules = rules.engagement, rules.fit
+        else:
+            self.threshold = rules.scoring.mql_threshold
+            self.engagement, self.fit_rules = rules.scoring.engagement, rules.scoring.fit
         self.half_life = rules.half_life_seconds
         self.by_type = {kind: tuple(_Rule(r) for r in engagement)
                         for kind, engagement in rules.engagement_by_type.items()}
         # Per profile field, its fit rules in file order (with their place in the file) and
         # what they give each value seen so far: a field's first matching rule wins.
         fields: dict[str, list[tuple[int, FitRule]]] = {}
-        for index, rule in enumerate(rules.scoring.fit):
+        for index, rule in enumerate(self.fit_rules):
             fields.setdefault(rule.field, []).append((index, rule))
         self.fit_fields: list[tuple[str, tuple[tuple[int, FitRule], ...],
                                     dict[Any, tuple[int, float] | None]]] = [
@@ -652,9 +718,8 @@ class _Compiled:
     def same_scores(self, other: _Compiled) -> bool:
         """Whether ``other`` scores every lead the same at every moment (only the thresholds
         may differ): one pass over a lead's touchpoints then serves both."""
-        a, b = self.rules, other.rules
-        return (a.scoring.engagement == b.scoring.engagement and a.scoring.fit == b.scoring.fit
-                and a.half_life_seconds == b.half_life_seconds
+        return (self.engagement == other.engagement and self.fit_rules == other.fit_rules
+                and self.half_life == other.half_life
                 and self.threshold == self.threshold and other.threshold == other.threshold)
 
     def fit(self, profile: Mapping[str, Any]) -> float:
@@ -689,11 +754,25 @@ class _Compiled:
         """When the lead's score first reaches each of ``thresholds`` (the rule set's own by
         default): the loop of ``scoring.score_touchpoint``, ``add_decaying``, ``decayed`` and
         ``expiring_total`` over its touchpoints, operation for operation."""
+        return self._scores(profile, touches, thresholds, False)[0]
+
+    def crossing(self, profile: Mapping[str, Any], touches: Sequence[Touch]
+                 ) -> tuple[datetime | None, float | None]:
+        """When the lead's score first reaches the threshold, and its score after its last
+        touchpoint (None without touchpoints)."""
+        found, score = self._scores(profile, touches, None, True)
+        return found[0], score
+
+    def _scores(self, profile: Mapping[str, Any], touches: Sequence[Touch],
+                thresholds: Sequence[float] | None, to_the_end: bool
+                ) -> tuple[list[datetime | None], float | None]:
+        """``mql_at``; with ``to_the_end``, the loop goes on past the last threshold reached,
+        and the score after the last touchpoint comes with it."""
         if thresholds is None:
             thresholds = (self.threshold,)
         found: list[datetime | None] = [None] * len(thresholds)
         if not touches:
-            return found
+            return found, None
         # Lowest first: a score that reaches one threshold reaches every lower one.
         pending = sorted(range(len(thresholds)), key=thresholds.__getitem__)
         lowest = thresholds[pending[0]]
@@ -746,9 +825,12 @@ class _Compiled:
                 while pending and score >= thresholds[pending[0]]:
                     found[pending.pop(0)] = when
                 if not pending:
-                    break
-                lowest = thresholds[pending[0]]
-        return found
+                    if not to_the_end:
+                        break
+                    lowest = math.inf
+                else:
+                    lowest = thresholds[pending[0]]
+        return found, score
 
 
 _UNSEEN = object()
@@ -767,9 +849,20 @@ def quality(predicted: dict[str, datetime | None], outcome: set[str]) -> dict[st
 
 
 def compare(old: Backtest, new: Backtest, outcomes: dict[str, set[str]],
-            recorded_stages: dict[str, str]) -> dict[str, Any]:
+            recorded_stages: dict[str, str], *, moment: str = "mql",
+            scores: Mapping[str, tuple[float | None, float | None]] | None = None
+            ) -> dict[str, Any]:
+    """The report: per lead, whether its ``moment`` (the MQL moment; ``crossed`` for a named
+    model's first threshold crossing) comes earlier, later, never or newly under the new
+    rules, counts, and each rule set's precision and recall for the recorded outcomes.
+
+    With ``scores`` (a named model's backtest: each lead's score after its last touchpoint,
+    current and new), a lead whose score changes is listed too (change ``same`` when its
+    crossing does not move), with both scores, and ``scores`` sums them up.
+    """
     leads = []
     summary = {"earlier": 0, "later": 0, "never": 0, "newly": 0, "same": 0}
+    scored = {"changed": 0, "higher": 0, "lower": 0}
     for key in sorted(old.mql_at):
         before, after = old.mql_at[key], new.mql_at.get(key)
         if before == after:
@@ -781,23 +874,39 @@ def compare(old: Backtest, new: Backtest, outcomes: dict[str, set[str]],
         else:
             change = "earlier" if after < before else "later"
         summary[change] += 1
-        if change != "same":
-            leads.append({"lead": key, "change": change,
-                          "mql_at_current": before.isoformat() if before else None,
-                          "mql_at_new": after.isoformat() if after else None})
+        row: dict[str, Any] = {"lead": key, "change": change,
+                               f"{moment}_at_current": before.isoformat() if before else None,
+                               f"{moment}_at_new": after.isoformat() if after else None}
+        if scores is not None:
+            score_before, score_after = scores.get(key, (None, None))
+            moved = (score_before or 0.0) != (score_after or 0.0)
+            if moved:
+                scored["changed"] += 1
+                scored["higher" if (score_after or 0.0) > (score_before or 0.0)
+                       else "lower"] += 1
+            row["score_current"] = finite(score_before)
+            row["score_new"] = finite(score_after)
+            if change == "same" and not moved:
+                continue
+        elif change == "same":
+            continue
+        leads.append(row)
     stage_counts = {stage: sum(1 for s in recorded_stages.values() if s == stage)
                     for stage in STAGES}
-    return {
+    report: dict[str, Any] = {
         "current_version": old.rules.version, "new_version": new.rules.version,
         "leads": len(old.mql_at), "changes": summary, "changed_leads": leads,
-        "mql_count": {"current": sum(v is not None for v in old.mql_at.values()),
-                      "new": sum(v is not None for v in new.mql_at.values())},
+        f"{moment}_count": {"current": sum(v is not None for v in old.mql_at.values()),
+                            "new": sum(v is not None for v in new.mql_at.values())},
         "recorded_stage_counts": stage_counts,
         "quality": {
             outcome: {"current": quality(old.mql_at, keys), "new": quality(new.mql_at, keys)}
             for outcome, keys in outcomes.items()
         },
     }
+    if scores is not None:
+        report["scores"] = scored
+    return report
 
 
 # ------------------------------------------------------------------------- the collector

@@ -130,6 +130,10 @@ def _cause(stored: dict[str, Any] | None, events: list[Any]) -> dict[str, Any]:
                               "event_id": f.get("event_id")})
         if name in ("Unmerged", "StateRestored"):
             return _plain({"kind": "person", "command": "unmerge", "actor": f.get("actor")})
+        if name == "ModelBackfilled":  # a row of its own when the lead's timer stays
+            return _plain({"kind": "person", "command": "backfill models",
+                           "actor": f.get("actor"), "model": f.get("model"),
+                           "rules_version": f.get("rules_version")})
         if name == "Created":
             return _plain({"kind": "record", "source": f.get("source"),
                               "campaign": f.get("campaign")})
