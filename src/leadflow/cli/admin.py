@@ -220,11 +220,14 @@ def rules_check(file: str) -> None:
     except RulesError as exc:
         fail(str(exc))
     s = loaded.scoring
-    click.echo(f"{file}: ok, version {loaded.version} ({loaded.label}); "
-               f"{len(s.engagement)} engagement rules, {len(s.fit)} fit rules, MQL at "
-               f"{s.mql_threshold:g}, half-life {s.half_life_days:g} days, "
-               f"{len(loaded.routing.rules)} routing rules, {len(loaded.segment.track)} Segment "
-               f"track and {len(loaded.segment.page)} page mappings")
+    primary = loaded.lifecycle.primary_model
+    models = (f", named models {', '.join(loaded.models)}" if loaded.models else "")
+    click.echo(f"{file}: ok, version {loaded.version} ({loaded.label}); primary model "
+               f"{primary or '[scoring]'}: {len(s.engagement)} engagement rules, "
+               f"{len(s.fit)} fit rules, MQL at {s.mql_threshold:g}, half-life "
+               f"{s.half_life_days:g} days{models}; {len(loaded.routing.rules)} routing rules, "
+               f"{len(loaded.segment.track)} Segment track and {len(loaded.segment.page)} page "
+               "mappings")
 
 
 @rules.command("show-default")

@@ -127,7 +127,36 @@ def check_model(model: _M) -> _M:
     duplicates = sorted({i for i in ids if ids.count(i) > 1})
     if duplicates:
         raise ValueError(f"rule ids must be unique within a model: {', '.join(duplicates)}")
+    recycle = getattr(model, "recycle_threshold")  # noqa: B009
+    if recycle is not None and recycle >= getattr(model, "threshold"):  # noqa: B009
+        raise ValueError("recycle_threshold must be below threshold")
     return model
+
+
+#: The id ``[scoring]`` scores under as a named model when another model is the primary one
+#: (``[lifecycle] primary_model``).
+SCORING_MODEL = "scoring"
+
+
+def check_primary(rules: _M) -> _M:
+    """``[lifecycle] primary_model`` names a model of the file, one that can drive the
+    lifecycle (a ``recycle_threshold``); ``[scoring]`` then scores as the model
+    ``scoring``, so no model of the file may take that id."""
+    primary = getattr(getattr(rules, "lifecycle"), "primary_model")  # noqa: B009
+    if primary is None:
+        return rules
+    models = getattr(rules, "models")  # noqa: B009
+    if primary not in models:
+        known = ", ".join(models) if models else "none"
+        raise ValueError(f"lifecycle.primary_model: unknown model {primary!r}; the named "
+                         f"models of this file: {known}")
+    if models[primary].recycle_threshold is None:
+        raise ValueError(f"models.{primary}.recycle_threshold is needed: as the primary model "
+                         "it recycles an MQL whose score decays below it")
+    if SCORING_MODEL in models:
+        raise ValueError(f"models.{SCORING_MODEL}: with another primary model, [scoring] "
+                         f"scores as the named model {SCORING_MODEL!r}; rename this one")
+    return rules
 
 
 def check_references(routing: _M) -> _M:
@@ -545,21 +574,24 @@ class Scoring(_Record):
 
 
 class Model(_Record):
-    """A named scoring model beside the primary one (``[scoring]``): its own engagement
-    and fit rules, half-life and threshold. It records its own points and threshold
-    crossings; the lifecycle stays driven by ``[scoring]``."""
+    """A named scoring model beside the primary one (``[scoring]``, or the model
+    ``[lifecycle] primary_model`` names): its own engagement and fit rules, half-life and
+    threshold. It records its own points and threshold crossings; the lifecycle is driven
+    by the primary model only (``recycle_threshold`` is read when this model is it)."""
 
     threshold: float
     half_life_days: float
     engagement: list[EngagementRule]
     fit: list[FitRule]
     description: str
+    recycle_threshold: float | None
 
     _FIELDS = (_Field("threshold", _number()),
                _Field("half_life_days", _number(gt=0), 30),
                _Field("engagement", _list(_record(EngagementRule)), factory=list),
                _Field("fit", _list(_record(FitRule)), factory=list),
-               _Field("description", _text(), ""))
+               _Field("description", _text(), ""),
+               _Field("recycle_threshold", _optional(_number()), None))
     _CHECK = check_model
 
     @cached_property
@@ -591,9 +623,12 @@ class AutoSql(_Record):
 class Lifecycle(_Record):
     dormant_after_days: float
     auto_sql: list[AutoSql]
+    #: The named model that drives the lifecycle (None: ``[scoring]``).
+    primary_model: str | None
 
     _FIELDS = (_Field("dormant_after_days", _number(gt=0), 60),
-               _Field("auto_sql", _list(_record(AutoSql)), factory=list))
+               _Field("auto_sql", _list(_record(AutoSql)), factory=list),
+               _Field("primary_model", _optional(_MODEL_ID), None))
 
 
 class Accounts(_Record):
@@ -841,6 +876,7 @@ class Rules(_Record):
                _Field("segment", _record(SegmentMapping),
                       factory=lambda: _build(SegmentMapping, builtin_segment())),
                _Field("models", _mapping(_MODEL_ID, _record(Model)), factory=dict))
+    _CHECK = check_primary
 
     @cached_property
     def version(self) -> str:
@@ -852,8 +888,15 @@ class Rules(_Record):
         """
         data = _data(self)
         del data["segment"]
+        # A file without models, or without the primary-model choice, keeps the version it
+        # always had.
         if not data["models"]:
-            del data["models"]  # a file without models keeps the version it always had
+            del data["models"]
+        for model in data.get("models", {}).values():
+            if model["recycle_threshold"] is None:
+                del model["recycle_threshold"]
+        if data["lifecycle"]["primary_model"] is None:
+            del data["lifecycle"]["primary_model"]
         canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return "r-" + hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
@@ -894,15 +937,38 @@ def _validated(data: dict[str, Any], source: str) -> Rules:
     return rules
 
 
+def _with_primary(rules: Rules) -> Rules:
+    """The rules as scoring reads them: the model ``[lifecycle] primary_model`` names in
+    ``scoring`` (its threshold as the MQL threshold), and ``[scoring]`` among the named
+    models as ``scoring``. Everything that reads ``rules.scoring`` then follows the chosen
+    model and every named model, ``[scoring]`` included, records its own points."""
+    primary = rules.lifecycle.primary_model
+    if primary is None:
+        return rules
+    chosen, section = rules.models[primary], rules.scoring
+    assert chosen.recycle_threshold is not None  # check_primary
+    scoring = Scoring(mql_threshold=chosen.threshold, recycle_threshold=chosen.recycle_threshold,
+                      half_life_days=chosen.half_life_days, engagement=chosen.engagement,
+                      fit=chosen.fit)
+    as_model = Model(threshold=section.mql_threshold, half_life_days=section.half_life_days,
+                     engagement=section.engagement, fit=section.fit,
+                     description="the [scoring] section",
+                     recycle_threshold=section.recycle_threshold)
+    models = {SCORING_MODEL: as_model,
+              **{model_id: m for model_id, m in rules.models.items() if model_id != primary}}
+    return rules.model_copy(update={"scoring": scoring, "models": models})
+
+
 def parse_rules(text: str, *, source: str = "<rules>") -> Rules:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{source}: not valid TOML: {exc}") from exc
     try:
-        return _build(Rules, data)
+        rules = _build(Rules, data)
     except _Unsure:
-        return _validated(data, source)
+        rules = _validated(data, source)
+    return _with_primary(rules)
 
 
 def load_rules(path: str | Path | None = None) -> Rules:

@@ -22,6 +22,7 @@ from leadflow.domain.rules import (
     check_condition_field,
     check_fit_test,
     check_model,
+    check_primary,
     check_references,
     check_segment_ids,
     check_thresholds,
@@ -121,15 +122,19 @@ class Scoring(_Strict):
 
 
 class Model(_Strict):
-    """A named scoring model beside the primary one (``[scoring]``): its own engagement
-    and fit rules, half-life and threshold. It records its own points and threshold
-    crossings; the lifecycle stays driven by ``[scoring]``."""
+    """A named scoring model beside the primary one (``[scoring]``, or the model
+    ``[lifecycle] primary_model`` names): its own engagement and fit rules, half-life and
+    threshold. It records its own points and threshold crossings; the lifecycle is driven
+    by the primary model only (``recycle_threshold`` is read when this model is it)."""
 
     threshold: float
     half_life_days: Annotated[float, Field(gt=0)] = 30
     engagement: list[EngagementRule] = Field(default_factory=list)
     fit: list[FitRule] = Field(default_factory=list)
     description: str = ""
+    recycle_threshold: float | None = Field(
+        default=None, description="when this model is the primary one: an MQL whose score "
+        "decays below it is recycled")
 
     @model_validator(mode="after")
     def _unique(self) -> Model:
@@ -146,6 +151,9 @@ class AutoSql(_Strict):
 class Lifecycle(_Strict):
     dormant_after_days: Annotated[float, Field(gt=0)] = 60
     auto_sql: list[AutoSql] = Field(default_factory=list)
+    primary_model: ModelId | None = Field(
+        default=None, description="the named model that drives the lifecycle (default: "
+        "[scoring], which then scores as the named model 'scoring')")
 
 
 class Accounts(_Strict):
@@ -276,3 +284,7 @@ class Rules(_Strict):
     segment: SegmentMapping = Field(default_factory=_default_segment)
     #: Named models beside the primary one (``[scoring]``), by id, in file order.
     models: dict[ModelId, Model] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _primary(self) -> Rules:
+        return check_primary(self)
