@@ -106,6 +106,12 @@ def test_rescore_model_backtests_one_model_against_the_current_rules(tmp_path: P
     assert emea["changes"]["same"] == 1  # never reaches 30: no crossing under either
     assert emea["scores"] == {"changed": 1, "higher": 1, "lower": 0}
     assert emea["changed_leads"][0]["score_new"] == pytest.approx(EMEA_AT_DAY3, abs=1e-4)
+    text = run(["rescore", "--rules", str(rules), "--model", "product-b"], tmp_path)
+    assert text.returncode == 0, text.stderr
+    assert "(model product-b) over 1 leads: 0 model product-b threshold earlier" in text.stdout
+    assert "crossing model product-b threshold: 0 -> 1" in text.stdout
+    assert "email:anna@acme.io: newly (- -> 2026-03-03T09:00:00+00:00, score - -> 26.64)" \
+        in text.stdout
     refused = run(["rescore", "--rules", str(rules), "--model", "apac"], tmp_path)
     assert refused.returncode == 2
     assert "unknown model 'apac'" in refused.stderr

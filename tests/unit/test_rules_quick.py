@@ -152,3 +152,21 @@ def test_records_are_frozen_and_copy_like_models() -> None:
     assert moved.track[0] == track[-1] and rules.segment.track == track
     # Computed for the copy, not carried over from the original.
     assert next(iter(moved.track_by_event)) == quick.segment_event_key(track[-1].event[0])
+
+
+def test_a_primary_model_choice_is_read_alike_and_versions_only_what_is_written() -> None:
+    from tests.unit.test_scoring_models import MODELS
+
+    with_models = default_rules_text() + MODELS
+    chosen = with_models.replace("[lifecycle]\n", '[lifecycle]\nprimary_model = "emea"\n', 1)
+    chosen = chosen.replace("threshold = 30\n", "threshold = 30\nrecycle_threshold = 10\n", 1)
+    data = tomllib.loads(chosen)
+    _assert_same(quick._build(Rules, copy.deepcopy(data)), data)
+    # Both readings then put the chosen model first: [scoring] scores as "scoring".
+    rules = parse_rules(chosen)
+    assert (rules.scoring.mql_threshold, rules.scoring.recycle_threshold) == (30, 10)
+    assert list(rules.models) == ["scoring", "product-b"]
+    assert rules.models["scoring"].threshold == default_rules().scoring.mql_threshold
+    # Unset, the new keys leave a version as it was before they existed; set, they change it.
+    assert parse_rules(with_models).version == "r-d8a605196742"
+    assert rules.version != parse_rules(with_models).version
