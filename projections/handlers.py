@@ -1,9 +1,10 @@
 """The per-event handlers: what each stored event changes in the read-model rows.
 
-``PageChanges`` applies events in order to rows held in memory: the ``lead_state`` and
-``account_state`` rows they touch, the ``stage_transitions`` and ``score_ledger`` rows they
-append and the ``funnel_daily`` counts they add. Nothing here reads or writes the database;
-``writer.Page`` loads the rows a page touches and writes the changes back.
+``PageChanges`` applies events in order to rows held in memory: the ``lead_state``,
+``lead_model_state`` and ``account_state`` rows they touch, the ``stage_transitions`` and
+``score_ledger`` rows they append and the ``funnel_daily`` counts they add. Nothing here reads
+or writes the database; ``writer.Page`` loads the rows a page touches and writes the changes
+back.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from types import SimpleNamespace
 from typing import Any
 
 from leadflow.domain.privacy import public_url
-from leadflow.projections.db import INT_RANGE, to_int, to_real, to_text
+from leadflow.projections.db import INT_RANGE, clean_text, to_int, to_real, to_text
 from leadflow.projections.events import KINDS, fields
 from leadflow.projections.schema import FUNNEL
 from leadflow.redaction import mask_text
@@ -38,6 +39,12 @@ LEAD_COLUMNS = (
 )
 ACCOUNT_COLUMNS = ("account_id", "account_key", "name", "engagements", "surges",
                    "last_engaged_at", "last_surge_at", "surge_window_days")
+#: A named model's state on a lead (``[models.<id>]``; the primary model's is in the lead's
+#: own row).
+MODEL_COLUMNS = ("lead_id", "model", "fit", "fit_awards", "engagement_value",
+                 "engagement_as_of", "half_life_days", "threshold", "above", "crossed_at")
+#: The events that change a lead's named-model rows (a page loads them for these leads only).
+MODEL_EVENTS = frozenset({"ModelsScored", "ModelThresholdCrossed", "StateRestored"})
 
 
 def free_text(value: Any) -> Any:
@@ -77,9 +84,17 @@ def segment_of(row: dict[str, Any]) -> str:
 class PageChanges:
     """The changes a run of events makes to the read-model rows, held in memory."""
 
-    def __init__(self, half_life_days: float) -> None:
+    def __init__(self, half_life_days: float,
+                 models: Mapping[str, tuple[float, float]] | None = None) -> None:
         self.half_life_days = half_life_days
+        #: Each named model of the rules in force: (half-life in days, threshold).
+        self.model_rules = dict(models or {})
         self.leads: dict[str, dict[str, Any]] = {}
+        # Each lead's named-model rows, by model id.
+        self.models: dict[str, dict[str, dict[str, Any]]] = {}
+        # (notification id, lead) of the merges in this page: the named models' points a
+        # merge brings stay recorded on the merged lead, as the primary model's do.
+        self._merges: set[tuple[int, str]] = set()
         # Each lead's (owner, stage) before this run (None: counted in no owner's load).
         self.before: dict[str, tuple[str, str] | None] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -160,7 +175,9 @@ class PageChanges:
         row["identities"] = json.dumps(identities)
 
     def _set_fit(self, nid: int, row: dict[str, Any], e: Any, fit: float,
-                 awards: Iterable[Sequence[Any]]) -> None:
+                 awards: Iterable[Sequence[Any]], model: str | None = None) -> None:
+        """A lead's fit (``row``: its lead row, or its row of the named ``model``), with a
+        ledger row per rule whose points changed."""
         # Points that are no finite number are null in fit_awards (which stays strict JSON)
         # and NaN here, so their ledger deltas are NULL.
         old = {r: _number(p) for r, p in json.loads(row["fit_awards"]).items()}
@@ -169,7 +186,7 @@ class PageChanges:
             delta = new.get(rule, 0.0) - old.get(rule, 0.0)
             if delta:
                 self.ledger.append((nid, self.seq("l", nid), row["lead_id"], e.event_id, "fit",
-                                    rule, e.rules_version, delta, e.occurred_at, None))
+                                    rule, e.rules_version, delta, e.occurred_at, None, model))
         row["fit"] = fit
         row["fit_awards"] = json.dumps({r: p if math.isfinite(p) else None
                                         for r, p in new.items()}, sort_keys=True)
@@ -185,7 +202,7 @@ class PageChanges:
         row["account_id"] = str(e.account_id)
 
     def _awards(self, nid: int, row: dict[str, Any], awards: list[dict[str, Any]], kind: str,
-                rules_version: str) -> None:
+                rules_version: str, model: str | None = None) -> None:
         if not awards:
             return
         key = ("l", nid)  # the ledger's row numbers of this notification, as ``seq`` counts
@@ -193,7 +210,7 @@ class PageChanges:
         lead_id, append = row["lead_id"], self.ledger.append
         for award in awards:
             append((nid, seq, lead_id, award["event_id"], kind, award["rule"], rules_version,
-                    award["points"], award["at"], award.get("expires_at")))
+                    award["points"], award["at"], award.get("expires_at"), model))
             seq += 1
         self._seqs[key] = seq
 
@@ -285,6 +302,7 @@ class PageChanges:
         row["merged_into"] = str(e.survivor_id)
 
     def _on_Absorbed(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        self._merges.add((nid, row["lead_id"]))
         identities = json.loads(row["identities"])
         identities += [k for k in e.identity_keys if k not in identities]
         row["identities"] = json.dumps(identities)
@@ -311,6 +329,7 @@ class PageChanges:
             # the writer (``forgotten``: up to this event).
             self.forgotten[lead_id] = nid
         self.transitions = [(*t[:10], None) if t[2] in ids else t for t in self.transitions]
+        # The named models' rows hold scores and rule ids only: nothing to empty there.
 
     def _on_Unmerged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         row["merged_into"] = None
@@ -339,6 +358,69 @@ class PageChanges:
         for stage in FUNNEL[1:]:
             times = [first[s] for s in FUNNEL[RANK[stage]:] if s in first]
             row[f"reached_{stage}_at"] = min(times) if times else None
+        if "_models" in state:  # the named models' state, recomputed too
+            self._restore_models(nid, row["lead_id"], cause, state["_models"])
+
+    # ----- named models (``[models.<id>]``)
+
+    def model_row(self, lead_id: str, model: str) -> dict[str, Any]:
+        """The lead's row of ``model``, made empty on its first event (half-life and threshold
+        from the rules in force, as ``lead_state.half_life_days``)."""
+        rows = self.models.get(lead_id)
+        if rows is None:
+            rows = self.models[lead_id] = {}
+        row = rows.get(model)
+        if row is None:
+            half_life, threshold = self.model_rules.get(model, (None, None))
+            row = rows[model] = {
+                "lead_id": lead_id, "model": model, "fit": 0.0, "fit_awards": "{}",
+                "engagement_value": 0.0, "engagement_as_of": None, "half_life_days": half_life,
+                "threshold": threshold, "above": False, "crossed_at": None}
+        return row
+
+    def _on_ModelsScored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        lead_id = row["lead_id"]
+        event_id, version = e.event_id, e.rules_version
+        merge = (nid, lead_id) in self._merges
+        for key, change in e.models.items():
+            model = _model_id(key)
+            state = self.model_row(lead_id, model)
+            awards = change.get("awards")
+            if awards:
+                if merge and event_id is not None:
+                    # The merged lead's points come along (not its record's: a record that
+                    # merges two leads and scores comes with its own ModelsScored).
+                    awards = [a for a in awards if a["event_id"] == event_id]
+                self._awards(nid, row, awards, "engagement", version, model)
+            if "engagement_value" in change:
+                state["engagement_value"] = change["engagement_value"]
+                state["engagement_as_of"] = change["engagement_as_of"]
+            if "fit" in change:
+                cause = e if event_id is not None else SimpleNamespace(
+                    event_id=f"rules:{version}", rules_version=version,
+                    occurred_at=e.occurred_at)
+                self._set_fit(nid, state, cause, change["fit"], change["fit_awards"], model)
+
+    def _on_ModelThresholdCrossed(self, nid: int, row: dict[str, Any],  # noqa: N802
+                                  e: Any) -> None:
+        state = self.model_row(row["lead_id"], _model_id(e.model))
+        state["above"] = e.direction == "up"
+        state["crossed_at"] = e.occurred_at
+        state["threshold"] = e.threshold  # the one crossed (the rules' may have changed)
+
+    def _restore_models(self, nid: int, lead_id: str, cause: Any,
+                        states: Mapping[str, Mapping[str, Any]]) -> None:
+        """An unmerge's recomputed named models: a model the lead no longer has is emptied."""
+        by_id = {_model_id(key): state for key, state in states.items()}
+        for model in sorted({*self.models.get(lead_id, ()), *by_id}):
+            state = by_id.get(model) or {}
+            target = self.model_row(lead_id, model)
+            self._set_fit(nid, target, cause, state.get("fit", 0.0),
+                          state.get("fit_awards", ()), model)
+            target.update(engagement_value=state.get("value", 0.0),
+                          engagement_as_of=state.get("as_of"),
+                          above=bool(state.get("above", False)),
+                          crossed_at=state.get("crossed_at"))
 
     def _account(self, account_id: str, kind: str, e: Any) -> None:
         if kind == "Created":
@@ -356,6 +438,12 @@ class PageChanges:
         row["surges"] += 1
         row["last_surge_at"] = e.occurred_at
         row["surge_window_days"] = e.window_days
+
+
+def _model_id(value: Any) -> str:
+    """A model id as the column holds it (ids are keys of stored objects, which the reading
+    of stored events leaves as they are)."""
+    return clean_text(value if isinstance(value, str) else str(value))
 
 
 def _number(value: Any) -> float:

@@ -43,11 +43,15 @@ from leadflow.projections.events import (
     EventData,
     load_payload,
 )
+from leadflow.projections.handlers import MODEL_EVENTS
 from leadflow.projections.schema import (
+    ADDED,
     PERSONAL_COLUMNS,
     RELAXED,
     TABLES,
+    columns,
     drop_views_ddl,
+    sql_type,
     tables_ddl,
     views_ddl,
 )
@@ -82,6 +86,11 @@ def _forgotten_set(events: list[tuple[int, str, Any]]) -> set[str]:
         if KINDS[topic][1] == "Forgotten":
             out.update(str(i) for i in event.data_keys)
     return out
+
+
+def _model_leads(events: list[tuple[int, str, Any]]) -> set[str]:
+    """Leads whose named models' rows the page changes."""
+    return {str(e.originator_id) for _, topic, e in events if KINDS[topic][1] in MODEL_EVENTS}
 
 
 def _accounts_set(events: list[tuple[int, str, Any]]) -> set[str]:
@@ -158,6 +167,7 @@ class Projector:
         with self.db.transaction():
             self._lock_schema()
             self.db.executescript(tables_ddl(self.db.dialect))
+            self._add_columns()
             split = self._split_personal()
             swapped = self._relax_not_null()
             if split or swapped or self.position(VIEWS_NAME) != views_version:
@@ -173,6 +183,27 @@ class Projector:
                 "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [TRACKING_NAME])
 
+    def _add_columns(self) -> None:
+        """Add the ``ADDED`` columns a table made by an older leadflow lacks (each at its
+        end, where a fresh table has it). The views need not change: none selects ``*``."""
+        for table, added in ADDED.items():
+            present = self._column_names(table)
+            for column in added:
+                if column not in present:
+                    spec = next(c for c in columns()[table] if c.name == column)
+                    log.info("adding a read-model column", table=table, column=column)
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} "
+                                    f"{sql_type(self.db.dialect, spec.kind)}")
+
+    def _column_names(self, table: str) -> set[str]:
+        if self.db.dialect == "postgres":
+            rows = self.db.query(
+                "SELECT column_name AS name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = %s", [table])
+        else:
+            rows = self.db.query(f"PRAGMA table_info({table})")
+        return {str(r["name"]) for r in rows}
+
     def _split_personal(self) -> bool:
         """Move the personal columns of a ``lead_state`` made by an older leadflow into
         ``lead_personal`` and drop them from ``lead_state`` (returns True: views were dropped).
@@ -183,13 +214,8 @@ class Projector:
         until its pages are rewritten (``VACUUM FULL lead_state``, SQLite's ``VACUUM``; see
         docs/analytics.md, Personal data). Runs once: afterwards the columns are gone.
         """
-        if self.db.dialect == "postgres":
-            rows = self.db.query(
-                "SELECT column_name AS name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = 'lead_state'")
-        else:
-            rows = self.db.query("PRAGMA table_info(lead_state)")
-        present = [c for c in PERSONAL_COLUMNS if c in {r["name"] for r in rows}]
+        in_table = self._column_names("lead_state")
+        present = [c for c in PERSONAL_COLUMNS if c in in_table]
         if not present:
             return False
         log.info("moving personal columns out of lead_state", columns=present)
@@ -288,12 +314,12 @@ class Projector:
                 notifications = self._select(position)
                 if not notifications:
                     return 0
-                page = Page(self.db, suffix, self.app.rules.scoring.half_life_days)
+                page = self._page(suffix)
                 events = self._decode(notifications)
                 page.load({str(e.originator_id) for _, t, e in events if not KINDS[t][0]}
                           | _forgotten_set(events),
                           {str(e.originator_id) for _, t, e in events if KINDS[t][0]}
-                          | _accounts_set(events))
+                          | _accounts_set(events), _model_leads(events))
                 self._apply(page, events)
                 page.write()
                 last = notifications[-1].id
@@ -310,6 +336,13 @@ class Projector:
         self.stats.events += len(events)
         self.stats.position = last
         return len(events)
+
+    def _page(self, suffix: str) -> Page:
+        """A page's changes, with the half-lives and thresholds of the rules in force."""
+        rules = self.app.rules
+        return Page(self.db, suffix, rules.scoring.half_life_days,
+                    {model_id: (model.half_life_days, model.threshold)
+                     for model_id, model in rules.models.items()})
 
     def _decode(self, notifications: Sequence[Notification]) -> list[tuple[int, str, Any]]:
         """The page's events; the first that cannot be decoded raises ProjectionFailedError."""
@@ -459,7 +492,7 @@ class Projector:
             self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
         total = self.max_notification_id()
         started = time.monotonic()
-        state = Page(self.db, suffix, self.app.rules.scoring.half_life_days)
+        state = self._page(suffix)
         # The replay makes millions of short-lived objects and keeps every lead's row, and
         # makes no reference cycles: the cycle collector would only rescan the growing
         # rows (a tenth of the replay's CPU). Reference counting frees the rest; the

@@ -14,7 +14,7 @@ from functools import cache
 from leadflow.projections.db import Dialect
 
 TABLES = ("lead_state", "lead_personal", "stage_transitions", "funnel_daily", "score_ledger",
-          "owner_load", "account_state")
+          "owner_load", "account_state", "lead_model_state")
 #: Tables holding a person's personal data (identities, job title): granted to an analyst role
 #: only with ``db grant-analyst --with-personal-data``; every other read model is keyed by
 #: lead id and holds none (free text that may carry an email or phone is masked).
@@ -23,7 +23,7 @@ PERSONAL_TABLES = ("lead_personal",)
 PERSONAL_COLUMNS = ("primary_key", "identities", "title")
 VIEWS = ("leads_by_status", "leads_by_source", "leads_by_owner", "lead_funnel_facts",
          "funnel_by_cohort", "funnel_by_cohort_dimension", "lead_step_durations", "velocity",
-         "scores_now", "score_ledger_resolved")
+         "scores_now", "score_ledger_resolved", "scores_now_by_model", "models_by_source")
 FUNNEL = ("new", "mql", "sql", "opportunity", "customer")
 # Numeric columns fed straight from stored event values. They were NOT NULL before stored
 # values could be non-finite or out of range (which are written as NULL); ``setup`` relaxes
@@ -31,6 +31,11 @@ FUNNEL = ("new", "mql", "sql", "opportunity", "customer")
 RELAXED = {"lead_state": ("fit", "engagement_value", "touchpoints"),
            "score_ledger": ("points",),
            "lead_personal": ("primary_key",)}  # NULL once the person is forgotten
+# Columns added to tables after their first release, each the table's last column (so a
+# table upgraded in place with ADD COLUMN has the column order of a fresh one: rows are
+# written by position). ``setup`` adds the missing ones; a table made before has NULL there,
+# which is what the column says of those rows (``score_ledger.model``: the primary model's).
+ADDED = {"score_ledger": ("model",)}
 
 
 def _types(dialect: Dialect) -> dict[str, str]:
@@ -38,6 +43,11 @@ def _types(dialect: Dialect) -> dict[str, str]:
         return {"ts": "TIMESTAMPTZ", "real": "DOUBLE PRECISION", "bool": "BOOLEAN",
                 "big": "BIGINT", "day": "DATE"}
     return {"ts": "TEXT", "real": "REAL", "bool": "INTEGER", "big": "INTEGER", "day": "TEXT"}
+
+
+def sql_type(dialect: Dialect, kind: str) -> str:
+    """The SQL type of a column kind (``Column.kind``) in ``dialect``, as the DDL writes it."""
+    return {"text": "TEXT", "int": "INTEGER", **_types(dialect)}[kind]
 
 
 def tables_ddl(dialect: Dialect, suffix: str = "") -> str:
@@ -107,10 +117,20 @@ CREATE TABLE IF NOT EXISTS score_ledger{s} (
     lead_id TEXT NOT NULL, event_id TEXT NOT NULL, kind TEXT NOT NULL,
     rule TEXT NOT NULL, rules_version TEXT NOT NULL, points {t['real']},
     occurred_at {t['ts']} NOT NULL, expires_at {t['ts']},
+    model TEXT,
     PRIMARY KEY (notification_id, seq)
 )
 ;
 CREATE INDEX IF NOT EXISTS score_ledger{s}_lead ON score_ledger{s} (lead_id)
+;
+CREATE TABLE IF NOT EXISTS lead_model_state{s} (
+    lead_id TEXT NOT NULL, model TEXT NOT NULL,
+    fit {t['real']}, fit_awards TEXT NOT NULL,
+    engagement_value {t['real']}, engagement_as_of {t['ts']},
+    half_life_days {t['real']}, threshold {t['real']},
+    above {t['bool']} NOT NULL, crossed_at {t['ts']},
+    PRIMARY KEY (lead_id, model)
+)
 ;
 CREATE TABLE IF NOT EXISTS owner_load{s} (
     owner TEXT NOT NULL, stage TEXT NOT NULL, open_leads INTEGER NOT NULL,
@@ -221,6 +241,21 @@ def views_ddl(dialect: Dialect) -> str:
         for dim in ("source", "campaign", "owner", "segment")
     )
 
+    t = _types(dialect)
+
+    def engagement_now(alias: str, ledger: str) -> str:
+        """A lead's engagement at the database's now in one model (``ledger``: which of its
+        ledger rows are that model's): the decaying value, plus its unexpired awards. A
+        named model's row without engagement yet (its fit only) has none to decay."""
+        as_of = f"{alias}.engagement_as_of"
+        decaying = (f"{alias}.engagement_value * POWER(2.0, -{_seconds_since(dialect, as_of)}"
+                    f" / ({alias}.half_life_days * 86400.0))")
+        if alias != "l":
+            decaying = f"CASE WHEN {as_of} IS NULL THEN 0.0 ELSE {decaying} END"
+        return (f"{decaying} + COALESCE((SELECT SUM(e.points) FROM score_ledger e"
+                f" WHERE e.lead_id = {alias}.lead_id AND {ledger} AND e.expires_at IS NOT NULL"
+                f" AND e.expires_at > {_now(dialect)}), 0)")
+
     return f"""
 CREATE VIEW leads_by_status AS
 SELECT stage, COUNT(*) AS leads,
@@ -289,25 +324,35 @@ FROM ranked GROUP BY step
 ;
 CREATE VIEW scores_now AS
 SELECT l.lead_id, l.stage, l.owner, l.fit,
-       l.engagement_value * POWER(2.0, -{_seconds_since(dialect, 'l.engagement_as_of')}
-                                  / (l.half_life_days * 86400.0))
-       + COALESCE((SELECT SUM(e.points) FROM score_ledger e
-                   WHERE e.lead_id = l.lead_id AND e.expires_at IS NOT NULL
-                     AND e.expires_at > {_now(dialect)}), 0) AS engagement_now,
-       l.fit + l.engagement_value * POWER(2.0, -{_seconds_since(dialect, 'l.engagement_as_of')}
-                                  / (l.half_life_days * 86400.0))
-       + COALESCE((SELECT SUM(e.points) FROM score_ledger e
-                   WHERE e.lead_id = l.lead_id AND e.expires_at IS NOT NULL
-                     AND e.expires_at > {_now(dialect)}), 0) AS score_now
+       {engagement_now('l', 'e.model IS NULL')} AS engagement_now,
+       l.fit + {engagement_now('l', 'e.model IS NULL')} AS score_now
 FROM lead_state l WHERE l.{live} AND l.engagement_as_of IS NOT NULL
 ;
 CREATE VIEW score_ledger_resolved AS
 SELECT COALESCE(l.merged_into, e.lead_id) AS lead_id, e.lead_id AS recorded_on, e.event_id,
-       e.kind, e.rule, e.rules_version, e.points, e.occurred_at, e.expires_at
+       e.kind, e.rule, e.rules_version, e.points, e.occurred_at, e.expires_at, e.model
 FROM score_ledger e LEFT JOIN lead_state l ON l.lead_id = e.lead_id
--- A survivor records the fit of the merged profile itself: the absorbed lead's own fit rows
--- would count twice.
+-- A survivor records the fit of the merged profile itself (each model's too): the absorbed
+-- lead's own fit rows would count twice.
 WHERE NOT (e.kind = 'fit' AND l.merged_into IS NOT NULL)
+;
+CREATE VIEW scores_now_by_model AS
+SELECT s.lead_id, CAST(NULL AS TEXT) AS model, s.stage, s.owner, l.source, s.fit,
+       s.engagement_now, s.score_now,
+       CAST(NULL AS {t['real']}) AS threshold, CAST(NULL AS {t['bool']}) AS above
+FROM scores_now s JOIN lead_state l ON l.lead_id = s.lead_id
+UNION ALL
+SELECT m.lead_id, m.model, l.stage, l.owner, l.source, m.fit,
+       {engagement_now('m', 'e.model = m.model')} AS engagement_now,
+       m.fit + {engagement_now('m', 'e.model = m.model')} AS score_now,
+       m.threshold, m.above
+FROM lead_model_state m JOIN lead_state l ON l.lead_id = m.lead_id WHERE l.{live}
+;
+CREATE VIEW models_by_source AS
+SELECT COALESCE(l.source, '(none)') AS source, m.model, COUNT(*) AS scored_leads,
+       SUM(CASE WHEN m.above THEN 1 ELSE 0 END) AS above_threshold
+FROM lead_model_state m JOIN lead_state l ON l.lead_id = m.lead_id WHERE l.{live}
+GROUP BY COALESCE(l.source, '(none)'), m.model
 """
 
 

@@ -1,21 +1,27 @@
 """Loading the rows a page of events touches, and writing its changes back in one go.
 
 ``Page`` is a ``handlers.PageChanges`` that reads the ``lead_state`` (with its
-``lead_personal``) and ``account_state`` rows it will change before the handlers run, and
-afterwards writes every changed row: leads (split between the two lead tables), accounts,
-transitions, ledger, funnel counts and owner load. Every value passes
+``lead_personal``), ``lead_model_state`` and ``account_state`` rows it will change before the
+handlers run, and afterwards writes every changed row: leads (split between the two lead
+tables), their named models' rows, accounts, transitions, ledger, funnel counts and owner
+load. Every value passes
 through the converters of ``db.clean_rows``, identically on SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import cache
 from typing import Any
 
 from leadflow.projections.db import ProjectionDB, RowRejected, clean_rows, from_db
-from leadflow.projections.handlers import ACCOUNT_COLUMNS, LEAD_COLUMNS, PageChanges
+from leadflow.projections.handlers import (
+    ACCOUNT_COLUMNS,
+    LEAD_COLUMNS,
+    MODEL_COLUMNS,
+    PageChanges,
+)
 from leadflow.projections.schema import PERSONAL_COLUMNS, columns
 
 OPEN_STAGES = frozenset({"new", "mql", "sql", "opportunity"})
@@ -31,12 +37,16 @@ TS_COLUMNS = ("created_at", "stage_at", "contacted_at", "engagement_as_of", "las
 class Page(PageChanges):
     """The changes one page of events makes, applied to the database together."""
 
-    def __init__(self, db: ProjectionDB, suffix: str, half_life_days: float) -> None:
-        super().__init__(half_life_days)
+    def __init__(self, db: ProjectionDB, suffix: str, half_life_days: float,
+                 models: Mapping[str, tuple[float, float]] | None = None) -> None:
+        super().__init__(half_life_days, models)
         self.db = db
         self.s = suffix
 
-    def load(self, lead_ids: set[str], account_ids: set[str]) -> None:
+    def load(self, lead_ids: set[str], account_ids: set[str],
+             model_leads: Iterable[str] = ()) -> None:
+        """The rows the page's events change: ``model_leads`` are the leads whose named
+        models' rows they change (none in a store without models: no query)."""
         account_ids = set(account_ids)
         for chunk in _chunks(sorted(lead_ids), 500):
             marks = ",".join(["%s"] * len(chunk))
@@ -62,6 +72,14 @@ class Page(PageChanges):
                 row["last_engaged_at"] = from_db(row["last_engaged_at"])
                 row["last_surge_at"] = from_db(row["last_surge_at"])
                 self.accounts[row["account_id"]] = row
+        for chunk in _chunks(sorted(model_leads), 500):
+            marks = ",".join(["%s"] * len(chunk))
+            for row in self.db.query(f"SELECT * FROM lead_model_state{self.s} "
+                                     f"WHERE lead_id IN ({marks})", chunk):
+                row["engagement_as_of"] = from_db(row["engagement_as_of"])
+                row["crossed_at"] = from_db(row["crossed_at"])
+                row["above"] = bool(row["above"])
+                self.models.setdefault(row["lead_id"], {})[row["model"]] = row
 
     # ----------------------------------------------------------------- writing
 
@@ -79,7 +97,7 @@ class Page(PageChanges):
 
     def _rejected(self, table: str, exc: RowRejected) -> RowFailed:
         row, names = exc.row, [c.name for c in columns()[table]]
-        if table in ("lead_state", "lead_personal", "account_state"):
+        if table in ("lead_state", "lead_personal", "account_state", "lead_model_state"):
             oid = str(row[0])
             return RowFailed(self.last_event.get(oid, 0), oid, str(exc))
         if table in ("stage_transitions", "score_ledger"):
@@ -88,14 +106,13 @@ class Page(PageChanges):
         return RowFailed(max(self.last_event.values(), default=0), "?", str(exc))
 
     def _upsert(self, table: str, columns: tuple[str, ...],
-                rows: Iterable[dict[str, Any]]) -> None:
-        """Insert or replace whole rows keyed by the first column."""
-        key = columns[0]
-        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[1:])
+                rows: Iterable[dict[str, Any]], keys: int = 1) -> None:
+        """Insert or replace whole rows keyed by the first ``keys`` columns."""
+        updates = ", ".join(f"{c} = excluded.{c}" for c in columns[keys:])
         self.db.executemany(
             f"INSERT INTO {table}{self.s} ({', '.join(columns)}) "
             f"VALUES ({', '.join(['%s'] * len(columns))}) "
-            f"ON CONFLICT ({key}) DO UPDATE SET {updates}",
+            f"ON CONFLICT ({', '.join(columns[:keys])}) DO UPDATE SET {updates}",
             self._rows(table, ([row[c] for c in columns] for row in rows), columns),
         )
 
@@ -144,6 +161,7 @@ class Page(PageChanges):
             self._copy("lead_state", STATE_COLUMNS, self.leads.values())
             self._copy("lead_personal", PERSONAL_ROW, self.leads.values())
             self._copy("account_state", ACCOUNT_COLUMNS, self.accounts.values())
+            self._copy("lead_model_state", MODEL_COLUMNS, self._model_rows())
             db.copy_rows(f"funnel_daily{s}", self._counts("funnel_daily", self.funnel))
             open_load: Counter[tuple[str, str]] = Counter(
                 key for key in map(_load_key, self.leads.values()) if key is not None)
@@ -173,6 +191,10 @@ class Page(PageChanges):
         # A bucket that empties is removed, so page boundaries never show in the rows.
         db.execute(f"DELETE FROM owner_load{s} WHERE open_leads = 0")
         self._upsert("account_state", ACCOUNT_COLUMNS, self.accounts.values())
+        self._upsert("lead_model_state", MODEL_COLUMNS, self._model_rows(), keys=2)
+
+    def _model_rows(self) -> Iterable[dict[str, Any]]:
+        return (row for rows in self.models.values() for row in rows.values())
 
 
 class RowFailed(Exception):

@@ -206,10 +206,10 @@ def test_a_scored_touchpoint_ledgers_its_awards_counts_a_touch_and_wakes_a_dorma
     assert named("score_ledger", changes.ledger) == [
         {"notification_id": 3, "seq": 0, "lead_id": str(LEAD), "event_id": "evt-t",
          "kind": "engagement", "rule": "click", "rules_version": "r1", "points": 10.0,
-         "occurred_at": at, "expires_at": None},
+         "occurred_at": at, "expires_at": None, "model": None},
         {"notification_id": 3, "seq": 1, "lead_id": str(LEAD), "event_id": "evt-t",
          "kind": "engagement", "rule": "click-bonus", "rules_version": "r1", "points": 15.0,
-         "occurred_at": at, "expires_at": expires},
+         "occurred_at": at, "expires_at": expires, "model": None},
     ]
 
 

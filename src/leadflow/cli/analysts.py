@@ -117,7 +117,8 @@ def project(obj: Context, until_idle: bool, metrics_port: int | None) -> None:
 @click.command()
 @click.option("--projection", "name", default="all", show_default=True,
               help="all, or a table name (lead_state, lead_personal, stage_transitions, "
-                   "funnel_daily, score_ledger, owner_load, account_state): the tables are "
+                   "funnel_daily, score_ledger, owner_load, account_state, "
+                   "lead_model_state): the tables are "
                    "rebuilt together because they share one tracking position.")
 @click.pass_obj
 def rebuild(obj: Context, name: str) -> None:

@@ -1,0 +1,355 @@
+"""Named scoring models in the analysts' read models, on SQLite and a real PostgreSQL: each
+model's score per lead (``lead_model_state``), its points in ``score_ledger`` (with the
+model's id), ``scores_now_by_model`` and ``models_by_source``; live processing and a rebuild
+give the same rows, and a projection made before models gains their column in place."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+import pytest
+
+from leadflow.config import Settings
+from leadflow.contract import RecordRejected, parse_record
+from leadflow.domain.rules import Rules, default_rules_text, parse_rules
+from leadflow.engine.app import LeadflowApp
+from leadflow.generator import generate
+from leadflow.projections.db import ProjectionDB, from_db
+from leadflow.projections.projector import Projector
+from leadflow.projections.schema import tables_ddl
+from tests.conftest import T0, Records, days
+from tests.integration.test_projection_hostile import dump
+from tests.unit.test_scoring_models import MODELS
+
+EMAIL = "anna@acme.io"
+PHONE = "+44 20 7946 0958"
+# The hand-computed scores (2^(-t/H) decay; product-b H = 10 days, emea H = 30 days).
+B_AT_DAY_1 = 12 * 2 ** (-1 / 10) + 12  # two product-B pages a day apart
+B_DOWN = T0 + days(1) + timedelta(days=10 * math.log2(B_AT_DAY_1 / 15))  # 5 + e = 20
+EMEA_PAGES_AT_DAY_3 = 4 * (2 ** (-3 / 30) + 2 ** (-2 / 30) + 2 ** (-1 / 30))
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lf.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def models_rules() -> Rules:
+    return parse_rules(default_rules_text() + MODELS, source="models.toml")
+
+
+def engine(url: str) -> LeadflowApp:
+    return LeadflowApp(env=Settings(database_url=url, aggregate_cache_size=0)
+                       .eventsourcing_env({}), rules=models_rules())
+
+
+def stream(rec: Records) -> list[Any]:
+    """Anna (no source): product-b scores her two product-B pages and her company's size,
+    emea every page and her demo request. Ben (source ads): one product-B page."""
+    return [
+        rec("page_viewed", EMAIL, at=T0, lead={"employees": 150},
+            context={"url": "https://acme.io/blog/x", "properties": {"product": "b"}}),
+        rec("page_viewed", EMAIL, at=T0 + days(1), context={"properties": {"product": "B"}}),
+        rec("page_viewed", EMAIL, at=T0 + days(2), context={"properties": {"product": "a"}}),
+        rec("demo_requested", EMAIL, at=T0 + days(3)),
+        rec("page_viewed", "ben@beta.io", at=T0 + days(1),
+            context={"source": "ads", "properties": {"product": "b"}}),
+    ]
+
+
+def model_rows(db: ProjectionDB, lead_id: Any) -> dict[str, dict[str, Any]]:
+    rows = db.query("SELECT * FROM lead_model_state WHERE lead_id = %s", [str(lead_id)])
+    for row in rows:
+        for col in ("engagement_as_of", "crossed_at"):
+            row[col] = from_db(row[col])
+        row["above"] = bool(row["above"])
+        row["fit_awards"] = json.loads(row["fit_awards"])
+    return {r["model"]: r for r in rows}
+
+
+def ledger(db: ProjectionDB, lead_id: Any) -> list[tuple[Any, ...]]:
+    return [(r["model"], r["kind"], r["rule"], r["event_id"], float(r["points"]),
+             from_db(r["occurred_at"]), from_db(r["expires_at"])) for r in db.query(
+        "SELECT * FROM score_ledger WHERE lead_id = %s ORDER BY notification_id, seq",
+        [str(lead_id)])]
+
+
+def test_two_models_project_their_own_hand_computed_scores_and_a_rebuild_agrees(
+        db_url: str, rec: Records) -> None:
+    app = engine(db_url)
+    assert not app.apply_batch(stream(rec)).rejected
+    anna = app.resolve("email:" + EMAIL)
+    ben = app.resolve("email:ben@beta.io")
+    db = ProjectionDB(db_url)
+    Projector(app, db, page_size=2).run(until_idle=True)  # pages read the rows back
+
+    rows = model_rows(db, anna)
+    assert set(rows) == {"product-b", "emea"}
+    b, emea = rows["product-b"], rows["emea"]
+    # product-b: the two B pages (12 each, the second a day later), the size fit 5; its
+    # threshold 20 crossed at the second page (5 + 12*2^(-1/10) + 12 = 28.2).
+    assert (b["fit"], b["fit_awards"]) == (5.0, {"b-big": 5.0})
+    assert b["engagement_value"] == pytest.approx(B_AT_DAY_1, abs=1e-9)
+    assert b["engagement_as_of"] == T0 + days(1)
+    assert (b["half_life_days"], b["threshold"], b["above"], b["crossed_at"]) == (
+        10.0, 20.0, True, T0 + days(1))
+    # emea: every page 4 (H = 30 days), decayed to the demo's time; the demo's 30 points
+    # expire after 7 days and are not in the decaying value (as for the primary model).
+    assert (emea["fit"], emea["fit_awards"]) == (0.0, {})
+    assert emea["engagement_value"] == pytest.approx(EMEA_PAGES_AT_DAY_3, abs=1e-9)
+    assert emea["engagement_as_of"] == T0 + days(3)
+    assert (emea["half_life_days"], emea["threshold"], emea["above"], emea["crossed_at"]) == (
+        30.0, 30.0, True, T0 + days(3))
+
+    # Each model's points in the ledger under its id; the primary model's rows as before.
+    named = [row for row in ledger(db, anna) if row[0] is not None]
+    assert named == [
+        ("product-b", "fit", "b-big", "evt-1", 5.0, T0, None),
+        ("product-b", "engagement", "b-page", "evt-1", 12.0, T0, None),
+        ("emea", "engagement", "any-page", "evt-1", 4.0, T0, None),
+        ("product-b", "engagement", "b-page", "evt-2", 12.0, T0 + days(1), None),
+        ("emea", "engagement", "any-page", "evt-2", 4.0, T0 + days(1), None),
+        ("emea", "engagement", "any-page", "evt-3", 4.0, T0 + days(2), None),
+        ("emea", "engagement", "demo", "evt-4", 30.0, T0 + days(3), T0 + days(10)),
+    ]
+    primary = {(r[2], r[4]) for r in ledger(db, anna) if r[0] is None}
+    assert ("demo-request", 20.0) in primary and not {"b-page", "any-page"} & {
+        rule for rule, _ in primary}
+    assert model_rows(db, ben)["product-b"]["above"] is False  # 12 < 20
+
+    # Side by side, by source: how many leads each model scored and has above its threshold.
+    by_source = {(r["source"], r["model"]): (r["scored_leads"], r["above_threshold"])
+                 for r in db.query("SELECT * FROM models_by_source")}
+    assert by_source == {("(none)", "product-b"): (1, 1), ("(none)", "emea"): (1, 1),
+                         ("ads", "product-b"): (1, 0), ("ads", "emea"): (1, 0)}
+    live = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == live
+
+    # The clock records the decays below the thresholds at their exact times.
+    app.advance_clock(T0 + days(40))
+    Projector(app, db, page_size=2).run(until_idle=True)
+    rows = model_rows(db, anna)
+    assert rows["product-b"]["above"] is False
+    assert abs((rows["product-b"]["crossed_at"] - B_DOWN).total_seconds()) < 1e-3
+    assert (rows["emea"]["above"], rows["emea"]["crossed_at"]) == (False, T0 + days(10))
+    assert db.query("SELECT SUM(above_threshold) AS n FROM models_by_source")[0]["n"] == 0
+    live = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == live
+    db.close()
+    app.close()
+
+
+def test_scores_now_by_model_decays_each_model_with_its_own_half_life(
+        db_url: str, rec: Records) -> None:
+    app = engine(db_url)
+    app.apply_batch(stream(rec))
+    anna = str(app.resolve("email:" + EMAIL))
+    db = ProjectionDB(db_url)
+    Projector(app, db).run(until_idle=True)
+    before = datetime.now(UTC)
+    rows = db.query("SELECT * FROM scores_now_by_model WHERE lead_id = %s", [anna])
+    after = datetime.now(UTC)
+    by_model = {r["model"]: r for r in rows}
+    assert set(by_model) == {None, "product-b", "emea"}
+    # The primary model's row is scores_now's (asked in one statement: one now()), which
+    # the named models' points leave unchanged: blog post 2 + demo 20 (no expiring points).
+    [own] = db.query("SELECT s.*, m.engagement_now AS m_engagement, m.score_now AS m_score "
+                     "FROM scores_now s JOIN scores_now_by_model m ON m.lead_id = s.lead_id "
+                     "AND m.model IS NULL WHERE s.lead_id = %s", [anna])
+    assert (own["m_engagement"], own["m_score"]) == (own["engagement_now"], own["score_now"])
+    primary = app._get_lead(app.resolve("email:" + EMAIL))
+    low, high = (primary.eng_value * 2 ** (-(t - primary.eng_as_of).total_seconds() / 86400
+                                           / 30) for t in (after, before))
+    assert low - 1e-9 <= float(own["engagement_now"]) <= high + 1e-9
+    assert (by_model[None]["threshold"], by_model[None]["above"]) == (None, None)
+
+    def decayed(value: float, as_of: datetime, half_life_days: float) -> tuple[float, float]:
+        # The database's now() lies between the two clock readings.
+        return tuple(value * 2 ** (-(t - as_of).total_seconds() / 86400 / half_life_days)
+                     for t in (after, before))  # type: ignore[return-value]
+
+    for model, value, as_of, half_life, fit in (
+            ("product-b", B_AT_DAY_1, T0 + days(1), 10.0, 5.0),
+            ("emea", EMEA_PAGES_AT_DAY_3, T0 + days(3), 30.0, 0.0)):
+        low, high = decayed(value, as_of, half_life)
+        row = by_model[model]
+        # The demo's 30 emea points expired long before now (event times are in 2026-03).
+        assert low - 1e-9 <= float(row["engagement_now"]) <= high + 1e-9, model
+        assert float(row["score_now"]) == pytest.approx(fit + float(row["engagement_now"]))
+        assert (row["source"], float(row["threshold"]), bool(row["above"])) == (
+            None, 20.0 if model == "product-b" else 30.0, True)
+    db.close()
+    app.close()
+
+
+def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
+        db_url: str, rec: Records) -> None:
+    app = engine(db_url)
+    app.apply_batch([
+        rec("page_viewed", EMAIL, at=T0, context={"properties": {"product": "b"}}),
+        rec("page_viewed", None, at=T0 + days(1), lead={"phone": PHONE},
+            context={"properties": {"product": "b"}}),
+        # One record naming both, itself scored by emea only: the older lead absorbs the
+        # newer one.
+        rec("page_viewed", EMAIL, at=T0 + days(2), lead={"phone": PHONE},
+            context={"properties": {"product": "a"}}),
+    ])
+    survivor, merged = app.resolve("email:" + EMAIL), app.resolve("phone:+442079460958")
+    db = ProjectionDB(db_url)
+    projector = Projector(app, db, page_size=1)
+    projector.run(until_idle=True)
+    assert merged == survivor
+    # The merged lead's points stay recorded on it and count for the survivor in
+    # score_ledger_resolved; the merging record's own emea points are the survivor's.
+    resolved = db.query("SELECT recorded_on, model, event_id, points FROM "
+                        "score_ledger_resolved WHERE lead_id = %s AND model IS NOT NULL "
+                        "ORDER BY model, occurred_at", [str(survivor)])
+    other = next(r["recorded_on"] for r in resolved if r["recorded_on"] != str(survivor))
+    assert [(r["model"], r["event_id"], r["recorded_on"] == str(survivor), float(r["points"]))
+            for r in resolved] == [
+        ("emea", "evt-1", True, 4.0), ("emea", "evt-2", False, 4.0),
+        ("emea", "evt-3", True, 4.0),
+        ("product-b", "evt-1", True, 12.0), ("product-b", "evt-2", False, 12.0)]
+    expected = app._get_lead(survivor).model_states["product-b"]
+    row = model_rows(db, survivor)["product-b"]
+    assert row["engagement_value"] == pytest.approx(expected["value"], abs=1e-9)
+    # Both pages as of the later one (day 1): 23.2, worth 21.6 >= 20 at the merge (day 2).
+    assert row["engagement_value"] == pytest.approx(B_AT_DAY_1, abs=1e-9)
+    assert row["engagement_as_of"] == T0 + days(1)
+    assert (row["above"], row["crossed_at"]) == (True, T0 + days(2))
+    live = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == live
+
+    app.unmerge("phone:+442079460958", T0 + days(3), "ops")
+    projector.run(until_idle=True)
+    for lead_id in (survivor, UUID(other)):
+        state = app._get_lead(lead_id).model_states["product-b"]
+        row = model_rows(db, lead_id)["product-b"]
+        assert (row["engagement_value"], row["engagement_as_of"], row["above"]) == (
+            pytest.approx(state["value"], abs=1e-9), state["as_of"], state["above"])
+    # Without the merged page the survivor is below 20 again: a crossing down at the unmerge.
+    assert (row["above"], model_rows(db, survivor)["product-b"]["above"]) == (False, False)
+    assert model_rows(db, survivor)["product-b"]["crossed_at"] == T0 + days(3)
+    live = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == live
+    db.close()
+    app.close()
+
+
+def load_generated(app: LeadflowApp, leads: int, seed: int) -> None:
+    records = []
+    for line in generate(leads=leads, days=60, seed=seed):
+        try:
+            records.append(parse_record(line, now=datetime.now(UTC)))
+        except RecordRejected:
+            continue
+    for i in range(0, len(records), 1000):
+        app.apply_batch(records[i:i + 1000])
+    app.advance_clock(max(r.occurred_at for r in records))
+
+
+GENERATED_MODELS = """
+[models.web]
+threshold = 15
+half_life_days = 7
+[[models.web.engagement]]
+id = "page"
+type = "page_viewed"
+points = 3
+[[models.web.engagement]]
+id = "download"
+type = "content_downloaded"
+points = 8
+expires_after_days = 10
+[[models.web.fit]]
+id = "big"
+field = "employees"
+min = 50
+points = 4
+
+[models.email]
+threshold = 12
+[[models.email.engagement]]
+id = "open"
+type = "email_opened"
+points = 2
+[[models.email.engagement]]
+id = "click"
+type = "email_clicked"
+points = 5
+"""
+
+
+def test_a_generated_stream_projects_each_leads_model_state_as_the_lead_holds_it(
+        db_url: str) -> None:
+    rules = parse_rules(default_rules_text() + GENERATED_MODELS, source="models.toml")
+    app = LeadflowApp(env=Settings(database_url=db_url, aggregate_cache_size=0)
+                      .eventsourcing_env({}), rules=rules)
+    load_generated(app, leads=300, seed=31)
+    db = ProjectionDB(db_url)
+    Projector(app, db, page_size=97).run(until_idle=True)
+    rows = {(r["lead_id"], r["model"]): r for r in db.query("SELECT * FROM lead_model_state")}
+    expected = {}
+    for lead_id in app.lead_ids():
+        for model, state in app._get_lead(lead_id).model_states.items():
+            expected[(str(lead_id), model)] = (
+                pytest.approx(state["fit"]), pytest.approx(state["value"], abs=1e-9),
+                state["as_of"], bool(state["above"]), state["crossed_at"])
+    assert len(expected) > 300 and {m for _, m in expected} == {"web", "email"}
+    assert {key: (r["fit"], r["engagement_value"], from_db(r["engagement_as_of"]),
+                  bool(r["above"]), from_db(r["crossed_at"])) for key, r in rows.items()
+            } == expected
+    assert sum(bool(r["above"]) for r in rows.values()) > 0
+    live = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == live
+    db.close()
+    app.close()
+
+
+def test_a_projection_made_before_models_gains_the_ledgers_model_column_in_place(
+        db_url: str, rec: Records) -> None:
+    app = engine(db_url)
+    app.apply_batch(stream(rec)[:2])
+    db = ProjectionDB(db_url)
+    # The read models as an earlier leadflow made them: score_ledger without its model
+    # column, no lead_model_state; projected up to the first record.
+    old = tables_ddl(db.dialect).replace("    model TEXT,\n    PRIMARY KEY (notification_id",
+                                         "    PRIMARY KEY (notification_id")
+    old = "\n;\n".join(part for part in old.split("\n;\n") if "lead_model_state" not in part)
+    assert "model" not in old
+    with db.transaction():
+        db.executescript(old)
+        db.execute("INSERT INTO score_ledger VALUES (1, 0, 'old-lead', 'evt-0', 'engagement', "
+                   "'page', 'r-old', 2.5, %s, NULL)", [T0])
+        # A view of the old table, made before this version's views (whose checksum differs).
+        db.execute("CREATE VIEW score_ledger_resolved AS SELECT e.lead_id, e.points "
+                   "FROM score_ledger e")
+        db.execute("INSERT INTO projection_tracking VALUES ('views-checksum', 1)")
+    Projector(app, db, page_size=3).run(until_idle=True)
+    kept = db.query("SELECT model, points FROM score_ledger WHERE lead_id = 'old-lead'")
+    assert [(r["model"], float(r["points"])) for r in kept] == [(None, 2.5)]
+    anna = app.resolve("email:" + EMAIL)
+    assert set(model_rows(db, anna)) == {"product-b", "emea"}
+    assert db.query("SELECT COUNT(*) AS n FROM scores_now_by_model "
+                    "WHERE model IS NOT NULL")[0]["n"] == 2
+    # The old view was replaced by this version's views.
+    assert len(db.query("SELECT * FROM scores_now")) == 1
+    assert "recorded_on" in db.query("SELECT * FROM score_ledger_resolved")[0]
+    db.execute("DELETE FROM score_ledger WHERE lead_id = 'old-lead'")
+    live = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == live
+    db.close()
+    app.close()
