@@ -113,3 +113,20 @@ def cohorts(db: ProjectionDB) -> list[dict[str, Any]]:
 def period(db: ProjectionDB) -> tuple[datetime | None, datetime | None]:
     rows = db.query("SELECT MIN(created_at) AS lo, MAX(stage_at) AS hi FROM lead_state")
     return (from_db(rows[0]["lo"]), from_db(rows[0]["hi"])) if rows else (None, None)
+
+
+def models_overview(db: ProjectionDB) -> list[dict[str, Any]]:
+    """Each named model (``[models.<id>]``) over the live leads: how many it scored, how many
+    are above its threshold (its latest recorded crossing), its thresholds and half-lives
+    (one each, unless the rules changed between the leads' rows)."""
+    return db.query(
+        "SELECT m.model, COUNT(*) AS scored_leads, "
+        "SUM(CASE WHEN m.above THEN 1 ELSE 0 END) AS above_threshold, "
+        "MIN(m.threshold) AS threshold_min, MAX(m.threshold) AS threshold_max, "
+        "MIN(m.half_life_days) AS half_life_min, MAX(m.half_life_days) AS half_life_max "
+        "FROM lead_model_state m JOIN lead_state l ON l.lead_id = m.lead_id "
+        "WHERE l.merged_into IS NULL GROUP BY m.model ORDER BY m.model")
+
+
+def models_by_source(db: ProjectionDB) -> list[dict[str, Any]]:
+    return db.query("SELECT * FROM models_by_source ORDER BY source, model")

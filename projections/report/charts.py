@@ -1,5 +1,6 @@
-"""The report's charts, drawn as inline SVG: funnel, conversion by cohort, velocity and
-stage entries per week. Each chart says "No data yet" rather than drawing nothing."""
+"""The report's charts, drawn as inline SVG: funnel, conversion by cohort, velocity, stage
+entries per week and the scoring models side by side. Each chart says "No data yet" rather
+than drawing nothing."""
 
 from __future__ import annotations
 
@@ -321,5 +322,46 @@ def entries_chart(weeks: Sequence[date], series: dict[str, list[int]]) -> str:
                               f"{week.day} {MONTHS[week.month - 1]}", "tick", "middle"))
     parts.append(text(left + plot_w / 2, axis_y + 26, "week starting (Monday, UTC)",
                       "axis-title", "middle"))
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def models_chart(series: Sequence[Series], groups: Sequence[tuple[str, Sequence[int]]]) -> str:
+    """Grouped horizontal bars, one group per source: for each series (the primary model's
+    MQL count, then each named model's leads above its threshold) a bar."""
+    kind = "models"
+    if not groups or not any(v for _, values in groups for v in values):
+        return no_data(kind, "Scoring models by source: no data",
+                       "No data yet: no lead has reached MQL or a model's threshold.", 1100)
+    label = "Scoring models by source: " + "; ".join(
+        f"{source}: " + ", ".join(f"{s.label} {v:,}"
+                                  for s, v in zip(series, values, strict=True))
+        for source, values in groups)
+    width, left, right, top_pad, bar_h, gap = 1100, 150, 60, 40, 14, 16
+    plot = width - left - right
+    group_h = bar_h * len(series) + gap
+    axis_y = top_pad + group_h * len(groups)
+    height = axis_y + 36
+    top = max(v for _, values in groups for v in values)
+    ticks = nice_ticks(top)
+    scale = plot / ticks[-1]
+    parts = [svg_open(kind, label, width, height), legend(series, left, 16)]
+    for tick in ticks:
+        x = left + tick * scale
+        parts.append(line(x, top_pad - 6, x, axis_y, "grid"))
+        parts.append(text(x, axis_y + 16, fmt_compact(tick), "tick", "middle"))
+    parts.append(line(left, axis_y, left + plot, axis_y, "axis"))
+    parts.append(text(left + plot / 2, axis_y + 32, "leads", "axis-title", "middle"))
+    for i, (source, values) in enumerate(groups):
+        y0 = top_pad + i * group_h
+        parts.append(text(left - 10, y0 + bar_h * len(series) / 2 + 5, source, "cat", "end"))
+        for j, (value, s) in enumerate(zip(values, series, strict=True)):
+            y = y0 + j * bar_h
+            w = value * scale
+            if value > 0:
+                parts.append(bar(left, y + 1, w, bar_h - 2, s.color,
+                                 f"{source}, {s.label}: {value:,} leads"))
+            parts.append(text(left + max(w, 1) + 5, y + bar_h - 3, f"{value:,}",
+                              "value-small"))
     parts.append("</svg>")
     return "".join(parts)

@@ -1,5 +1,6 @@
 """The report page: ``render_report`` assembles the HTML document from the read models
-(header, key figures, chart cards and the tables by status, owner, source and campaign)."""
+(header, key figures, chart cards, the tables by status, owner, source and campaign, and,
+when the rules have named scoring models, the models side by side)."""
 
 from __future__ import annotations
 
@@ -14,18 +15,23 @@ from leadflow.projections.queries import (
     by_status,
     cohorts,
     funnel,
+    models_by_source,
+    models_overview,
     period,
     velocity,
 )
 from leadflow.projections.report.charts import (
+    Series,
     cohort_chart,
     entries_chart,
     funnel_chart,
+    models_chart,
     velocity_chart,
     weekly_entries,
 )
 from leadflow.projections.report.style import (
     CSS,
+    MODEL_COLORS,
     STAGE_COLORS,
     STAGE_LABELS,
     STAGE_ORDER,
@@ -36,6 +42,7 @@ from leadflow.projections.report.style import (
     fmt_int,
     fmt_money,
     fmt_pct,
+    fmt_range,
     num,
     ratio,
 )
@@ -150,6 +157,67 @@ def status_table(rows: Sequence[dict[str, Any]]) -> str:
     return table(columns, body, "No leads yet.", footer=footer)
 
 
+def models_section(db: ProjectionDB, source_rows: Sequence[dict[str, Any]]) -> str:
+    """The named scoring models side by side: a table of the models, and per first-touch
+    source the leads above each model's threshold beside the primary model's MQLs (a chart
+    of the largest sources and a table of all). Empty when no lead has a model's score."""
+    overview = models_overview(db)
+    if not overview:
+        return ""
+    models = [str(r["model"]) for r in overview]
+    per_source: dict[str, dict[str, int]] = {}
+    for r in source_rows:
+        totals = per_source.setdefault(str(r["source"]), {"leads": 0, "mql": 0})
+        totals["leads"] += count(r.get("leads"))
+        totals["mql"] += count(r.get("mql"))
+    above: dict[tuple[str, str], int] = {
+        (str(r["source"]), str(r["model"])): count(r.get("above_threshold"))
+        for r in models_by_source(db)}
+    leads = sum(t["leads"] for t in per_source.values())
+    summary = table(
+        (Column("Model"), Column("Threshold", True), Column("Half-life", True, "days"),
+         Column("Leads scored", True, "Live leads the model has given points"),
+         Column("Above threshold", True, "Live leads above the threshold at their latest "
+                                         "recorded crossing"),
+         Column("Share of leads", True, "Above threshold / all live leads")),
+        ([esc(r["model"]), esc(fmt_range(r.get("threshold_min"), r.get("threshold_max"))),
+          esc(fmt_range(r.get("half_life_min"), r.get("half_life_max"), " d")),
+          fmt_int(r.get("scored_leads")), fmt_int(r.get("above_threshold")),
+          fmt_pct(ratio(count(r.get("above_threshold")), leads))] for r in overview),
+        "No model has scored a lead.")
+    ordered = sorted(per_source.items(), key=lambda kv: (-kv[1]["leads"], kv[0]))
+    columns = (Column("Source"), Column("Leads", True),
+               Column("Reached MQL", True, "Primary model ([scoring]): leads that reached MQL"),
+               *(Column(f"{m} ≥ threshold", True, f"Leads above {m}'s threshold")
+                 for m in models))
+
+    def cells(source: str, totals: dict[str, int]) -> list[str]:
+        return [esc(source), fmt_int(totals["leads"]), fmt_int(totals["mql"]),
+                *(fmt_int(above.get((source, m), 0)) for m in models)]
+
+    grand = ["Total", fmt_int(leads), fmt_int(sum(t["mql"] for t in per_source.values())),
+             *(fmt_int(sum(n for (_, m), n in above.items() if m == model))
+               for model in models)]
+    by_source = table(columns, (cells(s, t) for s, t in ordered), "No leads yet.",
+                      footer=grand)
+    series = [Series("Reached MQL (primary)", STAGE_COLORS["mql"]),
+              *(Series(f"{m} above threshold", MODEL_COLORS[i % len(MODEL_COLORS)])
+                for i, m in enumerate(models))]
+    groups = [(s, [t["mql"], *(above.get((s, m), 0) for m in models)])
+              for s, t in ordered[:CHART_SOURCES]]
+    note = ("Named models ([models.<id>] in the rules) beside the primary model ([scoring]), "
+            "which alone moves the lifecycle. A lead counts as above a model's threshold "
+            "after its latest recorded crossing up (decay below it is recorded at its exact "
+            "time by the clock).")
+    return card("Scoring models side by side", note, "".join((
+        summary,
+        models_chart(series, groups),
+        by_source)))
+
+
+#: Sources drawn in the models chart (the largest; the table has them all).
+CHART_SOURCES = 10
+
 # ---------------------------------------------------------------- page
 
 
@@ -251,6 +319,7 @@ def render_report(db: ProjectionDB, title: str = "leadflow report") -> str:
         card("By source", "Every lead counted once under its first-touch source; stage columns "
              "count leads that reached the stage.", sources_html),
         card("By source and campaign", "The same, per campaign.", campaigns_html),
+        models_section(db, source_rows),
     ))
     footer = ("<footer>Generated by leadflow from the analyst read models (lead_state, "
               "funnel_daily and the views over them). Leads merged into another lead are "

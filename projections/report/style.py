@@ -22,6 +22,9 @@ COHORT_STEPS = (("new_to_mql_pct", "New → MQL", "mql"), ("mql_to_sql_pct", "MQ
                 ("sql_to_opportunity_pct", "SQL → Opportunity", "opportunity"),
                 ("opportunity_to_customer_pct", "Opportunity → Customer", "customer"))
 MEDIAN_COLOR, P90_COLOR = "#2563eb", "#93c5fd"
+#: The named scoring models' colours, in the models' order (repeating past eight).
+MODEL_COLORS = ("#8b5cf6", "#ec4899", "#14b8a6", "#f97316", "#84cc16", "#06b6d4", "#eab308",
+                "#ef4444")
 MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 FONT = ('system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, '
         '"Noto Sans", "Liberation Sans", sans-serif')
@@ -153,6 +156,15 @@ def fmt_compact(value: float) -> str:
     if value == int(value):
         return f"{int(value)}"
     return f"{value:.1f}"
+
+
+def fmt_range(low: Any, high: Any, unit: str = "") -> str:
+    """One value, or "low–high" when they differ; "—" when unknown."""
+    a, b = num(low), num(high)
+    if a is None or b is None:
+        return "—"
+    text = f"{a:g}" if a == b else f"{a:g}–{b:g}"
+    return text + unit
 
 
 def fmt_day(value: date | datetime | None) -> str:

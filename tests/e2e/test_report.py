@@ -1,4 +1,6 @@
 """The HTML report as an analyst gets it: written by `leadflow report`, opened in a browser.
+The store is scored with two named models beside the primary one, which the report shows
+side by side.
 
 Headless Chromium (Debian's ``chromium`` package) parses and lays the page out; the test reads
 back the rendered DOM and a screenshot. The test installs nothing: without Chromium it fails
@@ -22,12 +24,14 @@ import pytest
 
 from leadflow.config import Settings
 from leadflow.contract import RecordRejected, parse_record
+from leadflow.domain.rules import default_rules_text, parse_rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.generator import generate
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.projector import Projector
 from leadflow.projections.report import render_report
 from tests.conftest import clean_env
+from tests.integration.test_projection_models import GENERATED_MODELS
 
 CHARTS = {"funnel", "cohorts", "velocity", "entries"}
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
@@ -68,9 +72,13 @@ def run_chromium(args: list[str], tmp: Path) -> subprocess.CompletedProcess[str]
 
 
 def build_database(path: Path, leads: int, days: int) -> str:
-    """An event store with generated traffic; the read models are left to the command."""
+    """An event store with generated traffic scored by the rules file ``rules_file(path)``
+    (two named models: web, email); the read models are left to the command."""
     url = f"sqlite:///{path}"
-    app = LeadflowApp(env=Settings(database_url=url).eventsourcing_env({}))
+    text = default_rules_text() + GENERATED_MODELS
+    rules_file(path).write_text(text)
+    app = LeadflowApp(env=Settings(database_url=url).eventsourcing_env({}),
+                      rules=parse_rules(text, source="models.toml"))
     records = []
     for raw in generate(leads=leads, days=days, seed=3):
         with contextlib.suppress(RecordRejected):
@@ -80,6 +88,10 @@ def build_database(path: Path, leads: int, days: int) -> str:
     app.advance_clock(max(r.occurred_at for r in records))
     app.close()
     return url
+
+
+def rules_file(database: Path) -> Path:
+    return database.with_suffix(".rules.toml")
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +161,8 @@ def png_size(data: bytes) -> tuple[int, int]:
 def report_file(populated: str, tmp_path: Path) -> Path:
     out = tmp_path / "report.html"
     env = clean_env()
-    env.update({"LEADFLOW_DATABASE_URL": populated, "LEADFLOW_LOG_FORMAT": "json"})
+    env.update({"LEADFLOW_DATABASE_URL": populated, "LEADFLOW_LOG_FORMAT": "json",
+                "LEADFLOW_RULES": str(rules_file(Path(populated.removeprefix("sqlite:///"))))})
     result = subprocess.run([sys.executable, "-m", "leadflow.cli", "report", "--html", str(out)],
                             capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300,
                             check=False)
@@ -174,6 +187,12 @@ def test_report_command_writes_a_page_whose_charts_render_in_chromium(
         leads = db.query("SELECT COUNT(*) AS n FROM lead_state WHERE merged_into IS NULL")[0]["n"]
         position = db.query("SELECT position FROM projection_tracking "
                             "WHERE name = 'analytics'")[0]["position"]
+        # The models side by side, per source, as the read models count them.
+        mql = {r["source"]: r["mql"] for r in db.query(
+            "SELECT source, SUM(mql) AS mql, SUM(leads) AS leads FROM leads_by_source "
+            "GROUP BY source ORDER BY SUM(leads) DESC, source")}
+        above = {(r["source"], r["model"]): r["above_threshold"]
+                 for r in db.query("SELECT * FROM models_by_source")}
     finally:
         db.close()
     assert leads > 0 and position > 0
@@ -182,14 +201,24 @@ def test_report_command_writes_a_page_whose_charts_render_in_chromium(
     # The DOM Chromium builds from the file holds the four charts, each with bars.
     dom = run_chromium(["--dump-dom", report_file.as_uri()], tmp_path).stdout
     charts = charts_of(dom)
-    assert set(charts) == CHARTS
+    assert set(charts) == CHARTS | {"models"}
     for kind, chart in charts.items():
         assert chart.attrs.get("role") == "img" and chart.label, kind
         assert chart.bars > 0, f"{kind} chart has no bars"
         assert not any("No data" in t for t in chart.texts), kind
     assert charts["funnel"].bars == 5  # new, mql, sql, opportunity, customer
-    for heading in ("By source", "By owner", "By status", "Win rate", "Won amount"):
+    for heading in ("By source", "By owner", "By status", "Win rate", "Won amount",
+                    "Scoring models side by side", "email ≥ threshold", "web ≥ threshold"):
         assert heading in dom, heading
+    # Each source's MQLs (primary model) beside each model's leads above its threshold.
+    assert {m for _, m in above} == {"email", "web"} and sum(above.values()) > 0
+    models = charts["models"]
+    for source in list(mql)[:10]:
+        assert (f"{source}: Reached MQL (primary) {mql[source]:,}, email above threshold "
+                f"{above.get((source, 'email'), 0):,}, web above threshold "
+                f"{above.get((source, 'web'), 0):,}") in models.label, source
+    assert models.bars == sum(1 for s in list(mql)[:10] for v in (
+        mql[s], above.get((s, "email"), 0), above.get((s, "web"), 0)) if v)
 
     # Laid out by the browser: every bar occupies real pixels on screen.
     probe = tmp_path / "probe.html"
@@ -228,4 +257,5 @@ def test_report_of_an_empty_projection_says_no_data(tmp_path: Path) -> None:
         assert chart.bars == 0, kind
         assert any(t.startswith("No data") for t in chart.texts), kind
     assert "no events projected yet" in page
+    assert "Scoring models" not in page  # no named model has scored a lead
     assert page.count("No leads yet.") >= 4  # status, owner, source, campaign tables
