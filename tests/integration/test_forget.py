@@ -5,7 +5,8 @@ anonymous interest it absorbed — through the real CLI, on SQLite and on a real
 After it: the raw database holds neither the email nor the phone nor the name (nor the
 deleted data keys, on SQLite), `lead show EMAIL` finds nothing, `verify` passes, funnel
 counts and a rebuild are unchanged, the other lead is intact, and a new record with the
-same email starts a new lead.
+same email starts a new lead. The rules have a named scoring model too: its scores (kept in
+the analysts' tables, which hold nothing personal of it) stay as they were.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from subprocess import CompletedProcess
 import psycopg
 import pytest
 
+from leadflow.domain.rules import default_rules_text
 from leadflow.projections.db import ProjectionDB
 from tests.e2e.test_cli import run
 from tests.integration.test_projection_hostile import dump
@@ -52,15 +54,37 @@ LINES = [
     record("b2", "demo_requested", 6, {"email": "bob@other.example"}),
 ]
 
+# A named model beside the primary one: Anna's form, her cookie's page (scored when the
+# cookie is absorbed) and her demo request take it over its threshold.
+MODEL = """
+[models.interest]
+threshold = 25
+[[models.interest.engagement]]
+id = "form"
+type = "form_submitted"
+points = 10
+[[models.interest.engagement]]
+id = "page"
+type = "page_viewed"
+points = 8
+[[models.interest.engagement]]
+id = "demo"
+type = "demo_requested"
+points = 20
+"""
+
 Run = Callable[..., CompletedProcess[str]]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Run]:
+    rules = tmp_path / "rules.toml"
+    rules.write_text(default_rules_text() + MODEL)
+    env = {"LEADFLOW_RULES": str(rules)}
     if request.param == "sqlite":
-        return "sqlite", lambda args, **kw: run(args, tmp_path, **kw)
+        return "sqlite", lambda args, **kw: run(args, tmp_path, env=env, **kw)
     url: str = request.getfixturevalue("pg_url")
-    return url, lambda args, **kw: run(args, tmp_path, env={"LEADFLOW_DATABASE_URL": url},
+    return url, lambda args, **kw: run(args, tmp_path, env={**env, "LEADFLOW_DATABASE_URL": url},
                                        **kw)
 
 
@@ -111,6 +135,15 @@ def read_models(url: str) -> dict[str, list[tuple[object, ...]]]:
         db.close()
 
 
+def model_scores(url: str) -> list[tuple[object, ...]]:
+    db = ProjectionDB(url)
+    try:
+        return [(r["lead_id"], r["model"], r["engagement_value"], bool(r["above"]))
+                for r in db.query("SELECT * FROM lead_model_state ORDER BY lead_id, model")]
+    finally:
+        db.close()
+
+
 def ok(done: CompletedProcess[str]) -> CompletedProcess[str]:
     assert done.returncode == 0, done.stderr[-2000:]
     return done
@@ -140,6 +173,12 @@ def test_forget_shreds_a_person_and_keeps_counts_verify_and_other_leads(
     bob_before = shown(cli, "bob@other.example", "--at", "2026-04-01T00:00:00Z")
     funnel_before = json.loads(ok(cli(["funnel", "--json"])).stdout)
     keys_before = data_keys(where, tmp_path)
+    url = f"sqlite:///{tmp_path / 'lf.db'}" if where == "sqlite" else where
+    models_before = model_scores(url)
+    # Form (day 2) and the cookie's page (day 4) decayed to the demo request (day 5), H = 30.
+    interest = 10 * 2 ** (-3 / 30) + 8 * 2 ** (-1 / 30) + 20
+    assert [(v, a) for i, m, v, a in models_before if i == anna["lead_id"]] == [
+        (pytest.approx(interest, abs=1e-9), True)]
 
     forgotten = ok(cli(["forget", ANNA["email"], "--reason", "GDPR art. 17 request 1",
                         "--json"]))
@@ -178,7 +217,7 @@ def test_forget_shreds_a_person_and_keeps_counts_verify_and_other_leads(
     # the live read models are exactly what a rebuild makes of the forgotten person's events
     # (their typed reasons, sealed with the deleted key, emptied in both).
     assert json.loads(ok(cli(["funnel", "--json"])).stdout) == funnel_before
-    url = f"sqlite:///{tmp_path / 'lf.db'}" if where == "sqlite" else where
+    assert model_scores(url) == models_before
     live = read_models(url)
     ok(cli(["rebuild"]))
     assert json.loads(ok(cli(["funnel", "--json"])).stdout) == funnel_before
