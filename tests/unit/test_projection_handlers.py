@@ -514,6 +514,107 @@ def test_stored_text_loses_nul_before_it_reaches_a_row_or_a_funnel_key(store: St
     assert list(changes.funnel) == [(T0.date().isoformat(), "new", "a\ufffdds", "spring")]
 
 
+# ---------------------------------------------------------------- named models
+
+
+def scored(store: Store, models: dict[str, Any], at: datetime, event_id: str | None,
+           nid: int | None = None) -> Stored:
+    """A ModelsScored event (in the stored row ``nid``, when given: an envelope's events
+    share one notification id)."""
+    number, topic, event = store("ModelsScored", models=models, occurred_at=at,
+                                 event_id=event_id, rules_version="r-m")
+    return (nid if nid is not None else number), topic, event
+
+
+def test_each_models_points_go_to_the_ledger_under_its_id_and_its_state_to_its_row(
+        store: Store) -> None:
+    at, expires = T0 + days(1), T0 + days(8)
+    changes = PageChanges(HALF_LIFE, {"b": (10.0, 20.0), "emea": (30.0, 30.0)})
+    project(
+        store.created(),
+        scored(store, {"b": {"fit": 5.0, "fit_awards": [["b-big", 5.0]]}}, T0, "evt-1"),
+        scored(store, {"b": {"awards": [award("b-page", 12.0, at, "evt-2")],
+                             "engagement_value": 12.0, "engagement_as_of": at},
+                       "emea": {"awards": [award("demo", 30.0, at, "evt-2", expires)],
+                                "engagement_value": 0.0, "engagement_as_of": at}},
+               at, "evt-2"),
+        store("ModelThresholdCrossed", model="b", direction="up", score=22.0, threshold=20.0,
+              occurred_at=at, rules_version="r-m"),
+        into=changes)
+
+    b, emea = changes.models[str(LEAD)]["b"], changes.models[str(LEAD)]["emea"]
+    assert (b["fit"], json.loads(b["fit_awards"])) == (5.0, {"b-big": 5.0})
+    assert (b["engagement_value"], b["engagement_as_of"], b["half_life_days"]) == (12.0, at, 10.0)
+    assert (b["threshold"], b["above"], b["crossed_at"]) == (20.0, True, at)
+    assert (emea["engagement_value"], emea["above"], emea["crossed_at"]) == (0.0, False, None)
+    assert [(r["model"], r["kind"], r["rule"], r["points"], r["event_id"], r["expires_at"])
+            for r in named("score_ledger", changes.ledger)] == [
+        ("b", "fit", "b-big", 5.0, "evt-1", None),
+        ("b", "engagement", "b-page", 12.0, "evt-2", None),
+        ("emea", "engagement", "demo", 30.0, "evt-2", expires)]
+    lead = changes.leads[str(LEAD)]  # the primary model's row is untouched
+    assert (lead["fit"], lead["engagement_value"]) == (0.0, 0.0)
+
+
+def test_a_merges_carried_model_points_stay_on_the_merged_lead_and_its_records_own_count(
+        store: Store) -> None:
+    at = T0 + days(2)
+    changes = project(store.created(LEAD), store.created(OTHER))
+    nid, topic, absorbed = store("Absorbed", LEAD, lead_id=OTHER, identity_keys=[], awards=[],
+                                 engagement_value=0.0, engagement_as_of=at, profile={},
+                                 fit=0.0, fit_awards=[], seen=[], touchpoints=1,
+                                 last_touch_at=at, occurred_at=at, event_id="evt-3",
+                                 rules_version="r1")
+    carried = {"b": {"awards": [award("b-page", 12.0, T0, "evt-2")],
+                     "engagement_value": 20.0, "engagement_as_of": T0 + days(1)}}
+    own = {"b": {"awards": [award("b-page", 12.0, at, "evt-3")],
+                 "engagement_value": 30.0, "engagement_as_of": at}}
+    # One stored row: the merge (Absorbed, then the model points it brings), then the
+    # merging record's own points.
+    project((nid, topic, absorbed), scored(store, carried, at, "evt-3", nid),
+            scored(store, own, at, "evt-3", nid), into=changes)
+
+    assert [(r["lead_id"], r["rule"], r["event_id"], r["seq"])
+            for r in named("score_ledger", changes.ledger)] == [
+        (str(LEAD), "b-page", "evt-3", 0)]
+    assert changes.models[str(LEAD)]["b"]["engagement_value"] == 30.0
+    # A record merging two leads that only the merge's points concern: none of its own.
+    project(scored(store, carried, at, "evt-3", nid), into=changes)
+    assert len(changes.ledger) == 1
+
+
+def test_an_unmerge_restores_each_models_state_and_empties_a_model_the_lead_lost(
+        store: Store) -> None:
+    at = T0 + days(3)
+    changes = project(
+        store.created(),
+        scored(store, {"b": {"fit": 5.0, "fit_awards": [["b-big", 5.0]], "awards": [],
+                             "engagement_value": 24.0, "engagement_as_of": T0},
+                       "emea": {"engagement_value": 4.0, "engagement_as_of": T0}}, T0, "e1"),
+        store("ModelThresholdCrossed", model="b", direction="up", score=29.0, threshold=20.0,
+              occurred_at=T0, rules_version="r-m"))
+    state = {
+        "identity_keys": [], "profile": {}, "fit": 0.0, "fit_awards": [], "eng_value": 0.0,
+        "eng_as_of": None, "touchpoints": 1, "last_touch_at": None, "dormant": False,
+        "stage": "new", "stage_at": T0, "stage_reason": None, "owner": None, "team": None,
+        "in_pool": False, "contacted_at": None, "deal_owner": None, "account_id": None,
+        "first_reached": {"new": T0},
+        "_models": {"b": {"fit": 0.0, "fit_awards": [], "value": 12.0, "as_of": T0,
+                          "awards": [], "counts": {}, "totals": {}, "above": False,
+                          "crossed_at": None}},
+    }
+    project(store("StateRestored", state=state, released_lead=OTHER, occurred_at=at,
+                  actor="ops"), into=changes)
+
+    b, emea = changes.models[str(LEAD)]["b"], changes.models[str(LEAD)]["emea"]
+    assert (b["fit"], b["engagement_value"], b["above"], b["crossed_at"]) == (
+        0.0, 12.0, False, None)
+    assert (emea["engagement_value"], emea["engagement_as_of"]) == (0.0, None)
+    assert [(r["model"], r["rule"], r["points"], r["event_id"])
+            for r in named("score_ledger", changes.ledger) if r["model"]][-1] == (
+        "b", "b-big", -5.0, f"unmerge:{OTHER}")
+
+
 # ---------------------------------------------------------------- written to SQLite
 
 
