@@ -4,8 +4,8 @@
 ``lead_personal``), ``lead_model_state`` and ``account_state`` rows it will change before the
 handlers run, and afterwards writes every changed row: leads (split between the two lead
 tables), their named models' rows, accounts, transitions, ledger, funnel counts and owner
-load. Every value passes
-through the converters of ``db.clean_rows``, identically on SQLite and PostgreSQL.
+load. Every value passes through the converters of ``db.clean_rows``, identically on SQLite
+and PostgreSQL.
 """
 
 from __future__ import annotations

@@ -109,6 +109,21 @@ def legend(items: Sequence[Series], x: float, y: float) -> str:
     return "".join(parts)
 
 
+def value_axis(ticks: Sequence[float], scale: float, left: float, plot: float, top: float,
+               axis_y: float, title: str | None = None) -> str:
+    """The value axis under horizontal bars: a grid line and a label per tick, the axis
+    line, and its title."""
+    parts = []
+    for tick in ticks:
+        x = left + tick * scale
+        parts.append(line(x, top - 6, x, axis_y, "grid"))
+        parts.append(text(x, axis_y + 16, fmt_compact(tick), "tick", "middle"))
+    parts.append(line(left, axis_y, left + plot, axis_y, "axis"))
+    if title is not None:
+        parts.append(text(left + plot / 2, axis_y + 32, title, "axis-title", "middle"))
+    return "".join(parts)
+
+
 # ---------------------------------------------------------------- charts
 
 
@@ -134,11 +149,7 @@ def funnel_chart(result: Funnel) -> str:
     parts.append("</g>")
     parts.append(text(width - 4, 16, "conv. from prev.", "axis-title", "end"))
     axis_y = top_pad + row * len(stages) + 4
-    for tick in ticks:
-        x = left + tick * scale
-        parts.append(line(x, top_pad - 6, x, axis_y, "grid"))
-        parts.append(text(x, axis_y + 16, fmt_compact(tick), "tick", "middle"))
-    parts.append(line(left, axis_y, left + plot, axis_y, "axis"))
+    parts.append(value_axis(ticks, scale, left, plot, top_pad, axis_y))
     first = stages[0].count
     for i, stage in enumerate(stages):
         y = top_pad + i * row
@@ -233,13 +244,8 @@ def velocity_chart(rows: Sequence[dict[str, Any]]) -> str:
     ticks = nice_ticks(top)
     scale = plot / ticks[-1]
     axis_y = top_pad + row * len(steps)
-    parts = [svg_open(kind, label, width, height), legend(series, left, 16)]
-    for tick in ticks:
-        x = left + tick * scale
-        parts.append(line(x, top_pad - 6, x, axis_y, "grid"))
-        parts.append(text(x, axis_y + 16, fmt_compact(tick), "tick", "middle"))
-    parts.append(line(left, axis_y, left + plot, axis_y, "axis"))
-    parts.append(text(left + plot / 2, axis_y + 32, "days", "axis-title", "middle"))
+    parts = [svg_open(kind, label, width, height), legend(series, left, 16),
+             value_axis(ticks, scale, left, plot, top_pad, axis_y, "days")]
     for i, (step, n, median, p90) in enumerate(steps):
         y = top_pad + i * row
         name = step.replace("->", " → ").replace("opportunity", "opp.")
@@ -345,13 +351,8 @@ def models_chart(series: Sequence[Series], groups: Sequence[tuple[str, Sequence[
     top = max(v for _, values in groups for v in values)
     ticks = nice_ticks(top)
     scale = plot / ticks[-1]
-    parts = [svg_open(kind, label, width, height), legend(series, left, 16)]
-    for tick in ticks:
-        x = left + tick * scale
-        parts.append(line(x, top_pad - 6, x, axis_y, "grid"))
-        parts.append(text(x, axis_y + 16, fmt_compact(tick), "tick", "middle"))
-    parts.append(line(left, axis_y, left + plot, axis_y, "axis"))
-    parts.append(text(left + plot / 2, axis_y + 32, "leads", "axis-title", "middle"))
+    parts = [svg_open(kind, label, width, height), legend(series, left, 16),
+             value_axis(ticks, scale, left, plot, top_pad, axis_y, "leads")]
     for i, (source, values) in enumerate(groups):
         y0 = top_pad + i * group_h
         parts.append(text(left - 10, y0 + bar_h * len(series) / 2 + 5, source, "cat", "end"))

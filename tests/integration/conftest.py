@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 import psycopg
@@ -33,6 +34,15 @@ def pg_url(services: Services) -> Iterator[str]:
     yield urlunparse(parsed._replace(path=f"/{name}"))
     with psycopg.connect(admin, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of an embedded SQLite store, then of a fresh PostgreSQL database: a test
+    taking it runs on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lf.db'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlparse, urlunparse
 
@@ -243,13 +242,6 @@ def test_on_a_terminal_the_password_is_prompted_hidden_and_confirmed(
     assert b"typed-s3cret" not in bytes(seen) + out  # not echoed
     with psycopg.connect(login(url, role, "typed-s3cret"), autocommit=True) as conn:
         assert conn.execute("SELECT current_user").fetchone() == (role,)
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lf.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def rows_of(db: ProjectionDB) -> list[tuple[str, ...]]:

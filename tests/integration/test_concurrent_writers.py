@@ -5,7 +5,6 @@ B's ``before_commit``), as two consumers racing would."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +14,6 @@ from leadflow.config import Settings
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.views import BatchResult
 from tests.conftest import T0, Records, days
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lf.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

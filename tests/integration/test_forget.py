@@ -5,8 +5,8 @@ anonymous interest it absorbed — through the real CLI, on SQLite and on a real
 After it: the raw database holds neither the email nor the phone nor the name (nor the
 deleted data keys, on SQLite), `lead show EMAIL` finds nothing, `verify` passes, funnel
 counts and a rebuild are unchanged, the other lead is intact, and a new record with the
-same email starts a new lead. The rules have a named scoring model too: its scores (kept in
-the analysts' tables, which hold nothing personal of it) stay as they were.
+same email starts a new lead. The rules have named scoring models too: their scores (kept in
+the analysts' tables, which hold nothing personal of them) stay as they were.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from leadflow.domain.rules import default_rules_text
 from leadflow.projections.db import ProjectionDB
 from tests.e2e.test_cli import run
 from tests.integration.test_projection_hostile import dump
+from tests.unit.test_scoring_models import MODELS
 
 ANNA = {"email": "anna.geheim@acme.example", "phone": "+14155552671",
         "first_name": "Annabelle", "last_name": "Geheimnis", "title": "VP Marketing",
@@ -54,32 +55,13 @@ LINES = [
     record("b2", "demo_requested", 6, {"email": "bob@other.example"}),
 ]
 
-# A named model beside the primary one: Anna's form, her cookie's page (scored when the
-# cookie is absorbed) and her demo request take it over its threshold.
-MODEL = """
-[models.interest]
-threshold = 25
-[[models.interest.engagement]]
-id = "form"
-type = "form_submitted"
-points = 10
-[[models.interest.engagement]]
-id = "page"
-type = "page_viewed"
-points = 8
-[[models.interest.engagement]]
-id = "demo"
-type = "demo_requested"
-points = 20
-"""
-
 Run = Callable[..., CompletedProcess[str]]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, Run]:
     rules = tmp_path / "rules.toml"
-    rules.write_text(default_rules_text() + MODEL)
+    rules.write_text(default_rules_text() + MODELS)  # two named models beside the primary
     env = {"LEADFLOW_RULES": str(rules)}
     if request.param == "sqlite":
         return "sqlite", lambda args, **kw: run(args, tmp_path, env=env, **kw)
@@ -175,10 +157,10 @@ def test_forget_shreds_a_person_and_keeps_counts_verify_and_other_leads(
     keys_before = data_keys(where, tmp_path)
     url = f"sqlite:///{tmp_path / 'lf.db'}" if where == "sqlite" else where
     models_before = model_scores(url)
-    # Form (day 2) and the cookie's page (day 4) decayed to the demo request (day 5), H = 30.
-    interest = 10 * 2 ** (-3 / 30) + 8 * 2 ** (-1 / 30) + 20
-    assert [(v, a) for i, m, v, a in models_before if i == anna["lead_id"]] == [
-        (pytest.approx(interest, abs=1e-9), True)]
+    # emea: the cookie's page (day 4, scored once the cookie is absorbed) decayed to the demo
+    # request (day 5, H = 30), whose 30 expiring points take it over 30.
+    assert [(m, v, a) for i, m, v, a in models_before if i == anna["lead_id"]] == [
+        ("emea", pytest.approx(4 * 2 ** (-1 / 30), abs=1e-9), True)]
 
     forgotten = ok(cli(["forget", ANNA["email"], "--reason", "GDPR art. 17 request 1",
                         "--json"]))

@@ -35,13 +35,6 @@ FFFD = "\ufffd"
 HUGE_INT = int("9" * 400)
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lf.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 def engine(url: str) -> LeadflowApp:
     return LeadflowApp(env=Settings(database_url=url, aggregate_cache_size=0)
                        .eventsourcing_env({}))

@@ -8,23 +8,22 @@ from __future__ import annotations
 import json
 import math
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
 import pytest
 
 from leadflow.config import Settings
-from leadflow.contract import RecordRejected, parse_record
-from leadflow.domain.rules import Rules, default_rules_text, parse_rules
+from leadflow.domain.rules import default_rules_text, parse_rules
 from leadflow.engine.app import LeadflowApp
-from leadflow.generator import generate
 from leadflow.projections.db import ProjectionDB, from_db
 from leadflow.projections.projector import Projector
 from leadflow.projections.schema import tables_ddl
 from tests.conftest import T0, Records, days
 from tests.integration.test_projection_hostile import dump
-from tests.unit.test_scoring_models import MODELS
+from tests.integration.test_projections import load_stream
+from tests.unit.test_scoring_models import models_rules
+from tests.unit.test_scoring_models import stream as models_stream
 
 EMAIL = "anna@acme.io"
 PHONE = "+44 20 7946 0958"
@@ -34,34 +33,17 @@ B_DOWN = T0 + days(1) + timedelta(days=10 * math.log2(B_AT_DAY_1 / 15))  # 5 + e
 EMEA_PAGES_AT_DAY_3 = 4 * (2 ** (-3 / 30) + 2 ** (-2 / 30) + 2 ** (-1 / 30))
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lf.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
-def models_rules() -> Rules:
-    return parse_rules(default_rules_text() + MODELS, source="models.toml")
-
-
 def engine(url: str) -> LeadflowApp:
     return LeadflowApp(env=Settings(database_url=url, aggregate_cache_size=0)
                        .eventsourcing_env({}), rules=models_rules())
 
 
 def stream(rec: Records) -> list[Any]:
-    """Anna (no source): product-b scores her two product-B pages and her company's size,
-    emea every page and her demo request. Ben (source ads): one product-B page."""
-    return [
-        rec("page_viewed", EMAIL, at=T0, lead={"employees": 150},
-            context={"url": "https://acme.io/blog/x", "properties": {"product": "b"}}),
-        rec("page_viewed", EMAIL, at=T0 + days(1), context={"properties": {"product": "B"}}),
-        rec("page_viewed", EMAIL, at=T0 + days(2), context={"properties": {"product": "a"}}),
-        rec("demo_requested", EMAIL, at=T0 + days(3)),
-        rec("page_viewed", "ben@beta.io", at=T0 + days(1),
-            context={"source": "ads", "properties": {"product": "b"}}),
-    ]
+    """Anna (no source, the unit tests' stream): product-b scores her two product-B pages and
+    her company's size, emea every page and her demo request. Ben (source ads): one product-B
+    page."""
+    return [*models_stream(rec), rec("page_viewed", "ben@beta.io", at=T0 + days(1),
+                                     context={"source": "ads", "properties": {"product": "b"}})]
 
 
 def model_rows(db: ProjectionDB, lead_id: Any) -> dict[str, dict[str, Any]]:
@@ -79,6 +61,13 @@ def ledger(db: ProjectionDB, lead_id: Any) -> list[tuple[Any, ...]]:
              from_db(r["occurred_at"]), from_db(r["expires_at"])) for r in db.query(
         "SELECT * FROM score_ledger WHERE lead_id = %s ORDER BY notification_id, seq",
         [str(lead_id)])]
+
+
+def rebuild_agrees(app: LeadflowApp, db: ProjectionDB) -> None:
+    """A rebuild from the first event gives the rows live processing gave."""
+    live = dump(db)
+    Projector(app, db).rebuild()
+    assert dump(db) == live
 
 
 def test_two_models_project_their_own_hand_computed_scores_and_a_rebuild_agrees(
@@ -129,9 +118,7 @@ def test_two_models_project_their_own_hand_computed_scores_and_a_rebuild_agrees(
                  for r in db.query("SELECT * FROM models_by_source")}
     assert by_source == {("(none)", "product-b"): (1, 1), ("(none)", "emea"): (1, 1),
                          ("ads", "product-b"): (1, 0), ("ads", "emea"): (1, 0)}
-    live = dump(db)
-    Projector(app, db).rebuild()
-    assert dump(db) == live
+    rebuild_agrees(app, db)
 
     # The clock records the decays below the thresholds at their exact times.
     app.advance_clock(T0 + days(40))
@@ -141,9 +128,7 @@ def test_two_models_project_their_own_hand_computed_scores_and_a_rebuild_agrees(
     assert abs((rows["product-b"]["crossed_at"] - B_DOWN).total_seconds()) < 1e-3
     assert (rows["emea"]["above"], rows["emea"]["crossed_at"]) == (False, T0 + days(10))
     assert db.query("SELECT SUM(above_threshold) AS n FROM models_by_source")[0]["n"] == 0
-    live = dump(db)
-    Projector(app, db).rebuild()
-    assert dump(db) == live
+    rebuild_agrees(app, db)
     db.close()
     app.close()
 
@@ -226,9 +211,7 @@ def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
     assert row["engagement_value"] == pytest.approx(B_AT_DAY_1, abs=1e-9)
     assert row["engagement_as_of"] == T0 + days(1)
     assert (row["above"], row["crossed_at"]) == (True, T0 + days(2))
-    live = dump(db)
-    Projector(app, db).rebuild()
-    assert dump(db) == live
+    rebuild_agrees(app, db)
 
     app.unmerge("phone:+442079460958", T0 + days(3), "ops")
     projector.run(until_idle=True)
@@ -240,23 +223,9 @@ def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
     # Without the merged page the survivor is below 20 again: a crossing down at the unmerge.
     assert (row["above"], model_rows(db, survivor)["product-b"]["above"]) == (False, False)
     assert model_rows(db, survivor)["product-b"]["crossed_at"] == T0 + days(3)
-    live = dump(db)
-    Projector(app, db).rebuild()
-    assert dump(db) == live
+    rebuild_agrees(app, db)
     db.close()
     app.close()
-
-
-def load_generated(app: LeadflowApp, leads: int, seed: int) -> None:
-    records = []
-    for line in generate(leads=leads, days=60, seed=seed):
-        try:
-            records.append(parse_record(line, now=datetime.now(UTC)))
-        except RecordRejected:
-            continue
-    for i in range(0, len(records), 1000):
-        app.apply_batch(records[i:i + 1000])
-    app.advance_clock(max(r.occurred_at for r in records))
 
 
 GENERATED_MODELS = """
@@ -296,7 +265,7 @@ def test_a_generated_stream_projects_each_leads_model_state_as_the_lead_holds_it
     rules = parse_rules(default_rules_text() + GENERATED_MODELS, source="models.toml")
     app = LeadflowApp(env=Settings(database_url=db_url, aggregate_cache_size=0)
                       .eventsourcing_env({}), rules=rules)
-    load_generated(app, leads=300, seed=31)
+    load_stream(app, leads=300, seed=31)
     db = ProjectionDB(db_url)
     Projector(app, db, page_size=97).run(until_idle=True)
     rows = {(r["lead_id"], r["model"]): r for r in db.query("SELECT * FROM lead_model_state")}
@@ -311,9 +280,7 @@ def test_a_generated_stream_projects_each_leads_model_state_as_the_lead_holds_it
                   bool(r["above"]), from_db(r["crossed_at"])) for key, r in rows.items()
             } == expected
     assert sum(bool(r["above"]) for r in rows.values()) > 0
-    live = dump(db)
-    Projector(app, db).rebuild()
-    assert dump(db) == live
+    rebuild_agrees(app, db)
     db.close()
     app.close()
 
@@ -348,8 +315,6 @@ def test_a_projection_made_before_models_gains_the_ledgers_model_column_in_place
     assert len(db.query("SELECT * FROM scores_now")) == 1
     assert "recorded_on" in db.query("SELECT * FROM score_ledger_resolved")[0]
     db.execute("DELETE FROM score_ledger WHERE lead_id = 'old-lead'")
-    live = dump(db)
-    Projector(app, db).rebuild()
-    assert dump(db) == live
+    rebuild_agrees(app, db)
     db.close()
     app.close()

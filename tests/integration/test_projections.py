@@ -13,8 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from leadflow.config import Settings
 from leadflow.contract import RecordRejected, parse_record
 from leadflow.engine.app import LeadflowApp
@@ -29,13 +27,6 @@ from tests.integration.kafka_helpers import wait_until
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
 A_RECORDS = ([("content_downloaded", {})] * 3 + [("email_opened", {}), ("email_clicked", {})] * 3
              + [("trial_started", {})])
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lf.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def engine(url: str) -> LeadflowApp:

@@ -28,13 +28,6 @@ from tests.conftest import T0, Records, clean_env, days
 from tests.integration.test_verify import LEADFLOW, Store, verify
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lf.db'}"
-    return str(request.getfixturevalue("pg_url"))
-
-
 @dataclass
 class Seeded:
     store: Store

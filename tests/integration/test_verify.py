@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from uuid import UUID
 
@@ -18,13 +17,6 @@ from leadflow.engine.app import LeadflowApp
 from tests.conftest import T0, Records, clean_env, days
 
 LEADFLOW = [sys.executable, "-m", "leadflow.cli"]
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'lf.db'}"
-    return str(request.getfixturevalue("pg_url"))
 
 
 def seeded(url: str) -> tuple[LeadflowApp, str, str]:
