@@ -191,7 +191,9 @@ class Projector:
             for column in added:
                 if column not in present:
                     spec = next(c for c in columns()[table] if c.name == column)
-                    log.info("adding a read-model column", table=table, column=column)
+                    log.info("adding a read-model column", table=table, column=column,
+                             hint="run `leadflow rebuild` once to project what the store "
+                                  "recorded before this column")
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} "
                                     f"{sql_type(self.db.dialect, spec.kind)}")
 
