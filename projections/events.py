@@ -23,7 +23,8 @@ _LEAD_EVENTS = ("Created", "IdentityAdded", "ProfileUpdated", "AccountSet", "Tou
                 "AccountSurged",
                 "Boosted", "StageChanged", "OwnerAssigned", "FirstContactMade", "DealOwnerSet",
                 "WentDormant", "MergedInto", "Absorbed", "InterestAbsorbed", "Unmerged",
-                "StateRestored", "Forgotten", "ModelsScored", "ModelThresholdCrossed")
+                "StateRestored", "Forgotten", "ModelsScored", "ModelThresholdCrossed",
+                "ModelBackfilled")
 # Account.Engaged (stores before format 3) is not followed: an account's engagements are
 # its people's touchpoints, counted from the lead events, whatever the store's format.
 _ACCOUNT_EVENTS = ("Created", "Surged")

@@ -44,7 +44,8 @@ ACCOUNT_COLUMNS = ("account_id", "account_key", "name", "engagements", "surges",
 MODEL_COLUMNS = ("lead_id", "model", "fit", "fit_awards", "engagement_value",
                  "engagement_as_of", "half_life_days", "threshold", "above", "crossed_at")
 #: The events that change a lead's named-model rows (a page loads them for these leads only).
-MODEL_EVENTS = frozenset({"ModelsScored", "ModelThresholdCrossed", "StateRestored"})
+MODEL_EVENTS = frozenset({"ModelsScored", "ModelThresholdCrossed", "ModelBackfilled",
+                          "StateRestored"})
 
 
 def free_text(value: Any) -> Any:
@@ -95,6 +96,9 @@ class PageChanges:
         # (notification id, lead) of the merges in this page: the named models' points a
         # merge brings stay recorded on the merged lead, as the primary model's do.
         self._merges: set[tuple[int, str]] = set()
+        # (lead, model) -> the notification id of its latest backfill: the model's ledger rows
+        # before it are superseded (``writer.Page`` leaves them out and deletes them).
+        self.superseded: dict[tuple[str, str], int] = {}
         # Each lead's (owner, stage) before this run (None: counted in no owner's load).
         self.before: dict[str, tuple[str, str] | None] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -407,6 +411,26 @@ class PageChanges:
         state["above"] = e.direction == "up"
         state["crossed_at"] = e.occurred_at
         state["threshold"] = e.threshold  # the one crossed (the rules' may have changed)
+
+    def _on_ModelBackfilled(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        """A rules publication re-scored the model over the lead's history: its state is
+        replaced, and its ledger rows become the backfill's (the earlier ones explain a
+        score the model no longer gives)."""
+        lead_id, model = row["lead_id"], _model_id(e.model)
+        state = self.model_row(lead_id, model)
+        self.superseded[(lead_id, model)] = nid
+        if model in self.model_rules:  # the publication may have changed them
+            state["half_life_days"], state["threshold"] = self.model_rules[model]
+        self._awards(nid, row, e.awards, "engagement", e.rules_version, model)
+        state["fit"], state["fit_awards"] = 0.0, "{}"
+        cause = SimpleNamespace(event_id=f"backfill:{e.rules_version}",
+                                rules_version=e.rules_version, occurred_at=e.occurred_at)
+        self._set_fit(nid, state, cause, e.fit, e.fit_awards, model)
+        last = e.crossings[-1] if e.crossings else None
+        state.update(engagement_value=e.engagement_value,
+                     engagement_as_of=e.engagement_as_of,
+                     above=last is not None and last["direction"] == "up",
+                     crossed_at=last["at"] if last is not None else None)
 
     def _restore_models(self, nid: int, lead_id: str, cause: Any,
                         states: Mapping[str, Mapping[str, Any]]) -> None:

@@ -339,12 +339,13 @@ class Projector:
         self.stats.position = last
         return len(events)
 
-    def _page(self, suffix: str) -> Page:
-        """A page's changes, with the half-lives and thresholds of the rules in force."""
+    def _page(self, suffix: str, replaying: bool = False) -> Page:
+        """A page's changes (``replaying``: a rebuild's, kept for the whole replay), with the
+        half-lives and thresholds of the rules in force."""
         rules = self.app.rules
         return Page(self.db, suffix, rules.scoring.half_life_days,
                     {model_id: (model.half_life_days, model.threshold)
-                     for model_id, model in rules.models.items()})
+                     for model_id, model in rules.models.items()}, replaying)
 
     def _decode(self, notifications: Sequence[Notification]) -> list[tuple[int, str, Any]]:
         """The page's events; the first that cannot be decoded raises ProjectionFailedError."""
@@ -494,7 +495,7 @@ class Projector:
             self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
         total = self.max_notification_id()
         started = time.monotonic()
-        state = self._page(suffix)
+        state = self._page(suffix, replaying=True)
         # The replay makes millions of short-lived objects and keeps every lead's row, and
         # makes no reference cycles: the cycle collector would only rescan the growing
         # rows (a tenth of the replay's CPU). Reference counting frees the rest; the

@@ -38,10 +38,14 @@ class Page(PageChanges):
     """The changes one page of events makes, applied to the database together."""
 
     def __init__(self, db: ProjectionDB, suffix: str, half_life_days: float,
-                 models: Mapping[str, tuple[float, float]] | None = None) -> None:
+                 models: Mapping[str, tuple[float, float]] | None = None,
+                 replaying: bool = False) -> None:
         super().__init__(half_life_days, models)
         self.db = db
         self.s = suffix
+        # A rebuild's replay: ledger rows a backfill supersedes are deleted once, set-wise,
+        # when the state is written (its fresh tables have no index to find them by lead).
+        self.replaying = replaying
 
     def load(self, lead_ids: set[str], account_ids: set[str],
              model_leads: Iterable[str] = ()) -> None:
@@ -139,11 +143,20 @@ class Page(PageChanges):
 
     def write_appends(self) -> None:
         """The append-only rows (transitions, ledger), by COPY on PostgreSQL."""
-        for table, rows in (("stage_transitions", self.transitions),
-                            ("score_ledger", self.ledger)):
+        ledger = self.ledger
+        if self.superseded:  # a named model's rows before its latest backfill
+            latest = self.superseded
+            ledger = [r for r in ledger if r[10] is None or latest.get((r[2], r[10]), 0) <= r[0]]
+        for table, rows in (("stage_transitions", self.transitions), ("score_ledger", ledger)):
             self.db.copy_rows(f"{table}{self.s}", self._rows(table, rows),
                               kinds=[kind for _, kind, _ in _kinds(table, None)])
         self.transitions, self.ledger = [], []
+        if self.superseded and not self.replaying:
+            self.db.executemany(f"DELETE FROM score_ledger{self.s} WHERE lead_id = %s "
+                                "AND model = %s AND notification_id < %s",
+                                [[lead, model, nid] for (lead, model), nid
+                                 in sorted(self.superseded.items())])
+            self.superseded = {}
         # A forgotten person's earlier transitions: their reasons were sealed with the
         # deleted key, so a rebuild reads none (handlers._forget_row does the lead's row).
         for lead_id, nid in sorted(self.forgotten.items()):
@@ -157,6 +170,8 @@ class Page(PageChanges):
         ``fresh``: the tables are empty (a rebuild), so rows are copied, not upserted.
         """
         s, db = self.s, self.db
+        if self.superseded:
+            self._delete_superseded()
         if fresh:
             self._copy("lead_state", STATE_COLUMNS, self.leads.values())
             self._copy("lead_personal", PERSONAL_ROW, self.leads.values())
@@ -192,6 +207,23 @@ class Page(PageChanges):
         db.execute(f"DELETE FROM owner_load{s} WHERE open_leads = 0")
         self._upsert("account_state", ACCOUNT_COLUMNS, self.accounts.values())
         self._upsert("lead_model_state", MODEL_COLUMNS, self._model_rows(), keys=2)
+
+    def _delete_superseded(self) -> None:
+        """Delete the ledger rows of the replay's earlier pages that a later backfill of
+        their lead's model superseded, in one statement over a table of the backfills."""
+        table = f"ledger_superseded{self.s}"
+        self.db.execute(f"DROP TABLE IF EXISTS {table}")
+        self.db.execute(f"CREATE TABLE {table} (lead_id TEXT NOT NULL, model TEXT NOT NULL, "
+                        "nid BIGINT NOT NULL, PRIMARY KEY (lead_id, model))")
+        self.db.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)",
+                            [[lead, model, nid] for (lead, model), nid
+                             in sorted(self.superseded.items())])
+        ledger = f"score_ledger{self.s}"
+        self.db.execute(f"DELETE FROM {ledger} WHERE model IS NOT NULL AND EXISTS ("
+                        f"SELECT 1 FROM {table} x WHERE x.lead_id = {ledger}.lead_id "
+                        f"AND x.model = {ledger}.model AND {ledger}.notification_id < x.nid)")
+        self.db.execute(f"DROP TABLE {table}")
+        self.superseded = {}
 
     def _model_rows(self) -> Iterable[dict[str, Any]]:
         return (row for rows in self.models.values() for row in rows.values())

@@ -16,13 +16,14 @@ import pytest
 from leadflow.config import Settings
 from leadflow.domain.rules import default_rules_text, parse_rules
 from leadflow.engine.app import LeadflowApp
+from leadflow.engine.backfill import backfill, changed_models
 from leadflow.projections.db import ProjectionDB, from_db
 from leadflow.projections.projector import Projector
 from leadflow.projections.schema import tables_ddl
 from tests.conftest import T0, Records, days
 from tests.integration.test_projection_hostile import dump
 from tests.integration.test_projections import load_stream
-from tests.unit.test_scoring_models import models_rules
+from tests.unit.test_scoring_models import MODELS, models_rules
 from tests.unit.test_scoring_models import stream as models_stream
 
 EMAIL = "anna@acme.io"
@@ -63,10 +64,10 @@ def ledger(db: ProjectionDB, lead_id: Any) -> list[tuple[Any, ...]]:
         [str(lead_id)])]
 
 
-def rebuild_agrees(app: LeadflowApp, db: ProjectionDB) -> None:
+def rebuild_agrees(app: LeadflowApp, db: ProjectionDB, page_size: int = 20_000) -> None:
     """A rebuild from the first event gives the rows live processing gave."""
     live = dump(db)
-    Projector(app, db).rebuild()
+    Projector(app, db).rebuild(page_size=page_size)
     assert dump(db) == live
 
 
@@ -224,6 +225,41 @@ def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
     assert (row["above"], model_rows(db, survivor)["product-b"]["above"]) == (False, False)
     assert model_rows(db, survivor)["product-b"]["crossed_at"] == T0 + days(3)
     rebuild_agrees(app, db)
+    db.close()
+    app.close()
+
+
+def test_a_backfill_replaces_a_models_state_and_its_ledger_rows_in_both_ways(
+        db_url: str, rec: Records) -> None:
+    app = engine(db_url)
+    app.apply_batch(stream(rec))
+    anna = app.resolve("email:" + EMAIL)
+    db = ProjectionDB(db_url)
+    projector = Projector(app, db, page_size=2)
+    projector.run(until_idle=True)
+    # A publication halves product-b's page points: the backfill re-scores the history.
+    text = default_rules_text() + MODELS.replace("points = 12", "points = 6")
+    new = parse_rules(text, source="halved.toml")
+    assert changed_models(app.rules, new) == ("product-b",)
+    app.publish_rules(new, text, T0 + days(4), "analyst")
+    assert backfill(app, ["product-b"], "analyst").leads == 2
+    projector.run(until_idle=True)
+
+    b = model_rows(db, anna)["product-b"]
+    state = app._get_lead(anna).model_states["product-b"]
+    assert (b["fit"], b["engagement_value"], b["engagement_as_of"], b["above"]) == (
+        5.0, pytest.approx(state["value"], abs=1e-9), state["as_of"], state["above"])
+    assert b["above"] is False  # 5 + 6*2^(-1/10) + 6 = 16.6 < 20: never crossed
+    # Its ledger rows are the backfill's, under the new rules version; emea's are untouched.
+    rows = [r for r in ledger(db, anna) if r[0] == "product-b"]
+    assert [(r[1], r[2], r[3], r[4]) for r in rows] == [
+        ("engagement", "b-page", "evt-1", 6.0), ("engagement", "b-page", "evt-2", 6.0),
+        ("fit", "b-big", f"backfill:{new.version}", 5.0)]
+    assert {r["rules_version"] for r in db.query(
+        "SELECT rules_version FROM score_ledger WHERE model = 'product-b'")} == {new.version}
+    assert len([r for r in ledger(db, anna) if r[0] == "emea"]) == 4
+    rebuild_agrees(app, db)
+    rebuild_agrees(app, db, page_size=2)  # superseded rows in pages already written
     db.close()
     app.close()
 
