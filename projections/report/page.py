@@ -187,7 +187,8 @@ def models_section(db: ProjectionDB, source_rows: Sequence[dict[str, Any]]) -> s
         "No model has scored a lead.")
     ordered = sorted(per_source.items(), key=lambda kv: (-kv[1]["leads"], kv[0]))
     columns = (Column("Source"), Column("Leads", True),
-               Column("Reached MQL", True, "Primary model ([scoring]): leads that reached MQL"),
+               Column("Reached MQL", True, "The primary model (the one that moves the "
+                                           "lifecycle): leads that reached MQL"),
                *(Column(f"{m} ≥ threshold", True, f"Leads above {m}'s threshold")
                  for m in models))
 
@@ -205,8 +206,9 @@ def models_section(db: ProjectionDB, source_rows: Sequence[dict[str, Any]]) -> s
                 for i, m in enumerate(models))]
     groups = [(s, [t["mql"], *(above.get((s, m), 0) for m in models)])
               for s, t in ordered[:CHART_SOURCES]]
-    note = ("Named models ([models.<id>] in the rules) beside the primary model ([scoring]), "
-            "which alone moves the lifecycle. A lead counts as above a model's threshold "
+    note = ("Named models ([models.<id>] in the rules) beside the primary model, which alone "
+            "moves the lifecycle ([scoring], unless [lifecycle] primary_model names another; "
+            "[scoring] is then the model 'scoring'). A lead counts as above a model's threshold "
             "after its latest recorded crossing up (decay below it is recorded at its exact "
             "time by the clock).")
     return card("Scoring models side by side", note, "".join((

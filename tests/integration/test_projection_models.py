@@ -264,6 +264,35 @@ def test_a_backfill_replaces_a_models_state_and_its_ledger_rows_in_both_ways(
     app.close()
 
 
+def test_with_another_primary_model_its_points_are_the_primary_rows_and_scoring_a_model(
+        db_url: str, rec: Records) -> None:
+    extra = MODELS.replace("threshold = 20\n", "threshold = 20\nrecycle_threshold = 5\n")
+    text = default_rules_text().replace(
+        "[lifecycle]\n", '[lifecycle]\nprimary_model = "product-b"\n', 1) + extra
+    app = LeadflowApp(env=Settings(database_url=db_url, aggregate_cache_size=0)
+                      .eventsourcing_env({}), rules=parse_rules(text, source="primary.toml"))
+    app.apply_batch(stream(rec))
+    anna = app.resolve("email:" + EMAIL)
+    db = ProjectionDB(db_url)
+    Projector(app, db, page_size=2).run(until_idle=True)
+    # product-b drives the lifecycle: its points are the lead's own (model NULL), its
+    # half-life the lead's; [scoring] scores beside it as the model "scoring".
+    lead = db.query("SELECT * FROM lead_state WHERE lead_id = %s", [str(anna)])[0]
+    assert (float(lead["fit"]), float(lead["half_life_days"]), lead["stage"]) == (
+        5.0, 10.0, "mql")
+    # The primary's engagement is decayed to each touch (the demo request, day 3).
+    assert float(lead["engagement_value"]) == pytest.approx(B_AT_DAY_1 * 2 ** (-2 / 10),
+                                                            abs=1e-9)
+    assert set(model_rows(db, anna)) == {"scoring", "emea"}
+    primary = {(r[2], r[4]) for r in ledger(db, anna) if r[0] is None}
+    assert primary == {("b-big", 5.0), ("b-page", 12.0)}
+    scoring = model_rows(db, anna)["scoring"]
+    assert (scoring["half_life_days"], scoring["threshold"]) == (30.0, 50.0)
+    rebuild_agrees(app, db)
+    db.close()
+    app.close()
+
+
 GENERATED_MODELS = """
 [models.web]
 threshold = 15
