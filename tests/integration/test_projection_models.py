@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
@@ -14,7 +15,7 @@ from uuid import UUID
 import pytest
 
 from leadflow.config import Settings
-from leadflow.domain.rules import default_rules_text, parse_rules
+from leadflow.domain.rules import Rules, default_rules_text, parse_rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.backfill import backfill, changed_models
 from leadflow.projections.db import ProjectionDB, from_db
@@ -34,9 +35,19 @@ B_DOWN = T0 + days(1) + timedelta(days=10 * math.log2(B_AT_DAY_1 / 15))  # 5 + e
 EMEA_PAGES_AT_DAY_3 = 4 * (2 ** (-3 / 30) + 2 ** (-2 / 30) + 2 ** (-1 / 30))
 
 
-def engine(url: str) -> LeadflowApp:
+def engine(url: str, rules: Rules | None = None) -> LeadflowApp:
+    """The engine on ``url``, scoring with ``rules`` (the unit tests' two models)."""
     return LeadflowApp(env=Settings(database_url=url, aggregate_cache_size=0)
-                       .eventsourcing_env({}), rules=models_rules())
+                       .eventsourcing_env({}), rules=rules or models_rules())
+
+
+@pytest.fixture
+def models_store(db_url: str) -> Iterator[tuple[LeadflowApp, ProjectionDB]]:
+    """An empty store scored with the two models, and its read models' database."""
+    app, db = engine(db_url), ProjectionDB(db_url)
+    yield app, db
+    db.close()
+    app.close()
 
 
 def stream(rec: Records) -> list[Any]:
@@ -72,12 +83,11 @@ def rebuild_agrees(app: LeadflowApp, db: ProjectionDB, page_size: int = 20_000) 
 
 
 def test_two_models_project_their_own_hand_computed_scores_and_a_rebuild_agrees(
-        db_url: str, rec: Records) -> None:
-    app = engine(db_url)
+        models_store: tuple[LeadflowApp, ProjectionDB], rec: Records) -> None:
+    app, db = models_store
     assert not app.apply_batch(stream(rec)).rejected
     anna = app.resolve("email:" + EMAIL)
     ben = app.resolve("email:ben@beta.io")
-    db = ProjectionDB(db_url)
     Projector(app, db, page_size=2).run(until_idle=True)  # pages read the rows back
 
     rows = model_rows(db, anna)
@@ -130,16 +140,13 @@ def test_two_models_project_their_own_hand_computed_scores_and_a_rebuild_agrees(
     assert (rows["emea"]["above"], rows["emea"]["crossed_at"]) == (False, T0 + days(10))
     assert db.query("SELECT SUM(above_threshold) AS n FROM models_by_source")[0]["n"] == 0
     rebuild_agrees(app, db)
-    db.close()
-    app.close()
 
 
 def test_scores_now_by_model_decays_each_model_with_its_own_half_life(
-        db_url: str, rec: Records) -> None:
-    app = engine(db_url)
+        models_store: tuple[LeadflowApp, ProjectionDB], rec: Records) -> None:
+    app, db = models_store
     app.apply_batch(stream(rec))
     anna = str(app.resolve("email:" + EMAIL))
-    db = ProjectionDB(db_url)
     Projector(app, db).run(until_idle=True)
     before = datetime.now(UTC)
     rows = db.query("SELECT * FROM scores_now_by_model WHERE lead_id = %s", [anna])
@@ -173,13 +180,11 @@ def test_scores_now_by_model_decays_each_model_with_its_own_half_life(
         assert float(row["score_now"]) == pytest.approx(fit + float(row["engagement_now"]))
         assert (row["source"], float(row["threshold"]), bool(row["above"])) == (
             None, 20.0 if model == "product-b" else 30.0, True)
-    db.close()
-    app.close()
 
 
 def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
-        db_url: str, rec: Records) -> None:
-    app = engine(db_url)
+        models_store: tuple[LeadflowApp, ProjectionDB], rec: Records) -> None:
+    app, db = models_store
     app.apply_batch([
         rec("page_viewed", EMAIL, at=T0, context={"properties": {"product": "b"}}),
         rec("page_viewed", None, at=T0 + days(1), lead={"phone": PHONE},
@@ -190,7 +195,6 @@ def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
             context={"properties": {"product": "a"}}),
     ])
     survivor, merged = app.resolve("email:" + EMAIL), app.resolve("phone:+442079460958")
-    db = ProjectionDB(db_url)
     projector = Projector(app, db, page_size=1)
     projector.run(until_idle=True)
     assert merged == survivor
@@ -225,16 +229,13 @@ def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
     assert (row["above"], model_rows(db, survivor)["product-b"]["above"]) == (False, False)
     assert model_rows(db, survivor)["product-b"]["crossed_at"] == T0 + days(3)
     rebuild_agrees(app, db)
-    db.close()
-    app.close()
 
 
 def test_a_backfill_replaces_a_models_state_and_its_ledger_rows_in_both_ways(
-        db_url: str, rec: Records) -> None:
-    app = engine(db_url)
+        models_store: tuple[LeadflowApp, ProjectionDB], rec: Records) -> None:
+    app, db = models_store
     app.apply_batch(stream(rec))
     anna = app.resolve("email:" + EMAIL)
-    db = ProjectionDB(db_url)
     projector = Projector(app, db, page_size=2)
     projector.run(until_idle=True)
     # A publication halves product-b's page points: the backfill re-scores the history.
@@ -260,8 +261,6 @@ def test_a_backfill_replaces_a_models_state_and_its_ledger_rows_in_both_ways(
     assert len([r for r in ledger(db, anna) if r[0] == "emea"]) == 4
     rebuild_agrees(app, db)
     rebuild_agrees(app, db, page_size=2)  # superseded rows in pages already written
-    db.close()
-    app.close()
 
 
 def test_with_another_primary_model_its_points_are_the_primary_rows_and_scoring_a_model(
@@ -269,8 +268,7 @@ def test_with_another_primary_model_its_points_are_the_primary_rows_and_scoring_
     extra = MODELS.replace("threshold = 20\n", "threshold = 20\nrecycle_threshold = 5\n")
     text = default_rules_text().replace(
         "[lifecycle]\n", '[lifecycle]\nprimary_model = "product-b"\n', 1) + extra
-    app = LeadflowApp(env=Settings(database_url=db_url, aggregate_cache_size=0)
-                      .eventsourcing_env({}), rules=parse_rules(text, source="primary.toml"))
+    app = engine(db_url, parse_rules(text, source="primary.toml"))
     app.apply_batch(stream(rec))
     anna = app.resolve("email:" + EMAIL)
     db = ProjectionDB(db_url)
@@ -328,8 +326,7 @@ points = 5
 def test_a_generated_stream_projects_each_leads_model_state_as_the_lead_holds_it(
         db_url: str) -> None:
     rules = parse_rules(default_rules_text() + GENERATED_MODELS, source="models.toml")
-    app = LeadflowApp(env=Settings(database_url=db_url, aggregate_cache_size=0)
-                      .eventsourcing_env({}), rules=rules)
+    app = engine(db_url, rules)
     load_stream(app, leads=300, seed=31)
     db = ProjectionDB(db_url)
     Projector(app, db, page_size=97).run(until_idle=True)
@@ -351,10 +348,9 @@ def test_a_generated_stream_projects_each_leads_model_state_as_the_lead_holds_it
 
 
 def test_a_projection_made_before_models_gains_the_ledgers_model_column_in_place(
-        db_url: str, rec: Records) -> None:
-    app = engine(db_url)
+        models_store: tuple[LeadflowApp, ProjectionDB], rec: Records) -> None:
+    app, db = models_store
     app.apply_batch(stream(rec)[:2])
-    db = ProjectionDB(db_url)
     # The read models as an earlier leadflow made them: score_ledger without its model
     # column, no lead_model_state; projected up to the first record.
     old = tables_ddl(db.dialect).replace("    model TEXT,\n    PRIMARY KEY (notification_id",
@@ -381,5 +377,3 @@ def test_a_projection_made_before_models_gains_the_ledgers_model_column_in_place
     assert "recorded_on" in db.query("SELECT * FROM score_ledger_resolved")[0]
     db.execute("DELETE FROM score_ledger WHERE lead_id = 'old-lead'")
     rebuild_agrees(app, db)
-    db.close()
-    app.close()
