@@ -40,7 +40,8 @@ from leadflow.contract import (
     parse_record,
 )
 from leadflow.contract.segment import parse_raw as parse_segment
-from leadflow.engine.app import BatchResult, LeadflowApp
+from leadflow.engine.app import LeadflowApp
+from leadflow.engine.results import BatchResult
 from leadflow.metrics import ConsumerMetrics, Health
 
 log = structlog.get_logger(__name__)

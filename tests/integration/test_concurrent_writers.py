@@ -12,7 +12,7 @@ from eventsourcing.persistence import IntegrityError
 
 from leadflow.config import Settings
 from leadflow.engine.app import LeadflowApp
-from leadflow.engine.views import BatchResult
+from leadflow.engine.results import BatchResult
 from tests.conftest import T0, Records, days
 
 

@@ -16,7 +16,7 @@ from leadflow.consumers.settings import KafkaSettings
 from leadflow.consumers.touchpoints import TouchpointConsumer
 from leadflow.contract import InboundRecord
 from leadflow.engine.app import LeadflowApp
-from leadflow.engine.views import BatchResult
+from leadflow.engine.results import BatchResult
 from leadflow.metrics import ConsumerMetrics
 from tests.conftest import T0, Records, days
 from tests.integration.kafka_helpers import Pipeline, applied_event_ids

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import json
+import subprocess
+import sys
 
 from eventsourcing.domain import Aggregate
 from eventsourcing.utils import get_topic, resolve_topic
@@ -95,3 +98,44 @@ def test_every_aggregate_and_event_keeps_the_topic_stores_were_written_with() ->
 def test_every_stored_topic_resolves_to_its_class() -> None:
     for topic in STORED_TOPICS:
         assert get_topic(resolve_topic(topic)) == topic
+
+
+# In a fresh process: import the package, resolve every stored topic (as reading a store
+# does), and report which aggregate modules were loaded before and after.
+RESOLVE_FRESH = """
+import json, sys
+import leadflow.domain
+from eventsourcing.utils import get_topic, resolve_topic
+def loaded():
+    return sorted(m for m in sys.modules if m.startswith("leadflow.domain.") and m not in (
+        "leadflow.domain.errors", "leadflow.domain.topics", "leadflow.domain.vocabulary",
+        "leadflow.domain.ids"))
+before = loaded()
+resolved = {topic: get_topic(resolve_topic(topic)) for topic in json.loads(sys.argv[1])}
+print(json.dumps({"before": before, "after": loaded(), "resolved": resolved}))
+"""
+
+
+def test_stored_topics_resolve_in_a_process_that_had_not_imported_their_aggregates() -> None:
+    # leadflow.domain imports each aggregate on first use: resolving a stored topic (the
+    # library imports the topic's module and reads the attribute) must import it then.
+    done = subprocess.run([sys.executable, "-c", RESOLVE_FRESH, json.dumps(STORED_TOPICS)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["before"] == []
+    assert {f"leadflow.domain.{m}" for m in ("account", "clock", "duplicates", "identity_index",
+                                             "interest", "lead", "router", "rulebook")
+            } <= set(result["after"])
+    assert result["resolved"] == {topic: topic for topic in STORED_TOPICS}
+
+
+def test_an_aggregate_imported_from_its_own_module_keeps_its_stored_topics() -> None:
+    # Its module sets the topics as the class is defined, not the package on first access.
+    code = ("from eventsourcing.utils import get_topic\n"
+            "from leadflow.domain.interest import Interest\n"
+            "print(get_topic(Interest), get_topic(Interest.Created))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["leadflow.domain:Interest", "leadflow.domain:Interest.Created"]

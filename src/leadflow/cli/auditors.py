@@ -13,7 +13,7 @@ import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from uuid import UUID
 
 import click
@@ -37,7 +37,10 @@ from leadflow.contract.identity import is_lead_id
 from leadflow.domain import LeadflowError, UnknownLeadError
 from leadflow.domain.rules import Rules, RulesError, load_rules
 from leadflow.engine.app import LeadflowApp
-from leadflow.store.chain import LeadVerification, Problem
+
+if TYPE_CHECKING:
+    # The chain module is imported by the commands that verify (start-up of lead show).
+    from leadflow.store.chain import LeadVerification
 
 EXIT_TAMPERED = 4
 
@@ -506,6 +509,7 @@ def _verify_identity(app: LeadflowApp, identity: str, expect_head: str | None
                      ) -> dict[str, Any]:
     """One lead's chain, and that the identity row naming it is one its events name."""
     from leadflow.store.audit import identity_names
+    from leadflow.store.chain import Problem
 
     key, lead_id = lookup(identity, lambda key: (key, _verify_target(app, key)))
     names: set[str] = set()
@@ -560,7 +564,7 @@ def _verify_one(app: LeadflowApp, lead_id: UUID,
     except PersistenceError:
         raise  # the database, not the lead: named by the command group
     except Exception as exc:
-        result = LeadVerification(lead_id, 0, None, (Problem(
+        result = chain.LeadVerification(lead_id, 0, None, (chain.Problem(
             lead_id, 0, f"stored events cannot be read: {type(exc).__name__}: {exc}"),))
     return result
 

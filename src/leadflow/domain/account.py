@@ -11,6 +11,7 @@ from eventsourcing.domain import Aggregate, event
 from leadflow.domain.ids import (
     account_id_for,
 )
+from leadflow.domain.topics import stable_topics
 
 #: The engagement-table row (in place of a lead id) that holds the account's latest surge.
 SURGE_ROW = UUID(int=0)
@@ -89,3 +90,7 @@ class Account(Aggregate):
         """Written by stores before format 3; read so that they replay (and migrate)."""
         self.last_surge_at = occurred_at
         self.surges += 1
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(Account)

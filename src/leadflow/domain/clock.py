@@ -11,6 +11,7 @@ from eventsourcing.domain import Aggregate, event
 from leadflow.domain.ids import (
     singleton_id,
 )
+from leadflow.domain.topics import stable_topics
 
 
 class Clock(Aggregate):
@@ -75,3 +76,8 @@ class TimerBucket(Aggregate):
 
     def due(self, after: datetime | None, until: datetime) -> list[tuple[datetime, UUID]]:
         return sorted(e for e in self.entries if (after is None or e[0] > after) and e[0] <= until)
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(Clock)
+stable_topics(TimerBucket)

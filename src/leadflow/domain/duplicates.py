@@ -18,6 +18,7 @@ from uuid import UUID, uuid5
 from eventsourcing.domain import Aggregate, event
 
 from leadflow.domain.errors import LeadflowError
+from leadflow.domain.topics import stable_topics
 
 # Fixed forever: changing it would re-key every stored pair.
 NS_PAIR = UUID("5d0f3b7e-9c21-4e6a-8b4d-1f2a3c4e5d66")
@@ -80,3 +81,7 @@ class DuplicatePair(Aggregate):
         # A later rejection (after an unmerge) is a new decision: the earlier one is kept in
         # the log, and the pair may be rejected again.
         self.rejected = None
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(DuplicatePair)

@@ -10,6 +10,7 @@ from eventsourcing.domain import Aggregate, event
 from leadflow.domain.ids import (
     identity_index_id,
 )
+from leadflow.domain.topics import stable_topics
 
 
 class IdentityIndex(Aggregate):
@@ -37,3 +38,7 @@ class IdentityIndex(Aggregate):
                    reason: str) -> None:
         self.target_id = target_id
         self.is_interest = is_interest
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(IdentityIndex)

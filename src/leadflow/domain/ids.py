@@ -55,3 +55,10 @@ def account_id_for(account_key: str) -> UUID:
 @lru_cache(maxsize=65536)
 def singleton_id(name: str) -> UUID:
     return uuid5(NS_SINGLETON, name)
+
+
+def rule_book_id() -> UUID:
+    """The rule book's id (``RuleBook.create_id``), known without importing the aggregate:
+    reading the published rules, which every command does, needs no RuleBook class when
+    nothing was published (start-up, issue 15)."""
+    return singleton_id("rulebook")

@@ -12,6 +12,7 @@ from leadflow.domain.ids import (
     interest_id_for,
 )
 from leadflow.domain.privacy import public_url
+from leadflow.domain.topics import stable_topics
 
 
 class Interest(Aggregate):
@@ -60,3 +61,7 @@ class Interest(Aggregate):
             k: public_url(v) for k, v in tp["context"].items()
             if k in ("url", "landing_page") and isinstance(v, str)}}}
             for tp in self.touchpoints]
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(Interest)

@@ -17,6 +17,7 @@ from leadflow.domain.ids import (
 from leadflow.domain.privacy import PERSONAL_PROFILE_FIELDS, public_url
 from leadflow.domain.rules import Rules
 from leadflow.domain.scoring import Award
+from leadflow.domain.topics import stable_topics
 from leadflow.domain.vocabulary import (
     DORMANCY_STAGES,
     SLA_STAGES,
@@ -931,3 +932,7 @@ class Lead(Aggregate):
         # Reasons were sealed too (domain/privacy.py): as a replay would read them.
         self.stage_reason = None
         self.transitions = [{**t, "reason": None} for t in self.transitions]
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(Lead)

@@ -10,6 +10,7 @@ from eventsourcing.domain import Aggregate, event
 from leadflow.domain.ids import (
     singleton_id,
 )
+from leadflow.domain.topics import stable_topics
 
 
 class Router(Aggregate):
@@ -61,3 +62,7 @@ class Router(Aggregate):
     @event("AvailabilitySet")
     def _availability_set(self, rep: str, available: bool, occurred_at: datetime) -> None:
         self.availability[rep] = available
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(Router)

@@ -8,9 +8,8 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
-from leadflow.domain.ids import (
-    singleton_id,
-)
+from leadflow.domain.ids import rule_book_id
+from leadflow.domain.topics import stable_topics
 
 
 class RuleBook(Aggregate):
@@ -18,7 +17,7 @@ class RuleBook(Aggregate):
 
     @staticmethod
     def create_id() -> UUID:
-        return singleton_id("rulebook")
+        return rule_book_id()
 
     @event("Created")
     def __init__(self) -> None:
@@ -35,3 +34,7 @@ class RuleBook(Aggregate):
                    actor: str) -> None:
         self.current = {"version": version, "label": label, "text": text,
                         "published_at": occurred_at, "actor": actor}
+
+
+# The topics stores were written with (domain/topics.py), set before any is asked for.
+stable_topics(RuleBook)

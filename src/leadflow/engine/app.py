@@ -31,21 +31,20 @@ from eventsourcing.persistence import (
 from eventsourcing.popo import POPOFactory
 from eventsourcing.utils import get_topic
 
+# Aggregates other than the lead are read from the package where used (``domain.Account``):
+# importing one defines its event classes, which `lead show` should not pay for
+# (leadflow.domain).
+from leadflow import domain
 from leadflow.domain import (
-    Account,
     AggregateUnloadableError,
-    Clock,
-    Interest,
     Lead,
     LeadflowError,
     LeadForgottenError,
     PersonalDataError,
-    RuleBook,
     UnknownLeadError,
     UnknownRepError,
-    day_of,
 )
-from leadflow.domain.duplicates import DuplicatePair, SameLeadError
+from leadflow.domain.ids import rule_book_id
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.domain.scoring import Award
 from leadflow.engine.decisions import RecordProcessor
@@ -59,18 +58,13 @@ from leadflow.engine.migration import (
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Directory, Unit, unloadable
 from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
-    BatchResult,
-    ClockResult,
-    ForgetResult,
     LeadView,
-    MigrationResult,
     ModelScore,
     Outcome,
     RecordResult,
     RuleContribution,
 )
 from leadflow.logs import get_logger
-from leadflow.store import chain as audit
 from leadflow.store.bookkeeping import routing_state
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
@@ -86,8 +80,12 @@ from leadflow.store.recorders import (
 from leadflow.store.transcoder import OrjsonTranscoder
 
 if TYPE_CHECKING:
-    # Annotations only: the contract's pydantic models load when records are parsed.
+    # Annotations only: the contract's pydantic models load when records are parsed, the
+    # chain module when something is written or verified (store/codec.py), the commands'
+    # results when one runs (engine/results.py).
     from leadflow.contract import InboundRecord
+    from leadflow.engine.results import BatchResult, ClockResult, ForgetResult, MigrationResult
+    from leadflow.store.chain import LeadVerification
 
 log = get_logger(__name__)  # structlog imported on the first log call
 
@@ -298,6 +296,8 @@ class LeadflowApp(Application[UUID]):
 
     def _apply_all(self, unit: Unit, records: Sequence[InboundRecord],
                    failed: dict[int, RecordResult], applied: list[RecordId]) -> BatchResult:
+        from leadflow.engine.results import BatchResult
+
         self._prefetch(unit, records)
         known = self.record_ids.select_record_ids([r.event_id for r in records])
         results: list[RecordResult] = []
@@ -322,6 +322,8 @@ class LeadflowApp(Application[UUID]):
         so replays decide alike; work is committed page by page and the clock moves past a
         day once all of it is done.
         """
+        from leadflow.engine.results import ClockResult
+
         unit = self._unit()
         clock = self._decide(unit).clock()
         start = clock.position
@@ -334,7 +336,7 @@ class LeadflowApp(Application[UUID]):
             first = self.indexes.select_due(position, to, None, 1)
             if not first:
                 break
-            day = day_of(first[0][0])
+            day = domain.day_of(first[0][0])
             until = min(to, datetime.fromisoformat(day).replace(tzinfo=UTC)
                         + timedelta(days=1) - timedelta(microseconds=1))
             cursor = None
@@ -409,6 +411,8 @@ class LeadflowApp(Application[UUID]):
         ``unmerge``. The rows' cause names the command, actor and reason, and the pair's
         ``DuplicatePair`` records the decision. Returns (survivor id, merged lead id).
         """
+        from leadflow.domain.duplicates import SameLeadError
+
         ids = self.resolve(key_a), self.resolve(key_b)
         if ids[0] == ids[1]:
             raise SameLeadError(f"{key_a} and {key_b} are one lead already ({ids[0]})")
@@ -420,8 +424,8 @@ class LeadflowApp(Application[UUID]):
             if lead.forgotten:
                 raise LeadForgottenError(f"lead {lead.id} is forgotten: nothing to merge")
         survivor, loser = sorted(leads, key=lambda lead: (lead.created_at, str(lead.id)))
-        pair = unit.get(DuplicatePair, DuplicatePair.create_id(*ids)) \
-            or unit.add(DuplicatePair(*ids))
+        pair = unit.get(domain.DuplicatePair, domain.DuplicatePair.create_id(*ids)) \
+            or unit.add(domain.DuplicatePair(*ids))
         decide = self._decide(unit)
         decide.catch_up(survivor, at)
         decide.catch_up(loser, at)
@@ -438,13 +442,15 @@ class LeadflowApp(Application[UUID]):
                          actor: str, at: datetime) -> tuple[UUID, UUID]:
         """Record that two leads are two people (``leadflow dedupe reject``): the pair is
         not suggested again. Returns the pair's lead ids."""
+        from leadflow.domain.duplicates import SameLeadError
+
         ids = self.resolve(key_a), self.resolve(key_b)
         if ids[0] == ids[1]:
             raise SameLeadError(f"{key_a} and {key_b} are one lead ({ids[0]})")
         unit = self._unit()
         unit.cause = {"command": "dedupe reject", "actor": actor, "reason": reason}
-        pair = unit.get(DuplicatePair, DuplicatePair.create_id(*ids)) \
-            or unit.add(DuplicatePair(*ids))
+        pair = unit.get(domain.DuplicatePair, domain.DuplicatePair.create_id(*ids)) \
+            or unit.add(domain.DuplicatePair(*ids))
         pair.reject(actor, reason, at)
         self._commit(unit, None)
         return pair.lead_a, pair.lead_b
@@ -459,6 +465,8 @@ class LeadflowApp(Application[UUID]):
         stored rows are not touched, so the chain still verifies; the lead keeps its stage,
         score and owner in every count. A new record with the same email starts a new lead.
         """
+        from leadflow.engine.results import ForgetResult
+
         if self.vault.plain:
             raise PersonalDataError(
                 "personal data in this store is not encrypted (LEADFLOW_PERSONAL_DATA=plain): "
@@ -499,9 +507,11 @@ class LeadflowApp(Application[UUID]):
                          at: datetime) -> ForgetResult:
         """An anonymous visitor never linked to a person: their cookie id and the URL
         queries they left are shredded with the interest's data key."""
+        from leadflow.engine.results import ForgetResult
+
         unit = self._unit()
         unit.cause = {"command": "forget", "actor": actor}
-        interest = unit.get(Interest, interest_id)
+        interest = unit.get(domain.Interest, interest_id)
         if interest is None:
             raise UnknownLeadError(f"no anonymous interest {interest_id}")
         if not self.vault.has_key(interest_id):
@@ -548,7 +558,7 @@ class LeadflowApp(Application[UUID]):
         """Record a rules version for live scoring from now on (history is not rewritten)."""
         unit = self._unit()
         unit.cause = {"command": "publish rules", "actor": actor}
-        book = unit.get(RuleBook, RuleBook.create_id()) or unit.add(RuleBook())
+        book = unit.get(domain.RuleBook, rule_book_id()) or unit.add(domain.RuleBook())
         before = book.current
         book.publish(rules.version, rules.label, text, at, actor)
         self._commit(unit, None)
@@ -557,7 +567,8 @@ class LeadflowApp(Application[UUID]):
 
     def published_rules(self) -> dict[str, Any] | None:
         try:
-            book: Any = self.repository.get(RuleBook.create_id())
+            # By id: the RuleBook class is imported only if there is one to replay.
+            book: Any = self.repository.get(rule_book_id())
         except AggregateNotFoundError:
             return None
         return dict(book.current) if book.current else None
@@ -699,8 +710,8 @@ class LeadflowApp(Application[UUID]):
         """What people decided about pairs of leads (``dedupe reject``, ``merge``), one
         entry per pair: its leads, and the standing rejection and last confirmation (who,
         when, why), from the ``DuplicatePair`` events."""
-        prefix = get_topic(DuplicatePair)
-        topics = [*envelope_topics(prefix), *(get_topic(getattr(DuplicatePair, name))
+        prefix = get_topic(domain.DuplicatePair)
+        topics = [*envelope_topics(prefix), *(get_topic(getattr(domain.DuplicatePair, name))
                                               for name in ("Created", "Rejected", "Confirmed"))]
         pairs: dict[UUID, Any] = {}
         for notification in self.notifications(topics, batch):
@@ -721,10 +732,10 @@ class LeadflowApp(Application[UUID]):
 
     def clock_position(self) -> datetime | None:
         try:
-            clock: Any = self.repository.get(Clock.create_id())
+            clock: Any = self.repository.get(domain.Clock.create_id())
         except AggregateNotFoundError:
             return None
-        assert isinstance(clock, Clock)
+        assert isinstance(clock, domain.Clock)
         return clock.position
 
     # ------------------------------------------------------------------ internals
@@ -742,7 +753,7 @@ class LeadflowApp(Application[UUID]):
         unit.prefetch_identities(keys, fresh=shared)
         self._load_into(unit, accounts | {i.target_id for i in unit.identities.values()
                                           if i is not None}, revalidate=shared)
-        unit.fill_accounts([a for a in unit.touched.values() if isinstance(a, Account)])
+        unit.fill_accounts([a for a in unit.touched.values() if isinstance(a, domain.Account)])
 
     def _load_into(self, unit: Unit, ids: set[UUID], revalidate: bool = False) -> None:
         cache = self.repository.cache
@@ -817,7 +828,7 @@ class LeadflowApp(Application[UUID]):
                 cache.clear()
                 cache.full = False
 
-    def verify(self, aggregate_id: UUID) -> audit.LeadVerification:
+    def verify(self, aggregate_id: UUID) -> LeadVerification:
         """Recompute an aggregate's keyed chain from its stored rows (no cache, no domain)."""
         return self.codec.verify(aggregate_id)
 
@@ -825,7 +836,8 @@ class LeadflowApp(Application[UUID]):
         stored: list[StoredEvent] = []
         # Accounts first: a lead's touchpoint counts as its account's engagement in the read
         # models, so the account a record creates must be there before the lead's row.
-        aggregates = sorted(unit.touched.values(), key=lambda a: not isinstance(a, Account))
+        aggregates = sorted(unit.touched.values(),
+                            key=lambda a: not isinstance(a, domain.Account))
         for aggregate in aggregates:
             stored += self.codec.stored(aggregate, unit.cuts.get(aggregate.id, ()),
                                         unit.cause)
@@ -935,7 +947,6 @@ def _model_scores(lead: Lead, rules: Rules, when: datetime) -> dict[str, ModelSc
     return scores
 
 
-__all__ = ["INFRASTRUCTURE_ERRORS", "BatchResult", "ClockResult", "ForgetResult", "LeadView",
-           "LeadflowApp",
-           "MigrationResult", "NotMergedError", "Outcome", "RecordResult", "RuleContribution",
-           "StoreVersionError", "record_digest"]
+# The commands' results (BatchResult, ClockResult, ...) are in leadflow.engine.results.
+__all__ = ["INFRASTRUCTURE_ERRORS", "LeadView", "LeadflowApp", "NotMergedError", "Outcome",
+           "RecordResult", "RuleContribution", "StoreVersionError", "record_digest"]

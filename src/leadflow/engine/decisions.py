@@ -14,19 +14,17 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
+# The other aggregates are read from the package where used (``domain.Account``): importing
+# one defines its event classes, which `lead show` should not pay for (leadflow.domain).
+from leadflow import domain
 from leadflow.domain import (
     STAGE_RANK,
     WORKING_STAGES,
-    Account,
-    Clock,
-    Interest,
     Lead,
-    Router,
     UnknownLeadError,
     UnknownRepError,
 )
 from leadflow.domain.ids import identity_key
-from leadflow.domain.routing import choose_owner
 from leadflow.domain.rules import Rules
 from leadflow.domain.vocabulary import DISPOSITION_TYPES
 from leadflow.engine.unit import Identity, Unit
@@ -67,11 +65,11 @@ class RecordProcessor:
                 if value:
                     keys.append(identity_key(kind, value))
             if ref.email:
-                domain = ref.email.rsplit("@", 1)[-1]
-                if domain not in self.rules.free_mail:
-                    ids.add(Account.create_id(f"domain:{domain}"))
+                email_domain = ref.email.rsplit("@", 1)[-1]
+                if email_domain not in self.rules.free_mail:
+                    ids.add(domain.Account.create_id(f"domain:{email_domain}"))
             if ref.company:
-                ids.add(Account.create_id("company:" + _normalise_company(ref.company)))
+                ids.add(domain.Account.create_id("company:" + _normalise_company(ref.company)))
         return keys, ids
 
     def apply(self, rec: InboundRecord) -> tuple[UUID | None, bool]:
@@ -125,10 +123,10 @@ class RecordProcessor:
         if rec.type == "owner_assigned" and self.rules.routing.rep(cast(str, rec.owner)) is None:
             raise UnknownRepError(f"owner_assigned names unknown rep {rec.owner!r}")
 
-    def interest_of(self, anon_index: Identity | None) -> Interest | None:
+    def interest_of(self, anon_index: Identity | None) -> domain.Interest | None:
         if anon_index is None or not anon_index.is_interest:
             return None
-        return self.unit.get(Interest, anon_index.target_id)
+        return self.unit.get(domain.Interest, anon_index.target_id)
 
     def lead_for(self, rec: InboundRecord, person_keys: Sequence[str],
                  leads: list[Lead]) -> tuple[Lead, bool]:
@@ -149,7 +147,7 @@ class RecordProcessor:
         return lead, False
 
     def link_identities(self, lead: Lead, keys: Sequence[str],
-                        indexes: dict[str, Identity | None], interest: Interest | None,
+                        indexes: dict[str, Identity | None], interest: domain.Interest | None,
                         at: datetime) -> None:
         """Point every identity of the record at the lead (absorbing anonymous interest)."""
         for key in keys:
@@ -196,10 +194,11 @@ class RecordProcessor:
         index = indexes[key]
         at = rec.occurred_at
         anonymous_id = key.split(":", 1)[1]
-        interest = self.unit.get(Interest, index.target_id) if index is not None else None
+        interest = self.unit.get(domain.Interest, index.target_id) if index is not None \
+            else None
         if interest is None:
-            interest = self.unit.add(Interest(anonymous_id=anonymous_id, occurred_at=at,
-                                              origin=rec.event_id))
+            interest = self.unit.add(domain.Interest(anonymous_id=anonymous_id,
+                                                     occurred_at=at, origin=rec.event_id))
             self.unit.register(key, interest.id, True)
         if rec.event_id in interest.seen:
             return None, True
@@ -241,18 +240,18 @@ class RecordProcessor:
         key = self.account_key(lead)
         if key is None:
             return
-        account = self.unit.get(Account, Account.create_id(key))
+        account = self.unit.get(domain.Account, domain.Account.create_id(key))
         if account is None:
-            account = self.unit.add(Account(account_key=key, name=lead.profile.get("company"),
-                                       occurred_at=at))
+            account = self.unit.add(domain.Account(
+                account_key=key, name=lead.profile.get("company"), occurred_at=at))
         lead.set_account(account.id, at)
 
     def account_key(self, lead: Lead) -> str | None:
         for key in lead.identity_keys:
             if key.startswith("email:"):
-                domain = key.rsplit("@", 1)[-1]
-                if domain not in self.rules.free_mail:
-                    return f"domain:{domain}"
+                email_domain = key.rsplit("@", 1)[-1]
+                if email_domain not in self.rules.free_mail:
+                    return f"domain:{email_domain}"
         company = lead.profile.get("company")
         if company:
             return "company:" + _normalise_company(str(company))
@@ -261,7 +260,7 @@ class RecordProcessor:
     def account_signal(self, lead: Lead, at: datetime) -> None:
         if lead.account_id is None:
             return
-        account = self.unit.get(Account, lead.account_id)
+        account = self.unit.get(domain.Account, lead.account_id)
         if account is None:
             return
         cfg = self.rules.accounts
@@ -359,6 +358,9 @@ class RecordProcessor:
 
     def route(self, lead: Lead, at: datetime, actor: str, reason: str,
                exclude: Iterable[str] = ()) -> None:
+        # Imported here: the application imports this module, and lead show routes nothing.
+        from leadflow.domain.routing import choose_owner
+
         router = self.router()
         decision = choose_owner(
             self.rules.routing, lead.profile, lead.score_at(at, self.rules.half_life_seconds),
@@ -427,12 +429,12 @@ class RecordProcessor:
         # Bookkeeping, not an event: the timer index row is written with the batch's events.
         self.unit.timers[lead.id] = due[0] if due is not None else None
 
-    def router(self) -> Router:
+    def router(self) -> domain.Router:
         return self.unit.router()
 
-    def clock(self) -> Clock:
-        clock = self.unit.get(Clock, Clock.create_id())
-        return clock if clock is not None else self.unit.add(Clock())
+    def clock(self) -> domain.Clock:
+        clock = self.unit.get(domain.Clock, domain.Clock.create_id())
+        return clock if clock is not None else self.unit.add(domain.Clock())
 
 
 _COMPANY_SUFFIXES = ("inc", "llc", "ltd", "gmbh", "ag", "corp", "co", "sa", "plc", "ooo", "oao")

@@ -24,24 +24,16 @@ from eventsourcing.application import AggregateNotFoundError
 from eventsourcing.persistence import Cipher
 from eventsourcing.utils import get_topic
 
-from leadflow.domain import (
-    Account,
-    AggregateUnloadableError,
-    IdentityIndex,
-    Lead,
-    LeadflowError,
-    Router,
-)
-from leadflow.domain.account import SURGE_ROW
+from leadflow.domain import AggregateUnloadableError, Lead, LeadflowError
 from leadflow.domain.vocabulary import CHAINED_SINCE
 from leadflow.engine.unit import Unit
-from leadflow.engine.views import MigrationResult
 from leadflow.logs import get_logger
 from leadflow.store.bookkeeping import Books
 from leadflow.store.recorders import STORE_VERSION, RecordIdIndex
 
 if TYPE_CHECKING:  # the application imports this module
     from leadflow.engine.app import LeadflowApp
+    from leadflow.engine.results import MigrationResult
 
 log = get_logger(__name__)  # structlog imported on the first log call
 
@@ -120,6 +112,8 @@ def migrate(app: LeadflowApp,
             progress: Callable[[int, int], None] | None = None) -> MigrationResult:
     """Build the timer index from every lead's state (its next time-driven check), then
     record the format. Leads that cannot be loaded are reported, not fatal."""
+    from leadflow.engine.results import MigrationResult
+
     lead_ids = list(app.lead_ids())
     unloadable: list[UUID] = []
     timed = 0
@@ -166,32 +160,36 @@ def hashed_identities(app: LeadflowApp, page: int = 5000) -> Books:
         after = rows[-1][0]
 
 
-# The @event decorator creates these classes at import time; mypy cannot see them.
-_REGISTERED: type[Any] = IdentityIndex.Registered  # type: ignore[attr-defined]
-_REPOINTED: type[Any] = IdentityIndex.Repointed  # type: ignore[attr-defined]
-_SURGED: type[Any] = Account.Surged  # type: ignore[attr-defined]
-
-
 def books_from_events(app: LeadflowApp, page: int = 5000) -> Books:
     """The bookkeeping tables as the events of a format-1/2 store define them: identity keys
     from IdentityIndex events, engagements from Account.Engaged, load and rotation from the
     Router. Written as upserts and exact values, so a second run changes nothing."""
+    # Imported here: the application imports this module on every start (the format check),
+    # and these aggregates only for a migration (leadflow.domain).
+    from leadflow.domain.account import SURGE_ROW, Account
+    from leadflow.domain.identity_index import IdentityIndex
+    from leadflow.domain.router import Router
+
+    # The @event decorator creates these classes at import time; mypy cannot see them.
+    registered: type[Any] = IdentityIndex.Registered  # type: ignore[attr-defined]
+    repointed: type[Any] = IdentityIndex.Repointed  # type: ignore[attr-defined]
+    surged: type[Any] = Account.Surged  # type: ignore[attr-defined]
     books = Books()
     keys: dict[UUID, str] = {}
-    topics = [get_topic(_REGISTERED), get_topic(_REPOINTED), get_topic(Account.Engaged),
-              get_topic(_SURGED)]
+    topics = [get_topic(registered), get_topic(repointed), get_topic(Account.Engaged),
+              get_topic(surged)]
     start = 1
     while True:
         found = app.recorder.select_notifications(start, page, topics=topics)
         for notification in found:
             event: Any = app.mapper.to_domain_event(notification)
-            if isinstance(event, Account.Engaged | _SURGED):
-                lead_id = SURGE_ROW if isinstance(event, _SURGED) else event.lead_id
+            if isinstance(event, Account.Engaged | surged):
+                lead_id = SURGE_ROW if isinstance(event, surged) else event.lead_id
                 pair = (event.originator_id, lead_id)
                 if pair not in books.engagements or event.occurred_at > books.engagements[pair]:
                     books.engagements[pair] = event.occurred_at
                 continue
-            if isinstance(event, _REGISTERED):
+            if isinstance(event, registered):
                 keys[event.originator_id] = event.key
             key = keys.get(event.originator_id)
             if key is not None:

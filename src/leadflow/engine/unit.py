@@ -14,8 +14,11 @@ from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Aggregate
 from eventsourcing.persistence import PersistenceError
 
-from leadflow.domain import Account, AggregateUnloadableError, Router
-from leadflow.domain.account import SURGE_ROW
+# Accounts and the router are read from the package where used (``domain.Account``): the
+# application imports this module, and importing an aggregate defines its event classes,
+# which `lead show` should not pay for (leadflow.domain).
+from leadflow import domain
+from leadflow.domain import AggregateUnloadableError
 from leadflow.store.bookkeeping import Books, routing_state
 from leadflow.store.fold import Cause
 from leadflow.store.recorders import RecordIdIndex
@@ -162,7 +165,7 @@ class Unit:
                 self.unloadable[aggregate_id] = exc.cause
                 raise
             self.touched[aggregate_id] = found
-            if isinstance(found, Account):
+            if isinstance(found, domain.Account):
                 self.fill_accounts([found])
         self.used[aggregate_id] = found
         if not isinstance(found, cls):
@@ -214,7 +217,7 @@ class Unit:
 
     # ----------------------------------------------------------------- accounts, routing
 
-    def fill_accounts(self, accounts: Sequence[Account]) -> None:
+    def fill_accounts(self, accounts: Sequence[domain.Account]) -> None:
         """Give loaded accounts their engagements from the store (bookkeeping, not events)."""
         todo = [a for a in accounts if not a.engagements_loaded]
         if todo:
@@ -222,37 +225,39 @@ class Unit:
             for account in todo:
                 account.load_engagements(found.get(account.id, {}))
 
-    def engage(self, account: Account, lead_id: UUID, at: datetime) -> None:
+    def engage(self, account: domain.Account, lead_id: UUID, at: datetime) -> None:
         if account.engage(lead_id, at):
             self.books.engagements[(account.id, lead_id)] = at
 
-    def surged(self, account: Account) -> None:
+    def surged(self, account: domain.Account) -> None:
         """Keep the account's latest surge (``detect_surge`` set it) in the store."""
+        from leadflow.domain.account import SURGE_ROW
+
         if account.last_surge_at is not None:
             self.books.engagements[(account.id, SURGE_ROW)] = account.last_surge_at
 
-    def router(self) -> Router:
+    def router(self) -> domain.Router:
         """The router, its load and rotation read from the store once per unit (another
         writer may have changed them)."""
-        router = self.get(Router, Router.create_id())
+        router = self.get(domain.Router, domain.Router.create_id())
         if router is None:
-            router = self.add(Router())
+            router = self.add(domain.Router())
         if not self._router_fresh:
             load, cursors = routing_state(self.store.select_counters())
             router.load, router.cursors = load, cursors
             self._router_fresh = True
         return router
 
-    def take(self, router: Router, rep: str) -> None:
+    def take(self, router: domain.Router, rep: str) -> None:
         router.load[rep] = router.load.get(rep, 0) + 1
         self.books.load[rep] = self.books.load.get(rep, 0) + 1
 
-    def release(self, router: Router, rep: str) -> None:
+    def release(self, router: domain.Router, rep: str) -> None:
         if router.load.get(rep, 0) > 0:
             router.load[rep] -= 1
             self.books.load[rep] = self.books.load.get(rep, 0) - 1
 
-    def advance_cursor(self, router: Router, team: str, cursor: int) -> None:
+    def advance_cursor(self, router: domain.Router, team: str, cursor: int) -> None:
         if router.cursors.get(team) != cursor:
             router.cursors[team] = cursor
             self.books.cursors[team] = cursor

@@ -1,5 +1,7 @@
-"""What the engine answers with: per-record outcomes, batch results, lead views (frozen DTOs,
-never live aggregates)."""
+"""What the engine answers with for one record or one lead: per-record outcomes and lead views
+(frozen DTOs, never live aggregates). What a whole command answers with (a batch, the clock,
+forget, a migration) is in ``results``, which reading a lead (``lead show``) does not import:
+each frozen dataclass costs about a millisecond to define (start-up, issue 15)."""
 
 from __future__ import annotations
 
@@ -26,23 +28,6 @@ class RecordResult:
     reason: str | None = None
     detail: str | None = None
     error_class: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BatchResult:
-    results: tuple[RecordResult, ...]
-
-    @property
-    def applied(self) -> int:
-        return sum(r.outcome is Outcome.APPLIED for r in self.results)
-
-    @property
-    def duplicates(self) -> int:
-        return sum(r.outcome is Outcome.DUPLICATE for r in self.results)
-
-    @property
-    def rejected(self) -> tuple[RecordResult, ...]:
-        return tuple(r for r in self.results if r.outcome is Outcome.REJECTED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,39 +121,6 @@ class LeadView:
             **({"models": {model_id: m.to_json() for model_id, m in self.models.items()}}
                if self.models else {}),
         }
-
-
-@dataclass(frozen=True, slots=True)
-class ClockResult:
-    position: datetime | None
-    woken: int
-    events: int
-    unloadable: tuple[UUID, ...] = ()  # leads skipped: their stored events cannot be loaded
-
-
-@dataclass(frozen=True, slots=True)
-class ForgetResult:
-    """What ``LeadflowApp.forget`` did: the lead, the leads merged into it (all forgotten
-    with it), data keys deleted, identity rows deleted."""
-
-    lead_id: UUID
-    leads: tuple[UUID, ...]
-    data_keys: int
-    identities: int
-
-    def to_json(self) -> dict[str, Any]:
-        return {"lead_id": str(self.lead_id), "leads": [str(i) for i in self.leads],
-                "data_keys": self.data_keys, "identities": self.identities}
-
-
-@dataclass(frozen=True, slots=True)
-class MigrationResult:
-    """What ``LeadflowApp.migrate`` did: leads seen, timers written, leads it could not load."""
-
-    leads: int
-    timers: int
-    unloadable: tuple[UUID, ...]
-    version: int
 
 
 def finite(value: Any, digits: int | None = 4) -> float | None:

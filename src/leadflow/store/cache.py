@@ -18,7 +18,6 @@ cache (after a failed batch, or when partitions move to another consumer) clears
 
 from __future__ import annotations
 
-import pickle
 from typing import Any
 
 from eventsourcing.application import LRUCache
@@ -55,6 +54,8 @@ class SpillingLRUCache(LRUCache[Any, Any]):
             data = self._unspill(key)
             if data is None:
                 raise
+        import pickle  # here: only a spilling cache needs it (start-up of short commands)
+
         value = pickle.loads(data)  # bytes made by this process (see the module doc)
         self.restores += 1
         if not evict:
@@ -83,6 +84,8 @@ class SpillingLRUCache(LRUCache[Any, Any]):
         self.spilled_size = 0
 
     def _spill(self, key: Any, value: Any) -> None:
+        import pickle
+
         data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
         self.spilled[key] = data
         self.spilled_size += len(data) + _ENTRY_OVERHEAD

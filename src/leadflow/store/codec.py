@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.domain import Aggregate
@@ -17,9 +17,12 @@ from eventsourcing.persistence import AggregateRecorder, Mapper, StoredEvent
 from eventsourcing.sqlite import SQLiteAggregateRecorder
 from eventsourcing.utils import get_topic
 
-from leadflow.store import chain, fold
+from leadflow.store import fold
 from leadflow.store.keys import Keyring
 from leadflow.store.personal import Vault
+
+if TYPE_CHECKING:
+    from leadflow.store.chain import LeadVerification
 
 
 def _is_postgres(recorder: Any) -> bool:
@@ -97,6 +100,10 @@ class EventCodec:
         remembers its head (``chain_head``: set by replaying a lead, by storing any
         aggregate); one not yet known is read from its newest row.
         """
+        # The chain module is imported where rows are written or verified, not with the codec:
+        # a command that only reads (lead show) does not need it (start-up, issue 15).
+        from leadflow.store import chain
+
         pending = aggregate.collect_events()
         if not pending:
             return []
@@ -176,6 +183,8 @@ class EventCodec:
         return payload
 
     def chain_head(self, aggregate_id: UUID) -> str:
+        from leadflow.store import chain
+
         stored = self.recorder.select_events(aggregate_id, desc=True, limit=1)
         if not stored:
             return chain.genesis(aggregate_id)
@@ -185,7 +194,9 @@ class EventCodec:
     def protected(self) -> bool:
         return self.mapper.cipher is not None or self.mapper.compressor is not None
 
-    def verify(self, aggregate_id: UUID) -> chain.LeadVerification:
+    def verify(self, aggregate_id: UUID) -> LeadVerification:
         """Recompute an aggregate's chain from its stored rows (no cache, no domain)."""
+        from leadflow.store import chain
+
         return chain.verify_events(aggregate_id, self.recorder.select_events(aggregate_id),
                                    self.plain if self.protected else None, self.keyring)
