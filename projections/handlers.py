@@ -93,12 +93,13 @@ class PageChanges:
         self.leads: dict[str, dict[str, Any]] = {}
         # Each lead's named-model rows, by model id.
         self.models: dict[str, dict[str, dict[str, Any]]] = {}
-        # (notification id, lead) of the merges in this page: the named models' points a
-        # merge brings stay recorded on the merged lead, as the primary model's do.
-        self._merges: set[tuple[int, str]] = set()
         # (lead, model) -> the notification id of its latest backfill: the model's ledger rows
         # before it are superseded (``writer.Page`` leaves them out and deletes them).
         self.superseded: dict[tuple[str, str], int] = {}
+        # (lead, notification id, the records the lead kept) of each unmerge: the named
+        # models' engagement rows before it of other records go (``writer.Page`` deletes the
+        # stored ones; this page's are left out here).
+        self.released: list[tuple[str, int, frozenset[str]]] = []
         # Each lead's (owner, stage) before this run (None: counted in no owner's load).
         self.before: dict[str, tuple[str, str] | None] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -306,7 +307,6 @@ class PageChanges:
         row["merged_into"] = str(e.survivor_id)
 
     def _on_Absorbed(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
-        self._merges.add((nid, row["lead_id"]))
         identities = json.loads(row["identities"])
         identities += [k for k in e.identity_keys if k not in identities]
         row["identities"] = json.dumps(identities)
@@ -364,6 +364,7 @@ class PageChanges:
             row[f"reached_{stage}_at"] = min(times) if times else None
         if "_models" in state:  # the named models' state, recomputed too
             self._restore_models(nid, row["lead_id"], cause, state["_models"])
+            self._release(nid, row["lead_id"], frozenset(state["seen"]))
 
     # ----- named models (``[models.<id>]``)
 
@@ -383,18 +384,17 @@ class PageChanges:
         return row
 
     def _on_ModelsScored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
+        """A record's (or a merge's) points and fit in the named models. A merge brings the
+        merged lead's points into the survivor's state, and so into its rows: a lead's rows
+        of a named model are always the points its state holds (the merged lead keeps its
+        own, which ``score_ledger_resolved`` leaves out, as it does the fit rows)."""
         lead_id = row["lead_id"]
         event_id, version = e.event_id, e.rules_version
-        merge = (nid, lead_id) in self._merges
         for key, change in e.models.items():
             model = _model_id(key)
             state = self.model_row(lead_id, model)
             awards = change.get("awards")
             if awards:
-                if merge and event_id is not None:
-                    # The merged lead's points come along (not its record's: a record that
-                    # merges two leads and scores comes with its own ModelsScored).
-                    awards = [a for a in awards if a["event_id"] == event_id]
                 self._awards(nid, row, awards, "engagement", version, model)
             if "engagement_value" in change:
                 state["engagement_value"] = change["engagement_value"]
@@ -445,6 +445,14 @@ class PageChanges:
                           engagement_as_of=state.get("as_of"),
                           above=bool(state.get("above", False)),
                           crossed_at=state.get("crossed_at"))
+
+    def _release(self, nid: int, lead_id: str, seen: frozenset[str]) -> None:
+        """An unmerge keeps, of each named model's points, those of the lead's own records
+        (``Lead.refold_models``: a backfill after the merge scored the merged lead's records
+        too, and the merge brought its points): its engagement rows of other records go."""
+        self.released.append((lead_id, nid, seen))
+        self.ledger = [r for r in self.ledger if r[2] != lead_id or r[10] is None
+                       or r[4] == "fit" or r[3] in seen]
 
     def _account(self, account_id: str, kind: str, e: Any) -> None:
         if kind == "Created":

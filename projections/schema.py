@@ -332,9 +332,10 @@ CREATE VIEW score_ledger_resolved AS
 SELECT COALESCE(l.merged_into, e.lead_id) AS lead_id, e.lead_id AS recorded_on, e.event_id,
        e.kind, e.rule, e.rules_version, e.points, e.occurred_at, e.expires_at, e.model
 FROM score_ledger e LEFT JOIN lead_state l ON l.lead_id = e.lead_id
--- A survivor records the fit of the merged profile itself (each model's too): the absorbed
--- lead's own fit rows would count twice.
-WHERE NOT (e.kind = 'fit' AND l.merged_into IS NOT NULL)
+-- A survivor records the fit of the merged profile itself (each model's too), and each named
+-- model's points the merge brought (a backfill, the merged lead's records too): the absorbed
+-- lead's own rows of those would count twice.
+WHERE NOT (l.merged_into IS NOT NULL AND (e.kind = 'fit' OR e.model IS NOT NULL))
 ;
 CREATE VIEW scores_now_by_model AS
 SELECT s.lead_id, CAST(NULL AS TEXT) AS model, s.stage, s.owner, l.source, s.fit,

@@ -43,8 +43,9 @@ class Page(PageChanges):
         super().__init__(half_life_days, models)
         self.db = db
         self.s = suffix
-        # A rebuild's replay: ledger rows a backfill supersedes are deleted once, set-wise,
-        # when the state is written (its fresh tables have no index to find them by lead).
+        # A rebuild's replay: ledger rows a backfill supersedes or an unmerge releases are
+        # deleted once, set-wise, when the state is written (its fresh tables have no index
+        # to find them by lead).
         self.replaying = replaying
 
     def load(self, lead_ids: set[str], account_ids: set[str],
@@ -157,6 +158,8 @@ class Page(PageChanges):
                                 [[lead, model, nid] for (lead, model), nid
                                  in sorted(self.superseded.items())])
             self.superseded = {}
+        if self.released and not self.replaying:
+            self._delete_released_by_lead()
         # A forgotten person's earlier transitions: their reasons were sealed with the
         # deleted key, so a rebuild reads none (handlers._forget_row does the lead's row).
         for lead_id, nid in sorted(self.forgotten.items()):
@@ -172,6 +175,8 @@ class Page(PageChanges):
         s, db = self.s, self.db
         if self.superseded:
             self._delete_superseded()
+        if self.released:
+            self._delete_released()
         if fresh:
             self._copy("lead_state", STATE_COLUMNS, self.leads.values())
             self._copy("lead_personal", PERSONAL_ROW, self.leads.values())
@@ -224,6 +229,46 @@ class Page(PageChanges):
                         f"AND x.model = {ledger}.model AND {ledger}.notification_id < x.nid)")
         self.db.execute(f"DROP TABLE {table}")
         self.superseded = {}
+
+    def _delete_released_by_lead(self) -> None:
+        """Delete the stored named-model engagement rows each unmerge of this page released
+        (of records the lead no longer holds), found by the ledger's lead index."""
+        ledger = f"score_ledger{self.s}"
+        for lead_id, nid, seen in self.released:
+            rows = self.db.query(f"SELECT notification_id, seq, event_id FROM {ledger} "
+                                 "WHERE lead_id = %s AND model IS NOT NULL AND kind <> 'fit' "
+                                 "AND notification_id < %s", [lead_id, nid])
+            self.db.executemany(f"DELETE FROM {ledger} WHERE notification_id = %s AND seq = %s",
+                                [[r["notification_id"], r["seq"]] for r in rows
+                                 if r["event_id"] not in seen])
+        self.released = []
+
+    def _delete_released(self) -> None:
+        """Delete the ledger rows of the replay's earlier pages that a later unmerge of their
+        lead released, in one statement over tables of the unmerges and the records each
+        lead kept."""
+        restores, kept = f"ledger_released{self.s}", f"ledger_kept{self.s}"
+        for table, ddl in ((restores, "PRIMARY KEY (lead_id, nid)"),
+                           (kept, "event_id TEXT NOT NULL, PRIMARY KEY (lead_id, nid, event_id)")):
+            self.db.execute(f"DROP TABLE IF EXISTS {table}")
+            self.db.execute(f"CREATE TABLE {table} (lead_id TEXT NOT NULL, nid BIGINT NOT NULL, "
+                            f"{ddl})")
+        self.db.executemany(f"INSERT INTO {restores} VALUES (%s, %s)",
+                            [[lead, nid] for lead, nid, _ in self.released])
+        self.db.executemany(f"INSERT INTO {kept} VALUES (%s, %s, %s)",
+                            [[lead, nid, event_id] for lead, nid, seen in self.released
+                             for event_id in sorted(seen)])
+        ledger = f"score_ledger{self.s}"
+        self.db.execute(
+            f"DELETE FROM {ledger} WHERE (notification_id, seq) IN ("
+            f"SELECT e.notification_id, e.seq FROM {restores} r JOIN {ledger} e "
+            "ON e.lead_id = r.lead_id AND e.notification_id < r.nid "
+            "WHERE e.model IS NOT NULL AND e.kind <> 'fit' AND NOT EXISTS ("
+            f"SELECT 1 FROM {kept} k WHERE k.lead_id = r.lead_id AND k.nid = r.nid "
+            "AND k.event_id = e.event_id))")
+        for table in (restores, kept):
+            self.db.execute(f"DROP TABLE {table}")
+        self.released = []
 
     def _model_rows(self) -> Iterable[dict[str, Any]]:
         return (row for rows in self.models.values() for row in rows.values())

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,7 +22,8 @@ from leadflow.engine.backfill import backfill, changed_models
 from leadflow.projections.db import ProjectionDB, from_db
 from leadflow.projections.projector import Projector
 from leadflow.projections.schema import tables_ddl
-from tests.conftest import T0, Records, days
+from tests.conftest import T0, Records, clean_env, days
+from tests.integration.test_auditor import LEADFLOW
 from tests.integration.test_projection_hostile import dump
 from tests.integration.test_projections import load_stream
 from tests.unit.test_scoring_models import MODELS, models_rules
@@ -198,17 +200,21 @@ def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
     projector = Projector(app, db, page_size=1)
     projector.run(until_idle=True)
     assert merged == survivor
-    # The merged lead's points stay recorded on it and count for the survivor in
-    # score_ledger_resolved; the merging record's own emea points are the survivor's.
+    # The survivor records the points the merge brought, as its state holds them; the merged
+    # lead keeps its own rows, which score_ledger_resolved leaves out (they would count
+    # twice). The merging record's own emea points are the survivor's.
     resolved = db.query("SELECT recorded_on, model, event_id, points FROM "
                         "score_ledger_resolved WHERE lead_id = %s AND model IS NOT NULL "
                         "ORDER BY model, occurred_at", [str(survivor)])
-    other = next(r["recorded_on"] for r in resolved if r["recorded_on"] != str(survivor))
     assert [(r["model"], r["event_id"], r["recorded_on"] == str(survivor), float(r["points"]))
             for r in resolved] == [
-        ("emea", "evt-1", True, 4.0), ("emea", "evt-2", False, 4.0),
+        ("emea", "evt-1", True, 4.0), ("emea", "evt-2", True, 4.0),
         ("emea", "evt-3", True, 4.0),
-        ("product-b", "evt-1", True, 12.0), ("product-b", "evt-2", False, 12.0)]
+        ("product-b", "evt-1", True, 12.0), ("product-b", "evt-2", True, 12.0)]
+    [other] = [r["lead_id"] for r in db.query(
+        "SELECT lead_id FROM lead_state WHERE merged_into = %s", [str(survivor)])]
+    assert {(r[0], r[3], r[4]) for r in ledger(db, other)} == {
+        ("product-b", "evt-2", 12.0), ("emea", "evt-2", 4.0)}
     expected = app._get_lead(survivor).model_states["product-b"]
     row = model_rows(db, survivor)["product-b"]
     assert row["engagement_value"] == pytest.approx(expected["value"], abs=1e-9)
@@ -228,6 +234,9 @@ def test_merges_and_unmerges_move_each_models_points_as_the_leads_record_them(
     # Without the merged page the survivor is below 20 again: a crossing down at the unmerge.
     assert (row["above"], model_rows(db, survivor)["product-b"]["above"]) == (False, False)
     assert model_rows(db, survivor)["product-b"]["crossed_at"] == T0 + days(3)
+    # Each lead's rows are its own records' points again: the merge's copies are gone.
+    for lead_id, event_ids in ((survivor, {"evt-1", "evt-3"}), (other, {"evt-2"})):
+        assert {r[3] for r in ledger(db, lead_id) if r[0] is not None} == event_ids
     rebuild_agrees(app, db)
 
 
@@ -261,6 +270,96 @@ def test_a_backfill_replaces_a_models_state_and_its_ledger_rows_in_both_ways(
     assert len([r for r in ledger(db, anna) if r[0] == "emea"]) == 4
     rebuild_agrees(app, db)
     rebuild_agrees(app, db, page_size=2)  # superseded rows in pages already written
+
+
+def resolved_score(db: ProjectionDB, lead_id: Any, model: str, at: datetime) -> float:
+    """The lead's score in ``model`` at ``at`` from its rows in ``score_ledger_resolved``:
+    its fit rows, each engagement row decayed from its time (H: the model's half-life), the
+    expiring ones in full until they expire."""
+    half_life = float(model_rows(db, lead_id)[model]["half_life_days"])
+    score = 0.0
+    for row in db.query("SELECT kind, points, occurred_at, expires_at FROM "
+                        "score_ledger_resolved WHERE lead_id = %s AND model = %s",
+                        [str(lead_id), model]):
+        points, occurred_at = float(row["points"]), from_db(row["occurred_at"])
+        expires_at = from_db(row["expires_at"])
+        if row["kind"] == "fit":
+            score += points
+        elif expires_at is not None:
+            score += points if expires_at > at else 0.0
+        else:
+            score += points * 2 ** (-(at - occurred_at).total_seconds() / 86400 / half_life)
+    return score
+
+
+def shown_models(url: str, identity: str, at: datetime) -> dict[str, float]:
+    """Each named model's score of a lead at ``at``, as ``leadflow lead show --json`` says."""
+    shown = subprocess.run([*LEADFLOW, "lead", "show", identity, "--at", at.isoformat(),
+                            "--json"], env={**clean_env(), "LEADFLOW_DATABASE_URL": url},
+                           capture_output=True, text=True, timeout=120, check=False)
+    assert shown.returncode == 0, shown.stderr
+    return {model: m["score"] for model, m in json.loads(shown.stdout)["models"].items()}
+
+
+def test_a_backfilled_survivor_counts_each_record_once_before_and_after_an_unmerge(
+        db_url: str, rec: Records) -> None:
+    at = T0 + days(3)
+    app = engine(db_url)
+    db = ProjectionDB(db_url)
+    app.publish_rules(app.rules, default_rules_text() + MODELS, T0, "analyst")  # the CLI's
+    app.apply_batch([
+        rec("page_viewed", EMAIL, at=T0, context={"properties": {"product": "b"}}),
+        rec("page_viewed", None, at=T0 + days(1), lead={"phone": PHONE, "employees": 150},
+            context={"properties": {"product": "b"}}),
+        rec("demo_requested", None, at=T0 + days(1.5), lead={"phone": PHONE}),
+        # One record naming both (scored by no model): the older lead absorbs the newer one.
+        rec("email_opened", EMAIL, at=T0 + days(2), lead={"phone": PHONE}),
+    ])
+    survivor, other = app.resolve("email:" + EMAIL), app.resolve("phone:+442079460958")
+    assert survivor == other
+    projector = Projector(app, db, page_size=2)
+    projector.run(until_idle=True)
+
+    def agree(lead_id: Any, identity: str, expected: dict[str, float]) -> None:
+        """The resolved ledger rows give the engine's score per model, the hand-computed."""
+        shown = shown_models(db_url, identity, at)
+        assert shown == pytest.approx(expected, abs=1e-4)
+        assert {model: resolved_score(db, lead_id, model, at) for model in shown} == (
+            pytest.approx(shown, abs=1e-4))
+
+    # The merge brings the phone lead's points (its demo's 30 until day 8.5) and its size
+    # (product-b's fit 5).
+    emea_both = 4 * 2 ** (-3 / 30) + 4 * 2 ** (-2 / 30) + 30
+    agree(survivor, "email:" + EMAIL, {
+        "product-b": 5 + 12 * 2 ** (-3 / 10) + 12 * 2 ** (-2 / 10), "emea": emea_both})
+    rebuild_agrees(app, db)
+
+    # A publication halves product-b's page points; both leads are backfilled (the
+    # survivor with the merged lead's records, the merged lead with its own).
+    text = default_rules_text() + MODELS.replace("points = 12", "points = 6")
+    app.publish_rules(parse_rules(text, source="halved.toml"), text, T0 + days(3), "analyst")
+    assert backfill(app, ["product-b"], "analyst").leads == 2
+    projector.run(until_idle=True)
+    agree(survivor, "email:" + EMAIL, {
+        "product-b": 5 + 6 * 2 ** (-3 / 10) + 6 * 2 ** (-2 / 10), "emea": emea_both})
+    rebuild_agrees(app, db)
+    rebuild_agrees(app, db, page_size=2)
+
+    app.unmerge("phone:+442079460958", at, "ops")
+    projector.run(until_idle=True)
+    other = app.resolve("phone:+442079460958")
+    assert other != survivor
+    # Each lead's own records again: the survivor without the size, the page and the demo.
+    agree(survivor, "email:" + EMAIL, {"product-b": 6 * 2 ** (-3 / 10),
+                                       "emea": 4 * 2 ** (-3 / 30)})
+    agree(other, "phone:+442079460958", {"product-b": 5 + 6 * 2 ** (-2 / 10),
+                                         "emea": 4 * 2 ** (-2 / 30) + 30})
+    assert {(r[0], r[3]) for r in ledger(db, survivor) if r[0] and r[1] != "fit"} == {
+        ("product-b", "evt-1"), ("emea", "evt-1")}
+    rebuild_agrees(app, db)
+    rebuild_agrees(app, db, page_size=2)  # released rows in pages already written
+    db.close()
+    app.close()
 
 
 def test_with_another_primary_model_its_points_are_the_primary_rows_and_scoring_a_model(

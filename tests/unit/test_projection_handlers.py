@@ -556,7 +556,7 @@ def test_each_models_points_go_to_the_ledger_under_its_id_and_its_state_to_its_r
     assert (lead["fit"], lead["engagement_value"]) == (0.0, 0.0)
 
 
-def test_a_merges_carried_model_points_stay_on_the_merged_lead_and_its_records_own_count(
+def test_a_merges_carried_model_points_are_recorded_on_the_survivor_as_its_state_holds_them(
         store: Store) -> None:
     at = T0 + days(2)
     changes = project(store.created(LEAD), store.created(OTHER))
@@ -570,17 +570,14 @@ def test_a_merges_carried_model_points_stay_on_the_merged_lead_and_its_records_o
     own = {"b": {"awards": [award("b-page", 12.0, at, "evt-3")],
                  "engagement_value": 30.0, "engagement_as_of": at}}
     # One stored row: the merge (Absorbed, then the model points it brings), then the
-    # merging record's own points.
+    # merging record's own points: the survivor's state holds both, so do its rows.
     project((nid, topic, absorbed), scored(store, carried, at, "evt-3", nid),
             scored(store, own, at, "evt-3", nid), into=changes)
 
     assert [(r["lead_id"], r["rule"], r["event_id"], r["seq"])
             for r in named("score_ledger", changes.ledger)] == [
-        (str(LEAD), "b-page", "evt-3", 0)]
+        (str(LEAD), "b-page", "evt-2", 0), (str(LEAD), "b-page", "evt-3", 1)]
     assert changes.models[str(LEAD)]["b"]["engagement_value"] == 30.0
-    # A record merging two leads that only the merge's points concern: none of its own.
-    project(scored(store, carried, at, "evt-3", nid), into=changes)
-    assert len(changes.ledger) == 1
 
 
 def test_an_unmerge_restores_each_models_state_and_empties_a_model_the_lead_lost(
@@ -588,7 +585,10 @@ def test_an_unmerge_restores_each_models_state_and_empties_a_model_the_lead_lost
     at = T0 + days(3)
     changes = project(
         store.created(),
-        scored(store, {"b": {"fit": 5.0, "fit_awards": [["b-big", 5.0]], "awards": [],
+        # A backfill after a merge gave the lead the merged lead's record e9's points too.
+        scored(store, {"b": {"fit": 5.0, "fit_awards": [["b-big", 5.0]],
+                             "awards": [award("b-page", 12.0, T0, "e1"),
+                                        award("b-page", 12.0, T0, "e9")],
                              "engagement_value": 24.0, "engagement_as_of": T0},
                        "emea": {"engagement_value": 4.0, "engagement_as_of": T0}}, T0, "e1"),
         store("ModelThresholdCrossed", model="b", direction="up", score=29.0, threshold=20.0,
@@ -598,9 +598,10 @@ def test_an_unmerge_restores_each_models_state_and_empties_a_model_the_lead_lost
         "eng_as_of": None, "touchpoints": 1, "last_touch_at": None, "dormant": False,
         "stage": "new", "stage_at": T0, "stage_reason": None, "owner": None, "team": None,
         "in_pool": False, "contacted_at": None, "deal_owner": None, "account_id": None,
-        "first_reached": {"new": T0},
+        "first_reached": {"new": T0}, "seen": ["e1"],
         "_models": {"b": {"fit": 0.0, "fit_awards": [], "value": 12.0, "as_of": T0,
-                          "awards": [], "counts": {}, "totals": {}, "above": False,
+                          "awards": [award("b-page", 12.0, T0, "e1")], "counts": {},
+                          "totals": {}, "above": False,
                           "crossed_at": None}},
     }
     project(store("StateRestored", state=state, released_lead=OTHER, occurred_at=at,
@@ -610,9 +611,13 @@ def test_an_unmerge_restores_each_models_state_and_empties_a_model_the_lead_lost
     assert (b["fit"], b["engagement_value"], b["above"], b["crossed_at"]) == (
         0.0, 12.0, False, None)
     assert (emea["engagement_value"], emea["engagement_as_of"]) == (0.0, None)
+    # Of the engagement rows, the lead's own record's stay (as Lead.refold_models keeps
+    # them); the fit change of the restore is recorded.
     assert [(r["model"], r["rule"], r["points"], r["event_id"])
-            for r in named("score_ledger", changes.ledger) if r["model"]][-1] == (
-        "b", "b-big", -5.0, f"unmerge:{OTHER}")
+            for r in named("score_ledger", changes.ledger) if r["model"]] == [
+        ("b", "b-page", 12.0, "e1"), ("b", "b-big", 5.0, "e1"),
+        ("b", "b-big", -5.0, f"unmerge:{OTHER}")]
+    assert changes.released == [(str(LEAD), 4, frozenset({"e1"}))]
 
 
 # ---------------------------------------------------------------- written to SQLite
