@@ -96,10 +96,10 @@ class PageChanges:
         # (lead, model) -> the notification id of its latest backfill: the model's ledger rows
         # before it are superseded (``writer.Page`` leaves them out and deletes them).
         self.superseded: dict[tuple[str, str], int] = {}
-        # (lead, notification id, the records the lead kept) of each unmerge: the named
-        # models' engagement rows before it of other records go (``writer.Page`` deletes the
-        # stored ones; this page's are left out here).
-        self.released: list[tuple[str, int, frozenset[str]]] = []
+        # (lead, notification id, the (model, record) pairs whose points the lead kept) of
+        # each unmerge: the named models' engagement rows before it of other records go
+        # (``writer.Page`` deletes the stored ones; this page's are left out here).
+        self.released: list[tuple[str, int, frozenset[tuple[str, str]]]] = []
         # Each lead's (owner, stage) before this run (None: counted in no owner's load).
         self.before: dict[str, tuple[str, str] | None] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
@@ -364,7 +364,7 @@ class PageChanges:
             row[f"reached_{stage}_at"] = min(times) if times else None
         if "_models" in state:  # the named models' state, recomputed too
             self._restore_models(nid, row["lead_id"], cause, state["_models"])
-            self._release(nid, row["lead_id"], frozenset(state["seen"]))
+            self._release(nid, row["lead_id"], state["_models"])
 
     # ----- named models (``[models.<id>]``)
 
@@ -446,13 +446,20 @@ class PageChanges:
                           above=bool(state.get("above", False)),
                           crossed_at=state.get("crossed_at"))
 
-    def _release(self, nid: int, lead_id: str, seen: frozenset[str]) -> None:
-        """An unmerge keeps, of each named model's points, those of the lead's own records
-        (``Lead.refold_models``: a backfill after the merge scored the merged lead's records
-        too, and the merge brought its points): its engagement rows of other records go."""
-        self.released.append((lead_id, nid, seen))
+    def _release(self, nid: int, lead_id: str,
+                 states: Mapping[str, Mapping[str, Any]]) -> None:
+        """An unmerge's recomputed named models hold the points of the lead's own records
+        only (the merge's points are dropped, and ``Lead.refold_models`` keeps of a backfill
+        after the merge, which scored the merged lead's records too, the lead's own): its
+        engagement rows of a model go unless their record's points are in the model's
+        recomputed state."""
+        # As the columns hold them (a record without an id keeps no row: none is its own).
+        kept = frozenset((_model_id(key), event_id) for key, state in states.items()
+                         for award in state.get("awards", ())
+                         if (event_id := to_text(award.get("event_id"))) is not None)
+        self.released.append((lead_id, nid, kept))
         self.ledger = [r for r in self.ledger if r[2] != lead_id or r[10] is None
-                       or r[4] == "fit" or r[3] in seen]
+                       or r[4] == "fit" or (r[10], to_text(r[3])) in kept]
 
     def _account(self, account_id: str, kind: str, e: Any) -> None:
         if kind == "Created":

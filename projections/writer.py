@@ -234,30 +234,31 @@ class Page(PageChanges):
         """Delete the stored named-model engagement rows each unmerge of this page released
         (of records the lead no longer holds), found by the ledger's lead index."""
         ledger = f"score_ledger{self.s}"
-        for lead_id, nid, seen in self.released:
-            rows = self.db.query(f"SELECT notification_id, seq, event_id FROM {ledger} "
+        for lead_id, nid, kept in self.released:
+            rows = self.db.query(f"SELECT notification_id, seq, model, event_id FROM {ledger} "
                                  "WHERE lead_id = %s AND model IS NOT NULL AND kind <> 'fit' "
                                  "AND notification_id < %s", [lead_id, nid])
             self.db.executemany(f"DELETE FROM {ledger} WHERE notification_id = %s AND seq = %s",
                                 [[r["notification_id"], r["seq"]] for r in rows
-                                 if r["event_id"] not in seen])
+                                 if (r["model"], r["event_id"]) not in kept])
         self.released = []
 
     def _delete_released(self) -> None:
         """Delete the ledger rows of the replay's earlier pages that a later unmerge of their
-        lead released, in one statement over tables of the unmerges and the records each
-        lead kept."""
+        lead released, in one statement over tables of the unmerges and the (model, record)
+        pairs each lead kept."""
         restores, kept = f"ledger_released{self.s}", f"ledger_kept{self.s}"
         for table, ddl in ((restores, "PRIMARY KEY (lead_id, nid)"),
-                           (kept, "event_id TEXT NOT NULL, PRIMARY KEY (lead_id, nid, event_id)")):
+                           (kept, "model TEXT NOT NULL, event_id TEXT NOT NULL, "
+                                  "PRIMARY KEY (lead_id, nid, model, event_id)")):
             self.db.execute(f"DROP TABLE IF EXISTS {table}")
             self.db.execute(f"CREATE TABLE {table} (lead_id TEXT NOT NULL, nid BIGINT NOT NULL, "
                             f"{ddl})")
         self.db.executemany(f"INSERT INTO {restores} VALUES (%s, %s)",
                             [[lead, nid] for lead, nid, _ in self.released])
-        self.db.executemany(f"INSERT INTO {kept} VALUES (%s, %s, %s)",
-                            [[lead, nid, event_id] for lead, nid, seen in self.released
-                             for event_id in sorted(seen)])
+        self.db.executemany(f"INSERT INTO {kept} VALUES (%s, %s, %s, %s)",
+                            [[lead, nid, model, event_id] for lead, nid, pairs in self.released
+                             for model, event_id in sorted(pairs)])
         ledger = f"score_ledger{self.s}"
         self.db.execute(
             f"DELETE FROM {ledger} WHERE (notification_id, seq) IN ("
@@ -265,7 +266,7 @@ class Page(PageChanges):
             "ON e.lead_id = r.lead_id AND e.notification_id < r.nid "
             "WHERE e.model IS NOT NULL AND e.kind <> 'fit' AND NOT EXISTS ("
             f"SELECT 1 FROM {kept} k WHERE k.lead_id = r.lead_id AND k.nid = r.nid "
-            "AND k.event_id = e.event_id))")
+            "AND k.model = e.model AND k.event_id = e.event_id))")
         for table in (restores, kept):
             self.db.execute(f"DROP TABLE {table}")
         self.released = []

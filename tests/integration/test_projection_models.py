@@ -301,22 +301,36 @@ def shown_models(url: str, identity: str, at: datetime) -> dict[str, float]:
     return {model: m["score"] for model, m in json.loads(shown.stdout)["models"].items()}
 
 
-def test_a_backfilled_survivor_counts_each_record_once_before_and_after_an_unmerge(
-        db_url: str, rec: Records) -> None:
-    at = T0 + days(3)
-    app = engine(db_url)
-    db = ProjectionDB(db_url)
+def merged_the_phone_lead(app: LeadflowApp, rec: Records) -> UUID:
+    """Anna's product-B page (evt-1); a lead by phone with 150 employees, a product-B page
+    (evt-2) and a demo request (evt-3), merged into Anna's by a record naming both (evt-4,
+    scored by no model). Returns the survivor."""
     app.publish_rules(app.rules, default_rules_text() + MODELS, T0, "analyst")  # the CLI's
     app.apply_batch([
         rec("page_viewed", EMAIL, at=T0, context={"properties": {"product": "b"}}),
         rec("page_viewed", None, at=T0 + days(1), lead={"phone": PHONE, "employees": 150},
             context={"properties": {"product": "b"}}),
         rec("demo_requested", None, at=T0 + days(1.5), lead={"phone": PHONE}),
-        # One record naming both (scored by no model): the older lead absorbs the newer one.
         rec("email_opened", EMAIL, at=T0 + days(2), lead={"phone": PHONE}),
     ])
-    survivor, other = app.resolve("email:" + EMAIL), app.resolve("phone:+442079460958")
-    assert survivor == other
+    survivor = app.resolve("email:" + EMAIL)
+    assert app.resolve("phone:+442079460958") == survivor
+    return survivor
+
+
+def halve_product_b(app: LeadflowApp) -> None:
+    """A publication halves product-b's page points; both leads are backfilled (the
+    survivor with the merged lead's records, the merged lead with its own)."""
+    text = default_rules_text() + MODELS.replace("points = 12", "points = 6")
+    app.publish_rules(parse_rules(text, source="halved.toml"), text, T0 + days(3), "analyst")
+    assert backfill(app, ["product-b"], "analyst").leads == 2
+
+
+def test_a_backfilled_survivor_counts_each_record_once_before_and_after_an_unmerge(
+        models_store: tuple[LeadflowApp, ProjectionDB], db_url: str, rec: Records) -> None:
+    app, db = models_store
+    at = T0 + days(3)
+    survivor = merged_the_phone_lead(app, rec)
     projector = Projector(app, db, page_size=2)
     projector.run(until_idle=True)
 
@@ -334,11 +348,7 @@ def test_a_backfilled_survivor_counts_each_record_once_before_and_after_an_unmer
         "product-b": 5 + 12 * 2 ** (-3 / 10) + 12 * 2 ** (-2 / 10), "emea": emea_both})
     rebuild_agrees(app, db)
 
-    # A publication halves product-b's page points; both leads are backfilled (the
-    # survivor with the merged lead's records, the merged lead with its own).
-    text = default_rules_text() + MODELS.replace("points = 12", "points = 6")
-    app.publish_rules(parse_rules(text, source="halved.toml"), text, T0 + days(3), "analyst")
-    assert backfill(app, ["product-b"], "analyst").leads == 2
+    halve_product_b(app)
     projector.run(until_idle=True)
     agree(survivor, "email:" + EMAIL, {
         "product-b": 5 + 6 * 2 ** (-3 / 10) + 6 * 2 ** (-2 / 10), "emea": emea_both})
@@ -358,8 +368,28 @@ def test_a_backfilled_survivor_counts_each_record_once_before_and_after_an_unmer
         ("product-b", "evt-1"), ("emea", "evt-1")}
     rebuild_agrees(app, db)
     rebuild_agrees(app, db, page_size=2)  # released rows in pages already written
-    db.close()
-    app.close()
+
+
+def test_an_unmerge_keeps_the_rows_of_a_removed_models_points_as_the_engine_keeps_them(
+        models_store: tuple[LeadflowApp, ProjectionDB], rec: Records) -> None:
+    app, db = models_store
+    survivor = merged_the_phone_lead(app, rec)
+    halve_product_b(app)
+    # product-b leaves the rules: the unmerge recomputes the models in them only, so the
+    # survivor keeps product-b's backfilled points of both leads' pages (emea drops the
+    # merged lead's page and demo).
+    text = default_rules_text() + MODELS[MODELS.index("[models.emea]"):]
+    app.publish_rules(parse_rules(text, source="emea.toml"), text, T0 + days(3), "analyst")
+    app.unmerge("phone:+442079460958", T0 + days(3), "ops")
+    Projector(app, db, page_size=2).run(until_idle=True)
+    states = app._get_lead(survivor).model_states
+    for model in ("product-b", "emea"):
+        assert sorted((r[3], r[4]) for r in ledger(db, survivor)
+                      if r[0] == model and r[1] == "engagement") == sorted(
+            (a["event_id"], a["points"]) for a in states[model]["awards"]), model
+    assert {r[3] for r in ledger(db, survivor) if r[0] == "product-b"} >= {"evt-1", "evt-2"}
+    rebuild_agrees(app, db)
+    rebuild_agrees(app, db, page_size=2)
 
 
 def test_with_another_primary_model_its_points_are_the_primary_rows_and_scoring_a_model(

@@ -598,7 +598,7 @@ def test_an_unmerge_restores_each_models_state_and_empties_a_model_the_lead_lost
         "eng_as_of": None, "touchpoints": 1, "last_touch_at": None, "dormant": False,
         "stage": "new", "stage_at": T0, "stage_reason": None, "owner": None, "team": None,
         "in_pool": False, "contacted_at": None, "deal_owner": None, "account_id": None,
-        "first_reached": {"new": T0}, "seen": ["e1"],
+        "first_reached": {"new": T0},
         "_models": {"b": {"fit": 0.0, "fit_awards": [], "value": 12.0, "as_of": T0,
                           "awards": [award("b-page", 12.0, T0, "e1")], "counts": {},
                           "totals": {}, "above": False,
@@ -617,7 +617,7 @@ def test_an_unmerge_restores_each_models_state_and_empties_a_model_the_lead_lost
             for r in named("score_ledger", changes.ledger) if r["model"]] == [
         ("b", "b-page", 12.0, "e1"), ("b", "b-big", 5.0, "e1"),
         ("b", "b-big", -5.0, f"unmerge:{OTHER}")]
-    assert changes.released == [(str(LEAD), 4, frozenset({"e1"}))]
+    assert changes.released == [(str(LEAD), 4, frozenset({("b", "e1")}))]
 
 
 # ---------------------------------------------------------------- written to SQLite
