@@ -478,6 +478,7 @@ class Bench:
                 self.step("project", self.project)
                 self.step("rebuild", self.rebuild)
                 self.step("rescore", self.rescore)
+                self.step("dedupe", self.dedupe)
                 self.step("queries", self.queries)
         self.step("naive", self.naive)
         self.step("apply_batch", self.apply_batch)
@@ -844,6 +845,27 @@ class Bench:
                    "with the MQL threshold at 45; records = applied records of the stream, "
                    "process start to exit; the leads are split among one process per core "
                    "(forked workers, engine/backtest.py), so the figure scales with cores",
+        }
+
+    def dedupe(self) -> None:
+        """`leadflow dedupe suggest` over every live lead of the e2e store (issue 16: 100,000
+        leads must take seconds); ``bench/dedupe_scale.py`` plants duplicates to count the
+        ones found, this times the command where the other figures are."""
+        pipe = self.pipeline
+        assert pipe is not None
+        child = run_child([*LEADFLOW, "dedupe", "suggest", "--json", "--limit", "0"],
+                          pipe.env(), self.work / "dedupe.log")
+        child.check("leadflow dedupe suggest")
+        report = json.loads(child.stdout)
+        stats = report["stats"]
+        self.results["dedupe"] = {
+            "leads": stats.get("leads"), "pairs_compared": stats.get("compared"),
+            "suggestions": len(report.get("suggestions", [])),
+            "seconds": round(child.seconds, 3),
+            "peak_rss_mib": child.peak_rss_mib, "stats": stats,
+            "how": "leadflow dedupe suggest --json --limit 0 subprocess over the e2e PostgreSQL "
+                   "store (the generated stream plants no duplicates: the figure is the cost); "
+                   "process start to exit",
         }
 
     # ---------------------------------------------------------------- 5. queries
@@ -1357,6 +1379,9 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"pairwise median {fmt(dig(r, 'chain_cost.pairwise_median'), 'x')}"),
         ("rescore (backtest)", fmt(dig(r, "rescore.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'rescore.leads'))} leads in {fmt(dig(r, 'rescore.seconds'), 's')}"),
+        ("dedupe suggest (whole store)", fmt(dig(r, "dedupe.seconds"), "s"),
+         f"{fmt(dig(r, 'dedupe.leads'))} leads, {fmt(dig(r, 'dedupe.pairs_compared'))} pairs "
+         f"compared, {fmt(dig(r, 'dedupe.suggestions'))} suggestions"),
         ("funnel query p50 / p95", f"{fmt(dig(r, 'queries.funnel.p50_ms'))} / "
          f"{fmt(dig(r, 'queries.funnel.p95_ms'), 'ms')}",
          f"{fmt(dig(r, 'queries.leads'))} leads, {fmt(dig(r, 'queries.funnel.calls'))} calls"),
