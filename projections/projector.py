@@ -56,8 +56,8 @@ from leadflow.projections.schema import (
     views_ddl,
 )
 from leadflow.projections.writer import Page, RowFailed
-from leadflow.store.personal import PII
-from leadflow.store.recorders import SCHEMA_LOCK_KEY
+from leadflow.store.personal import PII, SealedValuesError
+from leadflow.store.recorders import SCHEMA_LOCK_KEY, ScannedRow
 
 log = structlog.get_logger(__name__)
 
@@ -288,10 +288,9 @@ class Projector:
 
     # ----------------------------------------------------------------- processing
 
-    def _select(self, after: int) -> Sequence[Notification]:
+    def _select(self, after: int) -> list[ScannedRow]:
         try:
-            return self.app.recorder.select_notifications(after + 1, self.page_size,
-                                                          topics=TOPICS)
+            return self.app.indexes.select_rows(after + 1, self.page_size, TOPICS)
         except INFRASTRUCTURE_ERRORS:
             raise
         except Exception as exc:
@@ -310,21 +309,21 @@ class Projector:
         try:
             with self.db.transaction():
                 lock = " FOR UPDATE" if self.db.dialect == "postgres" else ""
-                rows = self.db.query(
+                tracked = self.db.query(
                     f"SELECT position FROM projection_tracking WHERE name = %s{lock}", [name])
-                position = int(rows[0]["position"]) if rows else 0
-                notifications = self._select(position)
-                if not notifications:
+                position = int(tracked[0]["position"]) if tracked else 0
+                rows = self._select(position)
+                if not rows:
                     return 0
                 page = self._page(suffix)
-                events = self._decode(notifications)
+                events = self._decode(rows)
                 page.load({str(e.originator_id) for _, t, e in events if not KINDS[t][0]}
                           | _forgotten_set(events),
                           {str(e.originator_id) for _, t, e in events if KINDS[t][0]}
                           | _accounts_set(events), _model_leads(events))
                 self._apply(page, events)
                 page.write()
-                last = notifications[-1].id
+                last = rows[-1][0]
                 self.db.execute(
                     "INSERT INTO projection_tracking VALUES (%s, %s) ON CONFLICT (name) "
                     "DO UPDATE SET position = excluded.position", [name, last])
@@ -347,30 +346,36 @@ class Projector:
                     {model_id: (model.half_life_days, model.threshold)
                      for model_id, model in rules.models.items()}, replaying)
 
-    def _decode(self, notifications: Sequence[Notification]) -> list[tuple[int, str, Any]]:
+    def _decode(self, rows: Sequence[ScannedRow]) -> list[tuple[int, str, Any]]:
         """The page's events; the first that cannot be decoded raises ProjectionFailedError."""
         mapper = self.app.mapper
         transcoder = mapper.transcoder
         out: list[tuple[int, str, Any]] = []
-        n: Notification | None = None
+        sealed: list[tuple[ScannedRow, str, dict[str, Any]]] = []
+        row: ScannedRow | None = None
         try:
             if not isinstance(transcoder, JSONTranscoder):
                 expand = self.app.codec.expander.expand
-                for n in notifications:
-                    for event in expand(n):
+                for row in rows:
+                    nid, oid, version, topic, state = row
+                    stored = Notification(id=nid, originator_id=oid, originator_version=version,
+                                          topic=topic, state=state)
+                    for event in expand(stored):
                         topic = get_topic(type(event))
                         if topic in KINDS:
-                            out.append((n.id, topic, event))
+                            out.append((nid, topic, event))
                 return out
             names = transcoder.names
             cipher, compressor = mapper.cipher, mapper.compressor
             vault = self.app.vault
             # Personal values are sealed per person (store/personal.py): the page's data
             # keys are read in one query; a forgotten person's values read as placeholders.
-            vault.preload(n.originator_id for n in notifications if n.topic in LEAD_TOPICS)
-            append, loads = out.append, orjson.loads
-            for n in notifications:
-                state = n.state
+            vault.preload(row[1] for row in rows if row[3] in LEAD_TOPICS)
+            # Sealed values are opened in one pass over the page (Vault.open_all), after
+            # the page is parsed: (row, vault name, state) of each event holding some.
+            append, loads, seal = out.append, orjson.loads, sealed.append
+            for row in rows:
+                nid, originator_id, _, stored_topic, state = row
                 if cipher:
                     state = cipher.decrypt(state)
                 if compressor:
@@ -382,33 +387,49 @@ class Projector:
                 if type(data) is not dict:
                     data = load_payload(state)  # raises: no JSON object
                 # One text id per stored row (an envelope holds several events of it).
-                oid = str(n.originator_id)
-                inner = _ENVELOPE_EVENTS.get(n.topic)
+                oid = str(originator_id)
+                inner = _ENVELOPE_EVENTS.get(stored_topic)
                 if inner is not None:
                     for name, sub in data["events"]:
                         found = inner.get(name) if type(name) is str else None
                         if found is None:
                             if type(name) is not str or name in inner:
                                 continue  # an event the read models do not follow
-                            found = _followed(n.topic, name)
+                            found = _followed(stored_topic, name)
                             if len(inner) < 256:  # no more names than the domain has
                                 inner[name] = found
                             if found is None:
                                 continue
                         topic, aggregate_event = found
                         if PII in sub:
-                            vault.open(aggregate_event, n.originator_id, sub)
-                        append((n.id, topic, EventData(oid, sub, names)))
+                            seal((row, aggregate_event, sub))
+                        append((nid, topic, EventData(oid, sub, names)))
                     continue
                 if PII in data:
-                    vault.open(_AGGREGATE_EVENT.get(n.topic) or n.topic.partition(":")[2],
-                               n.originator_id, data)
-                append((n.id, n.topic, EventData(oid, data, names)))
+                    seal((row, _AGGREGATE_EVENT.get(stored_topic)
+                          or stored_topic.partition(":")[2], data))
+                append((nid, stored_topic, EventData(oid, data, names)))
+            row = None
+            self._open(sealed)
         except Exception as exc:
-            assert n is not None
-            raise ProjectionFailedError(n.id, n.originator_id, n.topic,
+            if row is None:
+                raise
+            # An event before this one whose sealed values do not open is named first.
+            self._open(sealed)
+            raise ProjectionFailedError(row[0], row[1], row[3],
                                         f"payload cannot be decoded: {_reason(exc)}") from exc
         return out
+
+    def _open(self, sealed: list[tuple[ScannedRow, str, dict[str, Any]]]) -> None:
+        """Open the page's sealed values; the first that does not open raises
+        ProjectionFailedError naming its event."""
+        try:
+            self.app.vault.open_all([(name, row[1], state) for row, name, state in sealed])
+        except SealedValuesError as exc:
+            row = sealed[exc.index][0]
+            cause = exc.__cause__ or exc  # Vault.open's error for that event
+            raise ProjectionFailedError(row[0], row[1], row[3],
+                                        f"payload cannot be decoded: {_reason(cause)}") from exc
 
     @staticmethod
     def _apply(page: Page, events: list[tuple[int, str, Any]]) -> None:
@@ -520,22 +541,21 @@ class Projector:
     def _replay(self, state: Page, page_size: int, total: int,
                 progress: Callable[[int, int], None] | None) -> int:
         position = 0
-        select = self.app.recorder.select_notifications
+        select = self.app.indexes.select_rows
         # The next page is read (on the event store's own connection) while this one is
         # projected: the database's work and the transfer overlap the decoding.
         with ThreadPoolExecutor(1, thread_name_prefix="rebuild-read") as reader:
-            ahead = reader.submit(select, position + 1, page_size, topics=TOPICS)
+            ahead = reader.submit(select, position + 1, page_size, TOPICS)
             while not self._stop.is_set():
-                notifications = ahead.result()
-                if not notifications:
+                rows = ahead.result()
+                if not rows:
                     break
-                ahead = reader.submit(select, notifications[-1].id + 1, page_size,
-                                      topics=TOPICS)
-                events = self._decode(notifications)
+                ahead = reader.submit(select, rows[-1][0] + 1, page_size, TOPICS)
+                events = self._decode(rows)
                 self._apply(state, events)
                 with self.db.transaction():
                     state.write_appends()
-                position = notifications[-1].id
+                position = rows[-1][0]
                 self.stats.pages += 1
                 self.stats.events += len(events)
                 self.stats.position = position

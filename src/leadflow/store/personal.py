@@ -33,6 +33,7 @@ import base64
 import hashlib
 import os
 import secrets
+from binascii import a2b_base64
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -353,21 +354,36 @@ class Vault:
         if blob is None:
             return True
         aggregate_id = _uuid(aggregate_id)
-        cipher = self._cipher(aggregate_id, create=False)
-        try:
-            raw = base64.b64decode(blob)
-            if raw[:1] != bytes((_BLOB_V1,)):
-                raise ValueError("unknown format")
-            if cipher is None or raw[1:5] != cipher.kid:
-                return False  # sealed with a key that was deleted: the person is forgotten
-            values = orjson.loads(cipher.aead.decrypt(raw[5:17], raw[17:],
-                                                      _aad(name, aggregate_id)))
-        except (InvalidTag, ValueError, TypeError) as exc:
-            raise ValueError(f"the personal data of {name} on {aggregate_id} does not "
-                             "decrypt: the row was altered or moved") from exc
+        values = _unseal(name, aggregate_id, self._cipher(aggregate_id, create=False), blob)
+        if values is None:
+            return False
         for path, value in values.items():
-            _put(state, path, value)
+            _put(state, _parts(path), value)
         return True
+
+    def open_all(self, events: Sequence[tuple[str, UUID | str, dict[str, Any]]]) -> None:
+        """``open`` for many events at once (a projector's page): each aggregate's key and
+        each field path are looked up once for the whole batch, not once per event. A blob
+        that does not open raises ``SealedValuesError`` naming its index in ``events``; the
+        events before it are opened."""
+        ciphers: dict[UUID | str, tuple[UUID, _DataKey | None]] = {}
+        parts = _PARTS
+        for index, (name, aggregate_id, state) in enumerate(events):
+            blob = state.pop(PII, None)
+            if blob is None:
+                continue
+            found = ciphers.get(aggregate_id)
+            if found is None:
+                uid = _uuid(aggregate_id)
+                found = ciphers[aggregate_id] = (uid, self._cipher(uid, create=False))
+            try:
+                values = _unseal(name, found[0], found[1], blob)
+            except ValueError as exc:
+                raise SealedValuesError(index) from exc
+            if values is None:
+                continue
+            for path, value in values.items():
+                _put(state, parts.get(path) or _parts(path), value)
 
     # ----------------------------------------------------------------- identities
 
@@ -399,6 +415,37 @@ class Vault:
                                      self.master.wrap(LOOKUP_KEY_ROW, secrets.token_bytes(32)))
             found = self.table.select([LOOKUP_KEY_ROW])[LOOKUP_KEY_ROW]
         return self.master.unwrap(LOOKUP_KEY_ROW, found)
+
+
+class SealedValuesError(ValueError):
+    """A sealed blob of a batch (``Vault.open_all``) does not open: ``index`` is its event's
+    place in the batch; the cause is the error ``Vault.open`` raises for it."""
+
+    def __init__(self, index: int) -> None:
+        super().__init__(f"the sealed personal values of event {index} of the batch do not "
+                         "open")
+        self.index = index
+
+
+_BLOB_PREFIX = bytes((_BLOB_V1,))
+
+
+def _unseal(name: str, aggregate_id: UUID, cipher: _DataKey | None,
+            blob: Any) -> dict[str, Any] | None:
+    """The personal values sealed in ``blob``; None when its key was deleted (the person is
+    forgotten); ValueError when it does not decrypt (altered, or moved to another event)."""
+    try:
+        raw = a2b_base64(blob)
+        if raw[:1] != _BLOB_PREFIX:
+            raise ValueError("unknown format")
+        if cipher is None or raw[1:5] != cipher.kid:
+            return None  # sealed with a key that was deleted: the person is forgotten
+        values: dict[str, Any] = orjson.loads(
+            cipher.aead.decrypt(raw[5:17], raw[17:], _aad(name, aggregate_id)))
+    except (InvalidTag, ValueError, TypeError) as exc:
+        raise ValueError(f"the personal data of {name} on {aggregate_id} does not "
+                         "decrypt: the row was altered or moved") from exc
+    return values
 
 
 def _uuid(value: UUID | str) -> UUID:
@@ -465,8 +512,20 @@ def _take(state: dict[str, Any], path: _Path, secret: dict[str, Any]) -> None:
         parent[leaf] = [] if isinstance(value, list) else None
 
 
-def _put(state: dict[str, Any], path: str, value: Any) -> None:
-    parts = (path[:-1] if path.endswith("~") else path).split(".")
+#: Each sealed field path's keys ("profile.name" -> ("profile", "name")), parsed once.
+_PARTS: dict[str, tuple[str, ...]] = {}
+
+
+def _parts(path: str) -> tuple[str, ...]:
+    found = _PARTS.get(path)
+    if found is None:
+        found = tuple((path[:-1] if path.endswith("~") else path).split("."))
+        if len(_PARTS) < 1024:  # the domain names a few dozen; a hostile blob cannot grow it
+            _PARTS[path] = found
+    return found
+
+
+def _put(state: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
     parent = state
     for part in parts[:-1]:
         child = parent.get(part)

@@ -33,7 +33,7 @@ import psycopg
 from eventsourcing.persistence import OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
-from psycopg.rows import DictRow
+from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
 from leadflow.store import bookkeeping
@@ -111,6 +111,14 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
             "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
         self.meta_table = meta
+        self.select_rows_statement = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {} "
+            "WHERE notification_id >= %s AND topic = ANY(%s) ORDER BY notification_id LIMIT %s"
+        ).format(Identifier(self.datastore.schema, self.events_table_name))
+        self.select_all_rows_statement = SQL(
+            "SELECT notification_id, originator_id, originator_version, topic, state FROM {} "
+            "WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
+        ).format(Identifier(self.datastore.schema, self.events_table_name))
         for ddl in bookkeeping.postgres_ddl(self.datastore.schema):
             self.sql_create_statements.append(Composed([SQL(ddl)]))
 
@@ -150,6 +158,18 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             curs.execute(statement, (*after, limit) if after else (limit,))
             return [(r["notification_id"], r["originator_id"], r["originator_version"],
                      r["topic"], bytes(r["state"])) for r in curs.fetchall()]
+
+    def select_rows(self, start: int, limit: int, topics: Sequence[str]) -> list[ScannedRow]:
+        # Tuples, transferred in binary (bytea and uuid need no text parsing): no row dict
+        # and no Notification per row, as the library's select_notifications makes.
+        with self.datastore.get_connection() as conn, \
+                conn.cursor(row_factory=tuple_row, binary=True) as curs:
+            if topics:
+                curs.execute(self.select_rows_statement, (start, list(topics), limit),
+                             prepare=True)
+            else:
+                curs.execute(self.select_all_rows_statement, (start, limit), prepare=True)
+            return curs.fetchall()
 
     def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
         with self.datastore.transaction(commit=False) as curs:
