@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
+from uuid import UUID
 
 import orjson
 import structlog
@@ -57,7 +58,7 @@ from leadflow.projections.schema import (
 )
 from leadflow.projections.writer import Page, RowFailed
 from leadflow.store.personal import PII, SealedValuesError
-from leadflow.store.recorders import SCHEMA_LOCK_KEY, ScannedRow
+from leadflow.store.recorders import SCHEMA_LOCK_KEY, PageRow
 
 log = structlog.get_logger(__name__)
 
@@ -288,7 +289,7 @@ class Projector:
 
     # ----------------------------------------------------------------- processing
 
-    def _select(self, after: int) -> list[ScannedRow]:
+    def _select(self, after: int) -> list[PageRow]:
         try:
             return self.app.indexes.select_rows(after + 1, self.page_size, TOPICS)
         except INFRASTRUCTURE_ERRORS:
@@ -346,20 +347,20 @@ class Projector:
                     {model_id: (model.half_life_days, model.threshold)
                      for model_id, model in rules.models.items()}, replaying)
 
-    def _decode(self, rows: Sequence[ScannedRow]) -> list[tuple[int, str, Any]]:
+    def _decode(self, rows: Sequence[PageRow]) -> list[tuple[int, str, Any]]:
         """The page's events; the first that cannot be decoded raises ProjectionFailedError."""
         mapper = self.app.mapper
         transcoder = mapper.transcoder
         out: list[tuple[int, str, Any]] = []
-        sealed: list[tuple[ScannedRow, str, dict[str, Any]]] = []
-        row: ScannedRow | None = None
+        sealed: list[tuple[PageRow, str, dict[str, Any]]] = []
+        row: PageRow | None = None
         try:
             if not isinstance(transcoder, JSONTranscoder):
                 expand = self.app.codec.expander.expand
                 for row in rows:
                     nid, oid, version, topic, state = row
-                    stored = Notification(id=nid, originator_id=oid, originator_version=version,
-                                          topic=topic, state=state)
+                    stored = Notification(id=nid, originator_id=UUID(oid),
+                                          originator_version=version, topic=topic, state=state)
                     for event in expand(stored):
                         topic = get_topic(type(event))
                         if topic in KINDS:
@@ -375,7 +376,7 @@ class Projector:
             # the page is parsed: (row, vault name, state) of each event holding some.
             append, loads, seal = out.append, orjson.loads, sealed.append
             for row in rows:
-                nid, originator_id, _, stored_topic, state = row
+                nid, oid, _, stored_topic, state = row
                 if cipher:
                     state = cipher.decrypt(state)
                 if compressor:
@@ -386,8 +387,6 @@ class Projector:
                     data = load_payload(state)
                 if type(data) is not dict:
                     data = load_payload(state)  # raises: no JSON object
-                # One text id per stored row (an envelope holds several events of it).
-                oid = str(originator_id)
                 inner = _ENVELOPE_EVENTS.get(stored_topic)
                 if inner is not None:
                     for name, sub in data["events"]:
@@ -420,7 +419,7 @@ class Projector:
                                         f"payload cannot be decoded: {_reason(exc)}") from exc
         return out
 
-    def _open(self, sealed: list[tuple[ScannedRow, str, dict[str, Any]]]) -> None:
+    def _open(self, sealed: list[tuple[PageRow, str, dict[str, Any]]]) -> None:
         """Open the page's sealed values; the first that does not open raises
         ProjectionFailedError naming its event."""
         try:

@@ -259,7 +259,8 @@ class Vault:
     def preload(self, ids: Iterable[UUID | str]) -> None:
         """Read and unwrap the data keys of many aggregates in one query."""
         keys = self._keys
-        missing = [i for i in dict.fromkeys(map(_uuid, ids))
+        # Each id is made a UUID once (a page names each aggregate many times, as text).
+        missing = [i for i in dict.fromkeys(map(_uuid, dict.fromkeys(ids)))
                    if i not in keys and i not in self._pending]
         if not missing:
             return

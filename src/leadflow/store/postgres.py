@@ -46,6 +46,7 @@ from leadflow.store.recorders import (
     SCHEMA_LOCK_KEY,
     TIMERS_TABLE,
     Due,
+    PageRow,
     RecordId,
     RecordIdIndex,
     ScannedRow,
@@ -112,12 +113,13 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
         self.meta_table = meta
         self.select_rows_statement = SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state FROM {} "
-            "WHERE notification_id >= %s AND topic = ANY(%s) ORDER BY notification_id LIMIT %s"
+            "SELECT notification_id, originator_id::text, originator_version, topic, state "
+            "FROM {} WHERE notification_id >= %s AND topic = ANY(%s) "
+            "ORDER BY notification_id LIMIT %s"
         ).format(Identifier(self.datastore.schema, self.events_table_name))
         self.select_all_rows_statement = SQL(
-            "SELECT notification_id, originator_id, originator_version, topic, state FROM {} "
-            "WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
+            "SELECT notification_id, originator_id::text, originator_version, topic, state "
+            "FROM {} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
         ).format(Identifier(self.datastore.schema, self.events_table_name))
         for ddl in bookkeeping.postgres_ddl(self.datastore.schema):
             self.sql_create_statements.append(Composed([SQL(ddl)]))
@@ -159,9 +161,9 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             return [(r["notification_id"], r["originator_id"], r["originator_version"],
                      r["topic"], bytes(r["state"])) for r in curs.fetchall()]
 
-    def select_rows(self, start: int, limit: int, topics: Sequence[str]) -> list[ScannedRow]:
-        # Tuples, transferred in binary (bytea and uuid need no text parsing): no row dict
-        # and no Notification per row, as the library's select_notifications makes.
+    def select_rows(self, start: int, limit: int, topics: Sequence[str]) -> list[PageRow]:
+        # Tuples, transferred in binary (bytea needs no hex parsing): no row dict and no
+        # Notification per row, as the library's select_notifications makes.
         with self.datastore.get_connection() as conn, \
                 conn.cursor(row_factory=tuple_row, binary=True) as curs:
             if topics:
