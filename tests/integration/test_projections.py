@@ -19,6 +19,7 @@ from leadflow.engine.app import LeadflowApp
 from leadflow.generator import generate
 from leadflow.projections import queries
 from leadflow.projections.db import ProjectionDB
+from leadflow.projections.events import TOPICS
 from leadflow.projections.projector import Projector
 from leadflow.projections.schema import TABLES
 from tests.conftest import T0, Records, clean_env, days
@@ -142,6 +143,22 @@ def test_rebuild_gives_exactly_the_rows_of_live_processing(db_url: str) -> None:
     Projector(app, db).rebuild()
     assert dump(db) == live
     db.close()
+
+
+def test_page_rows_are_the_stored_notifications_as_plain_tuples(db_url: str) -> None:
+    """The projector's page read (``select_rows``) gives the library's notifications: same
+    rows in the same order, ids as text, the start, limit and topics honoured."""
+    app = engine(db_url)
+    load_stream(app, leads=40, seed=5)
+    top = int(app.recorder.max_notification_id() or 0)
+    some = sorted(TOPICS)[::2]
+    for start, limit, topics in [(1, top, TOPICS), (top // 3, 25, TOPICS), (7, top, some)]:
+        expected = [(n.id, str(n.originator_id), n.originator_version, n.topic, n.state)
+                    for n in app.recorder.select_notifications(start, limit, topics=topics)]
+        got = app.indexes.select_rows(start, limit, topics)
+        assert [tuple(r) for r in got] == expected and expected
+    assert {r[3] for r in app.indexes.select_rows(1, top, some)} <= set(some)
+    assert app.indexes.select_rows(top + 1, 10, TOPICS) == []
 
 
 def test_a_projector_killed_mid_batch_resumes_without_double_counting(tmp_path: Path) -> None:

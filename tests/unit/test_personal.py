@@ -21,6 +21,7 @@ from leadflow.engine.app import LeadflowApp
 from leadflow.store.personal import (
     PII,
     MasterKeys,
+    SealedValuesError,
     Vault,
     master_keys_from_env,
     personal_data_plain,
@@ -105,6 +106,45 @@ def test_a_blob_moved_to_another_event_or_aggregate_never_opens() -> None:
     assert not v.open("Lead.IdentityAdded", b, moved) and moved["key"] is None
     with pytest.raises(ValueError, match="does not decrypt"):
         v.open("Lead.Created", a, dict(state))
+
+
+@settings(max_examples=60, deadline=None)
+@given(states=st.lists(st.tuples(STATES, st.sampled_from(sorted(PERSONAL_FIELDS)),
+                                 st.integers(0, 2)), min_size=1, max_size=6))
+def test_open_all_opens_a_batch_as_open_does_one_by_one(
+        states: list[tuple[dict[str, Any], str, int]]) -> None:
+    """The projector's batch (ids as text, several events per aggregate, one forgotten):
+    each state comes out exactly as ``open`` leaves it."""
+    v = vault()
+    ids = [uuid4() for _ in range(3)]
+    stored = []
+    for state, name, which in states:
+        sealed = dict(state)
+        v.seal(name, ids[which], sealed, first=True)
+        stored.append((name, ids[which], json.loads(json.dumps(sealed, default=str))))
+    committed(v)
+    v.shredded([ids[2]])
+    one_by_one = copy.deepcopy(stored)
+    for name, aggregate_id, state in one_by_one:
+        v.open(name, aggregate_id, state)
+    batch = [(name, str(aggregate_id), state) for name, aggregate_id, state in stored]
+    v.open_all(batch)
+    assert [state for _, _, state in batch] == [state for _, _, state in one_by_one]
+
+
+def test_open_all_names_the_event_whose_blob_does_not_open() -> None:
+    v = vault()
+    lead = uuid4()
+    good, bad = {"key": "email:x@acme.example"}, {"key": "email:y@acme.example"}
+    v.seal("Lead.IdentityAdded", lead, good, first=True)
+    v.seal("Lead.IdentityAdded", lead, bad)
+    committed(v)
+    batch = [("Lead.IdentityAdded", lead, dict(good)), ("Lead.Created", lead, dict(bad))]
+    with pytest.raises(SealedValuesError) as raised:
+        v.open_all(batch)
+    assert raised.value.index == 1
+    assert "does not decrypt" in str(raised.value.__cause__)
+    assert batch[0][2]["key"] == "email:x@acme.example"  # the events before it are opened
 
 
 def test_identity_hashes_are_keyed_stable_and_reveal_nothing() -> None:
