@@ -101,3 +101,20 @@ def test_an_unregistered_type_is_refused_as_by_the_library() -> None:
         FAST.encode({"x": object()})
     with pytest.raises(TranscodingNotRegisteredError):
         FAST.decode(b'{"x": {"_type_": "nope", "_data_": 1}}')
+
+
+def test_a_transcoding_registered_in_place_of_the_librarys_is_the_one_used() -> None:
+    # Times and ids are tagged without the transcoding's call only for the library's own
+    # transcodings: another one registered for the type (here a subclass) is called.
+    class Minutes(DatetimeAsISO):
+        def encode(self, obj: datetime) -> str:
+            return obj.isoformat(timespec="minutes")
+
+    at = datetime(2026, 3, 2, 9, 30, 15, tzinfo=UTC)
+    custom = registered(OrjsonTranscoder())
+    custom.register(Minutes())
+    library = registered(JSONTranscoder())
+    library.register(Minutes())
+    state = {"at": at, "nested": [{"at": at}]}
+    assert json.loads(custom.encode(state)) == json.loads(library.encode(state))
+    assert json.loads(custom.encode(state))["at"]["_data_"] == "2026-03-02T09:30+00:00"

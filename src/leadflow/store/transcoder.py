@@ -17,18 +17,48 @@ the stored bytes never mean something else: a float that is not finite (orjson w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import JSONTranscoder, TranscodingNotRegisteredError
+from eventsourcing.persistence import (
+    DatetimeAsISO,
+    JSONTranscoder,
+    Transcoding,
+    TranscodingNotRegisteredError,
+    UUIDAsHex,
+)
 
 
 class _Fallback(Exception):
     """A value orjson would not write as ``json`` does: use the library's encoder."""
 
 
+#: The library's transcodings whose encoded form is one string made by a C method: tagged
+#: without the transcoding's Python call and the walk over the string it returns.
+_DIRECT: dict[type[Transcoding], Callable[[Any], str]] = {
+    DatetimeAsISO: datetime.isoformat, UUIDAsHex: attrgetter("hex")}
+
+
 class OrjsonTranscoder(JSONTranscoder):
     """``JSONTranscoder``'s format, encoded with orjson (see the module's doc)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        # Per type registered with one of the library's transcodings in _DIRECT: its tag
+        # name and the method giving the string (a transcoding registered in their place
+        # under another class goes the general way).
+        self._direct: dict[type, tuple[str, Callable[[Any], str]]] = {}
+
+    def register(self, transcoding: Transcoding) -> None:
+        super().register(transcoding)
+        direct = _DIRECT.get(type(transcoding))
+        if direct is not None:
+            self._direct[transcoding.type] = (transcoding.name, direct)
+        else:
+            self._direct.pop(transcoding.type, None)
 
     def encode(self, obj: Any) -> bytes:
         try:
@@ -44,6 +74,7 @@ class OrjsonTranscoder(JSONTranscoder):
         kind = type(value)
         if kind is dict:
             out = {}
+            direct_types = self._direct
             for key, item in value.items():
                 item_kind = type(item)
                 if item_kind is str or item_kind is int or item_kind is bool or item is None:
@@ -53,7 +84,10 @@ class OrjsonTranscoder(JSONTranscoder):
                         raise _Fallback
                     out[key] = item
                 else:
-                    out[key] = self._tag(item)
+                    # Times and ids are most of what is not a scalar: tagged here, no call.
+                    direct = direct_types.get(item_kind)
+                    out[key] = ({"_type_": direct[0], "_data_": direct[1](item)}
+                                if direct is not None else self._tag(item))
             return out
         if kind is list or kind is tuple:
             return [self._tag(item) for item in value]
@@ -63,6 +97,9 @@ class OrjsonTranscoder(JSONTranscoder):
             if value - value != 0.0:
                 raise _Fallback
             return value
+        direct = self._direct.get(kind)
+        if direct is not None:
+            return {"_type_": direct[0], "_data_": direct[1](value)}
         transcoding = self.types.get(kind)
         if transcoding is None:
             if isinstance(value, str | int | float | dict | list | tuple):
