@@ -9,7 +9,7 @@ its exactly-once effect. Queries return frozen DTOs, never live aggregates.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import nullcontext, suppress
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
@@ -625,19 +625,7 @@ class LeadflowApp(Application[UUID]):
         lead = self._get_lead(self.resolve(key_or_id))
         when = at or lead.horizon
         half_life = self.rules.half_life_seconds
-        per_rule: dict[str, list[float]] = {}
-        counts: dict[str, int] = {}
-        for award in lead.awards:
-            if award.at > when:
-                continue
-            entry = per_rule.setdefault(award.rule, [0.0, 0.0])
-            entry[0] += award.points
-            entry[1] += award.value_at(when, half_life)
-            counts[award.rule] = counts.get(award.rule, 0) + 1
-        breakdown = [RuleContribution(rule, "fit", points, points, 1)
-                     for rule, points in lead.fit_awards]
-        breakdown += [RuleContribution(rule, "engagement", v[0], v[1], counts[rule])
-                      for rule, v in sorted(per_rule.items(), key=lambda kv: -kv[1][1])]
+        breakdown = _breakdown(lead.fit_awards, lead.awards, when, half_life)
         engagement = lead.engagement_at(when, half_life)
         models = _model_scores(lead, self.rules, when) if self.rules.models else {}
         return LeadView(
@@ -920,26 +908,36 @@ class LeadflowApp(Application[UUID]):
         return RecordResult(index, event_id, Outcome.APPLIED, lead_id)
 
 
+def _breakdown(fit_awards: Iterable[tuple[str, float]], awards: Iterable[Award],
+               when: datetime, half_life: float) -> list[RuleContribution]:
+    """A score's contributions at ``when``: each fit rule, then each engagement rule's points
+    and decayed value (largest first), for the primary model and the named ones alike."""
+    per_rule: dict[str, list[float]] = {}
+    counts: dict[str, int] = {}
+    for award in awards:
+        if award.at > when:
+            continue
+        entry = per_rule.setdefault(award.rule, [0.0, 0.0])
+        entry[0] += award.points
+        entry[1] += award.value_at(when, half_life)
+        counts[award.rule] = counts.get(award.rule, 0) + 1
+    breakdown = [RuleContribution(rule, "fit", points, points, 1) for rule, points in fit_awards]
+    breakdown += [RuleContribution(rule, "engagement", v[0], v[1], counts[rule])
+                  for rule, v in sorted(per_rule.items(), key=lambda kv: -kv[1][1])]
+    return breakdown
+
+
 def _model_scores(lead: Lead, rules: Rules, when: datetime) -> dict[str, ModelScore]:
     """Each named model's score of ``lead`` at event time ``when``, with its breakdown."""
     scores: dict[str, ModelScore] = {}
     for model_id, model in rules.models.items():
         state = lead.model_states.get(model_id)
         half_life = model.half_life_seconds
-        per_rule: dict[str, list[float]] = {}
-        counts: dict[str, int] = {}
-        for data in state["awards"] if state else ():
-            award = Award.from_dict(data)
-            if award.at > when:
-                continue
-            entry = per_rule.setdefault(award.rule, [0.0, 0.0])
-            entry[0] += award.points
-            entry[1] += award.value_at(when, half_life)
-            counts[award.rule] = counts.get(award.rule, 0) + 1
-        breakdown = [RuleContribution(str(rule), "fit", float(points), float(points), 1)
-                     for rule, points in (state["fit_awards"] if state else ())]
-        breakdown += [RuleContribution(rule, "engagement", v[0], v[1], counts[rule])
-                      for rule, v in sorted(per_rule.items(), key=lambda kv: -kv[1][1])]
+        breakdown = _breakdown(
+            [(str(rule), float(points)) for rule, points in state["fit_awards"]]
+            if state else [],
+            [Award.from_dict(data) for data in state["awards"]] if state else [],
+            when, half_life)
         fit = float(state["fit"]) if state else 0.0
         engagement = lead.model_engagement_at(model_id, when, half_life)
         scores[model_id] = ModelScore(fit=fit, engagement=engagement, score=fit + engagement,
