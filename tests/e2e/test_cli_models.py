@@ -10,29 +10,7 @@ import pytest
 
 from leadflow.domain.rules import default_rules_text
 from tests.e2e.test_cli import run
-
-MODELS = """
-[models.product-b]
-threshold = 20
-half_life_days = 10
-[[models.product-b.engagement]]
-id = "b-page"
-type = "page_viewed"
-when = [{field = "properties.product", equals = "b"}]
-points = 12
-[[models.product-b.fit]]
-id = "b-big"
-field = "employees"
-min = 100
-points = 5
-
-[models.emea]
-threshold = 30
-[[models.emea.engagement]]
-id = "any-page"
-type = "page_viewed"
-points = 4
-"""
+from tests.unit.test_scoring_models import MODELS  # the models the unit tests score by hand
 
 
 def record(event_id: str, at: str, product: str, **lead: object) -> str:
