@@ -17,6 +17,7 @@ from uuid import UUID, uuid5
 
 from eventsourcing.domain import Aggregate, event
 
+from leadflow.domain import events
 from leadflow.domain.errors import LeadflowError
 from leadflow.domain.topics import stable_topics
 
@@ -43,6 +44,9 @@ class SameLeadError(LeadflowError):
 
 class DuplicatePair(Aggregate):
     """People's decisions about two leads: rejected (two people) or confirmed (merged)."""
+
+    class Event(events.Event):
+        """Base of the DuplicatePair's events (built cheaper: ``domain.events``)."""
 
     @staticmethod
     def create_id(lead_a: UUID, lead_b: UUID) -> UUID:

@@ -7,6 +7,7 @@ from uuid import UUID
 
 from eventsourcing.domain import Aggregate, event
 
+from leadflow.domain import events
 from leadflow.domain.ids import (
     identity_index_id,
 )
@@ -15,6 +16,9 @@ from leadflow.domain.topics import stable_topics
 
 class IdentityIndex(Aggregate):
     """Maps one identity key to the lead (or anonymous interest) it belongs to."""
+
+    class Event(events.Event):
+        """Base of the IdentityIndex's events (built cheaper: ``domain.events``)."""
 
     @staticmethod
     def create_id(key: str) -> UUID:

@@ -8,6 +8,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, event
 
+from leadflow.domain import events
 from leadflow.domain.ids import (
     interest_id_for,
 )
@@ -17,6 +18,9 @@ from leadflow.domain.topics import stable_topics
 
 class Interest(Aggregate):
     """Anonymous attention (a cookie): kept until a record links it to a person."""
+
+    class Event(events.Event):
+        """Base of the Interest's events (built cheaper: ``domain.events``)."""
 
     @staticmethod
     def create_id(origin: str | None = None) -> UUID:

@@ -9,7 +9,7 @@ from uuid import UUID, uuid4
 
 from eventsourcing.domain import Aggregate, datetime_now_with_tzinfo, event
 
-from leadflow.domain import scoring
+from leadflow.domain import events, scoring
 from leadflow.domain.errors import LeadForgottenError, LeadMergedError
 from leadflow.domain.ids import (
     lead_id_for,
@@ -36,7 +36,7 @@ def _expiring_of(state: Mapping[str, Any]) -> list[Award]:
 class Lead(Aggregate):
     """A person who showed interest, with at least one way to reach them."""
 
-    class Event(Aggregate.Event):
+    class Event(events.Event):
         """Base of the lead's events: replaying one remembers its tamper-evidence link."""
 
         def apply(self, aggregate: Any) -> None:

@@ -1,0 +1,197 @@
+"""The base of leadflow's domain events: eventsourcing's frozen dataclasses, built cheaper.
+
+eventsourcing makes every event class a frozen dataclass (``MetaDomainEvent`` applies
+``dataclasses.dataclass(frozen=True)``). On Python 3.11 that compiles six functions per
+class from generated source (``__init__``, ``__repr__``, ``__eq__``, ``__hash__``,
+``__setattr__``, ``__delattr__``), parses every string annotation and precomputes an
+``inspect.signature``: 86 million instructions for the lead's 27 event classes, ~20 ms of
+every process start and an eighth of ``lead show`` (start-up target of 0.2 s, issue 15).
+
+``LeanEventType`` builds the same frozen dataclass without generating code: the class gets
+its dataclass fields (``dataclasses.fields``, ``replace`` and ``is_dataclass`` answer as
+before) and the same six methods as shared functions that read the class's field list, with
+the dataclass semantics, pinned by ``tests/unit/test_lean_events.py`` against eventsourcing's
+own classes: the constructor takes the fields positionally or by name, applies defaults,
+names missing and unexpected arguments, and runs ``__post_init__``; instances are frozen;
+``repr`` shows the fields; equal only to an instance of the same class with equal fields,
+hashed by them. ``__signature__`` (eventsourcing's ``@event`` methods filter their arguments
+by it) is computed on first read. A class this builder does not cover (a ``ClassVar`` or
+``InitVar`` annotation, a ``field()`` or unhashable default) goes through
+``dataclasses.dataclass`` as before.
+
+Building an event through its constructor costs a little more (~1 µs): the frequent events
+are built by ``Lead._emit`` and decoded by the mapper, neither of which calls it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from typing import Any
+
+from eventsourcing.domain import Aggregate, EventsourcingType, MetaDomainEvent
+
+_MISSING: Any = dataclasses.MISSING
+#: Annotations the builder leaves to ``dataclasses`` (they change what a field is).
+_SPECIAL = ("ClassVar", "InitVar", "KW_ONLY")
+
+
+class _Spec:
+    """What the shared methods need of one class: its init fields, in order, and defaults."""
+
+    __slots__ = ("defaults", "name_set", "names", "required")
+
+    def __init__(self, fields: dict[str, dataclasses.Field[Any]]) -> None:
+        # Fields come from dataclasses machinery (``_field_type``): pseudo-fields (ClassVar)
+        # are not init fields.
+        real = [f for f in fields.values() if f._field_type is dataclasses._FIELD]  # type: ignore[attr-defined]
+        self.names = tuple(f.name for f in real)
+        self.name_set = frozenset(self.names)
+        self.defaults = {f.name: f.default for f in real if f.default is not _MISSING}
+        self.required = frozenset(n for n in self.names if n not in self.defaults)
+
+
+def _spec(cls: type) -> _Spec:
+    return cls.__dict__["_lean_spec"]  # type: ignore[no-any-return]
+
+
+def _init(self: Any, *args: Any, **kwargs: Any) -> None:
+    cls = type(self)
+    spec = _spec(cls)
+    names = spec.names
+    if len(args) > len(names):
+        least = len(spec.required) + 1
+        takes = f"from {least} to {len(names) + 1}" if spec.defaults else str(least)
+        raise TypeError(f"{cls.__qualname__}.__init__() takes {takes} positional arguments "
+                        f"but {len(args) + 1} were given")
+    values = dict(zip(names, args, strict=False))
+    for name, value in kwargs.items():
+        if name in values:
+            raise TypeError(f"{cls.__qualname__}.__init__() got multiple values for "
+                            f"argument {name!r}")
+        values[name] = value
+    if len(values) != len(names) or not values.keys() <= spec.name_set:
+        unexpected = [n for n in kwargs if n not in spec.name_set]
+        if unexpected:
+            raise TypeError(f"{cls.__qualname__}.__init__() got an unexpected keyword "
+                            f"argument {unexpected[0]!r}")
+        missing = [n for n in names if n in spec.required and n not in values]
+        if missing:
+            listed = ", ".join(repr(n) for n in missing)
+            raise TypeError(f"{cls.__qualname__}.__init__() missing {len(missing)} required "
+                            f"positional argument{'s' if len(missing) > 1 else ''}: {listed}")
+    # The dataclass constructor writes each field in order (through object.__setattr__, as
+    # the instance is frozen): the same dict, in the same order.
+    state = self.__dict__
+    defaults = spec.defaults
+    for name in names:
+        state[name] = values[name] if name in values else defaults[name]
+    self.__post_init__()
+
+
+def _setattr(self: Any, name: str, value: Any) -> None:
+    raise dataclasses.FrozenInstanceError(f"cannot assign to field {name!r}")
+
+
+def _delattr(self: Any, name: str) -> None:
+    raise dataclasses.FrozenInstanceError(f"cannot delete field {name!r}")
+
+
+def _repr(self: Any) -> str:
+    cls = type(self)
+    shown = ", ".join(f"{n}={getattr(self, n)!r}" for n in _spec(cls).names)
+    return f"{cls.__qualname__}({shown})"
+
+
+def _eq(self: Any, other: object) -> Any:  # bool, or NotImplemented for another class
+    if other.__class__ is not self.__class__:
+        return NotImplemented
+    names = _spec(type(self)).names
+    return tuple(getattr(self, n) for n in names) == tuple(getattr(other, n) for n in names)
+
+
+def _hash(self: Any) -> int:
+    return hash(tuple(getattr(self, n) for n in _spec(type(self)).names))
+
+
+_METHODS = {"__init__": _init, "__setattr__": _setattr, "__delattr__": _delattr,
+            "__repr__": _repr, "__eq__": _eq, "__hash__": _hash}
+
+
+def _build(cls: type) -> bool:
+    """Make ``cls`` a frozen dataclass without generating code; False (nothing changed) when
+    one of its own fields needs ``dataclasses`` itself."""
+    # As dataclasses reads them on 3.11 (the class body's own, unevaluated strings).
+    own = cls.__dict__.get("__annotations__", {})  # noqa: RUF063
+    for name, annotation in own.items():
+        text = annotation if isinstance(annotation, str) else repr(annotation)
+        default = getattr(cls, name, _MISSING)
+        if (any(word in text for word in _SPECIAL) or isinstance(default, dataclasses.Field)
+                or (default is not _MISSING and type(default).__hash__ is None)):
+            return False
+    # Base fields first, in reverse MRO order, then the class's own (dataclasses' order).
+    fields: dict[str, dataclasses.Field[Any]] = {}
+    params = None
+    for base in cls.__mro__[-1:0:-1]:
+        base_fields = getattr(base, "__dataclass_fields__", None)
+        if base_fields is not None:
+            fields.update(base_fields)
+            params = getattr(base, "__dataclass_params__", params)
+    for name, annotation in own.items():
+        field: dataclasses.Field[Any] = dataclasses.field(default=getattr(cls, name, _MISSING),
+                                                          kw_only=False)
+        field.name = name
+        field.type = annotation
+        field._field_type = dataclasses._FIELD  # type: ignore[attr-defined]
+        fields[name] = field
+    spec = _Spec(fields)
+    seen_default = None
+    for name in spec.names:
+        if name in spec.defaults:
+            seen_default = name
+        elif seen_default is not None:
+            raise TypeError(f"non-default argument {name!r} follows default argument")
+    type.__setattr__(cls, "__dataclass_fields__", fields)
+    type.__setattr__(cls, "__dataclass_params__", params)
+    type.__setattr__(cls, "__match_args__", spec.names)
+    type.__setattr__(cls, "_lean_spec", spec)
+    for name, method in _METHODS.items():
+        type.__setattr__(cls, name, method)
+    return True
+
+
+class LeanEventType(MetaDomainEvent):
+    """``MetaDomainEvent`` that builds the frozen dataclass without generating code."""
+
+    def __new__(mcs, name: str, bases: tuple[type, ...], cls_dict: dict[str, Any]) -> Any:
+        # MetaDomainEvent.__new__ would apply dataclass(frozen=True): skip to its parent.
+        cls = EventsourcingType.__new__(mcs, name, bases, cls_dict)
+        if _build(cls):
+            return cls
+        return dataclasses.dataclass(frozen=True)(cls)
+
+    @property
+    def __signature__(cls) -> inspect.Signature:  # noqa: N805 - a metaclass property
+        # A data descriptor on the metaclass: read before the class's own attributes, so
+        # ``inspect.signature(EventClass)`` finds it as it found MetaDomainEvent's value.
+        signature = cls.__dict__.get("_lean_signature")
+        if signature is None:
+            if "_lean_spec" in cls.__dict__:
+                # As MetaDomainEvent computes it: the signature of the unbound __init__,
+                # ``self`` included.
+                parameter = inspect.Parameter
+                kind = parameter.POSITIONAL_OR_KEYWORD
+                signature = inspect.Signature(
+                    [parameter("self", kind),
+                     *(parameter(f.name, kind, annotation=f.type,
+                                 default=parameter.empty if f.default is _MISSING else f.default)
+                       for f in dataclasses.fields(cls))],  # type: ignore[arg-type]
+                    return_annotation=None)
+            else:
+                signature = inspect.signature(cls.__init__)  # type: ignore[misc]
+            type.__setattr__(cls, "_lean_signature", signature)
+        return signature
+
+
+class Event(Aggregate.Event, metaclass=LeanEventType):
+    """Base of every leadflow aggregate's events (``class Event(events.Event)`` in each)."""
