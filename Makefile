@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: setup system-deps demo test unit lint typecheck schemas services-up services-down clean
+.PHONY: setup system-deps demo test unit lint typecheck schemas rules-snapshot services-up services-down clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,11 @@ lint: setup
 	ln -sfn ../../../projections build/typecheck/leadflow/projections
 	$(BIN)/ruff check src tests consumers projections
 	$(BIN)/mypy
+
+# The JSON snapshot of the built-in rules (read instead of parsing the TOML; see rules.py).
+rules-snapshot: setup
+	$(BIN)/python -c "from pathlib import Path; from leadflow.domain import rules; \
+	  Path(rules.__file__).with_name(rules.SNAPSHOT).write_text(rules.default_rules_snapshot(rules.default_rules_text()))"
 
 schemas: setup
 	$(BIN)/leadflow schemas export schemas

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,28 @@ def test_a_file_that_is_not_toml_is_refused(tmp_path: Path) -> None:
 def test_a_missing_rules_file_is_refused_with_its_path(tmp_path: Path) -> None:
     with pytest.raises(RulesError, match="cannot read rules file"):
         load_rules(tmp_path / "nope.toml")
+
+
+def test_the_shipped_snapshot_of_the_builtin_rules_is_current() -> None:
+    # The built-in rules are read from default_rules.json while it is the snapshot of the
+    # TOML beside it: stale, it would be ignored (correct but slower), so it must be rewritten.
+    from leadflow.domain import rules
+
+    text = rules.default_rules_text()
+    shipped = Path(rules.__file__).with_name(rules.SNAPSHOT).read_text(encoding="utf-8")
+    assert shipped == rules.default_rules_snapshot(text), (
+        "src/leadflow/domain/default_rules.json is stale: run `make rules-snapshot`")
+    assert rules.default_rules_data() == tomllib.loads(text)
+
+
+def test_a_stale_snapshot_is_ignored_and_the_toml_parsed(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from leadflow.domain import rules
+
+    edited = rules.default_rules_text().replace("mql_threshold = 50", "mql_threshold = 55", 1)
+    assert edited != rules.default_rules_text()
+    monkeypatch.setattr(rules, "default_rules_text", lambda: edited)
+    monkeypatch.setattr(rules, "_DEFAULT", None)
+    assert rules.default_rules_data() == tomllib.loads(edited)
+    assert rules.default_rules().scoring.mql_threshold == 55
+    assert rules.default_rules().version == parse_rules(edited).version

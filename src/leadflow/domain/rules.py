@@ -21,7 +21,6 @@ import hashlib
 import json
 import math
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
@@ -815,7 +814,7 @@ class SegmentIdentify(_Record):
 
 def builtin_segment() -> dict[str, Any]:
     """The ``[segment]`` table of the built-in rules, as TOML gives it."""
-    table = tomllib.loads(default_rules_text()).get("segment", {})
+    table = default_rules_data().get("segment", {})
     return table if isinstance(table, dict) else {}
 
 
@@ -959,11 +958,21 @@ def _with_primary(rules: Rules) -> Rules:
     return rules.model_copy(update={"scoring": scoring, "models": models})
 
 
-def parse_rules(text: str, *, source: str = "<rules>") -> Rules:
+def _toml(text: str, source: str) -> dict[str, Any]:
+    # Imported here: the built-in rules are read from their JSON snapshot (start-up).
+    import tomllib
+
     try:
-        data = tomllib.loads(text)
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise RulesError(f"{source}: not valid TOML: {exc}") from exc
+
+
+def parse_rules(text: str, *, source: str = "<rules>") -> Rules:
+    return _rules_from(_toml(text, source), source)
+
+
+def _rules_from(data: dict[str, Any], source: str) -> Rules:
     try:
         rules = _build(Rules, data)
     except _Unsure:
@@ -996,13 +1005,41 @@ def default_rules_text() -> str:
                 .read_text(encoding="utf-8"))
 
 
+#: Beside ``default_rules.toml``: what ``tomllib`` makes of it, as JSON, with the sha256 of
+#: the text it was made from. Reading it is ~15x cheaper than parsing the TOML (a tenth of
+#: ``lead show``'s run, start-up issue 15); it is used only while the hash matches the text,
+#: so an edited TOML is parsed as before. ``make rules-snapshot`` rewrites it, and
+#: tests/unit/test_rules.py fails while it is stale.
+SNAPSHOT = "default_rules.json"
+
+
+def default_rules_snapshot(text: str) -> str:
+    """The snapshot file's content for the built-in rules ``text``."""
+    return json.dumps({"toml_sha256": hashlib.sha256(text.encode()).hexdigest(),
+                       "rules": _toml(text, "default_rules.toml")}, indent=1, sort_keys=True) + "\n"
+
+
+def default_rules_data() -> dict[str, Any]:
+    """The built-in rules as ``tomllib`` gives them: from the snapshot when it is the
+    snapshot of this text, else parsed."""
+    text = default_rules_text()
+    try:
+        snapshot = json.loads(Path(__file__).with_name(SNAPSHOT).read_bytes())
+    except (OSError, ValueError):
+        snapshot = None
+    if (isinstance(snapshot, dict)
+            and snapshot.get("toml_sha256") == hashlib.sha256(text.encode()).hexdigest()):
+        return snapshot["rules"]  # type: ignore[no-any-return]
+    return _toml(text, "default_rules.toml")
+
+
 _DEFAULT: Rules | None = None
 
 
 def default_rules() -> Rules:
     global _DEFAULT
     if _DEFAULT is None:
-        _DEFAULT = parse_rules(default_rules_text(), source="default_rules.toml")
+        _DEFAULT = _rules_from(default_rules_data(), "default_rules.toml")
     return _DEFAULT
 
 
