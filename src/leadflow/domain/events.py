@@ -59,6 +59,13 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
     cls = type(self)
     spec = _spec(cls)
     names = spec.names
+    if not args and kwargs.keys() == spec.name_set:
+        # The way events are made (eventsourcing's trigger_event): every field by name.
+        # The dataclass constructor writes each field in order (through object.__setattr__,
+        # as the instance is frozen): the same dict, in the same order.
+        object.__setattr__(self, "__dict__", {name: kwargs[name] for name in names})
+        self.__post_init__()
+        return
     if len(args) > len(names):
         least = len(spec.required) + 1
         takes = f"from {least} to {len(names) + 1}" if spec.defaults else str(least)
@@ -80,8 +87,6 @@ def _init(self: Any, *args: Any, **kwargs: Any) -> None:
             listed = ", ".join(repr(n) for n in missing)
             raise TypeError(f"{cls.__qualname__}.__init__() missing {len(missing)} required "
                             f"positional argument{'s' if len(missing) > 1 else ''}: {listed}")
-    # The dataclass constructor writes each field in order (through object.__setattr__, as
-    # the instance is frozen): the same dict, in the same order.
     state = self.__dict__
     defaults = spec.defaults
     for name in names:
