@@ -171,3 +171,9 @@ def test_lead_show_replays_published_rules_whose_class_it_had_not_imported(
     assert view["engagement"] == pytest.approx(at_record / 2, abs=1e-4)
     assert sorted(AGGREGATE_MODULES & set(modules)) == ["leadflow.domain.lead",
                                                         "leadflow.domain.rulebook"]
+
+
+def test_lead_show_startup_parses_no_toml(show_modules: list[str]) -> None:
+    # The built-in rules are read from their JSON snapshot (domain/rules.py SNAPSHOT):
+    # tomllib is imported only for a rules file or an edited default_rules.toml.
+    assert _imported(show_modules, "tomllib") == []
