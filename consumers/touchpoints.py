@@ -18,7 +18,7 @@ import hashlib
 import signal
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import FrameType
@@ -32,6 +32,7 @@ from kafka.consumer.subscription_state import ConsumerRebalanceListener
 from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 
+from leadflow.consumers.relay import partition_for
 from leadflow.consumers.settings import KafkaSettings
 from leadflow.contract import (
     DEFAULT_MAX_RECORD_BYTES,
@@ -69,6 +70,7 @@ class ConsumeStats:
     skipped_batches: int = 0
     retries: int = 0
     splits: int = 0  # batches applied in halves after a write conflict
+    absorptions: int = 0  # pending absorptions settled while idle
     reasons: dict[str, int] = field(default_factory=dict)
 
 
@@ -222,7 +224,10 @@ class TouchpointConsumer:
                     if self._stop.is_set():
                         break
                 self._report_lag(assignment)
-                if until_idle and not polled and self._caught_up():
+                # Idle: let leads take up what cookie-only records queued for them (a batch
+                # only settles what its leads or its age call for); caught up means none left.
+                settled = self._settle_absorptions() if not polled else 0
+                if until_idle and not polled and not settled and self._caught_up():
                     log.info("caught up; exiting", **self.stats.__dict__)
                     break
         except KafkaError as exc:
@@ -293,7 +298,8 @@ class TouchpointConsumer:
 
         for attempt in range(self.settings.max_retries + 1):
             try:
-                result = self.app.apply_batch(good, tracking=tracking, before_commit=dead_letter)
+                result = self.app.apply_batch(good, tracking=tracking, before_commit=dead_letter,
+                                              owns=self._owns({tp}))
             except IntegrityError as exc:
                 tracked = self.app.process_recorder.max_tracking_id(tracking.application_name)
                 if tracked is not None and tracked >= last:
@@ -342,6 +348,44 @@ class TouchpointConsumer:
             f"batch {tp.topic}:{tp.partition} offsets {first}-{last} failed "
             f"{self.settings.max_retries + 1} times; restart to resume from the tracked offset"
         )
+
+    def _owns(self, partitions: Collection[TopicPartition]) -> Callable[[str], bool] | None:
+        """Whether a Kafka key (a lead's owner, see ``LeadflowApp.settle_absorptions``) is
+        one of ``partitions``': the producers' default partitioner (murmur2, as ``publish``
+        sends). None (every key) while the topic's partitions are not known yet."""
+        topic = self.settings.topic
+        known = self.consumer.partitions_for_topic(topic)
+        if not known:
+            return None
+        ordered = sorted(known)
+        mine = {tp.partition for tp in partitions if tp.topic == topic}
+
+        def owns(key: str) -> bool:
+            return ordered[partition_for(key.encode(), len(ordered))] in mine
+
+        return owns
+
+    def _settle_absorptions(self) -> int:
+        """Pending absorptions settled now (0: none left); a failure is logged, counted and
+        left for the next idle poll."""
+        try:
+            settled = self.app.settle_absorptions(self._owns(self.consumer.assignment() or ()))
+        except IntegrityError as exc:
+            log.warning("write conflict while settling absorptions; retried when idle",
+                        error=str(exc))
+            self.metrics.conflicts.inc()
+            self.metrics.retries.labels("write_conflict").inc()
+            return 1
+        except RETRYABLE as exc:
+            log.warning("settling absorptions failed; retried when idle",
+                        error_class=type(exc).__name__, error=str(exc))
+            self.metrics.retries.labels("infrastructure").inc()
+            self._backoff(0)
+            return 1
+        if settled:
+            self.stats.absorptions += settled
+            log.debug("absorptions settled", absorptions=settled)
+        return settled
 
     def _parse(self, record: Any, now: datetime) -> InboundRecord:
         """A contract-v1 record from either topic, or :class:`RecordRejected` (a Segment

@@ -55,7 +55,7 @@ from leadflow.engine.migration import (
     check_store_version,
     migrate,
 )
-from leadflow.engine.unit import INFRASTRUCTURE_ERRORS, Directory, Unit, unloadable
+from leadflow.engine.unit import ANONYMOUS, INFRASTRUCTURE_ERRORS, Directory, Unit, unloadable
 from leadflow.engine.unmerge import NotMergedError, unmerge
 from leadflow.engine.views import (
     LeadView,
@@ -91,6 +91,9 @@ log = get_logger(__name__)  # structlog imported on the first log call
 
 #: Timer index rows read (and committed) at a time by ``advance_clock``.
 CLOCK_PAGE = 1000
+#: Pending absorptions (store/bookkeeping.py) read when a batch starts, or settled at a time
+#: by ``settle_absorptions``.
+ABSORB_PAGE = 2000
 
 def record_digest(record: InboundRecord) -> bytes:
     """A digest of the record's normalised content: the same fact re-sent (other spacing,
@@ -207,6 +210,7 @@ class LeadflowApp(Application[UUID]):
         records: Sequence[InboundRecord],
         tracking: Tracking | None = None,
         before_commit: Callable[[BatchResult], None] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> BatchResult:
         """Apply records in order and save everything they changed in one transaction.
 
@@ -223,14 +227,16 @@ class LeadflowApp(Application[UUID]):
         Only infrastructure failures (``INFRASTRUCTURE_ERRORS``) abort the batch: nothing is
         saved and the error is raised. ``before_commit`` sees the results before anything is
         saved (the Kafka consumer dead-letters the rejected records there, so a crash can
-        never lose one).
+        never lose one). ``owns`` says which Kafka keys' leads this batch's writer owns (its
+        partition's; None: all): on a shared store the batch first settles the pending
+        absorptions of those leads (``settle_absorptions``).
         """
         failed: dict[int, RecordResult] = {}
         while True:
             unit = self._unit()
             applied: list[RecordId] = []
             try:
-                results = self._apply_all(unit, records, failed, applied)
+                results = self._apply_all(unit, records, failed, applied, owns)
                 stored = self._encode(unit)
             except _Poisoned as poisoned:
                 # Aggregates (live in the cache) may hold part of the poisoned record.
@@ -295,10 +301,13 @@ class LeadflowApp(Application[UUID]):
         return None
 
     def _apply_all(self, unit: Unit, records: Sequence[InboundRecord],
-                   failed: dict[int, RecordResult], applied: list[RecordId]) -> BatchResult:
+                   failed: dict[int, RecordResult], applied: list[RecordId],
+                   owns: Callable[[str], bool] | None = None) -> BatchResult:
         from leadflow.engine.results import BatchResult
 
         self._prefetch(unit, records)
+        if self.shared_store:
+            self._take_up(unit, owns)
         known = self.record_ids.select_record_ids([r.event_id for r in records])
         results: list[RecordResult] = []
         for index, record in enumerate(records):
@@ -307,6 +316,60 @@ class LeadflowApp(Application[UUID]):
                 result = self._apply_one(unit, index, record, known, applied)
             results.append(result)
         return BatchResult(tuple(results))
+
+    def settle_absorptions(self, owns: Callable[[str], bool] | None = None) -> int:
+        """Let leads take up what cookie-only records queued for them (pending absorptions,
+        store/bookkeeping.py), up to ``ABSORB_PAGE`` of them in one transaction: those of
+        leads whose owner ``owns`` (a Kafka key -> whether this process's partitions hold
+        it; None: all). Returns how many were settled (0: none of this process's left). A
+        consumer calls it when it is idle; its batches settle the rest as they go."""
+        if not self.shared_store:
+            return 0
+        unit = self._unit()
+        settled = self._take_up(unit, owns)
+        if settled:
+            self._commit(unit, None)
+        return settled
+
+    def _take_up(self, unit: Unit, owns: Callable[[str], bool] | None) -> int:
+        """Settle, in this unit, the pending absorptions of the leads this process owns: the
+        leads the batch's records name by a person's key (the batch writes them anyway), and
+        those whose records' Kafka key ``owns`` says its partitions hold. A lead another
+        process's partition owns is left to it: settling it here would race that writer's
+        batches and fail one of the two commits."""
+        rows = self.record_ids.select_absorptions(ABSORB_PAGE)
+        if not rows:
+            return 0
+        # A cookie's lead is only read by a batch of its cookie's records (they are
+        # diverted): a person's key names a lead the batch writes.
+        named = {i.target_id for key, i in unit.identities.items()
+                 if i is not None and not i.is_interest and not key.startswith(ANONYMOUS)}
+        decide = self._decide(unit)
+        if owns is not None:
+            # A race settled at commit queues a row without its owner: read it off the lead.
+            self._load_into(unit, {lead for _, lead, _, owner in rows
+                                   if owner is None and lead not in named}, revalidate=True)
+
+        def mine(lead_id: UUID, owner: str | None) -> bool:
+            if lead_id in named or owns is None:
+                return True
+            if owner is None:
+                lead = unit.touched.get(lead_id)
+                owner = decide.owner_key(lead) if isinstance(lead, Lead) else None
+            return owner is None or owns(owner)
+
+        due = [(i, lead, version) for i, lead, version, owner in rows if mine(lead, owner)]
+        if not due:
+            return 0
+        self._load_into(unit, {i for i, _, _ in due} | {lead for _, lead, _ in due},
+                        revalidate=True)
+        for interest, lead, version in due:
+            decide.take_up(interest, lead)
+            taken = unit.touched.get(interest)
+            unit.books.absorbed[(interest, lead)] = max(
+                version, taken.version if taken is not None else 0)
+            unit.seal({"absorb": {"interest": str(interest)}})
+        return len(due)
 
     def ingest(self, record: InboundRecord) -> RecordResult:
         """Apply one record (a batch of one); for tests and interactive use."""
@@ -842,6 +905,7 @@ class LeadflowApp(Application[UUID]):
         """
         if stored is None:
             stored = self._encode(unit)
+        unit.close_books()
         # Data keys made for new leads and interests are stored with their first rows.
         unit.books.new_data_keys.update(self.vault.new_keys())
         if not stored and tracking is None and not unit.timers and not unit.books:

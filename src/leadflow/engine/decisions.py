@@ -85,6 +85,9 @@ class RecordProcessor:
         self.refuse_if_unknown(rec, keys, leads)
         if any(rec.event_id in lead.seen for lead in leads):
             return leads[0].id, True
+        if not person_keys and self.unit.shared and rec.is_touchpoint \
+                and not leads[0].pending_events:
+            return self.divert(rec, cast(str, anon_key), leads[0])
         interest = self.interest_of(indexes.get(anon_key) if anon_key else None)
         if interest is not None and rec.event_id in interest.seen:
             return None, True
@@ -161,6 +164,8 @@ class RecordProcessor:
                     # the interest is never consulted again and needs no event of its own.
                     lead.absorb_interest(interest.anonymous_id, interest.touchpoints, at,
                                          self.rules, interest_id=interest.id)
+                    if self.unit.shared:  # another writer may note on it meanwhile
+                        self.unit.linked[interest.id] = (key, lead.id)
                 self.unit.repoint(index, lead.id, False)  # anonymous interest now a person
             elif index.target_id != lead.id:
                 self.unit.repoint(index, lead.id, False)  # merged
@@ -203,7 +208,46 @@ class RecordProcessor:
         if rec.event_id in interest.seen:
             return None, True
         interest.note(rec.event_id, rec.type, at, rec.context.model_dump(exclude_none=True))
+        if self.unit.shared:  # another writer may link the cookie meanwhile
+            self.unit.noted[interest.id] = key
         return None, False
+
+    def divert(self, rec: InboundRecord, key: str, lead: Lead) -> tuple[None, bool]:
+        """A cookie-only touchpoint for a cookie that belongs to a lead, on a store several
+        processes write: noted on an interest of this batch, which the lead takes up later
+        (``take_up``), instead of on the lead. The record is keyed by its cookie, the lead
+        by its company: writing the lead here would race the writer that owns it."""
+        interest = self.unit.diverted.get(key)
+        if interest is None:
+            interest = self.unit.add(domain.Interest(anonymous_id=key.split(":", 1)[1],
+                                                     occurred_at=rec.occurred_at,
+                                                     origin=rec.event_id))
+            self.unit.diverted[key] = interest
+            self.unit.later[interest.id] = (lead.id, self.owner_key(lead))
+        elif rec.event_id in interest.seen:
+            return None, True
+        interest.note(rec.event_id, rec.type, rec.occurred_at,
+                      rec.context.model_dump(exclude_none=True))
+        return None, False
+
+    def take_up(self, interest_id: UUID, lead_id: UUID) -> None:
+        """A lead takes up the touchpoints of a queued interest it has not seen yet (a
+        pending absorption, store/bookkeeping.py), scored at their own times as absorbing
+        an interest always is; then qualifies and schedules its next check."""
+        interest = self.unit.get(domain.Interest, interest_id)
+        found = self.unit.get(Lead, lead_id)
+        if interest is None or found is None:
+            return
+        lead = self.live_lead(found.id)
+        unseen = [tp for tp in interest.touchpoints if tp["event_id"] not in lead.seen]
+        if not unseen or lead.forgotten:
+            return
+        at = max(tp["occurred_at"] for tp in unseen)
+        self.catch_up(lead, at)
+        lead.absorb_interest(interest.anonymous_id, unseen, at, self.rules,
+                             interest_id=None if interest.id in lead.interests else interest.id)
+        self.qualify(lead, at, None)
+        self.settle(lead, at)
 
     def live_lead(self, lead_id: UUID) -> Lead:
         for _ in range(32):
@@ -246,12 +290,26 @@ class RecordProcessor:
                 account_key=key, name=lead.profile.get("company"), occurred_at=at))
         lead.set_account(account.id, at)
 
-    def account_key(self, lead: Lead) -> str | None:
+    def company_domain(self, lead: Lead) -> str | None:
+        """The lead's first company (not free-mail) email domain."""
         for key in lead.identity_keys:
             if key.startswith("email:"):
                 email_domain = key.rsplit("@", 1)[-1]
                 if email_domain not in self.rules.free_mail:
-                    return f"domain:{email_domain}"
+                    return email_domain
+        return None
+
+    def owner_key(self, lead: Lead) -> str | None:
+        """The Kafka key the lead's own records carry (as ``publish`` keys them,
+        consumers/publish.py): its company's domain, else its main identity. The partition
+        of that key owns the lead: its writer settles what is queued for the lead."""
+        email_domain = self.company_domain(lead)
+        return f"domain:{email_domain}" if email_domain else lead.primary_key
+
+    def account_key(self, lead: Lead) -> str | None:
+        email_domain = self.company_domain(lead)
+        if email_domain:
+            return f"domain:{email_domain}"
         company = lead.profile.get("company")
         if company:
             return "company:" + _normalise_company(str(company))

@@ -116,6 +116,8 @@ def _cause(stored: dict[str, Any] | None, events: list[Any]) -> dict[str, Any]:
         return _plain(out)
     if stored and "clock" in stored:
         return {"kind": "clock", "at": _jsonable(stored["clock"])}
+    if stored and "absorb" in stored:  # a lead took up a queued interest (cookie race)
+        return _plain({"kind": "absorb", **stored["absorb"]})
     if stored and "command" in stored:
         return _plain({"kind": "person", **{("command" if k == "command" else k): v
                                                for k, v in stored.items()}})
@@ -128,6 +130,8 @@ def _cause(stored: dict[str, Any] | None, events: list[Any]) -> dict[str, Any]:
             other = f.get("survivor_id") or f.get("lead_id")
             return _plain({"kind": "merge", "event": name, "lead": other,
                               "event_id": f.get("event_id")})
+        if name == "InterestAbsorbed":  # alone on its row: a queued interest taken up
+            return _plain({"kind": "absorb", "interest": f.get("interest_id")})
         if name in ("Unmerged", "StateRestored"):
             return _plain({"kind": "person", "command": "unmerge", "actor": f.get("actor")})
         if name == "ModelBackfilled":  # a row of its own when the lead's timer stays

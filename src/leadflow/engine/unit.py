@@ -25,6 +25,8 @@ from leadflow.store.recorders import RecordIdIndex
 
 A = TypeVar("A", bound=Aggregate)
 
+ANONYMOUS = "anonymous_id:"  # a cookie's identity key prefix (domain/ids.py identity_key)
+
 #: Failures of the database or the machine, not of a record: they abort the batch and are
 #: raised (the consumer retries, then stops loudly). Any other exception while applying a
 #: record is that record's fault ("poison") and only costs that record. psycopg's errors
@@ -130,6 +132,14 @@ class Unit:
         # The cause of events after the last cut (a clock step, a command).
         self.cause: Cause | None = None
         self.used: dict[UUID, Aggregate] = {}
+        # Several processes write the store: cookie races are settled at commit (see
+        # store/bookkeeping.py), from what the unit did to interests.
+        self.shared = self.store.shared
+        self.noted: dict[UUID, str] = {}  # interest -> its cookie: noted on
+        self.linked: dict[UUID, tuple[str, UUID]] = {}  # interest -> (cookie, lead): absorbed
+        # interest -> (lead that must take it up, Kafka key of the lead's own records)
+        self.later: dict[UUID, tuple[UUID, str | None]] = {}
+        self.diverted: dict[str, domain.Interest] = {}  # cookie -> this unit's interest
 
     def seal(self, cause: Cause) -> None:
         """The events triggered since the last seal were caused by ``cause``."""
@@ -190,7 +200,10 @@ class Unit:
     def register(self, key: str, target_id: UUID, is_interest: bool) -> Identity:
         identity = Identity(key, target_id, is_interest)
         self.identities[key] = identity
-        self.books.new_identities[self.directory.hasher(key)] = (target_id, is_interest)
+        hashed = self.directory.hasher(key)
+        self.books.new_identities[hashed] = (target_id, is_interest)
+        if key.startswith(ANONYMOUS):
+            self.books.cookies.add(hashed)
         return identity
 
     def repoint(self, identity: Identity, target_id: UUID, is_interest: bool) -> Identity:
@@ -214,6 +227,21 @@ class Unit:
         self.identities[key] = None
         self.directory.cache.pop(key, None)
         self.books.dropped_identities.add(self.directory.hasher(key))
+
+    # ----------------------------------------------------------------- cookie races
+
+    def close_books(self) -> None:
+        """Give the bookkeeping what the unit did to interests, at the versions it left them
+        (a shared store settles cookie races from it at commit)."""
+        if not (self.noted or self.linked or self.later):
+            return
+        books, touched, hasher = self.books, self.touched, self.directory.hasher
+        for interest, key in self.noted.items():
+            books.noted[interest] = (hasher(key), touched[interest].version)
+        for interest, (key, lead) in self.linked.items():
+            books.linked[interest] = (hasher(key), lead, touched[interest].version)
+        for interest, (lead, owner) in self.later.items():
+            books.absorptions[(interest, lead)] = (touched[interest].version, owner)
 
     # ----------------------------------------------------------------- accounts, routing
 

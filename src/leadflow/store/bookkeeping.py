@@ -15,6 +15,11 @@ aggregates:
   order two writers commit in does not matter.
 - ``leadflow_counters``: the router's per-rep load (``load:<rep>``, added atomically:
   ``value = value + delta``) and round-robin positions (``cursor:<team>``, set).
+- ``leadflow_absorptions``: (anonymous interest, lead) -> the interest's version the lead
+  must take up, and the Kafka key of the lead's own records (its owner, when known):
+  touchpoints a cookie-only record put on an interest while its cookie belongs to a lead
+  (a pending absorption, settled by ``LeadflowApp``: see "Cookie races" below). A work
+  queue: a row is deleted in the transaction that absorbs it.
 - ``leadflow_data_keys``: each lead's (and anonymous interest's) data key, wrapped by the
   master key (store/personal.py), inserted with the aggregate's first row and deleted by
   ``forget`` — the one table that is not derived from the events: deleting a row is what
@@ -24,6 +29,24 @@ Identity keys in ``leadflow_identities`` are keyed hashes (store/personal.py), n
 email or phone itself.
 
 Rows are written in key order, so two writers never wait on each other in opposite orders.
+
+Cookie races (PostgreSQL, where several consumers write). A cookie-only record is keyed by
+its cookie, the record that links the cookie to a person by the person's company, so two
+writers meet on the cookie's identity row and on the person's lead. Neither fails a batch
+any more; ``postgres_write`` settles them at commit, under the events table's lock (every
+writer takes it first, so these reads see every commit before this one and none after):
+
+- both registered the cookie: the link to a person wins over the anonymous interest; the
+  interest is queued for absorption by the lead (``leadflow_absorptions``);
+- a batch noted touchpoints on an interest whose cookie another writer has linked since it
+  read the row, or linked a cookie to a lead after absorbing its interest at a version
+  another writer has since passed: the rest is queued likewise;
+- a cookie-only record for a cookie that already belongs to a lead is not written on the
+  lead (another writer's aggregate) but noted on an interest of its own batch, queued
+  (``Books.absorptions``, from the engine).
+
+Any other key both writers registered (an email, a phone) still fails the commit: the batch
+is retried and then sees the other writer's row.
 """
 
 from __future__ import annotations
@@ -38,6 +61,7 @@ IDENTITIES_TABLE = "leadflow_identities"
 ENGAGEMENTS_TABLE = "leadflow_engagements"
 COUNTERS_TABLE = "leadflow_counters"
 DATA_KEYS_TABLE = "leadflow_data_keys"
+ABSORPTIONS_TABLE = "leadflow_absorptions"
 
 _SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
 
@@ -51,6 +75,8 @@ def from_sqlite_time(text: str) -> datetime:
 
 
 Target = tuple[UUID, bool]  # (lead or interest id, is anonymous interest)
+Absorption = tuple[UUID, UUID]  # (anonymous interest, lead that must take it up)
+Queued = tuple[int, str | None]  # (interest version to take up, Kafka key of the lead's records)
 
 
 @dataclass
@@ -66,11 +92,22 @@ class Books:
     new_data_keys: dict[UUID, bytes] = field(default_factory=dict)  # id -> wrapped key
     dropped_data_keys: set[UUID] = field(default_factory=set)  # forget
     dropped_identities: set[str] = field(default_factory=set)  # forget
+    # Cookie races, settled at commit by a shared store (see the module's doc); the others
+    # ignore them (their one writer cannot race). Interest versions are as this unit left
+    # them.
+    cookies: set[str] = field(default_factory=set)  # new identities that are cookies
+    # interest -> (its cookie, version): noted on, believing the cookie points at it
+    noted: dict[UUID, tuple[str, int]] = field(default_factory=dict)
+    # interest -> (its cookie, lead, version): absorbed, the cookie moved to the lead
+    linked: dict[UUID, tuple[str, UUID, int]] = field(default_factory=dict)
+    absorptions: dict[Absorption, Queued] = field(default_factory=dict)
+    absorbed: dict[Absorption, int] = field(default_factory=dict)  # -> version taken up
 
     def __bool__(self) -> bool:
         return bool(self.new_identities or self.moved_identities or self.engagements
                     or self.load or self.cursors or self.exact or self.new_data_keys
-                    or self.dropped_data_keys or self.dropped_identities)
+                    or self.dropped_data_keys or self.dropped_identities
+                    or self.absorptions or self.absorbed or self.noted or self.linked)
 
     def counters_added(self) -> list[tuple[str, int]]:
         return sorted((f"load:{rep}", delta) for rep, delta in self.load.items() if delta)
@@ -112,10 +149,13 @@ def postgres_ddl(schema: str) -> list[str]:
         "value bigint NOT NULL)",
         f'CREATE TABLE IF NOT EXISTS "{schema}".{DATA_KEYS_TABLE} (aggregate_id uuid '
         "PRIMARY KEY, wrapped bytea NOT NULL)",
+        f'CREATE TABLE IF NOT EXISTS "{schema}".{ABSORPTIONS_TABLE} (interest_id uuid NOT NULL, '
+        "lead_id uuid NOT NULL, version bigint NOT NULL, owner text, "
+        "PRIMARY KEY (interest_id, lead_id))",
     ]
 
 
-def postgres_write(curs: Any, schema: str, books: Books) -> None:
+def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> None:
     t = f'"{schema}"'
     if books.new_data_keys:
         ids = sorted(books.new_data_keys)
@@ -128,14 +168,23 @@ def postgres_write(curs: Any, schema: str, books: Books) -> None:
     if books.dropped_identities:
         curs.execute(f"DELETE FROM {t}.{IDENTITIES_TABLE} WHERE key = ANY(%s)",
                      (sorted(books.dropped_identities),))
+    absorptions = dict(books.absorptions)
+    if books.noted or books.linked:
+        _settle_moves(curs, schema, books, events_table, absorptions)
     if books.new_identities:
-        # A plain INSERT: a key another writer registered meanwhile is a conflict (retried).
-        keys = sorted(books.new_identities)
-        curs.execute(
-            f"INSERT INTO {t}.{IDENTITIES_TABLE} (key, target_id, is_interest) "
-            "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[])",
-            (keys, [books.new_identities[k][0] for k in keys],
-             [books.new_identities[k][1] for k in keys]), prepare=True)
+        # A plain INSERT: a key another writer registered meanwhile is a conflict (retried);
+        # cookies are settled instead.
+        keys = sorted(k for k in books.new_identities if k not in books.cookies)
+        cookies = sorted(k for k in books.new_identities if k in books.cookies)
+        if cookies:
+            keys += _settle_cookies(curs, schema, books, cookies, events_table, absorptions)
+        if keys:
+            keys.sort()
+            curs.execute(
+                f"INSERT INTO {t}.{IDENTITIES_TABLE} (key, target_id, is_interest) "
+                "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[])",
+                (keys, [books.new_identities[k][0] for k in keys],
+                 [books.new_identities[k][1] for k in keys]), prepare=True)
     if books.moved_identities:
         keys = sorted(books.moved_identities)
         curs.execute(
@@ -163,6 +212,104 @@ def postgres_write(curs: Any, schema: str, books: Books) -> None:
                 "SELECT * FROM unnest(%b::text[], %b::bigint[]) "
                 f"ON CONFLICT (name) DO UPDATE SET value = {value}",
                 ([n for n, _ in counters], [v for _, v in counters]), prepare=True)
+    if books.absorbed:
+        # Only up to the version taken up: a touchpoint another writer noted since stays.
+        done = sorted(books.absorbed.items())
+        curs.execute(
+            f"DELETE FROM {t}.{ABSORPTIONS_TABLE} a USING unnest(%b::uuid[], %b::uuid[], "
+            "%b::bigint[]) AS d(i, l, v) WHERE a.interest_id = d.i AND a.lead_id = d.l "
+            "AND a.version <= d.v",
+            ([i for (i, _), _ in done], [lead for (_, lead), _ in done], [v for _, v in done]),
+            prepare=True)
+    if absorptions:
+        queued = sorted(absorptions.items())
+        curs.execute(
+            f"INSERT INTO {t}.{ABSORPTIONS_TABLE} AS a (interest_id, lead_id, version, owner) "
+            "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::bigint[], %b::text[]) "
+            "ON CONFLICT (interest_id, lead_id) DO UPDATE "
+            "SET version = GREATEST(a.version, excluded.version), "
+            "owner = COALESCE(excluded.owner, a.owner)",
+            ([i for (i, _), _ in queued], [lead for (_, lead), _ in queued],
+             [v for _, (v, _) in queued], [o for _, (_, o) in queued]), prepare=True)
+
+
+def _settle_cookies(curs: Any, schema: str, books: Books, cookies: list[str],
+                    events_table: str, absorptions: dict[Absorption, Queued]) -> list[str]:
+    """Register the unit's new cookie keys; settle those another writer registered first.
+    Returns the keys left to the plain INSERT (which then fails the commit): a race this
+    cannot settle (two interests, or two leads)."""
+    t = f'"{schema}"'
+    new = books.new_identities
+    curs.execute(
+        f"INSERT INTO {t}.{IDENTITIES_TABLE} (key, target_id, is_interest) "
+        "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[]) "
+        "ON CONFLICT (key) DO NOTHING RETURNING key",
+        (cookies, [new[k][0] for k in cookies], [new[k][1] for k in cookies]), prepare=True)
+    lost = sorted(set(cookies) - {row["key"] for row in curs.fetchall()})
+    if not lost:
+        return []
+    theirs = postgres_identities(curs, schema, lost)
+    unsettled: list[str] = []
+    overridden: dict[str, UUID] = {}  # cookie -> the other writer's interest
+    for key in lost:
+        (mine, mine_interest), (other, other_interest) = new[key], theirs[key]
+        if mine_interest and not other_interest and mine in books.noted:
+            # The other writer linked the cookie to a person: its lead takes up this
+            # unit's interest.
+            absorptions[(mine, other)] = (books.noted[mine][1], None)
+        elif other_interest and not mine_interest:
+            overridden[key] = other  # this unit linked it: the link wins
+        else:
+            unsettled.append(key)
+    if overridden:
+        keys = sorted(overridden)
+        curs.execute(f"UPDATE {t}.{IDENTITIES_TABLE} AS i SET target_id = d.t, "
+                     "is_interest = false FROM unnest(%b::text[], %b::uuid[]) AS d(k, t) "
+                     "WHERE i.key = d.k", (keys, [new[k][0] for k in keys]), prepare=True)
+        versions = _versions(curs, schema, events_table, list(overridden.values()))
+        for key, interest in overridden.items():
+            absorptions[(interest, new[key][0])] = (versions.get(interest, 0), None)
+    return unsettled
+
+
+def _settle_moves(curs: Any, schema: str, books: Books, events_table: str,
+                  absorptions: dict[Absorption, Queued]) -> None:
+    """Queue what another writer's commit since this unit read left unabsorbed: touchpoints
+    noted on an interest whose cookie now points at a lead, and touchpoints noted on an
+    interest after this unit absorbed it (linking its cookie)."""
+    noted = {i: v for i, v in books.noted.items()
+             if i not in books.linked and v[0] not in books.new_identities}
+    if noted:
+        rows = postgres_identities(curs, schema, sorted({k for k, _ in noted.values()}))
+        for interest, (key, version) in noted.items():
+            target, is_interest = rows.get(key, (interest, True))
+            if target != interest and not is_interest:
+                absorptions[(interest, target)] = (version, None)
+    if books.linked:
+        versions = _versions(curs, schema, events_table, list(books.linked))
+        for interest, (_, lead, version) in books.linked.items():
+            if versions.get(interest, 0) > version:
+                absorptions[(interest, lead)] = (versions[interest], None)
+
+
+def _versions(curs: Any, schema: str, events_table: str, ids: list[UUID]) -> dict[UUID, int]:
+    """Each aggregate's last stored version (committed before this transaction's lock)."""
+    curs.execute(f'SELECT originator_id, max(originator_version) AS v FROM "{schema}".'
+                 f'"{events_table}" '
+                 "WHERE originator_id = ANY(%b::uuid[]) GROUP BY originator_id", (ids,),
+                 prepare=True)
+    return {row["originator_id"]: int(row["v"]) for row in curs.fetchall()}
+
+
+Pending = tuple[UUID, UUID, int, str | None]  # (interest, lead, version, owner): a queued row
+
+
+def postgres_absorptions(curs: Any, schema: str, limit: int) -> list[Pending]:
+    curs.execute(f'SELECT interest_id, lead_id, version, owner FROM "{schema}".'
+                 f"{ABSORPTIONS_TABLE} ORDER BY interest_id, lead_id LIMIT %s", (limit,),
+                 prepare=True)
+    return [(row["interest_id"], row["lead_id"], int(row["version"]), row["owner"])
+            for row in curs.fetchall()]
 
 
 def postgres_identities(curs: Any, schema: str, keys: Sequence[str]) -> dict[str, Target]:

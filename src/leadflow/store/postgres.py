@@ -140,6 +140,10 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         with self.datastore.transaction(commit=False) as curs:
             return bookkeeping.postgres_identities(curs, self.datastore.schema, keys)
 
+    def select_absorptions(self, limit: int) -> list[bookkeeping.Pending]:
+        with self.datastore.transaction(commit=False) as curs:
+            return bookkeeping.postgres_absorptions(curs, self.datastore.schema, limit)
+
     def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
         if not account_ids:
             return {}
@@ -233,7 +237,8 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
                 curs.execute(self.upsert_timers_statement,
                              ([lead for lead, _ in due], [at for _, at in due]), prepare=True)
         if books is not None:
-            bookkeeping.postgres_write(curs, self.datastore.schema, books)
+            bookkeeping.postgres_write(curs, self.datastore.schema, books,
+                                       self.events_table_name)
         ids = record_ids_of(kwargs)
         if ids:
             # A primary-key violation (the same event_id applied by another writer at the same

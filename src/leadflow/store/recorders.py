@@ -122,6 +122,12 @@ class RecordIdIndex(ABC):
         return [aggregate_id for aggregate_id, version in versions
                 if select(aggregate_id, gt=version, limit=1)]
 
+    def select_absorptions(self, limit: int) -> list[bookkeeping.Pending]:
+        """Up to ``limit`` pending absorptions (interest, lead, version to take up, Kafka key
+        of the lead's records or None), in (interest, lead) order. Only a shared store
+        queues them (store/bookkeeping.py)."""
+        return []
+
     def store_version(self) -> int | None:
         """The format version recorded in the store; None when none is."""
         value = self.meta("store_version")
