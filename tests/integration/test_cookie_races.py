@@ -204,3 +204,21 @@ def test_two_consumer_processes_settle_cookie_races_without_a_write_conflict(
     with psycopg.connect(pipe.pg_url) as conn:
         stored = conn.execute("SELECT count(*) FROM leadflow_record_ids").fetchone()
     assert stored is not None and stored[0] == len(records)
+
+
+def test_forgetting_a_person_shreds_what_their_cookie_left_queued_for_them(
+        writers: tuple[LeadflowApp, LeadflowApp], rec: Records, pg_url: str) -> None:
+    visits, people = writers
+    people.apply_batch([rec("form_submitted", "carl@gamma.io", at=T0, lead=COOKIE)])
+    visits.apply_batch([rec("page_viewed", None, at=T0 + days(1), lead=COOKIE,
+                            context={"url": "https://x.io/?ref=carl"})])
+    [(interest, _, _, _)] = pending(people)
+    assert people.vault.has_key(interest)
+    people.forget(CARL, "erasure request", "dpo@x.io", T0 + days(2))
+    # The visit's interest has its own data key: erased with Carl's, and no longer queued.
+    assert not pending(people)
+    fresh = LeadflowApp(env=dict(Settings(database_url=pg_url).eventsourcing_env({})))
+    try:
+        assert not fresh.vault.has_key(interest)
+    finally:
+        fresh.close()

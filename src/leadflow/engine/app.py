@@ -556,6 +556,12 @@ class LeadflowApp(Application[UUID]):
                 f"lead(s) {', '.join(unreadable)} were stored before per-person encryption "
                 "(store format < 5, or LEADFLOW_PERSONAL_DATA=plain): their personal values "
                 "sit readable in immutable rows and cannot be shredded; nothing was changed")
+        # Touchpoints their cookie left that the lead has not taken up yet go with them.
+        ids = {m.id for m in members}
+        for interest, queued_for, version, _ in self.record_ids.select_absorptions(ABSORB_PAGE):
+            if queued_for in ids:
+                shredded.append(interest)
+                unit.books.absorbed[(interest, queued_for)] = version
         for key in keys:
             unit.drop_identity(key)
         unit.books.dropped_data_keys.update(shredded)

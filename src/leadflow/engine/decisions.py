@@ -239,8 +239,12 @@ class RecordProcessor:
         if interest is None or found is None:
             return
         lead = self.live_lead(found.id)
+        if lead.forgotten:
+            # The person was erased meanwhile: what their cookie left goes with them.
+            self.unit.books.dropped_data_keys.add(interest.id)
+            return
         unseen = [tp for tp in interest.touchpoints if tp["event_id"] not in lead.seen]
-        if not unseen or lead.forgotten:
+        if not unseen:
             return
         at = max(tp["occurred_at"] for tp in unseen)
         self.catch_up(lead, at)
