@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import psycopg
 import pytest
 
+from leadflow.config import Settings
+from leadflow.engine.app import LeadflowApp
+from leadflow.engine.results import BatchResult
 from tests.integration.kafka_helpers import Pipeline
 from tests.integration.services import Services, ServicesUnavailableError, provide_services
 
@@ -59,3 +64,23 @@ def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipelin
     assert result.returncode == 0, result.stderr
     yield pipeline
     pipeline.close()
+
+
+@contextmanager
+def two_writers(url: str) -> Iterator[tuple[LeadflowApp, LeadflowApp]]:
+    """Two applications on one store, as two consumers of a group."""
+    env = Settings(database_url=url).eventsourcing_env({})
+    a, b = LeadflowApp(env=dict(env)), LeadflowApp(env=dict(env))
+    try:
+        yield a, b
+    finally:
+        a.close()
+        b.close()
+
+
+def meanwhile(action: Callable[[], Any]) -> Callable[[BatchResult], None]:
+    """A ``before_commit`` hook: ``action`` (another writer's commit) runs after the batch
+    decided and before it commits."""
+    def hook(_: BatchResult) -> None:
+        action()
+    return hook

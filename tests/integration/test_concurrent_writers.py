@@ -4,31 +4,20 @@ B's ``before_commit``), as two consumers racing would."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from eventsourcing.persistence import IntegrityError
 
-from leadflow.config import Settings
 from leadflow.engine.app import LeadflowApp
-from leadflow.engine.results import BatchResult
 from tests.conftest import T0, Records, days
+from tests.integration.conftest import meanwhile, two_writers
 
 
 @pytest.fixture
 def writers(db_url: str) -> Iterator[tuple[LeadflowApp, LeadflowApp]]:
-    env = Settings(database_url=db_url).eventsourcing_env({})
-    a, b = LeadflowApp(env=dict(env)), LeadflowApp(env=dict(env))
-    yield a, b
-    a.close()
-    b.close()
-
-
-def meanwhile(action: Callable[[], Any]) -> Callable[[BatchResult], None]:
-    def hook(_: BatchResult) -> None:
-        action()
-    return hook
+    with two_writers(db_url) as pair:
+        yield pair
 
 
 def test_a_key_registered_by_another_writer_meanwhile_fails_the_batch_which_then_retries(

@@ -10,7 +10,7 @@ makes the other commit in between (from ``before_commit``), as two consumers rac
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,8 @@ from leadflow.consumers.relay import partition_for
 from leadflow.contract import InboundRecord
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor
-from leadflow.engine.results import BatchResult
 from tests.conftest import T0, Records, days
+from tests.integration.conftest import meanwhile, two_writers
 from tests.integration.kafka_helpers import Pipeline, applied_event_ids, reference_app
 
 pytestmark = pytest.mark.integration
@@ -37,17 +37,8 @@ CARL = "email:carl@gamma.io"
 @pytest.fixture
 def writers(pg_url: str) -> Iterator[tuple[LeadflowApp, LeadflowApp]]:
     """The cookie's writer and the person's writer, on one store."""
-    env = Settings(database_url=pg_url).eventsourcing_env({})
-    visits, people = LeadflowApp(env=dict(env)), LeadflowApp(env=dict(env))
-    yield visits, people
-    visits.close()
-    people.close()
-
-
-def meanwhile(action: Callable[[], Any]) -> Callable[[BatchResult], None]:
-    def hook(_: BatchResult) -> None:
-        action()
-    return hook
+    with two_writers(pg_url) as pair:
+        yield pair
 
 
 def outcome(app: LeadflowApp, key: str, at: datetime) -> tuple[Any, ...]:
