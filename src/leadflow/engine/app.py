@@ -306,6 +306,7 @@ class LeadflowApp(Application[UUID]):
         from leadflow.engine.results import BatchResult
 
         self._prefetch(unit, records)
+        unit.owns = owns
         if self.shared_store:
             self._take_up(unit, owns)
         known = self.record_ids.select_record_ids([r.event_id for r in records])

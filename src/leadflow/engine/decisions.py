@@ -86,7 +86,7 @@ class RecordProcessor:
         if any(rec.event_id in lead.seen for lead in leads):
             return leads[0].id, True
         if not person_keys and self.unit.shared and rec.is_touchpoint \
-                and not leads[0].pending_events:
+                and not leads[0].pending_events and not self.owned(leads[0]):
             return self.divert(rec, cast(str, anon_key), leads[0])
         interest = self.interest_of(indexes.get(anon_key) if anon_key else None)
         if interest is not None and rec.event_id in interest.seen:
@@ -211,6 +211,16 @@ class RecordProcessor:
         if self.unit.shared:  # another writer may link the cookie meanwhile
             self.unit.noted[interest.id] = key
         return None, False
+
+    def owned(self, lead: Lead) -> bool:
+        """Whether this unit's writer owns the lead (its records' Kafka key is one of the
+        writer's partitions): a sole consumer, or ``ingest``, owns every lead and never
+        diverts, so one writer applies a cookie visit to the lead at once, as on SQLite."""
+        owns = self.unit.owns
+        if owns is None:
+            return True
+        key = self.owner_key(lead)
+        return key is None or owns(key)
 
     def divert(self, rec: InboundRecord, key: str, lead: Lead) -> tuple[None, bool]:
         """A cookie-only touchpoint for a cookie that belongs to a lead, on a store several

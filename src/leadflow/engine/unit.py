@@ -140,6 +140,10 @@ class Unit:
         # interest -> (lead that must take it up, Kafka key of the lead's own records)
         self.later: dict[UUID, tuple[UUID, str | None]] = {}
         self.diverted: dict[str, domain.Interest] = {}  # cookie -> this unit's interest
+        # Which Kafka keys' leads this unit's writer owns (its partitions'; None: every lead,
+        # as for a writer without partitions or one holding them all): a cookie-only visit
+        # is diverted only from a lead another writer owns (decisions.py ``divert``).
+        self.owns: Callable[[str], bool] | None = None
 
     def seal(self, cause: Cause) -> None:
         """The events triggered since the last seal were caused by ``cause``."""
