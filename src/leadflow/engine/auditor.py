@@ -73,14 +73,21 @@ class Auditor:
         reads it alone and names the damage (AggregateUnloadableError).
         """
         self._preloaded = {}
-        expand = self.app.codec.expander.expand
         for aggregate_id, stored in self.app.codec.select_many(list(ids)).items():
-            try:
-                self._preloaded[aggregate_id] = [e for s in stored for e in expand(s)]
-            except INFRASTRUCTURE_ERRORS:
-                raise
-            except Exception:
-                continue
+            events = self.decoded(stored)
+            if events is not None:
+                self._preloaded[aggregate_id] = events
+
+    def decoded(self, stored: Sequence[Any]) -> list[Any] | None:
+        """One aggregate's stored rows (``StoredEvent``) as its events, as ``preload`` keeps
+        them; None when one cannot be decoded."""
+        expand = self.app.codec.expander.expand
+        try:
+            return [e for s in stored for e in expand(s)]
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception:
+            return None
 
     def events(self, lead_id: UUID, kind: str = "lead") -> list[Any]:
         """The aggregate's stored events, decoded (AggregateUnloadableError if one cannot be)."""

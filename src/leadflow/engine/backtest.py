@@ -6,16 +6,19 @@ recorded history says happened next (SQL, customer). It only reads the store; pu
 candidate is ``LeadflowApp.publish_rules``.
 
 How it stays fast (issue 12: ~10,000 -> see the README's Performance section). Each lead's
-events are read in bulk with the Auditor (``preload``: one query per ``PRELOAD`` leads, each
-row decoded once) and, instead of replaying a whole ``Lead`` aggregate, folded into the few
-things a backtest needs (``_fold``): its key, creation time, profile, stage, the stages it
-reached, whether it is merged away, and its touchpoints. Anything the fold does not know for
-sure (an event class it does not handle, a missing field, a version gap, a lead that
-absorbed another lead or anonymous interest) goes the general way, exactly as before: the
-Auditor's replay and ``touchpoints``. Anonymous interests are read ahead in bulk too
-(``_Reader``). The scoring itself runs on rules compiled once per rule set (``_Compiled``),
-with the same arithmetic, in the same order, as ``leadflow.domain.scoring``, so every score
-and MQL moment is bit-for-bit the one the domain's functions give
+rows are read in bulk (``_Reader.read``: one query per ``PRELOAD`` leads) and, instead of
+replaying a whole ``Lead`` aggregate, folded into the few things a backtest needs
+(``_fold``): its key, creation time, profile, stage, the stages it reached, whether it is
+merged away, and its touchpoints. The fold reads the rows as parsed by orjson, with only the
+fields it reads decoded (``backtest_rows.RowDecoder``), not as domain events; the anonymous
+interests the leads absorbed are read in one query per chunk and folded the same way
+(``_add_interests``). Anything the fold does not know for sure (a row the decoder is unsure
+of, an event class it does not handle, a missing field, a version gap, a lead that absorbed
+another lead) goes the general way, exactly as before: the rows made events as the
+Auditor's ``preload`` makes them, its replay and ``touchpoints``, with the interests read
+ahead in bulk (``_Reader``). The scoring itself runs on rules compiled once per rule set
+(``_Compiled``), with the same arithmetic, in the same order, as ``leadflow.domain.scoring``,
+so every score and MQL moment is bit-for-bit the one the domain's functions give
 (tests/unit/test_backtest_fast.py compares both on generated stores).
 """
 
@@ -37,13 +40,15 @@ from uuid import UUID
 
 import structlog
 from eventsourcing.domain import decorated_funcs
-from eventsourcing.persistence import PersistenceError
+from eventsourcing.persistence import PersistenceError, StoredEvent
 from eventsourcing.utils import resolve_topic
 
-from leadflow.domain import STAGES, Lead
+from leadflow.domain import STAGES, Interest, Lead
 from leadflow.domain.rules import EngagementRule, FitRule, Model, Rules
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor, stored_lead_ids
+from leadflow.engine.backtest_rows import Pair, RowDecoder
+from leadflow.engine.unit import INFRASTRUCTURE_ERRORS
 from leadflow.engine.views import finite
 
 log = structlog.get_logger(__name__)
@@ -369,8 +374,22 @@ class _Reader(Auditor):
         self.tried: set[UUID] = set()
         self.missing: list[UUID] = []
         self.collecting = False
+        self.rows: dict[UUID, list[StoredEvent]] = {}
+        self.decoder = RowDecoder(app, _READS)
+
+    def read(self, chunk: Sequence[UUID]) -> None:
+        """``preload``, with each lead's rows made events only when they are asked for
+        (``events``): most leads are folded from their rows (``_fold_rows``)."""
+        self._preloaded = {}
+        self.rows = self.app.codec.select_many(list(chunk))
 
     def events(self, lead_id: UUID, kind: str = "lead") -> list[Any]:
+        if lead_id not in self._preloaded:
+            rows = self.rows.get(lead_id)
+            if rows is not None:  # as ``preload`` keeps it
+                decoded = self.decoded(rows)
+                if decoded is not None:
+                    self._preloaded[lead_id] = decoded
         if kind != "lead":
             found = self.ahead.get(lead_id)
             if found is not None:
@@ -397,18 +416,53 @@ class _Reader(Auditor):
     def forget(self) -> None:
         self.ahead, self.tried, self.missing = {}, set(), []
 
+    def fold(self, lead_id: UUID, since: datetime | None, interests: list[Absorbing]
+             ) -> Folded | _Marker | None:
+        """``_fold`` of the lead's events, from its rows when they can be read without
+        making events (``RowDecoder``: the interests it absorbed are then noted in
+        ``interests``), else from its events."""
+        pairs = self._pairs(self.rows.get(lead_id))
+        if pairs is not None:
+            return _fold(pairs, since, interests)
+        return _fold([(type(e), e.__dict__) for e in self.events(lead_id)], since)
+
+    def _pairs(self, rows: list[StoredEvent] | None) -> list[Pair] | None:
+        if not rows:
+            return None
+        try:
+            return self.decoder.pairs(rows)
+        except INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception:  # read the Auditor's way: it says what is wrong
+            return None
+
+    def interest_touches(self, ids: Sequence[UUID]) -> dict[UUID, list[Touch] | None]:
+        """The touchpoints each interest noted, read in one query, folded from its rows
+        (``_interest_touches``); None for one that must be read the Auditor's way."""
+        rows = self.app.codec.select_many(list(ids))
+        out: dict[UUID, list[Touch] | None] = {}
+        for interest_id in ids:
+            pairs = self._pairs(rows.get(interest_id))
+            try:
+                out[interest_id] = _interest_touches(pairs) if pairs is not None else None
+            except Exception:  # whatever the fold is not sure of
+                out[interest_id] = None
+        return out
+
 
 def _read_chunk(reader: _Reader, chunk: Sequence[UUID], since: datetime | None
                 ) -> list[Found | Exception | None]:
     """What the backtest takes from each lead of ``chunk``, in order: None for a lead it
     skips (merged away, created before ``since``), the error for one that cannot be loaded."""
-    reader.preload(chunk)
+    reader.read(chunk)
     reader.forget()
     out: list[Found | Exception | None] = []
     gather: list[tuple[int, Folded]] = []  # leads whose touchpoints the Auditor gathers
+    pending: list[tuple[int, Folded, list[Absorbing]]] = []  # and those of interests
     for lead_id in chunk:
+        interests: list[Absorbing] = []
         try:
-            folded = _fold(reader.events(lead_id), since)
+            folded = reader.fold(lead_id, since, interests)
         except PersistenceError:
             raise
         except Exception:  # whatever the fold is not sure of: the general way, below
@@ -422,11 +476,52 @@ def _read_chunk(reader: _Reader, chunk: Sequence[UUID], since: datetime | None
             if touches is None:
                 gather.append((len(out), folded))
                 out.append(None)
+            elif interests:
+                pending.append((len(out), folded, interests))
+                out.append(None)
             else:
                 out.append((key, profile, touches, stage, reached))
+    if pending:
+        _add_interests(reader, pending, gather, out)
     if gather:
+        gather.sort(key=_first)
         _gather(reader, chunk, gather, out)
     return out
+
+
+def _first(item: tuple[int, Folded]) -> int:
+    return item[0]
+
+
+def _add_interests(reader: _Reader, pending: list[tuple[int, Folded, list[Absorbing]]],
+                   gather: list[tuple[int, Folded]], out: list[Found | Exception | None]
+                   ) -> None:
+    """The leads that absorbed anonymous interests, with the touchpoints the Auditor would
+    add (``Auditor.touchpoints``: an interest's touchpoints the absorbing event names, where
+    that event is, then all in time order); the interests are read in one query. A lead with
+    an interest that must be read the Auditor's way goes to ``gather``."""
+    found = reader.interest_touches(
+        list(dict.fromkeys(i for _, _, interests in pending for _, i, _ in interests)))
+    for position, folded, interests in pending:
+        key, profile, touches, stage, reached = folded
+        assert touches is not None
+        merged: list[Touch] = []
+        start = 0
+        try:
+            for at, interest_id, event_ids in interests:
+                noted = found[interest_id]
+                if noted is None:
+                    raise LookupError(interest_id)
+                wanted = set(event_ids)
+                merged += touches[start:at]
+                merged += [touch for touch in noted if touch[1] in wanted]
+                start = at
+        except Exception:  # the Auditor's way: it says what is wrong
+            gather.append((position, folded))
+            continue
+        merged += touches[start:]
+        merged.sort(key=_when)
+        out[position] = (key, profile, merged, stage, reached)
 
 
 def _general(reader: _Reader, lead_id: UUID, since: datetime | None
@@ -495,9 +590,10 @@ class _Marker:
 
 _GENERAL = _Marker()
 
-def _event(name: str) -> type:
-    """A lead event class (the ones made by ``@event`` are not known to the type checker)."""
-    cls: type = getattr(Lead, name)
+def _event(name: str, aggregate: type = Lead) -> type:
+    """A lead (or ``aggregate``) event class (the ones made by ``@event`` are not known to
+    the type checker)."""
+    cls: type = getattr(aggregate, name)
     return cls
 
 
@@ -508,8 +604,15 @@ _PROFILE = _event("ProfileUpdated")
 _MERGED = _event("MergedInto")
 _UNMERGED = _event("Unmerged")
 _ABSORBED = _event("Absorbed")
+_INTEREST_ABSORBED = _event("InterestAbsorbed")
 #: Events after which the Auditor gathers the touchpoints (other leads', interests').
-_ABSORBING = (_ABSORBED, _event("InterestAbsorbed"))
+_ABSORBING = (_ABSORBED, _INTEREST_ABSORBED)
+_INTEREST_CREATED = _event("Created", Interest)
+_NOTED = _event("TouchpointNoted", Interest)
+_LINKED = _event("LinkedToLead", Interest)
+#: An interest a lead absorbed, as the fold notes it: where its touchpoints go among the
+#: lead's, its id, the ids of the records of it the lead took.
+Absorbing = tuple[int, UUID, Any]
 #: Events that change nothing a backtest reads (replayed, they only change other state).
 _OTHERS = ("IdentityAdded", "AccountSet", "Boosted", "AccountSurged", "DispositionRecorded",
            "OwnerAssigned", "LoadRecounted", "WakeScheduled", "FirstContactSlaBreached",
@@ -521,7 +624,8 @@ def _fields_needed(cls: type) -> frozenset[str]:
     """The fields an event of ``cls`` must hold for its replay not to fail: all its
     dataclass fields but the ones its decorated method gives a default."""
     names = {f.name for f in dataclasses.fields(cls)}
-    method = Lead.__init__ if cls is _CREATED else decorated_funcs.get(cls)
+    method = (Lead.__init__ if cls is _CREATED else Interest.__init__
+              if cls is _INTEREST_CREATED else decorated_funcs.get(cls))
     if method is not None:
         names -= {p.name for p in inspect.signature(method).parameters.values()
                   if p.default is not inspect.Parameter.empty}
@@ -533,6 +637,7 @@ _NEEDED: dict[type, frozenset[str]] = {
     for cls in (_CREATED, _TOUCHED, _STAGE, _PROFILE, _MERGED, _UNMERGED, *_ABSORBING,
                 *(getattr(Lead, name, None) for name in _OTHERS)) if cls is not None
 }
+_INTEREST_NEEDED = {cls: _fields_needed(cls) for cls in (_INTEREST_CREATED, _NOTED, _LINKED)}
 _LEAD_TOPICS: dict[str, bool] = {}
 
 
@@ -543,15 +648,33 @@ def _is_lead_topic(topic: str) -> bool:
     return known
 
 
-def _fold(events: Sequence[Any], since: datetime | None) -> Folded | _Marker | None:
-    """A lead's backtest input from its events alone, as replaying them gives it; None for a
-    lead the backtest skips; no touchpoints (None) for one that absorbed another lead or an
-    interest (they are the Auditor's to gather); ``_GENERAL`` (or any exception) for
-    anything else the fold is not sure of."""
+#: The fields ``_fold`` reads of each event class (``RowDecoder`` untags only these).
+_READS: dict[type, tuple[str, ...]] = {
+    _CREATED: ("originator_topic", "primary_key", "created_at"),
+    _TOUCHED: ("occurred_at", "event_id", "record_type", "context"),
+    _STAGE: ("to_stage",),
+    _PROFILE: ("changes",),
+    _MERGED: ("survivor_id",),
+    _ABSORBED: ("profile",),
+    _INTEREST_ABSORBED: ("interest_id", "event_ids"),
+    _INTEREST_CREATED: ("originator_topic",),
+    _NOTED: ("occurred_at", "event_id", "record_type", "context"),
+}
+
+
+def _fold(events: Sequence[Pair], since: datetime | None,
+          interests: list[Absorbing] | None = None) -> Folded | _Marker | None:
+    """A lead's backtest input from its events alone (each as its class and ``__dict__``),
+    as replaying them gives it; None for a lead the backtest skips; no touchpoints (None)
+    for one that absorbed another lead or an interest (they are the Auditor's to gather);
+    ``_GENERAL`` (or any exception) for anything else the fold is not sure of.
+
+    With ``interests``, an interest absorbed (and named by its id) is noted there instead,
+    with where its touchpoints go among the lead's: the touchpoints are then left unsorted,
+    for the caller to add the interest's and sort them all (``_add_interests``)."""
     needed = _NEEDED
-    first = events[0]
-    data = first.__dict__
-    if type(first) is not _CREATED or not needed[_CREATED] <= data.keys() or \
+    cls, data = events[0]
+    if cls is not _CREATED or not needed[_CREATED] <= data.keys() or \
             not _is_lead_topic(data["originator_topic"]):
         return _GENERAL
     version = data["originator_version"]
@@ -562,9 +685,7 @@ def _fold(events: Sequence[Any], since: datetime | None) -> Folded | _Marker | N
     merged = False
     absorbed = False
     touches: list[Touch] = []
-    for event in events[1:]:
-        cls = type(event)
-        data = event.__dict__
+    for cls, data in events[1:]:
         version += 1
         wants = needed.get(cls)
         if wants is None or data["originator_version"] != version or \
@@ -583,6 +704,10 @@ def _fold(events: Sequence[Any], since: datetime | None) -> Folded | _Marker | N
         elif cls is _UNMERGED:
             merged = False
         elif cls in _ABSORBING:
+            if cls is _INTEREST_ABSORBED and interests is not None and \
+                    type(data.get("interest_id")) is UUID:
+                interests.append((len(touches), data["interest_id"], data["event_ids"]))
+                continue
             absorbed = True
             if cls is _ABSORBED:
                 if type(data["profile"]) is not dict:
@@ -592,8 +717,31 @@ def _fold(events: Sequence[Any], since: datetime | None) -> Folded | _Marker | N
         return None
     if absorbed:
         return key, profile, None, stage, reached
-    touches.sort(key=_when)
+    if not interests:
+        touches.sort(key=_when)
     return key, profile, touches, stage, reached
+
+
+def _interest_touches(events: Sequence[Pair]) -> list[Touch] | None:
+    """The touchpoints an anonymous interest noted, in order, from its events as replaying
+    them gives ``Interest.touchpoints``; None for anything the fold is not sure of (a
+    forgotten interest's are rewritten: the Auditor reads those)."""
+    needed = _INTEREST_NEEDED
+    cls, data = events[0]
+    if cls is not _INTEREST_CREATED or not needed[cls] <= data.keys() or \
+            resolve_topic(data["originator_topic"]) is not Interest:
+        return None
+    version = data["originator_version"]
+    touches: list[Touch] = []
+    for cls, data in events[1:]:
+        version += 1
+        wants = needed.get(cls)
+        if wants is None or data["originator_version"] != version or not wants <= data.keys():
+            return None
+        if cls is _NOTED:
+            touches.append((data["occurred_at"], data["event_id"], data["record_type"],
+                            data["context"]))
+    return touches
 
 
 def _when(touch: Touch) -> tuple[datetime, str]:
