@@ -314,7 +314,18 @@ def stored_lead_ids(app: LeadflowApp) -> tuple[list[UUID], list[dict[str, Any]]]
             "problem": f"stored event {notification_id} (Lead.Created) cannot be read "
                        f"({type(exc).__name__}: {exc}): the row was edited outside leadflow"})
 
+    # Without the rows' payloads where the store can (PostgreSQL): ids are all that is read.
+    originators = getattr(app.recorder, "select_originators", None)
+
     def scan(low: int, high: int) -> None:
+        if originators is not None:
+            for notification_id, originator_id in originators(low, high, topics):
+                try:
+                    ids.append(originator_id if type(originator_id) is UUID
+                               else UUID(str(originator_id)))
+                except ValueError as exc:
+                    problem(notification_id, str(originator_id), exc)
+            return
         try:
             page = app.recorder.select_notifications(low, high - low + 1, stop=high,
                                                      topics=topics)
