@@ -65,10 +65,9 @@ class RowDecoder:
         self.times = self.usable and type(transcoder.names.get("datetime_iso")) is DatetimeAsISO
         mapper = app.mapper
         self.protected = mapper.cipher is not None or mapper.compressor is not None
-        # Per event topic: its class, its name for the vault, the fields to untag, whether
-        # its class is at version 1 (no upcasting); per envelope topic, the same by name.
-        self._topics: dict[str, Known] = {}
-        self._envelopes: dict[str, dict[str, Known]] = {}
+        # Per row topic, what its event's topic says (``Known``), or for an envelope what
+        # each event's says, by event name.
+        self._rows: dict[str, Known | dict[str, Known]] = {}
 
     def pairs(self, rows: Sequence[StoredEvent]) -> list[Pair] | None:
         """The events of ``rows`` (one aggregate's, in version order), or None when unsure;
@@ -78,6 +77,7 @@ class RowDecoder:
         out: list[Pair] = []
         tags = self.tags
         plain = self.plain if self.protected else None
+        kinds, take = self._rows, self._take
         for row in rows:
             raw = row.state if plain is None else plain(row.state)
             count = raw.count(b'"_type_"')
@@ -93,46 +93,41 @@ class RowDecoder:
             except orjson.JSONDecodeError:
                 return None
             topic, version, originator_id = row.topic, row.originator_version, row.originator_id
-            if not is_envelope(topic):
-                known = self._topics.get(topic) or self._known(topic)
-                if not self._take(known, originator_id, version, data):
+            kind = kinds.get(topic) or self._row_kind(topic)
+            if isinstance(kind, tuple):  # a single event
+                if not take(kind, originator_id, version, data):
                     return None
-                out.append((known[0], data))
+                out.append((kind[0], data))
                 continue
             events = data.get("events")
             if not isinstance(events, list) or not events:
                 return None
-            names = self._envelopes.get(topic)
-            if names is None:
-                names = self._envelopes[topic] = {}
             for name, state in events:
-                found = names.get(name)
-                if found is None:
-                    found = names[name] = self._known(f"{topic.rsplit('.', 1)[0]}.{name}")
-                known = found
-                if not self._take(known, originator_id, version, state):
+                known = kind.get(name)
+                if known is None:
+                    known = kind[name] = self._known(f"{topic.rsplit('.', 1)[0]}.{name}")
+                if not take(known, originator_id, version, state):
                     return None
                 out.append((known[0], state))
                 version += 1
         return out
 
+    def _row_kind(self, topic: str) -> Known | dict[str, Known]:
+        kind = self._rows[topic] = {} if is_envelope(topic) else self._known(topic)
+        return kind
+
     def _known(self, topic: str) -> Known:
-        known = self._topics.get(topic)
-        if known is None:
-            cls = resolve_topic(topic)
-            known = self._topics[topic] = (cls, topic.partition(":")[2],
-                                           self.reads.get(cls, ()),
-                                           getattr(cls, "class_version", 1) == 1)
-        return known
+        cls = resolve_topic(topic)
+        return (cls, topic.partition(":")[2], self.reads.get(cls, ()),
+                getattr(cls, "class_version", 1) == 1)
 
     def _take(self, known: Known, originator_id: Any, version: int, state: dict[str, Any]
               ) -> bool:
         """One event's state made as the Expander makes it, in the fields the caller reads;
         False when unsure (upcasting)."""
         _, name, fields, current = known
-        if not current or "class_version" in state or \
-                (len(state) == 2 and "_type_" in state and "_data_" in state):
-            return False
+        if not current or "class_version" in state or "_type_" in state:
+            return False  # upcasting, or a state the hook would take for a tag
         # As json's hook does, before the vault puts the personal values back.
         for field in fields:
             value: Any = state.get(field)
