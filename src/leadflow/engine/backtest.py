@@ -439,6 +439,24 @@ class _Reader(Auditor):
         except Exception:  # read the Auditor's way: it says what is wrong
             return None
 
+    def read_members(self, lead_ids: Sequence[UUID]) -> None:
+        """The rows of the leads merged into ``lead_ids`` (one level down), read in one
+        query: ``family`` then finds them here instead of reading each alone."""
+        members: list[UUID] = []
+        for lead_id in lead_ids:
+            try:
+                events = self.events(lead_id)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception:  # unloadable: named where it is read again
+                continue
+            for event in events:
+                member = event.__dict__.get("lead_id") if type(event) is _ABSORBED else None
+                if type(member) is UUID and member not in self.rows:
+                    members.append(member)
+        if members:
+            self.rows.update(self.app.codec.select_many(list(dict.fromkeys(members))))
+
     def interest_touches(self, ids: Sequence[UUID]) -> dict[UUID, list[Touch] | None]:
         """The touchpoints each interest noted, read in one query, folded from its rows
         (``_interest_touches``); None for one that must be read the Auditor's way."""
@@ -551,6 +569,7 @@ def _gather(reader: _Reader, chunk: Sequence[UUID], leads: list[tuple[int, Folde
     """The touchpoints of the leads of ``chunk`` that absorbed a lead or anonymous interest,
     as the Auditor gathers them (``touchpoints``), with the interests they name read in one
     query: a first pass notes them, a second asks again for the leads that named any."""
+    reader.read_members([chunk[position] for position, _ in leads])
     reader.collecting = True
     reader.missing = []
     try:
