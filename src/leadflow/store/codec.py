@@ -58,12 +58,13 @@ class EventCodec:
             from psycopg.sql import SQL, Identifier
 
             statement = SQL("SELECT originator_id, originator_version, topic, state FROM {}.{} "
-                            "WHERE originator_id = ANY(%s) "
+                            "WHERE originator_id = ANY(%b) "
                             "ORDER BY originator_id, originator_version").format(
                 Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
             # Tuples transferred in binary (as the recorder's select_rows): no row dict and no
             # hex parsing of each payload. 3,000 leads (28,034 rows): 0.10 s of CPU against
-            # 0.29 s, 0.30 s wall against 0.60-0.67 s.
+            # 0.29 s, 0.30 s wall against 0.60-0.67 s. The ids go in binary too (%b): 0.3 ms
+            # of CPU for 500 against 1.6 ms as a text array.
             with recorder.datastore.get_connection() as conn, \
                     conn.transaction(force_rollback=True), \
                     conn.cursor(row_factory=tuple_row, binary=True) as cursor:
