@@ -25,6 +25,14 @@ if TYPE_CHECKING:
     from leadflow.store.chain import LeadVerification
 
 
+def _version(row: StoredEvent) -> int:
+    return row.originator_version
+
+
+def _first(item: tuple[UUID, Any]) -> UUID:
+    return item[0]
+
+
 def _is_postgres(recorder: Any) -> bool:
     """An eventsourcing PostgreSQL recorder (without importing eventsourcing.postgres, which
     imports psycopg: if it is not loaded, the recorder cannot be one of its)."""
@@ -57,9 +65,12 @@ class EventCodec:
             from psycopg.rows import tuple_row
             from psycopg.sql import SQL, Identifier
 
+            # Not sorted by the server: it sorted the rows payloads and all (an external
+            # merge on disk for 500 leads of the quick bench: 57 ms of its 58 ms), the few
+            # rows of each aggregate are put in version order below, the aggregates in id
+            # order as before.
             statement = SQL("SELECT originator_id, originator_version, topic, state FROM {}.{} "
-                            "WHERE originator_id = ANY(%b) "
-                            "ORDER BY originator_id, originator_version").format(
+                            "WHERE originator_id = ANY(%b)").format(
                 Identifier(recorder.datastore.schema), Identifier(recorder.events_table_name))
             # Tuples transferred in binary (as the recorder's select_rows): no row dict and no
             # hex parsing of each payload. 3,000 leads (28,034 rows): 0.10 s of CPU against
@@ -73,6 +84,9 @@ class EventCodec:
                     oid = found if isinstance(found, UUID) else UUID(str(found))
                     out.setdefault(oid, []).append(StoredEvent(oid, version, topic,
                                                                bytes(state)))
+            for rows in out.values():
+                rows.sort(key=_version)
+            out = dict(sorted(out.items(), key=_first))
         elif isinstance(recorder, SQLiteAggregateRecorder):
             with recorder.datastore.transaction(commit=False) as cursor:
                 for start in range(0, len(ids), 500):
