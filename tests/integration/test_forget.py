@@ -211,6 +211,17 @@ def test_forget_shreds_a_person_and_keeps_counts_verify_and_other_leads(
     assert "GDPR art. 17 request 1" in history
     assert not [s for s in SECRETS if s.decode() in history]
 
+    # A backtest still runs over the forgotten person's lead, named by its id (its key was
+    # erased), and prints nothing of the person.
+    lower = tmp_path / "lower.toml"
+    lower.write_text(default_rules_text().replace("mql_threshold = 50", "mql_threshold = 25", 1)
+                     + MODELS)
+    rescored = ok(cli(["rescore", "--rules", str(lower), "--json"])).stdout
+    report = json.loads(rescored)
+    assert report["leads"] == 2
+    assert f"lead:{anna['lead_id']}" in [row["lead"] for row in report["changed_leads"]]
+    assert not [s for s in SECRETS if s.decode() in rescored]
+
     # Forgetting twice is refused; the same email later starts a new lead.
     again = cli(["forget", str(anna["lead_id"]), "--reason", "again"])
     assert again.returncode == 1 and "already forgotten" in again.stderr

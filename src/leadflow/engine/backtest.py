@@ -118,7 +118,8 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
     outcomes: dict[str, set[str]] = {"sql": set(), "customer": set()}
     stages: dict[str, str] = {}
     for index in range(len(chunks)):  # in lead order: chunk i went to process i % processes
-        for found in results[index % processes][index // processes]:
+        for lead_id, found in zip(chunks[index], results[index % processes][index // processes],
+                                  strict=True):
             if found is None:
                 continue
             if isinstance(found, _Left):
@@ -126,7 +127,9 @@ def run_backtest(app: LeadflowApp, candidate: Rules, *, since: datetime | None =
                 log.warning("lead left out of the backtest: its stored events cannot be "
                             "loaded", lead=found.lead, error=found.error)
                 continue
-            key = found.key
+            # A forgotten person's lead has no key left (forget erased it): named by its id,
+            # as every command that takes an IDENTITY reads it.
+            key = found.key if found.key is not None else f"lead:{lead_id}"
             old.mql_at[key] = found.mql_current
             new.mql_at[key] = found.mql_new
             if found.sql:
