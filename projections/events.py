@@ -7,6 +7,7 @@ without building the domain event (``load_payload`` reads what orjson refuses).
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -142,6 +143,49 @@ class EventData:
             out.append(value)
         return out
 
+    def _awards(self, name: str) -> Iterable[tuple[Any, ...]]:
+        """``award_rows`` of this event's field ``name``: the stored awards read in place
+        when each is a plain one (its five fields, each text, a number, null or a time:
+        what an attribute read would give, without building each award's dict), else the
+        field as an attribute read gives it."""
+        try:
+            stored = self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+        if type(stored) is list and name not in self.__dict__:
+            times, out = _TIMES, []
+            try:
+                for award in stored:
+                    if type(award) is not dict or len(award) != 5:
+                        break
+                    row = (award["event_id"], award["rule"], award["points"], award["at"],
+                           award["expires_at"])
+                    for value in row:
+                        kind = type(value)
+                        if kind is dict:
+                            if len(value) != 2 or value.get("_type_") != "datetime_iso" \
+                                    or type(value.get("_data_")) is not str:
+                                break
+                        elif kind is list or (kind is str and (not value.isascii()
+                                                               or "\x00" in value)):
+                            break
+                    else:
+                        at, expires = row[3], row[4]
+                        if type(at) is dict:
+                            text = at["_data_"]
+                            at = times.get(text) or _time(text)
+                        if type(expires) is dict:
+                            text = expires["_data_"]
+                            expires = times.get(text) or _time(text)
+                        out.append((row[0], row[1], row[2], at, expires))
+                        continue
+                    break
+                else:
+                    return out
+            except (KeyError, ValueError):
+                pass  # the attribute read below raises what a handler would meet
+        return awards_rows(getattr(self, name))
+
     def _untag(self, value: Any) -> Any:
         kind = type(value)
         if kind is str:
@@ -175,3 +219,29 @@ def fields(event: Any, names: tuple[str, ...]) -> list[Any]:
     if type(event) is EventData:
         return event._take(names)
     return [getattr(event, name) for name in names]
+
+
+def award_row(award: Any) -> tuple[Any, ...]:
+    """An award's (event_id, rule, points, at, expires_at), as the ledger takes them."""
+    return (award["event_id"], award["rule"], award["points"], award["at"],
+            award.get("expires_at"))
+
+
+def awards_rows(awards: Any) -> Iterator[tuple[Any, ...]]:
+    """``award_row`` of each award of a list already read (none for an empty or null one).
+    A generator: nothing is indexed (nor raises) before the handler takes the rows, after
+    it has read the event's other fields."""
+    if not awards:
+        return
+    for award in awards:
+        yield award_row(award)
+
+
+def award_rows(event: Any, name: str) -> Iterable[tuple[Any, ...]]:
+    """``award_row`` of each award in the event's field ``name`` (a touchpoint's, a boost's):
+    read straight from the stored JSON for an ``EventData``. The field is read now (a
+    missing one raises AttributeError, as reading the attribute does); the awards are
+    indexed as the rows are taken."""
+    if type(event) is EventData:
+        return event._awards(name)
+    return awards_rows(getattr(event, name))

@@ -19,13 +19,12 @@ from typing import Any
 
 from leadflow.domain.privacy import public_url
 from leadflow.projections.db import INT_RANGE, clean_text, to_int, to_real, to_text
-from leadflow.projections.events import KINDS, fields
+from leadflow.projections.events import KINDS, award_rows, awards_rows, fields
 from leadflow.projections.schema import FUNNEL
 from leadflow.redaction import mask_text
 
 INT_LO, INT_HI = INT_RANGE
-_TOUCHPOINT_FIELDS = ("awards", "rules_version", "engagement_value", "engagement_as_of",
-                      "occurred_at")
+_TOUCHPOINT_FIELDS = ("rules_version", "engagement_value", "engagement_as_of", "occurred_at")
 RANK = {stage: i for i, stage in enumerate(FUNNEL)}
 LEAD_COLUMNS = (
     "lead_id", "primary_key", "identities", "created_at", "source", "campaign", "landing_page",
@@ -206,18 +205,19 @@ class PageChanges:
     def _on_AccountSet(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         row["account_id"] = str(e.account_id)
 
-    def _awards(self, nid: int, row: dict[str, Any], awards: list[dict[str, Any]], kind: str,
-                rules_version: str, model: str | None = None) -> None:
-        if not awards:
-            return
+    def _awards(self, nid: int, row: dict[str, Any], awards: Iterable[tuple[Any, ...]],
+                kind: str, rules_version: str, model: str | None = None) -> None:
+        """A ledger row per award (``events.award_rows``: (event_id, rule, points, at,
+        expires_at) each)."""
         key = ("l", nid)  # the ledger's row numbers of this notification, as ``seq`` counts
-        seq = self._seqs.get(key, 0)
+        seq = first = self._seqs.get(key, 0)
         lead_id, append = row["lead_id"], self.ledger.append
-        for award in awards:
-            append((nid, seq, lead_id, award["event_id"], kind, award["rule"], rules_version,
-                    award["points"], award["at"], award.get("expires_at"), model))
+        for event_id, rule, points, at, expires_at in awards:
+            append((nid, seq, lead_id, event_id, kind, rule, rules_version, points, at,
+                    expires_at, model))
             seq += 1
-        self._seqs[key] = seq
+        if seq != first:
+            self._seqs[key] = seq
 
     def _touch(self, row: dict[str, Any], at: datetime | None) -> None:
         if at is not None and (row["last_touch_at"] is None or at > row["last_touch_at"]):
@@ -227,7 +227,8 @@ class PageChanges:
     def _on_TouchpointScored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         # The most frequent event: its fields read in one call, ``_touch`` and ``_plus``
         # inline for the common case.
-        awards, rules_version, value, as_of, at = fields(e, _TOUCHPOINT_FIELDS)
+        awards = award_rows(e, "awards")
+        rules_version, value, as_of, at = fields(e, _TOUCHPOINT_FIELDS)
         self._awards(nid, row, awards, "engagement", rules_version)
         row["engagement_value"] = value
         row["engagement_as_of"] = as_of
@@ -254,12 +255,12 @@ class PageChanges:
             self._surge(account, e)
 
     def _on_Boosted(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
-        self._awards(nid, row, e.awards, "boost", e.rules_version)
+        self._awards(nid, row, award_rows(e, "awards"), "boost", e.rules_version)
         row["engagement_value"] = e.engagement_value
         row["engagement_as_of"] = e.engagement_as_of
 
     def _on_InterestAbsorbed(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
-        self._awards(nid, row, e.awards, "engagement", e.rules_version)
+        self._awards(nid, row, award_rows(e, "awards"), "engagement", e.rules_version)
         row["engagement_value"] = e.engagement_value
         row["engagement_as_of"] = e.engagement_as_of
         row["touchpoints"] = _plus(row["touchpoints"], len(e.event_ids))
@@ -395,7 +396,7 @@ class PageChanges:
             state = self.model_row(lead_id, model)
             awards = change.get("awards")
             if awards:
-                self._awards(nid, row, awards, "engagement", version, model)
+                self._awards(nid, row, awards_rows(awards), "engagement", version, model)
             if "engagement_value" in change:
                 state["engagement_value"] = change["engagement_value"]
                 state["engagement_as_of"] = change["engagement_as_of"]
@@ -421,7 +422,7 @@ class PageChanges:
         self.superseded[(lead_id, model)] = nid
         if model in self.model_rules:  # the publication may have changed them
             state["half_life_days"], state["threshold"] = self.model_rules[model]
-        self._awards(nid, row, e.awards, "engagement", e.rules_version, model)
+        self._awards(nid, row, award_rows(e, "awards"), "engagement", e.rules_version, model)
         state["fit"], state["fit_awards"] = 0.0, "{}"
         cause = SimpleNamespace(event_id=f"backfill:{e.rules_version}",
                                 rules_version=e.rules_version, occurred_at=e.occurred_at)
