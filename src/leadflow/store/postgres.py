@@ -172,8 +172,14 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
     def select_rows(self, start: int, limit: int, topics: Sequence[str]) -> list[PageRow]:
         # Tuples, transferred in binary (bytea needs no hex parsing): no row dict and no
         # Notification per row, as the library's select_notifications makes.
+        # The notification id index read in order is always the plan for a page: without
+        # statistics (a store just filled, or copied, before autovacuum analyses it) the
+        # planner takes a bitmap scan of every later row and sorts them all, on disk, per
+        # page (~0.2 s for the first 20,000 rows of a 30,000-row store instead of ~0.1 s).
         with self.datastore.get_connection() as conn, \
+                conn.transaction(force_rollback=True), \
                 conn.cursor(row_factory=tuple_row, binary=True) as curs:
+            curs.execute("SET LOCAL enable_sort = off")
             if topics:
                 curs.execute(self.select_rows_statement, (start, list(topics), limit),
                              prepare=True)
