@@ -22,9 +22,9 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 import orjson
@@ -33,7 +33,6 @@ from eventsourcing.persistence import JSONTranscoder, Notification
 from eventsourcing.utils import get_topic
 
 from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
-from leadflow.metrics import Health, ProjectorMetrics
 from leadflow.projections.admin import analyst_grants, grant_select
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.events import (
@@ -60,10 +59,15 @@ from leadflow.projections.writer import Page, RowFailed
 from leadflow.store.personal import PII, SealedValuesError
 from leadflow.store.recorders import SCHEMA_LOCK_KEY, PageRow
 
+if TYPE_CHECKING:
+    from leadflow.metrics import Health, ProjectorMetrics
+
 log = structlog.get_logger(__name__)
 
 TRACKING_NAME = "analytics"
 VIEWS_NAME = "views-checksum"
+#: A rebuild's first page (later ones grow to its page size, see ``Projector._replay``).
+_FIRST_PAGE = 2000
 
 
 #: Each followed topic's name in the vault's terms ("Lead.Created"): what a sealed blob of
@@ -149,9 +153,27 @@ class Projector:
         self.db = db
         self.page_size = page_size
         self.stats = ProjectionStats()
-        self.metrics = metrics if metrics is not None else ProjectorMetrics()
-        self.health = health if health is not None else Health()
+        self._metrics = metrics
+        self._health = health
         self._stop = threading.Event()
+
+    # The defaults are made on first use: a rebuild uses neither, and leadflow.metrics
+    # (prometheus_client, http.server) is a twentieth of its start-up.
+    @property
+    def metrics(self) -> ProjectorMetrics:
+        if self._metrics is None:
+            from leadflow.metrics import ProjectorMetrics
+
+            self._metrics = ProjectorMetrics()
+        return self._metrics
+
+    @property
+    def health(self) -> Health:
+        if self._health is None:
+            from leadflow.metrics import Health
+
+            self._health = Health()
+        return self._health
 
     def stop(self, *_: object) -> None:
         self._stop.set()
@@ -542,25 +564,45 @@ class Projector:
         position = 0
         select = self.app.indexes.select_rows
         # The next page is read (on the event store's own connection) while this one is
-        # projected: the database's work and the transfer overlap the decoding.
-        with ThreadPoolExecutor(1, thread_name_prefix="rebuild-read") as reader:
-            ahead = reader.submit(select, position + 1, page_size, TOPICS)
+        # projected: the database's work and the transfer overlap the decoding. Pages start
+        # small and grow fourfold up to ``page_size``, so the replay starts after the read of
+        # 2,000 rows (~0.03 s), not of a whole page (~0.2 s for 20,000).
+        size = min(page_size, _FIRST_PAGE)
+        # Each page's appended rows are converted here (a row that cannot be written fails
+        # where it did) and copied by a writer on the projection connection, which nothing
+        # else uses meanwhile, while the next page is decoded: the database takes them in
+        # parallel. One page's copy at a time, in order.
+        with ThreadPoolExecutor(1, thread_name_prefix="rebuild-read") as reader, \
+                ThreadPoolExecutor(1, thread_name_prefix="rebuild-write") as writer:
+            ahead = reader.submit(select, position + 1, size, TOPICS)
+            written: Future[None] | None = None
             while not self._stop.is_set():
                 rows = ahead.result()
                 if not rows:
                     break
-                ahead = reader.submit(select, rows[-1][0] + 1, page_size, TOPICS)
+                size = min(page_size, size * 4)
+                ahead = reader.submit(select, rows[-1][0] + 1, size, TOPICS)
                 events = self._decode(rows)
                 self._apply(state, events)
-                with self.db.transaction():
-                    state.write_appends()
+                appends, forgotten = state.take_appends(), state.take_forgotten()
+                if written is not None:
+                    written.result()
+                written = writer.submit(self._write_appends, state, appends, forgotten)
                 position = rows[-1][0]
                 self.stats.pages += 1
                 self.stats.events += len(events)
                 self.stats.position = position
                 if progress:
                     progress(position, total)
+            if written is not None:
+                written.result()
         return position
+
+    def _write_appends(self, state: Page, appends: list[tuple[str, list[list[Any]]]],
+                       forgotten: list[tuple[str, int]]) -> None:
+        with self.db.transaction():
+            state.copy_appends(appends)
+            state.forget_reasons(forgotten)
 
     def _swap(self, state: Page, position: int) -> None:
         with self.db.transaction():

@@ -144,14 +144,7 @@ class Page(PageChanges):
 
     def write_appends(self) -> None:
         """The append-only rows (transitions, ledger), by COPY on PostgreSQL."""
-        ledger = self.ledger
-        if self.superseded:  # a named model's rows before its latest backfill
-            latest = self.superseded
-            ledger = [r for r in ledger if r[10] is None or latest.get((r[2], r[10]), 0) <= r[0]]
-        for table, rows in (("stage_transitions", self.transitions), ("score_ledger", ledger)):
-            self.db.copy_rows(f"{table}{self.s}", self._rows(table, rows),
-                              kinds=[kind for _, kind, _ in _kinds(table, None)])
-        self.transitions, self.ledger = [], []
+        self.copy_appends(self.take_appends())
         if self.superseded and not self.replaying:
             self.db.executemany(f"DELETE FROM score_ledger{self.s} WHERE lead_id = %s "
                                 "AND model = %s AND notification_id < %s",
@@ -160,12 +153,37 @@ class Page(PageChanges):
             self.superseded = {}
         if self.released and not self.replaying:
             self._delete_released_by_lead()
-        # A forgotten person's earlier transitions: their reasons were sealed with the
-        # deleted key, so a rebuild reads none (handlers._forget_row does the lead's row).
-        for lead_id, nid in sorted(self.forgotten.items()):
+        self.forget_reasons(self.take_forgotten())
+
+    def take_appends(self) -> list[tuple[str, list[list[Any]]]]:
+        """The append-only rows so far, as their tables hold them (a row that cannot be
+        written raises ``RowFailed`` here), by table; taken out of the page."""
+        ledger = self.ledger
+        if self.superseded:  # a named model's rows before its latest backfill
+            latest = self.superseded
+            ledger = [r for r in ledger if r[10] is None or latest.get((r[2], r[10]), 0) <= r[0]]
+        out = [(table, self._rows(table, rows)) for table, rows
+               in (("stage_transitions", self.transitions), ("score_ledger", ledger))]
+        self.transitions, self.ledger = [], []
+        return out
+
+    def copy_appends(self, appends: list[tuple[str, list[list[Any]]]]) -> None:
+        """Append ``take_appends``' rows, by COPY on PostgreSQL."""
+        for table, rows in appends:
+            self.db.copy_rows(f"{table}{self.s}", rows,
+                              kinds=[kind for _, kind, _ in _kinds(table, None)])
+
+    def take_forgotten(self) -> list[tuple[str, int]]:
+        """The leads forgotten so far, with their Forgotten events; taken out of the page."""
+        forgotten, self.forgotten = sorted(self.forgotten.items()), {}
+        return forgotten
+
+    def forget_reasons(self, forgotten: list[tuple[str, int]]) -> None:
+        """A forgotten person's earlier transitions: their reasons were sealed with the
+        deleted key, so a rebuild reads none (handlers._forget_row does the lead's row)."""
+        for lead_id, nid in forgotten:
             self.db.execute(f"UPDATE stage_transitions{self.s} SET reason = NULL "
                             "WHERE lead_id = %s AND notification_id < %s", [lead_id, nid])
-        self.forgotten = {}
 
     def write_state(self, fresh: bool = False) -> None:
         """The keyed rows: leads, accounts, funnel counts and owner load.
