@@ -144,47 +144,52 @@ class EventData:
         return out
 
     def _awards(self, name: str) -> Iterable[tuple[Any, ...]]:
-        """``award_rows`` of this event's field ``name``: the stored awards read in place
-        when each is a plain one (its five fields, each text, a number, null or a time:
-        what an attribute read would give, without building each award's dict), else the
-        field as an attribute read gives it."""
+        """``award_rows`` of this event's field ``name``: ``_plain_awards`` of the stored
+        list when each award is a plain one, else the field as an attribute read gives it."""
         try:
             stored = self._data[name]
         except KeyError:
             raise AttributeError(name) from None
-        if type(stored) is list and name not in self.__dict__:
-            times, out = _TIMES, []
-            try:
-                for award in stored:
-                    if type(award) is not dict or len(award) != 5:
-                        break
-                    row = (award["event_id"], award["rule"], award["points"], award["at"],
-                           award["expires_at"])
-                    for value in row:
-                        kind = type(value)
-                        if kind is dict:
-                            if len(value) != 2 or value.get("_type_") != "datetime_iso" \
-                                    or type(value.get("_data_")) is not str:
-                                break
-                        elif kind is list or (kind is str and (not value.isascii()
-                                                               or "\x00" in value)):
-                            break
-                    else:
-                        at, expires = row[3], row[4]
-                        if type(at) is dict:
-                            text = at["_data_"]
-                            at = times.get(text) or _time(text)
-                        if type(expires) is dict:
-                            text = expires["_data_"]
-                            expires = times.get(text) or _time(text)
-                        out.append((row[0], row[1], row[2], at, expires))
-                        continue
-                    break
-                else:
-                    return out
-            except (KeyError, ValueError):
-                pass  # the attribute read below raises what a handler would meet
+        if name not in self.__dict__:
+            rows = _plain_awards(stored)
+            if rows is not None:
+                return rows
         return awards_rows(getattr(self, name))
+
+    def _touchpoint(self) -> tuple[Any, ...] | None:
+        """``touchpoint_fields`` read in place from a fresh event whose fields are all plain
+        (see ``_plain_awards``; the version ASCII text, the value a number, the times times
+        or null), else None."""
+        data = self._data
+        try:
+            stored, version, value, as_of, at = (
+                data["awards"], data["rules_version"], data["engagement_value"],
+                data["engagement_as_of"], data["occurred_at"])
+        except KeyError:
+            return None
+        if type(version) is not str or not version.isascii() or "\x00" in version \
+                or type(value) in _DEEP or len(self.__dict__) != 3:
+            return None
+        times = _TIMES
+        try:
+            if as_of is not None:
+                if type(as_of) is not dict or len(as_of) != 2 \
+                        or as_of.get("_type_") != "datetime_iso" \
+                        or type(text := as_of.get("_data_")) is not str:
+                    return None
+                as_of = times.get(text) or _time(text)
+            if at is not None:
+                if type(at) is not dict or len(at) != 2 \
+                        or at.get("_type_") != "datetime_iso" \
+                        or type(text := at.get("_data_")) is not str:
+                    return None
+                at = times.get(text) or _time(text)
+        except ValueError:  # a time that does not parse: raised by the reads in order
+            return None
+        awards = _plain_awards(stored)
+        if awards is None:
+            return None
+        return awards, version, value, as_of, at
 
     def _untag(self, value: Any) -> Any:
         kind = type(value)
@@ -221,6 +226,42 @@ def fields(event: Any, names: tuple[str, ...]) -> list[Any]:
     return [getattr(event, name) for name in names]
 
 
+def _plain_awards(stored: Any) -> list[tuple[Any, ...]] | None:
+    """``award_row`` of each stored award, read in place (without the untagged dict an
+    attribute read makes of each), when the list holds only plain awards: their five fields,
+    the ids ASCII text, the points a number, the times times (the expiry also null).
+    Anything else (or a time that does not parse) is None: the caller reads the field as
+    an attribute, with its errors in their order."""
+    if type(stored) is not list:
+        return None
+    times, out = _TIMES, []
+    try:
+        for award in stored:
+            if type(award) is not dict or len(award) != 5:
+                return None
+            event_id, rule, points, at, expires = (
+                award["event_id"], award["rule"], award["points"], award["at"],
+                award["expires_at"])
+            if type(event_id) is not str or not event_id.isascii() or "\x00" in event_id \
+                    or type(rule) is not str or not rule.isascii() or "\x00" in rule \
+                    or (type(points) is not float and type(points) is not int) \
+                    or type(at) is not dict or len(at) != 2 \
+                    or at.get("_type_") != "datetime_iso" \
+                    or type(text := at.get("_data_")) is not str:
+                return None
+            at = times.get(text) or _time(text)
+            if expires is not None:
+                if type(expires) is not dict or len(expires) != 2 \
+                        or expires.get("_type_") != "datetime_iso" \
+                        or type(text := expires.get("_data_")) is not str:
+                    return None
+                expires = times.get(text) or _time(text)
+            out.append((event_id, rule, points, at, expires))
+    except (KeyError, ValueError):
+        return None
+    return out
+
+
 def award_row(award: Any) -> tuple[Any, ...]:
     """An award's (event_id, rule, points, at, expires_at), as the ledger takes them."""
     return (award["event_id"], award["rule"], award["points"], award["at"],
@@ -245,3 +286,19 @@ def award_rows(event: Any, name: str) -> Iterable[tuple[Any, ...]]:
     if type(event) is EventData:
         return event._awards(name)
     return awards_rows(getattr(event, name))
+
+
+#: A touchpoint's fields besides its awards, in the order its handler reads them.
+_TOUCHPOINT_FIELDS = ("rules_version", "engagement_value", "engagement_as_of", "occurred_at")
+
+
+def touchpoint_fields(event: Any) -> tuple[Any, ...]:
+    """A scored touchpoint's (awards as ``award_rows``, rules_version, engagement_value,
+    engagement_as_of, occurred_at): the most frequent event, read in one pass from the
+    stored JSON when its fields are plain (``EventData._touchpoint``), else field by field
+    as attribute reads give them, in that order."""
+    if type(event) is EventData:
+        found = event._touchpoint()
+        if found is not None:
+            return found
+    return (award_rows(event, "awards"), *fields(event, _TOUCHPOINT_FIELDS))

@@ -19,13 +19,22 @@ from typing import Any
 
 from leadflow.domain.privacy import public_url
 from leadflow.projections.db import INT_RANGE, clean_text, to_int, to_real, to_text
-from leadflow.projections.events import KINDS, award_rows, awards_rows, fields
+from leadflow.projections.events import (
+    KINDS,
+    award_rows,
+    awards_rows,
+    fields,
+    touchpoint_fields,
+)
 from leadflow.projections.schema import FUNNEL
 from leadflow.redaction import mask_text
 
 INT_LO, INT_HI = INT_RANGE
-_TOUCHPOINT_FIELDS = ("rules_version", "engagement_value", "engagement_as_of", "occurred_at")
+_CREATED_FIELDS = ("created_at", "source", "campaign", "landing_page")
 RANK = {stage: i for i, stage in enumerate(FUNNEL)}
+#: The "reached" columns a stage sets: reaching it means passing every funnel stage before it.
+_REACHED = {stage: tuple(f"reached_{s}_at" for s in FUNNEL[1:RANK[stage] + 1])
+            for stage in FUNNEL}
 LEAD_COLUMNS = (
     "lead_id", "primary_key", "identities", "created_at", "source", "campaign", "landing_page",
     "country", "company", "industry", "employees", "title", "segment", "account_id", "stage",
@@ -47,11 +56,28 @@ MODEL_EVENTS = frozenset({"ModelsScored", "ModelThresholdCrossed", "ModelBackfil
                           "StateRestored"})
 
 
+#: Texts already masked (landing pages and reasons repeat across leads), and fit_awards
+#: texts already read: bounded like events' parsed times.
+_MASKED: dict[str, str] = {}
+_FIT_READ: dict[str, dict[str, float]] = {}
+_CACHE_MAX = 1 << 14
+#: ``json.dumps(..., sort_keys=True)``, without making an encoder per call.
+_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
+
+
 def free_text(value: Any) -> Any:
     """A reason or URL as the analysts' tables hold it: a person's email or phone typed into
     it (a rep's note, ``?email=`` in a landing page) masked, since those tables are read
     without access to personal data. The event store keeps the text as it came."""
-    return mask_text(value) if isinstance(value, str) else value
+    if not isinstance(value, str):
+        return value
+    masked = _MASKED.get(value)
+    if masked is None:
+        masked = mask_text(value)
+        if len(_MASKED) >= _CACHE_MAX:
+            _MASKED.clear()
+        _MASKED[value] = masked
+    return masked
 
 
 def _forget_row(row: dict[str, Any]) -> None:
@@ -150,24 +176,28 @@ class PageChanges:
                 for topic, (is_account, kind) in KINDS.items()}
 
     def _created(self, nid: int, lead_id: str, e: Any) -> None:
+        # Fields read in the order the row names them (the first missing one is the error).
+        key = e.primary_key
+        # A forgotten person's Created event reads with no identity (store/personal.py).
+        identities = json.dumps([key] if key is not None else [])
+        created_at, source, campaign, landing_page = fields(e, _CREATED_FIELDS)
+        landing_page = free_text(landing_page)
+        account_id = e.account_id
         row: dict[str, Any] = dict.fromkeys(LEAD_COLUMNS)
         row.update(
-            lead_id=lead_id, primary_key=e.primary_key,
-            # A forgotten person's Created event reads with no identity (store/personal.py).
-            identities=json.dumps([e.primary_key] if e.primary_key is not None else []),
-            created_at=e.created_at, source=e.source, campaign=e.campaign,
-            landing_page=free_text(e.landing_page),
-            account_id=str(e.account_id) if e.account_id else None, stage="new",
-            stage_at=e.created_at, in_pool=False, fit=0.0, fit_awards="{}",
+            lead_id=lead_id, primary_key=key, identities=identities, created_at=created_at,
+            source=source, campaign=campaign, landing_page=landing_page,
+            account_id=str(account_id) if account_id else None, stage="new",
+            stage_at=created_at, in_pool=False, fit=0.0, fit_awards="{}",
             engagement_value=0.0, half_life_days=self.half_life_days, touchpoints=0,
             dormant=False,
         )
         row["segment"] = segment_of(row)
         self.leads[lead_id] = row
         self.before.setdefault(lead_id, None)
-        self.transitions.append((nid, self.seq("t", nid), lead_id, None, "new", e.created_at,
-                                 None, e.source, e.campaign, "system", None))
-        self._count("new", e.created_at, row)
+        self.transitions.append((nid, self.seq("t", nid), lead_id, None, "new", created_at,
+                                 None, source, campaign, "system", None))
+        self._count("new", created_at, row)
 
     def _count(self, stage: str, at: datetime, row: dict[str, Any]) -> None:
         self.funnel[(at.date().isoformat(), stage, row["source"] or "", row["campaign"] or "")] += 1
@@ -184,7 +214,7 @@ class PageChanges:
         ledger row per rule whose points changed."""
         # Points that are no finite number are null in fit_awards (which stays strict JSON)
         # and NaN here, so their ledger deltas are NULL.
-        old = {r: _number(p) for r, p in json.loads(row["fit_awards"]).items()}
+        old = _fit_points(row["fit_awards"])
         new = {str(r): _number(p) for r, p in awards}
         for rule in sorted(set(old) | set(new)):
             delta = new.get(rule, 0.0) - old.get(rule, 0.0)
@@ -192,8 +222,8 @@ class PageChanges:
                 self.ledger.append((nid, self.seq("l", nid), row["lead_id"], e.event_id, "fit",
                                     rule, e.rules_version, delta, e.occurred_at, None, model))
         row["fit"] = fit
-        row["fit_awards"] = json.dumps({r: p if math.isfinite(p) else None
-                                        for r, p in new.items()}, sort_keys=True)
+        row["fit_awards"] = _SORTED_JSON({r: p if math.isfinite(p) else None
+                                          for r, p in new.items()})
 
     def _on_ProfileUpdated(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         for key in ("country", "company", "industry", "employees", "title"):
@@ -227,8 +257,7 @@ class PageChanges:
     def _on_TouchpointScored(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         # The most frequent event: its fields read in one call, ``_touch`` and ``_plus``
         # inline for the common case.
-        awards = award_rows(e, "awards")
-        rules_version, value, as_of, at = fields(e, _TOUCHPOINT_FIELDS)
+        awards, rules_version, value, as_of, at = touchpoint_fields(e)
         self._awards(nid, row, awards, "engagement", rules_version)
         row["engagement_value"] = value
         row["engagement_as_of"] = as_of
@@ -242,7 +271,9 @@ class PageChanges:
         account = self.accounts.get(account_id) if account_id else None
         if account is not None:
             # An engagement of the account: a touchpoint of one of its people.
-            account["engagements"] = _plus(account["engagements"], 1)
+            count = account["engagements"]
+            account["engagements"] = count + 1 if type(count) is int \
+                and INT_LO <= count < INT_HI else _plus(count, 1)
             if at is not None and (account["last_engaged_at"] is None
                                    or at > account["last_engaged_at"]):
                 account["last_engaged_at"] = at
@@ -276,10 +307,9 @@ class PageChanges:
                                  reason))
         self._count(to, at, row)
         if to in RANK:
-            # Reaching a stage means passing every funnel stage before it.
-            for stage in FUNNEL[1:RANK[to] + 1]:
-                if row[f"reached_{stage}_at"] is None:
-                    row[f"reached_{stage}_at"] = at
+            for column in _REACHED[to]:
+                if row[column] is None:
+                    row[column] = at
         if to in ("disqualified", "recycled", "lost"):
             row[f"{to}_at"], row[f"{to}_reason"] = at, reason
         if to in ("recycled", "disqualified"):
@@ -484,6 +514,18 @@ def _model_id(value: Any) -> str:
     """A model id as the column holds it (ids are keys of stored objects, which the reading
     of stored events leaves as they are)."""
     return clean_text(value if isinstance(value, str) else str(value))
+
+
+def _fit_points(text: str) -> dict[str, float]:
+    """A fit_awards text's points by rule (``_number`` each). Shared between the rows
+    holding the same text: callers only read it."""
+    points = _FIT_READ.get(text)
+    if points is None:
+        points = {r: _number(p) for r, p in json.loads(text).items()}
+        if len(_FIT_READ) >= _CACHE_MAX:
+            _FIT_READ.clear()
+        _FIT_READ[text] = points
+    return points
 
 
 def _number(value: Any) -> float:
