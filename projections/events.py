@@ -170,20 +170,10 @@ class EventData:
         if type(version) is not str or not version.isascii() or "\x00" in version \
                 or type(value) in _DEEP or len(self.__dict__) != 3:
             return None
-        times = _TIMES
         try:
-            if as_of is not None:
-                if type(as_of) is not dict or len(as_of) != 2 \
-                        or as_of.get("_type_") != "datetime_iso" \
-                        or type(text := as_of.get("_data_")) is not str:
-                    return None
-                as_of = times.get(text) or _time(text)
-            if at is not None:
-                if type(at) is not dict or len(at) != 2 \
-                        or at.get("_type_") != "datetime_iso" \
-                        or type(text := at.get("_data_")) is not str:
-                    return None
-                at = times.get(text) or _time(text)
+            if (as_of is not None and (as_of := _stored_time(as_of)) is None) \
+                    or (at is not None and (at := _stored_time(at)) is None):
+                return None
         except ValueError:  # a time that does not parse: raised by the reads in order
             return None
         awards = _plain_awards(stored)
@@ -226,6 +216,15 @@ def fields(event: Any, names: tuple[str, ...]) -> list[Any]:
     return [getattr(event, name) for name in names]
 
 
+def _stored_time(value: Any) -> datetime | None:
+    """A stored time (``{"_type_": "datetime_iso", "_data_": text}``) as a field read gives
+    it; None for any other value. A time that does not parse raises ValueError."""
+    if type(value) is dict and len(value) == 2 and value.get("_type_") == "datetime_iso" \
+            and type(text := value.get("_data_")) is str:
+        return _TIMES.get(text) or _time(text)
+    return None
+
+
 def _plain_awards(stored: Any) -> list[tuple[Any, ...]] | None:
     """``award_row`` of each stored award, read in place (without the untagged dict an
     attribute read makes of each), when the list holds only plain awards: their five fields,
@@ -234,7 +233,7 @@ def _plain_awards(stored: Any) -> list[tuple[Any, ...]] | None:
     an attribute, with its errors in their order."""
     if type(stored) is not list:
         return None
-    times, out = _TIMES, []
+    out = []
     try:
         for award in stored:
             if type(award) is not dict or len(award) != 5:
@@ -245,17 +244,9 @@ def _plain_awards(stored: Any) -> list[tuple[Any, ...]] | None:
             if type(event_id) is not str or not event_id.isascii() or "\x00" in event_id \
                     or type(rule) is not str or not rule.isascii() or "\x00" in rule \
                     or (type(points) is not float and type(points) is not int) \
-                    or type(at) is not dict or len(at) != 2 \
-                    or at.get("_type_") != "datetime_iso" \
-                    or type(text := at.get("_data_")) is not str:
+                    or (at := _stored_time(at)) is None \
+                    or (expires is not None and (expires := _stored_time(expires)) is None):
                 return None
-            at = times.get(text) or _time(text)
-            if expires is not None:
-                if type(expires) is not dict or len(expires) != 2 \
-                        or expires.get("_type_") != "datetime_iso" \
-                        or type(text := expires.get("_data_")) is not str:
-                    return None
-                expires = times.get(text) or _time(text)
             out.append((event_id, rule, points, at, expires))
     except (KeyError, ValueError):
         return None
