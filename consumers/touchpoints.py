@@ -298,8 +298,12 @@ class TouchpointConsumer:
 
         for attempt in range(self.settings.max_retries + 1):
             try:
-                result = self.app.apply_batch(good, tracking=tracking, before_commit=dead_letter,
-                                              owns=self._owns({tp}))
+                # The process owns every partition assigned to it, not only this batch's:
+                # its batches apply one after another, so they never race each other. A
+                # sole consumer (all partitions) therefore never diverts a cookie visit.
+                result = self.app.apply_batch(
+                    good, tracking=tracking, before_commit=dead_letter,
+                    owns=self._owns(self.consumer.assignment() or {tp}))
             except IntegrityError as exc:
                 tracked = self.app.process_recorder.max_tracking_id(tracking.application_name)
                 if tracked is not None and tracked >= last:
@@ -359,6 +363,8 @@ class TouchpointConsumer:
             return None
         ordered = sorted(known)
         mine = {tp.partition for tp in partitions if tp.topic == topic}
+        if mine >= known:
+            return None  # every partition: every lead is this process's
 
         def owns(key: str) -> bool:
             return ordered[partition_for(key.encode(), len(ordered))] in mine

@@ -208,6 +208,35 @@ def test_two_consumer_processes_settle_cookie_races_without_a_write_conflict(
     assert stored is not None and stored[0] == len(records)
 
 
+def test_a_sole_consumer_writes_every_cookie_visit_on_its_lead_at_once(
+        pipe: Pipeline, rec: Records, tmp_path: Path) -> None:
+    # One process holds both partitions: its batches never race each other, so nothing is
+    # diverted or queued (a queue it would re-read every batch as the store grows).
+    pipe.create_topics(partitions=2)
+    records = cookie_stream(rec, 12)
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r.model_dump(mode="json", exclude_none=True)) + "\n"
+                            for r in records))
+    published = pipe.run("publish", str(path))
+    assert published.returncode == 0, published.stderr
+    log = tmp_path / "c.log"
+    consumer = pipe.start("consume", "--until-idle", log=log,
+                          LEADFLOW_KAFKA_MAX_POLL_RECORDS="4")
+    assert consumer.wait(timeout=300) == 0
+    [done] = [json.loads(line) for line in log.read_text().splitlines()
+              if '"caught up; exiting"' in line]
+    assert done["absorptions"] == 0 and done["applied"] == len(records)
+    app = pipe.app()
+    assert not pending(app)
+    end = T0 + days(10)
+    reference = reference_app(records)
+    for i in range(12):
+        key = f"email:p{i}@co{i}.io"
+        assert outcome(app, key, end) == outcome(reference, key, end), key
+        causes = [row.cause.get("kind") for row in Auditor(app).history(app.resolve(key))]
+        assert "absorb" not in causes, key
+
+
 def test_forgetting_a_person_shreds_what_their_cookie_left_queued_for_them(
         writers: tuple[LeadflowApp, LeadflowApp], rec: Records, pg_url: str) -> None:
     visits, people = writers
