@@ -293,11 +293,15 @@ def _settle_moves(curs: Any, schema: str, books: Books, events_table: str,
 
 
 def _versions(curs: Any, schema: str, events_table: str, ids: list[UUID]) -> dict[UUID, int]:
-    """Each aggregate's last stored version (committed before this transaction's lock)."""
-    curs.execute(f'SELECT originator_id, max(originator_version) AS v FROM "{schema}".'
-                 f'"{events_table}" '
-                 "WHERE originator_id = ANY(%b::uuid[]) GROUP BY originator_id", (ids,),
-                 prepare=True)
+    """Each aggregate's last stored version (committed before this transaction's lock).
+
+    One probe of the (originator_id, originator_version) key per id: ``= ANY`` with a
+    GROUP BY let the planner scan the whole events table on a store not analysed yet
+    (224 ms a commit at 800,000 rows, found in the default bench)."""
+    curs.execute("SELECT c.id AS originator_id, e.v FROM unnest(%b::uuid[]) AS c(id), "
+                 f'LATERAL (SELECT originator_version AS v FROM "{schema}"."{events_table}" '
+                 "WHERE originator_id = c.id ORDER BY originator_version DESC LIMIT 1) AS e",
+                 (ids,), prepare=True)
     return {row["originator_id"]: int(row["v"]) for row in curs.fetchall()}
 
 
@@ -313,8 +317,11 @@ def postgres_absorptions(curs: Any, schema: str, limit: int) -> list[Pending]:
 
 
 def postgres_identities(curs: Any, schema: str, keys: Sequence[str]) -> dict[str, Target]:
-    curs.execute(f'SELECT key, target_id, is_interest FROM "{schema}".{IDENTITIES_TABLE} '
-                 "WHERE key = ANY(%s)", (list(keys),), prepare=True)
+    # One probe of the key's index per key, whatever the table's statistics (``= ANY``
+    # scanned the whole table on a store not analysed yet).
+    curs.execute("SELECT i.key, i.target_id, i.is_interest FROM unnest(%s::text[]) AS k(key), "
+                 f'LATERAL (SELECT key, target_id, is_interest FROM "{schema}".'
+                 f"{IDENTITIES_TABLE} WHERE key = k.key) AS i", (list(keys),), prepare=True)
     return {row["key"]: (row["target_id"], row["is_interest"]) for row in curs.fetchall()}
 
 
