@@ -166,6 +166,23 @@ def cookie_stream(rec: Records, people: int) -> list[InboundRecord]:
     return records
 
 
+def publish_stream(pipe: Pipeline, records: list[InboundRecord], tmp_path: Path) -> None:
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r.model_dump(mode="json", exclude_none=True)) + "\n"
+                            for r in records))
+    published = pipe.run("publish", str(path))
+    assert published.returncode == 0, published.stderr
+
+
+def assert_as_in_order(app: LeadflowApp, records: list[InboundRecord], people: int) -> None:
+    """Each person's lead as one writer applying the records in order leaves it."""
+    end = T0 + days(10)
+    reference = reference_app(records)
+    for i in range(people):
+        key = f"email:p{i}@co{i}.io"
+        assert outcome(app, key, end) == outcome(reference, key, end), key
+
+
 def test_two_consumer_processes_settle_cookie_races_without_a_write_conflict(
         pipe: Pipeline, rec: Records, tmp_path: Path) -> None:
     pipe.create_topics(partitions=2)
@@ -175,11 +192,7 @@ def test_two_consumer_processes_settle_cookie_races_without_a_write_conflict(
                 and partition_for(partition_key(r).encode(), 2)
                 != partition_for(f"anonymous_id:{r.lead.anonymous_id}".encode(), 2)}
     assert len(crossing) >= 6
-    path = tmp_path / "s.jsonl"
-    path.write_text("".join(json.dumps(r.model_dump(mode="json", exclude_none=True)) + "\n"
-                            for r in records))
-    published = pipe.run("publish", str(path))
-    assert published.returncode == 0, published.stderr
+    publish_stream(pipe, records, tmp_path)
     # The clock is the one aggregate every first batch would create: made before the race.
     pipe.app().advance_clock(T0 - days(1))
     logs = [tmp_path / f"c{n}.log" for n in (1, 2)]
@@ -193,12 +206,9 @@ def test_two_consumer_processes_settle_cookie_races_without_a_write_conflict(
     assert "write conflict" not in text
     app = pipe.app()
     assert not pending(app)
-    end = T0 + days(10)
-    reference = reference_app(records)
+    assert_as_in_order(app, records, 24)
     for i in range(24):
-        key = f"email:p{i}@co{i}.io"
-        assert outcome(app, key, end) == outcome(reference, key, end), key
-        assert app.lead(f"anonymous_id:cookie-{i}").lead_id == app.resolve(key)
+        assert app.lead(f"anonymous_id:cookie-{i}").lead_id == app.resolve(f"email:p{i}@co{i}.io")
     ids = applied_event_ids(app)
     assert {r.event_id for r in records} <= set(ids)
     verified = pipe.run("verify")
@@ -214,11 +224,7 @@ def test_a_sole_consumer_writes_every_cookie_visit_on_its_lead_at_once(
     # diverted or queued (a queue it would re-read every batch as the store grows).
     pipe.create_topics(partitions=2)
     records = cookie_stream(rec, 12)
-    path = tmp_path / "s.jsonl"
-    path.write_text("".join(json.dumps(r.model_dump(mode="json", exclude_none=True)) + "\n"
-                            for r in records))
-    published = pipe.run("publish", str(path))
-    assert published.returncode == 0, published.stderr
+    publish_stream(pipe, records, tmp_path)
     log = tmp_path / "c.log"
     consumer = pipe.start("consume", "--until-idle", log=log,
                           LEADFLOW_KAFKA_MAX_POLL_RECORDS="4")
@@ -228,11 +234,9 @@ def test_a_sole_consumer_writes_every_cookie_visit_on_its_lead_at_once(
     assert done["absorptions"] == 0 and done["applied"] == len(records)
     app = pipe.app()
     assert not pending(app)
-    end = T0 + days(10)
-    reference = reference_app(records)
+    assert_as_in_order(app, records, 12)
     for i in range(12):
         key = f"email:p{i}@co{i}.io"
-        assert outcome(app, key, end) == outcome(reference, key, end), key
         causes = [row.cause.get("kind") for row in Auditor(app).history(app.resolve(key))]
         assert "absorb" not in causes, key
 
