@@ -60,6 +60,11 @@ class EventCodec:
         recorder: Any = self.recorder
         out: dict[UUID, list[StoredEvent]] = {}
         if _is_postgres(recorder):
+            # By id, through the primary key, only while the planner knows how few rows an
+            # id has (store/statistics.py): rescore reads every lead this way.
+            keeper = getattr(recorder, "statistics", None)  # leadflow's recorder keeps them
+            if keeper is not None:
+                keeper.before_bulk_read()
             # Imported here: only a PostgreSQL store needs psycopg (start-up of the embedded
             # store's commands).
             from psycopg.rows import tuple_row
