@@ -256,3 +256,29 @@ def test_a_forgotten_lead_given_a_new_key_later_still_loads(rec: Records) -> Non
     assert view.primary_key is None and view.stage_now == "disqualified"
     assert view.transitions[-1]["reason"] == "asked to be left alone"
     assert all(app.verify(i).ok for i in app.lead_ids())
+
+
+def test_only_a_bounded_number_of_aes_contexts_stay_alive(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each AES-GCM object holds OpenSSL memory: the data-key cache keeps key bytes, and at
+    most _AEADS_MAX AEADs live at once; a key whose AEAD was dropped seals and opens again."""
+    from leadflow.store import personal
+
+    monkeypatch.setattr(personal, "_AEADS_MAX", 3)
+    monkeypatch.setattr(personal, "_live_aeads", personal.deque())
+    v = vault()
+    ids = [uuid4() for _ in range(8)]
+    sealed = []
+    for aggregate_id in ids:
+        state = {"key": f"email:{aggregate_id.hex}@acme.example"}
+        v.seal("Lead.IdentityAdded", aggregate_id, state, first=True)
+        sealed.append(state)
+    committed(v)
+    keys = [v._cipher(i, False) for i in ids]
+    assert all(k is not None for k in keys)
+    for aggregate_id, state in zip(ids, sealed, strict=True):
+        opened = dict(state)
+        assert v.open("Lead.IdentityAdded", aggregate_id, opened)
+        assert opened["key"] == f"email:{aggregate_id.hex}@acme.example"
+        assert sum(k._aead is not None for k in keys if k is not None) <= 3
+    assert len(personal._live_aeads) == 3
