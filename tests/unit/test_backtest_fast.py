@@ -28,10 +28,11 @@ from leadflow.contract import RecordRejected, parse_record
 from leadflow.domain import Lead, scoring
 from leadflow.domain.rules import Rules, default_rules, default_rules_text, parse_rules
 from leadflow.domain.scoring import Award
-from leadflow.engine import backtest
+from leadflow.engine import backtest, backtest_read, backtest_score
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor, stored_lead_ids
 from leadflow.engine.backtest import compare, run_backtest
+from leadflow.engine.backtest_rows import RowDecoder
 from leadflow.generator import generate
 from tests.conftest import make_app
 
@@ -398,7 +399,7 @@ def test_every_score_is_bit_for_bit_the_domains(app: LeadflowApp, name: str) -> 
     # With a threshold at exactly each score a lead ever had, the first moment each is
     # reached is the same: a score off by the least bit would reach one of them later.
     rules = candidates()[name]
-    compiled = backtest._Compiled(rules)
+    compiled = backtest_score.Compiled(rules)
     auditor = Auditor(app)
     checked = 0
     for lead_id in stored_lead_ids(app)[0]:
@@ -477,7 +478,7 @@ def test_the_row_decoder_reads_each_field_the_fold_reads_as_the_events_hold_it(
         app: LeadflowApp) -> None:
     # Every lead of the store and every interest one absorbed: the same events in the same
     # order, and each field the fold reads equal, of the same type, to the event's.
-    decoder = backtest.RowDecoder(app, backtest._READS)
+    decoder = RowDecoder(app, backtest_read.READS)
     auditor = Auditor(app)
     lead_ids = stored_lead_ids(app)[0]
     interests = {e.interest_id for i in lead_ids for e in auditor.events(i)
@@ -492,7 +493,7 @@ def test_the_row_decoder_reads_each_field_the_fold_reads_as_the_events_hold_it(
         for (cls, state), event in zip(pairs, events, strict=True):
             assert state["originator_version"] == event.originator_version
             assert state.keys() >= {k for k in event.__dict__ if k != "chain"}
-            for name in backtest._READS.get(cls, ()):
+            for name in backtest_read.READS.get(cls, ()):
                 value = event.__dict__.get(name)
                 assert state.get(name) == value and type(state.get(name)) is type(value)
                 compared += 1

@@ -3,7 +3,7 @@
 ``Auditor.preload`` turns every stored row into domain events: the library's JSON decoder
 calls its object hook on every object of the row (each award, each tagged time), personal
 values are opened, an event object is made per event. A backtest reads a handful of fields
-of a few event classes (``backtest._fold``). ``RowDecoder`` parses a row with orjson (7 us a
+of a few event classes (``backtest_read._fold``). ``RowDecoder`` parses a row with orjson (7 us a
 row against 19 us for ``json`` on a quick-bench store, collector off), opens its personal
 values as the Expander opens them, and hands the fold each event's class and state with only
 the fields the fold reads untagged, by the transcoder's own hook applied bottom-up as
