@@ -12,407 +12,62 @@ the model asks for, every constraint met: the built-in rules, rules published wi
 command such as ``lead show`` would otherwise import for more than the rest of its start-up.
 Anything else (a value pydantic would convert, any error) is validated by pydantic, which
 names the problem exactly as before; ``tests/unit/test_rules_quick.py`` checks that both
-readings give the same records.
+readings give the same records. The model validators both readings run are in
+``rules_checks``, the quick reading's machinery (the records' base class) in ``rules_quick``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
-import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, NamedTuple, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from leadflow.domain.vocabulary import TOUCHPOINT_TYPES
+from leadflow.domain.rules_checks import (
+    SCORING_MODEL,
+    ContextField,
+    TraitField,
+    _TextTest,
+    check_band_order,
+    check_fit_test,
+    check_model,
+    check_primary,
+    check_references,
+    check_segment_ids,
+    check_thresholds,
+    one_test,
+)
+from leadflow.domain.rules_quick import (
+    _CONTEXT_FIELD,
+    _MODEL_ID,
+    _RULE_ID,
+    _SEGMENT_PATH,
+    _STRINGS,
+    _TOUCHPOINT,
+    _TRAIT_FIELD,
+    _build,
+    _choice,
+    _condition_field,
+    _data,
+    _Field,
+    _flag,
+    _from_model,
+    _integer,
+    _list,
+    _mapping,
+    _number,
+    _optional,
+    _Record,
+    _record,
+    _text,
+    _Unsure,
+)
 
 if TYPE_CHECKING:
-    from pydantic import BaseModel
 
     from leadflow.domain.vocabulary import TouchpointType
-
-ContextField = Literal["url", "form_id", "content_id", "landing_page", "source", "campaign"]
-CONTEXT_FIELDS = ("url", "form_id", "content_id", "landing_page", "source", "campaign")
-#: What a rule's condition may test: a context field, or a custom property of the record
-#: (``properties.<key>``, ``context.properties`` in the inbound contract).
-CONDITION_FIELD = (r"(url|form_id|content_id|landing_page|source|campaign"
-                   r"|properties\.[A-Za-z0-9_][A-Za-z0-9_-]{0,63})")
-_CONDITION_FIELD_RE = re.compile(CONDITION_FIELD)
-#: A model's id (``[models.<id>]``): a rule id without dots (a dot would nest the table).
-MODEL_ID = r"[a-z0-9][a-z0-9_-]{0,63}"
-#: What a Segment trait can fill on the lead: its identities and its profile fields.
-TraitField = Literal["email", "phone", "first_name", "last_name", "name", "company", "title",
-                     "industry", "employees", "annual_revenue", "country"]
-
-
-class _TextTest(Protocol):
-    """What a condition tests a value with: exactly one of the four is set (read-only, as
-    the frozen records have them)."""
-
-    @property
-    def equals(self) -> str | None: ...
-    @property
-    def contains(self) -> str | None: ...
-    @property
-    def prefix(self) -> str | None: ...
-    @property
-    def in_(self) -> list[str] | None: ...
-
-
-_T = TypeVar("_T", bound=_TextTest)
-_M = TypeVar("_M")
-
-
-# --------------------------------------------------------------------------- checks
-# The model validators, written once: the pydantic models (rules_schema) and the quick reading
-# below both call them. They read attributes only, so either kind of object will do.
-
-
-def one_test(condition: _T) -> _T:
-    tests = [condition.equals, condition.contains, condition.prefix, condition.in_]
-    if sum(t is not None for t in tests) != 1:
-        raise ValueError("a condition needs exactly one of equals, contains, prefix, in")
-    return condition
-
-
-def check_band_order(rule: _M) -> _M:
-    points, bands = getattr(rule, "points"), getattr(rule, "bands")  # noqa: B009
-    if (points is None) == (bands is None):
-        raise ValueError("an engagement rule needs exactly one of points or bands")
-    if bands:
-        previous_max = 0
-        for band in bands:
-            if band.min <= previous_max:
-                raise ValueError("bands must be ordered and must not overlap")
-            if band.max is not None and band.max < band.min:
-                raise ValueError("band max must be >= min")
-            previous_max = band.max if band.max is not None else 10**9
-    return rule
-
-
-def check_fit_test(rule: _M) -> _M:
-    has_text = getattr(rule, "contains_any") is not None or getattr(rule, "in_") is not None  # noqa: B009
-    has_range = getattr(rule, "min") is not None or getattr(rule, "max") is not None  # noqa: B009
-    if has_text == has_range:
-        raise ValueError("a fit rule needs either contains_any/in or min/max")
-    return rule
-
-
-def check_thresholds(scoring: _M) -> _M:
-    if getattr(scoring, "recycle_threshold") >= getattr(scoring, "mql_threshold"):  # noqa: B009
-        raise ValueError("recycle_threshold must be below mql_threshold")
-    ids = ([r.id for r in getattr(scoring, "engagement")]  # noqa: B009
-           + [r.id for r in getattr(scoring, "fit")])  # noqa: B009
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"rule ids must be unique: {', '.join(duplicates)}")
-    return scoring
-
-
-def check_condition_field(field: str) -> str:
-    """A condition's field: a context field or ``properties.<key>``; anything else is named."""
-    if _CONDITION_FIELD_RE.fullmatch(field) is None:
-        raise ValueError(f"unknown field {field!r}: a condition tests one of "
-                         f"{', '.join(CONTEXT_FIELDS)} or properties.<key> (a custom property "
-                         "of the record: letters, digits, _ and -)")
-    return field
-
-
-def check_model(model: _M) -> _M:
-    ids = ([r.id for r in getattr(model, "engagement")]  # noqa: B009
-           + [r.id for r in getattr(model, "fit")])  # noqa: B009
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"rule ids must be unique within a model: {', '.join(duplicates)}")
-    recycle = getattr(model, "recycle_threshold")  # noqa: B009
-    if recycle is not None and recycle >= getattr(model, "threshold"):  # noqa: B009
-        raise ValueError("recycle_threshold must be below threshold")
-    return model
-
-
-#: The id ``[scoring]`` scores under as a named model when another model is the primary one
-#: (``[lifecycle] primary_model``).
-SCORING_MODEL = "scoring"
-
-
-def check_primary(rules: _M) -> _M:
-    """``[lifecycle] primary_model`` names a model of the file, one that can drive the
-    lifecycle (a ``recycle_threshold``); ``[scoring]`` then scores as the model
-    ``scoring``, so no model of the file may take that id."""
-    primary = getattr(getattr(rules, "lifecycle"), "primary_model")  # noqa: B009
-    if primary is None:
-        return rules
-    models = getattr(rules, "models")  # noqa: B009
-    if primary not in models:
-        known = ", ".join(models) if models else "none"
-        raise ValueError(f"lifecycle.primary_model: unknown model {primary!r}; the named "
-                         f"models of this file: {known}")
-    if models[primary].recycle_threshold is None:
-        raise ValueError(f"models.{primary}.recycle_threshold is needed: as the primary model "
-                         "it recycles an MQL whose score decays below it")
-    if SCORING_MODEL in models:
-        raise ValueError(f"models.{SCORING_MODEL}: with another primary model, [scoring] "
-                         f"scores as the named model {SCORING_MODEL!r}; rename this one")
-    return rules
-
-
-def check_references(routing: _M) -> _M:
-    reps = {r.id for r in getattr(routing, "reps")}  # noqa: B009
-    teams = {t.id for t in getattr(routing, "teams")}  # noqa: B009
-    for team in getattr(routing, "teams"):  # noqa: B009
-        unknown = [m for m in team.members if m not in reps]
-        if unknown:
-            raise ValueError(f"team {team.id!r} names unknown reps: {', '.join(unknown)}")
-    for rule in getattr(routing, "rules"):  # noqa: B009
-        if rule.team not in teams:
-            raise ValueError(f"routing rule {rule.id!r} names unknown team {rule.team!r}")
-    fallback = getattr(routing, "fallback")  # noqa: B009
-    if fallback != "pool" and fallback not in teams:
-        raise ValueError(f"fallback {fallback!r} is neither 'pool' nor a team id")
-    return routing
-
-
-def check_segment_ids(segment: _M) -> _M:
-    ids = ([r.id for r in getattr(segment, "track")]  # noqa: B009
-           + [r.id for r in getattr(segment, "page")])  # noqa: B009
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"segment rule ids must be unique: {', '.join(duplicates)}")
-    return segment
-
-
-# --------------------------------------------------------------------------- quick reading
-
-
-class _Unsure(Exception):
-    """The quick reading cannot vouch for a value: pydantic decides, and names any error."""
-
-
-_UNSURE = _Unsure()
-_REQUIRED: Any = object()
-_Read = Callable[[Any], Any]
-
-
-class _Field(NamedTuple):
-    name: str
-    read: _Read
-    default: Any = _REQUIRED
-    factory: Callable[[], Any] | None = None
-    key: str = ""  # the name in the file when it is not ``name`` (``in`` for ``in_``)
-
-
-def _text(pattern: str | None = None, min_length: int = 0,
-          max_length: int | None = None) -> _Read:
-    compiled = re.compile(pattern) if pattern is not None else None
-
-    def read(value: Any) -> str:
-        if (type(value) is not str or len(value) < min_length
-                or (max_length is not None and len(value) > max_length)
-                or (compiled is not None and compiled.fullmatch(value) is None)):
-            raise _UNSURE
-        return value
-
-    return read
-
-
-def _choice(choices: frozenset[str]) -> _Read:
-    def read(value: Any) -> str:
-        if type(value) is not str or value not in choices:
-            raise _UNSURE
-        return value
-
-    return read
-
-
-#: The readers of float fields: their values are dumped as floats, as pydantic dumps them
-#: (an int default such as ``mql_threshold = 50`` included).
-_FLOATS: set[_Read] = set()
-
-
-def _number(gt: float | None = None) -> _Read:
-    def read(value: Any) -> float:
-        # pydantic turns an int into a float; non-finite numbers and huge ints it decides.
-        if type(value) is int and abs(value) <= 2**53:
-            value = float(value)
-        if type(value) is not float or not math.isfinite(value) or (
-                gt is not None and not value > gt):
-            raise _UNSURE
-        return value
-
-    _FLOATS.add(read)
-    return read
-
-
-def _integer(ge: int | None = None) -> _Read:
-    def read(value: Any) -> int:
-        if type(value) is not int or (ge is not None and value < ge):
-            raise _UNSURE
-        return value
-
-    return read
-
-
-def _flag(value: Any) -> bool:
-    if type(value) is not bool:
-        raise _UNSURE
-    return value
-
-
-def _optional(read: _Read) -> _Read:
-    def read_optional(value: Any) -> Any:
-        return None if value is None else read(value)
-
-    if read in _FLOATS:
-        _FLOATS.add(read_optional)
-    return read_optional
-
-
-def _list(read: _Read, min_length: int = 0) -> _Read:
-    def read_list(value: Any) -> list[Any]:
-        if type(value) is not list or len(value) < min_length:
-            raise _UNSURE
-        return [read(item) for item in value]
-
-    return read_list
-
-
-def _mapping(read_key: _Read, read: _Read) -> _Read:
-    def read_mapping(value: Any) -> dict[Any, Any]:
-        if type(value) is not dict:
-            raise _UNSURE
-        return {read_key(key): read(item) for key, item in value.items()}
-
-    return read_mapping
-
-
-def _record(cls: type[_Record]) -> _Read:
-    return lambda value: _build(cls, value)
-
-
-_RULE_ID = _text(r"[a-z0-9][a-z0-9_.-]{0,63}")
-_SEGMENT_NAME = r"[A-Za-z_$][A-Za-z0-9_$-]*"
-_SEGMENT_PATH = _text(rf"{_SEGMENT_NAME}(\.{_SEGMENT_NAME})*", max_length=200)
-_TOUCHPOINT = _choice(TOUCHPOINT_TYPES)
-_CONTEXT_FIELD = _choice(frozenset(("url", "form_id", "content_id", "landing_page", "source",
-                                    "campaign")))
-_TRAIT_FIELD = _choice(frozenset(("email", "phone", "first_name", "last_name", "name",
-                                  "company", "title", "industry", "employees",
-                                  "annual_revenue", "country")))
-_STRINGS = _list(_text())
-
-
-def _condition_field(value: Any) -> str:
-    if type(value) is not str or _CONDITION_FIELD_RE.fullmatch(value) is None:
-        raise _UNSURE
-    return value
-
-
-_MODEL_ID = _text(MODEL_ID)
-
-
-class _Record:
-    """A frozen record of validated values, as the pydantic model of the same name in
-    ``rules_schema`` holds them (fields in the same order, under the same names)."""
-
-    #: The fields, in the model's order, and how the quick reading reads each.
-    _FIELDS: ClassVar[tuple[_Field, ...]] = ()
-    #: The model validator, if any (raises ValueError).
-    _CHECK: ClassVar[Callable[[Any], Any] | None] = None
-
-    def __init__(self, **values: Any) -> None:
-        for spec in self._FIELDS:
-            object.__setattr__(self, spec.name, values[spec.name])
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen: cannot set {name!r}")
-
-    def __delattr__(self, name: str) -> None:
-        raise AttributeError(f"{type(self).__name__} is frozen: cannot delete {name!r}")
-
-    def _values(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, spec.name) for spec in self._FIELDS)
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        assert isinstance(other, _Record)
-        return self._values() == other._values()
-
-    def __hash__(self) -> int:
-        return hash((type(self), self._values()))
-
-    def __repr__(self) -> str:
-        fields = ", ".join(f"{spec.name}={getattr(self, spec.name)!r}" for spec in self._FIELDS)
-        return f"{type(self).__name__}({fields})"
-
-    def model_copy(self, *, update: Mapping[str, Any] | None = None) -> Self:
-        """A copy with ``update`` applied, not validated (as pydantic's ``model_copy``)."""
-        values = {spec.name: getattr(self, spec.name) for spec in self._FIELDS}
-        return type(self)(**{**values, **(update or {})})
-
-
-def _build(cls: type[_M], data: Any) -> _M:
-    """``cls`` from a table of the file, or ``_Unsure`` when pydantic has to decide."""
-    assert issubclass(cls, _Record)
-    if type(data) is not dict:
-        raise _UNSURE
-    values: dict[str, Any] = {}
-    for spec in cls._FIELDS:
-        key = spec.key or spec.name
-        if key in data:
-            values[spec.name] = spec.read(data[key])
-        elif spec.factory is not None:
-            values[spec.name] = spec.factory()
-        elif spec.default is not _REQUIRED:
-            values[spec.name] = spec.default
-        else:
-            raise _UNSURE
-    if len(data) != sum(1 for spec in cls._FIELDS if (spec.key or spec.name) in data):
-        raise _UNSURE  # a key the model does not have (or a field under its python name)
-    record = cls(**values)
-    if cls._CHECK is not None:
-        try:
-            cls._CHECK(record)
-        except ValueError:
-            raise _UNSURE from None
-    return record
-
-
-def _from_model(model: BaseModel) -> Any:
-    """The record of a model pydantic validated: same class name, same values."""
-    cls: type[_Record] = globals()[type(model).__name__]
-    return cls(**{spec.name: _copy(getattr(model, spec.name)) for spec in cls._FIELDS})
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, list):
-        return [_copy(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _copy(item) for key, item in value.items()}
-    if hasattr(value, "model_fields_set"):  # a pydantic model
-        return _from_model(value)
-    return value
-
-
-def _data(value: Any) -> Any:
-    """``model_dump(mode="json", by_alias=True)`` of a record (and of what it holds)."""
-    if isinstance(value, _Record):
-        return {spec.key or spec.name: _dumped(getattr(value, spec.name), spec)
-                for spec in value._FIELDS}
-    if isinstance(value, list):
-        return [_data(item) for item in value]
-    if isinstance(value, dict):
-        return {key: _data(item) for key, item in value.items()}
-    return value
-
-
-def _dumped(value: Any, spec: _Field) -> Any:
-    if spec.read in _FLOATS and type(value) is int:
-        return float(value)
-    return _data(value)
-
 
 # --------------------------------------------------------------------------- the records
 

@@ -14,10 +14,10 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
 
-from leadflow.domain.rules import (
+from leadflow.domain.rules import builtin_segment
+from leadflow.domain.rules_checks import (
     CONDITION_FIELD,
     MODEL_ID,
-    builtin_segment,
     check_band_order,
     check_condition_field,
     check_fit_test,
