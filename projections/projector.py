@@ -33,6 +33,7 @@ from eventsourcing.persistence import JSONTranscoder, Notification
 from eventsourcing.utils import get_topic
 
 from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
+from leadflow.projections import migrate
 from leadflow.projections.admin import analyst_grants, grant_select
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.events import (
@@ -45,19 +46,14 @@ from leadflow.projections.events import (
 )
 from leadflow.projections.handlers import MODEL_EVENTS
 from leadflow.projections.schema import (
-    ADDED,
-    PERSONAL_COLUMNS,
-    RELAXED,
     TABLES,
-    columns,
     drop_views_ddl,
-    sql_type,
     tables_ddl,
     views_ddl,
 )
 from leadflow.projections.writer import Page, RowFailed
 from leadflow.store.personal import PII, SealedValuesError
-from leadflow.store.recorders import SCHEMA_LOCK_KEY, PageRow
+from leadflow.store.recorders import PageRow
 
 if TYPE_CHECKING:
     from leadflow.metrics import Health, ProjectorMetrics
@@ -188,11 +184,11 @@ class Projector:
         # on PostgreSQL dropping a view waits for, and blocks, the analysts reading it).
         views_version = zlib.crc32(views.encode())
         with self.db.transaction():
-            self._lock_schema()
+            migrate.lock_schema(self.db)
             self.db.executescript(tables_ddl(self.db.dialect))
-            self._add_columns()
-            split = self._split_personal()
-            swapped = self._relax_not_null()
+            migrate.add_columns(self.db)
+            split = migrate.split_personal(self.db)
+            swapped = migrate.relax_not_null(self.db)
             if split or swapped or self.position(VIEWS_NAME) != views_version:
                 readers = analyst_grants(self.db) if self.db.dialect == "postgres" else {}
                 self.db.executescript(drop_views_ddl())
@@ -205,102 +201,6 @@ class Projector:
             self.db.execute(
                 "INSERT INTO projection_tracking VALUES (%s, 0) ON CONFLICT (name) DO NOTHING",
                 [TRACKING_NAME])
-
-    def _add_columns(self) -> None:
-        """Add the ``ADDED`` columns a table made by an older leadflow lacks (each at its
-        end, where a fresh table has it). The views need not change: none selects ``*``."""
-        for table, added in ADDED.items():
-            present = self._column_names(table)
-            for column in added:
-                if column not in present:
-                    spec = next(c for c in columns()[table] if c.name == column)
-                    log.info("adding a read-model column", table=table, column=column,
-                             hint="run `leadflow rebuild` once to project what the store "
-                                  "recorded before this column")
-                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} "
-                                    f"{sql_type(self.db.dialect, spec.kind)}")
-
-    def _column_names(self, table: str) -> set[str]:
-        if self.db.dialect == "postgres":
-            rows = self.db.query(
-                "SELECT column_name AS name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND table_name = %s", [table])
-        else:
-            rows = self.db.query(f"PRAGMA table_info({table})")
-        return {str(r["name"]) for r in rows}
-
-    def _split_personal(self) -> bool:
-        """Move the personal columns of a ``lead_state`` made by an older leadflow into
-        ``lead_personal`` and drop them from ``lead_state`` (returns True: views were dropped).
-
-        Analyst roles keep reading ``lead_state`` and lose the personal columns with it;
-        ``lead_personal`` is granted to none of them (``db grant-analyst
-        --with-personal-data`` does). A dropped column's values stay in the database file
-        until its pages are rewritten (``VACUUM FULL lead_state``, SQLite's ``VACUUM``; see
-        docs/analytics.md, Personal data). Runs once: afterwards the columns are gone.
-        """
-        in_table = self._column_names("lead_state")
-        present = [c for c in PERSONAL_COLUMNS if c in in_table]
-        if not present:
-            return False
-        log.info("moving personal columns out of lead_state", columns=present)
-        self.db.executescript(drop_views_ddl())
-        names = ", ".join(present)
-        self.db.execute(f"INSERT INTO lead_personal (lead_id, {names}) "
-                        # WHERE: SQLite would read ON CONFLICT as a join's ON.
-                        f"SELECT lead_id, {names} FROM lead_state WHERE true "
-                        "ON CONFLICT (lead_id) DO NOTHING")
-        self.db.execute("DROP INDEX IF EXISTS lead_state_primary_key")
-        for column in present:
-            self.db.execute(f"ALTER TABLE lead_state DROP COLUMN {column}")
-        return True
-
-    def _relax_not_null(self) -> bool:
-        """Drop NOT NULL from the ``RELAXED`` columns of tables made by an older leadflow.
-
-        PostgreSQL alters the columns in place; SQLite cannot, so the table is copied into a
-        new one and swapped in (its views dropped first; returns True: recreate them).
-        Runs once: afterwards the columns are nullable and nothing is done.
-        """
-        if self.db.dialect == "postgres":
-            rows = self.db.query(
-                "SELECT table_name, column_name FROM information_schema.columns "
-                "WHERE table_schema = current_schema() AND is_nullable = 'NO' "
-                "AND table_name = ANY(%s) AND column_name = ANY(%s)",
-                [list(RELAXED), sorted({c for cols in RELAXED.values() for c in cols})])
-            for row in rows:
-                if row["column_name"] in RELAXED.get(row["table_name"], ()):
-                    self.db.execute(f"ALTER TABLE {row['table_name']} "
-                                    f"ALTER COLUMN {row['column_name']} DROP NOT NULL")
-            return False
-        stale = [table for table, cols in RELAXED.items()
-                 if any(r["name"] in cols and r["notnull"]
-                        for r in self.db.query(f"PRAGMA table_info({table})"))]
-        if not stale:
-            return False
-        self.db.executescript(drop_views_ddl())
-        suffix = "_relaxed"
-        fresh = {part.split()[5]: part for part in tables_ddl("sqlite", suffix).split("\n;\n")
-                 if part.strip().startswith("CREATE TABLE")}
-        for table in stale:
-            log.info("relaxing NOT NULL of stored-value columns", table=table)
-            self.db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
-            self.db.execute(fresh[f"{table}{suffix}"])
-            self.db.execute(f"INSERT INTO {table}{suffix} SELECT * FROM {table}")
-            self.db.execute(f"DROP TABLE {table}")
-            self.db.execute(f"ALTER TABLE {table}{suffix} RENAME TO {table}")
-        self.db.executescript(tables_ddl("sqlite"))  # the indexes, under their final names
-        return True
-
-    def _lock_schema(self) -> None:
-        """Serialise this transaction's DDL with every other leadflow process's.
-
-        Two sessions creating or replacing the same table, view or type at once fail
-        ("tuple concurrently updated", a duplicate type), and `project` is often started
-        beside `funnel`, `report` or a consumer. SQLite's BEGIN IMMEDIATE already serialises.
-        """
-        if self.db.dialect == "postgres":
-            self.db.execute("SELECT pg_advisory_xact_lock(%s)", [SCHEMA_LOCK_KEY])
 
     def position(self, name: str = TRACKING_NAME) -> int:
         rows = self.db.query("SELECT position FROM projection_tracking WHERE name = %s", [name])
@@ -531,7 +431,7 @@ class Projector:
         self.setup()
         suffix = "_rebuild"
         with self.db.transaction():
-            self._lock_schema()
+            migrate.lock_schema(self.db)
             for table in TABLES:
                 self.db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
             self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
@@ -607,7 +507,7 @@ class Projector:
     def _swap(self, state: Page, position: int) -> None:
         with self.db.transaction():
             state.write_state(fresh=True)
-            self._lock_schema()  # after the bulk write: hold it only for the swap's DDL
+            migrate.lock_schema(self.db)  # after the bulk write: hold it only for the swap's DDL
             readers = analyst_grants(self.db) if self.db.dialect == "postgres" else {}
             self.db.executescript(drop_views_ddl())
             for table in TABLES:
