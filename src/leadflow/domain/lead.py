@@ -708,21 +708,29 @@ class Lead(Aggregate):
             super().apply(aggregate)
 
     def note_sla_breach(self, rep: str, occurred_at: datetime) -> None:
-        self._sla_breached(rep=rep, occurred_at=occurred_at)
+        self._emit(self.FirstContactSlaBreached, rep=rep, occurred_at=occurred_at)
 
-    @event("FirstContactSlaBreached")
-    def _sla_breached(self, rep: str, occurred_at: datetime) -> None:
-        self.sla_breached_by.append(rep)
+    class FirstContactSlaBreached(Event):
+        rep: str
+        occurred_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.sla_breached_by.append(self.rep)
+            super().apply(aggregate)
 
     def make_first_contact(self, by: str | None, occurred_at: datetime) -> bool:
         if self.contacted_at is not None or self.owner is None:
             return False
-        self._first_contact_made(by=by or self.owner, occurred_at=occurred_at)
+        self._emit(self.FirstContactMade, by=by or self.owner, occurred_at=occurred_at)
         return True
 
-    @event("FirstContactMade")
-    def _first_contact_made(self, by: str, occurred_at: datetime) -> None:
-        self.contacted_at = occurred_at
+    class FirstContactMade(Event):
+        by: str
+        occurred_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.contacted_at = self.occurred_at
+            super().apply(aggregate)
 
     def recount_load(self, rep: str | None, occurred_at: datetime) -> None:
         self._emit(self.LoadRecounted, rep=rep, occurred_at=occurred_at)
@@ -736,11 +744,15 @@ class Lead(Aggregate):
             super().apply(aggregate)
 
     def set_deal_owner(self, owner: str, occurred_at: datetime) -> None:
-        self._deal_owner_set(owner=owner, occurred_at=occurred_at)
+        self._emit(self.DealOwnerSet, owner=owner, occurred_at=occurred_at)
 
-    @event("DealOwnerSet")
-    def _deal_owner_set(self, owner: str, occurred_at: datetime) -> None:
-        self.deal_owner = owner
+    class DealOwnerSet(Event):
+        owner: str
+        occurred_at: datetime
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.deal_owner = self.owner
+            super().apply(aggregate)
 
     def go_dormant(self, occurred_at: datetime, silent_days: float) -> None:
         self._went_dormant(occurred_at=occurred_at, silent_days=silent_days)
@@ -884,7 +896,8 @@ class Lead(Aggregate):
                 awards.append(award)
         value, as_of = self._with_awards(awards, occurred_at, rules)
         last = max((tp["occurred_at"] for tp in touchpoints), default=None)
-        self._interest_absorbed(
+        self._emit(
+            self.InterestAbsorbed,
             anonymous_id=anonymous_id, event_ids=[tp["event_id"] for tp in touchpoints],
             awards=[a.to_dict() for a in awards], engagement_value=value,
             engagement_as_of=as_of, last_touch_at=last, occurred_at=occurred_at,
@@ -893,19 +906,33 @@ class Lead(Aggregate):
         if rules.models and unseen:
             self._score_models(rules, unseen, occurred_at, None)
 
-    @event("InterestAbsorbed")
-    def _interest_absorbed(self, anonymous_id: str | None, event_ids: list[str],
-                           awards: list[dict[str, Any]], engagement_value: float,
-                           engagement_as_of: datetime, last_touch_at: datetime | None,
-                           occurred_at: datetime, rules_version: str,
-                           interest_id: UUID | None = None) -> None:
-        self.seen.update(event_ids)
-        if interest_id is not None:
-            self.interests = [*getattr(self, "interests", []), interest_id]
-        self._apply_awards(awards, engagement_value, engagement_as_of)
-        self.touchpoints += len(event_ids)
-        if last_touch_at and (self.last_touch_at is None or last_touch_at > self.last_touch_at):
-            self.last_touch_at = last_touch_at
+    class InterestAbsorbed(Event):
+        anonymous_id: str | None
+        event_ids: list[str]
+        awards: list[dict[str, Any]]
+        engagement_value: float
+        engagement_as_of: datetime
+        last_touch_at: datetime | None
+        occurred_at: datetime
+        rules_version: str
+        # Added later: an event stored before lacks it and reads None (the class attribute),
+        # as the @event method's default gave.
+        interest_id: UUID | None = None
+
+        def apply(self, aggregate: Any) -> None:
+            lead: Lead = aggregate
+            event_ids = self.event_ids
+            lead.seen.update(event_ids)
+            interest_id = self.interest_id
+            if interest_id is not None:
+                lead.interests = [*getattr(lead, "interests", []), interest_id]
+            lead._apply_awards(self.awards, self.engagement_value, self.engagement_as_of)
+            lead.touchpoints += len(event_ids)
+            last_touch_at = self.last_touch_at
+            if last_touch_at and (lead.last_touch_at is None
+                                  or last_touch_at > lead.last_touch_at):
+                lead.last_touch_at = last_touch_at
+            super().apply(aggregate)
 
     # ----- privacy
 

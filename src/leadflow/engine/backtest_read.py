@@ -321,8 +321,9 @@ _OTHERS = ("IdentityAdded", "AccountSet", "Boosted", "AccountSurged", "Dispositi
 
 def _fields_needed(cls: type) -> frozenset[str]:
     """The fields an event of ``cls`` must hold for its replay not to fail: all its
-    dataclass fields but the ones its decorated method gives a default."""
-    names = {f.name for f in dataclasses.fields(cls)}
+    dataclass fields but the ones with a default (an explicit class's) or that its decorated
+    method gives a default."""
+    names = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
     method = (Lead.__init__ if cls is _CREATED else Interest.__init__
               if cls is _INTEREST_CREATED else decorated_funcs.get(cls))
     if method is not None:
