@@ -57,6 +57,8 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID
 
+from leadflow.store.arrays import BigintArray, BooleanArray, ByteaArray, TextArray, UuidArray
+
 IDENTITIES_TABLE = "leadflow_identities"
 ENGAGEMENTS_TABLE = "leadflow_engagements"
 COUNTERS_TABLE = "leadflow_counters"
@@ -161,7 +163,8 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
         ids = sorted(books.new_data_keys)
         curs.execute(f"INSERT INTO {t}.{DATA_KEYS_TABLE} (aggregate_id, wrapped) "
                      "SELECT * FROM unnest(%b::uuid[], %b::bytea[])",
-                     (ids, [books.new_data_keys[i] for i in ids]), prepare=True)
+                     (UuidArray(ids), ByteaArray([books.new_data_keys[i] for i in ids])),
+                     prepare=True)
     if books.dropped_data_keys:
         curs.execute(f"DELETE FROM {t}.{DATA_KEYS_TABLE} WHERE aggregate_id = ANY(%s)",
                      (sorted(books.dropped_data_keys),))
@@ -183,8 +186,8 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
             curs.execute(
                 f"INSERT INTO {t}.{IDENTITIES_TABLE} (key, target_id, is_interest) "
                 "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[])",
-                (keys, [books.new_identities[k][0] for k in keys],
-                 [books.new_identities[k][1] for k in keys]), prepare=True)
+                (TextArray(keys), UuidArray([books.new_identities[k][0] for k in keys]),
+                 BooleanArray([books.new_identities[k][1] for k in keys])), prepare=True)
     if books.moved_identities:
         keys = sorted(books.moved_identities)
         curs.execute(
@@ -192,8 +195,8 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
             "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[]) "
             "ON CONFLICT (key) DO UPDATE SET target_id = excluded.target_id, "
             "is_interest = excluded.is_interest",
-            (keys, [books.moved_identities[k][0] for k in keys],
-             [books.moved_identities[k][1] for k in keys]), prepare=True)
+            (TextArray(keys), UuidArray([books.moved_identities[k][0] for k in keys]),
+             BooleanArray([books.moved_identities[k][1] for k in keys])), prepare=True)
     if books.engagements:
         rows = sorted(books.engagements.items())
         curs.execute(
@@ -201,8 +204,8 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
             "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::timestamptz[]) "
             "ON CONFLICT (account_id, lead_id) DO UPDATE "
             "SET engaged_at = GREATEST(e.engaged_at, excluded.engaged_at)",
-            ([a for (a, _), _ in rows], [lead for (_, lead), _ in rows], [at for _, at in rows]),
-            prepare=True)
+            (UuidArray([a for (a, _), _ in rows]), UuidArray([lead for (_, lead), _ in rows]),
+             [at for _, at in rows]), prepare=True)
     # Load is added (atomic whatever the order writers commit in); positions are set.
     for counters, value in ((books.counters_added(), "c.value + excluded.value"),
                             (books.counters_set(), "excluded.value")):
@@ -211,7 +214,8 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
                 f"INSERT INTO {t}.{COUNTERS_TABLE} AS c (name, value) "
                 "SELECT * FROM unnest(%b::text[], %b::bigint[]) "
                 f"ON CONFLICT (name) DO UPDATE SET value = {value}",
-                ([n for n, _ in counters], [v for _, v in counters]), prepare=True)
+                (TextArray([n for n, _ in counters]), BigintArray([v for _, v in counters])),
+                prepare=True)
     if books.absorbed:
         # Only up to the version taken up: a touchpoint another writer noted since stays.
         done = sorted(books.absorbed.items())
@@ -219,8 +223,8 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
             f"DELETE FROM {t}.{ABSORPTIONS_TABLE} a USING unnest(%b::uuid[], %b::uuid[], "
             "%b::bigint[]) AS d(i, l, v) WHERE a.interest_id = d.i AND a.lead_id = d.l "
             "AND a.version <= d.v",
-            ([i for (i, _), _ in done], [lead for (_, lead), _ in done], [v for _, v in done]),
-            prepare=True)
+            (UuidArray([i for (i, _), _ in done]), UuidArray([lead for (_, lead), _ in done]),
+             BigintArray([v for _, v in done])), prepare=True)
     if absorptions:
         queued = sorted(absorptions.items())
         curs.execute(
@@ -229,8 +233,9 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
             "ON CONFLICT (interest_id, lead_id) DO UPDATE "
             "SET version = GREATEST(a.version, excluded.version), "
             "owner = COALESCE(excluded.owner, a.owner)",
-            ([i for (i, _), _ in queued], [lead for (_, lead), _ in queued],
-             [v for _, (v, _) in queued], [o for _, (_, o) in queued]), prepare=True)
+            (UuidArray([i for (i, _), _ in queued]), UuidArray([lead for (_, lead), _ in queued]),
+             BigintArray([v for _, (v, _) in queued]), TextArray([o for _, (_, o) in queued])),
+            prepare=True)
 
 
 def _settle_cookies(curs: Any, schema: str, books: Books, cookies: list[str],
@@ -244,7 +249,8 @@ def _settle_cookies(curs: Any, schema: str, books: Books, cookies: list[str],
         f"INSERT INTO {t}.{IDENTITIES_TABLE} (key, target_id, is_interest) "
         "SELECT * FROM unnest(%b::text[], %b::uuid[], %b::boolean[]) "
         "ON CONFLICT (key) DO NOTHING RETURNING key",
-        (cookies, [new[k][0] for k in cookies], [new[k][1] for k in cookies]), prepare=True)
+        (TextArray(cookies), UuidArray([new[k][0] for k in cookies]),
+         BooleanArray([new[k][1] for k in cookies])), prepare=True)
     lost = sorted(set(cookies) - {row["key"] for row in curs.fetchall()})
     if not lost:
         return []
@@ -265,7 +271,8 @@ def _settle_cookies(curs: Any, schema: str, books: Books, cookies: list[str],
         keys = sorted(overridden)
         curs.execute(f"UPDATE {t}.{IDENTITIES_TABLE} AS i SET target_id = d.t, "
                      "is_interest = false FROM unnest(%b::text[], %b::uuid[]) AS d(k, t) "
-                     "WHERE i.key = d.k", (keys, [new[k][0] for k in keys]), prepare=True)
+                     "WHERE i.key = d.k", (TextArray(keys), UuidArray([new[k][0] for k in keys])),
+                     prepare=True)
         versions = _versions(curs, schema, events_table, list(overridden.values()))
         for key, interest in overridden.items():
             absorptions[(interest, new[key][0])] = (versions.get(interest, 0), None)
@@ -301,7 +308,7 @@ def _versions(curs: Any, schema: str, events_table: str, ids: list[UUID]) -> dic
     curs.execute("SELECT c.id AS originator_id, e.v FROM unnest(%b::uuid[]) AS c(id), "
                  f'LATERAL (SELECT originator_version AS v FROM "{schema}"."{events_table}" '
                  "WHERE originator_id = c.id ORDER BY originator_version DESC LIMIT 1) AS e",
-                 (ids,), prepare=True)
+                 (UuidArray(ids),), prepare=True)
     return {row["originator_id"]: int(row["v"]) for row in curs.fetchall()}
 
 
@@ -321,7 +328,7 @@ def postgres_identities(curs: Any, schema: str, keys: Sequence[str]) -> dict[str
     # scanned the whole table on a store not analysed yet).
     curs.execute("SELECT i.key, i.target_id, i.is_interest FROM unnest(%s::text[]) AS k(key), "
                  f'LATERAL (SELECT key, target_id, is_interest FROM "{schema}".'
-                 f"{IDENTITIES_TABLE} WHERE key = k.key) AS i", (list(keys),), prepare=True)
+                 f"{IDENTITIES_TABLE} WHERE key = k.key) AS i", (TextArray(keys),), prepare=True)
     return {row["key"]: (row["target_id"], row["is_interest"]) for row in curs.fetchall()}
 
 
@@ -335,7 +342,7 @@ def postgres_identity_page(curs: Any, schema: str, after: str, limit: int
 def postgres_engagements(curs: Any, schema: str, account_ids: Sequence[UUID]
                          ) -> dict[UUID, dict[UUID, datetime]]:
     curs.execute(f'SELECT account_id, lead_id, engaged_at FROM "{schema}".{ENGAGEMENTS_TABLE} '
-                 "WHERE account_id = ANY(%s)", (list(account_ids),), prepare=True)
+                 "WHERE account_id = ANY(%s)", (UuidArray(account_ids),), prepare=True)
     out: dict[UUID, dict[UUID, datetime]] = {}
     for row in curs.fetchall():
         out.setdefault(row["account_id"], {})[row["lead_id"]] = row["engaged_at"]
@@ -345,7 +352,7 @@ def postgres_engagements(curs: Any, schema: str, account_ids: Sequence[UUID]
 def postgres_data_keys(curs: Any, schema: str, ids: Sequence[UUID]) -> dict[UUID, bytes]:
     # The ids in binary (%b): 0.3 ms of CPU for 500 against 1.6 ms as a text array.
     curs.execute(f'SELECT aggregate_id, wrapped FROM "{schema}".{DATA_KEYS_TABLE} '
-                 "WHERE aggregate_id = ANY(%b)", (list(ids),), prepare=True)
+                 "WHERE aggregate_id = ANY(%b)", (UuidArray(ids),), prepare=True)
     return {row["aggregate_id"]: bytes(row["wrapped"]) for row in curs.fetchall()}
 
 

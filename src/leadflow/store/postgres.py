@@ -36,7 +36,8 @@ from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier
 
-from leadflow.store import bookkeeping
+from leadflow.store import bookkeeping, pgarrays
+from leadflow.store.arrays import BigintArray, ByteaArray, TextArray, UuidArray
 from leadflow.store.bookkeeping import Target
 from leadflow.store.recorders import (
     _EPOCH,
@@ -54,6 +55,9 @@ from leadflow.store.recorders import (
     timers_of,
 )
 from leadflow.store.statistics import StatisticsKeeper
+
+# The typed column arrays' binary dumpers (store.arrays), before any connection is made.
+pgarrays.register()
 
 
 class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
@@ -134,12 +138,18 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
 
     shared = True
 
+    def _ids(self, ids: list[Any]) -> list[Any]:
+        """Aggregate ids as a parameter: dumped in one pass (``store.arrays``) when the
+        store's ids are uuids, as the library's lists otherwise."""
+        return UuidArray(ids) if self.datastore.originator_id_type == "uuid" else ids
+
     def select_moved_on(self, versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
         if not versions:
             return []
         with self.datastore.transaction(commit=False) as curs:
             curs.execute(self.select_moved_on_statement,
-                         ([i for i, _ in versions], [v for _, v in versions]), prepare=True)
+                         (self._ids([i for i, _ in versions]),
+                          BigintArray([v for _, v in versions])), prepare=True)
             return [row["id"] for row in curs.fetchall()]
 
     def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
@@ -229,7 +239,8 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         if not event_ids:
             return {}
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_record_ids_statement, (list(event_ids),), prepare=True)
+            curs.execute(self.select_record_ids_statement, (TextArray(event_ids),),
+                         prepare=True)
             return {row["event_id"]: RecordId(row["event_id"], bytes(row["digest"]),
                                               row["lead_id"]) for row in curs.fetchall()}
 
@@ -276,10 +287,11 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             gone = [lead for lead, due in timers.items() if due is None]
             due = [(lead, at) for lead, at in timers.items() if at is not None]
             if gone:
-                curs.execute(self.delete_timers_statement, (gone,), prepare=True)
+                curs.execute(self.delete_timers_statement, (UuidArray(gone),), prepare=True)
             if due:
                 curs.execute(self.upsert_timers_statement,
-                             ([lead for lead, _ in due], [at for _, at in due]), prepare=True)
+                             (UuidArray([lead for lead, _ in due]), [at for _, at in due]),
+                             prepare=True)
         if books is not None:
             bookkeeping.postgres_write(curs, self.datastore.schema, books,
                                        self.events_table_name)
@@ -289,8 +301,9 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             # moment) aborts the whole transaction as an IntegrityError: the batch is retried
             # and then sees the other writer's row.
             curs.execute(self.insert_record_ids_statement,
-                         ([r.event_id for r in ids], [r.digest for r in ids],
-                          [r.lead_id for r in ids]), prepare=True)
+                         (TextArray([r.event_id for r in ids]),
+                          ByteaArray([r.digest for r in ids]),
+                          UuidArray([r.lead_id for r in ids])), prepare=True)
 
     def create_table(self) -> None:
         # The lock is held by a connection of its own for the whole of the library's DDL,
@@ -324,10 +337,10 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         curs.execute(
             self.insert_columns_statement,
             (
-                [e.originator_id for e in stored_events],
-                [e.originator_version for e in stored_events],
-                [e.topic for e in stored_events],
-                [e.state for e in stored_events],
+                self._ids([e.originator_id for e in stored_events]),
+                BigintArray([e.originator_version for e in stored_events]),
+                TextArray([e.topic for e in stored_events]),
+                ByteaArray([e.state for e in stored_events]),
             ),
             prepare=True,
         )
