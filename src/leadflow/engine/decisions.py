@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any, cast
 from uuid import UUID
 
@@ -56,21 +57,32 @@ class RecordProcessor:
 
     def batch_candidates(self, records: Sequence[InboundRecord]) -> tuple[list[str], set[UUID]]:
         """What the batch will look up: identity keys, and likely accounts."""
+        # Once per record of every batch: the kinds are spelt out and the account keys
+        # gathered as strings first (one id per distinct key), as identity_key and
+        # Account.create_id make them.
         keys: list[str] = []
-        ids: set[UUID] = set()
+        account_keys: set[str] = set()
+        free_mail = self.rules.free_mail
+        append = keys.append
         for rec in records:
             ref = rec.lead
-            for kind in ("email", "phone", "external_id", "anonymous_id"):
-                value = getattr(ref, kind)
-                if value:
-                    keys.append(identity_key(kind, value))
-            if ref.email:
-                email_domain = ref.email.rsplit("@", 1)[-1]
-                if email_domain not in self.rules.free_mail:
-                    ids.add(domain.Account.create_id(f"domain:{email_domain}"))
+            email, phone, external_id, anonymous_id = (
+                ref.email, ref.phone, ref.external_id, ref.anonymous_id)
+            if email:
+                append(identity_key("email", email))
+            if phone:
+                append(identity_key("phone", phone))
+            if external_id:
+                append(identity_key("external_id", external_id))
+            if anonymous_id:
+                append(identity_key("anonymous_id", anonymous_id))
+            if email:
+                email_domain = email.rsplit("@", 1)[-1]
+                if email_domain not in free_mail:
+                    account_keys.add(f"domain:{email_domain}")
             if ref.company:
-                ids.add(domain.Account.create_id("company:" + _normalise_company(ref.company)))
-        return keys, ids
+                account_keys.add("company:" + _normalise_company(ref.company))
+        return keys, {domain.Account.create_id(key) for key in account_keys}
 
     def apply(self, rec: InboundRecord) -> tuple[UUID | None, bool]:
         """Apply one record: (the lead it landed on, or None for anonymous interest;
@@ -512,6 +524,7 @@ class RecordProcessor:
 _COMPANY_SUFFIXES = ("inc", "llc", "ltd", "gmbh", "ag", "corp", "co", "sa", "plc", "ooo", "oao")
 
 
+@lru_cache(maxsize=65536)  # a character walk; every batch asks again for the same companies
 def _normalise_company(name: str) -> str:
     words = "".join(ch.lower() if ch.isalnum() else " " for ch in name).split()
     while words and words[-1] in _COMPANY_SUFFIXES:
