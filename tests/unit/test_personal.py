@@ -238,6 +238,25 @@ def test_custom_properties_are_sealed_whole_and_come_back() -> None:
     assert stored == live
 
 
+def test_a_url_is_sealed_only_for_a_query_or_fragment() -> None:
+    v = vault()
+    lead = uuid4()
+    bare = {"context": {"url": "https://a.example/p", "landing_page": "/pricing"}}
+    v.seal("Lead.TouchpointScored", lead, bare)
+    assert PII not in bare and not v.new_keys()  # nothing personal: no blob, no key made
+    for url in ("https://a.example/p#t=x@y.io", "https://a.example/p?e=x@y.io",
+                "https://a.example/p?"):
+        live = {"context": {"url": url, "landing_page": "/pricing"}}
+        state = dict(live)
+        v.seal("Lead.TouchpointScored", lead, state)
+        assert state["context"] == {"url": public_url(url), "landing_page": "/pricing"}
+        assert PII in state
+        committed(v)
+        stored = json.loads(json.dumps(state))
+        assert v.open("Lead.TouchpointScored", lead, stored)
+        assert stored == live
+
+
 def test_a_forgotten_lead_given_a_new_key_later_still_loads(rec: Records) -> None:
     app = LeadflowApp()
     app.apply_batch([rec("form_submitted", "anna@acme.example", at=T0)])

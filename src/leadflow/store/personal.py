@@ -29,11 +29,10 @@ for the cost of encryption, never a production setting (``forget`` refuses such 
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import os
 import secrets
-from binascii import a2b_base64
+from binascii import a2b_base64, b2a_base64
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -234,11 +233,13 @@ class _DataKey:
     since deleted (a forgotten person; a later event may have given the aggregate a new key)
     reads as gone, not as tampering."""
 
-    __slots__ = ("_aead", "key", "kid")
+    __slots__ = ("_aead", "head", "key")
 
     def __init__(self, key: bytes) -> None:
         self.key = key
-        self.kid = hashlib.sha256(b"leadflow-data-key-id|" + key).digest()[:4]
+        # What every blob sealed with the key starts with: the format's version byte and the
+        # key id, made once per key rather than once per sealed event.
+        self.head = _BLOB_PREFIX + hashlib.sha256(b"leadflow-data-key-id|" + key).digest()[:4]
         self._aead: AESGCM | None = None
 
     @property
@@ -254,6 +255,7 @@ class _DataKey:
 
 #: The sealed blob's format: version byte, key id (4), nonce (12), AES-GCM ciphertext.
 _BLOB_V1 = 1
+_BLOB_PREFIX = bytes((_BLOB_V1,))
 
 
 class Vault:
@@ -368,19 +370,25 @@ class Vault:
         if spec is None or self.plain:
             return
         secret: dict[str, Any] = {}
-        for path in spec:
+        for path in spec.paths:
             _take(state, path, secret)
         if not secret:
             return
-        if first and aggregate_id not in self._pending:
-            self._keys.setdefault(aggregate_id, None)  # known: none stored yet
-        cipher = self._cipher(aggregate_id, create=True)
-        assert cipher is not None
+        pending = self._pending.get(aggregate_id)  # a new aggregate's later events
+        cipher: _DataKey | None
+        if pending is not None:
+            cipher = pending[1]
+        else:
+            if first:
+                self._keys.setdefault(aggregate_id, None)  # known: none stored yet
+            cipher = self._cipher(aggregate_id, create=True)
+            assert cipher is not None
         nonce = os.urandom(12)
-        state[PII] = base64.b64encode(
-            bytes((_BLOB_V1,)) + cipher.kid + nonce
-            + cipher.aead.encrypt(nonce, orjson.dumps(secret), _aad(name, aggregate_id))
-        ).decode("ascii")
+        # The associated data is _aad(name, aggregate_id), the name's part made once.
+        state[PII] = b2a_base64(
+            cipher.head + nonce
+            + cipher.aead.encrypt(nonce, orjson.dumps(secret), spec.aad + aggregate_id.bytes),
+            newline=False).decode("ascii")
 
     def open(self, name: str, aggregate_id: UUID | str, state: dict[str, Any]) -> bool:
         """Put event ``name``'s sealed personal values back into its decoded ``state``;
@@ -463,9 +471,6 @@ class SealedValuesError(ValueError):
         self.index = index
 
 
-_BLOB_PREFIX = bytes((_BLOB_V1,))
-
-
 def _unseal(name: str, aggregate_id: UUID, cipher: _DataKey | None,
             blob: Any) -> dict[str, Any] | None:
     """The personal values sealed in ``blob``; None when its key was deleted (the person is
@@ -474,7 +479,7 @@ def _unseal(name: str, aggregate_id: UUID, cipher: _DataKey | None,
         raw = a2b_base64(blob)
         if raw[:1] != _BLOB_PREFIX:
             raise ValueError("unknown format")
-        if cipher is None or raw[1:5] != cipher.kid:
+        if cipher is None or raw[:5] != cipher.head:  # version byte (checked), key id
             return None  # sealed with a key that was deleted: the person is forgotten
         values: dict[str, Any] = orjson.loads(
             cipher.aead.decrypt(raw[5:17], raw[17:], _aad(name, aggregate_id)))
@@ -502,38 +507,53 @@ def _pads(key: bytes) -> tuple[Any, Any]:
 class _Path:
     """A personal field's path (domain/privacy.py), parsed once."""
 
-    __slots__ = ("delete", "name", "parts", "url")
+    __slots__ = ("delete", "first", "name", "parts", "rest", "url")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.url = name.endswith("~")
         self.parts = tuple((name[:-1] if self.url else name).split("."))
+        self.first, self.rest = self.parts[0], self.parts[1:]
         self.delete = len(self.parts) > 1 and self.parts[-2] in _DICTS_BY_KEY
 
 
-_SPEC: dict[str, tuple[_Path, ...]] = {
-    name: tuple(map(_Path, paths)) for name, paths in PERSONAL_FIELDS.items()}
+class _Spec:
+    """An event's personal paths, and its name's part of the sealed blob's associated data
+    (``_aad``), made once."""
+
+    __slots__ = ("aad", "paths")
+
+    def __init__(self, name: str, paths: Iterable[str]) -> None:
+        self.paths = tuple(map(_Path, paths))
+        self.aad = name.encode() + b"|"
+
+
+_SPEC: dict[str, _Spec] = {
+    name: _Spec(name, paths) for name, paths in PERSONAL_FIELDS.items()}
 
 
 def _take(state: dict[str, Any], path: _Path, secret: dict[str, Any]) -> None:
     """Move the value at ``path`` into ``secret``; dicts on the way are copied first (they
     are the live event's own), and only when there is something to take."""
-    parts = path.parts
-    node: Any = state
-    for part in parts:
-        node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
+    # Most events hold none of their kind's personal values (a touchpoint's context without
+    # a query string): they are let go after one lookup per level, without copying.
+    value = state.get(path.first)
+    if value is None:
+        return
+    for part in path.rest:
+        if not isinstance(value, dict):
             return
-    value = node
+        value = value.get(part)
+        if value is None:
+            return
     if value in ([], ""):
         return
     public: str | None = None
     if path.url:
-        if not isinstance(value, str):
-            return
+        if not isinstance(value, str) or ("?" not in value and "#" not in value):
+            return  # no query, no fragment: the URL is all public (public_url(value) == value)
         public = public_url(value)
-        if public == value:
-            return
+    parts = path.parts
     parent = state
     for part in parts[:-1]:
         parent[part] = child = dict(parent[part])
