@@ -54,6 +54,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Any
 from uuid import UUID
 
@@ -66,6 +67,7 @@ DATA_KEYS_TABLE = "leadflow_data_keys"
 ABSORPTIONS_TABLE = "leadflow_absorptions"
 
 _SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
+_uuid_int = attrgetter("int")  # a UUID's sort key, read in C (UUID.__lt__ is Python code)
 
 
 def sqlite_time(at: datetime) -> str:
@@ -160,7 +162,9 @@ def postgres_ddl(schema: str) -> list[str]:
 def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> None:
     t = f'"{schema}"'
     if books.new_data_keys:
-        ids = sorted(books.new_data_keys)
+        # In id order (UUID's own comparisons are Python code: one call per comparison,
+        # for each of a batch's new leads; .int compares in C, in the same order).
+        ids = sorted(books.new_data_keys, key=_uuid_int)
         curs.execute(f"INSERT INTO {t}.{DATA_KEYS_TABLE} (aggregate_id, wrapped) "
                      "SELECT * FROM unnest(%b::uuid[], %b::bytea[])",
                      (UuidArray(ids), ByteaArray([books.new_data_keys[i] for i in ids])),
@@ -391,7 +395,8 @@ def sqlite_write(c: Any, books: Books) -> None:
         # (the application truncates the write-ahead log after the commit).
         c.execute("PRAGMA secure_delete=ON")
     c.executemany(f"INSERT INTO {DATA_KEYS_TABLE} VALUES (?, ?)",
-                  [(i.hex, w) for i, w in sorted(books.new_data_keys.items())])
+                  # sorted by hex, in C: the order of the ids (see postgres_write)
+                  sorted([(i.hex, w) for i, w in books.new_data_keys.items()]))
     c.executemany(f"DELETE FROM {DATA_KEYS_TABLE} WHERE aggregate_id = ?",
                   [(i.hex,) for i in sorted(books.dropped_data_keys)])
     c.executemany(f"DELETE FROM {IDENTITIES_TABLE} WHERE key = ?",
