@@ -6,7 +6,7 @@ of object will do. Also the field patterns both readings test against.
 from __future__ import annotations
 
 import re
-from typing import Literal, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 ContextField = Literal["url", "form_id", "content_id", "landing_page", "source", "campaign"]
 CONTEXT_FIELDS = ("url", "form_id", "content_id", "landing_page", "source", "campaign")
@@ -44,6 +44,15 @@ _M = TypeVar("_M")
 # below both call them. They read attributes only, so either kind of object will do.
 
 
+def _unique_ids(table: Any, first: str, second: str, message: str) -> None:
+    """The ids of the rules in ``table``'s two lists must not repeat: ``message`` names the
+    ones that do."""
+    ids = [r.id for r in getattr(table, first)] + [r.id for r in getattr(table, second)]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ValueError(f"{message}: {', '.join(duplicates)}")
+
+
 def one_test(condition: _T) -> _T:
     tests = [condition.equals, condition.contains, condition.prefix, condition.in_]
     if sum(t is not None for t in tests) != 1:
@@ -77,11 +86,7 @@ def check_fit_test(rule: _M) -> _M:
 def check_thresholds(scoring: _M) -> _M:
     if getattr(scoring, "recycle_threshold") >= getattr(scoring, "mql_threshold"):  # noqa: B009
         raise ValueError("recycle_threshold must be below mql_threshold")
-    ids = ([r.id for r in getattr(scoring, "engagement")]  # noqa: B009
-           + [r.id for r in getattr(scoring, "fit")])  # noqa: B009
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"rule ids must be unique: {', '.join(duplicates)}")
+    _unique_ids(scoring, "engagement", "fit", "rule ids must be unique")
     return scoring
 
 
@@ -95,11 +100,7 @@ def check_condition_field(field: str) -> str:
 
 
 def check_model(model: _M) -> _M:
-    ids = ([r.id for r in getattr(model, "engagement")]  # noqa: B009
-           + [r.id for r in getattr(model, "fit")])  # noqa: B009
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"rule ids must be unique within a model: {', '.join(duplicates)}")
+    _unique_ids(model, "engagement", "fit", "rule ids must be unique within a model")
     recycle = getattr(model, "recycle_threshold")  # noqa: B009
     if recycle is not None and recycle >= getattr(model, "threshold"):  # noqa: B009
         raise ValueError("recycle_threshold must be below threshold")
@@ -149,9 +150,5 @@ def check_references(routing: _M) -> _M:
 
 
 def check_segment_ids(segment: _M) -> _M:
-    ids = ([r.id for r in getattr(segment, "track")]  # noqa: B009
-           + [r.id for r in getattr(segment, "page")])  # noqa: B009
-    duplicates = sorted({i for i in ids if ids.count(i) > 1})
-    if duplicates:
-        raise ValueError(f"segment rule ids must be unique: {', '.join(duplicates)}")
+    _unique_ids(segment, "track", "page", "segment rule ids must be unique")
     return segment
