@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import hashlib
 import io
 import itertools
 import json
@@ -70,6 +69,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
 
 import psycopg  # noqa: E402
+from cost_child import UnkeyedRing  # noqa: E402
 from eventsourcing.application import AggregateNotFoundError, Application  # noqa: E402
 from eventsourcing.domain import Aggregate, event  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
@@ -93,7 +93,6 @@ from leadflow.engine.app import LeadflowApp  # noqa: E402
 from leadflow.generator import generate  # noqa: E402
 from leadflow.projections.db import ProjectionDB  # noqa: E402
 from leadflow.projections.queries import funnel  # noqa: E402
-from leadflow.store.keys import Keyring  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 6
@@ -419,13 +418,6 @@ class NaiveLeads(Application[UUID]):
 # --------------------------------------------------------------------------- the run
 
 
-class UnkeyedRing(Keyring):
-    """The chain as it was before keyed links: plain SHA-256 (the chain_cost baseline)."""
-
-    def sign(self, message: bytes) -> str:
-        return hashlib.sha256(message).hexdigest()
-
-
 class Bench:
     def __init__(self, args: argparse.Namespace, services: Services, work: Path) -> None:
         self.args = args
@@ -437,6 +429,7 @@ class Bench:
         self.results: dict[str, Any] = {"errors": {}}
         self.stream = work / "stream.jsonl"
         self.sample: list[InboundRecord] = []
+        self.sample_now = datetime.now(UTC)
         self.e2e_url = ""
         self.pipeline: Pipeline | None = None
         self.offsets: KafkaConsumer | None = None
@@ -540,7 +533,7 @@ class Bench:
             "generate_seconds": round(time.perf_counter() - begin, 2),
         }
         # The sample for the in-process baselines: the first records, validated once.
-        now = datetime.now(UTC)
+        self.sample_now = now = datetime.now(UTC)
         self.sample = parse_lines(read_lines(self.stream, a.naive_records), now)
 
     # ---------------------------------------------------------------- 1. end to end
@@ -1026,6 +1019,40 @@ class Bench:
                 v / b for v, b in zip(cpu[True], cpu[False], strict=True)), 4),
         }
 
+    def instruction_ratio(self, key: str, variant: str, baseline: str) -> dict[str, Any]:
+        """Instructions of the ingest of the sample, ``variant`` against ``baseline``
+        (``bench/cost_child.py`` under callgrind; the three children run at once: a count
+        does not depend on the load). ``{}`` when valgrind is not installed."""
+        valgrind = shutil.which("valgrind")
+        if valgrind is None:
+            return {}
+        env = {**os.environ, "PYTHONHASHSEED": "0"}  # the same hashing, run to run
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        children = {}
+        for name in ("setup", variant, baseline):
+            db = self.work / f"{key}-instructions-{name}.db"
+            db.unlink(missing_ok=True)
+            children[name] = subprocess.Popen(
+                [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null",
+                 sys.executable, str(Path(__file__).with_name("cost_child.py")),
+                 str(self.stream), str(self.args.naive_records), self.sample_now.isoformat(),
+                 str(db), name],
+                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        counts: dict[str, int] = {}
+        with progress() as bar:
+            bar.add_task(f"{key} cost: instruction counts (callgrind, ~2 min)", total=None)
+            for name, child in children.items():
+                _, err = child.communicate()
+                found = re.search(r"Collected : (\d+)", err)
+                if child.returncode != 0 or found is None:
+                    raise RuntimeError(f"cost_child.py {name} under callgrind failed "
+                                       f"(exit {child.returncode}): {err.strip()[-400:]}")
+                counts[name] = int(found.group(1))
+                (self.work / f"{key}-instructions-{name}.db").unlink(missing_ok=True)
+        setup = counts["setup"]
+        return {"instructions": counts,
+                "ratio": round((counts[variant] - setup) / (counts[baseline] - setup), 4)}
+
     def chain_cost(self) -> None:
         """Ingest with keyed links (HMAC) against the same ingest with the old unkeyed
         SHA-256 links (issue 13: within 5 %)."""
@@ -1035,16 +1062,24 @@ class Bench:
 
         paired = self.paired_ingest("chain", "chain cost (keyed vs unkeyed)", lambda app: None,
                                     unkeyed)
+        counted = self.instruction_ratio("chain", "keyed", "unkeyed")
         self.results["chain_cost"] = {
             "records": paired["records"], "keyed_seconds": paired["seconds"],
             "unkeyed_seconds": paired["baseline_seconds"],
-            "keyed_vs_unkeyed": paired["cpu_pairwise_median"], "wall_ratio": paired["ratio"],
+            "keyed_vs_unkeyed": counted.get("ratio", paired["cpu_pairwise_median"]),
+            "measure": "instructions" if counted else "cpu_pairwise_median",
+            "instruction_ratio": counted.get("ratio"),
+            "instructions": counted.get("instructions"),
+            "cpu_pairwise_median": paired["cpu_pairwise_median"], "wall_ratio": paired["ratio"],
             "cpu_ratio": paired["cpu_ratio"], "pairwise_median": paired["pairwise_median"],
             "how": "LeadflowApp.apply_batch in process on fresh SQLite files, the naive "
-                   "sample; 7 alternating pairs; keyed_vs_unkeyed = median of the per-pair "
-                   "process CPU time ratios (1.00 = no cost); wall_ratio and cpu_ratio = "
-                   "ratio of the fastest runs by wall clock and by CPU time; "
-                   "pairwise_median = median of the per-pair wall ratios",
+                   "sample. keyed_vs_unkeyed = instruction_ratio: instructions of the keyed "
+                   "ingest over the unkeyed one, each less a run that only sets up "
+                   "(bench/cost_child.py under callgrind; load-independent), else (no "
+                   "valgrind) cpu_pairwise_median. 7 alternating pairs timed as well: "
+                   "cpu_pairwise_median = median of the per-pair process CPU time ratios, "
+                   "wall_ratio and cpu_ratio = ratio of the fastest runs by wall clock and "
+                   "by CPU time, pairwise_median = median of the per-pair wall ratios",
         }
 
     def privacy_cost(self) -> None:
@@ -1056,22 +1091,30 @@ class Bench:
         paired = self.paired_ingest("privacy", "privacy cost (encrypted vs plain)",
                                     lambda app: None,
                                     plain)
+        counted = self.instruction_ratio("privacy", "encrypted", "plain")
         self.results["privacy_cost"] = {
             "records": paired["records"], "encrypted_seconds": paired["seconds"],
             "plain_seconds": paired["baseline_seconds"],
             "encrypted_cpu_seconds": paired["cpu_seconds"],
             "plain_cpu_seconds": paired["baseline_cpu_seconds"],
-            "encrypted_vs_plain": paired["cpu_pairwise_median"],
+            "encrypted_vs_plain": counted.get("ratio", paired["cpu_pairwise_median"]),
+            "measure": "instructions" if counted else "cpu_pairwise_median",
+            "instruction_ratio": counted.get("ratio"),
+            "instructions": counted.get("instructions"),
+            "cpu_pairwise_median": paired["cpu_pairwise_median"],
             "fastest_cpu_ratio": paired["cpu_ratio"], "wall_ratio": paired["ratio"],
             "pairwise_median": paired["pairwise_median"],
             "how": "LeadflowApp.apply_batch in process on fresh SQLite files, the naive "
                    "sample (its first records: mostly new leads, each getting a data key); "
                    "personal values sealed with per-person AES-GCM data keys against "
-                   "LEADFLOW_PERSONAL_DATA=plain; 7 alternating pairs; encrypted_vs_plain = "
-                   "median of the per-pair process CPU time ratios (what the change costs; "
-                   "the ingest is in process), fastest_cpu_ratio and wall_ratio = ratio of "
-                   "the fastest runs by CPU time and by wall clock, pairwise_median = "
-                   "median of the per-pair wall ratios",
+                   "LEADFLOW_PERSONAL_DATA=plain. encrypted_vs_plain = instruction_ratio: "
+                   "instructions of the encrypted ingest over the plain one, each less a run "
+                   "that only sets up (bench/cost_child.py under callgrind; what the change "
+                   "costs, whatever else the machine runs), else (no valgrind) "
+                   "cpu_pairwise_median. 7 alternating pairs timed as well: "
+                   "cpu_pairwise_median = median of the per-pair process CPU time ratios, "
+                   "fastest_cpu_ratio and wall_ratio = ratio of the fastest runs by CPU time "
+                   "and by wall clock, pairwise_median = median of the per-pair wall ratios",
         }
 
     def apply_batch(self) -> None:
@@ -1380,12 +1423,15 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"in {fmt(dig(r, 'verify.seconds'), 's')}"),
         ("ingest, personal data encrypted vs plain",
          fmt(dig(r, "privacy_cost.encrypted_vs_plain"), "x"),
-         f"CPU, median of 7 pairs, {fmt(dig(r, 'privacy_cost.records'))} records in process "
-         f"on SQLite; fastest runs {fmt(dig(r, 'privacy_cost.fastest_cpu_ratio'), 'x')} CPU, "
+         f"{fmt(dig(r, 'privacy_cost.measure'))}, {fmt(dig(r, 'privacy_cost.records'))} "
+         f"records in process on SQLite; CPU median of 7 pairs "
+         f"{fmt(dig(r, 'privacy_cost.cpu_pairwise_median'), 'x')}, fastest runs "
          f"{fmt(dig(r, 'privacy_cost.wall_ratio'), 'x')} wall"),
         ("ingest, keyed vs unkeyed links", fmt(dig(r, "chain_cost.keyed_vs_unkeyed"), "x"),
-         f"{fmt(dig(r, 'chain_cost.records'))} records in process on SQLite, CPU, median of "
-         f"7 pairs; fastest runs {fmt(dig(r, 'chain_cost.wall_ratio'), 'x')} wall"),
+         f"{fmt(dig(r, 'chain_cost.measure'))}, {fmt(dig(r, 'chain_cost.records'))} records "
+         f"in process on SQLite; CPU median of 7 pairs "
+         f"{fmt(dig(r, 'chain_cost.cpu_pairwise_median'), 'x')}, fastest runs "
+         f"{fmt(dig(r, 'chain_cost.wall_ratio'), 'x')} wall"),
         ("rescore (backtest)", fmt(dig(r, "rescore.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'rescore.leads'))} leads in {fmt(dig(r, 'rescore.seconds'), 's')}"),
         ("dedupe suggest (whole store)", fmt(dig(r, "dedupe.seconds"), "s"),
