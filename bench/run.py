@@ -69,7 +69,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
 
 import psycopg  # noqa: E402
-from cost_child import UnkeyedRing  # noqa: E402
+from cost_child import UnkeyedRing, parse_lines, read_lines  # noqa: E402
 from eventsourcing.application import AggregateNotFoundError, Application  # noqa: E402
 from eventsourcing.domain import Aggregate, event  # noqa: E402
 from kafka import KafkaConsumer, TopicPartition  # noqa: E402
@@ -87,7 +87,7 @@ from tests.integration.services import Services, provide_services  # noqa: E402
 
 from leadflow.config import Settings, database_env  # noqa: E402
 from leadflow.consumers.publish import identity_of  # noqa: E402
-from leadflow.contract import InboundRecord, RecordRejected, parse_record  # noqa: E402
+from leadflow.contract import InboundRecord  # noqa: E402
 from leadflow.domain.rules import default_rules_text  # noqa: E402
 from leadflow.engine.app import LeadflowApp  # noqa: E402
 from leadflow.generator import generate  # noqa: E402
@@ -270,25 +270,6 @@ def leadflow_app(url: str, cache: bool = True) -> LeadflowApp:
     settings = Settings(database_url=url) if cache else Settings(database_url=url,
                                                                    aggregate_cache_size=0)
     return LeadflowApp(env=settings.eventsourcing_env({}))
-
-
-def parse_lines(lines: Sequence[str], now: datetime) -> list[InboundRecord]:
-    parsed = []
-    for line in lines:
-        with contextlib.suppress(RecordRejected):
-            parsed.append(parse_record(line, now=now))
-    return parsed
-
-
-def read_lines(path: Path, limit: int) -> list[str]:
-    lines: list[str] = []
-    with path.open(encoding="utf-8") as stream:
-        for line in stream:
-            if len(lines) >= limit:
-                break
-            if line.strip():
-                lines.append(line.rstrip("\n"))
-    return lines
 
 
 def json_log(path: Path) -> Iterator[dict[str, Any]]:
