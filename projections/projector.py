@@ -44,7 +44,7 @@ from leadflow.projections.events import (
     EventData,
     load_payload,
 )
-from leadflow.projections.handlers import MODEL_EVENTS
+from leadflow.projections.handlers import MODEL_EVENTS, EventFailed
 from leadflow.projections.schema import (
     TABLES,
     drop_views_ddl,
@@ -355,12 +355,13 @@ class Projector:
     @staticmethod
     def _apply(page: Page, events: list[tuple[int, str, Any]]) -> None:
         """Apply events in order; the first a handler fails on raises ProjectionFailedError."""
-        for nid, topic, event in events:
-            try:
-                page.apply(nid, topic, event)
-            except Exception as exc:
-                raise ProjectionFailedError(nid, event.originator_id, topic,
-                                            _reason(exc)) from exc
+        try:
+            page.apply_all(events)
+        except EventFailed as failed:
+            exc = failed.__cause__
+            assert isinstance(exc, Exception)
+            raise ProjectionFailedError(failed.nid, failed.event.originator_id, failed.topic,
+                                        _reason(exc)) from exc
 
     def _failed(self, exc: RowFailed) -> ProjectionFailedError:
         """The error for a row that cannot be written, naming the event behind it."""
