@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-from eventsourcing.persistence import Transcoding
+from eventsourcing.persistence import Transcoding, UUIDAsHex
 from eventsourcing.utils import get_topic
 
 from leadflow.domain import Account, Lead
@@ -68,13 +68,16 @@ _DEEP = frozenset({str, dict, list})
 #: Stored times already parsed (a touchpoint's time is also its engagement's and awards').
 _TIMES: dict[str, datetime] = {}
 _TIMES_MAX = 1 << 16
+#: Stored ``uuid_hex`` texts already decoded by eventsourcing's ``UUIDAsHex``.
+_UUIDS: dict[str, Any] = {}
+_UUIDS_MAX = 1 << 16
 
 
 def _time(text: str) -> datetime:
-    try:
-        return _TIMES[text]
-    except KeyError:
-        pass
+    # Most callers looked it up already: a miss here must not cost a KeyError.
+    found = _TIMES.get(text)
+    if found is not None:
+        return found
     decoded = datetime.fromisoformat(text)
     if decoded.tzinfo is None:
         decoded = decoded.replace(tzinfo=UTC)
@@ -170,10 +173,20 @@ class EventData:
         if type(version) is not str or not version.isascii() or "\x00" in version \
                 or type(value) in _DEEP or len(self.__dict__) != 3:
             return None
+        # ``_stored_time`` of each, inline (three or four stored times per touchpoint).
+        times = _TIMES
         try:
-            if (as_of is not None and (as_of := _stored_time(as_of)) is None) \
-                    or (at is not None and (at := _stored_time(at)) is None):
-                return None
+            if as_of is not None:
+                if type(as_of) is not dict or len(as_of) != 2 \
+                        or as_of.get("_type_") != "datetime_iso" \
+                        or type(text := as_of.get("_data_")) is not str:
+                    return None
+                as_of = times.get(text) or _time(text)
+            if at is not None:
+                if type(at) is not dict or len(at) != 2 or at.get("_type_") != "datetime_iso" \
+                        or type(text := at.get("_data_")) is not str:
+                    return None
+                at = times.get(text) or _time(text)
         except ValueError:  # a time that does not parse: raised by the reads in order
             return None
         awards = _plain_awards(stored)
@@ -191,7 +204,18 @@ class EventData:
                 if tag == "datetime_iso" and type(data) is str:
                     # The most frequent tag: parsed here, without the generic transcoding.
                     return _time(data)
-                decoded = self._names[tag].decode(self._untag(data))
+                transcoding = self._names[tag]
+                if type(transcoding) is UUIDAsHex and type(data) is str:
+                    # An account's or a survivor's id: each made a UUID once (UUID() is
+                    # Python code).
+                    found = _UUIDS.get(data)
+                    if found is None:
+                        found = transcoding.decode(self._untag(data))
+                        if len(_UUIDS) >= _UUIDS_MAX:
+                            _UUIDS.clear()
+                        _UUIDS[data] = found  # immutable, as the cached times
+                    return found
+                decoded = transcoding.decode(self._untag(data))
                 if isinstance(decoded, datetime) and decoded.tzinfo is None:
                     return decoded.replace(tzinfo=UTC)
                 return decoded
@@ -282,6 +306,7 @@ def _plain_awards(stored: Any) -> list[tuple[Any, ...]] | None:
     if type(stored) is not list:
         return None
     out = []
+    times = _TIMES
     try:
         for award in stored:
             if type(award) is not dict or len(award) != 5:
@@ -289,11 +314,16 @@ def _plain_awards(stored: Any) -> list[tuple[Any, ...]] | None:
             event_id, rule, points, at, expires = (
                 award["event_id"], award["rule"], award["points"], award["at"],
                 award["expires_at"])
+            # ``_stored_time`` of the time, inline.
             if type(event_id) is not str or not event_id.isascii() or "\x00" in event_id \
                     or type(rule) is not str or not rule.isascii() or "\x00" in rule \
                     or (type(points) is not float and type(points) is not int) \
-                    or (at := _stored_time(at)) is None \
-                    or (expires is not None and (expires := _stored_time(expires)) is None):
+                    or type(at) is not dict or len(at) != 2 \
+                    or at.get("_type_") != "datetime_iso" \
+                    or type(text := at.get("_data_")) is not str:
+                return None
+            at = times.get(text) or _time(text)
+            if expires is not None and (expires := _stored_time(expires)) is None:
                 return None
             out.append((event_id, rule, points, at, expires))
     except (KeyError, ValueError):
