@@ -103,3 +103,32 @@ def test_an_empty_cache_is_still_used_by_the_library_repository(tmp_path: Path) 
     lead_id = reader.resolve("email:a@acme.io")
     reader.lead(lead_id)
     assert lead_id in cache  # the first read filled the cache; the next is served from it
+
+
+def test_a_spilled_lead_comes_back_with_all_its_state() -> None:
+    # Lead keeps its own attributes in __slots__ and its record ids in a list (SeenIds):
+    # a pickled copy must hold both, and equality must still compare them.
+    from leadflow.domain import Lead
+    from leadflow.domain.lead import SeenIds
+    from leadflow.domain.rules import default_rules
+
+    rules = default_rules()
+    lead = Lead(primary_key="email:anna@acme.io", created_at=T0, source="ads",
+                campaign="spring", landing_page=None, account_id=None)
+    for event_id in ("e1", "e2", "e1"):  # e1 twice: taken once
+        lead.record_touchpoint(event_id, "content_downloaded", T0, {}, rules)
+    lead.change_stage("mql", T0, "system", "score")
+    lead.collect_events()
+    other = index(1)
+    cache = SpillingLRUCache(maxsize=1, spill_bytes=1 << 20)
+    cache.put(lead.id, lead)
+    cache.put(other.id, other)  # the lead is spilled
+    assert lead.id in cache.spilled
+    back = cache.get(lead.id)
+    assert back is not lead and back == lead and back.version == lead.version
+    assert back.state() == lead.state() and list(back.state())[5:8] == [
+        "primary_key", "identity_keys", "created_at"]
+    assert (back.stage, back.touchpoints, back.transitions) == ("mql", 3, lead.transitions)
+    assert type(back.seen) is SeenIds and back.seen == ["e1", "e2"]
+    back.stage = "sql"
+    assert back != lead  # a slot attribute counts in equality
