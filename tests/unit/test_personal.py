@@ -301,3 +301,32 @@ def test_only_a_bounded_number_of_aes_contexts_stay_alive(
         assert opened["key"] == f"email:{aggregate_id.hex}@acme.example"
         assert sum(k._aead is not None for k in keys if k is not None) <= 3
     assert len(personal._live_aeads) == 3
+
+
+def test_the_identity_hash_cache_is_bounded_and_a_dropped_hash_is_the_same_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from leadflow.store import personal
+
+    monkeypatch.setattr(personal, "HASHES_MAX", 4)
+    v = vault()
+    first = {n: v.lookup(f"email:p{n}@acme.example") for n in range(10)}
+    assert len(v._hashes) <= 4
+    assert {n: v.lookup(f"email:p{n}@acme.example") for n in range(10)} == first
+
+
+def test_the_identity_directory_is_bounded_and_reads_dropped_rows_back(
+        monkeypatch: pytest.MonkeyPatch, rec: Records) -> None:
+    from leadflow.engine import unit
+
+    monkeypatch.setattr(unit, "DIRECTORY_MAX", 3)
+    app = LeadflowApp()
+    emails = [f"p{n}@acme.example" for n in range(8)]
+    app.apply_batch([rec("form_submitted", e) for e in emails])
+    leads = {e: app.lead(f"email:{e}", at=T0).lead_id for e in emails}
+    app.apply_batch([rec("email_clicked", e) for e in emails[:2]])
+    assert len(app.directory.cache) == 2  # over its bound: started over with this batch's
+    # A key whose row was dropped finds its lead again (no second lead for it).
+    app.apply_batch([rec("email_clicked", emails[5])])
+    assert app.lead(f"email:{emails[5]}", at=T0).lead_id == leads[emails[5]]
+    found = app.directory.lookup([f"email:{e}" for e in emails])
+    assert {k[6:]: i.target_id for k, i in found.items()} == leads
