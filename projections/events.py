@@ -110,18 +110,8 @@ class EventData:
     def __getattr__(self, name: str) -> Any:
         if name in ("_data", "_names"):  # not set yet (a copy being built)
             raise AttributeError(name)
-        try:
-            value = self._data[name]
-        except KeyError:
-            raise AttributeError(name) from None
-        kind = type(value)
-        if kind is dict and len(value) == 2 and value.get("_type_") == "datetime_iso" \
-                and type(text := value.get("_data_")) is str:
-            value = _TIMES.get(text) or _time(text)  # the most frequent field: a time
-        elif kind in _DEEP:
-            value = self._untag(value)
-        self.__dict__[name] = value
-        return value
+        # A field without its descriptor (``_READ_FIELDS``): read the same way.
+        return _Field(name).__get__(self)
 
     def _take(self, names: tuple[str, ...]) -> list[Any]:
         """The fields ``names``, in order, as reading each attribute would give them (one
