@@ -132,3 +132,25 @@ def test_a_spilled_lead_comes_back_with_all_its_state() -> None:
     assert type(back.seen) is SeenIds and back.seen == ["e1", "e2"]
     back.stage = "sql"
     assert back != lead  # a slot attribute counts in equality
+
+
+def test_a_lead_with_many_record_ids_keeps_them_indexed_and_once() -> None:
+    # SeenIds is a list (small leads: less memory than a set); past INDEXED ids a set is kept
+    # beside it so that membership stays O(1) for a lead that takes thousands of records.
+    import pickle
+
+    from leadflow.domain.lead import SeenIds
+
+    small = SeenIds(["a", "b", "a"])
+    assert small == ["a", "b"] and "a" in small and "c" not in small
+    assert small._index is None
+    many = SeenIds(f"e{i}" for i in range(SeenIds.INDEXED + 10))
+    many.add("e3")  # already taken: not again
+    many.update(["x", "e5", "x"])
+    assert many[-1] == "x" and len(many) == SeenIds.INDEXED + 11
+    assert many._index == set(many)
+    assert "e0" in many and "x" in many and "nope" not in many
+    back = pickle.loads(pickle.dumps(many))
+    assert type(back) is SeenIds and back == many and back._index == set(many)
+    back.add("y")
+    assert "y" in back and back[-1] == "y" and "y" not in many
