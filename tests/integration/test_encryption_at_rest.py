@@ -15,7 +15,7 @@ from eventsourcing.cryptography import AESCipher
 
 from leadflow.config import Settings
 from leadflow.engine.app import LeadflowApp
-from leadflow.engine.migration import StoreCipherError
+from leadflow.engine.store_format import StoreCipherError
 from tests.conftest import T0, Records, days
 from tests.e2e.test_cli import run
 

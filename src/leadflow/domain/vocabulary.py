@@ -53,5 +53,5 @@ RECORD_TYPES: frozenset[str] = TOUCHPOINT_TYPES | DISPOSITION_TYPES | PROFILE_TY
 # The store's metadata key naming the notification id up to which only lead rows were
 # chained (set by ``db migrate`` when it brings an older store to format 4; 0 for a store
 # born chained). Here, not in store/audit.py which reads it, so that opening a store (the
-# format check in engine/migration.py) does not import the whole-store audit.
+# format check in engine/store_format.py) does not import the whole-store audit.
 CHAINED_SINCE = "chained_since"

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 
 from leadflow.engine.batch import record_digest
 from leadflow.engine.commands import Commands
-from leadflow.engine.migration import StoreVersionError, migrate
+from leadflow.engine.migration import migrate
+from leadflow.engine.store_format import StoreVersionError
 from leadflow.engine.unit import INFRASTRUCTURE_ERRORS
 from leadflow.engine.unmerge import NotMergedError
 from leadflow.engine.views import LeadView, Outcome, RecordResult, RuleContribution

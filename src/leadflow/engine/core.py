@@ -24,7 +24,7 @@ from eventsourcing.popo import POPOFactory
 
 from leadflow.domain.rules import Rules, default_rules
 from leadflow.engine.decisions import RecordProcessor
-from leadflow.engine.migration import (
+from leadflow.engine.store_format import (
     StoreCipherError,
     StoreVersionError,
     check_cipher,

@@ -21,18 +21,17 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.application import AggregateNotFoundError
-from eventsourcing.persistence import Cipher
 from eventsourcing.utils import get_topic
 
-from leadflow.domain import AggregateUnloadableError, Lead, LeadflowError
+from leadflow.domain import AggregateUnloadableError, Lead
 from leadflow.domain.vocabulary import CHAINED_SINCE
 from leadflow.engine.unit import Unit
 from leadflow.logs import get_logger
 from leadflow.store.bookkeeping import Books
-from leadflow.store.recorders import STORE_VERSION, RecordIdIndex
+from leadflow.store.recorders import STORE_VERSION
 
-if TYPE_CHECKING:  # the application imports this module
-    from leadflow.engine.app import LeadflowApp
+if TYPE_CHECKING:  # annotations only: the application (engine/app.py) imports this module
+    from leadflow.engine.commands import Commands
     from leadflow.engine.results import MigrationResult
 
 log = get_logger(__name__)  # structlog imported on the first log call
@@ -41,74 +40,7 @@ log = get_logger(__name__)  # structlog imported on the first log call
 MIGRATE_CHUNK = 1000
 
 
-class StoreVersionError(LeadflowError):
-    """The event store is in a format this leadflow does not write: migrate (or upgrade)."""
-
-    reason = "store_version"
-
-
-def check_store_version(indexes: RecordIdIndex) -> None:
-    """Refuse a store written in another format (``leadflow db migrate`` upgrades an older
-    one); mark a new, empty one as written in this format."""
-    version = indexes.store_version()
-    if version == STORE_VERSION:
-        return
-    if version is None and not indexes.has_events():
-        indexes.set_meta(CHAINED_SINCE, "0")  # born chained: every row must carry a link
-        indexes.set_store_version(STORE_VERSION)
-        return
-    if version is not None and version > STORE_VERSION:
-        raise StoreVersionError(f"this event store is in format {version}, newer than this "
-                                f"leadflow understands ({STORE_VERSION}): upgrade leadflow")
-    raise StoreVersionError(
-        f"this event store was written in format {version or 1} by an earlier leadflow; "
-        f"run `leadflow db migrate` once to bring it to format {STORE_VERSION} (it keeps "
-        "every event and builds the timer index and the bookkeeping tables, and re-keys the "
-        "identity table by keyed hashes)")
-
-
-#: Metadata: a value the store's cipher encrypted when the store was created ("" when it was
-#: created without one), so a store opened with a wrong, missing or needless key is named.
-CIPHER_CHECK = "cipher_check"
-_CHECK_PLAINTEXT = b"leadflow-cipher-check"
-
-
-class StoreCipherError(LeadflowError):
-    """The store is encrypted at rest and the configured cipher key does not open it (or
-    the other way round)."""
-
-    reason = "store_cipher"
-
-
-def check_cipher(indexes: RecordIdIndex, cipher: Cipher | None) -> None:
-    """Refuse to work on a store whose encryption at rest does not match the configuration:
-    without it, every row would read as garbage and be reported as damage."""
-    check = indexes.meta(CIPHER_CHECK)
-    if check is None:
-        if indexes.has_events():
-            return  # a store from before the check: nothing to compare with
-        check = cipher.encrypt(_CHECK_PLAINTEXT).hex() if cipher else ""
-        indexes.set_meta(CIPHER_CHECK, check)
-        return
-    if not check:
-        if cipher is not None:
-            raise StoreCipherError(
-                "this event store is not encrypted at rest, but CIPHER_KEY is set: unset it "
-                "(an existing store is not re-encrypted)")
-        return
-    if cipher is None:
-        raise StoreCipherError("this event store is encrypted at rest: set CIPHER_KEY (and "
-                               "CIPHER_TOPIC if it was not the default AES-GCM cipher)")
-    try:
-        opened = cipher.decrypt(bytes.fromhex(check))
-    except Exception as exc:  # the cipher's refusal (cryptography's InvalidTag, ...)
-        raise StoreCipherError("CIPHER_KEY is not the key this event store was encrypted "
-                               f"with ({type(exc).__name__})") from exc
-    if opened != _CHECK_PLAINTEXT:
-        raise StoreCipherError("CIPHER_KEY is not the key this event store was encrypted with")
-
-
-def migrate(app: LeadflowApp,
+def migrate(app: Commands,
             progress: Callable[[int, int], None] | None = None) -> MigrationResult:
     """Build the timer index from every lead's state (its next time-driven check), then
     record the format. Leads that cannot be loaded are reported, not fatal."""
@@ -143,7 +75,7 @@ def migrate(app: LeadflowApp,
     return MigrationResult(len(lead_ids), timed, tuple(unloadable), STORE_VERSION)
 
 
-def hashed_identities(app: LeadflowApp, page: int = 5000) -> Books:
+def hashed_identities(app: Commands, page: int = 5000) -> Books:
     """The identity table of a format-3/4 store (keyed by ``email:…`` itself) re-keyed by
     keyed hashes: each plain row is deleted and its hash inserted. Hashed rows (hex, no
     ``:``) are left alone, so a second run changes nothing."""
@@ -160,7 +92,7 @@ def hashed_identities(app: LeadflowApp, page: int = 5000) -> Books:
         after = rows[-1][0]
 
 
-def books_from_events(app: LeadflowApp, page: int = 5000) -> Books:
+def books_from_events(app: Commands, page: int = 5000) -> Books:
     """The bookkeeping tables as the events of a format-1/2 store define them: identity keys
     from IdentityIndex events, engagements from Account.Engaged, load and rotation from the
     Router. Written as upserts and exact values, so a second run changes nothing."""
