@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import unicodedata
@@ -15,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from leadflow.contract import RecordRejected, inbound_json_schema, parse_record
+from leadflow.engine.batch import record_digest
 from tests.hostile_corpus import CASES, Case, record
 
 NOW = datetime(2026, 3, 3, tzinfo=UTC)
@@ -113,6 +115,10 @@ def test_a_valid_record_with_any_field_replaced_is_a_record_or_a_rejection(
         # What gets in is finite, free of control characters and inside the time range.
         _assert_storable(parsed.model_dump())
         assert datetime(2000, 1, 1, tzinfo=UTC) <= parsed.occurred_at <= NOW
+        # The stored record-id digest (duplicate or conflict?) must keep its definition: a
+        # digest of the record's JSON dump, whatever way it is computed.
+        assert record_digest(parsed) == hashlib.sha256(
+            parsed.model_dump_json().encode()).digest()[:16]
 
 
 def _assert_storable(value: Any) -> None:

@@ -49,7 +49,9 @@ ABSORB_PAGE = 2000
 def record_digest(record: InboundRecord) -> bytes:
     """A digest of the record's normalised content: the same fact re-sent (other spacing,
     other UTC offset, upper-case email) has the same digest; any other content does not."""
-    return hashlib.sha256(record.model_dump_json().encode()).digest()[:16]
+    # The bytes ``model_dump_json`` would return as text (the same serializer, the same
+    # defaults), without its keyword handling and the str round trip: ~2 µs a record.
+    return hashlib.sha256(record.__pydantic_serializer__.to_json(record)).digest()[:16]
 
 
 class _Poisoned(Exception):
