@@ -18,14 +18,8 @@ from leadflow.config import ConfigError
 from leadflow.domain import Lead
 from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
 from leadflow.engine.app import LeadflowApp
-from leadflow.store.personal import (
-    PII,
-    MasterKeys,
-    SealedValuesError,
-    Vault,
-    master_keys_from_env,
-    personal_data_plain,
-)
+from leadflow.store.master_keys import MasterKeys, master_keys_from_env, personal_data_plain
+from leadflow.store.personal import PII, SealedValuesError, Vault
 from leadflow.store.recorders import LeadflowPOPOProcessRecorder
 from tests.conftest import T0, Records
 

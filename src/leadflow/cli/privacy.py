@@ -72,7 +72,7 @@ def rotate_master_key(obj: Context, key_file: Path | None) -> None:
     """
     import secrets
 
-    from leadflow.store.personal import (
+    from leadflow.store.master_keys import (
         MASTER_KEY_ENV,
         MASTER_KEY_FILE_ENV,
         MASTER_KEY_FILE_SUFFIX,

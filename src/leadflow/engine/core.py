@@ -35,7 +35,8 @@ from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.fold import FoldingEventStore
 from leadflow.store.keys import keyring_from_env
-from leadflow.store.personal import Vault, master_keys_from_env, personal_data_plain
+from leadflow.store.master_keys import master_keys_from_env, personal_data_plain
+from leadflow.store.personal import Vault
 from leadflow.store.recorders import (
     LeadflowPOPOProcessRecorder,
     RecordIdIndex,
