@@ -1,11 +1,11 @@
 """``leadflow`` command line: the click group ``cli`` and ``main()``, the console script.
 
-Commands are grouped by who runs them, one module each:
+Commands are grouped by who runs them, one module each (three for auditors):
 
 - ``intake``: getting records in (ingest, generate, demo, publish, consume, relay, clock);
 - ``analysts``: read models, funnel, report (project, rebuild, funnel, report);
-- ``auditors``: one lead and the store's integrity (lead show, history, as-of, explain,
-  verify, rescore, unmerge);
+- ``auditors``: one lead (lead show, history, as-of, explain, unmerge), with ``integrity``,
+  the store's integrity (verify, audit), and ``rescore``, the rules backtest (rescore);
 - ``dedupe``: duplicates a person decides on (dedupe suggest, dedupe reject, merge);
 - ``privacy``: erasing a person (forget) and the master key (privacy rotate-master-key);
 - ``admin``: setting up (db init, db grant-analyst, kafka create-topics, rules, schemas);
@@ -95,12 +95,12 @@ COMMANDS: dict[str, LazyCommand] = {
     "explain": LazyCommand("leadflow.cli.auditors", "explain",
                            "Why the score is what it is: each record, rule, original points and "
                            "decayed value."),
-    "verify": LazyCommand("leadflow.cli.auditors", "verify",
+    "verify": LazyCommand("leadflow.cli.integrity", "verify",
                           "Check that no stored row was altered, deleted, reordered or "
                           "inserted."),
-    "audit": LazyCommand("leadflow.cli.auditors", "audit",
+    "audit": LazyCommand("leadflow.cli.integrity", "audit",
                          "Audit keys and checkpoints that anchor the store's chains."),
-    "rescore": LazyCommand("leadflow.cli.auditors", "rescore",
+    "rescore": LazyCommand("leadflow.cli.rescore", "rescore",
                            "Backtest a rules file on the recorded history without writing "
                            "anything."),
     "unmerge": LazyCommand("leadflow.cli.auditors", "unmerge",
