@@ -9,7 +9,8 @@ Commands are grouped by who runs them, one module each (three for auditors):
 - ``dedupe``: duplicates a person decides on (dedupe suggest, dedupe reject, merge);
 - ``privacy``: erasing a person (forget) and the master key (privacy rotate-master-key);
 - ``admin``: setting up (db init, db grant-analyst, kafka create-topics, rules, schemas);
-- ``common``: the context, one-line errors, times, files and progress bars they share.
+- ``common``: the context, one-line errors, times, files and output they share;
+  ``progress``: progress bars; ``services``: the metrics endpoint and Kafka settings.
 
 The commands parse arguments, call the engine (``leadflow.engine``; the rules backtest is
 ``leadflow.engine.backtest``) or the Kafka clients (``leadflow.consumers.clients``) and

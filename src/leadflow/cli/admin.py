@@ -12,14 +12,9 @@ from pathlib import Path
 import click
 
 from leadflow.cli.analysts import projection_db
-from leadflow.cli.common import (
-    Context,
-    fail,
-    kafka_call,
-    kafka_settings,
-    progress_bar,
-    redact,
-)
+from leadflow.cli.common import Context, fail, redact
+from leadflow.cli.progress import progress_bar
+from leadflow.cli.services import kafka_call, kafka_settings
 from leadflow.domain.rules import RulesError, load_rules
 
 

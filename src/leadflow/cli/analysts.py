@@ -22,18 +22,9 @@ import click
 from eventsourcing.persistence import PersistenceError
 from rich.table import Table
 
-from leadflow.cli.common import (
-    Context,
-    check_writable,
-    fail,
-    metrics_port_option,
-    new_health,
-    out_console,
-    parse_time,
-    progress_bar,
-    redact,
-    serving_metrics,
-)
+from leadflow.cli.common import Context, check_writable, fail, out_console, parse_time, redact
+from leadflow.cli.progress import progress_bar
+from leadflow.cli.services import metrics_port_option, new_health, serving_metrics
 from leadflow.config import ConfigError
 from leadflow.runtime import tune_gc
 

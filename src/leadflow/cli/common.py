@@ -1,6 +1,8 @@
 """What every command group shares: the context (settings, the application), one-line
-errors (``fail``), how arguments are read (times, identities), files, progress bars and the
-output console (and ``plain_output``: piped, what rich would print, written without rich).
+errors (``fail``), how arguments are read (times, identities), files and the output console
+(and ``plain_output``: piped, what rich would print, written without rich). Progress bars
+are in ``progress``; the metrics endpoint and Kafka settings of the commands that serve or
+talk to Kafka in ``services``.
 
 Nothing here connects to anything at import time; heavy modules (Kafka, the projections)
 are imported inside the functions that need them.
@@ -8,13 +10,11 @@ are imported inside the functions that need them.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import os
 import re
 import sys
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, BinaryIO, NoReturn, TypeVar
@@ -26,13 +26,10 @@ from leadflow.config import ConfigError, Settings
 if TYPE_CHECKING:
     from uuid import UUID
 
-    from prometheus_client import CollectorRegistry
     from rich.console import Console
-    from rich.progress import Progress
 
     from leadflow.domain.rules import Rules
     from leadflow.engine.app import LeadflowApp
-    from leadflow.metrics import Health
 
 EXIT_OK, EXIT_ERROR, EXIT_REJECTED = 0, 1, 3
 
@@ -273,111 +270,6 @@ def check_rejects_path(source: str, rejects_path: Path) -> None:
                                  "overwrite it", param_hint="--rejects")
 
 
-@functools.cache
-def _progress_parts() -> dict[str, Any]:
-    """rich's progress classes and leadflow's own columns, built on first use (rich is not
-    imported by commands that draw no bar)."""
-    from rich.console import RenderableType
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        Task,
-        TaskProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
-    from rich.table import Column
-    from rich.text import Text
-
-    class RateColumn(ProgressColumn):
-        """Items per second, in the task's unit (events, leads, days)."""
-
-        def render(self, task: Task) -> Text:
-            speed = task.finished_speed or task.speed
-            unit = task.fields.get("unit", "")
-            return Text("" if speed is None else f"{speed:,.0f} {unit}/s".replace(" /", "/"),
-                        style="progress.data.speed")
-
-    class RecordsColumn(ProgressColumn):
-        """Records done and records per second (the bar itself follows the file's bytes)."""
-
-        def render(self, task: Task) -> Text:
-            records = int(task.fields.get("records", 0))
-            elapsed = task.finished_time if task.finished else task.elapsed
-            rate = f" ({records / elapsed:,.0f}/s)" if elapsed else ""
-            return Text(f"{records:,} records{rate}", style="progress.data.speed")
-
-    class HeldProgress(Progress):
-        """A progress bar with, under it, the per-record warnings counted so far.
-
-        Printed one by one they would scroll the bar away; counted here they stay in view
-        (and on screen once the bar is finished), by reason.
-        """
-
-        held: Counter[tuple[str, str]] | None = None
-
-        def get_renderables(self) -> Iterable[RenderableType]:
-            yield from super().get_renderables()
-            if self.held:
-                for line in held_lines(self.held):
-                    yield Text(line, style="yellow", overflow="fold")
-
-    return {"Progress": Progress, "HeldProgress": HeldProgress, "TextColumn": TextColumn,
-            "BarColumn": BarColumn, "TaskProgressColumn": TaskProgressColumn,
-            "MofNCompleteColumn": MofNCompleteColumn, "TimeElapsedColumn": TimeElapsedColumn,
-            # Never wrapped under the bar: the bar gives way on a narrow terminal instead.
-            "RateColumn": lambda: RateColumn(table_column=Column(no_wrap=True)),
-            "RecordsColumn": lambda: RecordsColumn(table_column=Column(no_wrap=True))}
-
-
-#: How the per-record warnings counted under a bar are named there.
-_HELD_NAMES = {"record rejected": "rejected", "line not published": "not published",
-               "dead-lettered": "dead-lettered"}
-
-
-def held_lines(held: Counter[tuple[str, str]]) -> list[str]:
-    """One line per kind of held-back warning: ``rejected 81: invalid_identity 24, ...``."""
-    by_event: dict[str, Counter[str]] = {}
-    for (event, reason), count in held.items():
-        by_event.setdefault(event, Counter())[reason] += count
-    return [f"{_HELD_NAMES.get(event, event)} {sum(reasons.values()):,}: "
-            + ", ".join(f"{reason} {count:,}" for reason, count in sorted(reasons.items()))
-            for event, reasons in sorted(by_event.items())]
-
-
-@contextlib.contextmanager
-def progress_bar(records: bool = False, log_summary: bool = True) -> Iterator[Progress]:
-    """A progress bar on stderr when it is a terminal (``records``: for ingest, a bar over
-    the input's bytes with the count of records beside it).
-
-    Log lines print above the bar; per-record warnings are counted while it is drawn, shown
-    by reason under it, and summarised once after it (see ``leadflow.logs``; not with
-    ``log_summary=False``, for a caller that reports the counts itself).
-    """
-    from leadflow.logs import per_record_summary
-
-    parts = _progress_parts()
-    columns: tuple[Any, ...] = (
-        (parts["TextColumn"]("[bold]{task.description}"), parts["BarColumn"](),
-         parts["TaskProgressColumn"](), parts["RecordsColumn"](), parts["TimeElapsedColumn"]())
-        if records else
-        (parts["TextColumn"]("[bold]{task.description}"), parts["BarColumn"](),
-         parts["MofNCompleteColumn"](), parts["RateColumn"](), parts["TimeElapsedColumn"]()))
-    console = err_console()
-    if not console.is_terminal:
-        with parts["Progress"](*columns, console=console, disable=True) as progress:
-            yield progress
-        return
-    # stdout is the command's output (JSON, JSONL with -o -): never redirected to the bar.
-    progress = parts["HeldProgress"](*columns, console=console, redirect_stdout=False)
-    with per_record_summary(log_summary=log_summary) as held:
-        progress.held = held
-        with progress:
-            yield progress
-
-
 #: The width of output that is not a terminal's (``out_console``).
 PIPED_WIDTH = 150
 
@@ -490,65 +382,3 @@ def write_output(parts: Sequence[str]) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         raise SystemExit(1) from None
-
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def metrics_port_option(command: F) -> F:
-    """``--metrics-port`` / ``LEADFLOW_METRICS_PORT`` for a long-running command."""
-    option = click.option(
-        "--metrics-port", type=click.IntRange(0, 65535), default=None,
-        envvar="LEADFLOW_METRICS_PORT", show_envvar=False,
-        help="Serve /metrics (Prometheus), /healthz and /readyz on this port "
-             "(LEADFLOW_METRICS_PORT; LEADFLOW_METRICS_HOST, default 0.0.0.0). Off by default.")
-    return option(command)
-
-
-def new_health() -> Health:
-    from leadflow.metrics import Health, stall_seconds
-
-    try:
-        return Health(stall_seconds=stall_seconds())
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-@contextlib.contextmanager
-def serving_metrics(obj: Context, port: int | None, registry: CollectorRegistry,
-                    health: Health) -> Iterator[None]:
-    """While the command runs: its metrics and health on ``port`` (nothing when None), with
-    a readiness check that the database answers."""
-    if port is None:
-        yield
-        return
-    from leadflow.metrics import MetricsServer, database_check, metrics_host
-
-    try:
-        health.add_check("database", database_check(obj.settings.database_url))
-        server = MetricsServer(registry, health, port, metrics_host()).start()
-    except ConfigError as exc:
-        fail(str(exc))
-    try:
-        yield
-    finally:
-        server.close()
-
-
-def kafka_settings() -> Any:
-    from leadflow.consumers.settings import KafkaSettings
-
-    try:
-        return KafkaSettings.from_env()
-    except ConfigError as exc:
-        fail(str(exc))
-
-
-def kafka_call(what: str, build: Any) -> Any:
-    from kafka.errors import KafkaError
-
-    try:
-        return build()
-    except KafkaError as exc:
-        fail(f"{what}: Kafka is not reachable or refused the request ({type(exc).__name__}: "
-             f"{exc}); check LEADFLOW_KAFKA_BOOTSTRAP")

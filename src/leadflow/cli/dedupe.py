@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from leadflow.cli.common import Context, fail, lookup, out_console, progress_bar
+from leadflow.cli.common import Context, fail, lookup, out_console
+from leadflow.cli.progress import progress_bar
 
 
 def _checked(text: str, option: str) -> str:

@@ -31,17 +31,19 @@ from leadflow.cli.common import (
     check_rejects_path,
     err_console,
     fail,
-    kafka_call,
-    kafka_settings,
     log,
-    metrics_port_option,
-    new_health,
     open_for_writing,
     open_input,
     out_console,
     parse_time,
-    progress_bar,
     redact,
+)
+from leadflow.cli.progress import progress_bar
+from leadflow.cli.services import (
+    kafka_call,
+    kafka_settings,
+    metrics_port_option,
+    new_health,
     serving_metrics,
 )
 from leadflow.contract import RecordRejected

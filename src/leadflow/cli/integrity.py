@@ -14,7 +14,8 @@ from uuid import UUID
 import click
 from eventsourcing.persistence import PersistenceError
 
-from leadflow.cli.common import EXIT_OK, Context, fail, lookup, progress_bar
+from leadflow.cli.common import EXIT_OK, Context, fail, lookup
+from leadflow.cli.progress import progress_bar
 from leadflow.contract.identity import is_lead_id
 from leadflow.domain import UnknownLeadError
 from leadflow.engine.app import LeadflowApp

@@ -11,7 +11,8 @@ from pathlib import Path
 import click
 
 from leadflow.cli.auditors import _fmt, known_model
-from leadflow.cli.common import Context, fail, parse_time, progress_bar
+from leadflow.cli.common import Context, fail, parse_time
+from leadflow.cli.progress import progress_bar
 from leadflow.domain.rules import RulesError, load_rules
 
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from leadflow.cli.common import Context, fail, kafka_call, kafka_settings, log, redact
+from leadflow.cli.common import Context, fail, log, redact
+from leadflow.cli.services import kafka_call, kafka_settings
 
 if TYPE_CHECKING:
     from leadflow.metrics import MetricsServer
