@@ -44,7 +44,8 @@ from leadflow.projections.events import (
     EventData,
     load_payload,
 )
-from leadflow.projections.handlers import MODEL_EVENTS, EventFailed
+from leadflow.projections.handlers import EventFailed
+from leadflow.projections.rows import MODEL_EVENTS
 from leadflow.projections.schema import (
     TABLES,
     drop_views_ddl,

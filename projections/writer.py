@@ -16,12 +16,8 @@ from functools import cache
 from typing import Any
 
 from leadflow.projections.db import ProjectionDB, RowRejected, clean_rows, from_db
-from leadflow.projections.handlers import (
-    ACCOUNT_COLUMNS,
-    LEAD_COLUMNS,
-    MODEL_COLUMNS,
-    PageChanges,
-)
+from leadflow.projections.handlers import PageChanges
+from leadflow.projections.rows import ACCOUNT_COLUMNS, LEAD_COLUMNS, MODEL_COLUMNS
 from leadflow.projections.schema import PERSONAL_COLUMNS, columns
 
 OPEN_STAGES = frozenset({"new", "mql", "sql", "opportunity"})
