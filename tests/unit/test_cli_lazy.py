@@ -42,3 +42,35 @@ def test_help_imports_no_command_module_nor_the_engine() -> None:
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                             check=True)
     assert result.stderr.strip() == "[]"
+
+
+def test_end_process_flushes_the_output_closes_the_app_and_exits_with_the_code() -> None:
+    # As the console script runs a long command to its end: output buffered, not flushed.
+    code = ("import sys\n"
+            "from leadflow.cli import common\n"
+            "class App:\n"
+            "    def close(self):\n"
+            "        sys.stdout.write('closed;')\n"
+            "common.OWNS_PROCESS = True\n"
+            "sys.stdout.write('consumed 3 records;')\n"
+            "sys.stderr.write('log line')\n"
+            "common.end_process(App(), code=3)\n"
+            "sys.stdout.write('after')\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    assert (result.returncode, result.stdout, result.stderr) == (
+        3, "consumed 3 records;closed;", "log line")
+
+
+def test_end_process_in_process_only_closes_the_app() -> None:
+    from leadflow.cli import common
+
+    closed: list[bool] = []
+
+    class App:
+        def close(self) -> None:
+            closed.append(True)
+
+    assert not common.OWNS_PROCESS  # pytest imported the CLI; it did not run main()
+    common.end_process(App(), code=3)  # returns: a test or a library caller goes on
+    assert closed == [True]

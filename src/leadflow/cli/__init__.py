@@ -236,6 +236,9 @@ def cli(ctx: click.Context, database_url: str | None, rules_path: str | None,
 
 
 def main() -> Any:
+    from leadflow.cli import common
+
+    common.OWNS_PROCESS = True  # the console script: commands may end it (end_process)
     try:
         return cli(standalone_mode=True)
     except Exception as exc:

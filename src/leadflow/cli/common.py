@@ -66,6 +66,31 @@ def scrub(text: str) -> str:
     return text
 
 
+#: Set by the console script's ``main``: the command owns the process (not a test's or a
+#: library caller's in-process invocation), so it may end it without the teardown.
+OWNS_PROCESS = False
+
+
+def end_process(app: Any = None, code: int = EXIT_OK) -> None:
+    """End a long-running command's process now that its work is done: its output flushed,
+    its database connections closed, without the interpreter's teardown.
+
+    A consumer's aggregate cache is a few million objects that only the garbage collector
+    can free (the cache's LRU ring of links holds them in a reference cycle), and the
+    interpreter's final collection walks every one before the process ends: 12.6 s after
+    the default bench stream's last batch (``idle_and_exit_seconds``), 1.2 s at 20,000
+    leads (``gc.collect()`` timed at exit). Callers have flushed and closed their Kafka
+    clients and committed their database work, so the exit handlers have nothing left to
+    do. Outside the console script (``OWNS_PROCESS`` false) this only closes ``app``."""
+    if app is not None:
+        app.close()
+    if not OWNS_PROCESS:
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
     """``error: <message>`` on one line (drivers' messages span several; the terminal's
     width does not wrap it), without the database password, and exit.

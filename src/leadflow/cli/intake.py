@@ -29,6 +29,7 @@ from leadflow.cli.common import (
     EXIT_REJECTED,
     Context,
     check_rejects_path,
+    end_process,
     err_console,
     fail,
     log,
@@ -419,6 +420,7 @@ def consume(obj: Context, until_idle: bool, metrics_port: int | None) -> None:
     click.echo(f"consumed {stats.records} records in {stats.batches} batches: "
                f"{stats.applied} applied, {stats.duplicates} duplicates ignored, "
                f"{stats.dead_lettered} dead-lettered, {stats.retries} retries")
+    end_process(app)  # the consumer closed its Kafka clients; skip the heap's teardown
 
 
 @click.command()
