@@ -20,7 +20,7 @@ from eventsourcing.persistence import (
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from leadflow.store.transcoder import OrjsonTranscoder
+from leadflow.store.transcoder import OrjsonTranscoder, isoformat
 
 
 def registered(transcoder: JSONTranscoder) -> JSONTranscoder:
@@ -85,6 +85,26 @@ def test_the_bytes_are_the_librarys_format() -> None:
         "occurred_at": {"_type_": "datetime_iso", "_data_": at.isoformat()},
         "awards": [{"points": 1.5, "at": {"_type_": "datetime_iso", "_data_": at.isoformat()}}],
         "amount": {"_type_": "decimal_str", "_data_": "12.50"}, "note": "Grüße"}
+
+
+@settings(max_examples=500)
+@given(st.datetimes(timezones=st.none() | zones | st.timezones()))
+def test_a_time_is_written_as_isoformat_writes_it(value: datetime) -> None:
+    # Any year, any microsecond, any zone (UTC's go through orjson and the cache), twice:
+    # the cached text is the same.
+    assert isoformat(value) == value.isoformat()
+    assert isoformat(value) == value.isoformat()
+
+
+def test_equal_times_in_other_zones_keep_their_own_text() -> None:
+    # The same instant in two zones is one dict key: only UTC's own times are cached.
+    utc = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    paris = utc.astimezone(timezone(timedelta(hours=1)))
+    assert utc == paris
+    assert (isoformat(utc), isoformat(paris)) == (utc.isoformat(), paris.isoformat())
+    assert json.loads(FAST.encode({"a": utc, "b": paris})) == {
+        "a": {"_type_": "datetime_iso", "_data_": "2026-03-02T09:30:00+00:00"},
+        "b": {"_type_": "datetime_iso", "_data_": "2026-03-02T10:30:00+01:00"}}
 
 
 @pytest.mark.parametrize("value", [math.inf, -math.inf, math.nan, 2**70, -(2**70)])

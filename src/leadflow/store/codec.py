@@ -40,6 +40,21 @@ def _is_postgres(recorder: Any) -> bool:
     return module is not None and isinstance(recorder, module.PostgresAggregateRecorder)
 
 
+class _EventClass:
+    """What encoding needs of an event class, worked out once per class: its topic, its
+    name in the vault's terms (``Lead.Created``), its name in an envelope (``Created``)
+    and its class version (a miss of ``getattr(cls, "class_version", 1)`` formats an
+    AttributeError's message, for each event)."""
+
+    __slots__ = ("class_version", "name", "topic", "vault_name")
+
+    def __init__(self, topic: str, class_version: int) -> None:
+        self.topic = topic
+        self.vault_name = topic.partition(":")[2]
+        self.name = topic.rsplit(".", 1)[1]
+        self.class_version = class_version
+
+
 class EventCodec:
     """Encodes aggregates' pending events for the recorder, and reads stored events back.
 
@@ -52,7 +67,7 @@ class EventCodec:
         self.recorder = recorder
         self.keyring = keyring
         self.vault = vault
-        self._topics: dict[type, str] = {}
+        self._classes: dict[type, _EventClass] = {}
         self.expander = fold.Expander(mapper, vault)
 
     def select_many(self, ids: list[UUID]) -> dict[UUID, list[StoredEvent]]:
@@ -152,28 +167,27 @@ class EventCodec:
         aggregate.chain_head = head  # type: ignore[attr-defined]
         return out
 
-    def _topic(self, cls: type) -> str:
-        topic = self._topics.get(cls)
-        if topic is None:
-            topic = self._topics[cls] = get_topic(cls)
-        return topic
+    def _class(self, cls: type) -> _EventClass:
+        found = self._classes.get(cls)
+        if found is None:
+            found = self._classes[cls] = _EventClass(get_topic(cls),
+                                                     getattr(cls, "class_version", 1))
+        return found
 
-    def _state(self, event: Any) -> tuple[UUID, int, str, dict[str, Any]]:
-        cls = type(event)
+    def _state(self, event: Any) -> tuple[UUID, int, _EventClass, dict[str, Any]]:
+        known = self._class(type(event))
         state = dict(event.__dict__)
         originator_id = state.pop("originator_id")
         version = state.pop("originator_version")
-        class_version = getattr(cls, "class_version", 1)
-        if class_version > 1:
-            state["class_version"] = class_version
-        topic = self._topic(cls)
-        self.vault.seal(topic.partition(":")[2], originator_id, state,
+        if known.class_version > 1:
+            state["class_version"] = known.class_version
+        self.vault.seal(known.vault_name, originator_id, state,
                         first=version == Aggregate.INITIAL_VERSION)
-        return originator_id, version, topic, state
+        return originator_id, version, known, state
 
     def encode_event(self, event: Any) -> tuple[UUID, int, str, bytes]:
-        originator_id, version, topic, state = self._state(event)
-        return originator_id, version, topic, self.mapper.transcoder.encode(state)
+        originator_id, version, known, state = self._state(event)
+        return originator_id, version, known.topic, self.mapper.transcoder.encode(state)
 
     def encode_envelope(self, events: Sequence[Any], cause: fold.Cause | None
                         ) -> tuple[UUID, int, str, bytes]:
@@ -183,10 +197,10 @@ class EventCodec:
         originator_id: UUID | None = None
         first = 0
         for event in events:
-            oid, version, topic, state = self._state(event)
+            oid, version, known, state = self._state(event)
             if originator_id is None:
-                originator_id, first, first_topic = oid, version, topic
-            items.append([topic.rsplit(".", 1)[1], state])
+                originator_id, first, first_topic = oid, version, known.topic
+            items.append([known.name, state])
         assert originator_id is not None
         payload = self.mapper.transcoder.encode(
             {"cause": cause or {"command": "unspecified"}, "events": items})

@@ -94,15 +94,20 @@ class Expander:
         self.mapper = mapper
         self.vault = vault
         self._classes: dict[str, Any] = {}
+        self._versions: dict[Any, int] = {}
 
     def _class(self, topic: str) -> Any:
         cls = self._classes.get(topic)
         if cls is None:
             cls = self._classes[topic] = resolve_topic(topic)
+            # Read once per class: a miss of getattr's default formats an AttributeError.
+            self._versions[cls] = getattr(cls, "class_version", 1)
         return cls
 
     def _event(self, cls: Any, state: dict[str, Any]) -> Any:
-        class_version = getattr(cls, "class_version", 1)
+        class_version = self._versions.get(cls)
+        if class_version is None:
+            class_version = self._versions[cls] = getattr(cls, "class_version", 1)
         from_version = state.pop("class_version", 1)
         while from_version < class_version:
             getattr(cls, f"upcast_v{from_version}_v{from_version + 1}")(state)

@@ -13,12 +13,19 @@ tags, decoded by the event classes' field types, would be needed to do better).
 Anything orjson would write differently from ``json`` falls back to the library's encoder, so
 the stored bytes never mean something else: a float that is not finite (orjson writes
 ``null``, ``json`` writes ``NaN``), an integer beyond 64 bits, a key that is no string.
+
+Times are most of what is tagged (a record's time is its cause's, its event's, its awards'
+and its engagement's, and every event has a timestamp: ~7 a record), and CPython 3.11's
+``datetime.isoformat`` formats through ``vsprintf`` (~0.7 µs, 3.4 % of the instructions an
+applied record costs). A UTC time's text is orjson's (the same characters, in ~0.25 µs) and
+kept in a small cache (a record's time is written four or five times, ~0.06 µs a hit);
+any other time goes through ``isoformat`` as before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from operator import attrgetter
 from typing import Any
 
@@ -36,10 +43,32 @@ class _Fallback(Exception):
     """A value orjson would not write as ``json`` does: use the library's encoder."""
 
 
-#: The library's transcodings whose encoded form is one string made by a C method: tagged
-#: without the transcoding's Python call and the walk over the string it returns.
+#: UTC times already written (see the module's doc). Keyed only by times whose zone is the
+#: ``UTC`` object itself: two aware times in other zones can be equal (the same instant)
+#: and still be written differently.
+_UTC_TEXT: dict[datetime, str] = {}
+_UTC_TEXT_MAX = 4096
+
+
+def isoformat(value: datetime) -> str:
+    """``value.isoformat()``, made faster for UTC times (see the module's doc)."""
+    if value.tzinfo is not UTC:
+        return value.isoformat()
+    text = _UTC_TEXT.get(value)
+    if text is None:
+        # orjson writes an aware UTC datetime as isoformat does (RFC 3339, "+00:00", the
+        # microseconds only when there are some); tests/unit/test_transcoder.py checks it.
+        text = orjson.dumps(value)[1:-1].decode()
+        if len(_UTC_TEXT) >= _UTC_TEXT_MAX:
+            _UTC_TEXT.clear()
+        _UTC_TEXT[value] = text
+    return text
+
+
+#: The library's transcodings whose encoded form is one string made without the
+#: transcoding's Python call (and the walk over the string it returns).
 _DIRECT: dict[type[Transcoding], Callable[[Any], str]] = {
-    DatetimeAsISO: datetime.isoformat, UUIDAsHex: attrgetter("hex")}
+    DatetimeAsISO: isoformat, UUIDAsHex: attrgetter("hex")}
 
 
 class OrjsonTranscoder(JSONTranscoder):
