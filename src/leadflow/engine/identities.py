@@ -57,7 +57,8 @@ class IdentityDecisions(StageDecisions):
                 campaign=rec.context.campaign, landing_page=rec.context.landing_page,
                 account_id=None, origin=rec.event_id,
             )), True
-        leads.sort(key=lambda candidate: (candidate.created_at, str(candidate.id)))
+        if len(leads) > 1:  # most records name one lead: no key (str of a UUID) to make
+            leads.sort(key=lambda candidate: (candidate.created_at, str(candidate.id)))
         lead = leads[0]
         self.catch_up(lead, at)
         for other in leads[1:]:

@@ -29,8 +29,9 @@ def _version(row: StoredEvent) -> int:
     return row.originator_version
 
 
-def _first(item: tuple[UUID, Any]) -> UUID:
-    return item[0]
+def _first_int(item: tuple[UUID, Any]) -> int:
+    # UUIDs order as their ints: compared in C, not by UUID.__lt__ (Python) n log n times.
+    return item[0].int
 
 
 def _is_postgres(recorder: Any) -> bool:
@@ -106,7 +107,7 @@ class EventCodec:
                                                                bytes(state)))
             for rows in out.values():
                 rows.sort(key=_version)
-            out = dict(sorted(out.items(), key=_first))
+            out = dict(sorted(out.items(), key=_first_int))
         elif isinstance(recorder, SQLiteAggregateRecorder):
             with recorder.datastore.transaction(commit=False) as cursor:
                 for start in range(0, len(ids), 500):

@@ -69,12 +69,14 @@ class _UuidArrayDumper(_ArrayDumper):
     def dump(self, obj: Any) -> bytes:
         if not obj:
             return _EMPTY.pack(0, 0, self.element_oid)
+        # ``v.int.to_bytes(16)`` is ``UUID.bytes`` without the property's Python call.
         try:
-            return self._join([_UUID_LENGTH + v.bytes for v in obj], 0)
+            return self._join([_UUID_LENGTH + v.int.to_bytes(16) for v in obj], 0)
         except AttributeError:
-            if None not in obj:  # not a None: something else without ``bytes``
+            if None not in obj:  # not a None: something else without ``int``
                 raise
-        return self._join([_NULL if v is None else _UUID_LENGTH + v.bytes for v in obj], 1)
+        return self._join([_NULL if v is None else _UUID_LENGTH + v.int.to_bytes(16)
+                           for v in obj], 1)
 
 
 class _TextArrayDumper(_ArrayDumper):
