@@ -8,6 +8,8 @@ from typing import Any
 from uuid import uuid4
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from leadflow.domain import (
     Account,
@@ -180,3 +182,55 @@ def test_the_clock_only_moves_forward_and_lists_the_days_it_must_visit() -> None
     clock.advance(T0)
     assert clock.days == ["2026-03-02"] and clock.position == T0
     assert names(clock.collect_events()) == ["Created", "DayOpened", "Advanced"]
+
+
+_EXPIRING_RULES_TEXT = """
+label = "expiring"
+[scoring]
+mql_threshold = 50
+recycle_threshold = 20
+half_life_days = 30
+[[scoring.engagement]]
+id = "call"
+type = "call_logged"
+points = 12
+expires_after_days = 20
+[[scoring.engagement]]
+id = "page"
+type = "page_viewed"
+points = 2
+"""
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["call_logged", "page_viewed"]),
+                          st.integers(min_value=0, max_value=90)), max_size=30),
+       st.integers(min_value=0, max_value=30))
+def test_the_expiring_awards_kept_with_a_lead_are_the_ones_a_fresh_scan_finds(
+        touches: list[tuple[str, int]], restore_at: int) -> None:
+    # Lead._expiring keeps its list with the awards it was made from: after new awards, a
+    # merge's, a restore's list replacing them, and a replay, it is what a scan gives.
+    from leadflow.domain.rules import parse_rules
+
+    rules = parse_rules(_EXPIRING_RULES_TEXT)
+    lead, other = new_lead(), new_lead("email:bo@acme.io")
+    for index, (kind, day) in enumerate(touches):
+        target = other if index % 3 == 2 else lead
+        target.record_touchpoint(f"e{index}", kind, T0 + days(day), {}, rules)
+        assert lead._expiring() == [a for a in lead.awards if a.expires_at is not None]
+        if index == restore_at:
+            lead.awards = list(lead.awards[: len(lead.awards) // 2])  # a list replaced
+            assert lead._expiring() == [a for a in lead.awards if a.expires_at]
+    lead.absorb(other, T0 + days(91), "merge", rules)
+    assert lead._expiring() == [a for a in lead.awards if a.expires_at is not None]
+    assert "_expiring_cache" not in lead.state()
+    # The cache is no part of the state: the lead that made it equals its own replay.
+    other._expiring()
+    again = replayed(other)
+
+    def state(aggregate: Lead) -> dict[str, Any]:
+        return {k: v for k, v in aggregate.state().items()
+                if k not in ("_history", "_pending_events")}
+
+    assert "_expiring_cache" in other.__dict__
+    assert state(again) == state(other)

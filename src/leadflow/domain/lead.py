@@ -22,6 +22,9 @@ from leadflow.domain.vocabulary import DORMANCY_STAGES, SLA_STAGES, STAGES
 # Fields an unmerge does not reset: plumbing that the engine re-synchronises itself.
 _NOT_RESTORED = frozenset({"load_rep", "wake_at", "chain_head"})
 _UNSET: Any = object()
+#: ``Lead._expiring``'s cache, in the instance dict: derived, so not part of ``state()``.
+_EXPIRING = "_expiring_cache"
+_NOT_STATE = frozenset({"_models", _EXPIRING})
 
 
 class SeenIds(list[str]):
@@ -84,7 +87,7 @@ class Lead(Aggregate, NamedModels):
         """Every attribute set on the lead, by name, as ``vars`` read them before the slots:
         the library's, the lead's own in ``__init__``'s order, then ``_models`` if any."""
         own = self.__dict__
-        state = {k: v for k, v in own.items() if k != "_models"}
+        state = {k: v for k, v in own.items() if k not in _NOT_STATE}
         for name in Lead.__slots__:
             value = getattr(self, name, _UNSET)
             if value is not _UNSET:
@@ -212,7 +215,29 @@ class Lead(Aggregate, NamedModels):
         return sum(a.value_at(when, half_life_s) for a in self.awards)
 
     def _expiring(self) -> list[Award]:
-        return [a for a in self.awards if a.expires_at is not None]
+        """The awards that expire instead of decaying (read-only: callers copy it).
+
+        Asked for several times a record (score, next due time, the touchpoint's event), and
+        a lead's awards only grow (or are replaced: a restore, a replay), so the list is kept
+        with the awards list and length it was made from, and only new awards are scanned:
+        a lead with hundreds of touchpoints no longer walks them all each time."""
+        awards = self.awards
+        own = self.__dict__
+        cached = own.get(_EXPIRING)
+        if cached is not None and cached[0] is awards:
+            seen: int = cached[1]
+            found: list[Award] = cached[2]
+            if seen == len(awards):
+                return found
+            if seen < len(awards):
+                more = [a for a in awards[seen:] if a.expires_at is not None]
+                if more:
+                    found = [*found, *more]
+                own[_EXPIRING] = (awards, len(awards), found)
+                return found
+        every = [a for a in awards if a.expires_at is not None]
+        own[_EXPIRING] = (awards, len(awards), every)
+        return every
 
     @property
     def horizon(self) -> datetime:

@@ -5,7 +5,7 @@ and routes, with the tests they run on a touchpoint or a profile."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import TYPE_CHECKING, Any, Literal
 
 from leadflow.domain.rules_checks import (
@@ -163,19 +163,29 @@ class FitRule(_Record):
                 self.max is None or number <= self.max
             )
         text = str(value).lower()
-        if self.in_ is not None and text not in {v.lower() for v in self.in_}:
+        if self.in_ is not None and text not in self._in_lower:
             return False
         if self.contains_any is not None:
             words = _words(text)
-            return any(_phrase_in(term.lower(), text, words) for term in self.contains_any)
+            return any(_phrase_in(term, text, words) for term in self._contains_lower)
         return True
 
+    # Lower-cased once per rule, not at each profile it is tested on.
+    @cached_property
+    def _in_lower(self) -> frozenset[str]:
+        return frozenset(v.lower() for v in self.in_ or ())
 
-def _words(text: str) -> set[str]:
-    return set("".join(ch if ch.isalnum() else " " for ch in text).split())
+    @cached_property
+    def _contains_lower(self) -> tuple[str, ...]:
+        return tuple(term.lower() for term in self.contains_any or ())
 
 
-def _phrase_in(term: str, text: str, words: set[str]) -> bool:
+@lru_cache(maxsize=4096)  # a profile's title is tested by several rules, and titles repeat
+def _words(text: str) -> frozenset[str]:
+    return frozenset("".join(ch if ch.isalnum() else " " for ch in text).split())
+
+
+def _phrase_in(term: str, text: str, words: frozenset[str]) -> bool:
     # Single words match whole words ("vp" must not match "mvp"); phrases match substrings.
     return term in words if " " not in term else term in text
 
