@@ -217,12 +217,12 @@ def test_the_expiring_awards_kept_with_a_lead_are_the_ones_a_fresh_scan_finds(
     for index, (kind, day) in enumerate(touches):
         target = other if index % 3 == 2 else lead
         target.record_touchpoint(f"e{index}", kind, T0 + days(day), {}, rules)
-        assert lead._expiring() == [a for a in lead.awards if a.expires_at is not None]
+        assert lead._expiring() == tuple(a for a in lead.awards if a.expires_at is not None)
         if index == restore_at:
             lead.awards = list(lead.awards[: len(lead.awards) // 2])  # a list replaced
-            assert lead._expiring() == [a for a in lead.awards if a.expires_at]
+            assert lead._expiring() == tuple(a for a in lead.awards if a.expires_at)
     lead.absorb(other, T0 + days(91), "merge", rules)
-    assert lead._expiring() == [a for a in lead.awards if a.expires_at is not None]
+    assert lead._expiring() == tuple(a for a in lead.awards if a.expires_at is not None)
     assert "_expiring_cache" not in lead.state()
     # The cache is no part of the state: the lead that made it equals its own replay.
     other._expiring()

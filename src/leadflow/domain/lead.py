@@ -214,28 +214,27 @@ class Lead(Aggregate, NamedModels):
             )
         return sum(a.value_at(when, half_life_s) for a in self.awards)
 
-    def _expiring(self) -> list[Award]:
-        """The awards that expire instead of decaying (read-only: callers copy it).
+    def _expiring(self) -> tuple[Award, ...]:
+        """The awards that expire instead of decaying.
 
         Asked for several times a record (score, next due time, the touchpoint's event), and
-        a lead's awards only grow (or are replaced: a restore, a replay), so the list is kept
-        with the awards list and length it was made from, and only new awards are scanned:
-        a lead with hundreds of touchpoints no longer walks them all each time."""
+        a lead's awards only grow (or are replaced: a restore, a replay), so the answer is
+        kept with the awards list and length it was made from, and only new awards are
+        scanned: a lead with hundreds of touchpoints no longer walks them all each time.
+        A tuple (most leads have none: the shared empty tuple), so no caller can change it."""
         awards = self.awards
         own = self.__dict__
         cached = own.get(_EXPIRING)
         if cached is not None and cached[0] is awards:
             seen: int = cached[1]
-            found: list[Award] = cached[2]
+            found: tuple[Award, ...] = cached[2]
             if seen == len(awards):
                 return found
             if seen < len(awards):
-                more = [a for a in awards[seen:] if a.expires_at is not None]
-                if more:
-                    found = [*found, *more]
+                found += tuple(a for a in awards[seen:] if a.expires_at is not None)
                 own[_EXPIRING] = (awards, len(awards), found)
                 return found
-        every = [a for a in awards if a.expires_at is not None]
+        every = tuple(a for a in awards if a.expires_at is not None)
         own[_EXPIRING] = (awards, len(awards), every)
         return every
 

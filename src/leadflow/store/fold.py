@@ -100,13 +100,12 @@ class Expander:
         cls = self._classes.get(topic)
         if cls is None:
             cls = self._classes[topic] = resolve_topic(topic)
-            # Read once per class: a miss of getattr's default formats an AttributeError.
-            self._versions[cls] = getattr(cls, "class_version", 1)
         return cls
 
     def _event(self, cls: Any, state: dict[str, Any]) -> Any:
         class_version = self._versions.get(cls)
         if class_version is None:
+            # Once per class: a miss of getattr's default formats an AttributeError's message.
             class_version = self._versions[cls] = getattr(cls, "class_version", 1)
         from_version = state.pop("class_version", 1)
         while from_version < class_version:
