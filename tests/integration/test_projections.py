@@ -177,13 +177,18 @@ def test_a_projector_killed_mid_batch_resumes_without_double_counting(tmp_path: 
     for _ in range(4):
         process = subprocess.Popen([*LEADFLOW, "project"], env=env, stdout=log.open("ab"),
                                    stderr=subprocess.STDOUT)
-        # Kill after a random amount of progress (not of time, which depends on the
-        # machine), then a random moment later, so the kill lands mid-page.
-        target = positions[-1] + chaos.randint(top // 10, top // 6)
+        # Kill after a random share of the events still to project (not of time, which
+        # depends on the machine), then a random moment later, so the kill lands mid-page.
+        # A share of what is left, not of the whole store: the projector keeps going until
+        # it is killed, and a target past the last event (a fast machine had run ahead by
+        # thousands of events before an earlier kill) would never be reached. The moment is
+        # short for the same reason: the last kill must still land before the end.
+        left = top - positions[-1]
+        target = positions[-1] + chaos.randint(max(1, left // 10), max(1, left // 6))
         wait_until(lambda target=target: Projector(app, db).position() >= target, 120,
-                   f"the projector to reach event {target}", interval=0.05,
+                   f"the projector to reach event {target} of {top}", interval=0.02,
                    watch=[(process, log)])
-        time.sleep(chaos.uniform(0.0, 0.2))
+        time.sleep(chaos.uniform(0.0, 0.05))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         positions.append(Projector(app, db).position())
