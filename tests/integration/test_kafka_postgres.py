@@ -143,13 +143,16 @@ def test_a_consumer_killed_at_random_moments_ends_exactly_like_an_uninterrupted_
     small = {"LEADFLOW_KAFKA_MAX_POLL_RECORDS": "250", "LEADFLOW_KAFKA_INSTANCE_ID": "crash-1"}
     while kills < 5:
         process = pipe.start("consume", log=log, **small)
-        # Kill after a random amount of committed progress (not of time: that depends on how
-        # fast the engine is), then a random moment later, so the kill lands mid-batch.
-        target = progress[-1] + chaos.randint(1500, 3500)
+        # Kill after a random share of the records still to commit (not of time: that
+        # depends on how fast the engine is), then a random moment later, so the kill lands
+        # mid-batch. A share of what is left: the consumer runs on until it is killed, and a
+        # fixed step past the stream's end (after faster runs ahead) would never be reached.
+        left = len(records) - progress[-1]
+        target = progress[-1] + chaos.randint(max(1, left // 12), max(1, left // 6))
         wait_until(lambda target=target: pipe.tracked_total(partitions=1) >= target, 120,
-                   f"the consumer to commit {target} records", interval=0.1,
-                   watch=[(process, log)])
-        time.sleep(chaos.uniform(0.0, 0.3))
+                   f"the consumer to commit {target} of {len(records)} records",
+                   interval=0.05, watch=[(process, log)])
+        time.sleep(chaos.uniform(0.0, 0.1))
         process.send_signal(signal.SIGKILL)
         process.wait(timeout=30)
         kills += 1
