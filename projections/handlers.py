@@ -63,7 +63,7 @@ class PageChanges(_ModelChanges):
             if handler is not None:
                 handler(self, nid, row, event)
             return
-        self._account(lead_id, KINDS[topic][1], event)
+        self._account(nid, lead_id, KINDS[topic][1], event)
 
     def apply_all(self, events: Iterable[tuple[int, str, Any]]) -> None:
         """``apply`` each event in order: the same steps, inline in one loop (a page holds
@@ -89,7 +89,7 @@ class PageChanges(_ModelChanges):
                     if handler is not None:
                         handler(self, nid, row, event)
                     continue
-                self._account(lead_id, KINDS[topic][1], event)
+                self._account(nid, lead_id, KINDS[topic][1], event)
             except Exception as exc:
                 raise EventFailed(nid, topic, event) from exc
 
@@ -160,9 +160,10 @@ class PageChanges(_ModelChanges):
     def _on_AccountSurged(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         # A surge is recorded on the lead whose record set it off (stores before format 3:
         # as an Account.Surged event, handled in _account).
-        account = self.accounts.get(str(e.account_id))
+        account_id = str(e.account_id)
+        account = self.accounts.get(account_id)
         if account is not None:
-            self._surge(account, e)
+            self._surge(nid, account_id, account, e)
 
     def _on_Boosted(self, nid: int, row: dict[str, Any], e: Any) -> None:  # noqa: N802
         self._awards(nid, row, award_rows(e, "awards"), "boost", e.rules_version)
@@ -276,7 +277,7 @@ class PageChanges(_ModelChanges):
             self._restore_models(nid, row["lead_id"], cause, state["_models"])
             self._release(nid, row["lead_id"], state["_models"])
 
-    def _account(self, account_id: str, kind: str, e: Any) -> None:
+    def _account(self, nid: int, account_id: str, kind: str, e: Any) -> None:
         if kind == "Created":
             self.accounts[account_id] = {
                 "account_id": account_id, "account_key": e.account_key, "name": e.name,
@@ -285,10 +286,10 @@ class PageChanges(_ModelChanges):
             }
             return
         if kind == "Surged":
-            self._surge(self.accounts[account_id], e)
+            self._surge(nid, account_id, self.accounts[account_id], e)
 
-    @staticmethod
-    def _surge(row: dict[str, Any], e: Any) -> None:
+    def _surge(self, nid: int, account_id: str, row: dict[str, Any], e: Any) -> None:
+        # (A parallel rebuild's part also notes each surge: projections/parallel.py.)
         row["surges"] += 1
         row["last_surge_at"] = e.occurred_at
         row["surge_window_days"] = e.window_days

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from leadflow.engine.app import INFRASTRUCTURE_ERRORS, LeadflowApp
-from leadflow.projections import migrate
+from leadflow.projections import migrate, parallel
 from leadflow.projections.admin import analyst_grants, grant_select
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.decode import (
@@ -260,7 +260,7 @@ class Projector(_Decoder):
     # ----------------------------------------------------------------- rebuild
 
     def rebuild(self, progress: Callable[[int, int], None] | None = None,
-                page_size: int = 20_000) -> ProjectionStats:
+                page_size: int = 20_000, workers: int | None = None) -> ProjectionStats:
         """Replay every event into fresh tables, then swap them in in one transaction.
 
         The replay keeps the read models' keyed rows (leads, accounts, funnel counts) in
@@ -269,17 +269,15 @@ class Projector(_Decoder):
         while replaying. A rebuild that stops half-way leaves the live tables untouched; the
         next one starts from scratch. An event that cannot be projected raises
         ``ProjectionFailedError`` (and the live tables stay as they were).
+
+        ``workers``: processes that replay the leads, split among them (``parallel``); by
+        default one per core on a large PostgreSQL store, else one.
         """
         self.setup()
         suffix = "_rebuild"
-        with self.db.transaction():
-            migrate.lock_schema(self.db)
-            for table in TABLES:
-                self.db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
-            self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
         total = self.max_notification_id()
+        parts = parallel.parts_for(self, workers, total)
         started = time.monotonic()
-        state = self._page(suffix, replaying=True)
         # The replay makes millions of short-lived objects and keeps every lead's row, and
         # makes no reference cycles: the cycle collector would only rescan the growing
         # rows (a tenth of the replay's CPU). Reference counting frees the rest; the
@@ -287,7 +285,17 @@ class Projector(_Decoder):
         collecting = gc.isenabled()
         gc.disable()
         try:
-            position = self._replay(state, page_size, total, progress)
+            position: int | None = None
+            if parts > 1:
+                state = self._fresh(suffix)
+                try:
+                    position = parallel.replay(self, state, parts, page_size, total, progress)
+                except parallel.OneProcess as exc:
+                    log.warning("rebuild replayed again in one process", reason=str(exc))
+                    self.stats = ProjectionStats()
+            if position is None:
+                state = self._fresh(suffix)
+                position = self._replay(state, page_size, total, progress)
             if self._stop.is_set():
                 raise RebuildInterrupted(f"rebuild stopped at event {position}; the live "
                                          "tables are unchanged")
@@ -298,13 +306,25 @@ class Projector(_Decoder):
             if collecting:
                 gc.enable()
         log.info("rebuild swapped in", events=self.stats.events, position=position,
-                 seconds=round(time.monotonic() - started, 2))
+                 seconds=round(time.monotonic() - started, 2), processes=parts)
         return self.stats
 
+    def _fresh(self, suffix: str) -> Page:
+        """Empty rebuild tables (without secondary indexes), and a replay's page for them."""
+        with self.db.transaction():
+            migrate.lock_schema(self.db)
+            for table in TABLES:
+                self.db.execute(f"DROP TABLE IF EXISTS {table}{suffix}")
+            self.db.executescript(_without_indexes(tables_ddl(self.db.dialect, suffix)))
+        return self._page(suffix, replaying=True)
+
     def _replay(self, state: Page, page_size: int, total: int,
-                progress: Callable[[int, int], None] | None) -> int:
+                progress: Callable[[int, int], None] | None,
+                select: Callable[[int, int, list[str]], list[PageRow]] | None = None) -> int:
+        """Replay the rows ``select`` gives (by default every followed one) into ``state``;
+        the last notification id replayed."""
         position = 0
-        select = self.app.indexes.select_rows
+        select = select or self.app.indexes.select_rows
         # The next page is read (on the event store's own connection) while this one is
         # projected: the database's work and the transfer overlap the decoding. Pages start
         # small and grow fourfold up to ``page_size``, so the replay starts after the read of

@@ -43,6 +43,9 @@ class Page(PageChanges):
         # deleted once, set-wise, when the state is written (its fresh tables have no index
         # to find them by lead).
         self.replaying = replaying
+        # Scratch tables' suffix: a parallel rebuild's parts each have their own.
+        self.scratch = suffix
+        self.other_load: Counter[tuple[str, str]] = Counter()
 
     def load(self, lead_ids: set[str], account_ids: set[str],
              model_leads: Iterable[str] = ()) -> None:
@@ -186,21 +189,15 @@ class Page(PageChanges):
 
         ``fresh``: the tables are empty (a rebuild), so rows are copied, not upserted.
         """
+        if fresh:
+            self.write_leads()
+            self.copy_totals()
+            return
         s, db = self.s, self.db
         if self.superseded:
             self._delete_superseded()
         if self.released:
             self._delete_released()
-        if fresh:
-            self._copy("lead_state", STATE_COLUMNS, self.leads.values())
-            self._copy("lead_personal", PERSONAL_ROW, self.leads.values())
-            self._copy("account_state", ACCOUNT_COLUMNS, self.accounts.values())
-            self._copy("lead_model_state", MODEL_COLUMNS, self._model_rows())
-            db.copy_rows(f"funnel_daily{s}", self._counts("funnel_daily", self.funnel))
-            open_load: Counter[tuple[str, str]] = Counter(
-                key for key in map(_load_key, self.leads.values()) if key is not None)
-            db.copy_rows(f"owner_load{s}", self._counts("owner_load", open_load))
-            return
         self._upsert("lead_state", STATE_COLUMNS, self.leads.values())
         self._upsert("lead_personal", PERSONAL_ROW, self.leads.values())
         db.executemany(
@@ -227,10 +224,35 @@ class Page(PageChanges):
         self._upsert("account_state", ACCOUNT_COLUMNS, self.accounts.values())
         self._upsert("lead_model_state", MODEL_COLUMNS, self._model_rows(), keys=2)
 
+    def write_leads(self) -> None:
+        """A rebuild's lead rows (and their named models' rows) into its empty tables, once
+        the ledger rows of earlier pages that a backfill superseded or an unmerge released
+        are deleted."""
+        if self.superseded:
+            self._delete_superseded()
+        if self.released:
+            self._delete_released()
+        self._copy("lead_state", STATE_COLUMNS, self.leads.values())
+        self._copy("lead_personal", PERSONAL_ROW, self.leads.values())
+        self._copy("lead_model_state", MODEL_COLUMNS, self._model_rows())
+
+    def open_load(self) -> Counter[tuple[str, str]]:
+        """Open leads by (owner, stage) among this page's leads."""
+        return Counter(key for key in map(_load_key, self.leads.values()) if key is not None)
+
+    def copy_totals(self) -> None:
+        """A rebuild's rows that sum over leads (accounts, funnel counts, owner load) into
+        its empty tables; ``other_load`` adds the open leads a parallel rebuild's other parts
+        hold (projections/parallel.py)."""
+        self._copy("account_state", ACCOUNT_COLUMNS, self.accounts.values())
+        self.db.copy_rows(f"funnel_daily{self.s}", self._counts("funnel_daily", self.funnel))
+        self.db.copy_rows(f"owner_load{self.s}",
+                          self._counts("owner_load", self.open_load() + self.other_load))
+
     def _delete_superseded(self) -> None:
         """Delete the ledger rows of the replay's earlier pages that a later backfill of
         their lead's model superseded, in one statement over a table of the backfills."""
-        table = f"ledger_superseded{self.s}"
+        table = f"ledger_superseded{self.scratch}"
         self.db.execute(f"DROP TABLE IF EXISTS {table}")
         self.db.execute(f"CREATE TABLE {table} (lead_id TEXT NOT NULL, model TEXT NOT NULL, "
                         "nid BIGINT NOT NULL, PRIMARY KEY (lead_id, model))")
@@ -261,7 +283,7 @@ class Page(PageChanges):
         """Delete the ledger rows of the replay's earlier pages that a later unmerge of their
         lead released, in one statement over tables of the unmerges and the (model, record)
         pairs each lead kept."""
-        restores, kept = f"ledger_released{self.s}", f"ledger_kept{self.s}"
+        restores, kept = f"ledger_released{self.scratch}", f"ledger_kept{self.scratch}"
         for table, ddl in ((restores, "PRIMARY KEY (lead_id, nid)"),
                            (kept, "model TEXT NOT NULL, event_id TEXT NOT NULL, "
                                   "PRIMARY KEY (lead_id, nid, model, event_id)")):

@@ -246,6 +246,8 @@ def test_a_hostile_store_projects_and_rebuilds_identically_on_sqlite_and_postgre
         assert dump(db) == live, name
         Projector(app, db).rebuild(page_size=7)
         assert dump(db) == live, name
+        Projector(app, db).rebuild(page_size=7, workers=2)
+        assert dump(db) == live, name
         dumps[name] = live
         db.close()
     assert dumps["sqlite"] == dumps["postgres"]
@@ -365,10 +367,13 @@ def test_an_event_that_cannot_be_projected_stops_with_one_line_naming_it(
     assert projector.position() == position
     assert dump(db) == before
 
-    with pytest.raises(ProjectionFailedError) as again:
-        Projector(app, db).rebuild()
-    assert (again.value.notification_id, again.value.originator_id) == (bad_id, str(lead))
-    assert dump(db) == before  # the live tables stay
+    for workers in (1, 2):  # one process, and the leads split between two (PostgreSQL)
+        with pytest.raises(ProjectionFailedError) as again:
+            Projector(app, db).rebuild(workers=workers)
+        assert (again.value.notification_id, again.value.originator_id, again.value.topic) \
+            == (bad_id, str(lead), topic), workers
+        assert str(again.value) == line, workers
+        assert dump(db) == before  # the live tables stay
     assert projector.position() == position
     db.close()
 
