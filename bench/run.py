@@ -779,16 +779,20 @@ class Bench:
         # "rebuilt T1, T2, ... from N events; position X"
         words = child.stdout.split()
         events = int(words[words.index("from") + 1])
-        replay = next((float(entry["seconds"]) for entry in json_log(self.work / "rebuild.log")
-                       if entry.get("event") == "rebuild swapped in"), None)
+        swapped = next((entry for entry in json_log(self.work / "rebuild.log")
+                        if entry.get("event") == "rebuild swapped in"), {})
+        replay = float(swapped["seconds"]) if "seconds" in swapped else None
         self.results.setdefault("projection", {})["rebuild"] = {
             "events": events, "seconds": round(child.seconds, 3),
             "events_per_s": rate(events, child.seconds), "peak_rss_mib": child.peak_rss_mib,
             "replay_seconds": replay,
             "replay_events_per_s": rate(events, replay) if replay else None,
-            "how": "leadflow rebuild subprocess (fresh tables, replay, swap); events_per_s is "
-                   "process start to exit, replay_events_per_s the replay and swap alone "
-                   "(from its log, without interpreter start and setup)",
+            "processes": swapped.get("processes"),
+            "how": "leadflow rebuild subprocess (fresh tables, replay, swap; the leads split "
+                   "among 'processes' forked processes, one per core by default); "
+                   "events_per_s is process start to exit, replay_events_per_s the replay and "
+                   "swap alone (from its log, without interpreter start and setup); "
+                   "peak_rss_mib is the largest of the process and its parts (wait4)",
         }
 
     def stored_events(self) -> None:

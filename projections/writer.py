@@ -194,10 +194,7 @@ class Page(PageChanges):
             self.copy_totals()
             return
         s, db = self.s, self.db
-        if self.superseded:
-            self._delete_superseded()
-        if self.released:
-            self._delete_released()
+        self._delete_dropped()
         self._upsert("lead_state", STATE_COLUMNS, self.leads.values())
         self._upsert("lead_personal", PERSONAL_ROW, self.leads.values())
         db.executemany(
@@ -228,10 +225,7 @@ class Page(PageChanges):
         """A rebuild's lead rows (and their named models' rows) into its empty tables, once
         the ledger rows of earlier pages that a backfill superseded or an unmerge released
         are deleted."""
-        if self.superseded:
-            self._delete_superseded()
-        if self.released:
-            self._delete_released()
+        self._delete_dropped()
         self._copy("lead_state", STATE_COLUMNS, self.leads.values())
         self._copy("lead_personal", PERSONAL_ROW, self.leads.values())
         self._copy("lead_model_state", MODEL_COLUMNS, self._model_rows())
@@ -248,6 +242,13 @@ class Page(PageChanges):
         self.db.copy_rows(f"funnel_daily{self.s}", self._counts("funnel_daily", self.funnel))
         self.db.copy_rows(f"owner_load{self.s}",
                           self._counts("owner_load", self.open_load() + self.other_load))
+
+    def _delete_dropped(self) -> None:
+        """The ledger rows of earlier pages a backfill superseded or an unmerge released."""
+        if self.superseded:
+            self._delete_superseded()
+        if self.released:
+            self._delete_released()
 
     def _delete_superseded(self) -> None:
         """Delete the ledger rows of the replay's earlier pages that a later backfill of
