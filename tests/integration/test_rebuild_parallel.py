@@ -4,8 +4,12 @@ merged; and falls back to one process where the split cannot be exact."""
 
 from __future__ import annotations
 
+import os
 import random
+import signal
 import subprocess
+import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -21,6 +25,7 @@ from leadflow.projections import parallel
 from leadflow.projections.db import ProjectionDB
 from leadflow.projections.projector import Projector
 from tests.conftest import T0, Records, clean_env, days
+from tests.integration.kafka_helpers import wait_until
 from tests.integration.test_projections import LEADFLOW, dump, engine, load_stream
 
 
@@ -224,3 +229,77 @@ def test_parts_are_one_on_sqlite_and_by_default_on_a_small_store(
     assert parallel.parts_for(pg, None, parallel.MIN_EVENTS_PER_PART - 1) == 1
     assert parallel.parts_for(pg, 3, 10) == 3
     assert parallel.parts_for(pg, None, 10**8) == min(parallel._cpus(), parallel.MAX_PARTS)
+
+
+#: A rebuild whose parts read slowly (half a second before each page of 50 rows: each part
+#: would take over 20 s), so it can be killed half-way.
+SLOW_REBUILD = """
+import sys, time
+from leadflow.config import Settings
+from leadflow.engine.app import LeadflowApp
+from leadflow.projections.db import ProjectionDB
+from leadflow.projections.projector import Projector
+from leadflow.store.postgres import LeadflowPostgresProcessRecorder as Recorder
+
+read = Recorder.select_part_rows
+def slowly(self, *args):
+    time.sleep(0.5)
+    return read(self, *args)
+Recorder.select_part_rows = slowly
+url = sys.argv[1]
+app = LeadflowApp(env=Settings(database_url=url, aggregate_cache_size=0).eventsourcing_env({}))
+Projector(app, ProjectionDB(url)).rebuild(workers=2, page_size=50)
+"""
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/children") as listed:
+            found += [int(child) for child in listed.read().split()]
+    return found
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parts are forked on Linux")
+def test_a_rebuild_killed_half_way_leaves_no_part_running_and_the_live_tables_as_they_were(
+        generated: tuple[LeadflowApp, ProjectionDB], pg_url: str, tmp_path: Any) -> None:
+    app, db = generated
+    Projector(app, db).run(until_idle=True)
+    before = dump(db)
+    log = tmp_path / "rebuild.log"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_REBUILD, pg_url], env=clean_env(),
+                               stdout=log.open("wb"), stderr=subprocess.STDOUT)
+    try:
+        parts: list[int] = []
+
+        def started() -> bool:
+            parts[:] = _children(process.pid)
+            try:
+                with psycopg.connect(pg_url) as conn:
+                    written = conn.execute(
+                        "SELECT EXISTS (SELECT 1 FROM score_ledger_rebuild)").fetchone()
+            except psycopg.errors.UndefinedTable:  # not created yet
+                return False
+            return len(parts) == 2 and bool(written and written[0])
+
+        wait_until(started, 60, "both parts of the rebuild to write rows", interval=0.05,
+                   watch=[(process, log)])
+    finally:
+        process.kill()  # no chance to clean up: the parts must notice on their own
+        process.wait(timeout=30)
+    # Each part looks for its parent after every page: gone, it exits (a part that went on
+    # to the end would take over 20 s).
+    wait_until(lambda: not any(_running(pid) for pid in parts), 10,
+               "the parts of a killed rebuild to exit", interval=0.1)
+    assert dump(db) == before  # the live tables were never touched
+    # The next rebuild starts from scratch over what the killed one left.
+    _, _, logs = rebuilt(app, db, 2)
+    assert processes(logs) == 2 and dump(db) == before
