@@ -21,7 +21,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from leadflow.config import ConfigError
-from leadflow.store import bookkeeping
+from leadflow.store import bookkeeping, books_embedded
 from leadflow.store.keys import (
     KeySource,
     key_bytes,
@@ -118,7 +118,7 @@ class KeyTable:
 
     def __init__(self, recorder: Any) -> None:
         self.recorder = recorder
-        self.memory: bookkeeping.MemoryBooks | None = getattr(recorder, "_books", None)
+        self.memory: books_embedded.MemoryBooks | None = getattr(recorder, "_books", None)
         datastore = getattr(recorder, "datastore", None)
         self.schema: str | None = getattr(datastore, "schema", None)
 
@@ -131,7 +131,7 @@ class KeyTable:
         with self.recorder.datastore.transaction(commit=False) as cursor:
             if self.schema is not None:
                 return bookkeeping.postgres_data_keys(cursor, self.schema, ids)
-            return bookkeeping.sqlite_data_keys(cursor, ids)
+            return books_embedded.sqlite_data_keys(cursor, ids)
 
     def select_all(self) -> list[UUID]:
         """The ids of every aggregate with a data key."""
@@ -153,7 +153,7 @@ class KeyTable:
             if self.schema is not None:
                 bookkeeping.postgres_add_data_key(cursor, self.schema, aggregate_id, wrapped)
             else:
-                bookkeeping.sqlite_add_data_key(cursor, aggregate_id, wrapped)
+                books_embedded.sqlite_add_data_key(cursor, aggregate_id, wrapped)
 
     def rewrap_all(self, master: MasterKeys) -> int:
         """Re-wrap every data key with the master key's current key; returns how many."""

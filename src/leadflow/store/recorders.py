@@ -28,8 +28,9 @@ from eventsourcing.popo import POPOProcessRecorder
 from eventsourcing.sqlite import SQLiteCursor, SQLiteProcessRecorder
 
 from leadflow.config import POSTGRES_RECORDER_TOPIC
-from leadflow.store import bookkeeping
+from leadflow.store import bookkeeping, books_embedded
 from leadflow.store.bookkeeping import Target
+from leadflow.store.books_embedded import from_sqlite_time, sqlite_time
 
 #: The advisory lock every leadflow process takes around its DDL ("leadflow" in ASCII; the
 #: projector's schema set-up takes the same one).
@@ -50,17 +51,8 @@ META_TABLE = "leadflow_meta"
 #: (store/personal.py), data keys in ``leadflow_data_keys``.
 STORE_VERSION = 5
 
-_SQLITE_TIME = "%Y-%m-%dT%H:%M:%S.%f"  # fixed width, so text order is time order
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NIL = UUID(int=0)
-
-
-def _sqlite_time(at: datetime) -> str:
-    return at.astimezone(UTC).strftime(_SQLITE_TIME)
-
-
-def _from_sqlite_time(text: str) -> datetime:
-    return datetime.strptime(text, _SQLITE_TIME).replace(tzinfo=UTC)
 
 
 # (notification id, raw originator id, version, topic, state): one row of the events table.
@@ -198,30 +190,30 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
                 f"CREATE INDEX IF NOT EXISTS {TIMERS_TABLE}_due ON {TIMERS_TABLE} "
                 "(due_at, lead_id)",
                 f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, "
-                "value TEXT NOT NULL) WITHOUT ROWID", *bookkeeping.SQLITE_DDL]
+                "value TEXT NOT NULL) WITHOUT ROWID", *books_embedded.SQLITE_DDL]
 
     def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
         with self.datastore.transaction(commit=False) as c:
-            return bookkeeping.sqlite_identities(c, keys)
+            return books_embedded.sqlite_identities(c, keys)
 
     def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
         with self.datastore.transaction(commit=False) as c:
-            return bookkeeping.sqlite_engagements(c, account_ids)
+            return books_embedded.sqlite_engagements(c, account_ids)
 
     def select_counters(self) -> dict[str, int]:
         with self.datastore.transaction(commit=False) as c:
-            return bookkeeping.sqlite_counters(c)
+            return books_embedded.sqlite_counters(c)
 
     def select_due(self, after: datetime | None, until: datetime, cursor: Due | None,
                    limit: int) -> list[Due]:
-        low = _sqlite_time(after or _EPOCH)
-        key = (_sqlite_time(cursor[0]), cursor[1].hex) if cursor else (low, "")
+        low = sqlite_time(after or _EPOCH)
+        key = (sqlite_time(cursor[0]), cursor[1].hex) if cursor else (low, "")
         with self.datastore.transaction(commit=False) as c:
             c.execute(f"SELECT due_at, lead_id FROM {TIMERS_TABLE} WHERE due_at > ? AND "
                       "due_at <= ? AND (due_at > ? OR (due_at = ? AND lead_id > ?)) "
                       "ORDER BY due_at, lead_id LIMIT ?",
-                      (low, _sqlite_time(until), key[0], key[0], key[1], limit))
-            return [(_from_sqlite_time(at), UUID(lead)) for at, lead in c.fetchall()]
+                      (low, sqlite_time(until), key[0], key[0], key[1], limit))
+            return [(from_sqlite_time(at), UUID(lead)) for at, lead in c.fetchall()]
 
     def meta(self, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as c:
@@ -260,7 +252,7 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
 
     def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
         with self.datastore.transaction(commit=False) as c:
-            return bookkeeping.sqlite_identity_page(c, after, limit)
+            return books_embedded.sqlite_identity_page(c, after, limit)
 
     def select_record_ids(self, event_ids: Sequence[str]) -> dict[str, RecordId]:
         out: dict[str, RecordId] = {}
@@ -283,13 +275,13 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
             c.executemany(f"DELETE FROM {TIMERS_TABLE} WHERE lead_id = ?",
                           [(lead.hex,) for lead, due in timers.items() if due is None])
             c.executemany(f"INSERT OR REPLACE INTO {TIMERS_TABLE} VALUES (?, ?)",
-                          [(lead.hex, _sqlite_time(due)) for lead, due in timers.items()
+                          [(lead.hex, sqlite_time(due)) for lead, due in timers.items()
                            if due is not None])
         books = bookkeeping.books_of(kwargs)
         ids = record_ids_of(kwargs)
         try:
             if books is not None:
-                bookkeeping.sqlite_write(c, books)
+                books_embedded.sqlite_write(c, books)
         except sqlite3.IntegrityError as exc:
             raise IntegrityError(str(exc)) from exc
         if ids:
@@ -311,7 +303,7 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         self._record_ids_lock = threading.Lock()
         self._timers: dict[UUID, datetime] = {}
         self._meta: dict[str, str] = {}
-        self._books = bookkeeping.MemoryBooks()
+        self._books = books_embedded.MemoryBooks()
 
     def select_identities(self, keys: Sequence[str]) -> dict[str, Target]:
         with self._record_ids_lock:
