@@ -227,6 +227,8 @@ def _wait(projector: Projector, helpers: list[tuple[Any, Any, Any]], total: int,
                 if process.is_alive() or receive.poll():
                     continue
                 message = ("died", _exit(process))
+            if projector._stop.is_set():  # a Ctrl-C reaches the parts too: they die of it
+                return None
             kind, body = cast("tuple[str, Any]", message)
             if kind in ("done", "failed"):
                 results[index] = body

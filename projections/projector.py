@@ -291,13 +291,14 @@ class Projector(_Decoder):
                 try:
                     position = parallel.replay(self, state, parts, page_size, total, progress)
                 except parallel.OneProcess as exc:
-                    log.warning("rebuild replayed again in one process", reason=str(exc))
+                    if not self._stop.is_set():  # (a stop also ends the parts: not a failure)
+                        log.warning("rebuild replayed again in one process", reason=str(exc))
                     self.stats = ProjectionStats()
-            if position is None:
+            if position is None and not self._stop.is_set():
                 state = self._fresh(suffix)
                 position = self._replay(state, page_size, total, progress)
-            if self._stop.is_set():
-                raise RebuildInterrupted(f"rebuild stopped at event {position}; the live "
+            if self._stop.is_set() or position is None:
+                raise RebuildInterrupted(f"rebuild stopped at event {position or 0}; the live "
                                          "tables are unchanged")
             self._swap(state, position)
         except RowFailed as exc:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import subprocess
 import sys
 import uuid
@@ -301,3 +302,58 @@ def test_a_rebuild_killed_half_way_leaves_no_part_running_and_the_live_tables_as
     # The next rebuild starts from scratch over what the killed one left.
     _, _, logs = rebuilt(app, db, 2)
     assert processes(logs) == 2 and dump(db) == before
+
+
+#: ``leadflow rebuild --workers 2`` with parts that read slowly, as SLOW_REBUILD.
+SLOW_COMMAND = SLOW_REBUILD.partition("url = sys.argv[1]")[0] + """
+from leadflow.cli import main
+sys.argv = ["leadflow", "--database", sys.argv[1], "--log-format", "json", "rebuild",
+            "--workers", "2"]
+main()
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parts are forked on Linux")
+@pytest.mark.parametrize("how", ["term", "ctrl-c"])
+def test_a_stopped_rebuild_command_says_where_in_one_line_and_leaves_the_live_tables(
+        generated: tuple[LeadflowApp, ProjectionDB], pg_url: str, tmp_path: Any,
+        how: str) -> None:
+    """TERM to the command, or Ctrl-C (SIGINT to its whole process group, parts included):
+    the replay stops (not replayed again in one process), one line, exit 1."""
+    app, db = generated
+    Projector(app, db).run(until_idle=True)
+    before = dump(db)
+    log = tmp_path / "rebuild.log"
+    process = subprocess.Popen([sys.executable, "-c", SLOW_COMMAND, pg_url], env=clean_env(),
+                               stdout=subprocess.DEVNULL, stderr=log.open("wb"),
+                               start_new_session=True)
+    parts: list[int] = []
+    try:
+        def started() -> bool:
+            parts[:] = _children(process.pid)
+            try:
+                with psycopg.connect(pg_url) as conn:
+                    written = conn.execute(
+                        "SELECT EXISTS (SELECT 1 FROM score_ledger_rebuild)").fetchone()
+            except psycopg.errors.UndefinedTable:
+                return False
+            return len(parts) == 2 and bool(written and written[0])
+
+        wait_until(started, 60, "both parts of the rebuild to write rows", interval=0.05,
+                   watch=[(process, log)])
+        if how == "term":
+            process.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(process.pid, signal.SIGINT)
+        code = process.wait(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    stderr = log.read_text()
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1, stderr[-3000:]
+    assert "rebuild stopped at event" in errors[0], errors
+    assert "the live tables are unchanged" in errors[0]
+    assert "Traceback" not in stderr and "replayed again in one process" not in stderr
+    assert not any(_running(pid) for pid in parts)
+    assert dump(db) == before

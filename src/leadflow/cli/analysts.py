@@ -130,14 +130,24 @@ def rebuild(obj: Context, name: str, workers: int | None) -> None:
     if name != "all" and name not in TABLES:
         raise click.BadParameter(f"{name!r} is unknown; use all or one of "
                                  f"{', '.join(TABLES)}", param_hint="--projection")
+    from leadflow.projections.projector import RebuildInterrupted
+
     db = projection_db(obj)
     projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
     tune_gc()
-    with _projecting(obj, rebuilding=True), progress_bar() as progress:
-        task = progress.add_task("rebuild", total=None, unit="events")
-        stats = projector.rebuild(progress=lambda pos, top: progress.update(
-            task, completed=pos, total=top), workers=workers)
-    db.close()
+    # Ctrl-C or a TERM stops the replay after its current page (and its other processes):
+    # one line, the live tables untouched, no traceback.
+    signal.signal(signal.SIGTERM, projector.stop)
+    signal.signal(signal.SIGINT, projector.stop)
+    try:
+        with _projecting(obj, rebuilding=True), progress_bar() as progress:
+            task = progress.add_task("rebuild", total=None, unit="events")
+            stats = projector.rebuild(progress=lambda pos, top: progress.update(
+                task, completed=pos, total=top), workers=workers)
+    except RebuildInterrupted as exc:
+        fail(str(exc))
+    finally:
+        db.close()
     click.echo(f"rebuilt {', '.join(TABLES)} from {stats.events} events; position "
                f"{stats.position}")
 
