@@ -357,3 +357,26 @@ def test_a_stopped_rebuild_command_says_where_in_one_line_and_leaves_the_live_ta
     assert "Traceback" not in stderr and "replayed again in one process" not in stderr
     assert not any(_running(pid) for pid in parts)
     assert dump(db) == before
+
+
+def test_parts_read_a_store_encrypted_at_rest(pg_url: str) -> None:
+    """The parts open the store as the parent does (the cipher from its environment)."""
+    from eventsourcing.cryptography import AESCipher
+
+    from leadflow.config import Settings
+
+    cipher = {"CIPHER_KEY": AESCipher.create_key(32)}
+    env = Settings(database_url=pg_url, aggregate_cache_size=0).eventsourcing_env(cipher)
+    app = LeadflowApp(env={**env, **cipher})  # the key given to the app, not the process
+    load_stream(app, leads=150, seed=9)
+    with psycopg.connect(pg_url) as conn:
+        row = conn.execute("SELECT state FROM leadflow_events LIMIT 1").fetchone()
+    assert row and b"occurred_at" not in bytes(row[0])  # the rows are ciphertext
+    db = ProjectionDB(pg_url)
+    Projector(app, db, page_size=100).run(until_idle=True)
+    live = dump(db)
+    assert len(live["lead_state"]) > 100
+    _, _, logs = rebuilt(app, db, 2)
+    assert processes(logs) == 2 and dump(db) == live
+    assert not [e for e in logs if e["log_level"] == "warning"]
+    db.close()
