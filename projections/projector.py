@@ -295,6 +295,7 @@ class Projector(_Decoder):
                         log.warning("rebuild replayed again in one process", reason=str(exc))
                     self.stats = ProjectionStats()
             if position is None and not self._stop.is_set():
+                parts = 1  # (what the log says made the tables)
                 state = self._fresh(suffix)
                 position = self._replay(state, page_size, total, progress)
             if self._stop.is_set() or position is None:
