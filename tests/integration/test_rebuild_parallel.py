@@ -268,6 +268,26 @@ def _running(pid: int) -> bool:
         return False
 
 
+def _parts_writing(process: subprocess.Popen[bytes], log: Any, pg_url: str) -> list[int]:
+    """Wait until the rebuild ``process`` runs two parts and they have written rows; their
+    pids."""
+    parts: list[int] = []
+
+    def started() -> bool:
+        parts[:] = _children(process.pid)
+        try:
+            with psycopg.connect(pg_url) as conn:
+                written = conn.execute(
+                    "SELECT EXISTS (SELECT 1 FROM score_ledger_rebuild)").fetchone()
+        except psycopg.errors.UndefinedTable:  # not created yet
+            return False
+        return len(parts) == 2 and bool(written and written[0])
+
+    wait_until(started, 60, "both parts of the rebuild to write rows", interval=0.05,
+               watch=[(process, log)])
+    return parts
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parts are forked on Linux")
 def test_a_rebuild_killed_half_way_leaves_no_part_running_and_the_live_tables_as_they_were(
         generated: tuple[LeadflowApp, ProjectionDB], pg_url: str, tmp_path: Any) -> None:
@@ -278,20 +298,7 @@ def test_a_rebuild_killed_half_way_leaves_no_part_running_and_the_live_tables_as
     process = subprocess.Popen([sys.executable, "-c", SLOW_REBUILD, pg_url], env=clean_env(),
                                stdout=log.open("wb"), stderr=subprocess.STDOUT)
     try:
-        parts: list[int] = []
-
-        def started() -> bool:
-            parts[:] = _children(process.pid)
-            try:
-                with psycopg.connect(pg_url) as conn:
-                    written = conn.execute(
-                        "SELECT EXISTS (SELECT 1 FROM score_ledger_rebuild)").fetchone()
-            except psycopg.errors.UndefinedTable:  # not created yet
-                return False
-            return len(parts) == 2 and bool(written and written[0])
-
-        wait_until(started, 60, "both parts of the rebuild to write rows", interval=0.05,
-                   watch=[(process, log)])
+        parts = _parts_writing(process, log, pg_url)
     finally:
         process.kill()  # no chance to clean up: the parts must notice on their own
         process.wait(timeout=30)
@@ -328,20 +335,8 @@ def test_a_stopped_rebuild_command_says_where_in_one_line_and_leaves_the_live_ta
     process = subprocess.Popen([sys.executable, "-c", SLOW_COMMAND, pg_url], env=clean_env(),
                                stdout=subprocess.DEVNULL, stderr=log.open("wb"),
                                start_new_session=True)
-    parts: list[int] = []
     try:
-        def started() -> bool:
-            parts[:] = _children(process.pid)
-            try:
-                with psycopg.connect(pg_url) as conn:
-                    written = conn.execute(
-                        "SELECT EXISTS (SELECT 1 FROM score_ledger_rebuild)").fetchone()
-            except psycopg.errors.UndefinedTable:
-                return False
-            return len(parts) == 2 and bool(written and written[0])
-
-        wait_until(started, 60, "both parts of the rebuild to write rows", interval=0.05,
-                   watch=[(process, log)])
+        parts = _parts_writing(process, log, pg_url)
         if how == "term":
             process.send_signal(signal.SIGTERM)
         else:
