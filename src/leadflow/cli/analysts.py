@@ -124,14 +124,12 @@ def rebuild(obj: Context, name: str, workers: int | None) -> None:
     PostgreSQL the leads are split among processes (--workers), each replaying its leads'
     events in order; the result is the same rows as one process gives.
     """
-    from leadflow.projections.projector import Projector
+    from leadflow.projections.projector import Projector, RebuildInterrupted
     from leadflow.projections.schema import TABLES
 
     if name != "all" and name not in TABLES:
         raise click.BadParameter(f"{name!r} is unknown; use all or one of "
                                  f"{', '.join(TABLES)}", param_hint="--projection")
-    from leadflow.projections.projector import RebuildInterrupted
-
     db = projection_db(obj)
     projector = Projector(obj.app(), db, page_size=obj.settings.projection_page_size)
     tune_gc()
