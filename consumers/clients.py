@@ -23,7 +23,8 @@ def touchpoint_consumer(settings: KafkaSettings) -> KafkaConsumer:
         bootstrap_servers=settings.bootstrap_servers, group_id=settings.group_id,
         enable_auto_commit=False, auto_offset_reset="earliest",
         max_poll_records=settings.max_poll_records, client_id="leadflow-consume",
-        fetch_max_wait_ms=200, group_instance_id=settings.instance_id,
+        fetch_max_wait_ms=200, max_partition_fetch_bytes=settings.max_partition_fetch_bytes,
+        group_instance_id=settings.instance_id,
         session_timeout_ms=settings.session_timeout_ms,
         heartbeat_interval_ms=max(1000, settings.session_timeout_ms // 4))
 

@@ -17,6 +17,10 @@ class KafkaSettings:
     lifecycle_topic: str = "leadflow.lifecycle"
     group_id: str = "leadflow-engine"
     max_poll_records: int = 2000
+    #: bytes fetched per partition and request (kafka-python's default). Larger fetches let a
+    #: poll return more of a partition, so batches grow toward ``max_poll_records``: fewer,
+    #: larger transactions, for more memory (README, Performance).
+    max_partition_fetch_bytes: int = 1024 * 1024
     #: how many times a failing batch is retried (database down, write conflict) before the
     #: consumer stops loudly; it resumes from the tracked offsets on restart.
     max_retries: int = 5
@@ -44,6 +48,8 @@ class KafkaSettings:
                 group_id=env.get("LEADFLOW_KAFKA_GROUP", cls.group_id),
                 max_poll_records=int(env.get("LEADFLOW_KAFKA_MAX_POLL_RECORDS",
                                              cls.max_poll_records)),
+                max_partition_fetch_bytes=int(env.get(
+                    "LEADFLOW_KAFKA_MAX_PARTITION_FETCH_BYTES", cls.max_partition_fetch_bytes)),
                 max_retries=int(env.get("LEADFLOW_KAFKA_MAX_RETRIES", cls.max_retries)),
                 retry_backoff_seconds=float(env.get("LEADFLOW_KAFKA_RETRY_BACKOFF_SECONDS",
                                                     cls.retry_backoff_seconds)),
@@ -54,8 +60,15 @@ class KafkaSettings:
                                                cls.session_timeout_ms)),
                 segment_topic=env.get("LEADFLOW_KAFKA_SEGMENT_TOPIC", "").strip() or None,
             )
+        except ConfigError:
+            raise
         except ValueError as exc:
             raise ConfigError(f"LEADFLOW_KAFKA_* numeric setting is not a number: {exc}") from exc
+
+    def __post_init__(self) -> None:
+        if not 1024 <= self.max_partition_fetch_bytes <= 1 << 30:
+            raise ConfigError(f"LEADFLOW_KAFKA_MAX_PARTITION_FETCH_BYTES="
+                              f"{self.max_partition_fetch_bytes} is outside 1024 to 1073741824")
 
     @property
     def bootstrap_servers(self) -> list[str]:

@@ -54,15 +54,19 @@ def test_db_init_is_idempotent(pipe: Pipeline) -> None:
     assert "***" in again.stdout  # the password is never printed
 
 
+@pytest.mark.parametrize("fetch", [None, "16384"], ids=["default-fetch", "16-KiB-fetches"])
 def test_published_records_consumed_into_postgres_match_the_embedded_engine(
-        pipe: Pipeline, tmp_path: Path) -> None:
+        pipe: Pipeline, tmp_path: Path, fetch: str | None) -> None:
+    # 16 KiB partition fetches (a soft limit: the broker still returns a whole record batch
+    # of the producer's): the same result.
+    extra = {"LEADFLOW_KAFKA_MAX_PARTITION_FETCH_BYTES": fetch} if fetch else {}
     pipe.create_topics(partitions=1)
     lines = write_stream(tmp_path / "s.jsonl", leads=300, days=45, seed=11)
     published = pipe.run("publish", str(tmp_path / "s.jsonl"))
     assert published.returncode == 3, published.stderr  # the stream has bad lines on purpose
     records = valid_records(lines)
     assert f"{len(records)} published" in published.stdout
-    consumed = pipe.run("consume", "--until-idle")
+    consumed = pipe.run("consume", "--until-idle", **extra)
     assert consumed.returncode == 0, consumed.stderr[-3000:]
     end = max(r.occurred_at for r in records)
     reference = reference_app(records)
@@ -280,3 +284,16 @@ def test_the_relay_publishes_each_lifecycle_event_once_even_when_restarted(
     again = pipe.run("relay", "--until-idle")
     assert again.returncode == 0 and "relayed 0 lifecycle events" in again.stdout
     assert all(m.key == str(e.lead_id).encode() for m, e in zip(messages, events, strict=True))
+
+
+def test_the_partition_fetch_size_reaches_the_kafka_client(pipe: Pipeline) -> None:
+    from leadflow.consumers.clients import touchpoint_consumer
+    from leadflow.consumers.settings import KafkaSettings
+
+    settings = KafkaSettings.from_env(pipe.env(LEADFLOW_KAFKA_MAX_PARTITION_FETCH_BYTES="123456"))
+    consumer = touchpoint_consumer(settings)  # connects to the real broker
+    try:
+        assert consumer.config["max_partition_fetch_bytes"] == 123456
+        assert consumer.config["max_poll_records"] == settings.max_poll_records
+    finally:
+        consumer.close()
