@@ -288,7 +288,6 @@ def _parts_writing(process: subprocess.Popen[bytes], log: Any, pg_url: str) -> l
     return parts
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parts are forked on Linux")
 def test_a_rebuild_killed_half_way_leaves_no_part_running_and_the_live_tables_as_they_were(
         generated: tuple[LeadflowApp, ProjectionDB], pg_url: str, tmp_path: Any) -> None:
     app, db = generated
@@ -321,7 +320,6 @@ main()
 """
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parts are forked on Linux")
 @pytest.mark.parametrize("how", ["term", "ctrl-c"])
 def test_a_stopped_rebuild_command_says_where_in_one_line_and_leaves_the_live_tables(
         generated: tuple[LeadflowApp, ProjectionDB], pg_url: str, tmp_path: Any,
