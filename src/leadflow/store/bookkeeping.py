@@ -335,14 +335,22 @@ def _tuple_rows(curs: Any) -> Iterator[None]:
         curs.row_factory = before
 
 
+def identities_statement(schema: str) -> str:
+    """The identity rows of an array of keys (hashed, ``Directory``): see postgres_identities."""
+    return ("SELECT i.key, i.target_id, i.is_interest FROM unnest(%s::text[]) AS k(key), "
+            f'LATERAL (SELECT key, target_id, is_interest FROM "{schema}".{IDENTITIES_TABLE} '
+            "WHERE key = k.key LIMIT 1) AS i")
+
+
 def postgres_identities(curs: Any, schema: str, keys: Sequence[str]) -> dict[str, Target]:
     # One probe of the key's index per key, whatever the table's statistics (``= ANY``
-    # scanned the whole table on a store not analysed yet).
+    # scanned the whole table on a store not analysed yet). ``LIMIT 1`` (the key is the
+    # primary key: one row at most) keeps the LATERAL subquery a subquery: without it the
+    # planner flattened it into a hash join over the whole table, which it costs below a
+    # thousand index probes up to ~200,000 keys (6.6 ms a batch at 44,630 keys against
+    # 1.7 ms; 19 µs of the server's time a record at 400,000 records of the default stream).
     with _tuple_rows(curs):
-        curs.execute("SELECT i.key, i.target_id, i.is_interest FROM unnest(%s::text[]) AS "
-                     f'k(key), LATERAL (SELECT key, target_id, is_interest FROM "{schema}".'
-                     f"{IDENTITIES_TABLE} WHERE key = k.key) AS i", (TextArray(keys),),
-                     prepare=True)
+        curs.execute(identities_statement(schema), (TextArray(keys),), prepare=True)
         return {key: (target, interest) for key, target, interest in curs.fetchall()}
 
 

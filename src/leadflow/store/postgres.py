@@ -94,8 +94,13 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         self.insert_record_ids_statement = SQL(
             "INSERT INTO {} (event_id, digest, lead_id) "
             "SELECT * FROM unnest(%b::text[], %b::bytea[], %b::uuid[])").format(ids_table)
+        # One primary-key probe per id, as for moved-on above. ``event_id = ANY(%s)`` was
+        # planned as a scan of the whole table while it was small enough to look cheap (up
+        # to ~200,000 ids): 11 ms a batch of 1,000 at 157,612 ids, against 0.9 ms.
         self.select_record_ids_statement = SQL(
-            "SELECT event_id, digest, lead_id FROM {} WHERE event_id = ANY(%s)").format(ids_table)
+            "SELECT r.event_id, r.digest, r.lead_id FROM unnest(%s::text[]) AS k(id), LATERAL "
+            "(SELECT event_id, digest, lead_id FROM {} WHERE event_id = k.id LIMIT 1) AS r"
+        ).format(ids_table)
         timers = Identifier(self.datastore.schema, TIMERS_TABLE)
         meta = Identifier(self.datastore.schema, META_TABLE)
         self.sql_create_statements.append(SQL(
