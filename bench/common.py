@@ -1,5 +1,8 @@
 """The bench's shared parts: processes, databases, logs and the state every step reads
-(bench/run.py runs the steps)."""
+(bench/run.py runs the steps).
+
+The step modules (pipeline, reads, costs, report) are imported by run.py, which puts the
+repository root on ``sys.path`` first: they import ``tests.integration`` helpers."""
 
 from __future__ import annotations
 
@@ -19,27 +22,24 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
-
-import psycopg  # noqa: E402
-from kafka import KafkaConsumer  # noqa: E402
-from rich.console import Console  # noqa: E402
-from rich.progress import (  # noqa: E402
+import psycopg
+from kafka import KafkaConsumer
+from rich.console import Console
+from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
     TextColumn,
     TimeElapsedColumn,
 )
-from tests.integration.kafka_helpers import Pipeline  # noqa: E402
-from tests.integration.services import Services  # noqa: E402
+from tests.integration.kafka_helpers import Pipeline
+from tests.integration.services import Services
 
-from leadflow.config import Settings  # noqa: E402
-from leadflow.contract import InboundRecord  # noqa: E402
-from leadflow.engine.app import LeadflowApp  # noqa: E402
+from leadflow.config import Settings
+from leadflow.contract import InboundRecord
+from leadflow.engine.app import LeadflowApp
 
+ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 PARTITIONS = 6
 MIB = 1024.0  # ru_maxrss is in KiB on Linux

@@ -21,11 +21,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 from uuid import NAMESPACE_URL, UUID, uuid5
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
-
-from common import (  # noqa: E402
+from common import (
     BenchState,
     leadflow_app,
     percentile,
@@ -33,15 +29,15 @@ from common import (  # noqa: E402
     rate,
     run_child,
 )
-from cost_child import UnkeyedRing  # noqa: E402
-from eventsourcing.application import AggregateNotFoundError, Application  # noqa: E402
-from eventsourcing.domain import Aggregate, event  # noqa: E402
-from tests.integration.kafka_helpers import LEADFLOW  # noqa: E402
+from cost_child import UnkeyedRing
+from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.domain import Aggregate, event
+from tests.integration.kafka_helpers import LEADFLOW
 
-from leadflow.config import database_env  # noqa: E402
-from leadflow.consumers.publish import identity_of  # noqa: E402
-from leadflow.contract import InboundRecord  # noqa: E402
-from leadflow.engine.app import LeadflowApp  # noqa: E402
+from leadflow.config import database_env
+from leadflow.consumers.publish import identity_of
+from leadflow.contract import InboundRecord
+from leadflow.engine.app import LeadflowApp
 
 # --------------------------------------------------------------------------- naive baseline
 

@@ -6,18 +6,12 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
-
-from common import (  # noqa: E402
+from common import (
     PARTITIONS,
     BenchState,
     count_rows,
@@ -29,11 +23,11 @@ from common import (  # noqa: E402
     run_children,
     steady_figures,
 )
-from cost_child import parse_lines, read_lines  # noqa: E402
-from kafka import KafkaConsumer, TopicPartition  # noqa: E402
-from tests.integration.kafka_helpers import LEADFLOW, Pipeline  # noqa: E402
+from cost_child import parse_lines, read_lines
+from kafka import KafkaConsumer, TopicPartition
+from tests.integration.kafka_helpers import LEADFLOW, Pipeline
 
-from leadflow.generator import generate  # noqa: E402
+from leadflow.generator import generate
 
 
 class PipelineSteps(BenchState):

@@ -6,17 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-import sys
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
-
-import psycopg  # noqa: E402
-from common import (  # noqa: E402
+import psycopg
+from common import (
     BenchState,
     Child,
     count_rows,
@@ -27,11 +21,11 @@ from common import (  # noqa: E402
     rate,
     run_child,
 )
-from tests.integration.kafka_helpers import LEADFLOW  # noqa: E402
+from tests.integration.kafka_helpers import LEADFLOW
 
-from leadflow.domain.rules import default_rules_text  # noqa: E402
-from leadflow.projections.db import ProjectionDB  # noqa: E402
-from leadflow.projections.queries import funnel  # noqa: E402
+from leadflow.domain.rules import default_rules_text
+from leadflow.projections.db import ProjectionDB
+from leadflow.projections.queries import funnel
 
 
 class ReadSteps(BenchState):

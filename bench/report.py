@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))  # so that `tests.integration.services` is importable
-
-from common import (  # noqa: E402
+from common import (
     PARTITIONS,
     dig,
     out,
 )
-from rich.table import Table  # noqa: E402
+from rich.table import Table
 
 # The engine v2 issue's "must reach" targets: (key, label, figure path in the results,
 # comparison, threshold, unit).
@@ -56,6 +51,16 @@ def fmt(value: Any, unit: str = "") -> str:
     else:
         text = f"{value:,}" if isinstance(value, int) else str(value)
     return f"{text} {unit}".strip()
+
+
+def _paired_cost(r: dict[str, Any], label: str, key: str, figure: str
+                 ) -> tuple[str, str, str]:
+    """A row of a paired ingest (costs.py ``paired_ingest``): the ratio and how it was read."""
+    return (label, fmt(dig(r, f"{key}.{figure}"), "x"),
+            f"{fmt(dig(r, f'{key}.measure'))}, {fmt(dig(r, f'{key}.records'))} records in "
+            f"process on SQLite; CPU median of 7 pairs "
+            f"{fmt(dig(r, f'{key}.cpu_pairwise_median'), 'x')}, fastest runs "
+            f"{fmt(dig(r, f'{key}.wall_ratio'), 'x')} wall")
 
 
 def render(results: dict[str, Any], path: Path) -> None:
@@ -107,17 +112,9 @@ def render(results: dict[str, Any], path: Path) -> None:
         ("verify (whole store)", fmt(dig(r, "verify.events_per_s"), "ev/s"),
          f"{fmt(dig(r, 'verify.rows'))} rows, {fmt(dig(r, 'verify.aggregates'))} aggregates "
          f"in {fmt(dig(r, 'verify.seconds'), 's')}"),
-        ("ingest, personal data encrypted vs plain",
-         fmt(dig(r, "privacy_cost.encrypted_vs_plain"), "x"),
-         f"{fmt(dig(r, 'privacy_cost.measure'))}, {fmt(dig(r, 'privacy_cost.records'))} "
-         f"records in process on SQLite; CPU median of 7 pairs "
-         f"{fmt(dig(r, 'privacy_cost.cpu_pairwise_median'), 'x')}, fastest runs "
-         f"{fmt(dig(r, 'privacy_cost.wall_ratio'), 'x')} wall"),
-        ("ingest, keyed vs unkeyed links", fmt(dig(r, "chain_cost.keyed_vs_unkeyed"), "x"),
-         f"{fmt(dig(r, 'chain_cost.measure'))}, {fmt(dig(r, 'chain_cost.records'))} records "
-         f"in process on SQLite; CPU median of 7 pairs "
-         f"{fmt(dig(r, 'chain_cost.cpu_pairwise_median'), 'x')}, fastest runs "
-         f"{fmt(dig(r, 'chain_cost.wall_ratio'), 'x')} wall"),
+        _paired_cost(r, "ingest, personal data encrypted vs plain", "privacy_cost",
+                     "encrypted_vs_plain"),
+        _paired_cost(r, "ingest, keyed vs unkeyed links", "chain_cost", "keyed_vs_unkeyed"),
         ("rescore (backtest)", fmt(dig(r, "rescore.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'rescore.leads'))} leads in {fmt(dig(r, 'rescore.seconds'), 's')}"),
         ("dedupe suggest (whole store)", fmt(dig(r, "dedupe.seconds"), "s"),
