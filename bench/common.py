@@ -267,6 +267,38 @@ def count_rows(url: str, table: str) -> int:
     return int(row[0]) if row else 0
 
 
+def postgres_cpu_seconds() -> float | None:
+    """CPU time (user + system) of the PostgreSQL processes on this machine, from ``/proc``,
+    counting the backends that exited (the postmaster's reaped children): the server's
+    share of a step, when the bench's PostgreSQL runs here (``scripts/services``). None when
+    no such process is visible (a server elsewhere, not Linux)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    total, found = 0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the process exited meanwhile
+            continue
+        close = text.rfind(")")
+        if text[text.find("(") + 1:close] != "postgres":
+            continue
+        # After the command: state, ppid, …; utime, stime, cutime, cstime are fields 14-17.
+        fields = text[close + 2:].split()
+        total += sum(int(f) for f in fields[11:15])
+        found = True
+    return round(total / tick, 2) if found else None
+
+
+def server_cpu(before: float | None, records: int) -> dict[str, Any]:
+    """The server's CPU over a step of ``records`` records (see postgres_cpu_seconds)."""
+    after = postgres_cpu_seconds()
+    if before is None or after is None or not records:
+        return {}
+    seconds = after - before
+    return {"postgres_cpu_seconds": round(seconds, 2),
+            "postgres_cpu_us_per_record": round(seconds / records * 1e6, 1)}
+
+
 
 class BenchState:
     """What the steps share: set by ``Bench.__init__`` (run.py); each group of steps is a

@@ -16,11 +16,13 @@ from common import (
     BenchState,
     count_rows,
     leadflow_app,
+    postgres_cpu_seconds,
     progress,
     rate,
     read_consumer_log,
     run_child,
     run_children,
+    server_cpu,
     steady_figures,
 )
 from cost_child import parse_lines, read_lines
@@ -167,6 +169,7 @@ class PipelineSteps(BenchState):
         pipe = self.pipeline
         assert pipe is not None
         log = self.work / "consume.log"
+        server = postgres_cpu_seconds()
         with self._consume_progress(self.e2e_url, "consume --until-idle") as tick:
             child = run_child([*LEADFLOW, "consume", "--until-idle"],
                               pipe.env(LEADFLOW_LOG_LEVEL="DEBUG"), log, tick=tick)
@@ -190,6 +193,7 @@ class PipelineSteps(BenchState):
                                       child.spawned_at, child.exited_at))
         if parsed.assigned:
             figures["rebalances"] = len(parsed.assigned)
+        figures.update(server_cpu(server, records))
         self.results["e2e"] = figures
 
     def consume_parallel(self) -> None:
@@ -213,6 +217,7 @@ class PipelineSteps(BenchState):
             "leadflow db init (parallel)")
         consumers = 2
         logs = [self.work / f"consume-parallel-{n}.log" for n in range(1, consumers + 1)]
+        server = postgres_cpu_seconds()
         with self._consume_progress(url, f"consume --until-idle x{consumers}") as tick:
             children = run_children(
                 [([*LEADFLOW, "consume", "--until-idle"], env, log) for log in logs], tick)
@@ -222,6 +227,7 @@ class PipelineSteps(BenchState):
         sent = self.results["publish"]["sent"]
         records = (sum(int(p.caught_up["records"]) for p in parsed)
                    if all("records" in p.caught_up for p in parsed) else sent)
+        server_figures = server_cpu(server, records)  # before this step's own queries
 
         def total(key: str) -> int | None:
             values = [p.caught_up.get(key) for p in parsed]
@@ -263,6 +269,7 @@ class PipelineSteps(BenchState):
         figures.update(steady_figures(
             records, sorted(at for p in parsed for at in p.assigned),
             sorted(commit for p in parsed for commit in p.commits), spawned, exited))
+        figures.update(server_figures)
         self.results["e2e_parallel"] = figures
         if stored != stored_single:
             raise RuntimeError(

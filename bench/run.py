@@ -16,7 +16,8 @@ What is measured, all on the same generated stream (see ``--help`` for the sizes
    from the first partition assignment to the last committed batch (from its debug log);
    then two such consumers at once, in one new consumer group, on the same topic and a
    second fresh database (first spawn to last exit; steady from both logs), checked to store
-   the same applied records as the single consumer;
+   the same applied records as the single consumer; for both, the CPU PostgreSQL's processes spent
+   a record (from ``/proc``, when the server runs on this machine);
 2. naive baseline: a plain ``eventsourcing`` application that gets, changes and saves one
    aggregate per record on PostgreSQL (the library's examples' way); and leadflow's own
    ``apply_batch`` in process on the same sample;
