@@ -53,6 +53,11 @@ def fmt(value: Any, unit: str = "") -> str:
     return f"{text} {unit}".strip()
 
 
+def _server_cpu(r: dict[str, Any], step: str) -> str:
+    """PostgreSQL's CPU a record over a consume step (common.server_cpu)."""
+    return f"PostgreSQL {fmt(dig(r, f'{step}.postgres_cpu_us_per_record'), 'µs')} of CPU a record"
+
+
 def _paired_cost(r: dict[str, Any], label: str, key: str, figure: str
                  ) -> tuple[str, str, str]:
     """A row of a paired ingest (costs.py ``paired_ingest``): the ratio and how it was read."""
@@ -79,8 +84,8 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"{fmt(dig(r, 'publish.sent'))} sent in {fmt(dig(r, 'publish.seconds'), 's')}"),
         ("end to end: Kafka → PG (wall)", fmt(dig(r, "e2e.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'e2e.records'))} records in {fmt(dig(r, 'e2e.wall_seconds'), 's')}, "
-         f"{PARTITIONS} partitions, {fmt(dig(r, 'e2e.batches'))} batches; PostgreSQL "
-         f"{fmt(dig(r, 'e2e.postgres_cpu_us_per_record'), 'µs')} of CPU a record"),
+         f"{PARTITIONS} partitions, {fmt(dig(r, 'e2e.batches'))} batches; "
+         + _server_cpu(r, "e2e")),
         ("end to end, steady state", fmt(dig(r, "e2e.steady_records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'e2e.steady_seconds'), 's')} from assignment to last commit; "
          f"start-up {fmt(dig(r, 'e2e.startup_seconds'), 's')}"),
@@ -89,8 +94,7 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"{fmt(dig(r, 'e2e_parallel.records'))} records in "
          f"{fmt(dig(r, 'e2e_parallel.wall_seconds'), 's')}, one group; steady "
          f"{fmt(dig(r, 'e2e_parallel.steady_records_per_s'), 'rec/s')}, "
-         f"{fmt(dig(r, 'e2e_parallel.retries'))} retries; PostgreSQL "
-         f"{fmt(dig(r, 'e2e_parallel.postgres_cpu_us_per_record'), 'µs')} of CPU a record"),
+         f"{fmt(dig(r, 'e2e_parallel.retries'))} retries; " + _server_cpu(r, "e2e_parallel")),
         ("ratio two consumers / one", fmt(dig(r, "ratios.parallel_scaling"), "x"),
          f"steady {fmt(dig(r, 'ratios.parallel_steady_scaling'), 'x')}; stored records "
          f"{fmt(dig(r, 'e2e_parallel.stored_record_ids'))} vs "
