@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
@@ -13,58 +13,20 @@ from leadflow.domain import events, scoring
 from leadflow.domain.errors import LeadForgottenError, LeadMergedError
 from leadflow.domain.ids import lead_id_for
 from leadflow.domain.lead_models import NamedModels
+from leadflow.domain.lead_state import EXPIRING, LeadQueries, SeenIds
 from leadflow.domain.privacy import PERSONAL_PROFILE_FIELDS, public_url
 from leadflow.domain.rules import Rules
 from leadflow.domain.scoring import Award
 from leadflow.domain.topics import stable_topics
-from leadflow.domain.vocabulary import DORMANCY_STAGES, SLA_STAGES, STAGES
+from leadflow.domain.vocabulary import STAGES
 
 # Fields an unmerge does not reset: plumbing that the engine re-synchronises itself.
 _NOT_RESTORED = frozenset({"load_rep", "wake_at", "chain_head"})
 _UNSET: Any = object()
-#: ``Lead._expiring``'s cache, in the instance dict: derived, so not part of ``state()``.
-_EXPIRING = "_expiring_cache"
-_NOT_STATE = frozenset({"_models", _EXPIRING})
+_NOT_STATE = frozenset({"_models", EXPIRING})  # derived caches, not part of ``state()``
 
 
-class SeenIds(list[str]):
-    """The ids of the records a lead has taken (its touchpoints and dispositions, a merged
-    lead's, an absorbed interest's), each once, in the order taken.
-
-    A list, not a set: a set of 5 to 18 strings is a 32-entry table (728 bytes), of 19 to 76
-    a 128-entry one (2,264), against 8 bytes an id here, for every cached lead. A lead takes
-    tens of records, so the linear ``in`` (in C) stays cheap. Beyond ``INDEXED`` ids a set
-    is kept beside the list, so a lead that takes thousands of records (a bot's page views)
-    does not make each new one scan all it took before.
-    """
-
-    __slots__ = ("_index",)
-    INDEXED = 64
-
-    def __init__(self, event_ids: Iterable[str] = ()) -> None:
-        super().__init__()
-        self._index: set[str] | None = None
-        self.update(event_ids)
-
-    def __contains__(self, event_id: object) -> bool:
-        index = self._index
-        return list.__contains__(self, event_id) if index is None else event_id in index
-
-    def add(self, event_id: str) -> None:
-        if event_id not in self:
-            self.append(event_id)
-            index = self._index
-            if index is not None:
-                index.add(event_id)
-            elif len(self) > self.INDEXED:
-                self._index = set(self)
-
-    def update(self, event_ids: Iterable[str]) -> None:
-        for event_id in event_ids:
-            self.add(event_id)
-
-
-class Lead(Aggregate, NamedModels):
+class Lead(Aggregate, NamedModels, LeadQueries):
     """A person who showed interest, with at least one way to reach them."""
 
     # The lead's own attributes live in slots, in ``__init__``'s order; the library's (``_id``,
@@ -201,89 +163,6 @@ class Lead(Aggregate, NamedModels):
         self.chain_head: str | None = None
         self.forgotten = False
 
-    # ----- queries on state (pure) -----
-
-    def score_at(self, when: datetime, half_life_s: float) -> float:
-        return self.fit + self.engagement_at(when, half_life_s)
-
-    def engagement_at(self, when: datetime, half_life_s: float) -> float:
-        if self.eng_as_of is not None and when >= self.eng_as_of:
-            # The incremental state is exact from its as-of moment on.
-            return scoring.decayed(self.eng_value, self.eng_as_of, when, half_life_s) + (
-                scoring.expiring_total(self._expiring(), when)
-            )
-        return sum(a.value_at(when, half_life_s) for a in self.awards)
-
-    def _expiring(self) -> tuple[Award, ...]:
-        """The awards that expire instead of decaying.
-
-        Asked for several times a record (score, next due time, the touchpoint's event), and
-        a lead's awards only grow (or are replaced: a restore, a replay), so the answer is
-        kept with the awards list and length it was made from, and only new awards are
-        scanned: a lead with hundreds of touchpoints no longer walks them all each time.
-        A tuple (most leads have none: the shared empty tuple), so no caller can change it."""
-        awards = self.awards
-        own = self.__dict__
-        cached = own.get(_EXPIRING)
-        if cached is not None and cached[0] is awards:
-            seen: int = cached[1]
-            found: tuple[Award, ...] = cached[2]
-            if seen == len(awards):
-                return found
-            if seen < len(awards):
-                found += tuple(a for a in awards[seen:] if a.expires_at is not None)
-                own[_EXPIRING] = (awards, len(awards), found)
-                return found
-        every = tuple(a for a in awards if a.expires_at is not None)
-        own[_EXPIRING] = (awards, len(awards), every)
-        return every
-
-    @property
-    def horizon(self) -> datetime:
-        """The latest event time this lead's scoring state knows about."""
-        return self.eng_as_of or self.created_at
-
-    def stage_on(self, when: datetime) -> str | None:
-        stage = None
-        for t in self.transitions:
-            if t["at"] <= when:
-                stage = t["to"]
-        return stage
-
-    def owner_on(self, when: datetime) -> str | None:
-        owner = None
-        for h in self.owner_history:
-            if h["at"] <= when:
-                owner = h["owner"]
-        return owner
-
-    def next_due(self, rules: Rules) -> tuple[datetime, str] | None:
-        """The earliest time-driven transition this lead is heading for, if any."""
-        candidates: list[tuple[datetime, str]] = []
-        if self.merged_into is not None:
-            return None
-        if self.stage == "mql":
-            start = max(self.stage_at, self.horizon)
-            below = scoring.first_time_below(
-                rules.scoring.recycle_threshold, self.fit, self.eng_value, self.eng_as_of,
-                self._expiring(), start, rules.half_life_seconds,
-            )
-            if below is not None:
-                candidates.append((below, "decay"))
-        if self.owner and self.contacted_at is None and self.stage in SLA_STAGES and \
-                self.assigned_at is not None:
-            candidates.append((
-                self.assigned_at + timedelta(hours=rules.routing.first_contact_sla_hours), "sla"
-            ))
-        if not self.dormant and self.stage in DORMANCY_STAGES:
-            last = self.last_touch_at or self.created_at
-            candidates.append((last + timedelta(days=rules.lifecycle.dormant_after_days),
-                               "dormant"))
-        states = self.__dict__.get("_models")
-        if states:
-            candidates += self._model_decays(rules, states)
-        return min(candidates) if candidates else None
-
     # ----- commands (decide, then record) -----
 
     def add_identity(self, key: str, occurred_at: datetime) -> None:
@@ -365,17 +244,6 @@ class Lead(Aggregate, NamedModels):
                                occurred_at, event_id)
         return awards
 
-    def _with_awards(self, awards: Sequence[Award], at: datetime,
-                     rules: Rules) -> tuple[float, datetime]:
-        value, as_of = self.eng_value, self.eng_as_of
-        for award in awards:
-            if award.expires_at is None:
-                value, as_of = scoring.add_decaying(value, as_of, award.points, award.at,
-                                                    rules.half_life_seconds)
-        if as_of is None or at > as_of:
-            value = scoring.decayed(value, as_of, at, rules.half_life_seconds)
-            as_of = at
-        return value, as_of
 
     class TouchpointScored(Event):
         # An explicit event class rather than an @event method, as for the other frequent
