@@ -172,7 +172,11 @@ class Bench(PipelineSteps, ReadSteps, CostSteps):
     # ---------------------------------------------------------------- summary
 
     def versions(self) -> dict[str, Any]:
-        found: dict[str, Any] = {"python": platform.python_version()}
+        # Which interpreter build ran it (Makefile: scripts/pick-python): the distribution's
+        # (PGO and LTO) and a default pyenv build differ by ~10 % of CPU a record.
+        found: dict[str, Any] = {"python": platform.python_version(),
+                                 "python_executable": os.path.realpath(sys.executable),
+                                 "python_build": " ".join(platform.python_build())}
         for name in ("leadflow", "eventsourcing", "kafka-python", "psycopg", "pydantic"):
             try:
                 found[name] = package_version(name)
