@@ -44,6 +44,7 @@ from leadflow.contract.segment import parse_raw as parse_segment
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.results import BatchResult
 from leadflow.metrics import ConsumerMetrics, Health
+from leadflow.runtime import collector_paused
 
 log = structlog.get_logger(__name__)
 
@@ -218,11 +219,14 @@ class TouchpointConsumer:
                         f"no partitions assigned for {self.settings.rejoin_timeout_seconds:g}s "
                         "(broker or group coordinator unreachable); restart to resume from "
                         "the tracked offsets")
-                for tp, records in polled.items():
-                    self.process(tp, records)
-                    self.health.beat()
-                    if self._stop.is_set():
-                        break
+                # A poll's batches run with the cyclic collector paused (runtime.py): it runs
+                # between polls, once what the batches read and wrote is freed.
+                with collector_paused():
+                    for tp, records in polled.items():
+                        self.process(tp, records)
+                        self.health.beat()
+                        if self._stop.is_set():
+                            break
                 self._report_lag(assignment)
                 # Idle: let leads take up what cookie-only records queued for them (a batch
                 # only settles what its leads or its age call for); caught up means none left.

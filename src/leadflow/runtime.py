@@ -14,10 +14,15 @@ from __future__ import annotations
 
 import gc
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from leadflow.config import ConfigError
 
 DEFAULT_GEN0_THRESHOLD = 50_000
+
+#: Set by ``tune_gc``: the process asked for its collector to be managed (batches pause it).
+_managed = False
 
 
 def tune_gc() -> None:
@@ -36,3 +41,27 @@ def tune_gc() -> None:
     gc.freeze()
     _, second, third = gc.get_threshold()
     gc.set_threshold(threshold, second, third)
+    global _managed
+    _managed = True
+
+
+@contextmanager
+def collector_paused() -> Iterator[None]:
+    """Run one batch with the cyclic collector paused; it runs again between batches.
+
+    A batch keeps its records, their events and its unit of work alive until it ends, and
+    almost none of it is cyclic garbage (it is freed by reference counting as the batch
+    ends). A collection in the middle of a batch walks all of that and promotes it to the
+    older generations, which later collections walk again; one started between batches
+    (the counts keep growing while paused, so the first allocation after the batch starts
+    it) walks only what the batch left alive. Only when ``tune_gc`` ran (a long-running
+    command that did not set ``LEADFLOW_GC_GEN0_THRESHOLD=0``).
+    """
+    if not _managed or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()

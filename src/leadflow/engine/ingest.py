@@ -26,6 +26,7 @@ from leadflow.contract.segment import SegmentRecord, SegmentUnmapped
 from leadflow.contract.segment import parse_lines as parse_segment_lines
 from leadflow.domain.rules import SegmentMapping
 from leadflow.engine.app import LeadflowApp, Outcome
+from leadflow.runtime import collector_paused
 
 log = structlog.get_logger(__name__)
 
@@ -135,7 +136,8 @@ def ingest_lines(
     def flush() -> None:
         if not pending:
             return
-        result = app.apply_batch([record for _, _, record in pending])
+        with collector_paused():
+            result = app.apply_batch([record for _, _, record in pending])
         report.batches += 1
         for (line_no, raw, _), outcome in zip(pending, result.results, strict=True):
             if outcome.outcome is Outcome.APPLIED:
