@@ -18,6 +18,7 @@ from uuid import UUID
 # one defines its event classes, which `lead show` should not pay for (leadflow.domain).
 from leadflow import domain
 from leadflow.domain import STAGE_RANK, Lead, UnknownLeadError
+from leadflow.domain.events import create
 from leadflow.domain.vocabulary import DISPOSITION_TYPES
 from leadflow.engine.stages import StageDecisions
 from leadflow.engine.unit import Identity
@@ -52,8 +53,8 @@ class IdentityDecisions(StageDecisions):
         """A new lead, or the oldest of the known ones with the others merged into it."""
         at = rec.occurred_at
         if not leads:
-            return self.unit.add(Lead(
-                primary_key=person_keys[0], created_at=at, source=rec.context.source,
+            return self.unit.add(create(
+                Lead, primary_key=person_keys[0], created_at=at, source=rec.context.source,
                 campaign=rec.context.campaign, landing_page=rec.context.landing_page,
                 account_id=None, origin=rec.event_id,
             )), True
@@ -121,8 +122,8 @@ class IdentityDecisions(StageDecisions):
         interest = self.unit.get(domain.Interest, index.target_id) if index is not None \
             else None
         if interest is None:
-            interest = self.unit.add(domain.Interest(anonymous_id=anonymous_id,
-                                                     occurred_at=at, origin=rec.event_id))
+            interest = self.unit.add(create(domain.Interest, anonymous_id=anonymous_id,
+                                            occurred_at=at, origin=rec.event_id))
             self.unit.register(key, interest.id, True)
         if rec.event_id in interest.seen:
             return None, True
@@ -148,9 +149,8 @@ class IdentityDecisions(StageDecisions):
         by its company: writing the lead here would race the writer that owns it."""
         interest = self.unit.diverted.get(key)
         if interest is None:
-            interest = self.unit.add(domain.Interest(anonymous_id=key.split(":", 1)[1],
-                                                     occurred_at=rec.occurred_at,
-                                                     origin=rec.event_id))
+            interest = self.unit.add(create(domain.Interest, anonymous_id=key.split(":", 1)[1],
+                                            occurred_at=rec.occurred_at, origin=rec.event_id))
             self.unit.diverted[key] = interest
             self.unit.later[interest.id] = (lead.id, self.owner_key(lead))
         elif rec.event_id in interest.seen:
@@ -188,8 +188,9 @@ class IdentityDecisions(StageDecisions):
             return
         account = self.unit.get(domain.Account, domain.Account.create_id(key))
         if account is None:
-            account = self.unit.add(domain.Account(
-                account_key=key, name=lead.profile.get("company"), occurred_at=at))
+            account = self.unit.add(create(
+                domain.Account, account_key=key, name=lead.profile.get("company"),
+                occurred_at=at))
         lead.set_account(account.id, at)
 
     def company_domain(self, lead: Lead) -> str | None:
