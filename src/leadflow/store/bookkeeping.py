@@ -151,6 +151,10 @@ def postgres_ddl(schema: str) -> list[str]:
     ]
 
 
+def _pair_ints(item: tuple[tuple[UUID, UUID], Any]) -> tuple[int, int]:
+    return item[0][0].int, item[0][1].int
+
+
 def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> None:
     t = f'"{schema}"'
     if books.new_data_keys:
@@ -194,7 +198,9 @@ def postgres_write(curs: Any, schema: str, books: Books, events_table: str) -> N
             (TextArray(keys), UuidArray([books.moved_identities[k][0] for k in keys]),
              BooleanArray([books.moved_identities[k][1] for k in keys])), prepare=True)
     if books.engagements:
-        rows = sorted(books.engagements.items())
+        # In (account, lead) order, compared as ints in C (UUID's own comparisons are Python
+        # code: ~12,000 calls a batch sorting the pairs).
+        rows = sorted(books.engagements.items(), key=_pair_ints)
         curs.execute(
             f"INSERT INTO {t}.{ENGAGEMENTS_TABLE} AS e (account_id, lead_id, engaged_at) "
             "SELECT * FROM unnest(%b::uuid[], %b::uuid[], %b::timestamptz[]) "
