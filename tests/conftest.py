@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -86,3 +88,35 @@ def app(store: str, tmp_path: Path) -> Iterator[LeadflowApp]:
     application = make_app(store, tmp_path)
     yield application
     application.close()
+
+
+@contextmanager
+def collections_watched(app: LeadflowApp, young: int) -> Iterator[dict[str, int]]:
+    """Count the garbage collections that start while ``app.apply_batch`` runs ("inside")
+    and the others ("outside"), with a young generation of ``young`` objects, small enough
+    that a batch would trigger some."""
+    inside = [False]
+    seen = {"inside": 0, "outside": 0}
+    apply_batch = app.apply_batch
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        inside[0] = True
+        try:
+            return apply_batch(*args, **kwargs)
+        finally:
+            inside[0] = False
+
+    def callback(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            seen["inside" if inside[0] else "outside"] += 1
+
+    app.apply_batch = watched  # type: ignore[method-assign]
+    thresholds = gc.get_threshold()
+    gc.set_threshold(young, 10, 10)
+    gc.callbacks.append(callback)
+    try:
+        yield seen
+    finally:
+        gc.callbacks.remove(callback)
+        gc.set_threshold(*thresholds)
+        app.apply_batch = apply_batch  # type: ignore[method-assign]

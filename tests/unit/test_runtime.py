@@ -14,7 +14,7 @@ import pytest
 
 from leadflow import runtime
 from leadflow.engine.ingest import RejectsWriter, ingest_lines
-from tests.conftest import T0, Records, days, make_app
+from tests.conftest import T0, Records, collections_watched, days, make_app
 
 
 @pytest.fixture
@@ -65,38 +65,19 @@ def test_the_collector_is_left_alone_where_nobody_asked(monkeypatch: pytest.Monk
 
 def test_ingest_collects_between_its_batches_not_inside_them(
         managed: None, tmp_path: Path, rec: Records) -> None:
-    # The real ingest path on SQLite, with a young generation small enough that a batch
-    # would trigger collections: none starts while a batch is applied, some between them.
+    # The real ingest path on SQLite: no collection starts while a batch is applied, some
+    # start between them.
     app = make_app("sqlite", tmp_path)
-    inside = [False]
-    seen = {"inside": 0, "outside": 0}
-    apply_batch = app.apply_batch
-
-    def watched(*args: Any, **kwargs: Any) -> Any:
-        inside[0] = True
-        try:
-            return apply_batch(*args, **kwargs)
-        finally:
-            inside[0] = False
-
-    def callback(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            seen["inside" if inside[0] else "outside"] += 1
-
     lines = [(n, json.dumps(rec("email_opened", f"p{n % 40}@co{n % 7}.io",
                                 at=T0 + days(n / 100)).model_dump(mode="json",
                                                                   exclude_none=True)).encode())
              for n in range(1, 301)]
-    app.apply_batch = watched  # type: ignore[method-assign]
-    thresholds = gc.get_threshold()
-    gc.set_threshold(100, 10, 10)
-    gc.callbacks.append(callback)
     try:
-        report = ingest_lines(app, iter(lines), batch_size=50, now=None,
-                              max_future_skew=days(1), rejects=RejectsWriter(io.StringIO()))
+        with collections_watched(app, young=100) as seen:
+            report = ingest_lines(app, iter(lines), batch_size=50, now=None,
+                                  max_future_skew=days(1),
+                                  rejects=RejectsWriter(io.StringIO()))
     finally:
-        gc.callbacks.remove(callback)
-        gc.set_threshold(*thresholds)
         app.close()
     assert report.applied == 300 and report.batches == 6
     assert seen["inside"] == 0 and seen["outside"] > 0
