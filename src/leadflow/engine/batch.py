@@ -337,15 +337,12 @@ class Batches(Queries):
                 cache.put(aggregate_id, aggregate)
 
     def _encode(self, unit: Unit) -> list[StoredEvent]:
-        stored: list[StoredEvent] = []
         # Accounts first: a lead's touchpoint counts as its account's engagement in the read
         # models, so the account a record creates must be there before the lead's row.
         aggregates = sorted(unit.touched.values(),
                             key=lambda a: not isinstance(a, domain.Account))
-        for aggregate in aggregates:
-            stored += self.codec.stored(aggregate, unit.cuts.get(aggregate.id, ()),
-                                        unit.cause)
-        return stored
+        cuts = unit.cuts
+        return self.codec.stored_many([(a, cuts.get(a.id, ())) for a in aggregates], unit.cause)
 
     def _commit(self, unit: Unit, tracking: Tracking | None,
                 record_ids: Sequence[RecordId] = (),
