@@ -172,8 +172,15 @@ class TouchpointConsumer:
 
     def subscribe(self) -> None:
         segment = self.settings.segment_topic
-        self.consumer.subscribe([self.settings.topic, *([segment] if segment else [])],
-                                listener=_Rebalance(self))
+        topics = [self.settings.topic, *([segment] if segment else [])]
+        # The topics' partitions are known before the group is joined. Otherwise the first
+        # assignment is computed from empty metadata and gives nobody anything; the group
+        # rebalances once the metadata arrives, and a member learns of that only at its next
+        # heartbeat (2.5 s with the default session timeout): two consumers started
+        # together began consuming 2.6 s after they joined, one consumer 0.6 s.
+        self.consumer.subscribe(topics, listener=_Rebalance(self))
+        for topic in topics:
+            self.consumer.partitions_for_topic(topic)
 
     def has_partitions(self) -> bool:
         """Readiness: partitions are assigned (safe to call from another thread)."""

@@ -297,3 +297,19 @@ def test_the_partition_fetch_size_reaches_the_kafka_client(pipe: Pipeline) -> No
         assert consumer.config["max_poll_records"] == settings.max_poll_records
     finally:
         consumer.close()
+
+
+def test_a_consumer_joining_a_new_group_is_given_its_partitions_in_the_first_assignment(
+        pipe: Pipeline, tmp_path: Path) -> None:
+    # Without the topic's metadata before the join, the group's first assignment was
+    # computed from nothing and was empty; a second rebalance followed when the metadata
+    # arrived (2.6 s later for two consumers started together, who learn of it by heartbeat).
+    pipe.create_topics(partitions=3)
+    write_stream(tmp_path / "s.jsonl", leads=40, days=10, seed=5)
+    assert pipe.run("publish", str(tmp_path / "s.jsonl")).returncode == 3
+    consumed = pipe.run("consume", "--until-idle")
+    assert consumed.returncode == 0, consumed.stderr[-3000:]
+    assignments = [event["partitions"] for line in
+                   (consumed.stdout + consumed.stderr).splitlines() if line.startswith("{")
+                   for event in [json.loads(line)] if event["event"] == "partitions assigned"]
+    assert assignments == [[0, 1, 2]]
