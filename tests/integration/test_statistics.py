@@ -49,7 +49,7 @@ def test_a_writer_analyses_the_events_table_as_it_grows(app: LeadflowApp, pg_url
     recorder = app.recorder
     assert isinstance(recorder, LeadflowPostgresProcessRecorder)
     keeper = recorder.statistics
-    keeper.check_every, keeper.min_rows = 200, 100
+    keeper.check_every, keeper.min_rows, keeper.growth = 200, 100, 0.2
     stream = records()
     assert len(stream) > 1_500
     for start in range(0, len(stream), 250):

@@ -15,9 +15,13 @@ a second over its nine minutes, PostgreSQL at 100 % of a core.
 So leadflow analyses the table itself: a writer checks the table's statistics every
 ``check_every`` rows it commits (one catalogue query) and runs ``ANALYZE`` when more rows
 changed since the last analysis than ``min_rows`` + ``growth`` × the rows then known
-(autovacuum's own rule, with a larger factor: an analysis of a large table samples 30,000
-rows whatever its size, ~0.2 s), or when a table of more than ``min_rows`` rows was never
-analysed. Bulk readers (rebuild, rescore) check once before their
+(autovacuum's own rule, with a larger factor), or when a table of more than ``min_rows`` rows
+was never analysed. The factor is 1: the table is analysed each time it doubled. An analysis
+of a large table samples 30,000 rows whatever its size (0.16-0.21 s at 218,000 rows) and
+holds a lock every writer's commit waits for; with a fifth, the default stream was analysed
+~20 times once past 30,000 rows, with a doubling ~5. The planner needs no more: it keeps
+``originator_id``'s distinct count as a fraction of the rows (-0.16 on the bench stream), so
+rows per lead stay right as the table grows; what it cannot do without is a first analysis. Bulk readers (rebuild, rescore) check once before their
 first page, so a store filled by an older version, or restored from a dump, is planned right.
 The analysis waits at most ``lock_timeout`` for a writer's commit; a store owned by another
 role is analysed by its owner (PostgreSQL skips the table with a warning, not an error).
@@ -49,7 +53,7 @@ class StatisticsKeeper:
     """Analyses one table when enough of it changed since its last analysis."""
 
     def __init__(self, datastore: Any, schema: str, table: str, *, check_every: int = 10_000,
-                 min_rows: int = 1_000, growth: float = 0.2, lock_timeout_s: float = 2.0
+                 min_rows: int = 1_000, growth: float = 1.0, lock_timeout_s: float = 2.0
                  ) -> None:
         self.datastore = datastore
         self.qualified = Identifier(schema, table) if schema else Identifier(table)
