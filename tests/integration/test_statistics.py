@@ -82,3 +82,19 @@ def test_a_bulk_reader_analyses_a_stale_store_once(app: LeadflowApp, pg_url: str
         assert reading.statistics.analyses == 1  # once per process
     finally:
         reader.close()
+
+
+def test_large_payloads_are_compressed_with_lz4_where_the_server_has_it(
+        app: LeadflowApp, pg_url: str) -> None:
+    with psycopg.connect(pg_url) as conn:
+        has_lz4 = conn.execute("SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+                               "WHERE name = 'default_toast_compression'").fetchone()
+        method = conn.execute("SELECT attcompression FROM pg_attribute WHERE attrelid = "
+                              "'leadflow_events'::regclass AND attname = 'state'").fetchone()
+    assert method == (("l",) if has_lz4 == (True,) else ("",))
+    app.apply_batch(records()[:400])  # a lead's first rows are over the 2 KB threshold
+    with psycopg.connect(pg_url) as conn:
+        found = conn.execute("SELECT count(*) FILTER (WHERE pg_column_compression(state) = 'lz4'),"
+                             " count(pg_column_compression(state)) FROM leadflow_events"
+                             ).fetchone()
+    assert found is not None and found[1] > 0 and found[0] == (found[1] if has_lz4 else 0)

@@ -21,10 +21,12 @@ of a large table samples 30,000 rows whatever its size (0.16-0.21 s at 218,000 r
 holds a lock every writer's commit waits for; with a fifth, the default stream was analysed
 ~20 times once past 30,000 rows, with a doubling ~5. The planner needs no more: it keeps
 ``originator_id``'s distinct count as a fraction of the rows (-0.16 on the bench stream), so
-rows per lead stay right as the table grows; what it cannot do without is a first analysis. Bulk readers (rebuild, rescore) check once before their
-first page, so a store filled by an older version, or restored from a dump, is planned right.
-The analysis waits at most ``lock_timeout`` for a writer's commit; a store owned by another
-role is analysed by its owner (PostgreSQL skips the table with a warning, not an error).
+rows per lead stay right as the table grows; what it cannot do without is a first analysis.
+
+Bulk readers (rebuild, rescore) check once before their first page, so a store filled by an
+older version, or restored from a dump, is planned right. The analysis waits at most
+``lock_timeout`` for a writer's commit; a store owned by another role is analysed by its owner
+(PostgreSQL skips the table with a warning, not an error).
 """
 
 from __future__ import annotations
