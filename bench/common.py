@@ -97,6 +97,8 @@ class Child:
     stderr_path: Path
     spawned_at: float  # epoch seconds, comparable with the child's log timestamps
     exited_at: float
+    cpu_seconds: float = 0.0  # user + system of the process (its threads), from wait4
+
 
     def check(self, what: str, ok: tuple[int, ...] = (0, 3)) -> None:
         if self.returncode not in ok:  # 3: the command ran, some input lines rejected
@@ -135,7 +137,8 @@ def run_child(args: Sequence[str], env: dict[str, str], log: Path,
     return Child(returncode=proc.returncode, seconds=reaped["at"] - started,
                  peak_rss_mib=round(reaped["usage"].ru_maxrss / MIB, 1),
                  stdout=out_path.read_text(errors="replace"), stderr_path=log,
-                 spawned_at=spawned_at, exited_at=reaped["epoch"])
+                 spawned_at=spawned_at, exited_at=reaped["epoch"],
+                 cpu_seconds=round(reaped["usage"].ru_utime + reaped["usage"].ru_stime, 2))
 
 
 def run_children(jobs: Sequence[tuple[Sequence[str], dict[str, str], Path]],
@@ -287,6 +290,32 @@ def postgres_cpu_seconds() -> float | None:
         total += sum(int(f) for f in fields[11:15])
         found = True
     return round(total / tick, 2) if found else None
+
+
+def machine_cpu() -> tuple[int, int] | None:
+    """(busy, total) clock ticks of all CPUs since boot, from ``/proc/stat``; None elsewhere."""
+    try:
+        first = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+    except OSError:
+        return None
+    ticks = [int(v) for v in first[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def cpu_figures(before: tuple[int, int] | None, children: Sequence[Child],
+                records: int) -> dict[str, Any]:
+    """What the machine's CPUs did over a step: the share of them busy (anything, not only
+    leadflow), and the consumers' own CPU a record. Two consumers' throughput is bounded by
+    the whole machine's CPU a record; one consumer's by its own CPU plus its waits."""
+    after = machine_cpu()
+    out: dict[str, Any] = {}
+    if before is not None and after is not None and after[1] > before[1]:
+        out["machine_busy_percent"] = round(
+            100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+    if records:
+        out["consumer_cpu_us_per_record"] = round(
+            sum(c.cpu_seconds for c in children) / records * 1e6, 1)
+    return out
 
 
 def server_cpu(before: float | None, records: int) -> dict[str, Any]:

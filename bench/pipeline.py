@@ -15,7 +15,9 @@ from common import (
     PARTITIONS,
     BenchState,
     count_rows,
+    cpu_figures,
     leadflow_app,
+    machine_cpu,
     postgres_cpu_seconds,
     progress,
     rate,
@@ -169,7 +171,7 @@ class PipelineSteps(BenchState):
         pipe = self.pipeline
         assert pipe is not None
         log = self.work / "consume.log"
-        server = postgres_cpu_seconds()
+        server, machine = postgres_cpu_seconds(), machine_cpu()
         with self._consume_progress(self.e2e_url, "consume --until-idle") as tick:
             child = run_child([*LEADFLOW, "consume", "--until-idle"],
                               pipe.env(LEADFLOW_LOG_LEVEL="DEBUG"), log, tick=tick)
@@ -194,6 +196,7 @@ class PipelineSteps(BenchState):
         if parsed.assigned:
             figures["rebalances"] = len(parsed.assigned)
         figures.update(server_cpu(server, records))
+        figures.update(cpu_figures(machine, [child], records))
         self.results["e2e"] = figures
 
     def consume_parallel(self) -> None:
@@ -217,7 +220,7 @@ class PipelineSteps(BenchState):
             "leadflow db init (parallel)")
         consumers = 2
         logs = [self.work / f"consume-parallel-{n}.log" for n in range(1, consumers + 1)]
-        server = postgres_cpu_seconds()
+        server, machine = postgres_cpu_seconds(), machine_cpu()
         with self._consume_progress(url, f"consume --until-idle x{consumers}") as tick:
             children = run_children(
                 [([*LEADFLOW, "consume", "--until-idle"], env, log) for log in logs], tick)
@@ -228,6 +231,7 @@ class PipelineSteps(BenchState):
         records = (sum(int(p.caught_up["records"]) for p in parsed)
                    if all("records" in p.caught_up for p in parsed) else sent)
         server_figures = server_cpu(server, records)  # before this step's own queries
+        server_figures.update(cpu_figures(machine, children, records))
 
         def total(key: str) -> int | None:
             values = [p.caught_up.get(key) for p in parsed]

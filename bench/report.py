@@ -55,7 +55,9 @@ def fmt(value: Any, unit: str = "") -> str:
 
 def _server_cpu(r: dict[str, Any], step: str) -> str:
     """PostgreSQL's CPU a record over a consume step (common.server_cpu)."""
-    return f"PostgreSQL {fmt(dig(r, f'{step}.postgres_cpu_us_per_record'), 'µs')} of CPU a record"
+    return (f"PostgreSQL {fmt(dig(r, f'{step}.postgres_cpu_us_per_record'), 'µs')}, "
+            f"consumers {fmt(dig(r, f'{step}.consumer_cpu_us_per_record'), 'µs')} of CPU a "
+            f"record; machine {fmt(dig(r, f'{step}.machine_busy_percent'), '%')} busy")
 
 
 def _paired_cost(r: dict[str, Any], label: str, key: str, figure: str
