@@ -295,6 +295,9 @@ def test_the_partition_fetch_size_reaches_the_kafka_client(pipe: Pipeline) -> No
     try:
         assert consumer.config["max_partition_fetch_bytes"] == 123456
         assert consumer.config["max_poll_records"] == settings.max_poll_records
+        # A rebalance is heard of within a second by default (see touchpoint_consumer).
+        assert consumer.config["heartbeat_interval_ms"] == settings.session_timeout_ms // 10
+        assert consumer.config["heartbeat_interval_ms"] <= 1000
     finally:
         consumer.close()
 
