@@ -6,9 +6,11 @@ from __future__ import annotations
 import contextlib
 import json
 import re
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from common import (
@@ -16,6 +18,7 @@ from common import (
     BenchState,
     count_rows,
     cpu_figures,
+    database_url,
     leadflow_app,
     machine_cpu,
     postgres_cpu_seconds,
@@ -33,6 +36,8 @@ from kafka import KafkaConsumer, TopicPartition
 from tests.integration.kafka_helpers import LEADFLOW, Pipeline
 
 from leadflow.generator import generate
+
+FLOOR = Path(__file__).resolve().with_name("floor.py")
 
 
 class PipelineSteps(BenchState):
@@ -287,3 +292,53 @@ class PipelineSteps(BenchState):
             raise RuntimeError(
                 f"applied records differ: {stored} in the two-consumer store, {stored_single} "
                 "in the single-consumer store (leadflow_record_ids)")
+
+    # ---------------------------------------------------------------- 1b. the floor
+
+    def floor(self) -> None:
+        """``bench/floor.py`` (see its doc): a lean consumer on the real store, contract and
+        security, one process and then two in one group, each into a fresh database with a
+        group of its own, the server settled first: how fast a consumer can be here if the
+        engine's decision layer were nearly free. Not a target; the gap to ``e2e`` is."""
+        pipe = self.pipeline
+        assert pipe is not None
+        # Every store so far is vacuumed (the two consumers' was written last), once.
+        previous = [database_url(self.services.postgres_url, name) for name in self.databases]
+        out: dict[str, Any] = {}
+        for processes in (1, 2):
+            label = "one" if processes == 1 else "two"
+            url = self.fresh_database(f"floor_{label}")
+            env = pipe.env(LEADFLOW_DATABASE_URL=url, LEADFLOW_LOG_LEVEL="WARNING",
+                           LEADFLOW_KAFKA_GROUP=f"{self.tag}-floor-{label}")
+            env.pop("LEADFLOW_KAFKA_INSTANCE_ID", None)  # two members: no shared static id
+            run_child([*LEADFLOW, "db", "init"], env, self.work / f"db-init-floor-{label}.log"
+                      ).check(f"leadflow db init (floor, {label})")
+            settled = settle_postgres(self.services.postgres_url, previous)
+            previous = [url]
+            server, machine = postgres_cpu_seconds(), machine_cpu()
+            logs = [self.work / f"floor-{label}-{n}.log" for n in range(1, processes + 1)]
+            with self._consume_progress(url, f"floor x{processes}") as tick:
+                children = run_children([([sys.executable, str(FLOOR)], env, log)
+                                         for log in logs], tick)
+            for n, child in enumerate(children, 1):
+                child.check(f"bench/floor.py ({label}, child {n})", ok=(0,))
+            reports = [json.loads(child.stdout.strip().splitlines()[-1]) for child in children]
+            records = sum(int(r["records"]) for r in reports)
+            wall = (max(c.exited_at for c in children) - min(c.spawned_at for c in children))
+            figures: dict[str, Any] = {
+                "processes": processes, "records": records,
+                "rows": sum(int(r["rows"]) for r in reports),
+                "conflicts": sum(int(r["conflicts"]) for r in reports),
+                "loads": sum(int(r["loads"]) for r in reports),
+                "wall_seconds": round(wall, 3), "records_per_s": rate(records, wall),
+                "children": reports,
+            }
+            figures.update(server_cpu(server, records))
+            figures.update(cpu_figures(machine, children, records))
+            figures.update(settled)
+            out[label] = figures
+        out["how"] = ("bench/floor.py subprocesses (first spawn to last exit), one and then two "
+                      "in one new group on the same topic, each into a fresh database; the "
+                      "engine's store, contract, identity, dedupe, sealing and chain; a "
+                      "nearly free decision layer (see bench/floor.py)")
+        self.results["floor"] = out

@@ -101,6 +101,13 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"steady {fmt(dig(r, 'ratios.parallel_steady_scaling'), 'x')}; stored records "
          f"{fmt(dig(r, 'e2e_parallel.stored_record_ids'))} vs "
          f"{fmt(dig(r, 'e2e_parallel.stored_record_ids_single'))}"),
+        ("floor: lean consumer, real store, one", fmt(dig(r, "floor.one.records_per_s"),
+                                                       "rec/s"),
+         "bench/floor.py (not the engine); " + _server_cpu(r, "floor.one")),
+        ("floor: two in one group", fmt(dig(r, "floor.two.records_per_s"), "rec/s"),
+         f"{fmt(dig(r, 'floor.two.conflicts'))} conflicts; " + _server_cpu(r, "floor.two")),
+        ("engine / floor, one / two", fmt(dig(r, "ratios.e2e_vs_floor"), "x"),
+         f"two consumers {fmt(dig(r, 'ratios.parallel_vs_floor'), 'x')}"),
         ("naive eventsourcing baseline", fmt(dig(r, "naive.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'naive.records'))} records, get/change/save per record"),
         ("apply_batch in process (PG)", fmt(dig(r, "apply_batch.records_per_s"), "rec/s"),

@@ -128,6 +128,7 @@ class Bench(PipelineSteps, ReadSteps, CostSteps):
             self.step("consume", self.consume)
             if "consume" not in self.results["errors"]:
                 self.step("consume_parallel", self.consume_parallel)
+                self.step("floor", self.floor)
                 self.step("stored_events", self.stored_events)
                 self.step("verify", self.verify)
                 self.step("project", self.project)
@@ -221,9 +222,13 @@ class Bench(PipelineSteps, ReadSteps, CostSteps):
             "parallel_scaling": ratio(dig(r, "e2e_parallel.records_per_s"), e2e),
             "parallel_steady_scaling": ratio(dig(r, "e2e_parallel.steady_records_per_s"),
                                              steady),
+            "e2e_vs_floor": ratio(e2e, dig(r, "floor.one.records_per_s")),
+            "parallel_vs_floor": ratio(dig(r, "e2e_parallel.records_per_s"),
+                                       dig(r, "floor.two.records_per_s")),
             "note": "e2e = wall clock of the consumer process (start-up included); steady = "
                     "first partition assignment to last committed batch; parallel_scaling = "
-                    "two consumers in one group (first spawn to last exit) vs one",
+                    "two consumers in one group (first spawn to last exit) vs one; *_vs_floor = "
+                    "the engine vs bench/floor.py's lean consumer on the same store",
         }
         targets = []
         for key, label, path, op, threshold, unit in TARGETS:
