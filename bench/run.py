@@ -18,6 +18,9 @@ What is measured, all on the same generated stream (see ``--help`` for the sizes
    second fresh database (first spawn to last exit; steady from both logs), checked to store
    the same applied records as the single consumer; for both, the CPU PostgreSQL's processes spent
    a record (from ``/proc``, when the server runs on this machine);
+   then the floor (``bench/floor.py``: a lean consumer on the engine's real store, contract
+   and security, with a nearly free decision layer), one process and then two, each into a
+   fresh database: what the engine's decision layer costs (``ratios.*_vs_floor``);
 2. naive baseline: a plain ``eventsourcing`` application that gets, changes and saves one
    aggregate per record on PostgreSQL (the library's examples' way); and leadflow's own
    ``apply_batch`` in process on the same sample;
