@@ -31,6 +31,10 @@ class Pipeline:
     pg_url: str
     prefix: str
     _reader: LeadflowApp | None = field(default=None, init=False, repr=False)
+    # Every app ``app()`` made, closed at teardown: a test that drops one would leave its
+    # connection pool to the garbage collector, which may run in one of that pool's own
+    # threads ("cannot join current thread", an exception ignored in ``__del__``).
+    _apps: list[LeadflowApp] = field(default_factory=list, init=False, repr=False)
 
     @property
     def topic(self) -> str:
@@ -81,7 +85,9 @@ class Pipeline:
 
     def app(self) -> LeadflowApp:
         settings = Settings(database_url=self.pg_url, aggregate_cache_size=0)
-        return LeadflowApp(env=settings.eventsourcing_env({}))
+        app = LeadflowApp(env=settings.eventsourcing_env({}))
+        self._apps.append(app)
+        return app
 
     def produce_raw(self, values: Iterable[bytes], key: bytes | None = None) -> None:
         producer = KafkaProducer(bootstrap_servers=self.services.kafka_bootstrap, acks="all")
@@ -123,9 +129,9 @@ class Pipeline:
         return total
 
     def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
+        self._reader = None  # one of self._apps
+        while self._apps:
+            self._apps.pop().close()
 
 
 def valid_records(lines: Iterable[str]) -> list[InboundRecord]:
