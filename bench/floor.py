@@ -96,11 +96,13 @@ class _Lead:
 
 
 class Floor:
-    def __init__(self, app: LeadflowApp, settings: KafkaSettings) -> None:
+    def __init__(self, app: LeadflowApp, settings: KafkaSettings, *,
+                 subscribe: bool = True) -> None:
         self.app = app
         self.recorder: Any = app.recorder
         self.settings = settings
-        self.consumer = touchpoint_consumer(settings)
+        # bench/gap.py applies batches in process, without Kafka.
+        self.consumer: Any = touchpoint_consumer(settings) if subscribe else None
         self.leads: dict[uuid.UUID, _Lead] = {}
         self.directory: dict[str, uuid.UUID] = {}  # lookup key -> lead id
         self.turn = 0
@@ -307,8 +309,22 @@ class Floor:
 
 
 def main() -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Configured as `leadflow consume` is: LEADFLOW_DATABASE_URL (PostgreSQL), "
+               "LEADFLOW_KAFKA_BOOTSTRAP, LEADFLOW_KAFKA_TOPIC, LEADFLOW_KAFKA_GROUP, "
+               "LEADFLOW_AUDIT_KEY, LEADFLOW_MASTER_KEY. Exits once caught up; prints one "
+               "JSON line.")
+    parser.parse_args()
+    settings = Settings.from_env()
+    if not settings.database_url.startswith(("postgresql://", "postgres://")):
+        print("bench/floor.py: LEADFLOW_DATABASE_URL must name a PostgreSQL database (the "
+              "floor measures the production store)", file=sys.stderr)
+        return 2
     tune_gc()
-    app = LeadflowApp(env=Settings.from_env().eventsourcing_env({}))
+    app = LeadflowApp(env=settings.eventsourcing_env({}))
     try:
         figures = Floor(app, KafkaSettings.from_env()).run()
     finally:

@@ -1,0 +1,183 @@
+"""Where the engine's time goes beyond the floor, in process, on the same records.
+
+    LEADFLOW_TEST_POSTGRES_URL=postgresql://… .venv/bin/python bench/gap.py MODE \\
+        [--warm 30000] [--records 60000] [--stream PATH]
+
+Three ways to apply the default stream's records into a fresh PostgreSQL store, 1,000
+records a transaction, the first ``--warm`` records first (not timed), then ``--records``
+timed (process CPU and wall a record, contract parsing included):
+
+- ``floor``: ``bench/floor.py``'s batch (a nearly free decision layer: one dict and one row
+  a record);
+- ``aggregates``: the floor with each lead an engine ``Lead``: its created event, its
+  touchpoints through ``Lead.record_touchpoint`` (the engine's scoring and event), cut per
+  record and encoded by the engine's codec (the library's JSON format, envelopes, sealed
+  personal values, chain links) — what the aggregates and their events cost over the floor;
+- ``engine``: ``LeadflowApp.apply_batch``, every decision.
+
+The stream is ``leadflow generate --leads 100000 --days 90 --seed 7`` (the default bench's)
+unless ``--stream`` names a file of its lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import sys
+import time
+import types
+import uuid
+from datetime import UTC, datetime
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for entry in (str(ROOT / "src"), str(ROOT / "bench")):
+    if entry not in sys.path:
+        sys.path.insert(0, entry)
+
+import psycopg  # noqa: E402
+from eventsourcing.persistence import Tracking  # noqa: E402
+from floor import Floor  # noqa: E402
+from kafka import TopicPartition  # noqa: E402
+
+from leadflow.config import Settings  # noqa: E402
+from leadflow.consumers.settings import KafkaSettings  # noqa: E402
+from leadflow.contract import InboundRecord, RecordRejected, parse_record  # noqa: E402
+from leadflow.domain import events as domain_events  # noqa: E402
+from leadflow.domain.lead import Lead  # noqa: E402
+from leadflow.engine.app import LeadflowApp  # noqa: E402
+from leadflow.engine.batch import record_digest  # noqa: E402
+from leadflow.generator import generate  # noqa: E402
+from leadflow.runtime import collector_paused, tune_gc  # noqa: E402
+from leadflow.store.bookkeeping import Books  # noqa: E402
+from leadflow.store.recorders import RecordId  # noqa: E402
+
+BATCH = 1000
+PARTITION = TopicPartition("gap", 0)
+
+
+class AggregateFloor(Floor):  # type: ignore[misc]  # (bench/ is not on mypy's path)
+    """The floor's batch with engine ``Lead`` aggregates and the engine's codec."""
+
+    def __init__(self, app: LeadflowApp) -> None:
+        super().__init__(app, KafkaSettings.from_env(), subscribe=False)
+        self.aggregates: dict[uuid.UUID, Lead] = {}
+
+    def apply(self, tp: TopicPartition, records: Any) -> bool:
+        parsed = self.parse(records)
+        digests = [record_digest(record) for record in parsed]
+        applied = self.recorder.select_record_ids([record.event_id for record in parsed])
+        hashed_keys = self.keys(parsed)
+        rules = self.app.rules
+        books = Books()
+        timers: dict[uuid.UUID, datetime | None] = {}
+        ids: list[RecordId] = []
+        touched: dict[uuid.UUID, Lead] = {}
+        cuts: dict[uuid.UUID, list[tuple[int, dict[str, Any]]]] = {}
+        seen: set[str] = set()
+        for record, digest, hashed in zip(parsed, digests, hashed_keys, strict=True):
+            if record.event_id in applied or record.event_id in seen:
+                continue
+            seen.add(record.event_id)
+            lead_id = next((self.directory[h] for h in hashed if h in self.directory), None)
+            if lead_id is None:
+                lead = domain_events.create(
+                    Lead, primary_key=hashed[0], created_at=record.occurred_at, source=None,
+                    campaign=None, landing_page=None, account_id=None, origin=record.event_id)
+                self.aggregates[lead.id] = lead
+                for h in hashed:
+                    self.directory[h] = lead.id
+                    books.new_identities[h] = (lead.id, False)
+            else:
+                lead = self.aggregates[lead_id]
+            if record.event_id in lead.seen:
+                continue
+            at = record.occurred_at
+            if record.is_touchpoint:
+                lead.record_touchpoint(record.event_id, record.type, at,
+                                       record.context.model_dump(exclude_none=True), rules)
+                timers[lead.id] = at
+            touched[lead.id] = lead
+            count = len(lead.pending_events)
+            mine = cuts.setdefault(lead.id, [])
+            if count and (not mine or count > mine[-1][0]):
+                mine.append((count, {"record": {"event_id": record.event_id,
+                                                "type": record.type, "occurred_at": at}}))
+            ids.append(RecordId(record.event_id, digest, lead.id))
+        stored = self.app.codec.stored_many([(a, cuts.get(a.id, ())) for a in touched.values()])
+        books.new_data_keys.update(self.app.vault.new_keys())
+        self.recorder.insert_events(stored, tracking=Tracking(f"gap:{tp.partition}",
+                                                              records[-1].offset),
+                                    record_ids=ids, timers=timers, books=books)
+        self.app.vault.committed()
+        self.stats["records"] += len(records)
+        return True
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("mode", choices=("floor", "aggregates", "engine"))
+    parser.add_argument("--warm", type=int, default=30000)
+    parser.add_argument("--records", type=int, default=60000)
+    parser.add_argument("--stream", type=Path)
+    args = parser.parse_args()
+    os.environ.setdefault("LEADFLOW_AUDIT_KEY", secrets.token_hex(32))
+    os.environ.setdefault("LEADFLOW_MASTER_KEY", secrets.token_hex(32))
+    os.environ.setdefault("LEADFLOW_KAFKA_TOPIC", "gap")
+    admin = os.environ["LEADFLOW_TEST_POSTGRES_URL"]
+    total = args.warm + args.records
+    if args.stream:
+        with args.stream.open(encoding="utf-8") as lines:
+            values = [line.encode() for line in islice(lines, total)]
+    else:
+        values = [line.encode() for line in islice(generate(leads=100000, days=90, seed=7),
+                                                    total)]
+    raw = [types.SimpleNamespace(value=value, offset=i) for i, value in enumerate(values)]
+    name = f"gap_{os.getpid()}"
+    url = admin.rsplit("/", 1)[0] + "/" + name
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    tune_gc()
+    app = LeadflowApp(env=Settings(database_url=url).eventsourcing_env({}))
+    try:
+        if args.mode == "engine":
+            def step(batch: list[Any]) -> None:
+                now = datetime.now(UTC)
+                records: list[InboundRecord] = []
+                for item in batch:
+                    try:
+                        records.append(parse_record(item.value, now=now))
+                    except RecordRejected:
+                        continue
+                app.apply_batch(records)
+        else:
+            applier = (Floor(app, KafkaSettings.from_env(), subscribe=False)
+                       if args.mode == "floor" else AggregateFloor(app))
+
+            def step(batch: list[Any]) -> None:
+                applier.apply(PARTITION, batch)
+
+        for start in range(0, args.warm, BATCH):
+            with collector_paused():
+                step(raw[start:min(start + BATCH, args.warm)])
+        timed = raw[args.warm:]
+        wall, cpu = time.perf_counter(), time.process_time()
+        for start in range(0, len(timed), BATCH):
+            with collector_paused():
+                step(timed[start:start + BATCH])
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    finally:
+        app.close()
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+    print(f"{args.mode}: {len(timed)} records after {args.warm}: "
+          f"{cpu / len(timed) * 1e6:.1f} us of CPU and {wall / len(timed) * 1e6:.1f} us of "
+          "wall a record (parsing included)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
