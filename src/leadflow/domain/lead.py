@@ -10,8 +10,9 @@ from uuid import UUID, uuid4
 from eventsourcing.domain import Aggregate, datetime_now_with_tzinfo, event
 
 from leadflow.domain import events, scoring
-from leadflow.domain.errors import LeadForgottenError, LeadMergedError
+from leadflow.domain.errors import LeadForgottenError
 from leadflow.domain.ids import lead_id_for
+from leadflow.domain.lead_merges import LeadMerges
 from leadflow.domain.lead_models import NamedModels
 from leadflow.domain.lead_state import EXPIRING, LeadQueries, SeenIds
 from leadflow.domain.privacy import PERSONAL_PROFILE_FIELDS, public_url
@@ -20,13 +21,11 @@ from leadflow.domain.scoring import Award
 from leadflow.domain.topics import stable_topics
 from leadflow.domain.vocabulary import STAGES
 
-# Fields an unmerge does not reset: plumbing that the engine re-synchronises itself.
-_NOT_RESTORED = frozenset({"load_rep", "wake_at", "chain_head"})
 _UNSET: Any = object()
 _NOT_STATE = frozenset({"_models", EXPIRING})  # derived caches, not part of ``state()``
 
 
-class Lead(Aggregate, NamedModels, LeadQueries):
+class Lead(Aggregate, NamedModels, LeadMerges, LeadQueries):
     """A person who showed interest, with at least one way to reach them."""
 
     # The lead's own attributes live in slots, in ``__init__``'s order; the library's (``_id``,
@@ -463,151 +462,6 @@ class Lead(Aggregate, NamedModels, LeadQueries):
 
         def apply(self, aggregate: Any) -> None:
             aggregate.wake_at = self.at
-            super().apply(aggregate)
-
-    def merge_into(self, survivor_id: UUID, occurred_at: datetime, event_id: str) -> None:
-        if self.merged_into is not None:
-            raise LeadMergedError(f"lead {self.id} is already merged into {self.merged_into}")
-        self._merged_into(survivor_id=survivor_id, occurred_at=occurred_at, event_id=event_id)
-
-    @event("MergedInto")
-    def _merged_into(self, survivor_id: UUID, occurred_at: datetime, event_id: str) -> None:
-        self.merged_into = survivor_id
-        self.wake_at = None
-
-    def absorb(self, other: Lead, occurred_at: datetime, event_id: str, rules: Rules) -> None:
-        """Take over another lead's identities, points, history ids and profile gaps."""
-        value, as_of = scoring.merge_decaying(
-            (self.eng_value, self.eng_as_of), (other.eng_value, other.eng_as_of),
-            rules.half_life_seconds,
-        )
-        profile = {**other.profile, **self.profile}
-        fit = scoring.fit_awards(rules, profile)
-        last_touch = max((t for t in (self.last_touch_at, other.last_touch_at) if t),
-                         default=None)
-        self._absorbed(
-            lead_id=other.id, identity_keys=list(other.identity_keys),
-            awards=[a.to_dict() for a in other.awards], engagement_value=value,
-            engagement_as_of=as_of, profile=profile, fit=sum(p for _, p in fit),
-            fit_awards=[list(a) for a in fit], seen=sorted(other.seen),
-            touchpoints=other.touchpoints, last_touch_at=last_touch,
-            occurred_at=occurred_at, event_id=event_id, rules_version=rules.version,
-        )
-        if rules.models:
-            self._absorb_models(other, profile, occurred_at, event_id, rules)
-
-    @event("Absorbed")
-    def _absorbed(self, lead_id: UUID, identity_keys: list[str], awards: list[dict[str, Any]],
-                  engagement_value: float, engagement_as_of: datetime | None,
-                  profile: dict[str, Any], fit: float, fit_awards: list[list[Any]],
-                  seen: list[str], touchpoints: int, last_touch_at: datetime | None,
-                  occurred_at: datetime, event_id: str, rules_version: str) -> None:
-        self.merged_from.append(lead_id)
-        for key in identity_keys:  # empty once the person is forgotten
-            if key not in self.identity_keys:
-                self.identity_keys.append(key)
-        for data in awards:
-            award = Award.from_dict(data)
-            self.awards.append(award)
-            self.rule_counts[award.rule] = self.rule_counts.get(award.rule, 0) + 1
-            self.rule_totals[award.rule] = self.rule_totals.get(award.rule, 0.0) + award.points
-        self.eng_value = engagement_value
-        self.eng_as_of = engagement_as_of
-        self.profile = profile
-        self.fit = fit
-        self.fit_awards = [(str(r), float(p)) for r, p in fit_awards]
-        self.seen.update(seen)
-        self.touchpoints += touchpoints
-        self.last_touch_at = last_touch_at
-        if last_touch_at is not None:
-            self.dormant = False
-
-    def unmerge(self, survivor_id: UUID, occurred_at: datetime, actor: str) -> None:
-        if self.merged_into != survivor_id:
-            raise LeadMergedError(f"lead {self.id} is not merged into {survivor_id}")
-        self._unmerged(survivor_id=survivor_id, occurred_at=occurred_at, actor=actor)
-
-    @event("Unmerged")
-    def _unmerged(self, survivor_id: UUID, occurred_at: datetime, actor: str) -> None:
-        self.merged_into = None
-
-    def restore(self, recomputed: Lead, released_lead: UUID, occurred_at: datetime,
-                actor: str) -> None:
-        """Take the state recomputed from this lead's own events (undoing a merge)."""
-        state = {k: v for k, v in recomputed.state().items()
-                 if not k.startswith("_") and k not in _NOT_RESTORED}
-        state["awards"] = [a.to_dict() for a in recomputed.awards]
-        state["seen"] = sorted(recomputed.seen)
-        state["fit_awards"] = [list(a) for a in recomputed.fit_awards]
-        if "_models" in self.__dict__ or "_models" in recomputed.__dict__:
-            state["_models"] = recomputed.model_states  # the named models' state too
-        self._state_restored(state=state, released_lead=released_lead,
-                             occurred_at=occurred_at, actor=actor)
-
-    @event("StateRestored")
-    def _state_restored(self, state: dict[str, Any], released_lead: UUID,
-                        occurred_at: datetime, actor: str) -> None:
-        for key, value in state.items():
-            setattr(self, key, value)
-        self.awards = [Award.from_dict(a) for a in state["awards"]]
-        self.seen = SeenIds(state["seen"])
-        self.fit_awards = [(str(r), float(p)) for r, p in state["fit_awards"]]
-
-    def absorb_interest(self, anonymous_id: str | None, touchpoints: list[dict[str, Any]],
-                        occurred_at: datetime, rules: Rules,
-                        interest_id: UUID | None = None) -> None:
-        """Score an anonymous visitor's earlier touchpoints now that we know who it was."""
-        awards: list[Award] = []
-        counts, totals = dict(self.rule_counts), dict(self.rule_totals)
-        unseen = [(tp["event_id"], tp["type"], tp["occurred_at"], tp["context"])
-                  for tp in touchpoints if tp["event_id"] not in self.seen]
-        for tp in touchpoints:
-            if tp["event_id"] in self.seen:
-                continue
-            for award in scoring.score_touchpoint(rules, tp["type"], tp["context"],
-                                                  tp["occurred_at"], tp["event_id"],
-                                                  counts, totals):
-                counts[award.rule] = counts.get(award.rule, 0) + 1
-                totals[award.rule] = totals.get(award.rule, 0.0) + award.points
-                awards.append(award)
-        value, as_of = self._with_awards(awards, occurred_at, rules)
-        last = max((tp["occurred_at"] for tp in touchpoints), default=None)
-        self._emit(
-            self.InterestAbsorbed,
-            anonymous_id=anonymous_id, event_ids=[tp["event_id"] for tp in touchpoints],
-            awards=[a.to_dict() for a in awards], engagement_value=value,
-            engagement_as_of=as_of, last_touch_at=last, occurred_at=occurred_at,
-            rules_version=rules.version, interest_id=interest_id,
-        )
-        if rules.models and unseen:
-            self._score_models(rules, unseen, occurred_at, None)
-
-    class InterestAbsorbed(Event):
-        anonymous_id: str | None
-        event_ids: list[str]
-        awards: list[dict[str, Any]]
-        engagement_value: float
-        engagement_as_of: datetime
-        last_touch_at: datetime | None
-        occurred_at: datetime
-        rules_version: str
-        # Added later: an event stored before lacks it and reads None (the class attribute),
-        # as the @event method's default gave.
-        interest_id: UUID | None = None
-
-        def apply(self, aggregate: Any) -> None:
-            lead: Lead = aggregate
-            event_ids = self.event_ids
-            lead.seen.update(event_ids)
-            interest_id = self.interest_id
-            if interest_id is not None:
-                lead.interests = [*getattr(lead, "interests", []), interest_id]
-            lead._apply_awards(self.awards, self.engagement_value, self.engagement_as_of)
-            lead.touchpoints += len(event_ids)
-            last_touch_at = self.last_touch_at
-            if last_touch_at and (lead.last_touch_at is None
-                                  or last_touch_at > lead.last_touch_at):
-                lead.last_touch_at = last_touch_at
             super().apply(aggregate)
 
     # ----- privacy
