@@ -28,7 +28,7 @@ import sys
 import time
 import types
 import uuid
-from datetime import UTC, datetime
+from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -39,17 +39,15 @@ for entry in (str(ROOT / "src"), str(ROOT / "bench")):
         sys.path.insert(0, entry)
 
 import psycopg  # noqa: E402
-from eventsourcing.persistence import Tracking  # noqa: E402
+from eventsourcing.persistence import StoredEvent  # noqa: E402
 from floor import Floor  # noqa: E402
 from kafka import TopicPartition  # noqa: E402
 
 from leadflow.config import Settings  # noqa: E402
 from leadflow.consumers.settings import KafkaSettings  # noqa: E402
-from leadflow.contract import InboundRecord, RecordRejected, parse_record  # noqa: E402
 from leadflow.domain import events as domain_events  # noqa: E402
 from leadflow.domain.lead import Lead  # noqa: E402
 from leadflow.engine.app import LeadflowApp  # noqa: E402
-from leadflow.engine.batch import record_digest  # noqa: E402
 from leadflow.generator import generate  # noqa: E402
 from leadflow.runtime import collector_paused, tune_gc  # noqa: E402
 from leadflow.store.bookkeeping import Books  # noqa: E402
@@ -66,15 +64,10 @@ class AggregateFloor(Floor):  # type: ignore[misc]  # (bench/ is not on mypy's p
         super().__init__(app, KafkaSettings.from_env(), subscribe=False)
         self.aggregates: dict[uuid.UUID, Lead] = {}
 
-    def apply(self, tp: TopicPartition, records: Any) -> bool:
-        parsed = self.parse(records)
-        digests = [record_digest(record) for record in parsed]
-        applied = self.recorder.select_record_ids([record.event_id for record in parsed])
-        hashed_keys = self.keys(parsed)
+    def decide(self, parsed: Any, digests: Any, applied: Any, hashed_keys: Any,
+               books: Books, timers: dict[uuid.UUID, datetime | None],
+               ids: list[RecordId]) -> list[StoredEvent]:
         rules = self.app.rules
-        books = Books()
-        timers: dict[uuid.UUID, datetime | None] = {}
-        ids: list[RecordId] = []
         touched: dict[uuid.UUID, Lead] = {}
         cuts: dict[uuid.UUID, list[tuple[int, dict[str, Any]]]] = {}
         seen: set[str] = set()
@@ -107,14 +100,9 @@ class AggregateFloor(Floor):  # type: ignore[misc]  # (bench/ is not on mypy's p
                 mine.append((count, {"record": {"event_id": record.event_id,
                                                 "type": record.type, "occurred_at": at}}))
             ids.append(RecordId(record.event_id, digest, lead.id))
-        stored = self.app.codec.stored_many([(a, cuts.get(a.id, ())) for a in touched.values()])
-        books.new_data_keys.update(self.app.vault.new_keys())
-        self.recorder.insert_events(stored, tracking=Tracking(f"gap:{tp.partition}",
-                                                              records[-1].offset),
-                                    record_ids=ids, timers=timers, books=books)
-        self.app.vault.committed()
-        self.stats["records"] += len(records)
-        return True
+        stored: list[StoredEvent] = self.app.codec.stored_many(
+            [(a, cuts.get(a.id, ())) for a in touched.values()])
+        return stored
 
 
 def main() -> int:
@@ -144,15 +132,10 @@ def main() -> int:
     app = LeadflowApp(env=Settings(database_url=url).eventsourcing_env({}))
     try:
         if args.mode == "engine":
+            parser_only = Floor(app, KafkaSettings.from_env(), subscribe=False)
+
             def step(batch: list[Any]) -> None:
-                now = datetime.now(UTC)
-                records: list[InboundRecord] = []
-                for item in batch:
-                    try:
-                        records.append(parse_record(item.value, now=now))
-                    except RecordRejected:
-                        continue
-                app.apply_batch(records)
+                app.apply_batch(parser_only.parse(batch))
         else:
             applier = (Floor(app, KafkaSettings.from_env(), subscribe=False)
                        if args.mode == "floor" else AggregateFloor(app))
