@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from eventsourcing.application import LRUCache
@@ -289,10 +289,12 @@ class Batches(Queries):
         Whatever this misses (merge chains, surge colleagues) is still loaded on demand.
         """
         keys, accounts = self._decide(unit).batch_candidates(records)
-        shared = self.shared_store
-        unit.prefetch_identities(keys, fresh=shared)
+        # On a shared store, what the caches hold is read again unless no one else can have
+        # committed since they were last as stored (engine/unit.py CacheMarks).
+        fresh = not unit.trusted
+        unit.prefetch_identities(keys, fresh=fresh)
         self._load_into(unit, accounts | {i.target_id for i in unit.identities.values()
-                                          if i is not None}, revalidate=shared)
+                                          if i is not None}, revalidate=fresh)
         unit.fill_accounts([a for a in unit.touched.values() if isinstance(a, domain.Account)])
 
     def _load_into(self, unit: Unit, ids: set[UUID], revalidate: bool = False) -> None:
@@ -360,9 +362,11 @@ class Batches(Queries):
         unit.books.new_data_keys.update(self.vault.new_keys())
         if not stored and tracking is None and not unit.timers and not unit.books:
             return
+        mark = self.cache_marks.next() if unit.shared else None
         try:
             self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,
-                                        timers=unit.timers, books=unit.books)
+                                        timers=unit.timers, books=unit.books,
+                                        writer_mark=(unit.seen[0], mark) if mark else None)
         except BaseException:
             # The cached aggregates this unit touched hold its uncommitted changes, or are
             # stale (a write conflict: another writer appended to them); so may its identity
@@ -372,13 +376,24 @@ class Batches(Queries):
             # cache here made every conflict of two consumers reload their working sets.
             self.forget_unit(unit)
             raise
+        if mark is not None:
+            self.cache_marks.committed(unit, mark, len(stored))
         self.vault.committed()
         self.vault.shredded(unit.books.dropped_data_keys)
         self.directory.remember(i for i in unit.identities.values() if i is not None)
         cache = self.repository.cache
         if cache is not None and not self.repository.fastforward:
+            # Most of them are there already, read from the cache by this unit (which made
+            # them the most recently used): put only the others (created, loaded from the
+            # store, or evicted since). A put under the cache's lock for each of a thousand
+            # aggregates cost ~2 µs a record.
+            entries: dict[UUID, Any] = cache.cache
+            lru = isinstance(cache, LRUCache)
             for aggregate_id, aggregate in unit.touched.items():
-                cache.put(aggregate_id, aggregate)
+                entry = entries.get(aggregate_id)
+                # (LRUCache keeps [previous, next, key, value] links; Cache the values.)
+                if (entry[3] if lru and entry is not None else entry) is not aggregate:
+                    cache.put(aggregate_id, aggregate)
 
     def forget_unit(self, unit: Unit) -> None:
         """Forget what one failed unit of work read or changed: its aggregates (cached, and

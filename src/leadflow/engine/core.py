@@ -30,7 +30,7 @@ from leadflow.engine.store_format import (
     check_cipher,
     check_store_version,
 )
-from leadflow.engine.unit import Directory, Unit
+from leadflow.engine.unit import CacheMarks, Directory, Unit
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.fold import FoldingEventStore
@@ -68,6 +68,7 @@ class AppCore(Application[UUID]):
         self.rules = rules or default_rules()
         self.codec = EventCodec(self.mapper, self.recorder, self.keyring, self.vault)
         self.directory = Directory(self.indexes, self.vault.lookup)
+        self.cache_marks = CacheMarks()
         if not migrating:
             self._check_store_version()
         cache = self.repository.cache
@@ -77,7 +78,18 @@ class AppCore(Application[UUID]):
             self.repository.cache = SpillingLRUCache(cache.maxsize, spill_mib << 20)
 
     def _unit(self) -> Unit:
-        return Unit(self.repository, self.directory)
+        unit = Unit(self.repository, self.directory)
+        if unit.shared:
+            # Whether the caches can be used as they are (engine/unit.py CacheMarks).
+            unit.seen = self.record_ids.writer_mark()
+            unit.trusted = self.cache_marks.trusts(unit.seen, self._caches_empty())
+        return unit
+
+    def _caches_empty(self) -> bool:
+        cache = self.repository.cache
+        return (not self.directory.cache and not self.vault.holds_keys()
+                and (cache is None or not cache.cache)
+                and not (isinstance(cache, SpillingLRUCache) and cache.spilled))
 
     def _check_store_version(self) -> None:
         try:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from typing import TypeVar
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from eventsourcing.application import AggregateNotFoundError, Repository
 from eventsourcing.domain import Aggregate
@@ -118,6 +118,48 @@ class Directory:
         self.cache.clear()
 
 
+class CacheMarks:
+    """Whether this process's caches (aggregates, identity rows, data keys) are as stored, on
+    a store several processes write (``RecordIdIndex.shared``).
+
+    There, a batch used to re-read what it took from the caches (a moved-on probe of every
+    cached aggregate it was about to use, its identity rows afresh), since another writer may
+    have committed meanwhile: ~6 µs of the consumer's CPU a record, and PostgreSQL's time,
+    paid also by a consumer that writes alone. Every commit now leaves a writer mark in the
+    store (``store.recorders.WRITER_MARK``), this process's own only when no one else
+    committed since its unit of work read the mark. A unit that starts by reading back what
+    this process's last commit left (its mark, and the events table's highest notification id
+    moved on by exactly that commit's rows, for writers of versions that leave no mark), made
+    by a unit that could trust the caches, can trust them too: nothing was committed since
+    they were last known to be as stored. Anything else (another writer's mark, a mark left by
+    a race, more notification ids, a cache that was not empty at the first read) and batches
+    re-read as before, for as long as the process keeps its caches. That is the price of
+    certainty: a stale identity row can send a cookie's visit to the wrong place without any
+    conflict to reveal it (tests/integration/test_write_conflicts.py).
+    """
+
+    def __init__(self) -> None:
+        self.token = uuid4().hex
+        self.count = 0
+        # What this process's last commit left, if it was made by a unit that trusted the
+        # caches (so the caches were as stored at that commit); None: not known to be.
+        self.valid_at: tuple[str, int] | None = None
+
+    def trusts(self, seen: tuple[str | None, int | None], caches_empty: bool) -> bool:
+        """Whether a unit that read ``seen`` (``RecordIdIndex.writer_mark``) may use the
+        caches as they are."""
+        return caches_empty or (self.valid_at is not None and seen == self.valid_at)
+
+    def next(self) -> str:
+        self.count += 1
+        return f"{self.token}:{self.count}"
+
+    def committed(self, unit: Unit, mark: str, rows: int) -> None:
+        """``unit`` committed ``rows`` events and left ``mark``."""
+        last = unit.seen[1]
+        self.valid_at = (mark, (last or 0) + rows) if unit.trusted else None
+
+
 class Unit:
     """The aggregates one batch has loaded or created; saved together at the end, with the
     bookkeeping (identity index, account engagements, routing counters) they changed."""
@@ -154,6 +196,11 @@ class Unit:
         # as for a writer without partitions or one holding them all): a cookie-only visit
         # is diverted only from a lead another writer owns (decisions.py ``divert``).
         self.owns: Callable[[str], bool] | None = None
+        # What a shared store's commits had left when the unit began (its writer mark and
+        # highest notification id), and whether the process's caches could be trusted then
+        # (``CacheMarks``); False: read afresh what the caches hold.
+        self.seen: tuple[str | None, int | None] = (None, None)
+        self.trusted = not self.shared
 
     def seal(self, cause: Cause) -> None:
         """The events triggered since the last seal were caused by ``cause``."""

@@ -169,6 +169,10 @@ class Vault:
             self._pending[aggregate_id] = (self.master.wrap(aggregate_id, key), cipher)
         return cipher
 
+    def holds_keys(self) -> bool:
+        """Whether any data key (or a key's absence) is cached."""
+        return bool(self._keys)
+
     def has_key(self, aggregate_id: UUID) -> bool:
         return self._cipher(aggregate_id, create=False) is not None
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import psycopg
 from eventsourcing.persistence import Notification, OperationalError, StoredEvent
@@ -46,6 +46,7 @@ from leadflow.store.recorders import (
     RECORD_IDS_TABLE,
     SCHEMA_LOCK_KEY,
     TIMERS_TABLE,
+    WRITER_MARK,
     Due,
     PageRow,
     RecordId,
@@ -53,6 +54,7 @@ from leadflow.store.recorders import (
     ScannedRow,
     record_ids_of,
     timers_of,
+    writer_mark_of,
 )
 from leadflow.store.statistics import StatisticsKeeper
 
@@ -116,6 +118,17 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "INSERT INTO {} (lead_id, due_at) SELECT * FROM unnest(%b::uuid[], "
             "%b::timestamptz[]) ON CONFLICT (lead_id) DO UPDATE SET due_at = excluded.due_at"
         ).format(timers)
+        # The writer mark (recorders.WRITER_MARK): the row keeps ``new`` only when it still
+        # holds what the writer expected; otherwise a value that no writer expects.
+        self.write_mark_statement = SQL(
+            "INSERT INTO {meta} (key, value) VALUES ({key}, %(new)s) ON CONFLICT (key) DO "
+            "UPDATE SET value = CASE WHEN {meta}.value = %(expected)s THEN %(new)s "
+            "ELSE %(other)s END").format(meta=meta, key=Literal(WRITER_MARK))
+        self.select_mark_statement = SQL(
+            "SELECT (SELECT value FROM {meta} WHERE key = {key}) AS mark, "
+            "(SELECT max(notification_id) FROM {events}) AS last").format(
+            meta=meta, key=Literal(WRITER_MARK),
+            events=Identifier(self.datastore.schema, self.events_table_name))
         self.delete_timers_statement = SQL("DELETE FROM {} WHERE lead_id = ANY(%b::uuid[])"
                                            ).format(timers)
         self.select_due_statement = SQL(
@@ -174,6 +187,13 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         """Aggregate ids as a parameter: dumped in one pass (``store.arrays``) when the
         store's ids are uuids, as the library's lists otherwise."""
         return UuidArray(ids) if self.datastore.originator_id_type == "uuid" else ids
+
+    def writer_mark(self) -> tuple[str | None, int | None]:
+        with self.datastore.transaction(commit=False) as curs:
+            curs.execute(self.select_mark_statement, prepare=True)
+            row = curs.fetchone()
+            assert row is not None
+            return row["mark"], row["last"]
 
     def select_moved_on(self, versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
         if not versions:
@@ -323,6 +343,11 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             # events table deadlocked with a starting process's idempotent DDL (CREATE INDEX
             # IF NOT EXISTS takes the tables' SHARE locks in the other order).
             self._lock_table(curs)
+            mark = writer_mark_of(kwargs)
+            expected, new = mark if mark is not None else (None, uuid4().hex)
+            curs.execute(self.write_mark_statement,
+                         {"new": new, "expected": expected, "other": "other:" + new},
+                         prepare=True)
         super()._insert_events(curs, stored_events, **kwargs)  # the tracking record
         if timers:
             gone = [lead for lead, due in timers.items() if due is None]

@@ -107,6 +107,12 @@ class RecordIdIndex(ABC):
     #: writer and trusts its cache.
     shared: bool = False
 
+    def writer_mark(self) -> tuple[str | None, int | None]:
+        """What the commits to a shared store left: the writer mark (``WRITER_MARK``) and the
+        events table's highest notification id (writers of versions that leave no mark
+        still take ids). (None, None) on a store with one writer, which has no use for it."""
+        return None, None
+
     def select_moved_on(self, versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
         """Which of these aggregates have stored rows after the given version. One read per
         aggregate here (a store with one writer has no use for it); PostgreSQL asks once."""
@@ -168,6 +174,20 @@ class RecordIdIndex(ABC):
     def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
         """Up to ``limit`` identity rows (key, target, is_interest) with keys after ``after``,
         in key order."""
+
+
+#: The metadata row every commit to a shared store writes in its transaction, under the events
+#: table's lock (store/postgres.py): ``insert_events(..., writer_mark=(expected, new))`` leaves
+#: ``new`` when the row still holds ``expected`` (what the writer read when its unit of work
+#: began), and a value no writer expects otherwise; a commit without one (a command of a
+#: version that does not pass it) leaves such a value too. A writer that reads back its own
+#: last mark knows that no one else committed since (engine/unit.py ``CacheMarks``).
+WRITER_MARK = "writer_mark"
+
+
+def writer_mark_of(kwargs: dict[str, Any]) -> tuple[str | None, str] | None:
+    mark: tuple[str | None, str] | None = kwargs.get("writer_mark")
+    return mark
 
 
 def record_ids_of(kwargs: dict[str, Any]) -> list[RecordId]:

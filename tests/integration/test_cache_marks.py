@@ -1,0 +1,106 @@
+"""A writer of a shared PostgreSQL store trusts its caches only while the store proves that no
+one else committed since (engine/unit.py ``CacheMarks``): the writer mark its commits leave
+and the events table's notification ids. Real PostgreSQL, two real writers."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.sql import SQL, Identifier
+
+from leadflow.config import Settings
+from leadflow.engine.app import LeadflowApp
+from tests.conftest import T0, Records, days
+
+pytestmark = pytest.mark.integration
+
+
+class Probes:
+    """Counts a writer's moved-on probes (the re-reads a trusted cache skips)."""
+
+    def __init__(self, app: LeadflowApp) -> None:
+        self.calls = 0
+        recorder: Any = app.recorder
+        probe: Callable[[Sequence[tuple[uuid.UUID, int]]], list[uuid.UUID]] = \
+            recorder.select_moved_on
+
+        def counted(versions: Sequence[tuple[uuid.UUID, int]]) -> list[uuid.UUID]:
+            self.calls += 1
+            return probe(versions)
+
+        recorder.select_moved_on = counted
+
+    def taken(self) -> int:
+        calls, self.calls = self.calls, 0
+        return calls
+
+
+@pytest.fixture
+def writers(pg_url: str) -> Iterator[tuple[LeadflowApp, LeadflowApp]]:
+    env = Settings(database_url=pg_url).eventsourcing_env({})
+    app, rival = LeadflowApp(env=dict(env)), LeadflowApp(env=dict(env))
+    yield app, rival
+    app.close()
+    rival.close()
+
+
+def test_a_writer_alone_trusts_its_cache_and_rereads_after_another_commits(
+        writers: tuple[LeadflowApp, LeadflowApp], rec: Records) -> None:
+    app, rival = writers
+    probes = Probes(app)
+    app.apply_batch([rec("form_submitted", "anna@acme.io", at=T0)])
+    for day in (1, 2, 3):  # alone: every batch uses the cached lead as it is
+        assert app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(day))]
+                               ).applied == 1
+    assert probes.taken() == 0
+    # Another writer appends to the cached lead: the next batch probes, reads it again and
+    # commits without a conflict.
+    assert rival.apply_batch([rec("email_clicked", "anna@acme.io", at=T0 + days(4))]
+                             ).applied == 1
+    assert app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(5))]
+                           ).applied == 1
+    assert probes.taken() == 1
+    assert app.lead("email:anna@acme.io").touchpoints == 6
+    # Its cache may still hold what it did not re-read then: it goes on probing.
+    assert app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(6))]
+                           ).applied == 1
+    assert probes.taken() == 1
+    # Until the cache is emptied: then the store's marks are the process's own again.
+    app.forget_cached_aggregates()
+    app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(7))])
+    app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(8))])
+    assert probes.taken() == 0
+    assert app.lead("email:anna@acme.io").touchpoints == 9
+    assert not app.verify(app.resolve("email:anna@acme.io")).problems
+
+
+def test_a_commit_without_a_mark_and_rows_of_a_writer_that_leaves_none_are_seen(
+        writers: tuple[LeadflowApp, LeadflowApp], pg_url: str, rec: Records) -> None:
+    app, rival = writers
+    probes = Probes(app)
+    app.apply_batch([rec("form_submitted", "anna@acme.io", at=T0)])
+    app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(1))])
+    assert probes.taken() == 0
+    # A command commits (no unit mark of a batch: the row gets a value nobody expects).
+    rival.recorder.insert_events([], timers={uuid.uuid4(): None})
+    app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(2))])
+    assert probes.taken() == 1
+
+    app.forget_cached_aggregates()
+    app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(3))])
+    app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(4))])
+    assert probes.taken() == 0
+    # A writer of an earlier version appends a row and leaves the mark alone: the events
+    # table's notification ids still give it away.
+    table = Identifier("public", app.recorder.events_table_name)  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(SQL("INSERT INTO {} (originator_id, originator_version, topic, state) "
+                         "VALUES (%s, 1, 'other:Event', '\\x7b7d')").format(table),
+                     (uuid.uuid4(),))
+    app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(5))])
+    assert probes.taken() == 1
+    assert app.lead("email:anna@acme.io").touchpoints == 6
