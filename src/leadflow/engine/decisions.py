@@ -129,7 +129,7 @@ class RecordProcessor(IdentityDecisions):
         """Score a touchpoint, then qualify and look for an account surge."""
         at = rec.occurred_at
         lead.record_touchpoint(rec.event_id, rec.type, at,
-                               rec.context.model_dump(exclude_none=True), self.rules,
+                               rec.context.as_dict(), self.rules,
                                rec.actor)
         self.qualify(lead, at, rec.type)
         self.account_signal(lead, at)

@@ -127,7 +127,7 @@ class IdentityDecisions(StageDecisions):
             self.unit.register(key, interest.id, True)
         if rec.event_id in interest.seen:
             return None, True
-        interest.note(rec.event_id, rec.type, at, rec.context.model_dump(exclude_none=True))
+        interest.note(rec.event_id, rec.type, at, rec.context.as_dict())
         if self.unit.shared:  # another writer may link the cookie meanwhile
             self.unit.noted[interest.id] = key
         return None, False
@@ -156,7 +156,7 @@ class IdentityDecisions(StageDecisions):
         elif rec.event_id in interest.seen:
             return None, True
         interest.note(rec.event_id, rec.type, rec.occurred_at,
-                      rec.context.model_dump(exclude_none=True))
+                      rec.context.as_dict())
         return None, False
 
     def take_up(self, interest_id: UUID, lead_id: UUID) -> None:
