@@ -1,9 +1,10 @@
 """A writer of a shared PostgreSQL store trusts its caches only while the store proves that no
 one else committed since (engine/unit.py ``CacheMarks``): the writer mark its commits leave
-and the events table's notification ids. Real PostgreSQL, two real writers."""
+and the events table's notification ids. Real PostgreSQL, two real writers, and a real topic."""
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -13,8 +14,16 @@ import pytest
 from psycopg.sql import SQL, Identifier
 
 from leadflow.config import Settings
+from leadflow.consumers import clients
+from leadflow.consumers.settings import KafkaSettings
+from leadflow.consumers.touchpoints import ConsumeStats, TouchpointConsumer
+from leadflow.contract import InboundRecord
 from leadflow.engine.app import LeadflowApp
+from leadflow.engine.results import BatchResult
+from leadflow.metrics import ConsumerMetrics
 from tests.conftest import T0, Records, days
+from tests.integration.kafka_helpers import Pipeline
+from tests.integration.services import Services
 
 pytestmark = pytest.mark.integration
 
@@ -104,3 +113,76 @@ def test_a_commit_without_a_mark_and_rows_of_a_writer_that_leaves_none_are_seen(
     app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(5))])
     assert probes.taken() == 1
     assert app.lead("email:anna@acme.io").touchpoints == 6
+
+
+@pytest.fixture
+def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipeline]:
+    pipeline = Pipeline(services, pg_url, topic_prefix)
+    pipeline.create_topics(partitions=1)
+    yield pipeline
+    pipeline.close()
+
+
+class RivalBetweenBatches(LeadflowApp):
+    """A consumer's app after whose second batch another writer appends to Anna's lead."""
+
+    name = "leadflow"  # the same store (eventsourcing names the tables after the app)
+    rival: LeadflowApp | None = None
+    batches = 0
+
+    def apply_batch(self, records: Sequence[InboundRecord], tracking: Any = None,
+                    before_commit: Callable[[BatchResult], None] | None = None,
+                    owns: Callable[[str], bool] | None = None) -> BatchResult:
+        result = super().apply_batch(records, tracking, before_commit, owns)
+        self.batches += 1
+        if self.batches == 2 and self.rival is not None:
+            self.rival.apply_batch([Records()("email_clicked", "anna@acme.io",
+                                              at=T0 + days(30), event_id="rival-1")])
+        return result
+
+
+def consume(app: LeadflowApp, pipe: Pipeline) -> ConsumeStats:
+    """Run a consumer of the topic's group, five records a poll, until it is idle."""
+    settings = KafkaSettings.from_env(pipe.env(LEADFLOW_KAFKA_MAX_POLL_RECORDS="5"))
+    kafka = clients.touchpoint_consumer(settings)
+    producer = clients.dead_letter_producer(settings)
+    try:
+        return TouchpointConsumer(app, settings, kafka, producer, sleep=lambda _: None,
+                                  metrics=ConsumerMetrics()).run(until_idle=True)
+    finally:
+        kafka.close(autocommit=False)
+        producer.close()
+
+
+def test_a_consumer_trusts_its_cache_until_another_writer_commits(
+        pipe: Pipeline, rec: Records) -> None:
+    # Through a real topic: one person's twenty records are four batches on one cached
+    # lead. Alone, the consumer never re-reads it; after another writer appends to the lead
+    # (between its second and third batch), every later batch probes, and none conflicts.
+    pipe.produce_raw(json.dumps(r.model_dump(mode="json", exclude_none=True)).encode()
+                     for r in [rec("form_submitted", "anna@acme.io", at=T0)]
+                     + [rec("email_opened", "anna@acme.io", at=T0 + days(d))
+                        for d in range(1, 20)])
+    env = Settings(database_url=pipe.pg_url).eventsourcing_env({})
+    app, rival = RivalBetweenBatches(env=dict(env)), LeadflowApp(env=dict(env))
+    try:
+        probes = Probes(app)
+        app.rival = rival
+        stats = consume(app, pipe)
+        assert (stats.applied, stats.batches, stats.retries, stats.dead_lettered) == (20, 4, 0, 0)
+        assert probes.taken() == 2  # the third and fourth batches; none before the rival
+        assert app.lead("email:anna@acme.io").touchpoints == 21
+        assert not app.verify(app.resolve("email:anna@acme.io")).problems
+
+        # Alone again (the rival is gone, and a rebalance emptied the caches): no re-reads.
+        app.rival = None
+        pipe.produce_raw(json.dumps(rec("email_opened", "anna@acme.io", at=T0 + days(d))
+                                    .model_dump(mode="json", exclude_none=True)).encode()
+                         for d in range(31, 41))
+        stats = consume(app, pipe)
+        assert (stats.applied, stats.retries) == (10, 0)
+        assert probes.taken() == 0
+        assert app.lead("email:anna@acme.io").touchpoints == 31
+    finally:
+        app.close()
+        rival.close()
