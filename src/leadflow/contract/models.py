@@ -202,7 +202,6 @@ class Context(_Frozen):
                     "field = \"properties.<key>\". Scoring facts (product, plan, region), "
                     "not personal data: they are stored readable.")
 
-
     def as_dict(self) -> dict[str, Any]:
         """``model_dump(exclude_none=True)`` without the serializer: the fields are plain
         values (text, and a dict of scalars, copied), so the same dict comes out, in ~0.3 µs
