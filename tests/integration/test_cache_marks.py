@@ -29,23 +29,35 @@ pytestmark = pytest.mark.integration
 
 
 class Probes:
-    """Counts a writer's moved-on probes (the re-reads a trusted cache skips)."""
+    """Counts a writer's moved-on probes (the re-reads a trusted cache skips) and its reads
+    of the writer mark."""
 
     def __init__(self, app: LeadflowApp) -> None:
         self.calls = 0
+        self.marks = 0
         recorder: Any = app.recorder
         probe: Callable[[Sequence[tuple[uuid.UUID, int]]], list[uuid.UUID]] = \
             recorder.select_moved_on
+        mark: Callable[[], tuple[str | None, int | None]] = recorder.writer_mark
 
         def counted(versions: Sequence[tuple[uuid.UUID, int]]) -> list[uuid.UUID]:
             self.calls += 1
             return probe(versions)
 
+        def counted_mark() -> tuple[str | None, int | None]:
+            self.marks += 1
+            return mark()
+
         recorder.select_moved_on = counted
+        recorder.writer_mark = counted_mark
 
     def taken(self) -> int:
         calls, self.calls = self.calls, 0
         return calls
+
+    def marks_read(self) -> int:
+        marks, self.marks = self.marks, 0
+        return marks
 
 
 @pytest.fixture
@@ -74,15 +86,17 @@ def test_a_writer_alone_trusts_its_cache_and_rereads_after_another_commits(
                            ).applied == 1
     assert probes.taken() == 1
     assert app.lead("email:anna@acme.io").touchpoints == 6
-    # Its cache may still hold what it did not re-read then: it goes on probing.
+    # Its cache may still hold what it did not re-read then: it goes on probing, without
+    # reading the mark any more (nothing it says could make the cache trusted again).
+    probes.marks_read()
     assert app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(6))]
                            ).applied == 1
-    assert probes.taken() == 1
+    assert (probes.taken(), probes.marks_read()) == (1, 0)
     # Until the cache is emptied: then the store's marks are the process's own again.
     app.forget_cached_aggregates()
     app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(7))])
     app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(8))])
-    assert probes.taken() == 0
+    assert (probes.taken(), probes.marks_read()) == (0, 2)
     assert app.lead("email:anna@acme.io").touchpoints == 9
     assert not app.verify(app.resolve("email:anna@acme.io")).problems
 
