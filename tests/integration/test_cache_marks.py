@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import psycopg
@@ -22,8 +22,8 @@ from leadflow.engine.app import LeadflowApp
 from leadflow.engine.results import BatchResult
 from leadflow.metrics import ConsumerMetrics
 from tests.conftest import T0, Records, days
+from tests.integration.conftest import two_writers
 from tests.integration.kafka_helpers import Pipeline
-from tests.integration.services import Services
 
 pytestmark = pytest.mark.integration
 
@@ -60,18 +60,13 @@ class Probes:
         return marks
 
 
-@pytest.fixture
-def writers(pg_url: str) -> Iterator[tuple[LeadflowApp, LeadflowApp]]:
-    env = Settings(database_url=pg_url).eventsourcing_env({})
-    app, rival = LeadflowApp(env=dict(env)), LeadflowApp(env=dict(env))
-    yield app, rival
-    app.close()
-    rival.close()
-
-
 def test_a_writer_alone_trusts_its_cache_and_rereads_after_another_commits(
-        writers: tuple[LeadflowApp, LeadflowApp], rec: Records) -> None:
-    app, rival = writers
+        pg_url: str, rec: Records) -> None:
+    with two_writers(pg_url) as (app, rival):
+        alone_then_rival(app, rival, rec)
+
+
+def alone_then_rival(app: LeadflowApp, rival: LeadflowApp, rec: Records) -> None:
     probes = Probes(app)
     app.apply_batch([rec("form_submitted", "anna@acme.io", at=T0)])
     for day in (1, 2, 3):  # alone: every batch uses the cached lead as it is
@@ -102,8 +97,12 @@ def test_a_writer_alone_trusts_its_cache_and_rereads_after_another_commits(
 
 
 def test_a_commit_without_a_mark_and_rows_of_a_writer_that_leaves_none_are_seen(
-        writers: tuple[LeadflowApp, LeadflowApp], pg_url: str, rec: Records) -> None:
-    app, rival = writers
+        pg_url: str, rec: Records) -> None:
+    with two_writers(pg_url) as (app, rival):
+        unmarked_commits(app, rival, pg_url, rec)
+
+
+def unmarked_commits(app: LeadflowApp, rival: LeadflowApp, pg_url: str, rec: Records) -> None:
     probes = Probes(app)
     app.apply_batch([rec("form_submitted", "anna@acme.io", at=T0)])
     app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(1))])
@@ -127,14 +126,6 @@ def test_a_commit_without_a_mark_and_rows_of_a_writer_that_leaves_none_are_seen(
     app.apply_batch([rec("email_opened", "anna@acme.io", at=T0 + days(5))])
     assert probes.taken() == 1
     assert app.lead("email:anna@acme.io").touchpoints == 6
-
-
-@pytest.fixture
-def pipe(services: Services, pg_url: str, topic_prefix: str) -> Iterator[Pipeline]:
-    pipeline = Pipeline(services, pg_url, topic_prefix)
-    pipeline.create_topics(partitions=1)
-    yield pipeline
-    pipeline.close()
 
 
 class RivalBetweenBatches(LeadflowApp):
@@ -173,6 +164,7 @@ def test_a_consumer_trusts_its_cache_until_another_writer_commits(
     # Through a real topic: one person's twenty records are four batches on one cached
     # lead. Alone, the consumer never re-reads it; after another writer appends to the lead
     # (between its second and third batch), every later batch probes, and none conflicts.
+    pipe.create_topics(partitions=1)
     pipe.produce_raw(json.dumps(r.model_dump(mode="json", exclude_none=True)).encode()
                      for r in [rec("form_submitted", "anna@acme.io", at=T0)]
                      + [rec("email_opened", "anna@acme.io", at=T0 + days(d))
