@@ -295,7 +295,15 @@ class Batches(Queries):
         unit.prefetch_identities(keys, fresh=fresh)
         self._load_into(unit, accounts | {i.target_id for i in unit.identities.values()
                                           if i is not None}, revalidate=fresh)
-        unit.fill_accounts([a for a in unit.touched.values() if isinstance(a, domain.Account)])
+        # The accounts of the leads just loaded: a record reaching its lead by a cookie, a
+        # phone or a CRM id names no company, yet its touchpoint engages the lead's account.
+        # Loaded here in one query, not one by one (each with its engagement rows) later.
+        touched = unit.touched
+        owned = {a for lead in touched.values()
+                 if (a := getattr(lead, "account_id", None)) is not None and a not in touched}
+        if owned:
+            self._load_into(unit, owned, revalidate=fresh)
+        unit.fill_accounts([a for a in touched.values() if isinstance(a, domain.Account)])
 
     def _load_into(self, unit: Unit, ids: set[UUID], revalidate: bool = False) -> None:
         cache = self.repository.cache

@@ -191,6 +191,10 @@ class IdentityDecisions(StageDecisions):
             account = self.unit.add(create(
                 domain.Account, account_key=key, name=lead.profile.get("company"),
                 occurred_at=at))
+            # A new account has no engagement rows to read: they are written in the
+            # transaction that stores an account's events, and this unit found none (another
+            # writer creating it meanwhile fails this unit's commit, which is then redone).
+            account.engagements_loaded = True
         lead.set_account(account.id, at)
 
     def company_domain(self, lead: Lead) -> str | None:
