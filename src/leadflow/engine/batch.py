@@ -373,7 +373,8 @@ class Batches(Queries):
         mark = self.cache_marks.next() if unit.shared else None
         try:
             self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,
-                                        timers=unit.timers, books=unit.books,
+                                        timers=unit.timers, timers_exact=unit.timers_exact,
+                                        books=unit.books,
                                         writer_mark=(unit.seen[0], mark) if mark else None)
         except BaseException:
             # The cached aggregates this unit touched hold its uncommitted changes, or are

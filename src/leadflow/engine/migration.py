@@ -62,7 +62,7 @@ def migrate(app: Commands,
             due = lead.next_due(app.rules) if lead is not None else None
             unit.timers[lead_id] = due[0] if due is not None else None
             timed += due is not None
-        app.recorder.insert_events([], timers=unit.timers)
+        app.recorder.insert_events([], timers=unit.timers, timers_exact=True)
         if progress:
             progress(min(start + MIGRATE_CHUNK, len(lead_ids)), len(lead_ids))
     app.recorder.insert_events([], books=books_from_events(app))

@@ -178,6 +178,9 @@ class Unit:
         self.unloadable: dict[UUID, BaseException] = {}
         # Each settled lead's next time-driven check (None: none), for the timer index.
         self.timers: dict[UUID, datetime | None] = {}
+        # Whether they replace the stored timers (the clock re-arming what it looked at),
+        # or only move them earlier (store/recorders.py RecordIdIndex).
+        self.timers_exact = False
         # Where each aggregate's pending events end for one cause (a record), and why: each
         # cause's events are stored as one row (store/fold.py).
         self.cuts: dict[UUID, list[tuple[int, Cause]]] = {}

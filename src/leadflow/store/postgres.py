@@ -53,6 +53,7 @@ from leadflow.store.recorders import (
     RecordIdIndex,
     ScannedRow,
     record_ids_of,
+    timers_exact,
     timers_of,
     writer_mark_of,
 )
@@ -118,6 +119,13 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "INSERT INTO {} (lead_id, due_at) SELECT * FROM unnest(%b::uuid[], "
             "%b::timestamptz[]) ON CONFLICT (lead_id) DO UPDATE SET due_at = excluded.due_at"
         ).format(timers)
+        # A batch's timers only move rows earlier (recorders.RecordIdIndex): a row left as it
+        # is costs the conflict's probe, not a new row version and two index entries.
+        self.lower_timers_statement = SQL(
+            "INSERT INTO {t} AS t (lead_id, due_at) SELECT * FROM unnest(%b::uuid[], "
+            "%b::timestamptz[]) ON CONFLICT (lead_id) DO UPDATE SET due_at = excluded.due_at "
+            "WHERE excluded.due_at < t.due_at"
+        ).format(t=timers)
         # The writer mark (recorders.WRITER_MARK): the row keeps ``new`` only when it still
         # holds what the writer expected; otherwise a value that no writer expects.
         self.write_mark_statement = SQL(
@@ -355,7 +363,8 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             if gone:
                 curs.execute(self.delete_timers_statement, (UuidArray(gone),), prepare=True)
             if due:
-                curs.execute(self.upsert_timers_statement,
+                curs.execute(self.upsert_timers_statement if timers_exact(kwargs)
+                             else self.lower_timers_statement,
                              (UuidArray([lead for lead, _ in due]), [at for _, at in due]),
                              prepare=True)
         if books is not None:

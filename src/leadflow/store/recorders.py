@@ -82,6 +82,13 @@ class RecordIdIndex(ABC):
     Both indexes are written by ``insert_events(..., record_ids=[...], timers={...})`` in the
     same transaction as the events; ``timers`` maps a lead id to its next due time, or to
     ``None`` to drop it. They are bookkeeping, rebuildable from the events (``db migrate``).
+
+    A timer is a hint: the time by which the clock must look at the lead again, never later
+    than its next due transition, possibly earlier (the clock then finds nothing due and
+    sets the timer to the lead's true next due time). So a batch's timers only ever move a
+    lead's row earlier: each touchpoint pushes a lead's dormancy (and a score's decay) later,
+    and rewriting its row for that was a third of a batch's writes. The clock's re-arming,
+    and ``db migrate``, pass ``timers_exact=True``: their times replace the rows'.
     """
 
     @abstractmethod
@@ -198,6 +205,12 @@ def timers_of(kwargs: dict[str, Any]) -> dict[UUID, datetime | None]:
     return dict(kwargs.get("timers") or {})
 
 
+def timers_exact(kwargs: dict[str, Any]) -> bool:
+    """Whether the timers replace the stored ones (the clock, ``migrate``), or only move
+    them earlier (record batches, the other commands): see ``RecordIdIndex``."""
+    return bool(kwargs.get("timers_exact"))
+
+
 class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
     """The library's SQLite process recorder plus the record-id index (same transaction)."""
 
@@ -294,7 +307,10 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
         if timers:
             c.executemany(f"DELETE FROM {TIMERS_TABLE} WHERE lead_id = ?",
                           [(lead.hex,) for lead, due in timers.items() if due is None])
-            c.executemany(f"INSERT OR REPLACE INTO {TIMERS_TABLE} VALUES (?, ?)",
+            # The stored text sorts as the times do (select_due compares it so too).
+            c.executemany(f"INSERT INTO {TIMERS_TABLE} VALUES (?, ?) ON CONFLICT (lead_id) "
+                          "DO UPDATE SET due_at = excluded.due_at"
+                          + ("" if timers_exact(kwargs) else " WHERE excluded.due_at < due_at"),
                           [(lead.hex, sqlite_time(due)) for lead, due in timers.items()
                            if due is not None])
         books = bookkeeping.books_of(kwargs)
@@ -393,10 +409,11 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
             books = bookkeeping.books_of(kwargs)
             if books is not None:
                 self._books.write(books)
+            exact = timers_exact(kwargs)
             for lead, due in timers_of(kwargs).items():
                 if due is None:
                     self._timers.pop(lead, None)
-                else:
+                elif exact or lead not in self._timers or due < self._timers[lead]:
                     self._timers[lead] = due
         return out
 

@@ -1,0 +1,122 @@
+"""The timer index holds hints: a lead's row is never later than its next due transition,
+possibly earlier (store/recorders.py RecordIdIndex).
+
+A batch only moves a lead's row earlier; the clock, finding nothing due at an early hint,
+sets the row to the lead's true next due time. Transitions happen at the same exact times as
+with rows rewritten on every touchpoint. On the in-memory store, SQLite and a real
+PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from uuid import UUID
+
+import pytest
+
+from leadflow.config import Settings
+from leadflow.engine.app import LeadflowApp
+from leadflow.engine.auditor import Auditor
+from tests.conftest import T0, Records, days
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "memory":
+        return "memory:"
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'lf.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def opened(url: str) -> LeadflowApp:
+    return LeadflowApp(env=dict(Settings(database_url=url).eventsourcing_env({})))
+
+
+@pytest.fixture
+def app(url: str) -> Iterator[LeadflowApp]:
+    application = opened(url)
+    yield application
+    application.close()
+
+
+def rows(app: LeadflowApp) -> list[tuple[datetime, UUID]]:
+    return app.indexes.select_due(None, T0 + days(10_000), None, 100)
+
+
+def went_dormant(app: LeadflowApp, lead_id: UUID) -> datetime | None:
+    [row] = [r for r in Auditor(app).history(lead_id) if "WentDormant" in r.events]
+    return row.occurred_at
+
+
+def test_a_touchpoint_leaves_an_earlier_timer_and_the_clock_rearms_it(
+        app: LeadflowApp, rec: Records) -> None:
+    touches = [T0 + days(10 * i) for i in range(6)]  # the last at day 50
+    for at in touches:
+        app.apply_batch([rec("email_opened", "dee@dee.io", at=at)])
+    lead_id = app.resolve("email:dee@dee.io")
+    # Dormancy is due 60 days after the last touchpoint (day 110); the row still holds
+    # the first touchpoint's, day 60: each later one pushed the true time later.
+    assert rows(app) == [(T0 + days(60), lead_id)]
+    version = app.repository.get(lead_id).version
+    woke = app.advance_clock(T0 + days(61))
+    assert woke.woken == 0 and app.repository.get(lead_id).version == version
+    assert not app.lead(lead_id).dormant
+    assert rows(app) == [(T0 + days(110), lead_id)]  # re-armed at the true time
+    woke = app.advance_clock(T0 + days(120))
+    assert woke.woken == 1
+    assert app.lead(lead_id).dormant
+    assert went_dormant(app, lead_id) == T0 + days(110)  # at its exact time
+
+
+def test_a_transition_brought_forward_moves_the_row_earlier(
+        app: LeadflowApp, rec: Records) -> None:
+    app.apply_batch([rec("email_opened", "eve@eye.io", at=T0)])
+    lead_id = app.resolve("email:eve@eye.io")
+    assert rows(app) == [(T0 + days(60), lead_id)]
+    # Routed to an owner an hour later: the 24-hour first-contact SLA is due long before.
+    assigned = T0 + days(1 / 24)
+    batch = [rec("content_downloaded", "eve@eye.io", at=assigned,
+                 lead={"country": "DE"}) for _ in range(3)]
+    for _ in range(3):
+        batch += [rec("email_opened", "eve@eye.io", at=assigned),
+                  rec("email_clicked", "eve@eye.io", at=assigned)]
+    batch.append(rec("trial_started", "eve@eye.io", at=assigned))
+    app.apply_batch(batch)
+    assert app.lead(lead_id).owner == "rep-e"
+    assert rows(app) == [(assigned + days(1), lead_id)]
+    app.advance_clock(T0 + days(2))
+    assert app.lead(lead_id).owner == "rep-f"
+    # Rerouted exactly when the SLA ran out, not at the dormancy hint.
+    assert app.repository.get(lead_id).assigned_at == assigned + days(1)
+
+
+def test_hints_give_the_transitions_that_exact_timers_give(url: str, rec: Records) -> None:
+    """The same records in one batch (each lead's row written once, exact) and one by one
+    (rows left early), the clock advanced in steps: the same transitions at the same
+    times."""
+    people = [f"p{i}@acme{i % 3}.io" for i in range(9)]
+    records = [rec("email_opened" if (i + d) % 2 else "page_viewed", person,
+                   at=T0 + days(d * 7 + i))
+               for d in range(8) for i, person in enumerate(people)]
+    one_batch = opened("memory:")
+    one_by_one = opened(url)
+    try:
+        one_batch.apply_batch(records)
+        for record in records:
+            one_by_one.apply_batch([record])
+        for step in range(1, 12):
+            one_by_one.advance_clock(T0 + days(step * 15))
+        one_batch.advance_clock(T0 + days(165))
+        for person in people:
+            key = f"email:{person}"
+            assert one_by_one.lead(key).transitions == one_batch.lead(key).transitions
+            assert one_by_one.lead(key).dormant
+            # Dormant from the same moment: 60 days after the person's last touchpoint.
+            last = max(r.occurred_at for r in records if r.lead.email == person)
+            for app in (one_by_one, one_batch):
+                assert went_dormant(app, app.resolve(key)) == last + days(60)
+    finally:
+        one_batch.close()
+        one_by_one.close()
