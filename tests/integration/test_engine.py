@@ -307,6 +307,7 @@ def test_replay_from_the_store_gives_the_same_state_whatever_the_batch_size(
 def test_clock_reads_only_timer_days_never_every_lead(app: LeadflowApp, rec: Records) -> None:
     app.apply_batch([rec("email_opened", f"q{i}@cue.io", at=T0) for i in range(30)])
     app.advance_clock(T0 + days(30))
+    leads = {app.resolve(f"email:q{i}@cue.io") for i in range(30)}
     loaded: list[object] = []
     original = app.repository.get
 
@@ -316,10 +317,20 @@ def test_clock_reads_only_timer_days_never_every_lead(app: LeadflowApp, rec: Rec
         return result
 
     app.repository.get = spy  # type: ignore[method-assign]
+    # A page of due leads is read in one query (those the cache lacks).
+    read_together: list[object] = []
+    select_many = app.codec.select_many
+
+    def spy_many(ids):  # type: ignore[no-untyped-def]
+        read_together.extend(ids)
+        return select_many(ids)
+
+    app.codec.select_many = spy_many  # type: ignore[method-assign]
     app.advance_clock(T0 + days(45))  # nothing is due: no lead is loaded
-    assert "Lead" not in loaded
+    assert "Lead" not in loaded and not read_together
     app.advance_clock(T0 + days(61))  # all 30 are due for dormancy: each loaded once
-    assert loaded.count("Lead") == 30
+    assert loaded.count("Lead") + len(read_together) == 30
+    assert set(read_together) <= leads
 
 
 def test_a_rules_change_is_visible_in_the_recorded_version(tmp_path: Path, rec: Records) -> None:

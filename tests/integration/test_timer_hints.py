@@ -16,9 +16,11 @@ from uuid import UUID
 import pytest
 
 from leadflow.config import Settings
+from leadflow.contract import InboundRecord
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor
 from tests.conftest import T0, Records, days
+from tests.integration.conftest import meanwhile, two_writers
 
 
 @pytest.fixture(params=["memory", "sqlite", "postgres"])
@@ -120,3 +122,72 @@ def test_hints_give_the_transitions_that_exact_timers_give(url: str, rec: Record
     finally:
         one_batch.close()
         one_by_one.close()
+
+
+def routing_batch(rec: Records, email: str, at: datetime) -> list[InboundRecord]:
+    """Records that qualify a new German lead and route it to rep-e (24-hour SLA)."""
+    batch = [rec("content_downloaded", email, at=at, lead={"country": "DE"})
+             for _ in range(3)]
+    for _ in range(3):
+        batch += [rec("email_opened", email, at=at), rec("email_clicked", email, at=at)]
+    batch.append(rec("trial_started", email, at=at))
+    return batch
+
+
+def test_a_batch_writes_no_timer_a_row_is_already_early_enough_for(
+        app: LeadflowApp, rec: Records) -> None:
+    written: list[dict[UUID, datetime | None]] = []
+    recorder = app.recorder
+    real = recorder.insert_events
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        written.append(dict(kwargs.get("timers") or {}))
+        return real(*args, **kwargs)
+
+    recorder.insert_events = spy  # type: ignore[method-assign]
+    for i in range(5):
+        app.apply_batch([rec("email_opened", "fay@eff.io", at=T0 + days(i))])
+    lead_id = app.resolve("email:fay@eff.io")
+    # Written once, by the first batch; the later ones only pushed the due time later.
+    assert written == [{lead_id: T0 + days(60)}, {}, {}, {}, {}]
+    app.advance_clock(T0 + days(61))  # the clock re-arms it exactly (day 64)...
+    assert rows(app) == [(T0 + days(64), lead_id)]
+    written.clear()
+    app.apply_batch(routing_batch(rec, "fay@eff.io", T0 + days(62)))
+    # ...after which what was known is not trusted: the SLA (day 63) is written.
+    assert written == [{lead_id: T0 + days(63)}]
+    app.advance_clock(T0 + days(63.5))
+    assert app.lead(lead_id).owner == "rep-f"
+
+
+def test_a_clock_in_another_process_makes_a_writer_write_its_timers_again(
+        pg_url: str, rec: Records) -> None:
+    with two_writers(pg_url) as (consumer, clock):
+        for at in (T0, T0 + days(10), T0 + days(20)):
+            consumer.apply_batch([rec("email_opened", "gus@gee.io", at=at)])
+        lead_id = consumer.resolve("email:gus@gee.io")
+        assert rows(consumer) == [(T0 + days(60), lead_id)]
+        clock.advance_clock(T0 + days(61))  # nothing due: re-armed at day 80
+        assert rows(consumer) == [(T0 + days(80), lead_id)]
+        # Routed on day 70: the SLA is due on day 71, later than what the consumer last
+        # wrote (day 60) but earlier than the row now holds.
+        consumer.apply_batch(routing_batch(rec, "gus@gee.io", T0 + days(70)))
+        assert rows(consumer) == [(T0 + days(71), lead_id)]
+        clock.advance_clock(T0 + days(71.5))
+        assert clock.lead(lead_id).owner == "rep-f"  # rerouted when the SLA ran out
+
+
+def test_a_clock_committing_while_a_batch_decides_makes_it_write_its_timers(
+        pg_url: str, rec: Records) -> None:
+    with two_writers(pg_url) as (consumer, clock):
+        for at in (T0, T0 + days(10), T0 + days(20)):
+            consumer.apply_batch([rec("email_opened", "hal@aitch.io", at=at)])
+        lead_id = consumer.resolve("email:hal@aitch.io")
+        # The clock re-arms the row (day 80) after the batch read the epoch, before it
+        # commits: the batch's skipped SLA timer (day 71) is written all the same.
+        consumer.apply_batch(routing_batch(rec, "hal@aitch.io", T0 + days(70)),
+                             before_commit=meanwhile(
+                                 lambda: clock.advance_clock(T0 + days(61))))
+        assert rows(consumer) == [(T0 + days(71), lead_id)]
+        clock.advance_clock(T0 + days(71.5))
+        assert clock.lead(lead_id).owner == "rep-f"  # rerouted when the SLA ran out

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext, suppress
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
@@ -371,10 +372,15 @@ class Batches(Queries):
         if not stored and tracking is None and not unit.timers and not unit.books:
             return
         mark = self.cache_marks.next() if unit.shared else None
+        timers: dict[UUID, datetime | None] = dict(unit.timers)
+        skipped: dict[UUID, datetime] = {}
+        if not unit.timers_exact:
+            timers, skipped = self.timer_hints.split(unit.timers)
         try:
             self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,
-                                        timers=unit.timers, timers_exact=unit.timers_exact,
-                                        books=unit.books,
+                                        timers=timers, timers_exact=unit.timers_exact,
+                                        timers_skipped=skipped,
+                                        timers_epoch=unit.timers_epoch, books=unit.books,
                                         writer_mark=(unit.seen[0], mark) if mark else None)
         except BaseException:
             # The cached aggregates this unit touched hold its uncommitted changes, or are
@@ -385,6 +391,7 @@ class Batches(Queries):
             # cache here made every conflict of two consumers reload their working sets.
             self.forget_unit(unit)
             raise
+        self.timer_hints.committed(timers, unit.timers_exact)
         if mark is not None:
             self.cache_marks.committed(unit, mark, len(stored))
         self.vault.committed()

@@ -73,6 +73,11 @@ class Commands(Batches):
             cursor = None
             while True:
                 page = self.indexes.select_due(position, until, cursor, CLOCK_PAGE)
+                # The page's leads in one query, and as stored: on a shared store, a lead
+                # another writer changed since this process cached it is read again (the
+                # clock's timers replace the rows, so they must come from the lead as it is).
+                self._load_into(unit, {lead_id for _, lead_id in page},
+                                revalidate=not unit.trusted)
                 for _, lead_id in page:
                     processed = self._wake(unit, lead_id, until)
                     if processed is None:

@@ -30,7 +30,7 @@ from leadflow.engine.store_format import (
     check_cipher,
     check_store_version,
 )
-from leadflow.engine.unit import CacheMarks, Directory, Unit
+from leadflow.engine.unit import CacheMarks, Directory, TimerHints, Unit
 from leadflow.store.cache import SpillingLRUCache
 from leadflow.store.codec import EventCodec
 from leadflow.store.fold import FoldingEventStore
@@ -38,6 +38,7 @@ from leadflow.store.keys import keyring_from_env
 from leadflow.store.master_keys import master_keys_from_env, personal_data_plain
 from leadflow.store.personal import Vault
 from leadflow.store.recorders import (
+    TIMERS_EPOCH,
     LeadflowPOPOProcessRecorder,
     RecordIdIndex,
     recorder_topic_for,
@@ -69,6 +70,7 @@ class AppCore(Application[UUID]):
         self.codec = EventCodec(self.mapper, self.recorder, self.keyring, self.vault)
         self.directory = Directory(self.indexes, self.vault.lookup)
         self.cache_marks = CacheMarks()
+        self.timer_hints = TimerHints()
         if not migrating:
             self._check_store_version()
         cache = self.repository.cache
@@ -79,6 +81,8 @@ class AppCore(Application[UUID]):
 
     def _unit(self) -> Unit:
         unit = Unit(self.repository, self.directory)
+        unit.timers_epoch = self.indexes.meta(TIMERS_EPOCH)
+        self.timer_hints.begin(unit.timers_epoch)
         if unit.shared:
             # Whether the caches can be used as they are (engine/unit.py CacheMarks). Caches
             # that already failed to be (another writer committed) cannot be again until

@@ -118,6 +118,60 @@ class Directory:
         self.cache.clear()
 
 
+class TimerHints:
+    """What each lead's timer row is known to be no later than, so that a batch need not
+    write a timer that would not move the row (store/recorders.py RecordIdIndex: a batch's
+    timers only move rows earlier; most touchpoints move a lead's next check later).
+
+    A row moves later, or goes, only in a commit that replaces timers (the clock's), and
+    such commits count up the store's ``TIMERS_EPOCH`` row: what is known here holds while
+    that row holds what it held when it was learnt. A unit reads it when it begins
+    (``begin``); timers skipped because of it are written after all if the row moved by
+    the time the unit commits (the recorder checks, under the commit's lock).
+    """
+
+    #: Leads remembered at most (then forgotten, and learnt again): ~100 bytes each.
+    LIMIT = 1 << 20
+
+    def __init__(self) -> None:
+        self.epoch: object = _UNREAD
+        self.known: dict[UUID, datetime] = {}
+
+    def begin(self, epoch: str | None) -> None:
+        if epoch != self.epoch or len(self.known) > self.LIMIT:
+            self.known.clear()
+            self.epoch = epoch
+
+    def split(self, timers: dict[UUID, datetime | None],
+              ) -> tuple[dict[UUID, datetime | None], dict[UUID, datetime]]:
+        """(timers to write, timers the rows are already no later than). ``None`` (no check
+        due) is neither: a batch leaves the row, and the clock drops it when it comes."""
+        known = self.known
+        write: dict[UUID, datetime | None] = {}
+        skip: dict[UUID, datetime] = {}
+        for lead_id, at in timers.items():
+            if at is None:
+                continue
+            held = known.get(lead_id)
+            if held is not None and held <= at:
+                skip[lead_id] = at
+            else:
+                write[lead_id] = at
+        return write, skip
+
+    def committed(self, written: dict[UUID, datetime | None], exact: bool) -> None:
+        if exact:  # rows moved later or went: the epoch moved too
+            self.known.clear()
+            self.epoch = _UNREAD
+            return
+        for lead_id, at in written.items():
+            if at is not None:
+                self.known[lead_id] = at  # the row is now min(what it was, at)
+
+
+_UNREAD = object()
+
+
 class CacheMarks:
     """Whether this process's caches (aggregates, identity rows, data keys) are as stored, on
     a store several processes write (``RecordIdIndex.shared``).
@@ -181,6 +235,8 @@ class Unit:
         # Whether they replace the stored timers (the clock re-arming what it looked at),
         # or only move them earlier (store/recorders.py RecordIdIndex).
         self.timers_exact = False
+        # The store's TIMERS_EPOCH when the unit began (TimerHints).
+        self.timers_epoch: str | None = None
         # Where each aggregate's pending events end for one cause (a record), and why: each
         # cause's events are stored as one row (store/fold.py).
         self.cuts: dict[UUID, list[tuple[int, Cause]]] = {}

@@ -45,6 +45,7 @@ from leadflow.store.recorders import (
     META_TABLE,
     RECORD_IDS_TABLE,
     SCHEMA_LOCK_KEY,
+    TIMERS_EPOCH,
     TIMERS_TABLE,
     WRITER_MARK,
     Due,
@@ -53,6 +54,7 @@ from leadflow.store.recorders import (
     RecordIdIndex,
     ScannedRow,
     record_ids_of,
+    timer_writes,
     timers_exact,
     timers_of,
     writer_mark_of,
@@ -139,6 +141,13 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             events=Identifier(self.datastore.schema, self.events_table_name))
         self.delete_timers_statement = SQL("DELETE FROM {} WHERE lead_id = ANY(%b::uuid[])"
                                            ).format(timers)
+        self.bump_timers_epoch_statement = SQL(
+            "INSERT INTO {meta} AS m (key, value) VALUES ({key}, '1') ON CONFLICT (key) DO "
+            "UPDATE SET value = (m.value::bigint + 1)::text").format(
+            meta=meta, key=Literal(TIMERS_EPOCH))
+        self.select_timers_epoch_statement = SQL(
+            "SELECT value FROM {meta} WHERE key = {key}").format(
+            meta=meta, key=Literal(TIMERS_EPOCH))
         self.select_due_statement = SQL(
             "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
             "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
@@ -344,7 +353,8 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
                        **kwargs: Any) -> None:
         timers = timers_of(kwargs)
         books = bookkeeping.books_of(kwargs)
-        if stored_events or timers or books is not None or kwargs.get("tracking"):
+        if stored_events or timers or books is not None or kwargs.get("tracking") \
+                or kwargs.get("timers_skipped"):
             # The library runs this before it locks the events table; take that lock first,
             # so every writer takes its locks in one order (events table, then the index and
             # bookkeeping tables). A writer holding rows of those tables while waiting for the
@@ -357,16 +367,22 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
                          {"new": new, "expected": expected, "other": "other:" + new},
                          prepare=True)
         super()._insert_events(curs, stored_events, **kwargs)  # the tracking record
-        if timers:
-            gone = [lead for lead, due in timers.items() if due is None]
-            due = [(lead, at) for lead, at in timers.items() if at is not None]
-            if gone:
-                curs.execute(self.delete_timers_statement, (UuidArray(gone),), prepare=True)
-            if due:
-                curs.execute(self.upsert_timers_statement if timers_exact(kwargs)
-                             else self.lower_timers_statement,
-                             (UuidArray([lead for lead, _ in due]), [at for _, at in due]),
-                             prepare=True)
+
+        def epoch() -> str | None:  # under the events table's lock (taken above)
+            curs.execute(self.select_timers_epoch_statement, prepare=True)
+            row = curs.fetchone()
+            return str(row["value"]) if row else None
+
+        gone, due = timer_writes(kwargs, epoch)
+        if gone:
+            curs.execute(self.delete_timers_statement, (UuidArray(gone),), prepare=True)
+        if due:
+            curs.execute(self.upsert_timers_statement if timers_exact(kwargs)
+                         else self.lower_timers_statement,
+                         (UuidArray([lead for lead, _ in due]), [at for _, at in due]),
+                         prepare=True)
+        if timers_exact(kwargs) and (gone or due):
+            curs.execute(self.bump_timers_epoch_statement, prepare=True)
         if books is not None:
             bookkeeping.postgres_write(curs, self.datastore.schema, books,
                                        self.events_table_name)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -39,6 +39,10 @@ SCHEMA_LOCK_KEY = 0x6C65_6164_666C_6F77
 RECORD_IDS_TABLE = "leadflow_record_ids"
 TIMERS_TABLE = "leadflow_timers"
 META_TABLE = "leadflow_meta"
+#: The metadata row counting commits whose timers replaced rows (``timers_exact``): the only
+#: writes that move a timer later or drop it. While it holds what a writer read, the rows
+#: are no later than the timers it last wrote, so it need not write them again (below).
+TIMERS_EPOCH = "timers_epoch"
 
 #: Format of the store written by this code. 2: a lead's next time-driven check lives in the
 #: timer index (bookkeeping written with the events), not in TimerBucket events. 3: one row
@@ -86,9 +90,14 @@ class RecordIdIndex(ABC):
     A timer is a hint: the time by which the clock must look at the lead again, never later
     than its next due transition, possibly earlier (the clock then finds nothing due and
     sets the timer to the lead's true next due time). So a batch's timers only ever move a
-    lead's row earlier: each touchpoint pushes a lead's dormancy (and a score's decay) later,
-    and rewriting its row for that was a third of a batch's writes. The clock's re-arming,
-    and ``db migrate``, pass ``timers_exact=True``: their times replace the rows'.
+    lead's row earlier, and a ``None`` leaves the row (the clock drops it when it finds
+    nothing due): each touchpoint pushes a lead's dormancy (and a score's decay) later, and
+    rewriting its row for that was a third of a batch's writes. The clock's re-arming, and
+    ``db migrate``, pass ``timers_exact=True``: their times replace the rows', and the
+    ``TIMERS_EPOCH`` row counts those commits. A writer may pass, as ``timers_skipped``,
+    timers it knows a row is already no later than, with the epoch it read then
+    (``timers_epoch``): they are written only if the epoch moved meanwhile (checked under
+    the transaction's lock on the events table).
     """
 
     @abstractmethod
@@ -211,6 +220,21 @@ def timers_exact(kwargs: dict[str, Any]) -> bool:
     return bool(kwargs.get("timers_exact"))
 
 
+def timer_writes(kwargs: dict[str, Any], stored_epoch: Callable[[], str | None],
+                 ) -> tuple[list[UUID], list[tuple[UUID, datetime]]]:
+    """The timer rows a commit deletes and upserts (see ``RecordIdIndex``); ``stored_epoch``
+    reads the ``TIMERS_EPOCH`` row inside the commit's transaction."""
+    timers = timers_of(kwargs)
+    if timers_exact(kwargs):
+        return ([lead for lead, due in timers.items() if due is None],
+                [(lead, due) for lead, due in timers.items() if due is not None])
+    due = [(lead, at) for lead, at in timers.items() if at is not None]
+    skipped: dict[UUID, datetime] = kwargs.get("timers_skipped") or {}
+    if skipped and stored_epoch() != kwargs.get("timers_epoch"):
+        due += skipped.items()  # a row may have moved later since the writer knew it
+    return [], due
+
+
 class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
     """The library's SQLite process recorder plus the record-id index (same transaction)."""
 
@@ -303,16 +327,25 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
     def _insert_events(self, c: SQLiteCursor, stored_events: Sequence[StoredEvent],
                        **kwargs: Any) -> Sequence[int] | None:
         returning = super()._insert_events(c, stored_events, **kwargs)
-        timers = timers_of(kwargs)
-        if timers:
+
+        def epoch() -> str | None:
+            c.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?", (TIMERS_EPOCH,))
+            row = c.fetchone()
+            return str(row[0]) if row else None
+
+        gone, due = timer_writes(kwargs, epoch)
+        if gone:
             c.executemany(f"DELETE FROM {TIMERS_TABLE} WHERE lead_id = ?",
-                          [(lead.hex,) for lead, due in timers.items() if due is None])
+                          [(lead.hex,) for lead in gone])
+        if due:
             # The stored text sorts as the times do (select_due compares it so too).
             c.executemany(f"INSERT INTO {TIMERS_TABLE} VALUES (?, ?) ON CONFLICT (lead_id) "
                           "DO UPDATE SET due_at = excluded.due_at"
                           + ("" if timers_exact(kwargs) else " WHERE excluded.due_at < due_at"),
-                          [(lead.hex, sqlite_time(due)) for lead, due in timers.items()
-                           if due is not None])
+                          [(lead.hex, sqlite_time(at)) for lead, at in due])
+        if timers_exact(kwargs) and (gone or due):
+            c.execute(f"INSERT INTO {META_TABLE} VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
+                      "SET value = CAST(value AS INTEGER) + 1", (TIMERS_EPOCH,))
         books = bookkeeping.books_of(kwargs)
         ids = record_ids_of(kwargs)
         try:
@@ -410,11 +443,14 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
             if books is not None:
                 self._books.write(books)
             exact = timers_exact(kwargs)
-            for lead, due in timers_of(kwargs).items():
-                if due is None:
-                    self._timers.pop(lead, None)
-                elif exact or lead not in self._timers or due < self._timers[lead]:
-                    self._timers[lead] = due
+            gone, due = timer_writes(kwargs, lambda: self._meta.get(TIMERS_EPOCH))
+            for lead in gone:
+                self._timers.pop(lead, None)
+            for lead, at in due:
+                if exact or lead not in self._timers or at < self._timers[lead]:
+                    self._timers[lead] = at
+            if exact and (gone or due):
+                self._meta[TIMERS_EPOCH] = str(int(self._meta.get(TIMERS_EPOCH) or 0) + 1)
         return out
 
 
