@@ -21,7 +21,7 @@ from leadflow.domain import (
     Router,
     TimerBucket,
 )
-from leadflow.domain.rules import default_rules
+from leadflow.domain.rules import default_rules, default_rules_text, parse_rules
 from tests.conftest import T0, days
 
 RULES = default_rules()
@@ -113,6 +113,28 @@ def test_an_mql_heading_below_the_recycle_threshold_is_due_for_decay() -> None:
     assert due is not None and due[1] == "decay"
     # 45 points fall below 20 after log2(45/20) half-lives.
     assert due[0] > T0 + days(30) and due[0] < T0 + days(36)
+
+
+def test_the_next_due_time_is_kept_only_while_the_lead_and_the_rules_are_unchanged() -> None:
+    """``next_due`` is asked when a record arrives and when it is settled; its answer is kept
+    with the lead's version and the rules' version, and must always equal a fresh one."""
+    lead = new_lead()
+    lead.record_touchpoint("e1", "trial_started", T0, {}, RULES)
+    first = lead.next_due(RULES)
+    assert first is not None and first[1] == "dormant"
+    assert lead.next_due(RULES) is first  # the same version: kept
+    lead.record_touchpoint("e2", "demo_requested", T0 + days(1), {}, RULES)
+    assert lead.next_due(RULES) == lead._next_due(RULES) != first  # a new event: asked again
+    lead.change_stage("mql", T0 + days(1), "rule:mql-threshold", "score")
+    assert lead.next_due(RULES) == lead._next_due(RULES)
+    assert lead.next_due(RULES)[1] == "decay"
+    # Other rules (a shorter half-life) give another answer at the same version.
+    faster = parse_rules(default_rules_text().replace("half_life_days = 30",
+                                                      "half_life_days = 10"))
+    assert faster.version != RULES.version
+    assert lead.next_due(faster) == lead._next_due(faster) != lead._next_due(RULES)
+    # Derived, not state: the kept answer is no part of what the lead's events rebuild.
+    assert all(not k.endswith("_cache") for k in lead.state())
 
 
 def test_a_merged_lead_refuses_further_merges_and_the_survivor_keeps_both_histories() -> None:

@@ -14,7 +14,7 @@ from leadflow.domain.errors import LeadForgottenError
 from leadflow.domain.ids import lead_id_for
 from leadflow.domain.lead_merges import LeadMerges
 from leadflow.domain.lead_models import NamedModels
-from leadflow.domain.lead_state import EXPIRING, LeadQueries, SeenIds
+from leadflow.domain.lead_state import EXPIRING, NEXT_DUE, LeadQueries, SeenIds
 from leadflow.domain.privacy import PERSONAL_PROFILE_FIELDS, public_url
 from leadflow.domain.rules import Rules
 from leadflow.domain.scoring import Award
@@ -22,7 +22,7 @@ from leadflow.domain.topics import stable_topics
 from leadflow.domain.vocabulary import STAGES
 
 _UNSET: Any = object()
-_NOT_STATE = frozenset({"_models", EXPIRING})  # derived caches, not part of ``state()``
+_NOT_STATE = frozenset({"_models", EXPIRING, NEXT_DUE})  # derived caches, not ``state()``
 
 
 class Lead(Aggregate, NamedModels, LeadMerges, LeadQueries):

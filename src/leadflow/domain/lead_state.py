@@ -20,6 +20,8 @@ from leadflow.domain.vocabulary import DORMANCY_STAGES, SLA_STAGES
 #: ``LeadQueries._expiring``'s cache, in the instance dict: derived, so not part of
 #: ``Lead.state()``.
 EXPIRING = "_expiring_cache"
+#: Where ``next_due`` keeps its last answer (a derived cache, as ``EXPIRING``).
+NEXT_DUE = "_next_due_cache"
 
 
 class SeenIds(list[str]):
@@ -81,6 +83,7 @@ class LeadQueries:
         assigned_at: datetime | None
         dormant: bool
         last_touch_at: datetime | None
+        version: int
 
         def _model_decays(self, rules: Rules, states: dict[str, dict[str, Any]]
                           ) -> list[tuple[datetime, str]]: ...
@@ -140,7 +143,24 @@ class LeadQueries:
         return owner
 
     def next_due(self, rules: Rules) -> tuple[datetime, str] | None:
-        """The earliest time-driven transition this lead is heading for, if any."""
+        """The earliest time-driven transition this lead is heading for, if any.
+
+        A function of the lead's state and the rules: asked when a record arrives (to catch
+        up) and again when it is settled, so the answer is kept with the version it was made
+        at and the rules' version (content hash): a lead's next record, at the version its
+        last settle left, reuses it. Every change of state is an event, which moves the
+        version."""
+        own = self.__dict__
+        cached = own.get(NEXT_DUE)
+        version = self.version
+        if cached is not None and cached[0] == version and cached[1] == rules.version:
+            due: tuple[datetime, str] | None = cached[2]
+            return due
+        due = self._next_due(rules)
+        own[NEXT_DUE] = (version, rules.version, due)
+        return due
+
+    def _next_due(self, rules: Rules) -> tuple[datetime, str] | None:
         candidates: list[tuple[datetime, str]] = []
         if self.merged_into is not None:
             return None
