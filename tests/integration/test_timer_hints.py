@@ -47,6 +47,16 @@ def rows(app: LeadflowApp) -> list[tuple[datetime, UUID]]:
     return app.indexes.select_due(None, T0 + days(10_000), None, 100)
 
 
+def routing_batch(rec: Records, email: str, at: datetime) -> list[InboundRecord]:
+    """Records that qualify a new German lead and route it to rep-e (24-hour SLA)."""
+    batch = [rec("content_downloaded", email, at=at, lead={"country": "DE"})
+             for _ in range(3)]
+    for _ in range(3):
+        batch += [rec("email_opened", email, at=at), rec("email_clicked", email, at=at)]
+    batch.append(rec("trial_started", email, at=at))
+    return batch
+
+
 def went_dormant(app: LeadflowApp, lead_id: UUID) -> datetime | None:
     [row] = [r for r in Auditor(app).history(lead_id) if "WentDormant" in r.events]
     return row.occurred_at
@@ -79,13 +89,7 @@ def test_a_transition_brought_forward_moves_the_row_earlier(
     assert rows(app) == [(T0 + days(60), lead_id)]
     # Routed to an owner an hour later: the 24-hour first-contact SLA is due long before.
     assigned = T0 + days(1 / 24)
-    batch = [rec("content_downloaded", "eve@eye.io", at=assigned,
-                 lead={"country": "DE"}) for _ in range(3)]
-    for _ in range(3):
-        batch += [rec("email_opened", "eve@eye.io", at=assigned),
-                  rec("email_clicked", "eve@eye.io", at=assigned)]
-    batch.append(rec("trial_started", "eve@eye.io", at=assigned))
-    app.apply_batch(batch)
+    app.apply_batch(routing_batch(rec, "eve@eye.io", assigned))
     assert app.lead(lead_id).owner == "rep-e"
     assert rows(app) == [(assigned + days(1), lead_id)]
     app.advance_clock(T0 + days(2))
@@ -124,14 +128,12 @@ def test_hints_give_the_transitions_that_exact_timers_give(url: str, rec: Record
         one_by_one.close()
 
 
-def routing_batch(rec: Records, email: str, at: datetime) -> list[InboundRecord]:
-    """Records that qualify a new German lead and route it to rep-e (24-hour SLA)."""
-    batch = [rec("content_downloaded", email, at=at, lead={"country": "DE"})
-             for _ in range(3)]
-    for _ in range(3):
-        batch += [rec("email_opened", email, at=at), rec("email_clicked", email, at=at)]
-    batch.append(rec("trial_started", email, at=at))
-    return batch
+def opened_three_times(app: LeadflowApp, rec: Records, email: str) -> UUID:
+    """A lead whose timer row holds its first email's dormancy (day 60): it was written
+    once, and the later emails (days 10 and 20) only pushed the true time later."""
+    for at in (T0, T0 + days(10), T0 + days(20)):
+        app.apply_batch([rec("email_opened", email, at=at)])
+    return app.resolve(f"email:{email}")
 
 
 def test_a_batch_writes_no_timer_a_row_is_already_early_enough_for(
@@ -163,9 +165,7 @@ def test_a_batch_writes_no_timer_a_row_is_already_early_enough_for(
 def test_a_clock_in_another_process_makes_a_writer_write_its_timers_again(
         pg_url: str, rec: Records) -> None:
     with two_writers(pg_url) as (consumer, clock):
-        for at in (T0, T0 + days(10), T0 + days(20)):
-            consumer.apply_batch([rec("email_opened", "gus@gee.io", at=at)])
-        lead_id = consumer.resolve("email:gus@gee.io")
+        lead_id = opened_three_times(consumer, rec, "gus@gee.io")
         assert rows(consumer) == [(T0 + days(60), lead_id)]
         clock.advance_clock(T0 + days(61))  # nothing due: re-armed at day 80
         assert rows(consumer) == [(T0 + days(80), lead_id)]
@@ -180,9 +180,7 @@ def test_a_clock_in_another_process_makes_a_writer_write_its_timers_again(
 def test_a_clock_committing_while_a_batch_decides_makes_it_write_its_timers(
         pg_url: str, rec: Records) -> None:
     with two_writers(pg_url) as (consumer, clock):
-        for at in (T0, T0 + days(10), T0 + days(20)):
-            consumer.apply_batch([rec("email_opened", "hal@aitch.io", at=at)])
-        lead_id = consumer.resolve("email:hal@aitch.io")
+        lead_id = opened_three_times(consumer, rec, "hal@aitch.io")
         # The clock re-arms the row (day 80) after the batch read the epoch, before it
         # commits: the batch's skipped SLA timer (day 71) is written all the same.
         consumer.apply_batch(routing_batch(rec, "hal@aitch.io", T0 + days(70)),

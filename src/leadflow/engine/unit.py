@@ -130,8 +130,9 @@ class TimerHints:
     the time the unit commits (the recorder checks, under the commit's lock).
     """
 
-    #: Leads remembered at most (then forgotten, and learnt again): ~100 bytes each.
-    LIMIT = 1 << 20
+    #: Leads remembered at most (then all forgotten, and learnt again by writing each
+    #: lead's row once more): ~150 bytes each, so ~40 MB at most.
+    LIMIT = 1 << 18
 
     def __init__(self) -> None:
         self.epoch: object = _UNREAD
