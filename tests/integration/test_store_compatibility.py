@@ -8,7 +8,7 @@ import json
 import shutil
 import subprocess
 import sys
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -97,3 +97,41 @@ def test_a_migrated_store_answers_the_same_and_goes_on(tmp_path: Path, rec: Reco
         assert sum(app.lead(i).dormant for i in app.lead_ids()) > 0
     finally:
         app.close()
+
+
+def test_a_format_5_store_with_exact_timers_is_refused_then_migrated(
+        tmp_path: Path, rec: Records) -> None:
+    """Format 6 made timer rows hints (store/recorders.py): a writer of format 5, which set
+    rows to exact times without counting the timers epoch, must not write such a store, and
+    this code must not write a format-5 store that such writers may still be writing."""
+    db = tmp_path / "store.db"
+    app = open_app(db)
+    try:
+        for day in (0, 10, 20):
+            app.apply_batch([rec("email_opened", "ida@eye.io",
+                                 at=datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=day))])
+        lead_id = app.resolve("email:ida@eye.io")
+        assert app.indexes.select_due(None, datetime(2030, 1, 1, tzinfo=UTC), None, 10) == [
+            (datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=60), lead_id)]
+        app.indexes.set_store_version(5)  # as a format-5 leadflow would have left it
+    finally:
+        app.close()
+    with pytest.raises(StoreVersionError, match="leadflow db migrate"):
+        open_app(db)
+    result = open_app(db, migrating=True).migrate()
+    assert result.version == STORE_VERSION == 6
+    app = open_app(db)
+    try:
+        # The migration wrote each lead's exact next check (the row held day 60 before: the
+        # first email's, as a hint), and counted the epoch for any writer's hints.
+        due = app.indexes.select_due(None, datetime(2030, 1, 1, tzinfo=UTC), None, 10)
+        assert due == [(datetime(2026, 3, 1, tzinfo=UTC) + timedelta(days=80), lead_id)]
+        assert app.indexes.meta("timers_epoch") == "1"
+    finally:
+        app.close()
+    # A store in a newer format than this code writes is refused, naming the upgrade.
+    newer = open_app(db)
+    newer.indexes.set_store_version(STORE_VERSION + 1)
+    newer.close()
+    with pytest.raises(StoreVersionError, match="upgrade leadflow"):
+        open_app(db)

@@ -9,9 +9,11 @@ records where that began, so the older unlinked rows of accounts, interests and 
 are counted by ``verify``, not reported. Format 5 keys the identity table by keyed hashes
 and encrypts personal values per person (store/personal.py): ``migrate`` re-keys the
 identity table; rows written before stay as they are (their personal values readable, and
-``forget`` refuses those leads, naming why). ``migrate`` builds all of it from the stored
-events — which stay as they are, so every record keeps its record time — and records the
-format; run again, it rebuilds.
+``forget`` refuses those leads, naming why). Format 6 keeps timers as hints that only the
+clock's commits move later (store/recorders.py ``RecordIdIndex``), so that no writer of an
+earlier format, which rewrote them exactly, writes the store. ``migrate`` builds all of it
+from the stored events — which stay as they are, so every record keeps its record time —
+and records the format; run again, it rebuilds.
 """
 
 from __future__ import annotations

@@ -53,7 +53,13 @@ TIMERS_EPOCH = "timers_epoch"
 #: migrated from an older format records where keyed chaining of all aggregates began.
 #: Format 5: identity rows keyed by keyed hashes, personal values encrypted per person
 #: (store/personal.py), data keys in ``leadflow_data_keys``.
-STORE_VERSION = 5
+#: Format 6: the timer index holds hints, never later than each lead's next due transition
+#: (``RecordIdIndex``): a row moves later only in a commit that counts up ``TIMERS_EPOCH``.
+#: A format-5 writer set rows to exact times without counting, so it could hide an earlier
+#: due time from format-6 writers that skip the rows they know; it refuses a format-6 store
+#: ("newer than this leadflow understands"). A format-5 store's rows are exact, so valid
+#: hints: ``db migrate`` rebuilds them anyway and records the format.
+STORE_VERSION = 6
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _NIL = UUID(int=0)
