@@ -372,7 +372,7 @@ class Batches(Queries):
         if not stored and tracking is None and not unit.timers and not unit.books:
             return
         mark = self.cache_marks.next() if unit.shared else None
-        timers: dict[UUID, datetime | None] = dict(unit.timers)
+        timers = unit.timers
         skipped: dict[UUID, datetime] = {}
         if not unit.timers_exact:
             timers, skipped = self.timer_hints.split(unit.timers)

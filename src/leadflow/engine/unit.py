@@ -145,16 +145,14 @@ class TimerHints:
 
     def split(self, timers: dict[UUID, datetime | None],
               ) -> tuple[dict[UUID, datetime | None], dict[UUID, datetime]]:
-        """(timers to write, timers the rows are already no later than). ``None`` (no check
-        due) is neither: a batch leaves the row, and the clock drops it when it comes."""
+        """(timers to write, timers the rows are already no later than). A ``None`` (no
+        check due) goes to the recorder, which leaves the row as it is (``timer_writes``)."""
         known = self.known
         write: dict[UUID, datetime | None] = {}
         skip: dict[UUID, datetime] = {}
         for lead_id, at in timers.items():
-            if at is None:
-                continue
             held = known.get(lead_id)
-            if held is not None and held <= at:
+            if at is not None and held is not None and held <= at:
                 skip[lead_id] = at
             else:
                 write[lead_id] = at
