@@ -14,6 +14,7 @@ from pathlib import Path
 from uuid import UUID
 
 import pytest
+from eventsourcing.persistence import IntegrityError
 
 from leadflow.config import Settings
 from leadflow.contract import InboundRecord
@@ -189,3 +190,92 @@ def test_a_clock_committing_while_a_batch_decides_makes_it_write_its_timers(
         assert rows(consumer) == [(T0 + days(71), lead_id)]
         clock.advance_clock(T0 + days(71.5))
         assert clock.lead(lead_id).owner == "rep-f"  # rerouted when the SLA ran out
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def shared_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store two processes can write: SQLite's file, or a real PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def test_a_record_committed_while_the_clock_decides_is_not_hidden_by_its_timer(
+        shared_url: str, rec: Records, monkeypatch: pytest.MonkeyPatch) -> None:
+    with two_writers(shared_url) as (consumer, clock):
+        lead_id = opened_three_times(consumer, rec, "ivy@eye.io")
+        commit = clock._commit
+        routed: list[int] = []
+
+        def routed_meanwhile(*args: object, **kwargs: object) -> None:
+            # The clock found nothing due at the day-60 hint and would re-arm the row at the
+            # lead's dormancy (day 80); before it commits, the consumer routes the lead on day
+            # 70, whose 24-hour SLA is due on day 71.
+            if not routed:
+                routed.append(1)
+                consumer.apply_batch(routing_batch(rec, "ivy@eye.io", T0 + days(70)))
+            commit(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(clock, "_commit", routed_meanwhile)
+        clock.advance_clock(T0 + days(61))
+        assert routed
+        # The clock's commit found the lead moved on since it read it, and looked again.
+        assert rows(consumer) == [(T0 + days(71), lead_id)]
+        clock.advance_clock(T0 + days(71.5))
+        assert clock.lead(lead_id).owner == "rep-f"  # rerouted when the SLA ran out
+
+
+def test_a_batch_whose_lead_falls_due_behind_a_clock_that_moved_on_is_a_conflict(
+        shared_url: str, rec: Records) -> None:
+    with two_writers(shared_url) as (consumer, clock):
+        lead_id = opened_three_times(consumer, rec, "joy@jay.io")
+        batch = routing_batch(rec, "joy@jay.io", T0 + days(70))
+        # The batch routes the lead on day 70 (the SLA due on day 71), caught up to the clock
+        # as it read it; before it commits, the clock moves to day 72: its timer would be
+        # behind the clock, which never looks back, and the SLA would never run out.
+        with pytest.raises(IntegrityError, match="not after the clock's position"):
+            consumer.apply_batch(batch, before_commit=meanwhile(
+                lambda: clock.advance_clock(T0 + days(72))))
+        assert consumer.lead(lead_id).owner is None  # nothing of the batch was stored
+        consumer.apply_batch(batch)  # taken again, as the Kafka consumer does
+        # As if the batch had come after the clock, on one writer: caught up to day 72.
+        reference = opened("memory:")
+        try:
+            reference_id = opened_three_times(reference, rec, "joy@jay.io")
+            reference.advance_clock(T0 + days(72))
+            reference.apply_batch(routing_batch(rec, "joy@jay.io", T0 + days(70)))
+            got, want = consumer.lead(lead_id), reference.lead(reference_id)
+            assert (got.stage_now, got.owner) == (want.stage_now, want.owner)
+            assert ([(r.occurred_at, r.events) for r in Auditor(consumer).history(lead_id)]
+                    == [(r.occurred_at, r.events)
+                        for r in Auditor(reference).history(reference_id)])
+            assert [due for due, _ in rows(consumer)] == [due for due, _ in rows(reference)]
+            assert all(due > T0 + days(72) for due, _ in rows(consumer))
+        finally:
+            reference.close()
+
+
+def test_a_clock_page_that_meets_another_writers_commit_is_taken_again(
+        shared_url: str, rec: Records, monkeypatch: pytest.MonkeyPatch) -> None:
+    with two_writers(shared_url) as (consumer, clock):
+        consumer.apply_batch([rec("email_opened", "kim@kay.io", at=T0)])
+        lead_id = consumer.resolve("email:kim@kay.io")
+        commit = clock._commit
+        opened: list[int] = []
+
+        def opened_meanwhile(*args: object, **kwargs: object) -> None:
+            # The clock found the lead dormant (day 60) and is about to store it; the
+            # consumer stores an email the lead opened on day 50 first.
+            if not opened:
+                opened.append(1)
+                consumer.apply_batch([rec("email_opened", "kim@kay.io", at=T0 + days(50))])
+            commit(*args, **kwargs)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(clock, "_commit", opened_meanwhile)
+        result = clock.advance_clock(T0 + days(61))
+        assert opened
+        # The page was taken again on the lead as stored: not dormant, due on day 110.
+        assert result.woken == 0
+        assert not consumer.lead(lead_id).dormant
+        assert rows(consumer) == [(T0 + days(110), lead_id)]
+        assert clock.clock_position() == T0 + days(61)

@@ -27,6 +27,7 @@ from leadflow.domain import (
     Lead,
     LeadflowError,
 )
+from leadflow.domain.ids import singleton_id
 from leadflow.engine.queries import Queries
 from leadflow.engine.unit import ANONYMOUS, INFRASTRUCTURE_ERRORS, Unit
 from leadflow.engine.views import Outcome, RecordResult
@@ -41,6 +42,9 @@ if TYPE_CHECKING:
     from leadflow.engine.results import BatchResult
 
 log = get_logger(__name__)  # structlog imported on the first log call
+
+#: ``domain.Clock.create_id()``, without defining the clock's event classes.
+CLOCK_ID = singleton_id("clock")
 
 #: Pending absorptions (store/bookkeeping.py) read when a batch starts, or settled at a time
 #: by ``settle_absorptions``.
@@ -294,8 +298,10 @@ class Batches(Queries):
         # committed since they were last as stored (engine/unit.py CacheMarks).
         fresh = not unit.trusted
         unit.prefetch_identities(keys, fresh=fresh)
+        # The clock too: every lead a batch settles is caught up to its position, which the
+        # commit checks is still the stored one (store/recorders.py check_reads).
         self._load_into(unit, accounts | {i.target_id for i in unit.identities.values()
-                                          if i is not None}, revalidate=fresh)
+                                          if i is not None} | {CLOCK_ID}, revalidate=fresh)
         # The accounts of the leads just loaded: a record reaching its lead by a cookie, a
         # phone or a CRM id names no company, yet its touchpoint engages the lead's account.
         # Loaded here in one query, not one by one (each with its engagement rows) later.
@@ -374,13 +380,27 @@ class Batches(Queries):
         mark = self.cache_marks.next() if unit.shared else None
         timers = unit.timers
         skipped: dict[UUID, datetime] = {}
-        if not unit.timers_exact:
+        versions: dict[UUID, int] = {}
+        touched = unit.touched
+        if unit.timers_exact:
+            # The clock's timers replace rows: each only if its lead is still as the clock
+            # read it (store/recorders.py timer_writes): loaded, or known to have no events.
+            # (A lead that cannot be loaded has its row dropped whatever its version.)
+            absent = unit.absent
+            versions = {lead: a.version if a is not None else 0 for lead in timers
+                        if (a := touched.get(lead)) is not None or lead in absent}
+        else:
             timers, skipped = self.timer_hints.split(unit.timers)
+        # Each settled lead was caught up to the clock's position as the unit read it: none
+        # may be due at or before the position stored now (store/recorders.py check_reads).
+        earliest = min((due for due in unit.timers.values() if due is not None), default=None)
         try:
             self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,
                                         timers=timers, timers_exact=unit.timers_exact,
-                                        timers_skipped=skipped,
+                                        timers_skipped=skipped, timers_versions=versions,
                                         timers_epoch=unit.timers_epoch, books=unit.books,
+                                        earliest_due=earliest,
+                                        clock_guard=unit.clock_guard,
                                         writer_mark=(unit.seen[0], mark) if mark else None)
         except BaseException:
             # The cached aggregates this unit touched hold its uncommitted changes, or are

@@ -11,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, cast
 from uuid import UUID
 
+from eventsourcing.persistence import IntegrityError
+
 # Aggregates other than the lead are read from the package where used (``domain.Account``):
 # importing one defines its event classes, which `lead show` should not pay for
 # (leadflow.domain).
@@ -38,6 +40,18 @@ log = get_logger(__name__)  # structlog imported on the first log call
 
 #: Timer index rows read (and committed) at a time by ``advance_clock``.
 CLOCK_PAGE = 1000
+#: Times ``advance_clock`` takes a day (or a page of one lead) again after write conflicts
+#: with other writers before it gives up (the command can be run again).
+CLOCK_RETRIES = 8
+
+
+class _ClockTally:
+    """What ``advance_clock`` did so far."""
+
+    def __init__(self) -> None:
+        self.woken = 0
+        self.events = 0
+        self.unloadable: dict[UUID, None] = {}
 
 
 class Commands(Batches):
@@ -52,57 +66,107 @@ class Commands(Batches):
         every lead. Days are taken in order, each day's leads in (due time, lead id) order,
         so replays decide alike; work is committed page by page and the clock moves past a
         day once all of it is done.
+
+        Consumers may write meanwhile. The clock re-arms a lead's row only if the lead is still
+        as the clock read it, and moves past a day only once no row is due in it (both
+        checked in the commit, store/recorders.py); a lead another writer changed is looked at
+        again, as stored. A page whose commit meets another writer's (a lead both appended
+        to) is taken again, in halves.
         """
         from leadflow.engine.results import ClockResult
 
         unit = self._clock_unit()
-        clock = self._decide(unit).clock()
-        start = clock.position
+        start = self._decide(unit).clock().position
         if start is not None and to <= start:
             return ClockResult(start, 0, 0, ())
-        woken = events = 0
-        unloadable: list[UUID] = []
+        tally = _ClockTally()
+        position = start
         while True:
-            position = clock.position
             first = self.indexes.select_due(position, to, None, 1)
-            if not first:
-                break
-            day = domain.day_of(first[0][0])
-            until = min(to, datetime.fromisoformat(day).replace(tzinfo=UTC)
-                        + timedelta(days=1) - timedelta(microseconds=1))
-            cursor = None
-            while True:
-                page = self.indexes.select_due(position, until, cursor, CLOCK_PAGE)
-                # The page's leads in one query, and as stored: on a shared store, a lead
-                # another writer changed since this process cached it is read again (the
-                # clock's timers replace the rows, so they must come from the lead as it is).
-                self._load_into(unit, {lead_id for _, lead_id in page},
-                                revalidate=not unit.trusted)
-                for _, lead_id in page:
-                    processed = self._wake(unit, lead_id, until)
-                    if processed is None:
-                        unloadable.append(lead_id)
-                    woken += processed or 0
-                if page:
-                    cursor = page[-1]
-                if len(page) < CLOCK_PAGE:
+            day = domain.day_of(first[0][0]) if first else None
+            until = to if day is None else min(
+                to, datetime.fromisoformat(day).replace(tzinfo=UTC) + timedelta(days=1)
+                - timedelta(microseconds=1))
+            for attempt in range(CLOCK_RETRIES + 1):
+                self._clock_pages(position, until, tally, fresh=attempt > 0)
+                if self._clock_moves(position, until, tally):
                     break
-                events += unit.pending()
-                self._commit(unit, None)
-                unit = self._clock_unit()
-            clock = self._decide(unit).clock()
-            clock.advance(until)
-            events += unit.pending()
-            self._commit(unit, None)
-            if progress:
-                progress(day, woken)
+                # A row due in the day (a lead changed by another writer while the clock
+                # looked at it): the day's remaining rows are looked at again.
+                log.info("timers changed while the clock advanced; looking again",
+                         until=until.isoformat(), attempt=attempt + 1)
+            else:
+                raise IntegrityError(f"the clock could not move past {until.isoformat()}: "
+                                     f"timers kept changing ({CLOCK_RETRIES + 1} tries)")
+            if progress and day is not None:
+                progress(day, tally.woken)
+            position = until
+            if until >= to:
+                break
+        return ClockResult(to, tally.woken, tally.events, tuple(tally.unloadable))
+
+    def _clock_pages(self, position: datetime | None, until: datetime,
+                     tally: _ClockTally, fresh: bool = False) -> None:
+        """Wake every lead whose row is due in ``(position, until]``, a page at a time
+        (``fresh``: reading again every cached lead another writer changed)."""
+        cursor = None
+        size = CLOCK_PAGE
+        conflicts = 0  # in a row, on a page of one lead
+        while True:
             unit = self._clock_unit()
-            clock = self._decide(unit).clock()
-        if clock.position is None or to > clock.position:
-            clock.advance(to)
-            events += unit.pending()
+            asked = size
+            page = self.indexes.select_due(position, until, cursor, asked)
+            if not page:
+                return
+            # The page's leads in one query, and as stored: on a shared store (or when
+            # looking again), a lead another writer changed since it was cached is read again.
+            self._load_into(unit, {lead_id for _, lead_id in page},
+                            revalidate=fresh or not unit.trusted)
+            woken = 0
+            unloadable: list[UUID] = []
+            for _, lead_id in page:
+                processed = self._wake(unit, lead_id, until)
+                if processed is None:
+                    unloadable.append(lead_id)
+                woken += processed or 0
+            events = unit.pending()
+            try:
+                self._commit(unit, None)
+            except IntegrityError as exc:
+                # Another writer appended to a lead of the page (the unit was forgotten):
+                # the page again, smaller, on the leads as they are now.
+                conflicts += asked == 1
+                if conflicts > CLOCK_RETRIES:
+                    raise
+                log.info("write conflict while the clock advanced; page taken again",
+                         leads=len(page), error=str(exc))
+                size = max(1, asked // 2)
+                continue
+            conflicts = 0
+            size = min(CLOCK_PAGE, asked * 2)
+            tally.woken += woken
+            tally.events += events
+            tally.unloadable.update(dict.fromkeys(unloadable))
+            if len(page) < asked:
+                return
+            cursor = page[-1]
+
+    def _clock_moves(self, position: datetime | None, until: datetime,
+                     tally: _ClockTally) -> bool:
+        """Move the clock to ``until``: False if a row is still due before it."""
+        unit = self._unit()
+        clock = self._decide(unit).clock()
+        if clock.position is not None and clock.position >= until:
+            return True  # another clock moved it
+        clock.advance(until)
+        unit.clock_guard = (position, until)
+        events = unit.pending()
+        try:
             self._commit(unit, None)
-        return ClockResult(to, woken, events, tuple(unloadable))
+        except IntegrityError:
+            return False
+        tally.events += events
+        return True
 
     def _wake(self, unit: Unit, lead_id: UUID, until: datetime) -> int | None:
         """Do a lead's transitions due by ``until``: 1 if it was woken, 0 if it needs nothing
@@ -113,6 +177,9 @@ class Commands(Batches):
             # A lead damaged by hand must not stop time for every other lead.
             log.error("lead cannot be loaded; its time-driven transitions skipped",
                       lead_id=str(lead_id), error=str(exc))
+            # Its row goes (the clock moves on; it would otherwise hold the clock back):
+            # `db migrate` sets it again from the lead's events once they are repaired.
+            unit.timers[lead_id] = None
             return None
         if lead is None or lead.merged_into is not None:
             unit.timers[lead_id] = None

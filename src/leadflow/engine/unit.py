@@ -236,6 +236,9 @@ class Unit:
         self.timers_exact = False
         # The store's TIMERS_EPOCH when the unit began (TimerHints).
         self.timers_epoch: str | None = None
+        # The clock moving from its position to a time: committed only if no timer row is
+        # due in between (store/recorders.py check_reads).
+        self.clock_guard: tuple[datetime | None, datetime] | None = None
         # Where each aggregate's pending events end for one cause (a record), and why: each
         # cause's events are stored as one row (store/fold.py).
         self.cuts: dict[UUID, list[tuple[int, Cause]]] = {}

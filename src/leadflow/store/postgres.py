@@ -42,6 +42,7 @@ from leadflow.store.bookkeeping import Target
 from leadflow.store.recorders import (
     _EPOCH,
     _NIL,
+    CLOCK_POSITION,
     META_TABLE,
     RECORD_IDS_TABLE,
     SCHEMA_LOCK_KEY,
@@ -53,6 +54,7 @@ from leadflow.store.recorders import (
     RecordId,
     RecordIdIndex,
     ScannedRow,
+    check_reads,
     record_ids_of,
     timer_writes,
     timers_exact,
@@ -152,6 +154,9 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
             "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
         self.meta_table = meta
+        self.select_meta_statement = SQL("SELECT value FROM {} WHERE key = %s").format(meta)
+        self.upsert_meta_statement = SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) "
+                                         "DO UPDATE SET value = excluded.value").format(meta)
         self.select_rows_statement = SQL(
             "SELECT notification_id, originator_id::text, originator_version, topic, state "
             "FROM {} WHERE notification_id >= %s AND topic = ANY(%s) "
@@ -332,16 +337,13 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
 
     def meta(self, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(SQL("SELECT value FROM {} WHERE key = %s").format(self.meta_table),
-                         (key,))
+            curs.execute(self.select_meta_statement, (key,))
             row = curs.fetchone()
         return str(row["value"]) if row else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) "
-                             "DO UPDATE SET value = excluded.value").format(self.meta_table),
-                         (key, value))
+            curs.execute(self.upsert_meta_statement, (key, value))
 
     def has_events(self) -> bool:
         with self.datastore.transaction(commit=False) as curs:
@@ -373,7 +375,17 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             row = curs.fetchone()
             return str(row["value"]) if row else None
 
-        gone, due = timer_writes(kwargs, epoch)
+        def moved_on(versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
+            curs.execute(self.select_moved_on_statement,
+                         (self._ids([i for i, _ in versions]),
+                          BigintArray([v for _, v in versions])), prepare=True)
+            return [row["id"] for row in curs.fetchall()]
+
+        def rows_due(low: datetime, high: datetime) -> bool:
+            curs.execute(self.select_due_statement, (low, high, low, _NIL, 1))
+            return curs.fetchone() is not None
+
+        gone, due = timer_writes(kwargs, epoch, moved_on)
         if gone:
             curs.execute(self.delete_timers_statement, (UuidArray(gone),), prepare=True)
         if due:
@@ -383,6 +395,14 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
                          prepare=True)
         if timers_exact(kwargs) and (gone or due):
             curs.execute(self.bump_timers_epoch_statement, prepare=True)
+        def stored_clock() -> datetime | None:
+            curs.execute(self.select_meta_statement, (CLOCK_POSITION,), prepare=True)
+            row = curs.fetchone()
+            return datetime.fromisoformat(row["value"]) if row else None
+
+        moved_to = check_reads(kwargs, stored_clock, rows_due)
+        if moved_to is not None:
+            curs.execute(self.upsert_meta_statement, (CLOCK_POSITION, moved_to.isoformat()))
         if books is not None:
             bookkeeping.postgres_write(curs, self.datastore.schema, books,
                                        self.events_table_name)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import sqlite3
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from uuid import UUID
@@ -43,6 +43,11 @@ META_TABLE = "leadflow_meta"
 #: writes that move a timer later or drop it. While it holds what a writer read, the rows
 #: are no later than the timers it last wrote, so it need not write them again (below).
 TIMERS_EPOCH = "timers_epoch"
+
+#: The metadata row holding the clock's position, written by the commit that moves it
+#: (``clock_guard``; ``check_reads``). A store whose clock was last moved by an earlier
+#: version has none until the clock moves again; commits are then not checked against it.
+CLOCK_POSITION = "clock_position"
 
 #: Format of the store written by this code. 2: a lead's next time-driven check lives in the
 #: timer index (bookkeeping written with the events), not in TimerBucket events. 3: one row
@@ -226,19 +231,69 @@ def timers_exact(kwargs: dict[str, Any]) -> bool:
     return bool(kwargs.get("timers_exact"))
 
 
+#: Which of some aggregates have stored rows after a version (inside the commit's
+#: transaction, under its lock): ``RecordIdIndex.select_moved_on``'s question.
+MovedOn = Callable[[Sequence[tuple[UUID, int]]], Collection[UUID]]
+
+
 def timer_writes(kwargs: dict[str, Any], stored_epoch: Callable[[], str | None],
+                 moved_on: MovedOn | None = None,
                  ) -> tuple[list[UUID], list[tuple[UUID, datetime]]]:
     """The timer rows a commit deletes and upserts (see ``RecordIdIndex``); ``stored_epoch``
-    reads the ``TIMERS_EPOCH`` row inside the commit's transaction."""
+    reads the ``TIMERS_EPOCH`` row inside the commit's transaction.
+
+    Exact timers come with the versions of the leads they were computed from
+    (``timers_versions``, the clock's): a lead another writer stored past that version
+    since keeps its row as that writer left it (no later than its next due time: that
+    writer's timers only moved it earlier). Replacing it would put back a time computed from
+    the lead as it was: a record routed meanwhile, its SLA due before that time, would go
+    unnoticed until its next record. The clock looks at the lead again if its row is still
+    due before the clock's next position (``clock_guard``, ``check_reads``)."""
     timers = timers_of(kwargs)
     if timers_exact(kwargs):
-        return ([lead for lead, due in timers.items() if due is None],
-                [(lead, due) for lead, due in timers.items() if due is not None])
+        versions: dict[UUID, int] = kwargs.get("timers_versions") or {}
+        moved = set(moved_on([(lead, versions[lead]) for lead in timers if lead in versions])
+                    ) if versions and moved_on is not None else set()
+        return ([lead for lead, due in timers.items() if due is None and lead not in moved],
+                [(lead, due) for lead, due in timers.items()
+                 if due is not None and lead not in moved])
     due = [(lead, at) for lead, at in timers.items() if at is not None]
     skipped: dict[UUID, datetime] = kwargs.get("timers_skipped") or {}
     if skipped and stored_epoch() != kwargs.get("timers_epoch"):
         due += skipped.items()  # a row may have moved later since the writer knew it
     return [], due
+
+
+def check_reads(kwargs: dict[str, Any], stored_clock: Callable[[], datetime | None],
+                rows_due: Callable[[datetime, datetime], bool]) -> datetime | None:
+    """Refuse (``IntegrityError``, a write conflict: the writer retries on fresh state) a
+    commit whose timers rest on a clock position that has moved on since they were computed:
+
+    - ``earliest_due``: the earliest next due time of the leads the commit settled, each
+      caught up to the clock's position as the writer read it. At or before the stored
+      position (the clock moved on meanwhile), the transition would never be done: the clock
+      does not look back.
+    - ``clock_guard`` ``(position, until)``: the clock moves from ``position`` to ``until``
+      only when no timer row is due in between (a lead it looked at and another writer
+      changed meanwhile keeps such a row, see ``timer_writes``: it is looked at again first).
+
+    Called inside the commit's transaction, under its lock on the events table, after the
+    timers are written. Returns the clock position the commit records (``CLOCK_POSITION``),
+    if it moves the clock."""
+    earliest: datetime | None = kwargs.get("earliest_due")
+    if earliest is not None:
+        position = stored_clock()
+        if position is not None and earliest <= position:
+            raise IntegrityError(
+                f"a lead's next transition ({earliest.isoformat()}) is not after the clock's "
+                f"position ({position.isoformat()}), which moved on since it was read")
+    guard: tuple[datetime | None, datetime] | None = kwargs.get("clock_guard")
+    if guard is None:
+        return None
+    if rows_due(guard[0] or _EPOCH, guard[1]):
+        raise IntegrityError(f"timers due by {guard[1].isoformat()} changed since the clock "
+                             "read them")
+    return guard[1]
 
 
 class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
@@ -339,7 +394,21 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
             row = c.fetchone()
             return str(row[0]) if row else None
 
-        gone, due = timer_writes(kwargs, epoch)
+        def moved_on(versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
+            moved = []
+            for aggregate_id, version in versions:
+                c.execute(f"SELECT 1 FROM {self.events_table_name} WHERE originator_id = ? "
+                          "AND originator_version > ? LIMIT 1", (aggregate_id.hex, version))
+                if c.fetchone() is not None:
+                    moved.append(aggregate_id)
+            return moved
+
+        def rows_due(low: datetime, high: datetime) -> bool:
+            c.execute(f"SELECT 1 FROM {TIMERS_TABLE} WHERE due_at > ? AND due_at <= ? LIMIT 1",
+                      (sqlite_time(low), sqlite_time(high)))
+            return c.fetchone() is not None
+
+        gone, due = timer_writes(kwargs, epoch, moved_on)
         if gone:
             c.executemany(f"DELETE FROM {TIMERS_TABLE} WHERE lead_id = ?",
                           [(lead.hex,) for lead in gone])
@@ -352,6 +421,15 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
         if timers_exact(kwargs) and (gone or due):
             c.execute(f"INSERT INTO {META_TABLE} VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
                       "SET value = CAST(value AS INTEGER) + 1", (TIMERS_EPOCH,))
+        def stored_clock() -> datetime | None:
+            c.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?", (CLOCK_POSITION,))
+            row = c.fetchone()
+            return datetime.fromisoformat(row[0]) if row else None
+
+        moved_to = check_reads(kwargs, stored_clock, rows_due)
+        if moved_to is not None:
+            c.execute(f"INSERT INTO {META_TABLE} VALUES (?, ?) ON CONFLICT (key) DO UPDATE "
+                      "SET value = excluded.value", (CLOCK_POSITION, moved_to.isoformat()))
         books = bookkeeping.books_of(kwargs)
         ids = record_ids_of(kwargs)
         try:
@@ -377,6 +455,8 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         self._record_ids: dict[str, RecordId] = {}
         self._record_ids_lock = threading.Lock()
         self._timers: dict[UUID, datetime] = {}
+        # Where the commit being stored moves the clock (check_reads, then _update_table).
+        self._moved_to: datetime | None = None
         self._meta: dict[str, str] = {}
         self._books = books_embedded.MemoryBooks()
 
@@ -439,6 +519,32 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
         registered = self._books.conflicts(books) if books is not None else []
         if registered:
             raise IntegrityError(f"identity keys already registered: {registered[:5]}")
+        # (Under the library's database lock, before anything of the commit is stored.)
+        with self._record_ids_lock:
+            position = self._meta.get(CLOCK_POSITION)
+            self._moved_to = check_reads(
+                kwargs, lambda: datetime.fromisoformat(position) if position else None,
+                lambda low, high: any(low < at <= high
+                                      for at in self._timers_after(kwargs).values()))
+
+    def _moved_on(self, versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
+        index = self._stored_events_index  # (a defaultdict: .get adds no entry)
+        return [aggregate_id for aggregate_id, version in versions
+                if any(v > version for v in index.get(str(aggregate_id), ()))]
+
+    def _timers_after(self, kwargs: dict[str, Any]) -> dict[UUID, datetime]:
+        """The timer rows as the commit leaves them (a copy only when it writes any)."""
+        exact = timers_exact(kwargs)
+        gone, due = timer_writes(kwargs, lambda: self._meta.get(TIMERS_EPOCH), self._moved_on)
+        if not gone and not due:
+            return self._timers
+        timers = dict(self._timers)
+        for lead in gone:
+            timers.pop(lead, None)
+        for lead, at in due:
+            if exact or lead not in timers or at < timers[lead]:
+                timers[lead] = at
+        return timers
 
     def _update_table(self, stored_events: Sequence[StoredEvent],
                       **kwargs: Any) -> Sequence[int] | None:
@@ -449,7 +555,8 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
             if books is not None:
                 self._books.write(books)
             exact = timers_exact(kwargs)
-            gone, due = timer_writes(kwargs, lambda: self._meta.get(TIMERS_EPOCH))
+            gone, due = timer_writes(kwargs, lambda: self._meta.get(TIMERS_EPOCH),
+                                     self._moved_on)
             for lead in gone:
                 self._timers.pop(lead, None)
             for lead, at in due:
@@ -457,6 +564,9 @@ class LeadflowPOPOProcessRecorder(POPOProcessRecorder, RecordIdIndex):
                     self._timers[lead] = at
             if exact and (gone or due):
                 self._meta[TIMERS_EPOCH] = str(int(self._meta.get(TIMERS_EPOCH) or 0) + 1)
+            if self._moved_to is not None:
+                self._meta[CLOCK_POSITION] = self._moved_to.isoformat()
+                self._moved_to = None
         return out
 
 
