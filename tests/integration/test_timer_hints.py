@@ -8,9 +8,10 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from uuid import UUID
 
 import pytest
@@ -137,6 +138,31 @@ def opened_three_times(app: LeadflowApp, rec: Records, email: str) -> UUID:
     return app.resolve(f"email:{email}")
 
 
+def rerouted_when_the_sla_runs_out(consumer: LeadflowApp, clock: LeadflowApp,
+                                   lead_id: UUID) -> None:
+    """The lead routed on day 70 has its row at its SLA (day 71), and is rerouted then."""
+    assert rows(consumer) == [(T0 + days(71), lead_id)]
+    clock.advance_clock(T0 + days(71.5))
+    assert clock.lead(lead_id).owner == "rep-f"
+
+
+def at_first_commit(app: LeadflowApp, monkeypatch: pytest.MonkeyPatch,
+                    action: Callable[[], object]) -> list[int]:
+    """Run ``action`` (another writer's commit) once, when ``app`` first commits: after it
+    decided, before it stores anything. The list it returns is not empty once it ran."""
+    commit = app._commit
+    ran: list[int] = []
+
+    def commit_after(*args: Any, **kwargs: Any) -> None:
+        if not ran:
+            ran.append(1)
+            action()
+        commit(*args, **kwargs)
+
+    monkeypatch.setattr(app, "_commit", commit_after)
+    return ran
+
+
 def test_a_batch_writes_no_timer_a_row_is_already_early_enough_for(
         app: LeadflowApp, rec: Records) -> None:
     written: list[dict[UUID, datetime | None]] = []
@@ -173,9 +199,7 @@ def test_a_clock_in_another_process_makes_a_writer_write_its_timers_again(
         # Routed on day 70: the SLA is due on day 71, later than what the consumer last
         # wrote (day 60) but earlier than the row now holds.
         consumer.apply_batch(routing_batch(rec, "gus@gee.io", T0 + days(70)))
-        assert rows(consumer) == [(T0 + days(71), lead_id)]
-        clock.advance_clock(T0 + days(71.5))
-        assert clock.lead(lead_id).owner == "rep-f"  # rerouted when the SLA ran out
+        rerouted_when_the_sla_runs_out(consumer, clock, lead_id)
 
 
 def test_a_clock_committing_while_a_batch_decides_makes_it_write_its_timers(
@@ -187,9 +211,7 @@ def test_a_clock_committing_while_a_batch_decides_makes_it_write_its_timers(
         consumer.apply_batch(routing_batch(rec, "hal@aitch.io", T0 + days(70)),
                              before_commit=meanwhile(
                                  lambda: clock.advance_clock(T0 + days(61))))
-        assert rows(consumer) == [(T0 + days(71), lead_id)]
-        clock.advance_clock(T0 + days(71.5))
-        assert clock.lead(lead_id).owner == "rep-f"  # rerouted when the SLA ran out
+        rerouted_when_the_sla_runs_out(consumer, clock, lead_id)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -204,25 +226,15 @@ def test_a_record_committed_while_the_clock_decides_is_not_hidden_by_its_timer(
         shared_url: str, rec: Records, monkeypatch: pytest.MonkeyPatch) -> None:
     with two_writers(shared_url) as (consumer, clock):
         lead_id = opened_three_times(consumer, rec, "ivy@eye.io")
-        commit = clock._commit
-        routed: list[int] = []
-
-        def routed_meanwhile(*args: object, **kwargs: object) -> None:
-            # The clock found nothing due at the day-60 hint and would re-arm the row at the
-            # lead's dormancy (day 80); before it commits, the consumer routes the lead on day
-            # 70, whose 24-hour SLA is due on day 71.
-            if not routed:
-                routed.append(1)
-                consumer.apply_batch(routing_batch(rec, "ivy@eye.io", T0 + days(70)))
-            commit(*args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(clock, "_commit", routed_meanwhile)
+        # The clock finds nothing due at the day-60 hint and would re-arm the row at the
+        # lead's dormancy (day 80); before it commits, the consumer routes the lead on day
+        # 70, whose 24-hour SLA is due on day 71.
+        routed = at_first_commit(clock, monkeypatch, lambda: consumer.apply_batch(
+            routing_batch(rec, "ivy@eye.io", T0 + days(70))))
         clock.advance_clock(T0 + days(61))
         assert routed
         # The clock's commit found the lead moved on since it read it, and looked again.
-        assert rows(consumer) == [(T0 + days(71), lead_id)]
-        clock.advance_clock(T0 + days(71.5))
-        assert clock.lead(lead_id).owner == "rep-f"  # rerouted when the SLA ran out
+        rerouted_when_the_sla_runs_out(consumer, clock, lead_id)
 
 
 def test_a_batch_whose_lead_falls_due_behind_a_clock_that_moved_on_is_a_conflict(
@@ -260,18 +272,10 @@ def test_a_clock_page_that_meets_another_writers_commit_is_taken_again(
     with two_writers(shared_url) as (consumer, clock):
         consumer.apply_batch([rec("email_opened", "kim@kay.io", at=T0)])
         lead_id = consumer.resolve("email:kim@kay.io")
-        commit = clock._commit
-        opened: list[int] = []
-
-        def opened_meanwhile(*args: object, **kwargs: object) -> None:
-            # The clock found the lead dormant (day 60) and is about to store it; the
-            # consumer stores an email the lead opened on day 50 first.
-            if not opened:
-                opened.append(1)
-                consumer.apply_batch([rec("email_opened", "kim@kay.io", at=T0 + days(50))])
-            commit(*args, **kwargs)  # type: ignore[arg-type]
-
-        monkeypatch.setattr(clock, "_commit", opened_meanwhile)
+        # The clock finds the lead dormant (day 60) and is about to store it; the consumer
+        # stores an email the lead opened on day 50 first.
+        opened = at_first_commit(clock, monkeypatch, lambda: consumer.apply_batch(
+            [rec("email_opened", "kim@kay.io", at=T0 + days(50))]))
         result = clock.advance_clock(T0 + days(61))
         assert opened
         # The page was taken again on the lead as stored: not dormant, due on day 110.

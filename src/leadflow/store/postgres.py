@@ -30,7 +30,7 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
-from eventsourcing.persistence import Notification, OperationalError, StoredEvent
+from eventsourcing.persistence import IntegrityError, Notification, OperationalError, StoredEvent
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
 from psycopg import Cursor
 from psycopg.rows import DictRow, tuple_row
@@ -42,6 +42,7 @@ from leadflow.store.bookkeeping import Target
 from leadflow.store.recorders import (
     _EPOCH,
     _NIL,
+    CLOCK_MOVED_ON,
     CLOCK_POSITION,
     META_TABLE,
     RECORD_IDS_TABLE,
@@ -154,6 +155,12 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
             "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
         self.meta_table = meta
+        # Inserts a copy of the clock's position row (a key violation: a write conflict)
+        # when a lead's next transition is not after that position (recorders.check_reads).
+        self.clock_moved_on_statement = SQL(
+            "INSERT INTO {meta} (key, value) SELECT m.key, m.value FROM {meta} m "
+            "WHERE m.key = {key} AND m.value::timestamptz >= %s").format(
+            meta=meta, key=Literal(CLOCK_POSITION))
         self.select_meta_statement = SQL("SELECT value FROM {} WHERE key = %s").format(meta)
         self.upsert_meta_statement = SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) "
                                          "DO UPDATE SET value = excluded.value").format(meta)
@@ -249,7 +256,12 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Sequence[int] | None:
         # (The library's retry decorator leaves its methods untyped.)
-        ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        try:
+            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+        except IntegrityError as exc:
+            if f"(key)=({CLOCK_POSITION})" in str(exc):  # clock_moved_on_statement's
+                raise IntegrityError(CLOCK_MOVED_ON) from exc
+            raise
         if stored_events:
             self.statistics.wrote(len(stored_events))  # after the commit, outside its lock
         return ids
@@ -368,6 +380,11 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             curs.execute(self.write_mark_statement,
                          {"new": new, "expected": expected, "other": "other:" + new},
                          prepare=True)
+            earliest: datetime | None = kwargs.get("earliest_due")
+            if earliest is not None:
+                # recorders.check_reads, without a round trip while holding the lock: the
+                # statement violates the key iff the clock is at or past ``earliest``.
+                curs.execute(self.clock_moved_on_statement, (earliest,), prepare=True)
         super()._insert_events(curs, stored_events, **kwargs)  # the tracking record
 
         def epoch() -> str | None:  # under the events table's lock (taken above)
@@ -395,12 +412,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
                          prepare=True)
         if timers_exact(kwargs) and (gone or due):
             curs.execute(self.bump_timers_epoch_statement, prepare=True)
-        def stored_clock() -> datetime | None:
-            curs.execute(self.select_meta_statement, (CLOCK_POSITION,), prepare=True)
-            row = curs.fetchone()
-            return datetime.fromisoformat(row["value"]) if row else None
-
-        moved_to = check_reads(kwargs, stored_clock, rows_due)
+        moved_to = check_reads(kwargs, None, rows_due)  # earliest_due: checked above
         if moved_to is not None:
             curs.execute(self.upsert_meta_statement, (CLOCK_POSITION, moved_to.isoformat()))
         if books is not None:

@@ -264,7 +264,13 @@ def timer_writes(kwargs: dict[str, Any], stored_epoch: Callable[[], str | None],
     return [], due
 
 
-def check_reads(kwargs: dict[str, Any], stored_clock: Callable[[], datetime | None],
+#: Why a commit is refused when a lead's next transition falls behind the clock
+#: (``check_reads``; the PostgreSQL recorder raises it from its statement's violation).
+CLOCK_MOVED_ON = ("a lead's next transition is not after the clock's position, which moved on "
+                  "since the writer read it")
+
+
+def check_reads(kwargs: dict[str, Any], stored_clock: Callable[[], datetime | None] | None,
                 rows_due: Callable[[datetime, datetime], bool]) -> datetime | None:
     """Refuse (``IntegrityError``, a write conflict: the writer retries on fresh state) a
     commit whose timers rest on a clock position that has moved on since they were computed:
@@ -272,7 +278,8 @@ def check_reads(kwargs: dict[str, Any], stored_clock: Callable[[], datetime | No
     - ``earliest_due``: the earliest next due time of the leads the commit settled, each
       caught up to the clock's position as the writer read it. At or before the stored
       position (the clock moved on meanwhile), the transition would never be done: the clock
-      does not look back.
+      does not look back. (``stored_clock`` reads the position; None: the recorder checks
+      this itself.)
     - ``clock_guard`` ``(position, until)``: the clock moves from ``position`` to ``until``
       only when no timer row is due in between (a lead it looked at and another writer
       changed meanwhile keeps such a row, see ``timer_writes``: it is looked at again first).
@@ -281,12 +288,11 @@ def check_reads(kwargs: dict[str, Any], stored_clock: Callable[[], datetime | No
     timers are written. Returns the clock position the commit records (``CLOCK_POSITION``),
     if it moves the clock."""
     earliest: datetime | None = kwargs.get("earliest_due")
-    if earliest is not None:
+    if earliest is not None and stored_clock is not None:
         position = stored_clock()
         if position is not None and earliest <= position:
-            raise IntegrityError(
-                f"a lead's next transition ({earliest.isoformat()}) is not after the clock's "
-                f"position ({position.isoformat()}), which moved on since it was read")
+            raise IntegrityError(f"{CLOCK_MOVED_ON} ({earliest.isoformat()}, "
+                                 f"{position.isoformat()})")
     guard: tuple[datetime | None, datetime] | None = kwargs.get("clock_guard")
     if guard is None:
         return None
