@@ -427,6 +427,7 @@ class LeadflowSQLiteProcessRecorder(SQLiteProcessRecorder, RecordIdIndex):
         if timers_exact(kwargs) and (gone or due):
             c.execute(f"INSERT INTO {META_TABLE} VALUES (?, '1') ON CONFLICT (key) DO UPDATE "
                       "SET value = CAST(value AS INTEGER) + 1", (TIMERS_EPOCH,))
+
         def stored_clock() -> datetime | None:
             c.execute(f"SELECT value FROM {META_TABLE} WHERE key = ?", (CLOCK_POSITION,))
             row = c.fetchone()
