@@ -299,7 +299,7 @@ class Batches(Queries):
         fresh = not unit.trusted
         unit.prefetch_identities(keys, fresh=fresh)
         # The clock too: every lead a batch settles is caught up to its position, which the
-        # commit checks is still the stored one (store/recorders.py check_reads).
+        # commit checks is still the stored one (store/timers.py check_reads).
         self._load_into(unit, accounts | {i.target_id for i in unit.identities.values()
                                           if i is not None} | {CLOCK_ID}, revalidate=fresh)
         # The accounts of the leads just loaded: a record reaching its lead by a cookie, a
@@ -384,7 +384,7 @@ class Batches(Queries):
         touched = unit.touched
         if unit.timers_exact:
             # The clock's timers replace rows: each only if its lead is still as the clock
-            # read it (store/recorders.py timer_writes): loaded, or known to have no events.
+            # read it (store/timers.py timer_writes): loaded, or known to have no events.
             # (A lead that cannot be loaded has its row dropped whatever its version.)
             absent = unit.absent
             versions = {lead: a.version if a is not None else 0 for lead in timers
@@ -392,7 +392,7 @@ class Batches(Queries):
         else:
             timers, skipped = self.timer_hints.split(unit.timers)
         # Each settled lead was caught up to the clock's position as the unit read it: none
-        # may be due at or before the position stored now (store/recorders.py check_reads).
+        # may be due at or before the position stored now (store/timers.py check_reads).
         earliest = min((due for due in unit.timers.values() if due is not None), default=None)
         try:
             self.recorder.insert_events(stored, tracking=tracking, record_ids=record_ids,

@@ -69,7 +69,7 @@ class Commands(Batches):
 
         Consumers may write meanwhile. The clock re-arms a lead's row only if the lead is still
         as the clock read it, and moves past a day only once no row is due in it (both
-        checked in the commit, store/recorders.py); a lead another writer changed is looked at
+        checked in the commit, store/timers.py); a lead another writer changed is looked at
         again, as stored. A page whose commit meets another writer's (a lead both appended
         to) is taken again, in halves.
         """

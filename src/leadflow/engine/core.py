@@ -38,11 +38,11 @@ from leadflow.store.keys import keyring_from_env
 from leadflow.store.master_keys import master_keys_from_env, personal_data_plain
 from leadflow.store.personal import Vault
 from leadflow.store.recorders import (
-    TIMERS_EPOCH,
     LeadflowPOPOProcessRecorder,
     RecordIdIndex,
     recorder_topic_for,
 )
+from leadflow.store.timers import TIMERS_EPOCH
 from leadflow.store.transcoder import OrjsonTranscoder
 
 

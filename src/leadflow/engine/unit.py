@@ -237,7 +237,7 @@ class Unit:
         # The store's TIMERS_EPOCH when the unit began (TimerHints).
         self.timers_epoch: str | None = None
         # The clock moving from its position to a time: committed only if no timer row is
-        # due in between (store/recorders.py check_reads).
+        # due in between (store/timers.py check_reads).
         self.clock_guard: tuple[datetime | None, datetime] | None = None
         # Where each aggregate's pending events end for one cause (a record), and why: each
         # cause's events are stored as one row (store/fold.py).

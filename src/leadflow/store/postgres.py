@@ -40,14 +40,10 @@ from leadflow.store import bookkeeping, pgarrays
 from leadflow.store.arrays import BigintArray, ByteaArray, TextArray, UuidArray
 from leadflow.store.bookkeeping import Target
 from leadflow.store.recorders import (
-    _EPOCH,
     _NIL,
-    CLOCK_MOVED_ON,
-    CLOCK_POSITION,
     META_TABLE,
     RECORD_IDS_TABLE,
     SCHEMA_LOCK_KEY,
-    TIMERS_EPOCH,
     TIMERS_TABLE,
     WRITER_MARK,
     Due,
@@ -55,14 +51,22 @@ from leadflow.store.recorders import (
     RecordId,
     RecordIdIndex,
     ScannedRow,
-    check_reads,
     record_ids_of,
-    timer_writes,
-    timers_exact,
-    timers_of,
     writer_mark_of,
 )
 from leadflow.store.statistics import StatisticsKeeper
+from leadflow.store.timers import (
+    CLOCK_MOVED_ON,
+    CLOCK_POSITION,
+    TIMERS_EPOCH,
+    check_reads,
+    timer_writes,
+    timers_exact,
+    timers_of,
+)
+from leadflow.store.timers import (
+    EPOCH as _EPOCH,
+)
 
 # The typed column arrays' binary dumpers (store.arrays), before any connection is made.
 pgarrays.register()
@@ -156,7 +160,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
         self.meta_table = meta
         # Inserts a copy of the clock's position row (a key violation: a write conflict)
-        # when a lead's next transition is not after that position (recorders.check_reads).
+        # when a lead's next transition is not after that position (timers.check_reads).
         self.clock_moved_on_statement = SQL(
             "INSERT INTO {meta} (key, value) SELECT m.key, m.value FROM {meta} m "
             "WHERE m.key = {key} AND m.value::timestamptz >= %s").format(
@@ -382,7 +386,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
                          prepare=True)
             earliest: datetime | None = kwargs.get("earliest_due")
             if earliest is not None:
-                # recorders.check_reads, without a round trip while holding the lock: the
+                # timers.check_reads, without a round trip while holding the lock: the
                 # statement violates the key iff the clock is at or past ``earliest``.
                 curs.execute(self.clock_moved_on_statement, (earliest,), prepare=True)
         super()._insert_events(curs, stored_events, **kwargs)  # the tracking record
