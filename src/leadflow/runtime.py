@@ -47,15 +47,15 @@ def tune_gc() -> None:
 
 @contextmanager
 def collector_paused() -> Iterator[None]:
-    """Run one batch with the cyclic collector paused; it runs again between batches.
+    """Run one batch with the cyclic collector paused; it runs on the batch's leftovers
+    after it (``_between_batches``).
 
     A batch keeps its records, their events and its unit of work alive until it ends, and
     almost none of it is cyclic garbage (it is freed by reference counting as the batch
     ends). A collection in the middle of a batch walks all of that and promotes it to the
-    older generations, which later collections walk again; one started between batches
-    (the counts keep growing while paused, so the first allocation after the batch starts
-    it) walks only what the batch left alive. Only when ``tune_gc`` ran (a long-running
-    command that did not set ``LEADFLOW_GC_GEN0_THRESHOLD=0``).
+    older generations, which later collections walk again; the one at its end walks only
+    what the batch left alive. Only when ``tune_gc`` ran (a long-running command that did
+    not set ``LEADFLOW_GC_GEN0_THRESHOLD=0``).
     """
     if not _managed or not gc.isenabled():
         yield
@@ -64,4 +64,33 @@ def collector_paused() -> Iterator[None]:
     try:
         yield
     finally:
+        _between_batches()
         gc.enable()
+
+
+#: Batches between two full collections (see ``_between_batches``).
+FULL_COLLECTION_EVERY = 2000
+_batches = 0
+
+
+def _between_batches() -> None:
+    """Collect what the batch just left (the young generation: everything it allocated and
+    left alive, and its cycles, if any), then freeze the survivors out of the collector's
+    sight, as ``tune_gc`` froze the start-up heap.
+
+    Without the freeze, the survivors (the aggregates the batch cached, above all) moved to
+    the older generations, which later collections walked again and again: on 400,000
+    records of the default stream in process (``bench/gap.py engine``), 98 middle and 7 full
+    collections took 1.09 s (2.7 µs a record) and freed 10 objects; all collections took
+    1.83 s, and 0.82 s with this. What is frozen is still freed by reference counting, as
+    nearly everything is; only a cycle among frozen objects would outlive its use, so every
+    ``FULL_COLLECTION_EVERY`` batches (~2.5 million records) everything is thawed and
+    collected (one walk of the whole heap)."""
+    global _batches
+    _batches += 1
+    if _batches % FULL_COLLECTION_EVERY == 0:
+        gc.unfreeze()
+        gc.collect()
+    else:
+        gc.collect(0)
+    gc.freeze()

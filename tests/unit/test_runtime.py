@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import io
 import json
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ def managed(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     was_enabled = gc.isenabled()
     gc.enable()
     yield
+    gc.unfreeze()  # what batches froze goes back to the test process's collector
     if not was_enabled:
         gc.disable()
 
@@ -37,16 +39,55 @@ def test_a_paused_batch_runs_without_the_collector_and_gets_it_back(managed: Non
     assert gc.isenabled()  # also after a failure
 
 
-def test_cycles_left_by_a_paused_batch_are_collected_after_it(managed: None) -> None:
+def test_cycles_left_by_a_paused_batch_are_collected_as_it_ends(managed: None) -> None:
     class Node:
         other: Any = None
 
     with runtime.collector_paused():
         a, b = Node(), Node()
         a.other, b.other = b, a
+        gone = weakref.ref(a)
         del a, b
-    # Freed only by the collector (a cycle), which runs again once the batch is over.
-    assert gc.collect() >= 2
+        assert gone() is not None  # no collection inside the batch
+    # Freed only by the collector (a cycle): the young collection at the batch's end.
+    assert gone() is None
+
+
+def test_what_a_batch_leaves_alive_is_frozen_out_of_later_collections(
+        managed: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    kept: list[list[int]] = []
+    with runtime.collector_paused():
+        kept.extend([n] for n in range(1000))  # a batch's cached aggregates, say
+    assert gc.get_freeze_count() >= 1000
+    assert all(gc.is_tracked(item) for item in kept)
+    # ... and every FULL_COLLECTION_EVERY batches, all is thawed and collected: a cycle
+    # among frozen objects does not outlive its use for ever.
+    monkeypatch.setattr(runtime, "FULL_COLLECTION_EVERY", 3)
+    monkeypatch.setattr(runtime, "_batches", 0)
+    full: list[int] = []
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            full.append(info["collected"])
+
+    class Node:
+        other: Any = None
+
+    with runtime.collector_paused():
+        a, b = Node(), Node()
+        a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b  # garbage only now, both frozen: no young collection can free them
+    gc.callbacks.append(watch)
+    try:
+        with runtime.collector_paused():
+            pass
+        assert gone() is not None and not full
+        with runtime.collector_paused():
+            pass
+    finally:
+        gc.callbacks.remove(watch)
+    assert len(full) == 1 and gone() is None
 
 
 def test_the_collector_is_left_alone_where_nobody_asked(monkeypatch: pytest.MonkeyPatch) -> None:
