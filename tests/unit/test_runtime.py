@@ -39,15 +39,23 @@ def test_a_paused_batch_runs_without_the_collector_and_gets_it_back(managed: Non
     assert gc.isenabled()  # also after a failure
 
 
-def test_cycles_left_by_a_paused_batch_are_collected_as_it_ends(managed: None) -> None:
-    class Node:
-        other: Any = None
+class _Node:
+    other: Any = None
 
+
+def _cycle() -> list[_Node]:
+    """Two objects referring to each other: once dropped, only the cyclic collector frees
+    them."""
+    a, b = _Node(), _Node()
+    a.other, b.other = b, a
+    return [a, b]
+
+
+def test_cycles_left_by_a_paused_batch_are_collected_as_it_ends(managed: None) -> None:
     with runtime.collector_paused():
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-        gone = weakref.ref(a)
-        del a, b
+        pair = _cycle()
+        gone = weakref.ref(pair[0])
+        del pair
         assert gone() is not None  # no collection inside the batch
     # Freed only by the collector (a cycle): the young collection at the batch's end.
     assert gone() is None
@@ -70,14 +78,10 @@ def test_what_a_batch_leaves_alive_is_frozen_out_of_later_collections(
         if phase == "stop" and info["generation"] == 2:
             full.append(info["collected"])
 
-    class Node:
-        other: Any = None
-
     with runtime.collector_paused():
-        a, b = Node(), Node()
-        a.other, b.other = b, a
-    gone = weakref.ref(a)
-    del a, b  # garbage only now, both frozen: no young collection can free them
+        pair = _cycle()
+    gone = weakref.ref(pair[0])
+    del pair  # garbage only now, both frozen: no young collection can free them
     gc.callbacks.append(watch)
     try:
         with runtime.collector_paused():
