@@ -19,8 +19,8 @@ from leadflow.domain import Lead
 from leadflow.domain.privacy import PERSONAL_FIELDS, public_url
 from leadflow.engine.app import LeadflowApp
 from leadflow.store.master_keys import MasterKeys, master_keys_from_env, personal_data_plain
+from leadflow.store.memory import LeadflowPOPOProcessRecorder
 from leadflow.store.personal import PII, SealedValuesError, Vault
-from leadflow.store.recorders import LeadflowPOPOProcessRecorder
 from tests.conftest import T0, Records
 
 TEXT = st.text(min_size=1, max_size=40)

@@ -36,12 +36,9 @@ from leadflow.store.codec import EventCodec
 from leadflow.store.fold import FoldingEventStore
 from leadflow.store.keys import keyring_from_env
 from leadflow.store.master_keys import master_keys_from_env, personal_data_plain
+from leadflow.store.memory import LeadflowPOPOProcessRecorder
 from leadflow.store.personal import Vault
-from leadflow.store.recorders import (
-    LeadflowPOPOProcessRecorder,
-    RecordIdIndex,
-    recorder_topic_for,
-)
+from leadflow.store.recorders import RecordIdIndex, recorder_topic_for
 from leadflow.store.timers import TIMERS_EPOCH
 from leadflow.store.transcoder import OrjsonTranscoder
 
