@@ -30,9 +30,18 @@ from typing import Any
 from uuid import UUID, uuid4
 
 import psycopg
-from eventsourcing.persistence import IntegrityError, Notification, OperationalError, StoredEvent
+from eventsourcing.persistence import (
+    IntegrityError,
+    InterfaceError,
+    Notification,
+    OperationalError,
+    StoredEvent,
+)
 from eventsourcing.postgres import PostgresDatastore, PostgresProcessRecorder
+from eventsourcing.utils import retry
 from psycopg import Cursor
+from psycopg.abc import PQGen
+from psycopg.generators import send
 from psycopg.rows import DictRow, tuple_row
 from psycopg.sql import SQL, Composed, Identifier, Literal
 
@@ -70,6 +79,17 @@ from leadflow.store.timers import (
 
 # The typed column arrays' binary dumpers (store.arrays), before any connection is made.
 pgarrays.register()
+
+
+class _SendAll(psycopg.Pipeline):
+    """psycopg's pipeline that has sent everything it queued before it waits for results
+    (``LeadflowPostgresProcessRecorder._write``)."""
+
+    def _communicate_gen(self) -> PQGen[None]:
+        yield from super()._communicate_gen()
+        # psycopg's loop may return with part of the last command still in libpq's buffer:
+        # send the rest (reading what the server sends meanwhile) before anything waits.
+        yield from send(self.pgconn)
 
 
 class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
@@ -259,16 +279,49 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
 
     def insert_events(self, stored_events: Sequence[StoredEvent], **kwargs: Any
                       ) -> Sequence[int] | None:
-        # (The library's retry decorator leaves its methods untyped.)
         try:
-            ids: Sequence[int] | None = super().insert_events(stored_events, **kwargs)
+            self._write(stored_events, **kwargs)
         except IntegrityError as exc:
             if f"(key)=({CLOCK_POSITION})" in str(exc):  # clock_moved_on_statement's
                 raise IntegrityError(CLOCK_MOVED_ON) from exc
             raise
         if stored_events:
             self.statistics.wrote(len(stored_events))  # after the commit, outside its lock
-        return ids
+        return None  # the new notification ids are not fetched back (the module's doc)
+
+    @retry((InterfaceError, OperationalError), max_attempts=10, wait=0.2)
+    def _write(self, stored_events: Sequence[StoredEvent], **kwargs: Any) -> None:
+        """The library's ``insert_events`` transaction, in a pipeline that sends it whole.
+
+        psycopg's pipeline (3.3.9, the newest) can hang for ever: its loop stops writing
+        as soon as its queue of commands is empty, even when the socket took only part of
+        the last one, then waits for results the server cannot send while the server waits
+        for the rest of the statement (``ClientRead``). Any transaction larger than what
+        the socket takes at once is at risk: on this machine a batch of large records (50
+        properties of 500 characters is ~27 kB a row) hung from ~6 MB, so `leadflow ingest`
+        and a consumer with large fetches blocked (tests/integration/test_large_batches.py);
+        over a network, with a smaller send buffer, a default batch could. ``_SendAll``
+        finishes sending before it waits. Leaving pipeline mode instead cost ~11 ms a batch
+        of 1,000 records here: ~18 statements, each then a round trip.
+        """
+        exc: Exception | None = None
+        with self.datastore.get_connection() as conn:
+            with conn.pipeline() as pipeline:
+                pipeline.__class__ = _SendAll  # before anything is queued on it
+                try:
+                    with conn.transaction(), conn.cursor() as curs:
+                        self._insert_events(curs, stored_events, **kwargs)
+                        if stored_events:
+                            self._insert_stored_events(curs, stored_events, **kwargs)
+                        # Now, so that a uniqueness violation is an IntegrityError here,
+                        # not an error at commit (as the library does).
+                        pipeline.sync()
+                except Exception as error:
+                    # Rolled back above; raised once out of pipeline mode, as the library
+                    # does (psycopg warns of an error leaving a pipeline with results).
+                    exc = error
+            if exc is not None:
+                raise exc
 
     def select_notifications(self, start: int | None, limit: int, stop: int | None = None,
                              topics: Sequence[str] = (), *, inclusive_of_start: bool = True
