@@ -22,6 +22,7 @@ unless ``--stream`` names a file of its lines.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
 import secrets
 import sys
@@ -111,6 +112,8 @@ def main() -> int:
     parser.add_argument("--warm", type=int, default=30000)
     parser.add_argument("--records", type=int, default=60000)
     parser.add_argument("--stream", type=Path)
+    parser.add_argument("--profile", type=Path,
+                        help="write cProfile's statistics of the timed records here")
     args = parser.parse_args()
     os.environ.setdefault("LEADFLOW_AUDIT_KEY", secrets.token_hex(32))
     os.environ.setdefault("LEADFLOW_MASTER_KEY", secrets.token_hex(32))
@@ -147,10 +150,16 @@ def main() -> int:
             with collector_paused():
                 step(raw[start:min(start + BATCH, args.warm)])
         timed = raw[args.warm:]
+        profiler = cProfile.Profile() if args.profile else None
         wall, cpu = time.perf_counter(), time.process_time()
+        if profiler is not None:
+            profiler.enable()
         for start in range(0, len(timed), BATCH):
             with collector_paused():
                 step(timed[start:start + BATCH])
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     finally:
         app.close()
