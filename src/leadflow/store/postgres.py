@@ -299,9 +299,10 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         for the rest of the statement (``ClientRead``). Any transaction larger than what
         the socket takes at once is at risk: on this machine a batch of large records (50
         properties of 500 characters is ~27 kB a row) hung from ~6 MB, so `leadflow ingest`
-        and a consumer with large fetches blocked (tests/integration/test_large_batches.py);
-        over a network, with a smaller send buffer, a default batch could. ``_SendAll``
-        finishes sending before it waits. Leaving pipeline mode instead cost ~11 ms a batch
+        and a consumer with large fetches blocked; with a 64 KiB socket send buffer (a link
+        that takes less at once than this loopback) so did an ordinary 1.3 MB batch, every
+        time (tests/integration/test_large_batches.py). ``_SendAll`` finishes sending
+        before it waits. Leaving pipeline mode instead cost ~11 ms a batch
         of 1,000 records here: ~18 statements, each then a round trip.
         """
         exc: Exception | None = None
