@@ -69,7 +69,7 @@ def test_record_ids_are_looked_up_by_primary_key(app: LeadflowApp, pg_url: str) 
     assert isinstance(recorder, LeadflowPostgresProcessRecorder)
     _fill(pg_url)
     keys = [f"evt-{n}" for n in range(ROWS - KEYS // 2 + 1, ROWS + KEYS // 2 + 1)]  # half known
-    _assert_probes(_plan(pg_url, recorder.select_record_ids_statement, keys), RECORD_IDS_TABLE)
+    _assert_probes(_plan(pg_url, recorder.sql.select_record_ids, keys), RECORD_IDS_TABLE)
     # And the rows it finds are the known half, with their digests.
     found = recorder.select_record_ids(keys)
     assert sorted(found) == sorted(keys[: KEYS // 2])

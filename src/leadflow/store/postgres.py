@@ -43,18 +43,15 @@ from psycopg import Cursor
 from psycopg.abc import PQGen
 from psycopg.generators import send
 from psycopg.rows import DictRow, tuple_row
-from psycopg.sql import SQL, Composed, Identifier, Literal
+from psycopg.sql import SQL, Composed, Identifier
 
 from leadflow.store import bookkeeping, pgarrays
 from leadflow.store.arrays import BigintArray, ByteaArray, TextArray, UuidArray
 from leadflow.store.bookkeeping import Target
+from leadflow.store.pgsql import Statements
 from leadflow.store.recorders import (
     _NIL,
-    META_TABLE,
-    RECORD_IDS_TABLE,
     SCHEMA_LOCK_KEY,
-    TIMERS_TABLE,
-    WRITER_MARK,
     Due,
     PageRow,
     RecordId,
@@ -67,7 +64,6 @@ from leadflow.store.statistics import StatisticsKeeper
 from leadflow.store.timers import (
     CLOCK_MOVED_ON,
     CLOCK_POSITION,
-    TIMERS_EPOCH,
     check_reads,
     timer_writes,
     timers_exact,
@@ -104,132 +100,9 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
     ) -> None:
         super().__init__(datastore, events_table_name=events_table_name,
                          tracking_table_name=tracking_table_name)
-        id_type = self.datastore.originator_id_type  # "uuid" or "text"
-        self.insert_columns_statement = SQL(
-            "INSERT INTO {schema}.{table} (originator_id, originator_version, topic, state) "
-            "SELECT * FROM unnest(%b::{id_type}[], %b::bigint[], %b::text[], %b::bytea[])"
-        ).format(schema=Identifier(self.datastore.schema),
-                 table=Identifier(self.events_table_name),
-                 id_type=SQL(id_type))  # a fixed type name from the datastore, not user input
-        # One primary-key probe per aggregate (LATERAL ... LIMIT 1 keeps the planner from
-        # scanning the events table to hash-join a thousand ids).
-        self.select_moved_on_statement = SQL(
-            "SELECT c.id FROM unnest(%b::{id_type}[], %b::bigint[]) AS c(id, v), LATERAL "
-            "(SELECT 1 FROM {schema}.{table} e WHERE e.originator_id = c.id "
-            "AND e.originator_version > c.v LIMIT 1) AS later"
-        ).format(schema=Identifier(self.datastore.schema),
-                 table=Identifier(self.events_table_name), id_type=SQL(id_type))
-        ids_table = Identifier(self.datastore.schema, RECORD_IDS_TABLE)
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {} (event_id text PRIMARY KEY, digest bytea NOT NULL, "
-            "lead_id uuid)").format(ids_table))
-        self.insert_record_ids_statement = SQL(
-            "INSERT INTO {} (event_id, digest, lead_id) "
-            "SELECT * FROM unnest(%b::text[], %b::bytea[], %b::uuid[])").format(ids_table)
-        # One primary-key probe per id, as for moved-on above. ``event_id = ANY(%s)`` was
-        # planned as a scan of the whole table while it was small enough to look cheap (up
-        # to ~200,000 ids): 11 ms a batch of 1,000 at 157,612 ids, against 0.9 ms.
-        self.select_record_ids_statement = SQL(
-            "SELECT r.event_id, r.digest, r.lead_id FROM unnest(%s::text[]) AS k(id), LATERAL "
-            "(SELECT event_id, digest, lead_id FROM {} WHERE event_id = k.id LIMIT 1) AS r"
-        ).format(ids_table)
-        timers = Identifier(self.datastore.schema, TIMERS_TABLE)
-        meta = Identifier(self.datastore.schema, META_TABLE)
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {} (lead_id uuid PRIMARY KEY, "
-            "due_at timestamptz NOT NULL)").format(timers))
-        self.sql_create_statements.append(SQL(
-            "CREATE INDEX IF NOT EXISTS {} ON {} (due_at, lead_id)").format(
-            Identifier(TIMERS_TABLE + "_due"), timers))
-        self.sql_create_statements.append(SQL(
-            "CREATE TABLE IF NOT EXISTS {} (key text PRIMARY KEY, value text NOT NULL)")
-            .format(meta))
-        self.upsert_timers_statement = SQL(
-            "INSERT INTO {} (lead_id, due_at) SELECT * FROM unnest(%b::uuid[], "
-            "%b::timestamptz[]) ON CONFLICT (lead_id) DO UPDATE SET due_at = excluded.due_at"
-        ).format(timers)
-        # A batch's timers only move rows earlier (recorders.RecordIdIndex): a row left as it
-        # is costs the conflict's probe, not a new row version and two index entries.
-        self.lower_timers_statement = SQL(
-            "INSERT INTO {t} AS t (lead_id, due_at) SELECT * FROM unnest(%b::uuid[], "
-            "%b::timestamptz[]) ON CONFLICT (lead_id) DO UPDATE SET due_at = excluded.due_at "
-            "WHERE excluded.due_at < t.due_at"
-        ).format(t=timers)
-        # The writer mark (recorders.WRITER_MARK): the row keeps ``new`` only when it still
-        # holds what the writer expected; otherwise a value that no writer expects.
-        self.write_mark_statement = SQL(
-            "INSERT INTO {meta} (key, value) VALUES ({key}, %(new)s) ON CONFLICT (key) DO "
-            "UPDATE SET value = CASE WHEN {meta}.value = %(expected)s THEN %(new)s "
-            "ELSE %(other)s END").format(meta=meta, key=Literal(WRITER_MARK))
-        self.select_mark_statement = SQL(
-            "SELECT (SELECT value FROM {meta} WHERE key = {key}) AS mark, "
-            "(SELECT max(notification_id) FROM {events}) AS last").format(
-            meta=meta, key=Literal(WRITER_MARK),
-            events=Identifier(self.datastore.schema, self.events_table_name))
-        self.delete_timers_statement = SQL("DELETE FROM {} WHERE lead_id = ANY(%b::uuid[])"
-                                           ).format(timers)
-        self.bump_timers_epoch_statement = SQL(
-            "INSERT INTO {meta} AS m (key, value) VALUES ({key}, '1') ON CONFLICT (key) DO "
-            "UPDATE SET value = (m.value::bigint + 1)::text").format(
-            meta=meta, key=Literal(TIMERS_EPOCH))
-        self.select_timers_epoch_statement = SQL(
-            "SELECT value FROM {meta} WHERE key = {key}").format(
-            meta=meta, key=Literal(TIMERS_EPOCH))
-        self.select_due_statement = SQL(
-            "SELECT due_at, lead_id FROM {} WHERE due_at > %s AND due_at <= %s "
-            "AND (due_at, lead_id) > (%s, %s) ORDER BY due_at, lead_id LIMIT %s").format(timers)
-        self.meta_table = meta
-        # Inserts a copy of the clock's position row (a key violation: a write conflict)
-        # when a lead's next transition is not after that position (timers.check_reads).
-        self.clock_moved_on_statement = SQL(
-            "INSERT INTO {meta} (key, value) SELECT m.key, m.value FROM {meta} m "
-            "WHERE m.key = {key} AND m.value::timestamptz >= %s").format(
-            meta=meta, key=Literal(CLOCK_POSITION))
-        self.select_meta_statement = SQL("SELECT value FROM {} WHERE key = %s").format(meta)
-        self.upsert_meta_statement = SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) "
-                                         "DO UPDATE SET value = excluded.value").format(meta)
-        self.select_rows_statement = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {} WHERE notification_id >= %s AND topic = ANY(%s) "
-            "ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(self.datastore.schema, self.events_table_name))
-        self.select_all_rows_statement = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(self.datastore.schema, self.events_table_name))
-        # A parallel rebuild's part (projections/parallel.py): the rows of the leads whose
-        # id's last byte is ``part`` modulo ``parts``, and every row of the shared topics
-        # (accounts), up to a fixed last notification id.
-        self.select_part_rows_statement = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {} WHERE notification_id >= %s AND notification_id <= %s "
-            "AND topic = ANY(%s) AND (topic = ANY(%s) "
-            "OR get_byte(uuid_send(originator_id), 15) %% %s = %s) "
-            "ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(self.datastore.schema, self.events_table_name))
-        self.select_originators_statement = SQL(
-            "SELECT notification_id, originator_id FROM {} WHERE notification_id BETWEEN %s "
-            "AND %s AND topic = ANY(%s) ORDER BY notification_id"
-        ).format(Identifier(self.datastore.schema, self.events_table_name))
-        # Rows over ~2 KB (a lead's first event, with its profile: 14 % of the default
-        # stream's rows) are compressed by PostgreSQL as they are written; lz4 instead of
-        # the default pglz. Inserting 100,000 of the bench's rows: 32.2 against 35.4 us a
-        # row. Only where the server has lz4 (PostgreSQL 14+, built with it) and the column
-        # does not use it yet: an ALTER TABLE at every start would queue behind writers'
-        # table locks. Rows already stored keep their compression; reads handle both.
-        events = Identifier(self.datastore.schema, self.events_table_name)
-        self.sql_create_statements.append(SQL(
-            "DO $$ BEGIN "
-            "IF current_setting('server_version_num')::int >= 140000 "
-            "AND EXISTS (SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
-            "AND 'lz4' = ANY(enumvals)) "
-            "AND (SELECT attcompression FROM pg_attribute WHERE attrelid = {regclass}::regclass "
-            "AND attname = 'state') IS DISTINCT FROM 'l' "
-            "THEN ALTER TABLE {events} ALTER COLUMN state SET COMPRESSION lz4; END IF; END $$"
-        ).format(events=events, regclass=Literal(
-            f'"{self.datastore.schema}"."{self.events_table_name}"')))
-        for ddl in bookkeeping.postgres_ddl(self.datastore.schema):
-            self.sql_create_statements.append(Composed([SQL(ddl)]))
+        self.sql = Statements.of(self.datastore.schema, self.events_table_name,
+                                 self.datastore.originator_id_type)
+        self.sql_create_statements.extend(self.sql.ddl)
         # Autovacuum never gets to analyse a table every commit locks (statistics.py).
         self.statistics = StatisticsKeeper(self.datastore, self.datastore.schema,
                                            self.events_table_name)
@@ -243,7 +116,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
 
     def writer_mark(self) -> tuple[str | None, int | None]:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_mark_statement, prepare=True)
+            curs.execute(self.sql.select_mark, prepare=True)
             row = curs.fetchone()
             assert row is not None
             return row["mark"], row["last"]
@@ -252,7 +125,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         if not versions:
             return []
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_moved_on_statement,
+            curs.execute(self.sql.select_moved_on,
                          (self._ids([i for i, _ in versions]),
                           BigintArray([v for _, v in versions])), prepare=True)
             return [row["id"] for row in curs.fetchall()]
@@ -282,7 +155,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         try:
             self._write(stored_events, **kwargs)
         except IntegrityError as exc:
-            if f"(key)=({CLOCK_POSITION})" in str(exc):  # clock_moved_on_statement's
+            if f"(key)=({CLOCK_POSITION})" in str(exc):  # Statements.clock_moved_on's
                 raise IntegrityError(CLOCK_MOVED_ON) from exc
             raise
         if stored_events:
@@ -352,8 +225,8 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         # planner takes a bitmap scan of every later row and sorts them all, on disk, per
         # page (~0.2 s for the first 20,000 rows of a 30,000-row store instead of ~0.1 s).
         if topics:
-            return self._read_rows(self.select_rows_statement, (start, list(topics), limit))
-        return self._read_rows(self.select_all_rows_statement, (start, limit))
+            return self._read_rows(self.sql.select_rows, (start, list(topics), limit))
+        return self._read_rows(self.sql.select_all_rows, (start, limit))
 
     def _read_rows(self, statement: Composed, params: tuple[Any, ...]) -> list[PageRow]:
         self.statistics.before_bulk_read()
@@ -369,7 +242,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         """``select_rows`` up to notification id ``stop``, of one part of the leads: those
         whose id's last byte modulo ``parts`` is ``part`` (``part_of``), and every row of the
         ``shared`` topics."""
-        return self._read_rows(self.select_part_rows_statement,
+        return self._read_rows(self.sql.select_part_rows,
                                (start, stop, list(topics), list(shared), parts, part, limit))
 
     def select_originators(self, start: int, stop: int, topics: Sequence[str]
@@ -381,7 +254,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         self.statistics.before_bulk_read()
         with self.datastore.get_connection() as conn, \
                 conn.cursor(row_factory=tuple_row, binary=True) as curs:
-            curs.execute(self.select_originators_statement, (start, stop, list(topics)))
+            curs.execute(self.sql.select_originators, (start, stop, list(topics)))
             return curs.fetchall()
 
     def scan_identities(self, after: str, limit: int) -> list[tuple[str, UUID, bool]]:
@@ -392,7 +265,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         if not event_ids:
             return {}
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_record_ids_statement, (TextArray(event_ids),),
+            curs.execute(self.sql.select_record_ids, (TextArray(event_ids),),
                          prepare=True)
             return {row["event_id"]: RecordId(row["event_id"], bytes(row["digest"]),
                                               row["lead_id"]) for row in curs.fetchall()}
@@ -402,18 +275,18 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         low = after or _EPOCH
         key = cursor or (low, _NIL)
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_due_statement, (low, until, key[0], key[1], limit))
+            curs.execute(self.sql.select_due, (low, until, key[0], key[1], limit))
             return [(row["due_at"], row["lead_id"]) for row in curs.fetchall()]
 
     def meta(self, key: str) -> str | None:
         with self.datastore.transaction(commit=False) as curs:
-            curs.execute(self.select_meta_statement, (key,))
+            curs.execute(self.sql.select_meta, (key,))
             row = curs.fetchone()
         return str(row["value"]) if row else None
 
     def set_meta(self, key: str, value: str) -> None:
         with self.datastore.transaction(commit=True) as curs:
-            curs.execute(self.upsert_meta_statement, (key, value))
+            curs.execute(self.sql.upsert_meta, (key, value))
 
     def has_events(self) -> bool:
         with self.datastore.transaction(commit=False) as curs:
@@ -435,44 +308,44 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             self._lock_table(curs)
             mark = writer_mark_of(kwargs)
             expected, new = mark if mark is not None else (None, uuid4().hex)
-            curs.execute(self.write_mark_statement,
+            curs.execute(self.sql.write_mark,
                          {"new": new, "expected": expected, "other": "other:" + new},
                          prepare=True)
             earliest: datetime | None = kwargs.get("earliest_due")
             if earliest is not None:
                 # timers.check_reads, without a round trip while holding the lock: the
                 # statement violates the key iff the clock is at or past ``earliest``.
-                curs.execute(self.clock_moved_on_statement, (earliest,), prepare=True)
+                curs.execute(self.sql.clock_moved_on, (earliest,), prepare=True)
         super()._insert_events(curs, stored_events, **kwargs)  # the tracking record
 
         def epoch() -> str | None:  # under the events table's lock (taken above)
-            curs.execute(self.select_timers_epoch_statement, prepare=True)
+            curs.execute(self.sql.select_timers_epoch, prepare=True)
             row = curs.fetchone()
             return str(row["value"]) if row else None
 
         def moved_on(versions: Sequence[tuple[UUID, int]]) -> list[UUID]:
-            curs.execute(self.select_moved_on_statement,
+            curs.execute(self.sql.select_moved_on,
                          (self._ids([i for i, _ in versions]),
                           BigintArray([v for _, v in versions])), prepare=True)
             return [row["id"] for row in curs.fetchall()]
 
         def rows_due(low: datetime, high: datetime) -> bool:
-            curs.execute(self.select_due_statement, (low, high, low, _NIL, 1))
+            curs.execute(self.sql.select_due, (low, high, low, _NIL, 1))
             return curs.fetchone() is not None
 
         gone, due = timer_writes(kwargs, epoch, moved_on)
         if gone:
-            curs.execute(self.delete_timers_statement, (UuidArray(gone),), prepare=True)
+            curs.execute(self.sql.delete_timers, (UuidArray(gone),), prepare=True)
         if due:
-            curs.execute(self.upsert_timers_statement if timers_exact(kwargs)
-                         else self.lower_timers_statement,
+            curs.execute(self.sql.upsert_timers if timers_exact(kwargs)
+                         else self.sql.lower_timers,
                          (UuidArray([lead for lead, _ in due]), [at for _, at in due]),
                          prepare=True)
         if timers_exact(kwargs) and (gone or due):
-            curs.execute(self.bump_timers_epoch_statement, prepare=True)
+            curs.execute(self.sql.bump_timers_epoch, prepare=True)
         moved_to = check_reads(kwargs, None, rows_due)  # earliest_due: checked above
         if moved_to is not None:
-            curs.execute(self.upsert_meta_statement, (CLOCK_POSITION, moved_to.isoformat()))
+            curs.execute(self.sql.upsert_meta, (CLOCK_POSITION, moved_to.isoformat()))
         if books is not None:
             bookkeeping.postgres_write(curs, self.datastore.schema, books,
                                        self.events_table_name)
@@ -481,7 +354,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
             # A primary-key violation (the same event_id applied by another writer at the same
             # moment) aborts the whole transaction as an IntegrityError: the batch is retried
             # and then sees the other writer's row.
-            curs.execute(self.insert_record_ids_statement,
+            curs.execute(self.sql.insert_record_ids,
                          (TextArray([r.event_id for r in ids]),
                           ByteaArray([r.digest for r in ids]),
                           UuidArray([r.lead_id for r in ids])), prepare=True)
@@ -516,7 +389,7 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         # unnest() of several arrays yields their elements side by side, in array order, so
         # notification ids follow the order of stored_events as with the library's insert.
         curs.execute(
-            self.insert_columns_statement,
+            self.sql.insert_columns,
             (
                 self._ids([e.originator_id for e in stored_events]),
                 BigintArray([e.originator_version for e in stored_events]),
