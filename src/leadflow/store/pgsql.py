@@ -127,37 +127,35 @@ class Statements:
             meta=meta, key=Literal(CLOCK_POSITION))
         select_meta = SQL("SELECT value FROM {} WHERE key = %s").format(meta)
         upsert_meta = SQL("INSERT INTO {} VALUES (%s, %s) ON CONFLICT (key) "
-                                         "DO UPDATE SET value = excluded.value").format(meta)
+                          "DO UPDATE SET value = excluded.value").format(meta)
+        events = Identifier(schema, events_table)
+        # The page rows the projector and the auditors read (store.recorders.PageRow).
+        rows = ("SELECT notification_id, originator_id::text, originator_version, topic, "
+                "state FROM {} ")
         select_rows = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {} WHERE notification_id >= %s AND topic = ANY(%s) "
-            "ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(schema, events_table))
+            rows + "WHERE notification_id >= %s AND topic = ANY(%s) "
+            "ORDER BY notification_id LIMIT %s").format(events)
         select_all_rows = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {} WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(schema, events_table))
+            rows + "WHERE notification_id >= %s ORDER BY notification_id LIMIT %s"
+        ).format(events)
         # A parallel rebuild's part (projections/parallel.py): the rows of the leads whose
         # id's last byte is ``part`` modulo ``parts``, and every row of the shared topics
         # (accounts), up to a fixed last notification id.
         select_part_rows = SQL(
-            "SELECT notification_id, originator_id::text, originator_version, topic, state "
-            "FROM {} WHERE notification_id >= %s AND notification_id <= %s "
+            rows + "WHERE notification_id >= %s AND notification_id <= %s "
             "AND topic = ANY(%s) AND (topic = ANY(%s) "
             "OR get_byte(uuid_send(originator_id), 15) %% %s = %s) "
-            "ORDER BY notification_id LIMIT %s"
-        ).format(Identifier(schema, events_table))
+            "ORDER BY notification_id LIMIT %s").format(events)
         select_originators = SQL(
             "SELECT notification_id, originator_id FROM {} WHERE notification_id BETWEEN %s "
             "AND %s AND topic = ANY(%s) ORDER BY notification_id"
-        ).format(Identifier(schema, events_table))
+        ).format(events)
         # Rows over ~2 KB (a lead's first event, with its profile: 14 % of the default
         # stream's rows) are compressed by PostgreSQL as they are written; lz4 instead of
         # the default pglz. Inserting 100,000 of the bench's rows: 32.2 against 35.4 us a
         # row. Only where the server has lz4 (PostgreSQL 14+, built with it) and the column
         # does not use it yet: an ALTER TABLE at every start would queue behind writers'
         # table locks. Rows already stored keep their compression; reads handle both.
-        events = Identifier(schema, events_table)
         ddl.append(SQL(
             "DO $$ BEGIN "
             "IF current_setting('server_version_num')::int >= 140000 "
