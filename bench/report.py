@@ -108,6 +108,8 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"{fmt(dig(r, 'floor.two.conflicts'))} conflicts; " + _server_cpu(r, "floor.two")),
         ("engine / floor, one / two", fmt(dig(r, "ratios.e2e_vs_floor"), "x"),
          f"two consumers {fmt(dig(r, 'ratios.parallel_vs_floor'), 'x')}"),
+        ("floor / naive", fmt(dig(r, "ratios.floor_vs_naive"), "x"),
+         "how far a nearly free decision layer gets against the naive baseline"),
         ("naive eventsourcing baseline", fmt(dig(r, "naive.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'naive.records'))} records, get/change/save per record"),
         ("apply_batch in process (PG)", fmt(dig(r, "apply_batch.records_per_s"), "rec/s"),
