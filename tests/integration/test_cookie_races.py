@@ -24,6 +24,7 @@ from leadflow.consumers.relay import partition_for
 from leadflow.contract import InboundRecord
 from leadflow.engine.app import LeadflowApp
 from leadflow.engine.auditor import Auditor
+from leadflow.engine.batch import ABSORB_PAGE
 from tests.conftest import T0, Records, days
 from tests.integration.conftest import meanwhile, two_writers
 from tests.integration.kafka_helpers import Pipeline, applied_event_ids, reference_app
@@ -257,3 +258,62 @@ def test_forgetting_a_person_shreds_what_their_cookie_left_queued_for_them(
         assert not fresh.vault.has_key(interest)
     finally:
         fresh.close()
+
+
+def queue_ahead(pg_url: str, rows: int) -> None:
+    """Queue ``rows`` absorptions for leads another process owns (a lagging consumer's), in
+    front of every other row of the queue's (interest, lead) order."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO leadflow_absorptions (interest_id, lead_id, version, owner) "
+            "SELECT ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid, "
+            "gen_random_uuid(), 1, 'domain:lagging.io' FROM generate_series(1, %s) AS n",
+            (rows,))
+
+
+def queued(pg_url: str, lead_id: Any = None) -> list[tuple[Any, ...]]:
+    """The queue's rows (for one lead), read from the table itself."""
+    with psycopg.connect(pg_url) as conn:
+        return conn.execute(
+            "SELECT interest_id, lead_id, version, owner FROM leadflow_absorptions "
+            "WHERE %s::uuid IS NULL OR lead_id = %s::uuid", (lead_id, lead_id)).fetchall()
+
+
+def test_an_idle_writer_settles_its_queue_behind_a_page_of_another_writers(
+        writers: tuple[LeadflowApp, LeadflowApp], rec: Records, pg_url: str) -> None:
+    visits, people = writers
+    people.apply_batch([rec("form_submitted", "carl@gamma.io", at=T0, lead=COOKIE)])
+    carl = people.resolve(CARL)
+    visits.apply_batch([rec("page_viewed", None, at=T0 + days(1), lead=COOKIE)], owns=COOKIES)
+    assert len(queued(pg_url, carl)) == 1
+    # A full page of the queue (and more) ahead of Carl's row, none of it Carl's writer's.
+    queue_ahead(pg_url, ABSORB_PAGE + 1)
+    gamma = "domain:gamma.io"
+    # 0 would tell `consume --until-idle` that nothing of this process's is queued: it
+    # exited with Carl's visit still waiting (it read only the queue's first page).
+    assert people.settle_absorptions(owns=lambda key: key == gamma) == 1
+    assert not queued(pg_url, carl)
+    assert people.lead(CARL).touchpoints == 2
+    assert people.settle_absorptions(owns=lambda key: key == gamma) == 0
+    # The other process's rows are left to it.
+    assert len(queued(pg_url)) == ABSORB_PAGE + 1
+
+
+def test_forgetting_a_person_shreds_their_queued_visits_wherever_they_sit_in_the_queue(
+        writers: tuple[LeadflowApp, LeadflowApp], rec: Records, pg_url: str) -> None:
+    visits, people = writers
+    people.apply_batch([rec("form_submitted", "carl@gamma.io", at=T0, lead=COOKIE)])
+    carl = people.resolve(CARL)
+    visits.apply_batch([rec("page_viewed", None, at=T0 + days(1), lead=COOKIE,
+                            context={"url": "https://x.io/?ref=carl"})], owns=COOKIES)
+    [(interest, _, _, _)] = queued(pg_url, carl)
+    queue_ahead(pg_url, ABSORB_PAGE + 1)
+    people.forget(CARL, "erasure request", "dpo@x.io", T0 + days(2))
+    # Erased in the forget's own transaction, not when Carl's writer next takes it up.
+    assert not queued(pg_url, carl)
+    fresh = LeadflowApp(env=dict(Settings(database_url=pg_url).eventsourcing_env({})))
+    try:
+        assert not fresh.vault.has_key(interest)
+    finally:
+        fresh.close()
+    assert len(queued(pg_url)) == ABSORB_PAGE + 1

@@ -240,20 +240,33 @@ class Batches(Queries):
         if not self.shared_store:
             return 0
         unit = self._unit()
-        settled = self._take_up(unit, owns)
+        settled = self._take_up(unit, owns, scan=True)
         if settled:
             self._commit(unit, None)
         return settled
 
-    def _take_up(self, unit: Unit, owns: Callable[[str], bool] | None) -> int:
+    def _take_up(self, unit: Unit, owns: Callable[[str], bool] | None,
+                 scan: bool = False) -> int:
         """Settle, in this unit, the pending absorptions of the leads this process owns: the
         leads the batch's records name by a person's key (the batch writes them anyway), and
         those whose records' Kafka key ``owns`` says its partitions hold. A lead another
         process's partition owns is left to it: settling it here would race that writer's
-        batches and fail one of the two commits."""
-        rows = self.record_ids.select_absorptions(ABSORB_PAGE)
-        if not rows:
-            return 0
+        batches and fail one of the two commits.
+
+        A batch looks at the queue's first page only. ``scan`` (when idle) reads on, page by
+        page, until a page holds some of this process's rows or the queue ends: the first
+        page may hold only another process's rows (a lagging consumer's), and 0 must mean
+        that none of this process's are left, since ``consume --until-idle`` then exits."""
+        after: tuple[UUID, UUID] | None = None
+        while True:
+            rows = self.record_ids.select_absorptions(ABSORB_PAGE, after=after)
+            settled = self._take_up_rows(unit, owns, rows) if rows else 0
+            if settled or not scan or len(rows) < ABSORB_PAGE:
+                return settled
+            after = (rows[-1][0], rows[-1][1])
+
+    def _take_up_rows(self, unit: Unit, owns: Callable[[str], bool] | None,
+                      rows: Sequence[tuple[UUID, UUID, int, str | None]]) -> int:
         # A cookie's lead is only read by a batch of its cookie's records (they are
         # diverted): a person's key names a lead the batch writes.
         named = {i.target_id for key, i in unit.identities.items()

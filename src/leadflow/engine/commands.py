@@ -27,7 +27,7 @@ from leadflow.domain import (
 )
 from leadflow.domain.ids import rule_book_id
 from leadflow.domain.rules import Rules
-from leadflow.engine.batch import ABSORB_PAGE, Batches
+from leadflow.engine.batch import Batches
 from leadflow.engine.unit import Unit
 from leadflow.engine.unmerge import unmerge
 from leadflow.logs import get_logger
@@ -308,10 +308,11 @@ class Commands(Batches):
                 "sit readable in immutable rows and cannot be shredded; nothing was changed")
         # Touchpoints their cookie left that the lead has not taken up yet go with them.
         ids = {m.id for m in members}
-        for interest, queued_for, version, _ in self.record_ids.select_absorptions(ABSORB_PAGE):
-            if queued_for in ids:
-                shredded.append(interest)
-                unit.books.absorbed[(interest, queued_for)] = version
+        # All of theirs, wherever they sit in the queue (its first page may be others').
+        for interest, queued_for, version, _ in self.record_ids.select_absorptions(
+                None, leads=sorted(ids, key=str)):
+            shredded.append(interest)
+            unit.books.absorbed[(interest, queued_for)] = version
         for key in keys:
             unit.drop_identity(key)
         unit.books.dropped_data_keys.update(shredded)

@@ -317,10 +317,22 @@ def _versions(curs: Any, schema: str, events_table: str, ids: list[UUID]) -> dic
 Pending = tuple[UUID, UUID, int, str | None]  # (interest, lead, version, owner): a queued row
 
 
-def postgres_absorptions(curs: Any, schema: str, limit: int) -> list[Pending]:
-    curs.execute(f'SELECT interest_id, lead_id, version, owner FROM "{schema}".'
-                 f"{ABSORPTIONS_TABLE} ORDER BY interest_id, lead_id LIMIT %s", (limit,),
-                 prepare=True)
+def postgres_absorptions(curs: Any, schema: str, limit: int | None,
+                         after: tuple[UUID, UUID] | None = None,
+                         leads: Sequence[UUID] | None = None) -> list[Pending]:
+    """Up to ``limit`` queued rows (None: all; ``LIMIT NULL`` is no limit) in (interest, lead)
+    order: those after the key ``after`` (a page of the queue), or those queued for
+    ``leads``."""
+    columns = f'SELECT interest_id, lead_id, version, owner FROM "{schema}".{ABSORPTIONS_TABLE}'
+    order = " ORDER BY interest_id, lead_id LIMIT %s"
+    if leads is not None:
+        curs.execute(columns + " WHERE lead_id = ANY(%b::uuid[])" + order,
+                     (UuidArray(list(leads)), limit))
+    elif after is not None:
+        curs.execute(columns + " WHERE (interest_id, lead_id) > (%s, %s)" + order,
+                     (*after, limit), prepare=True)
+    else:
+        curs.execute(columns + order, (limit,), prepare=True)
     return [(row["interest_id"], row["lead_id"], int(row["version"]), row["owner"])
             for row in curs.fetchall()]
 

@@ -136,9 +136,11 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         with self.datastore.transaction(commit=False) as curs:
             return bookkeeping.postgres_identities(curs, self.datastore.schema, keys)
 
-    def select_absorptions(self, limit: int) -> list[bookkeeping.Pending]:
+    def select_absorptions(self, limit: int | None, after: tuple[UUID, UUID] | None = None,
+                           leads: Sequence[UUID] | None = None) -> list[bookkeeping.Pending]:
         with self.datastore.transaction(commit=False) as curs:
-            return bookkeeping.postgres_absorptions(curs, self.datastore.schema, limit)
+            return bookkeeping.postgres_absorptions(curs, self.datastore.schema, limit,
+                                                    after, leads)
 
     def select_engagements(self, account_ids: Sequence[UUID]) -> dict[UUID, dict[UUID, datetime]]:
         if not account_ids:

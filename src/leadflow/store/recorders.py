@@ -145,10 +145,13 @@ class RecordIdIndex(ABC):
         return [aggregate_id for aggregate_id, version in versions
                 if select(aggregate_id, gt=version, limit=1)]
 
-    def select_absorptions(self, limit: int) -> list[bookkeeping.Pending]:
-        """Up to ``limit`` pending absorptions (interest, lead, version to take up, Kafka key
-        of the lead's records or None), in (interest, lead) order. Only a shared store
-        queues them (store/bookkeeping.py)."""
+    def select_absorptions(self, limit: int | None, after: tuple[UUID, UUID] | None = None,
+                           leads: Sequence[UUID] | None = None) -> list[bookkeeping.Pending]:
+        """Up to ``limit`` (None: all) pending absorptions (interest, lead, version to take
+        up, Kafka key of the lead's records or None), in (interest, lead) order: from the
+        start, after the (interest, lead) key ``after`` (the queue read page by page), or
+        only those queued for ``leads``. Only a shared store queues them
+        (store/bookkeeping.py)."""
         return []
 
     def store_version(self) -> int | None:
