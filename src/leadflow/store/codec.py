@@ -97,8 +97,9 @@ class EventCodec:
             # hex parsing of each payload. 3,000 leads (28,034 rows): 0.10 s of CPU against
             # 0.29 s, 0.30 s wall against 0.60-0.67 s. The ids go in binary too (%b): 0.3 ms
             # of CPU for 500 against 1.6 ms as a text array.
+            # One statement in autocommit: its own snapshot, one round trip (no BEGIN and
+            # ROLLBACK around it; store/postgres.py ``reading``).
             with recorder.datastore.get_connection() as conn, \
-                    conn.transaction(force_rollback=True), \
                     conn.cursor(row_factory=tuple_row, binary=True) as cursor:
                 cursor.execute(statement, (ids,))
                 for found, version, topic, state in cursor.fetchall():

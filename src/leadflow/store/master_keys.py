@@ -128,6 +128,11 @@ class KeyTable:
         if self.memory is not None:
             known = self.memory.data_keys
             return {i: known[i] for i in ids if i in known}
+        reading = getattr(self.recorder, "reading", None)
+        if self.schema is not None and reading is not None:
+            # One statement: one round trip (store/postgres.py ``reading``), no transaction.
+            with reading() as cursor:
+                return bookkeeping.postgres_data_keys(cursor, self.schema, ids)
         with self.recorder.datastore.transaction(commit=False) as cursor:
             if self.schema is not None:
                 return bookkeeping.postgres_data_keys(cursor, self.schema, ids)
