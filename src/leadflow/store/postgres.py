@@ -123,8 +123,9 @@ class LeadflowPostgresProcessRecorder(PostgresProcessRecorder, RecordIdIndex):
         transaction of its own: one snapshot, as in ``transaction(commit=False)``, for one
         round trip to the server instead of three (BEGIN, the statement, ROLLBACK). A batch
         reads ~10 times (its mark, identities, aggregates, keys, record ids, queue): the two
-        extra round trips each were ~0.3-0.5 ms of wall a read on this machine (store/reads
-        measured in the README). Only for a single statement: several need one snapshot.
+        extra round trips cost ~0.5 ms of wall a read on this machine, and PostgreSQL ~15 %
+        of its CPU (README, Performance: the eighteenth session). Only for one statement:
+        several that must agree need a transaction's snapshot.
         """
         with self.datastore.get_connection() as conn, conn.cursor() as curs:
             yield curs
