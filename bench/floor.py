@@ -31,6 +31,10 @@ time-driven transitions (clock catch-up, SLA, dormancy), profiles, merges, inter
 absorption, dispositions and later stages, surges, named models, routing rules and capacity,
 poison isolation and dead letters.
 
+``--aggregates`` runs ``AggregateFloor``: the same consumer with the engine's ``Lead``
+aggregates and codec in place of the dicts and rows, and no other decision (see the class):
+what an engine on the library's aggregates pays before it decides anything.
+
 Prints one JSON line: records, rows, rejects, duplicates, conflicts, loads, wall and CPU.
 """
 
@@ -62,7 +66,9 @@ from leadflow.consumers.settings import KafkaSettings  # noqa: E402
 from leadflow.consumers.touchpoints import tracking_name  # noqa: E402
 from leadflow.contract import InboundRecord, RecordRejected, parse_record  # noqa: E402
 from leadflow.domain import scoring  # noqa: E402
+from leadflow.domain.events import create  # noqa: E402
 from leadflow.domain.ids import identity_key  # noqa: E402
+from leadflow.domain.lead import Lead  # noqa: E402
 from leadflow.engine.app import LeadflowApp  # noqa: E402
 from leadflow.engine.batch import record_digest  # noqa: E402
 from leadflow.runtime import collector_paused, tune_gc  # noqa: E402
@@ -231,8 +237,7 @@ class Floor:
         except IntegrityError:
             self.stats["conflicts"] += 1
             vault.rolled_back()
-            for row in stored:
-                self.leads.pop(uuid.UUID(str(row.originator_id)), None)
+            self.forget([uuid.UUID(str(row.originator_id)) for row in stored])
             for hashed in hashed_keys:
                 for h in hashed:
                     self.directory.pop(h, None)
@@ -243,11 +248,17 @@ class Floor:
         self.stats["batches"] += 1
         return True
 
+    def forget(self, lead_ids: Sequence[uuid.UUID]) -> None:
+        """A write conflict: what this process knew of the batch's leads may be stale."""
+        for lead_id in lead_ids:
+            self.leads.pop(lead_id, None)
+
     def decide(self, parsed: Sequence[InboundRecord], digests: Sequence[bytes],
                applied: Any, hashed_keys: Sequence[list[str]], books: Books,
                timers: dict[uuid.UUID, datetime | None], ids: list[RecordId]
                ) -> list[StoredEvent]:
-        """The batch's rows, one a record not applied before (bench/gap.py overrides it)."""
+        """The batch's rows, one a record not applied before (``AggregateFloor`` overrides
+        it)."""
         vault, keyring = self.app.vault, self.app.codec.keyring
         stored: list[StoredEvent] = []
         stamp = datetime.now(UTC)
@@ -319,6 +330,88 @@ class Floor:
             state["owner"] = lead.owner
 
 
+
+class AggregateFloor(Floor):
+    """The floor with the engine's ``Lead`` aggregates and codec in place of its dicts: each
+    lead an eventsourcing aggregate, its created event, its touchpoints through
+    ``Lead.record_touchpoint`` (the engine's scoring and event), cut per record and encoded
+    by the engine's codec (the library's JSON format, envelopes, sealed personal values,
+    chain links). Nothing else is decided: no account, owner, qualification or timers beyond
+    the touch. What an engine built on the library's aggregates (DESIGN.md: the aggregates
+    decide) pays before it decides anything: ``--aggregates``, and ``bench/gap.py
+    aggregates`` in process."""
+
+    def __init__(self, app: LeadflowApp, settings: KafkaSettings, *,
+                 subscribe: bool = True) -> None:
+        super().__init__(app, settings, subscribe=subscribe)
+        self.aggregates: dict[uuid.UUID, Lead] = {}
+
+    def forget(self, lead_ids: Sequence[uuid.UUID]) -> None:
+        super().forget(lead_ids)
+        for lead_id in lead_ids:
+            self.aggregates.pop(lead_id, None)
+        self.app.vault.forget(lead_ids)  # another writer may have stored a key meanwhile
+
+    def load(self, hashed_keys: Sequence[list[str]]) -> None:
+        """The leads another process wrote (their identities read from the store), replayed
+        from their rows as the engine replays them, all of a batch's in one query."""
+        wanted = {lead_id for hashed in hashed_keys for h in hashed
+                  if (lead_id := self.directory.get(h)) is not None
+                  and lead_id not in self.aggregates}
+        if not wanted:
+            return
+        stored = self.app.codec.select_many(sorted(wanted, key=lambda i: i.int))
+        for lead_id, lead, exc in self.app._replayed(stored, list(stored)):
+            if exc is not None:
+                raise exc
+            self.aggregates[lead_id] = lead
+            self.stats["loads"] += 1
+
+    def decide(self, parsed: Sequence[InboundRecord], digests: Sequence[bytes],
+               applied: Any, hashed_keys: Sequence[list[str]], books: Books,
+               timers: dict[uuid.UUID, datetime | None], ids: list[RecordId]
+               ) -> list[StoredEvent]:
+        rules = self.app.rules
+        self.load(hashed_keys)
+        touched: dict[uuid.UUID, Lead] = {}
+        cuts: dict[uuid.UUID, list[tuple[int, dict[str, Any]]]] = {}
+        seen: set[str] = set()
+        for record, digest, hashed in zip(parsed, digests, hashed_keys, strict=True):
+            if record.event_id in applied or record.event_id in seen or not hashed:
+                self.stats["duplicates"] += record.event_id in applied
+                continue
+            seen.add(record.event_id)
+            lead_id = next((self.directory[h] for h in hashed if h in self.directory), None)
+            lead = self.aggregates.get(lead_id) if lead_id is not None else None
+            if lead is None:
+                lead = create(
+                    Lead, primary_key=hashed[0], created_at=record.occurred_at, source=None,
+                    campaign=None, landing_page=None, account_id=None, origin=record.event_id)
+                self.aggregates[lead.id] = lead
+            for h in hashed:
+                if h not in self.directory:
+                    self.directory[h] = lead.id
+                    books.new_identities[h] = (lead.id, False)
+            if record.event_id in lead.seen:
+                self.stats["duplicates"] += 1
+                continue
+            at = record.occurred_at
+            if record.is_touchpoint:
+                lead.record_touchpoint(record.event_id, record.type, at,
+                                       record.context.model_dump(exclude_none=True), rules)
+                timers[lead.id] = at
+            touched[lead.id] = lead
+            count = len(lead.pending_events)
+            mine = cuts.setdefault(lead.id, [])
+            if count and (not mine or count > mine[-1][0]):
+                mine.append((count, {"record": {"event_id": record.event_id,
+                                                "type": record.type, "occurred_at": at}}))
+            ids.append(RecordId(record.event_id, digest, lead.id))
+        stored: list[StoredEvent] = self.app.codec.stored_many(
+            [(a, cuts.get(a.id, ())) for a in touched.values()])
+        return stored
+
+
 def main() -> int:
     import argparse
 
@@ -328,7 +421,10 @@ def main() -> int:
                "LEADFLOW_KAFKA_BOOTSTRAP, LEADFLOW_KAFKA_TOPIC, LEADFLOW_KAFKA_GROUP, "
                "LEADFLOW_AUDIT_KEY, LEADFLOW_MASTER_KEY. Exits once caught up; prints one "
                "JSON line.")
-    parser.parse_args()
+    parser.add_argument("--aggregates", action="store_true",
+                        help="the floor with the engine's Lead aggregates and codec "
+                             "(AggregateFloor)")
+    args = parser.parse_args()
     settings = Settings.from_env()
     if not settings.database_url.startswith(("postgresql://", "postgres://")):
         print("bench/floor.py: LEADFLOW_DATABASE_URL must name a PostgreSQL database (the "
@@ -337,7 +433,8 @@ def main() -> int:
     tune_gc()
     app = LeadflowApp(env=settings.eventsourcing_env({}))
     try:
-        figures = Floor(app, KafkaSettings.from_env()).run()
+        floor = (AggregateFloor if args.aggregates else Floor)(app, KafkaSettings.from_env())
+        figures = floor.run()
     finally:
         app.close()
     print(json.dumps(figures), flush=True)

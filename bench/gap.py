@@ -28,8 +28,6 @@ import secrets
 import sys
 import time
 import types
-import uuid
-from datetime import datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any
@@ -40,70 +38,17 @@ for entry in (str(ROOT / "src"), str(ROOT / "bench")):
         sys.path.insert(0, entry)
 
 import psycopg  # noqa: E402
-from eventsourcing.persistence import StoredEvent  # noqa: E402
-from floor import Floor  # noqa: E402
+from floor import AggregateFloor, Floor  # noqa: E402
 from kafka import TopicPartition  # noqa: E402
 
 from leadflow.config import Settings  # noqa: E402
 from leadflow.consumers.settings import KafkaSettings  # noqa: E402
-from leadflow.domain import events as domain_events  # noqa: E402
-from leadflow.domain.lead import Lead  # noqa: E402
 from leadflow.engine.app import LeadflowApp  # noqa: E402
 from leadflow.generator import generate  # noqa: E402
 from leadflow.runtime import collector_paused, tune_gc  # noqa: E402
-from leadflow.store.bookkeeping import Books  # noqa: E402
-from leadflow.store.recorders import RecordId  # noqa: E402
 
 BATCH = 1000
 PARTITION = TopicPartition("gap", 0)
-
-
-class AggregateFloor(Floor):  # type: ignore[misc]  # (bench/ is not on mypy's path)
-    """The floor's batch with engine ``Lead`` aggregates and the engine's codec."""
-
-    def __init__(self, app: LeadflowApp) -> None:
-        super().__init__(app, KafkaSettings.from_env(), subscribe=False)
-        self.aggregates: dict[uuid.UUID, Lead] = {}
-
-    def decide(self, parsed: Any, digests: Any, applied: Any, hashed_keys: Any,
-               books: Books, timers: dict[uuid.UUID, datetime | None],
-               ids: list[RecordId]) -> list[StoredEvent]:
-        rules = self.app.rules
-        touched: dict[uuid.UUID, Lead] = {}
-        cuts: dict[uuid.UUID, list[tuple[int, dict[str, Any]]]] = {}
-        seen: set[str] = set()
-        for record, digest, hashed in zip(parsed, digests, hashed_keys, strict=True):
-            if record.event_id in applied or record.event_id in seen:
-                continue
-            seen.add(record.event_id)
-            lead_id = next((self.directory[h] for h in hashed if h in self.directory), None)
-            if lead_id is None:
-                lead = domain_events.create(
-                    Lead, primary_key=hashed[0], created_at=record.occurred_at, source=None,
-                    campaign=None, landing_page=None, account_id=None, origin=record.event_id)
-                self.aggregates[lead.id] = lead
-                for h in hashed:
-                    self.directory[h] = lead.id
-                    books.new_identities[h] = (lead.id, False)
-            else:
-                lead = self.aggregates[lead_id]
-            if record.event_id in lead.seen:
-                continue
-            at = record.occurred_at
-            if record.is_touchpoint:
-                lead.record_touchpoint(record.event_id, record.type, at,
-                                       record.context.model_dump(exclude_none=True), rules)
-                timers[lead.id] = at
-            touched[lead.id] = lead
-            count = len(lead.pending_events)
-            mine = cuts.setdefault(lead.id, [])
-            if count and (not mine or count > mine[-1][0]):
-                mine.append((count, {"record": {"event_id": record.event_id,
-                                                "type": record.type, "occurred_at": at}}))
-            ids.append(RecordId(record.event_id, digest, lead.id))
-        stored: list[StoredEvent] = self.app.codec.stored_many(
-            [(a, cuts.get(a.id, ())) for a in touched.values()])
-        return stored
 
 
 def main() -> int:
@@ -140,8 +85,8 @@ def main() -> int:
             def step(batch: list[Any]) -> None:
                 app.apply_batch(parser_only.parse(batch))
         else:
-            applier = (Floor(app, KafkaSettings.from_env(), subscribe=False)
-                       if args.mode == "floor" else AggregateFloor(app))
+            kind = Floor if args.mode == "floor" else AggregateFloor
+            applier = kind(app, KafkaSettings.from_env(), subscribe=False)
 
             def step(batch: list[Any]) -> None:
                 applier.apply(PARTITION, batch)

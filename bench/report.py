@@ -110,6 +110,15 @@ def render(results: dict[str, Any], path: Path) -> None:
          f"two consumers {fmt(dig(r, 'ratios.parallel_vs_floor'), 'x')}"),
         ("floor / naive", fmt(dig(r, "ratios.floor_vs_naive"), "x"),
          "how far a nearly free decision layer gets against the naive baseline"),
+        ("floor with the engine's aggregates, one",
+         fmt(dig(r, "floor_aggregates.one.records_per_s"), "rec/s"),
+         "bench/floor.py --aggregates: Lead aggregates and codec, scoring only; "
+         + _server_cpu(r, "floor_aggregates.one")),
+        ("floor with the engine's aggregates, two",
+         fmt(dig(r, "floor_aggregates.two.records_per_s"), "rec/s"),
+         f"{fmt(dig(r, 'floor_aggregates.two.conflicts'))} conflicts; "
+         f"/ naive {fmt(dig(r, 'ratios.aggregates_floor_vs_naive'), 'x')}; "
+         + _server_cpu(r, "floor_aggregates.two")),
         ("naive eventsourcing baseline", fmt(dig(r, "naive.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'naive.records'))} records, get/change/save per record"),
         ("apply_batch in process (PG)", fmt(dig(r, "apply_batch.records_per_s"), "rec/s"),

@@ -231,11 +231,19 @@ class Bench(PipelineSteps, ReadSteps, CostSteps):
             # What the e2e_vs_naive target asks of the engine: a consumer whose decisions
             # cost nearly nothing gets this far against the same naive sample.
             "floor_vs_naive": ratio(dig(r, "floor.one.records_per_s"), naive),
+            "aggregates_floor_vs_naive": ratio(dig(r, "floor_aggregates.one.records_per_s"),
+                                               naive),
+            "e2e_vs_aggregates_floor": ratio(e2e, dig(r, "floor_aggregates.one.records_per_s")),
+            "parallel_vs_aggregates_floor": ratio(
+                dig(r, "e2e_parallel.records_per_s"),
+                dig(r, "floor_aggregates.two.records_per_s")),
             "note": "e2e = wall clock of the consumer process (start-up included); steady = "
                     "first partition assignment to last committed batch; parallel_scaling = "
                     "two consumers in one group (first spawn to last exit) vs one; *_vs_floor = "
                     "the engine vs bench/floor.py's lean consumer on the same store; "
-                    "floor_vs_naive = that lean consumer vs the naive baseline",
+                    "floor_vs_naive = that lean consumer vs the naive baseline; "
+                    "*aggregates_floor* = the same with the engine's Lead aggregates and codec "
+                    "(bench/floor.py --aggregates)",
         }
         targets = []
         for key, label, path, op, threshold, unit in TARGETS:
