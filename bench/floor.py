@@ -331,6 +331,18 @@ class Floor:
 
 
 
+def _plain_keys(record: InboundRecord) -> list[str]:
+    """The record's identity keys as the engine keeps them (sealed in its events), in the
+    order of ``Floor.keys``'s lookup keys: a person's, else its cookie's."""
+    ref = record.lead
+    keys = [identity_key(kind, value) for kind, value in (
+        ("email", ref.email), ("phone", ref.phone), ("external_id", ref.external_id))
+        if value]
+    if not keys and ref.anonymous_id:
+        keys = [identity_key("anonymous_id", ref.anonymous_id)]
+    return keys
+
+
 class AggregateFloor(Floor):
     """The floor with the engine's ``Lead`` aggregates and codec in place of its dicts: each
     lead an eventsourcing aggregate, its created event, its touchpoints through
@@ -377,25 +389,32 @@ class AggregateFloor(Floor):
         cuts: dict[uuid.UUID, list[tuple[int, dict[str, Any]]]] = {}
         seen: set[str] = set()
         for record, digest, hashed in zip(parsed, digests, hashed_keys, strict=True):
-            if record.event_id in applied or record.event_id in seen or not hashed:
-                self.stats["duplicates"] += record.event_id in applied
+            if not hashed:
+                continue
+            if record.event_id in applied or record.event_id in seen:
+                self.stats["duplicates"] += 1
                 continue
             seen.add(record.event_id)
             lead_id = next((self.directory[h] for h in hashed if h in self.directory), None)
             lead = self.aggregates.get(lead_id) if lead_id is not None else None
+            at = record.occurred_at
+            # A lead's events name each identity whose row points at it (as the engine's
+            # do: `verify` checks the rows against them), the plain key, sealed.
+            plain = (_plain_keys(record) if lead is None
+                     or any(h not in self.directory for h in hashed) else [])
             if lead is None:
                 lead = create(
-                    Lead, primary_key=hashed[0], created_at=record.occurred_at, source=None,
-                    campaign=None, landing_page=None, account_id=None, origin=record.event_id)
+                    Lead, primary_key=plain[0], created_at=at, source=None, campaign=None,
+                    landing_page=None, account_id=None, origin=record.event_id)
                 self.aggregates[lead.id] = lead
-            for h in hashed:
+            for h, key in zip(hashed, plain or hashed, strict=True):
                 if h not in self.directory:
                     self.directory[h] = lead.id
                     books.new_identities[h] = (lead.id, False)
+                    lead.add_identity(key, at)
             if record.event_id in lead.seen:
                 self.stats["duplicates"] += 1
                 continue
-            at = record.occurred_at
             if record.is_touchpoint:
                 lead.record_touchpoint(record.event_id, record.type, at,
                                        record.context.model_dump(exclude_none=True), rules)

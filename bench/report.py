@@ -112,12 +112,12 @@ def render(results: dict[str, Any], path: Path) -> None:
          "how far a nearly free decision layer gets against the naive baseline"),
         ("floor with the engine's aggregates, one",
          fmt(dig(r, "floor_aggregates.one.records_per_s"), "rec/s"),
-         "bench/floor.py --aggregates: Lead aggregates and codec, scoring only; "
+         "bench/floor.py --aggregates: Lead aggregates and codec, scoring only; / naive "
+         f"{fmt(dig(r, 'ratios.aggregates_floor_vs_naive'), 'x')}; "
          + _server_cpu(r, "floor_aggregates.one")),
         ("floor with the engine's aggregates, two",
          fmt(dig(r, "floor_aggregates.two.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'floor_aggregates.two.conflicts'))} conflicts; "
-         f"/ naive {fmt(dig(r, 'ratios.aggregates_floor_vs_naive'), 'x')}; "
          + _server_cpu(r, "floor_aggregates.two")),
         ("naive eventsourcing baseline", fmt(dig(r, "naive.records_per_s"), "rec/s"),
          f"{fmt(dig(r, 'naive.records'))} records, get/change/save per record"),
