@@ -20,7 +20,10 @@ What is measured, all on the same generated stream (see ``--help`` for the sizes
    a record (from ``/proc``, when the server runs on this machine);
    then the floor (``bench/floor.py``: a lean consumer on the engine's real store, contract
    and security, with a nearly free decision layer), one process and then two, each into a
-   fresh database: what the engine's decision layer costs (``ratios.*_vs_floor``);
+   fresh database: what the engine's decision layer costs (``ratios.*_vs_floor``); and the
+   same with the engine's ``Lead`` aggregates and codec deciding only a touchpoint's score
+   (``floor.py --aggregates``): what the aggregates cost before any decision
+   (``ratios.*aggregates_floor*``);
 2. naive baseline: a plain ``eventsourcing`` application that gets, changes and saves one
    aggregate per record on PostgreSQL (the library's examples' way); and leadflow's own
    ``apply_batch`` in process on the same sample;
