@@ -83,6 +83,18 @@ FREE_MAIL = frozenset({"gmail.com", "yahoo.com", "hotmail.com", "outlook.com", "
 ATTEMPTS = 10
 
 
+def _plain_keys(record: InboundRecord) -> list[str]:
+    """The record's identity keys as the engine keeps them (sealed in its events), a person's,
+    else its cookie's (``Floor.keys`` hashes them into lookup keys)."""
+    ref = record.lead
+    keys = [identity_key(kind, value) for kind, value in (
+        ("email", ref.email), ("phone", ref.phone), ("external_id", ref.external_id))
+        if value]
+    if not keys and ref.anonymous_id:
+        keys = [identity_key("anonymous_id", ref.anonymous_id)]
+    return keys
+
+
 class _Lead:
     __slots__ = ("account", "as_of", "counts", "head", "id", "owner", "seen", "stage",
                  "totals", "value", "version")
@@ -186,13 +198,7 @@ class Floor:
         out: list[list[str]] = []
         unknown: set[str] = set()
         for record in parsed:
-            ref = record.lead
-            keys = [identity_key(kind, value) for kind, value in (
-                ("email", ref.email), ("phone", ref.phone), ("external_id", ref.external_id))
-                if value]
-            if not keys and ref.anonymous_id:
-                keys = [identity_key("anonymous_id", ref.anonymous_id)]
-            hashed = [lookup(key) for key in keys]
+            hashed = [lookup(key) for key in _plain_keys(record)]
             out.append(hashed)
             unknown.update(h for h in hashed if h not in self.directory)
         if unknown:
@@ -328,19 +334,6 @@ class Floor:
             self.turn += 1
             state["stage"] = {"to": "mql", "reason": "rule:mql-threshold"}
             state["owner"] = lead.owner
-
-
-
-def _plain_keys(record: InboundRecord) -> list[str]:
-    """The record's identity keys as the engine keeps them (sealed in its events), in the
-    order of ``Floor.keys``'s lookup keys: a person's, else its cookie's."""
-    ref = record.lead
-    keys = [identity_key(kind, value) for kind, value in (
-        ("email", ref.email), ("phone", ref.phone), ("external_id", ref.external_id))
-        if value]
-    if not keys and ref.anonymous_id:
-        keys = [identity_key("anonymous_id", ref.anonymous_id)]
-    return keys
 
 
 class AggregateFloor(Floor):
