@@ -341,8 +341,9 @@ class AggregateFloor(Floor):
     lead an eventsourcing aggregate, its created event, its touchpoints through
     ``Lead.record_touchpoint`` (the engine's scoring and event), cut per record and encoded
     by the engine's codec (the library's JSON format, envelopes, sealed personal values,
-    chain links). Nothing else is decided: no account, owner, qualification or timers beyond
-    the touch. What an engine built on the library's aggregates (DESIGN.md: the aggregates
+    chain links), each new identity named by ``IdentityAdded`` (``verify`` holds the identity
+    rows to the events). Nothing else is decided: no account, owner, qualification or timers
+    beyond the touch. What an engine built on the library's aggregates (DESIGN.md: the aggregates
     decide) pays before it decides anything: ``--aggregates``, and ``bench/gap.py
     aggregates`` in process."""
 
@@ -390,6 +391,9 @@ class AggregateFloor(Floor):
             seen.add(record.event_id)
             lead_id = next((self.directory[h] for h in hashed if h in self.directory), None)
             lead = self.aggregates.get(lead_id) if lead_id is not None else None
+            if lead is not None and record.event_id in lead.seen:
+                self.stats["duplicates"] += 1  # before anything changes, as the engine does
+                continue
             at = record.occurred_at
             # A lead's events name each identity whose row points at it (as the engine's
             # do: `verify` checks the rows against them), the plain key, sealed.
@@ -405,9 +409,6 @@ class AggregateFloor(Floor):
                     self.directory[h] = lead.id
                     books.new_identities[h] = (lead.id, False)
                     lead.add_identity(key, at)
-            if record.event_id in lead.seen:
-                self.stats["duplicates"] += 1
-                continue
             if record.is_touchpoint:
                 lead.record_touchpoint(record.event_id, record.type, at,
                                        record.context.model_dump(exclude_none=True), rules)
