@@ -302,8 +302,6 @@ class PipelineSteps(BenchState):
         engine's decision layer were nearly free. Then the same with the engine's ``Lead``
         aggregates and codec (``--aggregates``): what an engine on the library's aggregates
         pays before it decides anything. Not targets; the gaps to ``e2e`` are."""
-        pipe = self.pipeline
-        assert pipe is not None
         # Every store so far is vacuumed (the two consumers' was written last), once.
         previous = [database_url(self.services.postgres_url, name) for name in self.databases]
         for key, flags, what in (
@@ -313,42 +311,47 @@ class PipelineSteps(BenchState):
             out: dict[str, Any] = {}
             for processes in (1, 2):
                 label = "one" if processes == 1 else "two"
-                url = self.fresh_database(f"{key}_{label}")
-                env = pipe.env(LEADFLOW_DATABASE_URL=url, LEADFLOW_LOG_LEVEL="WARNING",
-                               LEADFLOW_KAFKA_GROUP=f"{self.tag}-{key}-{label}")
-                env.pop("LEADFLOW_KAFKA_INSTANCE_ID", None)  # two members: no shared static id
-                run_child([*LEADFLOW, "db", "init"], env,
-                          self.work / f"db-init-{key}-{label}.log"
-                          ).check(f"leadflow db init ({key}, {label})")
-                settled = settle_postgres(self.services.postgres_url, previous)
-                previous = [url]
-                server, machine = postgres_cpu_seconds(), machine_cpu()
-                logs = [self.work / f"{key}-{label}-{n}.log" for n in range(1, processes + 1)]
-                with self._consume_progress(url, f"{key} x{processes}") as tick:
-                    children = run_children([([sys.executable, str(FLOOR), *flags], env, log)
-                                             for log in logs], tick)
-                for n, child in enumerate(children, 1):
-                    child.check(f"bench/floor.py {' '.join(flags)}({label}, child {n})",
-                                ok=(0,))
-                reports = [json.loads(child.stdout.strip().splitlines()[-1])
-                           for child in children]
-                records = sum(int(r["records"]) for r in reports)
-                wall = (max(c.exited_at for c in children)
-                        - min(c.spawned_at for c in children))
-                figures: dict[str, Any] = {
-                    "processes": processes, "records": records,
-                    "rows": sum(int(r["rows"]) for r in reports),
-                    "conflicts": sum(int(r["conflicts"]) for r in reports),
-                    "loads": sum(int(r["loads"]) for r in reports),
-                    "wall_seconds": round(wall, 3), "records_per_s": rate(records, wall),
-                    "children": reports,
-                }
-                figures.update(server_cpu(server, records))
-                figures.update(cpu_figures(machine, children, records))
-                figures.update(settled)
-                out[label] = figures
-            out["how"] = (f"bench/floor.py {' '.join(flags)}subprocesses (first spawn to last "
-                          "exit), one and then two in one new group on the same topic, each "
+                out[label], previous = self._floor_run(key, flags, processes, previous)
+            command = " ".join(["bench/floor.py", *flags])
+            out["how"] = (f"{command} subprocesses (first spawn to last exit), one and then "
+                          "two in one new group on the same topic, each "
                           "into a fresh database; the engine's store, contract, identity, "
                           f"dedupe, sealing and chain; {what} (see bench/floor.py)")
             self.results[key] = out
+
+    def _floor_run(self, key: str, flags: list[str], processes: int, previous: list[str]
+                   ) -> tuple[dict[str, Any], list[str]]:
+        """One run of ``bench/floor.py FLAGS`` in ``processes`` processes into a fresh
+        database, the stores in ``previous`` settled first: its figures, and its store."""
+        pipe = self.pipeline
+        assert pipe is not None
+        label = "one" if processes == 1 else "two"
+        url = self.fresh_database(f"{key}_{label}")
+        env = pipe.env(LEADFLOW_DATABASE_URL=url, LEADFLOW_LOG_LEVEL="WARNING",
+                       LEADFLOW_KAFKA_GROUP=f"{self.tag}-{key}-{label}")
+        env.pop("LEADFLOW_KAFKA_INSTANCE_ID", None)  # two members: no shared static id
+        run_child([*LEADFLOW, "db", "init"], env, self.work / f"db-init-{key}-{label}.log"
+                  ).check(f"leadflow db init ({key}, {label})")
+        settled = settle_postgres(self.services.postgres_url, previous)
+        server, machine = postgres_cpu_seconds(), machine_cpu()
+        logs = [self.work / f"{key}-{label}-{n}.log" for n in range(1, processes + 1)]
+        with self._consume_progress(url, f"{key} x{processes}") as tick:
+            children = run_children([([sys.executable, str(FLOOR), *flags], env, log)
+                                     for log in logs], tick)
+        for n, child in enumerate(children, 1):
+            child.check(f"{' '.join(['bench/floor.py', *flags])} ({label}, child {n})", ok=(0,))
+        reports = [json.loads(child.stdout.strip().splitlines()[-1]) for child in children]
+        records = sum(int(r["records"]) for r in reports)
+        wall = (max(c.exited_at for c in children) - min(c.spawned_at for c in children))
+        figures: dict[str, Any] = {
+            "processes": processes, "records": records,
+            "rows": sum(int(r["rows"]) for r in reports),
+            "conflicts": sum(int(r["conflicts"]) for r in reports),
+            "loads": sum(int(r["loads"]) for r in reports),
+            "wall_seconds": round(wall, 3), "records_per_s": rate(records, wall),
+            "children": reports,
+        }
+        figures.update(server_cpu(server, records))
+        figures.update(cpu_figures(machine, children, records))
+        figures.update(settled)
+        return figures, [url]
